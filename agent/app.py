@@ -1,0 +1,237 @@
+"""The agent's HTTP API (FastAPI app factory) and the wiring of drivers, loop and heartbeat.
+
+Routes are thin: they validate, persist the accepted spec and kick the reconciler; everything
+that touches the host happens in agent/reconcile/. Real drivers are imported lazily, only when
+settings.driver == "libvirt", so tests and `driver=fake` agents need no libvirt at all.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.console import read_tail
+from agent.contract.v1 import (INSTANCE_ID_RE, ConsoleOutput, HostInfo, InstanceObserved,
+                               InstanceSpec)
+from agent.drivers.base import DriverError
+from agent.heartbeat import Heartbeat, host_info
+from agent.reconcile import Reconciler
+from agent.reconcile.steps import Drivers, simple_network_config
+from agent.settings import AgentSettings
+from agent.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class AgentApiError(Exception):
+    """An error answered as {"error": {"code", "message", "retryable"}} with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retryable = status, code, message, retryable
+
+
+def _error_body(code: str, message: str, retryable: bool = False) -> dict:
+    return {"error": {"code": code, "message": message, "retryable": retryable}}
+
+
+def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None) -> Drivers:
+    """The drivers `settings` ask for; injected ones win."""
+    netcfg = simple_network_config
+    if settings.driver == "fake":
+        from agent.drivers.fake import FakeHypervisor, FakeStorage
+        hypervisor = hypervisor or FakeHypervisor(
+            kind="kvm" if settings.hypervisor == "kvm" else "qemu")
+        storage = storage or FakeStorage(settings.state_dir)
+    else:
+        if hypervisor is None:
+            from agent.hypervisor_choice import choose_hypervisor
+            from agent.libvirt.driver import LibvirtHypervisor
+            hypervisor = LibvirtHypervisor(settings.libvirt_uri,
+                                           choose_hypervisor(settings.hypervisor))
+        if storage is None:
+            from agent.storage import ImageFetcher, LocalStorage
+            # Image URLs may be controller paths (/v1/...): fetch them the way we heartbeat.
+            storage = LocalStorage(settings.state_dir, ImageFetcher(
+                token=settings.token or None, controller_url=settings.controller_url))
+        try:
+            from agent.seed import network_config_v2
+            netcfg = network_config_v2
+        except ImportError:
+            log.warning("agent.seed not available: using the built-in network-config renderer")
+    if network is None:
+        mode = settings.network
+        if mode == "auto":
+            mode = "bridge" if settings.driver == "libvirt" else "fake"
+        if mode == "fake":
+            from agent.drivers.fake import FakeNetwork
+            network = FakeNetwork()
+        elif mode == "bridge":
+            from agent.network_bridge import BridgeNetwork
+            network = BridgeNetwork(allow_root_netns=settings.allow_root_netns)
+    return Drivers(hypervisor=hypervisor, storage=storage, network=network, network_config=netcfg)
+
+
+def _instance_id(instance_id: str) -> str:
+    if not INSTANCE_ID_RE.match(instance_id):
+        raise AgentApiError(400, "InvalidInstanceID.Malformed",
+                            f"instance id {instance_id!r} is not of the form i-<17 hex digits>")
+    return instance_id
+
+
+InstanceIdPath = Annotated[str, Depends(_instance_id)]
+
+
+def _router() -> APIRouter:
+    r = APIRouter(prefix="/v1")
+
+    @r.get("/host", response_model=HostInfo)
+    def get_host(request: Request) -> HostInfo:
+        st = request.app.state
+        return host_info(st.settings, st.drivers.hypervisor)
+
+    @r.get("/instances", response_model=list[InstanceObserved])
+    def list_instances(request: Request) -> list[InstanceObserved]:
+        return request.app.state.reconciler.observed_all()
+
+    @r.get("/instances/{instance_id}", response_model=InstanceObserved)
+    def get_instance(instance_id: InstanceIdPath, request: Request) -> InstanceObserved:
+        obs = request.app.state.reconciler.observed(instance_id)
+        if obs is None:
+            raise AgentApiError(404, "InstanceNotFound", f"instance {instance_id} is not on this host")
+        return obs
+
+    @r.put("/instances/{instance_id}", response_model=InstanceObserved)
+    def put_instance(instance_id: InstanceIdPath, spec: InstanceSpec,
+                     request: Request) -> InstanceObserved:
+        st = request.app.state
+        if spec.instance_id != instance_id:
+            raise AgentApiError(400, "InvalidParameterValue",
+                                f"spec.instance_id {spec.instance_id} does not match the URL")
+        with st.put_lock:
+            cur = st.store.spec(instance_id)
+            if cur is not None:
+                if spec.generation < cur.generation:
+                    raise AgentApiError(409, "StaleGeneration",
+                                        f"generation {spec.generation} is older than the accepted "
+                                        f"{cur.generation}")
+                if spec.generation == cur.generation:
+                    if spec == cur:
+                        return st.reconciler.observed(instance_id)  # a re-send: nothing to do
+                    raise AgentApiError(409, "IdempotentParameterMismatch",
+                                        f"generation {spec.generation} was already accepted with "
+                                        "different content")
+            else:
+                gone = st.store.deleted_generation(instance_id)
+                if gone is not None and spec.generation <= gone:
+                    raise AgentApiError(409, "StaleGeneration",
+                                        f"instance {instance_id} was deleted at generation {gone}")
+            st.store.put_spec(spec)
+        st.reconciler.kick(instance_id)
+        return st.reconciler.observed(instance_id)
+
+    @r.delete("/instances/{instance_id}", status_code=204)
+    def delete_instance(instance_id: InstanceIdPath, request: Request) -> Response:
+        st = request.app.state
+        with st.put_lock:
+            st.store.remove_spec(instance_id)
+        try:
+            st.reconciler.delete(instance_id)
+        except DriverError as e:
+            # The spec is gone for good; the orphan sweep keeps retrying, and so may the caller.
+            raise AgentApiError(503, e.code, f"teardown of {instance_id} failed: {e}",
+                                retryable=True) from None
+        return Response(status_code=204)
+
+    @r.get("/instances/{instance_id}/console", response_model=ConsoleOutput)
+    def get_console(instance_id: InstanceIdPath, request: Request,
+                    tail_bytes: Annotated[int | None, Query(ge=0)] = None) -> ConsoleOutput:
+        st = request.app.state
+        if st.store.spec(instance_id) is None:
+            raise AgentApiError(404, "InstanceNotFound", f"instance {instance_id} is not on this host")
+        log_path = st.drivers.storage.instance_dir(instance_id) / "console.log"
+        return ConsoleOutput(instance_id=instance_id, output=read_tail(log_path, tail_bytes))
+
+    return r
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AgentApiError)
+    async def _api_error(request: Request, exc: AgentApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(_error_body(exc.code, exc.message, exc.retryable), exc.status,
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}")
+        return JSONResponse(_error_body("InvalidParameterValue", "; ".join(parts)), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
+        return JSONResponse(_error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(_error_body("InternalError", f"{type(exc).__name__}: {exc}", True), 500)
+
+
+def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = None,
+               network: Any = None) -> FastAPI:
+    """One agent: API + reconcile loop + heartbeat, over `settings.state_dir`.
+
+    Drivers may be injected (tests pass fakes); otherwise settings.driver picks them.
+    Starting the app loads the accepted specs and reconciles; stopping it leaves guests running.
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    drivers = build_drivers(settings, hypervisor, storage, network)
+    store = StateStore(settings.state_dir)
+    reconciler = Reconciler(store, drivers, shutdown_timeout=settings.shutdown_timeout,
+                            resync_interval=settings.resync_interval,
+                            max_backoff=settings.max_backoff, workers=settings.reconcile_workers)
+    heartbeat = Heartbeat(settings, host=lambda: host_info(settings, drivers.hypervisor),
+                          instances=reconciler.observed_all)
+    reconciler.on_change = heartbeat.kick
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        reconciler.start()
+        heartbeat.start()
+        try:
+            yield
+        finally:
+            heartbeat.stop()
+            reconciler.stop()
+            close = getattr(drivers.hypervisor, "close", None)
+            if callable(close):
+                close()
+
+    def require_token(request: Request) -> None:
+        scheme, _, cred = request.headers.get("authorization", "").partition(" ")
+        if not (settings.token and scheme.lower() == "bearer"
+                and hmac.compare_digest(cred.encode(), settings.token.encode())):
+            raise AgentApiError(401, "AuthFailure", "missing or invalid bearer token")
+
+    app = FastAPI(title="kumo-agent", version="v1", lifespan=lifespan,
+                  dependencies=[Depends(require_token)])
+    app.state.settings = settings
+    app.state.drivers = drivers
+    app.state.store = store
+    app.state.reconciler = reconciler
+    app.state.heartbeat = heartbeat
+    app.state.put_lock = threading.Lock()
+    _install_error_handlers(app)
+    app.include_router(_router())
+    return app

@@ -1,0 +1,138 @@
+"""Heartbeats: the agent tells the controller who it is, what it can hold and what it runs.
+
+Every `heartbeat_interval` seconds, and right after an observed state changes (kick()), POST a
+HeartbeatRequest to `<controller_url>/v1/agent/heartbeat`. An unreachable controller is logged
+and retried at the next tick; the agent keeps reconciling on its own meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from agent.contract import transport
+from agent.contract.v1 import EXTENSIONS, HeartbeatRequest, HeartbeatResponse, HostInfo
+from agent.contract.v1 import InstanceObserved
+from agent.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+#: Minimum seconds between two heartbeats.
+MIN_GAP = 0.2
+
+
+def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024  # the value is in KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def disk_bytes(path: Path) -> int:
+    """Size of the filesystem holding `path` (the agent's state dir)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_blocks * st.f_frsize
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("kumo")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def host_info(settings: AgentSettings, hypervisor) -> HostInfo:
+    """HostInfo of this host, measured now."""
+    versions = {"agent": agent_version()}
+    getter = getattr(hypervisor, "versions", None)
+    if callable(getter):
+        try:
+            versions.update({k: str(v) for k, v in getter().items()})
+        except Exception as e:  # versions are informative; never fail a heartbeat for them
+            log.debug("hypervisor versions: %s", e)
+    arch = platform.machine() or "x86_64"
+    return HostInfo(host_id=settings.host_id, agent_url=settings.agent_url(),
+                    hypervisor=hypervisor.kind, architecture=arch,
+                    vcpus=os.cpu_count() or 1, memory_mib=host_memory_mib(),
+                    disk_bytes=disk_bytes(settings.state_dir), extensions=list(EXTENSIONS),
+                    versions=versions)
+
+
+class Heartbeat:
+    """Background sender of heartbeats."""
+
+    def __init__(self, settings: AgentSettings, host: Callable[[], HostInfo],
+                 instances: Callable[[], list[InstanceObserved]]):
+        self.settings = settings
+        self.host = host
+        self.instances = instances
+        self.interval = settings.heartbeat_interval
+        self.sent = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+
+    def start(self) -> None:
+        if not self.settings.controller_url:
+            log.info("no controller_url: heartbeats disabled")
+            return
+        self._thread = threading.Thread(target=self._main, name="kumo-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._client is not None:
+            self._client.close()
+
+    def kick(self) -> None:
+        """Send one now (an observed state changed)."""
+        self._wake.set()
+
+    def send_once(self) -> HeartbeatResponse:
+        req = HeartbeatRequest(host=self.host(), instances=self.instances(), sent_at=time.time())
+        if self._client is None:
+            self._client = transport.client(self.settings.controller_url, self.settings.token)
+        r = self._client.post("/v1/agent/heartbeat", json=req.model_dump(mode="json"))
+        r.raise_for_status()
+        return HeartbeatResponse.model_validate(r.json())
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                resp = self.send_once()
+                self.sent += 1
+                self.last_error = None
+                # The controller may ask for a faster pace, never a slower one than configured.
+                self.interval = min(self.settings.heartbeat_interval, max(resp.interval, 0.2))
+            except Exception as e:  # unreachable, 5xx, garbage: log and retry next tick
+                self.failures += 1
+                if self.last_error != str(e):
+                    log.warning("heartbeat to %s failed: %s", self.settings.controller_url, e)
+                self.last_error = str(e)
+                if self._client is not None:
+                    self._client.close()
+                    self._client = None
+            # A burst of state changes must not become a burst of heartbeats.
+            if self._stop.wait(MIN_GAP):
+                break
+            self._wake.wait(max(self.interval - MIN_GAP, 0))

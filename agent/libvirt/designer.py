@@ -1,0 +1,98 @@
+"""The designer: turns a DomainPlan into libvirt domain objects. All domain policy lives here.
+
+Policy, and why:
+- machine 'pc' (i440fx): the Debian cloud kernel has no AHCI, so a q35 SATA cdrom is invisible;
+  the NoCloud seed is an IDE cdrom (ata_piix), read-only.
+- root disk virtio-blk qcow2 (the per-instance overlay), boot from it.
+- TCG ("qemu"): a named CPU model (host-passthrough needs KVM). KVM: host-passthrough.
+- serial console on a pty (`virsh console`) and appended to the instance's console.log.
+- virtio-rng from /dev/urandom: guests otherwise stall early in boot waiting for entropy.
+- memballoon none: nothing in Kumo inflates balloons, and it saves a device.
+- taps get stable names derived from the instance id so the network side can find them.
+- <metadata><kumo:instance> carries the instance id and spec generation.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from agent.drivers.base import DomainPlan
+from agent.libvirt.domain import (
+    CPU,
+    OS,
+    BridgeInterface,
+    Clock,
+    Device,
+    Disk,
+    Domain,
+    KumoMetadata,
+    MemBalloon,
+    PtySerial,
+    Rng,
+    SerialConsole,
+    Timer,
+)
+
+HypervisorKind = Literal["kvm", "qemu"]
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+#: CPU model under TCG; "max" means QEMU's -cpu max (every feature TCG emulates).
+DEFAULT_TCG_CPU_MODEL = "qemu64"
+
+
+def tap_name(instance_id: str, index: int = 0) -> str:
+    """Stable host-side tap name for NIC `index` of an instance: 'tap' + 11 hex chars (14 <= 15)."""
+    digest = hashlib.sha256(f"{instance_id}/{index}".encode()).hexdigest()
+    return "tap" + digest[:11]
+
+
+def _cpu(kind: HypervisorKind, tcg_cpu_model: str) -> CPU:
+    if kind == "kvm":
+        return CPU(mode="host-passthrough", match=None, check="none")
+    if tcg_cpu_model == "max":
+        return CPU(mode="maximum", match=None, check="none")
+    return CPU(mode="custom", model=tcg_cpu_model, match="exact", check="none")
+
+
+def design_domain(plan: DomainPlan, kind: HypervisorKind, *,
+                  emulator: str | None = DEFAULT_EMULATOR,
+                  generation: int | None = None,
+                  tcg_cpu_model: str = DEFAULT_TCG_CPU_MODEL) -> Domain:
+    """The domain objects for `plan` on a `kind` hypervisor."""
+    if kind not in ("kvm", "qemu"):
+        raise ValueError(f"unknown hypervisor kind {kind!r}")
+    devices: list[Device] = [
+        Disk(source_file=str(plan.root_disk), target_dev="vda", target_bus="virtio",
+             device="disk", driver_type="qcow2"),
+    ]
+    if plan.seed_iso is not None:
+        devices.append(Disk(source_file=str(plan.seed_iso), target_dev="hdc", target_bus="ide",
+                            device="cdrom", driver_type="raw", readonly=True))
+    for index, nic in enumerate(plan.nics):
+        devices.append(BridgeInterface(mac=nic.mac, bridge=nic.bridge,
+                                       target_dev=tap_name(plan.name, index)))
+    devices += [
+        PtySerial(log_file=str(plan.console_log), port=0),
+        SerialConsole(port=0),
+        Rng(source="/dev/urandom"),
+        MemBalloon(model="none"),
+    ]
+    # Under TCG the guest is slow to service timer ticks; catch up rather than drift.
+    timers = (Timer("rtc", tickpolicy="catchup"), Timer("pit", tickpolicy="delay"),
+              Timer("hpet", present=False))
+    return Domain(
+        name=plan.name,
+        type=kind,
+        memory_kib=plan.memory_mib * 1024,
+        vcpus=plan.vcpus,
+        os=OS(arch="x86_64", machine="pc", boot_devs=("hd",)),
+        features=("acpi", "apic"),
+        cpu=_cpu(kind, tcg_cpu_model),
+        clock=Clock(offset="utc", timers=timers),
+        on_poweroff="destroy",
+        on_reboot="restart",
+        on_crash="destroy",
+        emulator=emulator,
+        devices=devices,
+        metadata=KumoMetadata(instance_id=plan.name,
+                              generation=plan.generation if generation is None else generation),
+    )

@@ -1,0 +1,252 @@
+"""Typed objects for a libvirt domain definition, rendered with xml.etree.ElementTree.
+
+No policy lives here (that is designer.py): every object renders exactly what it holds. Values go
+into element text and attributes, never into string templates, so escaping is ElementTree's job.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: Namespace of Kumo's <metadata> child, so the agent recognises its own domains.
+KUMO_NS = "https://kumo.dev/xmlns/libvirt/instance/1"
+KUMO_NS_PREFIX = "kumo"
+
+ET.register_namespace(KUMO_NS_PREFIX, KUMO_NS)
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        el.text = text
+    return el
+
+
+class _Xml:
+    def to_element(self) -> ET.Element:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_xml(self) -> str:
+        el = self.to_element()
+        ET.indent(el, space="  ")
+        return ET.tostring(el, encoding="unicode") + "\n"
+
+
+@dataclass
+class OS(_Xml):
+    arch: str = "x86_64"
+    machine: str = "pc"
+    type: str = "hvm"
+    boot_devs: tuple[str, ...] = ("hd",)
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("os")
+        _sub(el, "type", self.type, arch=self.arch, machine=self.machine)
+        for dev in self.boot_devs:
+            _sub(el, "boot", dev=dev)
+        return el
+
+
+@dataclass
+class CPU(_Xml):
+    #: "host-passthrough", "host-model" or "custom" (then `model` is used).
+    mode: str = "custom"
+    model: str | None = None
+    match: str | None = "exact"
+    check: str | None = None
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("cpu", mode=self.mode)
+        if self.mode == "custom" and self.match:
+            el.set("match", self.match)
+        if self.check:
+            el.set("check", self.check)
+        if self.model is not None:
+            _sub(el, "model", self.model, fallback="allow")
+        return el
+
+
+@dataclass
+class Timer(_Xml):
+    name: str
+    tickpolicy: str | None = None
+    present: bool | None = None
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("timer", name=self.name)
+        if self.tickpolicy:
+            el.set("tickpolicy", self.tickpolicy)
+        if self.present is not None:
+            el.set("present", "yes" if self.present else "no")
+        return el
+
+
+@dataclass
+class Clock(_Xml):
+    offset: str = "utc"
+    timers: tuple[Timer, ...] = ()
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("clock", offset=self.offset)
+        for timer in self.timers:
+            el.append(timer.to_element())
+        return el
+
+
+@dataclass
+class Disk(_Xml):
+    source_file: str
+    target_dev: str
+    target_bus: str
+    device: Literal["disk", "cdrom"] = "disk"
+    driver_type: str = "qcow2"
+    cache: str | None = None
+    readonly: bool = False
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("disk", type="file", device=self.device)
+        drv = _sub(el, "driver", name="qemu", type=self.driver_type)
+        if self.cache:
+            drv.set("cache", self.cache)
+        _sub(el, "source", file=self.source_file)
+        _sub(el, "target", dev=self.target_dev, bus=self.target_bus)
+        if self.readonly:
+            _sub(el, "readonly")
+        return el
+
+
+@dataclass
+class BridgeInterface(_Xml):
+    mac: str
+    bridge: str
+    target_dev: str | None = None
+    model: str = "virtio"
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("interface", type="bridge")
+        _sub(el, "mac", address=self.mac)
+        _sub(el, "source", bridge=self.bridge)
+        if self.target_dev:
+            _sub(el, "target", dev=self.target_dev)
+        _sub(el, "model", type=self.model)
+        return el
+
+
+@dataclass
+class PtySerial(_Xml):
+    """A serial port on a pty (for `virsh console`), also appended to a log file."""
+
+    log_file: str | None = None
+    port: int = 0
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("serial", type="pty")
+        if self.log_file:
+            _sub(el, "log", file=self.log_file, append="on")
+        _sub(el, "target", port=str(self.port))
+        return el
+
+
+@dataclass
+class SerialConsole(_Xml):
+    port: int = 0
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("console", type="pty")
+        _sub(el, "target", type="serial", port=str(self.port))
+        return el
+
+
+@dataclass
+class MemBalloon(_Xml):
+    model: Literal["none", "virtio"] = "none"
+
+    def to_element(self) -> ET.Element:
+        return ET.Element("memballoon", model=self.model)
+
+
+@dataclass
+class Rng(_Xml):
+    source: str = "/dev/urandom"
+    model: str = "virtio"
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("rng", model=self.model)
+        _sub(el, "backend", self.source, model="random")
+        return el
+
+
+Device = Disk | BridgeInterface | PtySerial | SerialConsole | MemBalloon | Rng
+
+
+@dataclass
+class KumoMetadata(_Xml):
+    """<kumo:instance> inside <metadata>: how the agent finds and ages its domains."""
+
+    instance_id: str
+    generation: int = 0
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element(f"{{{KUMO_NS}}}instance")
+        _sub(el, f"{{{KUMO_NS}}}id", self.instance_id)
+        _sub(el, f"{{{KUMO_NS}}}generation", str(self.generation))
+        return el
+
+    @classmethod
+    def from_xml(cls, text: str) -> KumoMetadata:
+        """Parse what virDomainGetMetadata returns (libvirt drops the namespace prefix)."""
+        el = ET.fromstring(text)
+        values = {child.tag.rpartition("}")[2]: (child.text or "").strip() for child in el}
+        iid, gen = values.get("id"), values.get("generation") or "0"
+        if not iid:
+            raise ValueError("kumo metadata without an instance id")
+        return cls(instance_id=iid, generation=int(gen))
+
+
+@dataclass
+class Domain(_Xml):
+    name: str
+    memory_kib: int
+    vcpus: int
+    type: Literal["qemu", "kvm"] = "qemu"
+    uuid: str | None = None
+    os: OS = field(default_factory=OS)
+    features: tuple[str, ...] = ("acpi", "apic")
+    cpu: CPU | None = None
+    clock: Clock | None = field(default_factory=Clock)
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    emulator: str | None = None
+    devices: list[Device] = field(default_factory=list)
+    metadata: KumoMetadata | None = None
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("domain", type=self.type)
+        _sub(el, "name", self.name)
+        if self.uuid:
+            _sub(el, "uuid", self.uuid)
+        if self.metadata is not None:
+            _sub(el, "metadata").append(self.metadata.to_element())
+        _sub(el, "memory", str(self.memory_kib), unit="KiB")
+        _sub(el, "currentMemory", str(self.memory_kib), unit="KiB")
+        _sub(el, "vcpu", str(self.vcpus), placement="static")
+        el.append(self.os.to_element())
+        if self.features:
+            feats = _sub(el, "features")
+            for name in self.features:
+                _sub(feats, name)
+        if self.cpu is not None:
+            el.append(self.cpu.to_element())
+        if self.clock is not None:
+            el.append(self.clock.to_element())
+        _sub(el, "on_poweroff", self.on_poweroff)
+        _sub(el, "on_reboot", self.on_reboot)
+        _sub(el, "on_crash", self.on_crash)
+        devs = _sub(el, "devices")
+        if self.emulator:
+            _sub(devs, "emulator", self.emulator)
+        for dev in self.devices:
+            devs.append(dev.to_element())
+        return el

@@ -1,0 +1,344 @@
+"""LibvirtHypervisor: the Hypervisor driver (agent/drivers/base.py) on a libvirt connection.
+
+The connection is injected (a URI, an open virConnect, or a factory) and reopened when it drops
+(libvirtd restarted). libvirt errors are translated here, at the boundary: a missing domain is
+DomainNotFound (or a no-op for destroy/shutdown/undefine), everything else a DriverError with a
+stable code. Only Kumo's domains (named i-<17 hex> or carrying Kumo metadata) are listed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import libvirt
+
+from agent.contract.v1 import INSTANCE_ID_RE
+from agent.drivers.base import DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.libvirt.designer import DEFAULT_EMULATOR, DEFAULT_TCG_CPU_MODEL, design_domain
+from agent.libvirt.domain import KUMO_NS, KumoMetadata
+
+T = TypeVar("T")
+ConnSource = str | libvirt.virConnect | Callable[[], libvirt.virConnect]
+
+_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC}
+_DEFINITION_CODES = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL,
+                     libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_XML_INVALID_SCHEMA}
+_UNDEFINE_FLAG_SETS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    0,
+)
+
+
+def _quiet(_ctx, _err) -> None:
+    """libvirt's default handler prints every error to stderr; we translate them instead."""
+
+
+def _is_connection_error(e: libvirt.libvirtError) -> bool:
+    return (e.get_error_code() in _CONNECTION_CODES
+            or e.get_error_domain() == libvirt.VIR_FROM_RPC)
+
+
+def _translate(e: libvirt.libvirtError, what: str) -> DriverError:
+    code = e.get_error_code()
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return DomainNotFound(f"{what}: {e}")
+    if _is_connection_error(e):
+        return DriverError(f"{what}: libvirt unavailable: {e}", code="HypervisorUnavailable",
+                           retryable=True)
+    if code in _DEFINITION_CODES:
+        return DriverError(f"{what}: invalid domain definition: {e}",
+                           code="InvalidDomainDefinition", retryable=False)
+    if code == libvirt.VIR_ERR_OPERATION_TIMEOUT:
+        return DriverError(f"{what}: {e}", code="HypervisorTimeout", retryable=True)
+    return DriverError(f"{what}: libvirt error {code}: {e}", code="HypervisorError",
+                       retryable=True)
+
+
+class LibvirtHypervisor:
+    """Runs Kumo domains on one libvirt connection (qemu:///system or a lab host's socket)."""
+
+    #: resize_offline: a redefinition with new vcpus/memory applies at the next start.
+    capabilities = frozenset({"reboot", "resize_offline", "console_log"})
+
+    def __init__(self, conn: ConnSource, kind: Literal["kvm", "qemu"], *,
+                 emulator: str | None = DEFAULT_EMULATOR,
+                 tcg_cpu_model: str = DEFAULT_TCG_CPU_MODEL,
+                 reboot_mode: Literal["restart", "reset"] = "restart",
+                 poll_interval: float = 0.2) -> None:
+        if kind not in ("kvm", "qemu"):
+            raise ValueError(f"unknown hypervisor kind {kind!r}")
+        self.kind = kind
+        self.emulator = emulator
+        self.tcg_cpu_model = tcg_cpu_model
+        self.reboot_mode = reboot_mode
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        libvirt.registerErrorHandler(_quiet, None)
+        if isinstance(conn, str):
+            uri = conn
+            self._factory: Callable[[], libvirt.virConnect] = lambda: libvirt.open(uri)
+        elif isinstance(conn, libvirt.virConnect):
+            self._conn = conn
+            uri = conn.getURI()
+            self._factory = lambda: libvirt.open(uri)
+        else:
+            self._factory = conn
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    if conn.isAlive():
+                        return conn
+                except libvirt.libvirtError:
+                    pass
+                self._drop(conn)
+            try:
+                self._conn = self._factory()
+            except libvirt.libvirtError as e:
+                raise DriverError(f"cannot connect to libvirt: {e}", code="HypervisorUnavailable",
+                                  retryable=True) from e
+            return self._conn
+
+    def _drop(self, conn: libvirt.virConnect) -> None:
+        if self._conn is conn:
+            self._conn = None
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run fn(conn); on a dropped connection reconnect and try once more."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as e:
+                if attempt == 1 and _is_connection_error(e):
+                    with self._lock:
+                        self._drop(conn)
+                    continue
+                raise _translate(e, what) from e
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._drop(self._conn)
+
+    # -- Hypervisor protocol ----------------------------------------------------------------
+
+    def domain_xml(self, plan: DomainPlan) -> str:
+        """The XML `define` would send (designed, not yet given its existing uuid)."""
+        return design_domain(plan, self.kind, emulator=self.emulator,
+                             tcg_cpu_model=self.tcg_cpu_model).to_xml()
+
+    def define(self, plan: DomainPlan) -> None:
+        domain = design_domain(plan, self.kind, emulator=self.emulator,
+                               tcg_cpu_model=self.tcg_cpu_model)
+
+        def run(conn: libvirt.virConnect) -> None:
+            # Redefining needs the existing uuid, or libvirt refuses the name as taken.
+            try:
+                domain.uuid = conn.lookupByName(plan.name).UUIDString()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                domain.uuid = None
+            conn.defineXML(domain.to_xml())
+
+        self._call(f"define {plan.name}", run)
+
+    def start(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            dom = conn.lookupByName(name)
+            state = dom.state()[0]
+            if state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+                dom.resume()
+            elif not dom.isActive():
+                dom.create()
+
+        self._call(f"start {name}", run)
+
+    def destroy(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            try:
+                dom = conn.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+            except libvirt.libvirtError as e:
+                # Gone, or stopped between our check and the call: both mean "off".
+                if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                              libvirt.VIR_ERR_OPERATION_INVALID):
+                    raise
+
+        self._call(f"destroy {name}", run)
+
+    def shutdown(self, name: str, timeout: float) -> None:
+        def ask(conn: libvirt.virConnect) -> bool:
+            try:
+                dom = conn.lookupByName(name)
+                if not dom.isActive():
+                    return False
+                # Flags 0: the hypervisor's default, ACPI power button for QEMU without a
+                # guest agent channel (which Kumo domains never have).
+                dom.shutdown()
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
+                                          libvirt.VIR_ERR_OPERATION_INVALID):
+                    return False
+                raise
+
+        if not self._call(f"shutdown {name}", ask):
+            return
+        deadline = time.monotonic() + max(0.0, timeout)
+        while time.monotonic() < deadline:
+            if self.status(name).power in ("shutoff", "crashed", "absent"):
+                return
+            time.sleep(self.poll_interval)
+        self.destroy(name)
+
+    def reboot(self, name: str) -> None:
+        """A fresh boot. "restart" (default): destroy + start, so the guest boots from the
+        persistent definition in a new QEMU process whatever it does with ACPI (and a pending
+        redefinition takes effect). "reset": a hardware reset of the running QEMU (taps kept)."""
+        def run(conn: libvirt.virConnect) -> None:
+            dom = conn.lookupByName(name)
+            if self.reboot_mode == "reset" and dom.isActive():
+                dom.reset()
+                return
+            if dom.isActive():
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+            dom.create()
+
+        self._call(f"reboot {name}", run)
+
+    def undefine(self, name: str) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            try:
+                dom = conn.lookupByName(name)
+                if dom.isActive():
+                    try:
+                        dom.destroy()
+                    except libvirt.libvirtError as e:
+                        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                            raise
+                for flags in _UNDEFINE_FLAG_SETS:
+                    try:
+                        dom.undefineFlags(flags)
+                        return
+                    except libvirt.libvirtError as e:
+                        # Older or test drivers reject some flags: retry with fewer.
+                        if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                                      libvirt.VIR_ERR_NO_SUPPORT) or flags == 0:
+                            raise
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+
+        self._call(f"undefine {name}", run)
+
+    def status(self, name: str) -> DomainStatus:
+        def run(conn: libvirt.virConnect) -> DomainStatus:
+            try:
+                return self._status_of(conn.lookupByName(name))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return DomainStatus(name=name, power="absent")
+                raise
+
+        return self._call(f"status {name}", run)
+
+    def list_domains(self) -> list[DomainStatus]:
+        def run(conn: libvirt.virConnect) -> list[DomainStatus]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    if not self._is_kumo(dom):
+                        continue
+                    out.append(self._status_of(dom))
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                        raise
+            return sorted(out, key=lambda s: s.name)
+
+        return self._call("list domains", run)
+
+    def defined_generation(self, name: str) -> int | None:
+        """The spec generation recorded in the domain's metadata (None: absent or not Kumo's)."""
+        def run(conn: libvirt.virConnect) -> int | None:
+            try:
+                meta = self._metadata(conn.lookupByName(name))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            return meta.generation if meta else None
+
+        return self._call(f"metadata {name}", run)
+
+    def versions(self) -> dict[str, str]:
+        """libvirt library/daemon and hypervisor versions, for HostInfo.versions."""
+        def fmt(v: int) -> str:
+            return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+        def run(conn: libvirt.virConnect) -> dict[str, str]:
+            out = {"libvirt": fmt(conn.getLibVersion()), "hypervisor_kind": self.kind}
+            try:
+                out["qemu"] = fmt(conn.getVersion())
+            except libvirt.libvirtError:
+                pass
+            return out
+
+        return self._call("versions", run)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _metadata(dom: libvirt.virDomain) -> KumoMetadata | None:
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, KUMO_NS, 0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise
+        try:
+            return KumoMetadata.from_xml(text)
+        except (ValueError, SyntaxError):
+            return None
+
+    def _is_kumo(self, dom: libvirt.virDomain) -> bool:
+        return bool(INSTANCE_ID_RE.match(dom.name())) or self._metadata(dom) is not None
+
+    @staticmethod
+    def _status_of(dom: libvirt.virDomain) -> DomainStatus:
+        state, reason = dom.state()
+        _, max_kib, _, vcpus, _ = dom.info()
+        if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
+                     libvirt.VIR_DOMAIN_SHUTDOWN):
+            power = "running"
+        elif state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+            power = "paused"
+        elif state == libvirt.VIR_DOMAIN_CRASHED or (
+                state == libvirt.VIR_DOMAIN_SHUTOFF
+                and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED):
+            power = "crashed"
+        elif state == libvirt.VIR_DOMAIN_SHUTOFF:
+            power = "shutoff"
+        else:  # NOSTATE: trust isActive
+            power = "running" if dom.isActive() else "shutoff"
+        return DomainStatus(name=dom.name(), power=power, vcpus=vcpus, memory_mib=max_kib // 1024)

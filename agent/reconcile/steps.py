@@ -1,0 +1,307 @@
+"""The steps that bring one instance to its spec, each with needed()/run()/verify().
+
+A step looks at the host (through the drivers) and at the instance's runtime record, never at
+what a previous step "probably" did, so re-planning after any failure or restart is safe.
+Artifact steps (image, disk, seed, definition) remember a key of their inputs in the runtime
+record: they redo work only when the inputs change or the artifact disappeared.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from agent.contract.v1 import InstanceSpec, NicSpec
+from agent.drivers.base import DomainNic, DomainPlan, DomainStatus, DriverError, Hypervisor, Storage
+from agent.drivers.network_base import Network
+from agent.state import Runtime
+
+MAX_USER_DATA = 16 * 1024
+NetworkConfigBuilder = Callable[[list[NicSpec]], dict]
+
+
+def simple_network_config(nics: list[NicSpec]) -> dict:
+    """cloud-init network-config v2 for static NICs (used when agent.seed is not wired in)."""
+    ethernets: dict[str, dict] = {}
+    for nic in nics:
+        eth: dict = {"match": {"macaddress": nic.mac}, "set-name": nic.device,
+                     "addresses": [str(nic.address)]}
+        if nic.gateway is not None:
+            eth["routes"] = [{"to": "0.0.0.0/0", "via": str(nic.gateway)}]
+        if nic.nameservers:
+            eth["nameservers"] = {"addresses": [str(a) for a in nic.nameservers]}
+        ethernets[nic.device] = eth
+    return {"version": 2, "ethernets": ethernets}
+
+
+@dataclass
+class Drivers:
+    hypervisor: Hypervisor
+    storage: Storage
+    network: Network | None = None
+    network_config: NetworkConfigBuilder = simple_network_config
+
+
+def key_of(*parts: object) -> str:
+    """A stable fingerprint of a step's inputs."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _exists(path: str | None) -> bool:
+    return path is not None and os.path.exists(path)
+
+
+@dataclass
+class InstanceContext:
+    """One instance being reconciled: its spec, its runtime record and the drivers."""
+
+    spec: InstanceSpec
+    rt: Runtime
+    drivers: Drivers
+    shutdown_timeout: float
+    clock: Callable[[], float]
+
+    @property
+    def id(self) -> str:
+        return self.spec.instance_id
+
+    def status(self) -> DomainStatus:
+        return self.drivers.hypervisor.status(self.id)
+
+    def console_log(self) -> Path:
+        return self.drivers.storage.instance_dir(self.id) / "console.log"
+
+    def console_size(self) -> int:
+        try:
+            return self.console_log().stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def record_boot(self, console_offset: int) -> None:
+        """A fresh boot began: readiness now only counts console bytes after `console_offset`."""
+        rt = self.rt
+        rt.boot_count += 1
+        rt.boot_started_at = self.clock()
+        rt.booted, rt.booted_at = False, None
+        rt.console_offset = rt.console_scan_pos = console_offset
+        rt.applied_power = "running"
+        rt.applied_reboot_nonce = max(rt.applied_reboot_nonce, self.spec.reboot_nonce)
+
+    def record_stopped(self) -> None:
+        rt = self.rt
+        rt.applied_power = "stopped"
+        rt.boot_started_at = None
+        rt.booted, rt.booted_at = False, None
+
+    # -- desired artifacts ---------------------------------------------------------------
+    def image_key(self) -> str:
+        return key_of(self.spec.image.image_id, self.spec.image.sha256)
+
+    def disk_key(self) -> str:
+        return key_of(self.image_key(), self.disk_size())
+
+    def disk_size(self) -> int:
+        return max(self.spec.root_disk_bytes, self.spec.image.virtual_size)
+
+    def seed_inputs(self) -> tuple[dict, bytes, dict | None]:
+        spec = self.spec
+        meta: dict = {"instance-id": spec.instance_id, "local-hostname": spec.hostname}
+        if spec.ssh_authorized_keys:
+            meta["public-keys"] = list(spec.ssh_authorized_keys)
+        try:
+            user_data = base64.b64decode(spec.user_data_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise DriverError(f"user_data_b64 is not valid base64: {e}", code="InvalidUserData",
+                              retryable=False) from None
+        if len(user_data) > MAX_USER_DATA:
+            raise DriverError("user data is larger than 16 KiB", code="InvalidUserData",
+                              retryable=False)
+        netcfg = self.drivers.network_config(list(spec.nics)) if spec.nics else None
+        return meta, user_data, netcfg
+
+    def seed_key(self) -> str:
+        meta, user_data, netcfg = self.seed_inputs()
+        return key_of(meta, base64.b64encode(user_data).decode(), netcfg)
+
+    def plan(self) -> DomainPlan:
+        return DomainPlan(
+            name=self.id, vcpus=self.spec.vcpus, memory_mib=self.spec.memory_mib,
+            root_disk=Path(self.rt.disk_path or ""),
+            seed_iso=Path(self.rt.seed_path) if self.rt.seed_path else None,
+            console_log=self.console_log(),
+            nics=tuple(DomainNic(mac=n.mac, bridge=n.bridge) for n in self.spec.nics))
+
+    def plan_key(self) -> str:
+        p = self.plan()
+        return key_of(p.name, p.vcpus, p.memory_mib, str(p.root_disk), str(p.seed_iso),
+                      str(p.console_log), [(n.mac, n.bridge) for n in p.nics])
+
+
+class Step:
+    """One idempotent action: run() only when needed(); verify() after run()."""
+
+    name = "step"
+
+    def needed(self, ctx: InstanceContext) -> bool:
+        raise NotImplementedError
+
+    def run(self, ctx: InstanceContext) -> None:
+        raise NotImplementedError
+
+    def verify(self, ctx: InstanceContext) -> bool:
+        return not self.needed(ctx)
+
+
+class ImageCached(Step):
+    name = "image-cached"
+
+    def needed(self, ctx):
+        return ctx.rt.image_key != ctx.image_key() or not _exists(ctx.rt.image_path)
+
+    def run(self, ctx):
+        img = ctx.spec.image
+        path = ctx.drivers.storage.cached_image(img.image_id, img.url, img.sha256)
+        ctx.rt.image_path, ctx.rt.image_key = str(path), ctx.image_key()
+
+
+class RootDisk(Step):
+    name = "root-disk"
+
+    def needed(self, ctx):
+        return ctx.rt.disk_key != ctx.disk_key() or not _exists(ctx.rt.disk_path)
+
+    def run(self, ctx):
+        path = ctx.drivers.storage.ensure_root_disk(ctx.id, Path(ctx.rt.image_path),
+                                                   ctx.disk_size())
+        ctx.rt.disk_path, ctx.rt.disk_key = str(path), ctx.disk_key()
+
+
+class SeedWritten(Step):
+    name = "seed-written"
+
+    def needed(self, ctx):
+        return ctx.rt.seed_key != ctx.seed_key() or not _exists(ctx.rt.seed_path)
+
+    def run(self, ctx):
+        meta, user_data, netcfg = ctx.seed_inputs()
+        path = ctx.drivers.storage.write_seed(ctx.id, meta, user_data, netcfg)
+        ctx.rt.seed_path, ctx.rt.seed_key = str(path), ctx.seed_key()
+
+
+class NetworkReady(Step):
+    name = "network-ready"
+
+    def needed(self, ctx):
+        net = ctx.drivers.network
+        if net is None:
+            return False  # no network driver: bridges are the operator's business
+        return any(not net.bridge_ready(n.bridge, n.router) for n in ctx.spec.nics)
+
+    def run(self, ctx):
+        for nic in ctx.spec.nics:
+            if not ctx.drivers.network.bridge_ready(nic.bridge, nic.router):
+                ctx.drivers.network.ensure_bridge(nic.bridge, nic.router)
+
+
+class DomainDefined(Step):
+    """Define the domain, or redefine it when its plan changed (a new size applies at next start)."""
+
+    name = "domain-defined"
+
+    def needed(self, ctx):
+        st = ctx.status()
+        if st.power == "absent":
+            return True
+        if ctx.rt.defined_key is None:
+            # A domain we have no record of defining (runtime lost): keep it when its size
+            # matches, so a restarted agent never redefines a healthy guest.
+            return (st.vcpus, st.memory_mib) != (ctx.spec.vcpus, ctx.spec.memory_mib)
+        return ctx.rt.defined_key != ctx.plan_key()
+
+    def run(self, ctx):
+        ctx.drivers.hypervisor.define(ctx.plan())
+        ctx.rt.defined_key = ctx.plan_key()
+
+
+class PoweredOff(Step):
+    """Desired stopped: ACPI shutdown with a timeout, then a hard power-off if still up."""
+
+    name = "powered-off"
+
+    def needed(self, ctx):
+        return ctx.spec.power == "stopped" and ctx.status().power in ("running", "paused",
+                                                                       "crashed")
+
+    def run(self, ctx):
+        hv = ctx.drivers.hypervisor
+        if ctx.status().power == "running":
+            hv.shutdown(ctx.id, ctx.shutdown_timeout)
+        if ctx.status().power != "shutoff":
+            hv.destroy(ctx.id)
+        ctx.record_stopped()
+
+
+def _start_wanted(ctx: InstanceContext, st: DomainStatus) -> bool:
+    if ctx.spec.power != "running" or st.power not in ("shutoff", "crashed"):
+        return False
+    rt = ctx.rt
+    # The agent has not started this run yet (first boot, or stopped -> running).
+    if rt.applied_power != "running":
+        return True
+    # It was running and went down by itself: drift. Only restart when the policy says so, or
+    # when the controller explicitly asked for a (re)boot.
+    return ctx.spec.restart_policy == "always" or ctx.spec.reboot_nonce > rt.applied_reboot_nonce
+
+
+class Started(Step):
+    name = "started"
+
+    def needed(self, ctx):
+        return _start_wanted(ctx, ctx.status())
+
+    def run(self, ctx):
+        hv = ctx.drivers.hypervisor
+        if ctx.status().power == "crashed":
+            hv.destroy(ctx.id)  # a crashed domain must be torn down before it can start
+        offset = ctx.console_size()
+        hv.start(ctx.id)
+        ctx.record_boot(offset)
+
+    def verify(self, ctx):
+        return ctx.status().power == "running"
+
+
+class Rebooted(Step):
+    """spec.reboot_nonce above the applied one: one fresh boot of the running domain."""
+
+    name = "rebooted"
+
+    def needed(self, ctx):
+        return (ctx.spec.power == "running" and ctx.rt.applied_power == "running"
+                and ctx.spec.reboot_nonce > ctx.rt.applied_reboot_nonce
+                and ctx.status().power == "running")
+
+    def run(self, ctx):
+        hv = ctx.drivers.hypervisor
+        offset = ctx.console_size()
+        if "reboot" in hv.capabilities:
+            hv.reboot(ctx.id)
+        else:
+            hv.destroy(ctx.id)
+            hv.start(ctx.id)
+        ctx.record_boot(offset)
+
+    def verify(self, ctx):
+        return ctx.status().power == "running" and not self.needed(ctx)
+
+
+def steps_for(ctx: InstanceContext) -> list[Step]:
+    """Every step, in dependency order; the planner keeps those that are needed."""
+    return [ImageCached(), RootDisk(), SeedWritten(), NetworkReady(), DomainDefined(),
+            PoweredOff(), Started(), Rebooted()]

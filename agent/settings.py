@@ -1,0 +1,93 @@
+"""Settings of one host agent, read from the environment (prefix KUMO_AGENT_).
+
+Owns only configuration: names, defaults and validation. Nothing here touches the host.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _default_host_id() -> str:
+    # Hostnames may carry dots or capitals; host ids are DNS-label-like (HostInfo.host_id).
+    name = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return (name or "host")[:63]
+
+
+class AgentSettings(BaseSettings):
+    """Everything `python -m agent` needs; every field maps to KUMO_AGENT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="KUMO_AGENT_", extra="ignore")
+
+    #: Identity of this host at the controller (HostInfo.host_id).
+    host_id: str = Field(default_factory=_default_host_id)
+    #: Accepted specs, runtime bookkeeping, images and instance files live here.
+    state_dir: Path = Path("/var/lib/kumo/agent")
+    #: Where the HTTP API listens: `unix:/path.sock` or `host:port`.
+    listen: str = "127.0.0.1:8788"
+    #: URL the controller uses to reach us; default derived from `listen`.
+    advertise_url: str | None = None
+    #: Controller base URL (`unix:/path.sock` or http URL); None disables heartbeats.
+    controller_url: str | None = None
+    #: Shared bearer token: required on every request to the agent and sent to the controller.
+    #: Empty means every request is refused (no accidental open agent).
+    token: str = Field(default="", repr=False)
+    libvirt_uri: str = "qemu:///system"
+    hypervisor: Literal["auto", "kvm", "qemu"] = "auto"
+    driver: Literal["libvirt", "fake"] = "libvirt"
+    #: Bridge driver: "auto" = pyroute2 bridges with the libvirt driver, in-memory with fakes.
+    network: Literal["auto", "bridge", "fake", "none"] = "auto"
+    #: The pyroute2 bridge driver refuses to touch the machine's initial network namespace
+    #: unless this is set (production hosts), so a mis-started lab agent cannot break the host.
+    allow_root_netns: bool = False
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    #: Seconds an ACPI shutdown may take before the domain is powered off.
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    #: Level-triggered resync period of the reconcile loop (it is also kicked on every change).
+    resync_interval: float = Field(default=1.0, gt=0)
+    #: Upper bound of the per-instance retry backoff, seconds.
+    max_backoff: float = Field(default=60.0, gt=0)
+    #: Instances reconciled in parallel (a slow shutdown never blocks the others).
+    reconcile_workers: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str) -> str:
+        if not _HOST_ID_RE.match(v):
+            raise ValueError("host_id must be lowercase letters, digits and '-' (max 63)")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if not v[len("unix:"):].startswith("/"):
+                raise ValueError("unix listen address needs an absolute path: unix:/path.sock")
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen must be unix:/path.sock or host:port")
+        return v
+
+    def listen_socket(self) -> str | None:
+        """The unix socket path when listening on one, else None."""
+        return self.listen[len("unix:"):] if self.listen.startswith("unix:") else None
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def agent_url(self) -> str:
+        """The URL reported to the controller (HostInfo.agent_url)."""
+        if self.advertise_url:
+            return self.advertise_url
+        if self.listen_socket():
+            return self.listen
+        return f"http://{self.listen}"

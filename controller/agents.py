@@ -1,0 +1,104 @@
+"""Client for the agents' HTTP API (agent.contract.v1 over agent.contract.transport).
+
+Translates transport failures and agent error bodies into AgentError (with the agent's code and
+whether a retry can help) at this boundary, so the reconciler never sees httpx exceptions.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import httpx
+
+from agent.contract import transport
+from agent.contract.v1 import ConsoleOutput, InstanceObserved, InstanceSpec
+
+HttpFactory = Callable[[str, "str | None", float], httpx.Client]
+
+
+class AgentError(Exception):
+    def __init__(self, code: str, message: str, retryable: bool = True, status: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.retryable, self.status = code, message, retryable, status
+
+
+class StaleGeneration(AgentError):
+    pass
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    code, message, retryable = f"HTTP{resp.status_code}", resp.text[:300], resp.status_code >= 500
+    try:
+        err = resp.json().get("error") or resp.json()
+        code = err.get("code", code)
+        message = err.get("message", message)
+        retryable = err.get("retryable", retryable)
+    except Exception:
+        pass
+    cls = StaleGeneration if code == "StaleGeneration" else AgentError
+    raise cls(code, message, retryable, resp.status_code)
+
+
+class AgentClient:
+    def __init__(self, http: httpx.Client):
+        self.http = http
+
+    def _call(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise AgentError("AgentUnreachable", f"{type(exc).__name__}: {exc}") from exc
+        return resp
+
+    def put_instance(self, spec: InstanceSpec) -> InstanceObserved:
+        resp = self._call("PUT", f"/v1/instances/{spec.instance_id}",
+                          json=spec.model_dump(mode="json"))
+        _raise_for(resp)
+        return InstanceObserved.model_validate(resp.json())
+
+    def delete_instance(self, instance_id: str) -> None:
+        resp = self._call("DELETE", f"/v1/instances/{instance_id}")
+        if resp.status_code == 404:
+            return  # already gone is success
+        _raise_for(resp)
+
+    def get_instance(self, instance_id: str) -> InstanceObserved | None:
+        resp = self._call("GET", f"/v1/instances/{instance_id}")
+        if resp.status_code == 404:
+            return None
+        _raise_for(resp)
+        return InstanceObserved.model_validate(resp.json())
+
+    def console(self, instance_id: str, tail_bytes: int = 65536) -> ConsoleOutput:
+        resp = self._call("GET", f"/v1/instances/{instance_id}/console",
+                          params={"tail_bytes": tail_bytes})
+        _raise_for(resp)
+        return ConsoleOutput.model_validate(resp.json())
+
+
+class AgentPool:
+    """One cached client per agent URL (agents move URLs rarely; a changed URL gets a new one)."""
+
+    def __init__(self, token: str | None, timeout: float, http_factory: HttpFactory | None = None):
+        self.token, self.timeout = token, timeout
+        self._factory = http_factory or (lambda url, tok, t: transport.client(url, tok, t))
+        self._clients: dict[str, AgentClient] = {}
+        self._lock = threading.Lock()
+
+    def for_url(self, url: str) -> AgentClient:
+        with self._lock:
+            c = self._clients.get(url)
+            if c is None:
+                c = self._clients[url] = AgentClient(self._factory(url, self.token, self.timeout))
+            return c
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                try:
+                    c.http.close()
+                except Exception:
+                    pass
+            self._clients.clear()

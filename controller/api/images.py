@@ -1,0 +1,92 @@
+"""/v1/images: register (admin), import (upload), list, describe, deregister, and the image
+file for agents (agent token)."""
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from controller.api.deps import AgentAuth, Ctx, CurrentCaller, Page, Paging
+from controller.errors import InvalidParameter, NotFound
+from controller.models import ImagePublic, ImageRegister
+from controller.services import images
+from controller.services.pagination import page
+
+router = APIRouter(tags=["images"])
+
+
+def _pub(img) -> ImagePublic:
+    return ImagePublic.model_validate(img, from_attributes=True)
+
+
+@router.post("/images", status_code=201, response_model=ImagePublic)
+def register_image(body: ImageRegister, ctx: Ctx, caller: CurrentCaller):
+    return _pub(images.register(ctx.db, caller, body, ctx.settings.max_image_virtual_size))
+
+
+@router.post("/images/import", status_code=201, response_model=ImagePublic)
+async def import_image(request: Request, ctx: Ctx, caller: CurrentCaller,
+                       name: Annotated[str, Query(max_length=128)],
+                       format: str = "qcow2", public: bool = False,
+                       architecture: str = "x86_64", ready_marker: str | None = None,
+                       min_ram_mib: int = 0, description: str | None = None):
+    try:
+        meta = ImageRegister(name=name, path="/upload", format=format, public=public,
+                             architecture=architecture, ready_marker=ready_marker,
+                             min_ram_mib=min_ram_mib, description=description)
+    except ValidationError as exc:
+        raise InvalidParameter("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) \
+            from None
+    images_dir = ctx.settings.state_dir / "images"
+    upload = images.upload_path(images_dir)
+    limit = ctx.settings.max_image_file_size
+    total = 0
+    try:
+        fd = os.open(upload, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise InvalidParameter(f"image larger than {limit} bytes",
+                                           code="InvalidImage.TooLarge")
+                f.write(chunk)
+    except BaseException:
+        upload.unlink(missing_ok=True)
+        raise
+    img = await run_in_threadpool(images.import_file, ctx.db, caller, images_dir, upload,
+                                  meta=meta, max_vsize=ctx.settings.max_image_virtual_size)
+    return _pub(img)
+
+
+@router.get("/images", response_model=Page[ImagePublic])
+def list_images(ctx: Ctx, caller: CurrentCaller, p: Paging):
+    with ctx.db.session() as s:
+        rows = images.list_images(s, caller, p.offset, p.limit + 1)
+    items, token = page(rows, p.offset, p.limit)
+    return Page(items=[_pub(i) for i in items], next_token=token)
+
+
+@router.get("/images/{image_id}", response_model=ImagePublic)
+def get_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
+    with ctx.db.session() as s:
+        return _pub(images.get(s, caller, image_id))
+
+
+@router.delete("/images/{image_id}", status_code=204)
+def deregister_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
+    images.deregister(ctx.db, caller, image_id)
+    return Response(status_code=204)
+
+
+@router.get("/images/{image_id}/file", response_class=FileResponse)
+def image_file(image_id: str, ctx: Ctx, _: AgentAuth):
+    with ctx.db.session() as s:
+        img = images.file_for_agent(s, image_id)
+    if not os.path.isfile(img.path):
+        raise NotFound(f"file of image {image_id} is missing", code="InvalidAMIID.Unavailable")
+    return FileResponse(img.path, media_type="application/octet-stream",
+                        headers={"X-Kumo-Sha256": img.sha256})

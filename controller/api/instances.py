@@ -1,0 +1,101 @@
+"""/v1/instances: run, list (filters state, tag:K=V, instance_id), describe, actions, modify,
+console, status."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from controller.agents import AgentError
+from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.errors import KumoError
+from controller.ids import utcnow
+from controller.models import (Host, InstancePublic, InstanceStatusPublic, ModifyInstanceRequest,
+                               RunInstancesRequest, RunInstancesResponse)
+from controller.services import instances
+from controller.services.instances import to_public
+from controller.services.pagination import page
+
+router = APIRouter(tags=["instances"])
+
+
+@router.post("/instances", status_code=201, response_model=RunInstancesResponse)
+def run_instances(body: RunInstancesRequest, ctx: Ctx, caller: CurrentCaller):
+    rid, rows = instances.run(ctx.db, ctx.settings, caller, body)
+    return RunInstancesResponse(reservation_id=rid, instances=[to_public(i) for i in rows])
+
+
+@router.get("/instances", response_model=Page[InstancePublic])
+def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller, p: Paging):
+    qp = request.query_params
+    tags = {k[4:]: v for k, v in qp.multi_items() if k.startswith("tag:")}
+    states = [v for s in qp.getlist("state") for v in s.split(",") if v]
+    ids = [v for s in qp.getlist("instance_id") for v in s.split(",") if v]
+    with ctx.db.session() as s:
+        rows = instances.list_instances(s, caller, states=states, ids=ids, tags=tags,
+                                        offset=p.offset, limit=p.limit + 1)
+    items, token = page(rows, p.offset, p.limit)
+    return Page(items=[to_public(i) for i in items], next_token=token)
+
+
+@router.get("/instances/{instance_id}", response_model=InstancePublic)
+def get_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    with ctx.db.session() as s:
+        return to_public(instances.get(s, caller, instance_id))
+
+
+@router.post("/instances/{instance_id}/stop", response_model=InstancePublic)
+def stop_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller, force: bool = False):
+    return to_public(instances.stop(ctx.db, ctx.settings, caller, instance_id, force))
+
+
+@router.post("/instances/{instance_id}/start", response_model=InstancePublic)
+def start_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    return to_public(instances.start(ctx.db, ctx.settings, caller, instance_id))
+
+
+@router.post("/instances/{instance_id}/reboot", response_model=InstancePublic)
+def reboot_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    return to_public(instances.reboot(ctx.db, ctx.settings, caller, instance_id))
+
+
+@router.post("/instances/{instance_id}/terminate", response_model=InstancePublic)
+def terminate_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    return to_public(instances.terminate(ctx.db, ctx.settings, caller, instance_id))
+
+
+@router.patch("/instances/{instance_id}", response_model=InstancePublic)
+def modify_instance(instance_id: str, body: ModifyInstanceRequest, ctx: Ctx,
+                    caller: CurrentCaller):
+    return to_public(instances.modify(ctx.db, ctx.settings, caller, instance_id,
+                                      body.instance_type))
+
+
+@router.get("/instances/{instance_id}/console")
+def console(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    with ctx.db.session() as s:
+        inst = instances.get(s, caller, instance_id)
+        host = s.get(Host, inst.host_id) if inst.host_id else None
+    output = ""
+    if host is not None and inst.state != "terminated":
+        try:
+            output = ctx.pool.for_url(host.agent_url).console(instance_id).output
+        except AgentError as exc:
+            if exc.status != 404:
+                raise KumoError(f"console unavailable: {exc.code}", code="ServiceUnavailable",
+                                status=503, retryable=True) from None
+    return {"instance_id": instance_id, "output": output,
+            "timestamp": utcnow().isoformat().replace("+00:00", "Z")}
+
+
+@router.get("/instances/{instance_id}/status", response_model=InstanceStatusPublic)
+def status(instance_id: str, ctx: Ctx, caller: CurrentCaller):
+    with ctx.db.session() as s:
+        inst = instances.get(s, caller, instance_id)
+    reason = ({"code": inst.state_reason_code, "message": inst.state_reason_message}
+              if inst.state_reason_code else None)
+    return InstanceStatusPublic(
+        instance_id=inst.instance_id, state=inst.state, instance_status=inst.instance_status,
+        system_status=inst.system_status,
+        details={"observed_power": inst.observed_power, "booted": inst.observed_booted,
+                 "boot_count": inst.observed_boot_count, "agent_error": inst.observed_error,
+                 "state_reason": reason, "generation": inst.generation,
+                 "acked_generation": inst.acked_generation})

@@ -1,0 +1,41 @@
+"""/v1/key-pairs."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.models import KeyPairCreate, KeyPairCreated, KeyPairPublic
+from controller.services import key_pairs
+from controller.services.pagination import page
+
+router = APIRouter(tags=["key-pairs"])
+
+
+@router.post("/key-pairs", status_code=201, response_model=KeyPairCreated,
+             response_model_exclude_none=True)
+def create_key_pair(body: KeyPairCreate, ctx: Ctx, caller: CurrentCaller):
+    kp, private = key_pairs.create(ctx.db, caller.account_id, body.name, body.public_key)
+    return KeyPairCreated.model_validate(kp, from_attributes=True,
+                                         update={"private_key": private})
+
+
+@router.get("/key-pairs", response_model=Page[KeyPairPublic])
+def list_key_pairs(ctx: Ctx, caller: CurrentCaller, p: Paging):
+    with ctx.db.session() as s:
+        rows = key_pairs.list_pairs(s, caller.account_id, p.offset, p.limit + 1)
+    items, token = page(rows, p.offset, p.limit)
+    return Page(items=[KeyPairPublic.model_validate(k, from_attributes=True) for k in items],
+                next_token=token)
+
+
+@router.get("/key-pairs/{name}", response_model=KeyPairPublic)
+def get_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
+    with ctx.db.session() as s:
+        return KeyPairPublic.model_validate(key_pairs.get(s, caller.account_id, name),
+                                            from_attributes=True)
+
+
+@router.delete("/key-pairs/{name}", status_code=204)
+def delete_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
+    key_pairs.delete(ctx.db, caller.account_id, name)
+    return Response(status_code=204)

@@ -1,0 +1,74 @@
+"""The controller's FastAPI app factory: create_app(settings) builds the database, runs
+migrations, bootstraps the admin account and default instance types, mounts the routers under
+/v1, installs error handlers, and runs the reconciler loop in the lifespan."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from controller import db_migrate
+from controller.agents import AgentPool, HttpFactory
+from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
+from controller.api.deps import AppContext
+from controller.db import Database
+from controller.errors import install_handlers
+from controller.reconciler import Reconciler
+from controller.services import accounts as account_service
+from controller.services import instance_types as type_service
+from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *,
+               agent_http_factory: HttpFactory | None = None) -> FastAPI:
+    """`agent_http_factory(url, token, timeout) -> httpx.Client` lets tests route agent calls
+    to in-process fakes; by default agent.contract.transport builds real clients."""
+    settings = settings or Settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url())
+    db_migrate.upgrade(db)
+    account_service.bootstrap_admin(db, settings.state_dir)
+    if settings.seed_instance_types:
+        type_service.seed(db)
+    pool = AgentPool(settings.agent_token, settings.agent_timeout_s, agent_http_factory)
+    reconciler = Reconciler(db, settings, pool)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if settings.reconcile_interval_s > 0:
+            task = asyncio.create_task(reconciler.run_forever(), name="kumo-reconciler")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
+    app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
+    install_handlers(app)
+    v1 = APIRouter(prefix="/v1")
+    for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
+        v1.include_router(r.router)
+    app.include_router(v1)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"ok": True}
+
+    return app
+
+
+def close_app(app: FastAPI) -> None:
+    """Release the app's resources (database pool, agent clients, reconciler threads)."""
+    ctx: AppContext = app.state.kumo
+    ctx.reconciler.close()
+    ctx.pool.close()
+    ctx.db.dispose()

@@ -1,0 +1,206 @@
+"""`kumo instances ...`: launch, list, inspect and drive the lifecycle of instances."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .api import CliError
+from .context import Output, OutputOpt, parse_tags, state
+from .output import emit_list, emit_record, note, print_json
+from .wait import RUNNING, STOPPED, TERMINATED, Goal, wait_for
+
+app = typer.Typer(help="Launch and manage instances.", no_args_is_help=True)
+
+COLUMNS = [
+    ("INSTANCE", "instance_id"),
+    ("NAME", lambda i: (i.get("tags") or {}).get("Name")),
+    ("STATE", "state"),
+    ("STATUS", "instance_status"),
+    ("TYPE", "instance_type"),
+    ("IMAGE", "image_id"),
+    ("HOST", "host_id"),
+    ("PRIVATE IP", "private_ip"),
+    ("LAUNCHED", "launch_time"),
+]
+
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to --wait before failing.")]
+IntervalOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.",
+                                            hidden=True)]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the target state.")]
+
+
+def _path(instance_id: str, action: str = "") -> str:
+    if "/" in instance_id or not instance_id:
+        raise typer.BadParameter(f"invalid instance id {instance_id!r}")
+    return f"/v1/instances/{instance_id}" + (f"/{action}" if action else "")
+
+
+def _wait(ctx: typer.Context, ids: list[str], goal: Goal, timeout: float,
+          interval: float) -> list[dict]:
+    st = state(ctx)
+    final = wait_for(st.api(), ids, goal, timeout=timeout, interval=interval, clock=st.clock,
+                     sleep=st.sleep)
+    return [final[i] for i in ids]
+
+
+@app.command("run")
+def run(ctx: typer.Context,
+        image: Annotated[str, typer.Option("--image", help="Image name or id.")],
+        instance_type: Annotated[str, typer.Option("--type", help="Instance type name.")],
+        count: Annotated[int, typer.Option("--count", min=1, help="Instances wanted (max_count).")] = 1,
+        min_count: Annotated[Optional[int], typer.Option(
+            "--min-count", min=1, help="Fewest acceptable (default: --count).")] = None,
+        key: Annotated[Optional[str], typer.Option("--key", help="Key pair name.")] = None,
+        user_data_file: Annotated[Optional[Path], typer.Option(
+            "--user-data-file", exists=True, dir_okay=False, readable=True)] = None,
+        root_disk_gib: Annotated[Optional[int], typer.Option("--root-disk-gib", min=1)] = None,
+        tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE, repeatable.")] = None,
+        client_token: Annotated[Optional[str], typer.Option(
+            "--client-token", help="Idempotency token.")] = None,
+        wait: WaitOpt = False,
+        timeout: TimeoutOpt = 600.0,
+        poll_interval: IntervalOpt = 2.0,
+        output: OutputOpt = None) -> None:
+    """Launch instances (POST /v1/instances)."""
+    st = state(ctx, output)
+    body = {
+        "image": image, "instance_type": instance_type,
+        "min_count": min_count if min_count is not None else count, "max_count": count,
+        "key_name": key, "root_disk_gib": root_disk_gib, "tags": parse_tags(tag),
+        "client_token": client_token,
+    }
+    if user_data_file is not None:
+        body["user_data"] = base64.b64encode(user_data_file.read_bytes()).decode("ascii")
+    reservation = st.api().post("/v1/instances", json=body)
+    instances = reservation.get("instances", [])
+    if wait and instances:
+        note(f"waiting for {len(instances)} instance(s) in {reservation.get('reservation_id')}")
+        try:
+            reservation["instances"] = _wait(ctx, [i["instance_id"] for i in instances], RUNNING,
+                                             timeout, poll_interval)
+        except CliError:
+            _show_reservation(st, reservation)  # the ids must not be lost when the wait fails
+            raise
+    _show_reservation(st, reservation)
+
+
+def _show_reservation(st, reservation: dict) -> None:
+    if st.output == Output.json:
+        print_json(reservation)
+    else:
+        emit_list(st, reservation.get("instances", []), COLUMNS,
+                  title=f"reservation {reservation.get('reservation_id')}")
+
+
+@app.command("list")
+def list_(ctx: typer.Context,
+          state_filter: Annotated[Optional[str], typer.Option("--state", help="e.g. running")] = None,
+          tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE filter.")] = None,
+          output: OutputOpt = None) -> None:
+    """List instances, following pagination."""
+    st = state(ctx, output)
+    params: dict[str, str] = {}
+    if state_filter:
+        params["state"] = state_filter
+    for k, v in parse_tags(tag).items():
+        params[f"tag:{k}"] = v
+    emit_list(st, st.api().paginate("/v1/instances", params), COLUMNS)
+
+
+@app.command("describe")
+def describe(ctx: typer.Context, instance_id: str, output: OutputOpt = None) -> None:
+    """Show one instance."""
+    st = state(ctx, output)
+    emit_record(st, st.api().get(_path(instance_id)))
+
+
+def _action(ctx: typer.Context, instance_id: str, action: str, output, goal: Goal | None,
+            timeout: float, interval: float, **params) -> None:
+    st = state(ctx, output)
+    result = st.api().post(_path(instance_id, action), **params)
+    if goal is not None:
+        result = _wait(ctx, [instance_id], goal, timeout, interval)[0]
+    if result is None:
+        result = {"instance_id": instance_id}
+    if st.output == Output.json:
+        print_json(result)
+    else:
+        emit_list(st, [result], COLUMNS)
+
+
+@app.command("stop")
+def stop(ctx: typer.Context, instance_id: str,
+         force: Annotated[bool, typer.Option("--force", help="Power off without a clean shutdown.")] = False,
+         wait: WaitOpt = False, timeout: TimeoutOpt = 600.0, poll_interval: IntervalOpt = 2.0,
+         output: OutputOpt = None) -> None:
+    """Stop an instance."""
+    _action(ctx, instance_id, "stop", output, STOPPED if wait else None, timeout, poll_interval,
+            force="true" if force else None)
+
+
+@app.command("start")
+def start(ctx: typer.Context, instance_id: str, wait: WaitOpt = False,
+          timeout: TimeoutOpt = 600.0, poll_interval: IntervalOpt = 2.0,
+          output: OutputOpt = None) -> None:
+    """Start a stopped instance."""
+    _action(ctx, instance_id, "start", output, RUNNING if wait else None, timeout, poll_interval)
+
+
+@app.command("reboot")
+def reboot(ctx: typer.Context, instance_id: str, output: OutputOpt = None) -> None:
+    """Reboot an instance."""
+    _action(ctx, instance_id, "reboot", output, None, 0, 0)
+
+
+@app.command("terminate")
+def terminate(ctx: typer.Context, instance_ids: Annotated[list[str], typer.Argument()],
+              wait: WaitOpt = False, timeout: TimeoutOpt = 600.0,
+              poll_interval: IntervalOpt = 2.0, output: OutputOpt = None) -> None:
+    """Terminate one or more instances (all are attempted; exit 1 if any failed)."""
+    st = state(ctx, output)
+    results, errors = [], []
+    for iid in instance_ids:
+        try:
+            results.append(st.api().post(_path(iid, "terminate")) or {"instance_id": iid})
+        except CliError as e:
+            errors.append(e)
+            typer.echo(f"error: {e.code}: {iid}: {e.message}", err=True)
+    if wait and results:
+        results = _wait(ctx, [r["instance_id"] for r in results], TERMINATED, timeout,
+                        poll_interval)
+    if st.output == Output.json:
+        print_json({"items": results, "next_token": None})
+    elif results:
+        emit_list(st, results, COLUMNS)
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command("modify")
+def modify(ctx: typer.Context, instance_id: str,
+           instance_type: Annotated[str, typer.Option("--type", help="New instance type.")],
+           output: OutputOpt = None) -> None:
+    """Change a stopped instance's type (applies on next start)."""
+    st = state(ctx, output)
+    emit_record(st, st.api().patch(_path(instance_id), {"instance_type": instance_type}))
+
+
+@app.command("console")
+def console(ctx: typer.Context, instance_id: str, output: OutputOpt = None) -> None:
+    """Print an instance's serial console output."""
+    st = state(ctx, output)
+    result = st.api().get(_path(instance_id, "console"))
+    if st.output == Output.json:
+        print_json(result)
+    else:
+        typer.echo(result.get("output") or "", nl=False)
+
+
+@app.command("status")
+def status(ctx: typer.Context, instance_id: str, output: OutputOpt = None) -> None:
+    """Show an instance's state and status checks."""
+    st = state(ctx, output)
+    emit_record(st, st.api().get(_path(instance_id, "status")))

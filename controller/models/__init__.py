@@ -1,0 +1,20 @@
+"""SQLModel schema families (XBase -> XCreate/XPublic -> X(table=True)) for every controller resource.
+
+Importing this package registers every table on SQLModel.metadata (Alembic's target).
+"""
+from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
+from controller.models.event import Event, EventPublic
+from controller.models.host import Host, HostPublic
+from controller.models.image import Image, ImagePublic, ImageRegister
+from controller.models.instance import (ClientToken, Instance, InstancePublic, InstanceStatusPublic,
+                                        RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
+from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
+from controller.models.key_pair import KeyPair, KeyPairCreate, KeyPairCreated, KeyPairPublic
+
+__all__ = [
+    "Account", "AccountCreate", "AccountCreated", "AccountPublic", "Event", "EventPublic", "Host",
+    "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "Instance",
+    "InstancePublic", "InstanceStatusPublic", "RunInstancesRequest", "RunInstancesResponse",
+    "ModifyInstanceRequest", "InstanceType", "InstanceTypeCreate", "InstanceTypePublic", "KeyPair",
+    "KeyPairCreate", "KeyPairCreated", "KeyPairPublic",
+]

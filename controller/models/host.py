@@ -1,0 +1,35 @@
+"""Hosts: registered by agent heartbeats; `net_index` is the host's slice of the flat pool."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger
+from sqlmodel import Field, SQLModel
+
+from controller.db import UtcDateTime
+
+
+class HostBase(SQLModel):
+    host_id: str = Field(primary_key=True, max_length=63)
+    state: str = Field(default="up", max_length=8)
+    enabled: bool = True
+    hypervisor: str = Field(max_length=16)
+    architecture: str = Field(max_length=16)
+    vcpus: int
+    memory_mib: int
+    disk_bytes: int = Field(sa_type=BigInteger)
+    versions: dict = Field(default_factory=dict, sa_type=JSON)
+    last_heartbeat: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class HostPublic(HostBase):
+    vcpus_used: int = 0
+    memory_mib_used: int = 0
+    disk_bytes_used: int = 0
+
+
+class Host(HostBase, table=True):
+    agent_url: str = Field(max_length=4096)
+    contract: str = Field(default="v1", max_length=8)
+    net_index: int = Field(unique=True)
+    created_at: datetime = Field(sa_type=UtcDateTime)

@@ -1,0 +1,115 @@
+"""Instances: the user's desired VM plus the controller's bookkeeping of what agents observed.
+
+`generation` counts desired-spec changes; `acked_generation` is the last one the host's agent
+accepted. The reconciler pushes whenever they differ.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from pydantic import Field as PField
+from sqlalchemy import JSON, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from controller.db import UtcDateTime
+from controller.models.common import ResourceName, TypeName
+
+
+class RunInstancesRequest(BaseModel):
+    image: str = PField(min_length=1, max_length=128)
+    instance_type: str = PField(min_length=1, max_length=40)
+    min_count: int = PField(default=1, ge=1, le=1000)
+    max_count: int = PField(default=1, ge=1, le=1000)
+    key_name: str | None = PField(default=None, max_length=128)
+    user_data: str | None = PField(default=None, max_length=65536)
+    root_disk_gib: int | None = PField(default=None, ge=1, le=16384)
+    tags: dict[str, str] = PField(default_factory=dict)
+    client_token: str | None = PField(default=None, min_length=1, max_length=64,
+                                     pattern=r"^[A-Za-z0-9_.:=+@-]+$")
+
+
+class ModifyInstanceRequest(BaseModel):
+    instance_type: TypeName
+
+
+class StateReason(BaseModel):
+    code: str
+    message: str
+
+
+class InstanceBase(SQLModel):
+    instance_id: str = Field(primary_key=True, max_length=32)
+    reservation_id: str = Field(max_length=32, index=True)
+    image_id: str = Field(max_length=32)
+    instance_type: str = Field(max_length=40)
+    vcpus: int
+    memory_mib: int
+    root_disk_gib: int
+    key_name: ResourceName | None = Field(default=None, max_length=128)
+    tags: dict = Field(default_factory=dict, sa_type=JSON)
+    state: str = Field(default="pending", max_length=16, index=True)
+    instance_status: str = Field(default="initializing", max_length=16)
+    system_status: str = Field(default="ok", max_length=16)
+    host_id: str | None = Field(default=None, max_length=63, index=True)
+    launch_time: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    private_ip: str | None = Field(default=None, max_length=45)
+    mac: str | None = Field(default=None, max_length=17)
+    hostname: str | None = Field(default=None, max_length=63)
+    client_token: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class InstancePublic(InstanceBase):
+    state_reason: StateReason | None = None
+
+
+class RunInstancesResponse(BaseModel):
+    reservation_id: str
+    instances: list[InstancePublic]
+
+
+class InstanceStatusPublic(BaseModel):
+    instance_id: str
+    state: str
+    instance_status: str
+    system_status: str
+    details: dict
+
+
+class Instance(InstanceBase, table=True):
+    account_id: str = Field(foreign_key="account.account_id", index=True, max_length=32)
+    state_reason_code: str | None = Field(default=None, max_length=64)
+    state_reason_message: str | None = Field(default=None, max_length=1024)
+    user_data_b64: str = Field(default="", max_length=32768)
+    ssh_public_key: str | None = Field(default=None, max_length=16384)
+    # Desired spec bookkeeping.
+    generation: int = 1
+    acked_generation: int = 0
+    power: str = Field(default="running", max_length=8)
+    reboot_nonce: int = 0
+    last_pushed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # Deadlines: of the current transitional state, and for the guest's readiness.
+    state_deadline: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    status_deadline: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    # What the agent last reported.
+    observed_power: str | None = Field(default=None, max_length=16)
+    observed_booted: bool = False
+    observed_boot_count: int = 0
+    # boot_count at the last reboot request: readiness counts only after a newer boot.
+    reboot_boot_count: int = 0
+    observed_error: str | None = Field(default=None, max_length=1024)
+    terminated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class ClientToken(SQLModel, table=True):
+    """Idempotency record of one RunInstances call (unique per account and token)."""
+    __tablename__ = "client_token"
+    __table_args__ = (UniqueConstraint("account_id", "token", name="uq_client_token"),)
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="account.account_id", max_length=32)
+    token: str = Field(max_length=64)
+    request_hash: str = Field(max_length=64)
+    reservation_id: str = Field(max_length=32)
+    created_at: datetime = Field(sa_type=UtcDateTime)

@@ -1,0 +1,204 @@
+"""The reconciler: a background loop (started in the app lifespan) that makes agents match the
+database and the database match the clock.
+
+Each tick: mark silent hosts down; apply transitional-state deadlines; purge long-terminated
+instances; push desired specs whose generation the agent has not acknowledged; delete domains of
+shutting-down instances (and orphans agents report); fold each answer into the instance. Work is
+per object: one failure is logged and never stops the loop (nova's _sync_power_states habit).
+Agent calls happen outside database transactions.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, or_
+from sqlmodel import select
+
+from agent.contract.v1 import InstanceSpec
+from controller import specs
+from controller.agents import AgentError, AgentPool, StaleGeneration
+from controller.db import Database
+from controller.ids import utcnow
+from controller.models import ClientToken, Host, Image, Instance
+from controller.services import hosts, lifecycle
+from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Work:
+    kind: str  # "put" | "delete" | "orphan"
+    instance_id: str
+    agent_url: str
+    generation: int = 0
+    spec: InstanceSpec | None = None
+
+
+class Reconciler:
+    def __init__(self, db: Database, settings: Settings, pool: AgentPool):
+        self.db, self.settings, self.pool = db, settings, pool
+        self._tick_lock = threading.Lock()
+        self._orphans: dict[str, set[str]] = {}
+        self._orphans_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kumo-reconcile")
+
+    def note_orphans(self, host_id: str, instance_ids: set[str]) -> None:
+        if instance_ids:
+            with self._orphans_lock:
+                self._orphans.setdefault(host_id, set()).update(instance_ids)
+
+    # -- one pass ---------------------------------------------------------------------------
+    def tick(self) -> dict:
+        """One full pass; returns counters (tests and logs use them)."""
+        with self._tick_lock:
+            stats = {"pushed": 0, "deleted": 0, "errors": 0}
+            try:
+                hosts.check_liveness(self.db, self.settings.heartbeat_timeout_s)
+            except Exception:
+                log.exception("host liveness check failed")
+                stats["errors"] += 1
+            stats["errors"] += self._deadlines_and_purge()
+            work = self._plan()
+            for ok, kind in self._executor.map(self._do, work):
+                if ok and kind == "put":
+                    stats["pushed"] += 1
+                elif ok:
+                    stats["deleted"] += 1
+                else:
+                    stats["errors"] += 1
+            return stats
+
+    def _deadlines_and_purge(self) -> int:
+        errors = 0
+        now = utcnow()
+        with self.db.session() as s:
+            due = or_(Instance.state_deadline <= now, Instance.status_deadline <= now)
+            ids = list(s.exec(select(Instance.instance_id)
+                              .where(Instance.state != "terminated", due)))
+        for iid in ids:
+            try:
+                with self.db.session() as s:
+                    inst = s.get(Instance, iid)
+                    if inst is not None:
+                        lifecycle.apply_deadlines(s, inst, self.settings, now)
+            except Exception:
+                log.exception("deadline check failed for %s", iid)
+                errors += 1
+        cutoff = now - timedelta(seconds=self.settings.terminated_retention_s)
+        try:
+            with self.db.session() as s:
+                s.exec(delete(Instance).where(Instance.state == "terminated",
+                                              Instance.terminated_at < cutoff))
+                live = select(Instance.reservation_id).distinct()
+                s.exec(delete(ClientToken).where(ClientToken.reservation_id.not_in(live),
+                                                 ClientToken.created_at < cutoff))
+        except Exception:
+            log.exception("purge failed")
+            errors += 1
+        return errors
+
+    def _plan(self) -> list[Work]:
+        work: list[Work] = []
+        url = self.settings.resolved_agent_facing_url()
+        with self.db.session() as s:
+            host_map = {h.host_id: h for h in s.exec(select(Host))}
+            q = select(Instance).where(Instance.state != "terminated")
+            for inst in s.exec(q):
+                host = host_map.get(inst.host_id) if inst.host_id else None
+                if inst.state == "shutting-down":
+                    if host is None:
+                        lifecycle.transition(s, inst, "terminated", self.settings,
+                                             reason="never placed on a host")
+                    elif host.state == "up":
+                        work.append(Work("delete", inst.instance_id, host.agent_url))
+                    continue
+                if host is None or host.state != "up" or inst.generation == inst.acked_generation:
+                    continue
+                image = s.get(Image, inst.image_id)
+                try:
+                    spec = specs.build(inst, image, host, url)
+                except Exception as exc:  # e.g. an image row gone: fail this instance only
+                    log.exception("cannot build spec for %s", inst.instance_id)
+                    inst.observed_error = f"SpecError: {exc}"[:1024]
+                    s.add(inst)
+                    continue
+                work.append(Work("put", inst.instance_id, host.agent_url, inst.generation, spec))
+        with self._orphans_lock:
+            orphans, self._orphans = self._orphans, {}
+        for host_id, ids in orphans.items():
+            host = host_map.get(host_id)
+            if host is not None:
+                work += [Work("orphan", iid, host.agent_url) for iid in sorted(ids)]
+        return work
+
+    def _do(self, w: Work) -> tuple[bool, str]:
+        try:
+            if w.kind == "put":
+                self._push(w)
+            else:
+                self.pool.for_url(w.agent_url).delete_instance(w.instance_id)
+                if w.kind == "delete":
+                    self._deleted(w.instance_id)
+            return True, w.kind
+        except AgentError as exc:
+            log.warning("%s %s via %s failed: %s", w.kind, w.instance_id, w.agent_url, exc)
+            self._note_error(w.instance_id, exc)
+        except Exception:
+            log.exception("%s %s failed", w.kind, w.instance_id)
+        return False, w.kind
+
+    def _push(self, w: Work) -> None:
+        client = self.pool.for_url(w.agent_url)
+        try:
+            obs = client.put_instance(w.spec)
+        except StaleGeneration:
+            # The agent accepted a newer generation than ours: learn it and supersede next tick.
+            current = client.get_instance(w.instance_id)
+            with self.db.session() as s:
+                inst = s.get(Instance, w.instance_id)
+                if inst is not None and current is not None:
+                    inst.generation = max(inst.generation, current.generation + 1)
+                    s.add(inst)
+            raise
+        with self.db.session() as s:
+            inst = s.get(Instance, w.instance_id)
+            if inst is None or inst.state in ("shutting-down", "terminated"):
+                return
+            inst.last_pushed_at = utcnow()
+            lifecycle.apply_observed(s, inst, obs, self.settings)
+
+    def _deleted(self, instance_id: str) -> None:
+        with self.db.session() as s:
+            inst = s.get(Instance, instance_id)
+            if inst is not None and inst.state == "shutting-down":
+                lifecycle.transition(s, inst, "terminated", self.settings,
+                                     reason="host deleted the domain")
+
+    def _note_error(self, instance_id: str, exc: AgentError) -> None:
+        try:
+            with self.db.session() as s:
+                inst = s.get(Instance, instance_id)
+                if inst is not None and inst.state != "terminated":
+                    inst.observed_error = f"{exc.code}: {exc.message}"[:1024]
+                    s.add(inst)
+        except Exception:
+            log.exception("could not record agent error for %s", instance_id)
+
+    # -- background loop --------------------------------------------------------------------
+    async def run_forever(self) -> None:
+        interval = self.settings.reconcile_interval_s
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("reconciler tick failed")
+            await asyncio.sleep(interval)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

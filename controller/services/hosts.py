@@ -1,0 +1,113 @@
+"""Hosts: heartbeats register and refresh them (and carry observed instance state), missed
+heartbeats mark them down (their instances' system status becomes host-down), admins disable
+and enable them for scheduling.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import Session, select
+
+from agent.contract.v1 import HeartbeatRequest
+from controller.db import Database
+from controller.errors import NotFound
+from controller.events import record
+from controller.ids import utcnow
+from controller.models import Host, HostPublic, Instance
+from controller.services import flat_network, lifecycle
+from controller.services.capacity import Usage, usage_by_host
+from controller.settings import Settings
+
+# A heartbeat built this long after a push saw that push (the agent answered it before sending).
+_PUSH_VISIBILITY_S = 2.0
+
+
+def to_public(h: Host, u: Usage | None) -> HostPublic:
+    u = u or Usage()
+    return HostPublic.model_validate(h, from_attributes=True, update={
+        "vcpus_used": u.vcpus, "memory_mib_used": u.memory_mib, "disk_bytes_used": u.disk_bytes})
+
+
+def list_hosts(s: Session) -> list[HostPublic]:
+    used = usage_by_host(s)
+    return [to_public(h, used.get(h.host_id)) for h in s.exec(select(Host).order_by(Host.host_id))]
+
+
+def get(s: Session, host_id: str) -> Host:
+    h = s.get(Host, host_id)
+    if h is None:
+        raise NotFound(f"host {host_id} not found", code="InvalidHostID.NotFound")
+    return h
+
+
+def set_enabled(db: Database, host_id: str, enabled: bool) -> HostPublic:
+    with db.session() as s:
+        h = get(s, host_id)
+        if h.enabled != enabled:
+            h.enabled = enabled
+            record(s, "host", host_id, None, "enabled" if not enabled else "disabled",
+                   "enabled" if enabled else "disabled", "admin")
+        s.add(h)
+        return to_public(h, usage_by_host(s).get(host_id))
+
+
+def _set_system_status(s: Session, host_id: str, status: str) -> None:
+    for inst in s.exec(select(Instance).where(Instance.host_id == host_id,
+                                              Instance.state != "terminated")):
+        lifecycle.set_system_status(s, inst, status)
+
+
+def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str]:
+    """Record a heartbeat; returns ids the agent runs that the controller does not want (orphans)."""
+    now = utcnow()
+    info = hb.host
+    with db.session() as s:
+        host = s.get(Host, info.host_id)
+        fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,
+                      architecture=info.architecture, vcpus=info.vcpus,
+                      memory_mib=info.memory_mib, disk_bytes=info.disk_bytes,
+                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now)
+        if host is None:
+            host = Host(host_id=info.host_id, state="up", enabled=True,
+                        net_index=flat_network.next_host_index(s), created_at=now, **fields)
+            s.add(host)
+            record(s, "host", info.host_id, None, None, "up", "registered by heartbeat")
+        else:
+            for k, v in fields.items():
+                setattr(host, k, v)
+            if host.state != "up":
+                record(s, "host", info.host_id, None, host.state, "up", "heartbeat resumed")
+                host.state = "up"
+                _set_system_status(s, host.host_id, "ok")
+            s.add(host)
+        observed = {o.instance_id: o for o in hb.instances}
+        mine = {i.instance_id: i for i in s.exec(
+            select(Instance).where(Instance.host_id == info.host_id,
+                                   Instance.state != "terminated"))}
+        for iid, inst in mine.items():
+            obs = observed.get(iid)
+            if obs is not None:
+                lifecycle.apply_observed(s, inst, obs, settings, now)
+            elif (inst.acked_generation > 0 and inst.state != "shutting-down"
+                  and inst.last_pushed_at is not None
+                  and hb.sent_at > inst.last_pushed_at.timestamp() + _PUSH_VISIBILITY_S):
+                # The agent lost a spec it had accepted (e.g. its state was wiped): push again.
+                inst.acked_generation = 0
+                s.add(inst)
+        return {iid for iid in observed if iid not in mine}
+
+
+def check_liveness(db: Database, timeout_s: float) -> list[str]:
+    """Mark hosts whose last heartbeat is older than timeout_s down; returns their ids."""
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    downed = []
+    with db.session() as s:
+        for h in s.exec(select(Host).where(Host.state == "up")):
+            if h.last_heartbeat is None or h.last_heartbeat < cutoff:
+                h.state = "down"
+                s.add(h)
+                record(s, "host", h.host_id, None, "up", "down",
+                       f"no heartbeat for {timeout_s:g}s")
+                _set_system_status(s, h.host_id, "host-down")
+                downed.append(h.host_id)
+    return downed

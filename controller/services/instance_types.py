@@ -1,0 +1,66 @@
+"""Instance types: list, create (admin), retire (admin), seed defaults, resolve for launches."""
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from controller.db import Database
+from controller.errors import Conflict, InvalidParameter, NotFound
+from controller.events import record
+from controller.models import InstanceType, InstanceTypeCreate
+
+# Small sizes first: the lab's TCG guests need little memory.
+DEFAULTS = [
+    ("t3.nano", 1, 256, 0.0052), ("t3.micro", 1, 512, 0.0104), ("t3.small", 2, 1024, 0.0208),
+    ("t3.medium", 2, 2048, 0.0416), ("t3.large", 2, 4096, 0.0832), ("t3.xlarge", 4, 8192, 0.1664),
+]
+
+
+def seed(db: Database) -> None:
+    with db.session() as s:
+        if s.exec(select(InstanceType)).first():
+            return
+        for name, vcpus, mem, price in DEFAULTS:
+            s.add(InstanceType(name=name, vcpus=vcpus, memory_mib=mem, hourly_price=price))
+
+
+def list_types(s: Session, include_retired: bool) -> list[InstanceType]:
+    q = select(InstanceType).order_by(InstanceType.vcpus, InstanceType.memory_mib, InstanceType.name)
+    if not include_retired:
+        q = q.where(InstanceType.retired == False)  # noqa: E712
+    return list(s.exec(q))
+
+
+def create(db: Database, req: InstanceTypeCreate) -> InstanceType:
+    with db.session() as s:
+        existing = s.get(InstanceType, req.name)
+        if existing and not existing.retired:
+            raise Conflict(f"instance type {req.name} exists", code="InstanceTypeAlreadyExists")
+        if existing:  # re-creating a retired name revives it with the new size
+            for k, v in req.model_dump().items():
+                setattr(existing, k, v)
+            existing.retired = False
+            t = existing
+        else:
+            t = InstanceType(**req.model_dump())
+            s.add(t)
+        record(s, "instance-type", t.name, None, None, "available", "created")
+    return t
+
+
+def retire(db: Database, name: str) -> InstanceType:
+    with db.session() as s:
+        t = s.get(InstanceType, name)
+        if t is None:
+            raise NotFound(f"instance type {name} not found", code="InvalidInstanceType")
+        if not t.retired:
+            t.retired = True
+            record(s, "instance-type", t.name, None, "available", "retired", "retired")
+    return t
+
+
+def resolve_for_launch(s: Session, name: str) -> InstanceType:
+    t = s.get(InstanceType, name)
+    if t is None or t.retired:
+        raise InvalidParameter(f"instance type {name!r} does not exist or is retired",
+                               code="InvalidInstanceType")
+    return t

@@ -1,0 +1,281 @@
+"""Instances: launch (validation, client-token idempotency, placement under a lock), describe,
+and the user actions stop/start/reboot/terminate/modify. Transitions go through lifecycle.py;
+the reconciler carries the resulting desired specs to the agents.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from controller.db import Database
+from controller.events import record
+from controller.errors import (IncorrectState, InsufficientCapacity, InvalidParameter, KumoError,
+                               NotFound)
+from controller.ids import new_id, utcnow
+from controller.models import (ClientToken, Host, Instance, InstancePublic, RunInstancesRequest)
+from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
+from controller.scheduler import NoValidHost, Request, schedule
+from controller.services import flat_network, images, instance_types, key_pairs, lifecycle
+from controller.services.capacity import GIB, host_states
+from controller.settings import Settings
+
+NOT_FOUND = "InvalidInstanceID.NotFound"
+MAX_USER_DATA = 16 * 1024
+MAX_TAGS = 50
+
+# Placement decisions are serialised in-process; SQLite's BEGIN IMMEDIATE serialises across
+# processes. (PostgreSQL will need SELECT ... FOR UPDATE on the hosts.)
+_placement_lock = threading.Lock()
+
+
+def to_public(inst: Instance) -> InstancePublic:
+    reason = None
+    if inst.state_reason_code:
+        reason = {"code": inst.state_reason_code, "message": inst.state_reason_message or ""}
+    return InstancePublic.model_validate(inst, from_attributes=True,
+                                         update={"state_reason": reason})
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise InvalidParameter(f"at most {MAX_TAGS} tags", code="InvalidTag")
+    for k, v in tags.items():
+        if not TAG_KEY_RE.match(k) or k.lower().startswith("kumo:") or not TAG_VALUE_RE.match(v):
+            raise InvalidParameter(
+                f"invalid tag {k!r}: keys 1-128 and values 0-256 of letters, digits, spaces "
+                "and _ . : / = + - @ (the kumo: prefix is reserved)", code="InvalidTag")
+
+
+def _user_data(b64: str | None) -> str:
+    if not b64:
+        return ""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameter("user_data is not valid base64",
+                               code="InvalidUserData.Malformed") from None
+    if len(raw) > MAX_USER_DATA:
+        raise InvalidParameter(f"user_data is {len(raw)} bytes; the limit is {MAX_USER_DATA}",
+                               code="InvalidParameterValue")
+    return base64.b64encode(raw).decode()
+
+
+def _request_hash(req: RunInstancesRequest) -> str:
+    doc = req.model_dump(exclude={"client_token"})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _by_reservation(s: Session, account_id: str, reservation_id: str) -> list[Instance]:
+    return list(s.exec(select(Instance).where(Instance.account_id == account_id,
+                                              Instance.reservation_id == reservation_id)
+                       .order_by(Instance.created_at, Instance.instance_id)))
+
+
+def _replay(s: Session, account_id: str, token: str, digest: str):
+    ct = s.exec(select(ClientToken).where(ClientToken.account_id == account_id,
+                                          ClientToken.token == token)).first()
+    if ct is None:
+        return None
+    if ct.request_hash != digest:
+        raise InvalidParameter("client_token was used with different parameters",
+                               code="IdempotentParameterMismatch")
+    return ct.reservation_id, _by_reservation(s, account_id, ct.reservation_id)
+
+
+def run(db: Database, settings: Settings, caller, req: RunInstancesRequest):
+    """-> (reservation_id, [Instance]). Nothing is created when any check fails."""
+    if req.min_count > req.max_count:
+        raise InvalidParameter("min_count must not exceed max_count",
+                               code="InvalidParameterCombination")
+    _check_tags(req.tags)
+    user_data = _user_data(req.user_data)
+    digest = _request_hash(req)
+    with _placement_lock:
+        try:
+            with db.session() as s:
+                if req.client_token:
+                    replay = _replay(s, caller.account_id, req.client_token, digest)
+                    if replay:
+                        return replay
+                return _launch(s, settings, caller, req, user_data, digest)
+        except IntegrityError:
+            # Another process won the race for this client token: answer with its reservation.
+            if not req.client_token:
+                raise
+            with db.session() as s:
+                replay = _replay(s, caller.account_id, req.client_token, digest)
+            if replay is None:
+                raise KumoError("launch conflict, retry", retryable=True)
+            return replay
+
+
+def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, user_data: str,
+            digest: str):
+    image = images.get(s, caller, req.image)
+    itype = instance_types.resolve_for_launch(s, req.instance_type)
+    ssh_key = None
+    if req.key_name is not None:
+        ssh_key = key_pairs.get(s, caller.account_id, req.key_name).public_key
+    image_gib = max(1, math.ceil(image.virtual_size / GIB))
+    root_gib = req.root_disk_gib if req.root_disk_gib is not None else image_gib
+    if root_gib * GIB < image.virtual_size:
+        raise InvalidParameter(f"root disk {root_gib} GiB is smaller than the image "
+                               f"({image.virtual_size} bytes)", code="InvalidBlockDeviceMapping")
+    if image.min_ram_mib and itype.memory_mib < image.min_ram_mib:
+        raise InvalidParameter(f"image needs {image.min_ram_mib} MiB; {itype.name} has "
+                               f"{itype.memory_mib}", code="InvalidParameterCombination")
+    want = Request(vcpus=itype.vcpus, memory_mib=itype.memory_mib, disk_bytes=root_gib * GIB,
+                   architecture=image.architecture)
+    placement = _place(host_states(s), want, req, settings)
+    now = utcnow()
+    reservation_id = new_id("r")
+    hosts = {h.host_id: h for h in s.exec(select(Host))}
+    taken_ips: set[str] = set()
+    taken_macs: set[str] = set()
+    created = []
+    for host_id in placement:
+        host = hosts[host_id]
+        ip, mac = flat_network.allocate(s, host, taken_ips, taken_macs)
+        inst = Instance(
+            instance_id=new_id("i"), reservation_id=reservation_id, account_id=caller.account_id,
+            image_id=image.image_id, instance_type=itype.name, vcpus=itype.vcpus,
+            memory_mib=itype.memory_mib, root_disk_gib=root_gib, key_name=req.key_name,
+            ssh_public_key=ssh_key, user_data_b64=user_data, tags=dict(req.tags),
+            state="pending", instance_status="initializing",
+            system_status="ok" if host.state == "up" else "host-down", host_id=host_id,
+            private_ip=ip, mac=mac, hostname=flat_network.hostname_for(ip),
+            client_token=req.client_token, created_at=now, updated_at=now)
+        # Record the launch as None -> pending (with the pending deadline).
+        inst.state = None  # type: ignore[assignment]
+        lifecycle.transition(s, inst, "pending", settings, reason="launched", now=now)
+        inst.instance_status = "initializing"
+        created.append(inst)
+    if req.client_token:
+        s.add(ClientToken(account_id=caller.account_id, token=req.client_token,
+                          request_hash=digest, reservation_id=reservation_id, created_at=now))
+    s.flush()
+    # Same order as lists use (created_at, then id).
+    return reservation_id, sorted(created, key=lambda i: i.instance_id)
+
+
+def _place(states, want: Request, req: RunInstancesRequest, settings: Settings) -> list[str]:
+    for count in dict.fromkeys((req.max_count, req.min_count)):
+        try:
+            return schedule(states, want, count, cpu_overcommit=settings.cpu_overcommit,
+                            weigher=settings.scheduler_weigher)
+        except NoValidHost:
+            continue
+    raise InsufficientCapacity(
+        f"not enough capacity for {req.min_count} x {req.instance_type}")
+
+
+def get(s: Session, caller, instance_id: str) -> Instance:
+    inst = s.get(Instance, instance_id)
+    if inst is None or (inst.account_id != caller.account_id and not caller.is_admin):
+        raise NotFound(f"instance {instance_id} not found", code=NOT_FOUND)
+    return inst
+
+
+def list_instances(s: Session, caller, *, states: list[str], ids: list[str],
+                   tags: dict[str, str], offset: int, limit: int) -> list[Instance]:
+    q = select(Instance)
+    if not caller.is_admin:
+        q = q.where(Instance.account_id == caller.account_id)
+    if states:
+        q = q.where(Instance.state.in_(states))
+    if ids:
+        q = q.where(Instance.instance_id.in_(ids))
+    rows = list(s.exec(q.order_by(Instance.created_at, Instance.instance_id)))
+    if tags:
+        rows = [r for r in rows if all(r.tags.get(k) == v for k, v in tags.items())]
+    return rows[offset:offset + limit]
+
+
+def stop(db: Database, settings: Settings, caller, instance_id: str, force: bool = False):
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state in ("shutting-down", "terminated"):
+            raise IncorrectState(f"instance {instance_id} is {inst.state}")
+        if inst.state in ("pending", "running"):
+            lifecycle.transition(s, inst, "stopping", settings, reason="user stop"
+                                 + (" (forced)" if force else ""))
+            lifecycle.bump(inst)
+        elif inst.state == "stopping" and force:
+            lifecycle.transition(s, inst, "stopping", settings, reason="forced stop re-sent")
+            lifecycle.bump(inst)
+        return inst
+
+
+def start(db: Database, settings: Settings, caller, instance_id: str):
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state in ("stopping", "shutting-down", "terminated"):
+            raise IncorrectState(f"instance {instance_id} is {inst.state}")
+        if inst.state == "stopped":
+            lifecycle.transition(s, inst, "pending", settings, reason="user start")
+            lifecycle.bump(inst)
+        return inst
+
+
+def reboot(db: Database, settings: Settings, caller, instance_id: str):
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state != "running":
+            raise IncorrectState(f"instance {instance_id} is {inst.state}, not running")
+        inst.reboot_nonce += 1
+        inst.reboot_boot_count = inst.observed_boot_count
+        lifecycle.bump(inst)
+        lifecycle.set_instance_status(s, inst, "initializing", "reboot requested")
+        inst.status_deadline = utcnow() + timedelta(seconds=settings.status_deadline_s)
+        inst.updated_at = utcnow()
+        s.add(inst)
+        record(s, "instance", inst.instance_id, inst.account_id, "running", "running", "reboot")
+        return inst
+
+
+def terminate(db: Database, settings: Settings, caller, instance_id: str):
+    """Idempotent: terminating a shutting-down or terminated instance answers its state."""
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state not in ("shutting-down", "terminated"):
+            lifecycle.transition(s, inst, "shutting-down", settings, reason="user terminate")
+        return inst
+
+
+def modify(db: Database, settings: Settings, caller, instance_id: str, type_name: str):
+    with _placement_lock, db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state != "stopped":
+            raise IncorrectState(f"instance {instance_id} must be stopped to change its type")
+        itype = instance_types.resolve_for_launch(s, type_name)
+        if itype.name == inst.instance_type:
+            return inst
+        state = next((h for h in host_states(s) if h.host_id == inst.host_id), None)
+        if state is not None:
+            # The instance stays on its host: check that host fits the new size instead.
+            without = replace(state, vcpus_used=state.vcpus_used - inst.vcpus,
+                              memory_mib_used=state.memory_mib_used - inst.memory_mib,
+                              disk_bytes_used=state.disk_bytes_used - inst.root_disk_gib * GIB,
+                              up=True, enabled=True)
+            try:
+                schedule([without], Request(itype.vcpus, itype.memory_mib,
+                                            inst.root_disk_gib * GIB), 1,
+                         cpu_overcommit=settings.cpu_overcommit)
+            except NoValidHost:
+                raise InsufficientCapacity(f"host has no room for {itype.name}") from None
+        record(s, "instance", inst.instance_id, inst.account_id, "stopped", "stopped",
+               f"instance type {inst.instance_type} -> {itype.name}")
+        inst.instance_type, inst.vcpus, inst.memory_mib = itype.name, itype.vcpus, itype.memory_mib
+        inst.updated_at = utcnow()
+        lifecycle.bump(inst)
+        s.add(inst)
+        return inst

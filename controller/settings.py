@@ -1,0 +1,73 @@
+"""Controller settings, read from the environment (prefix KUMO_) by pydantic-settings.
+
+Owns every tunable of the controller process: where state lives, how it listens, how agents reach
+it, and the deadlines the reconciler applies to transitional states.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUMO_", extra="ignore")
+
+    #: Directory for the database, admin.key and imported images.
+    state_dir: Path = Path("/var/lib/kumo/controller")
+    #: SQLAlchemy URL; default: sqlite file in state_dir (WAL mode, busy timeout).
+    database_url: str | None = None
+    #: host:port of the user-facing HTTP listener.
+    listen: str = "127.0.0.1:8787"
+    #: Optional unix socket path serving the same app (agents in lab namespaces use it).
+    agent_socket: Path | None = None
+    #: URL agents use to reach the controller (image downloads); default derived from
+    #: agent_socket (unix:<path>) or listen (http://host:port).
+    agent_facing_url: str | None = None
+    #: Shared secret agents present to the controller, and the controller presents to agents.
+    agent_token: str | None = None
+
+    #: A host whose last heartbeat is older than this is marked down.
+    heartbeat_timeout_s: float = 15.0
+    #: Interval the controller asks agents to heartbeat at.
+    heartbeat_interval_s: float = 2.0
+    #: Deadlines for transitional states (seconds).
+    pending_deadline_s: float = 600.0
+    stopping_deadline_s: float = 300.0
+    shutting_down_deadline_s: float = 300.0
+    #: Running but the guest never printed its ready marker within this -> impaired.
+    status_deadline_s: float = 600.0
+    #: Terminated instances stay visible this long, then are purged.
+    terminated_retention_s: float = 3600.0
+    #: Reconciler loop period; 0 disables the background loop (tests drive tick() by hand).
+    reconcile_interval_s: float = 1.0
+    #: Timeout of one controller -> agent request.
+    agent_timeout_s: float = 10.0
+
+    cpu_overcommit: float = 4.0
+    scheduler_weigher: Literal["spread", "pack"] = "spread"
+
+    #: Largest virtual size an image may declare (bytes); larger ones are refused.
+    max_image_virtual_size: int = Field(default=256 * 1024**3, gt=0)
+    #: Largest image file accepted by import (bytes).
+    max_image_file_size: int = Field(default=16 * 1024**3, gt=0)
+    #: Seed the default instance types at first start.
+    seed_instance_types: bool = True
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.state_dir / 'kumo.db'}"
+
+    def resolved_agent_facing_url(self) -> str:
+        if self.agent_facing_url:
+            return self.agent_facing_url.rstrip("/")
+        if self.agent_socket:
+            return f"unix:{self.agent_socket}"
+        return f"http://{self.listen}"
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return (host or "127.0.0.1").strip("[]"), int(port)

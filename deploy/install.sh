@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# README command 1: install everything Kumo needs on a fresh Debian 12 machine (as root) and bring
+# up the all-in-one lab cloud. Safe to run again: it only does what is missing.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+HOSTS="${KUMO_LAB_HOSTS:-2}"
+
+ensure_system_packages
+ensure_venv
+ensure_images kumo-tiny debian-12
+
+log "bringing up the lab cloud with $HOSTS hosts"
+"$KUMO_VENV/bin/kumo" lab up --hosts "$HOSTS"
+"$KUMO_VENV/bin/kumo" lab status
+
+cat <<NEXT
+
+Kumo's lab cloud is up. Next:
+  source <($KUMO_VENV/bin/kumo lab env)        # KUMO_URL and the demo account's API key
+  export PATH=$KUMO_VENV/bin:\$PATH
+  kumo keys create demo
+  kumo instances run --image kumo-tiny --type t3.micro --key demo --wait
+  kumo ssh <instance-id> -- uname -a
+  kumo lab down                                  # removes everything the lab made
+NEXT

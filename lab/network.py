@@ -1,0 +1,156 @@
+"""The lab's wiring, all through pyroute2 and all inside lab namespaces: the fabric namespace with its
+bridge, the internet namespace, and each host's uplink veth. Nothing here ever touches the root
+namespace: every veth is created inside the fabric namespace with its peer placed straight into the
+target lab namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyroute2 import NetNS, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from lab import naming as nm
+
+NETNS_DIR = "/run/netns"
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+def list_netns() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+@contextmanager
+def opened(name: str) -> Iterator[NetNS]:
+    ns = NetNS(name)
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+def ensure_netns(name: str) -> None:
+    if not exists(name):
+        netns.create(name)
+    with opened(name) as ns:
+        _up(ns, "lo")
+
+
+def remove_netns(name: str) -> None:
+    if exists(name):
+        netns.remove(name)
+
+
+def _index(ns: NetNS, ifname: str) -> int | None:
+    found = ns.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def _up(ns: NetNS, ifname: str) -> None:
+    idx = _index(ns, ifname)
+    if idx is not None:
+        ns.link("set", index=idx, state="up")
+
+
+def _ensure_addr(ns: NetNS, ifname: str, address: str, prefixlen: int) -> None:
+    idx = _index(ns, ifname)
+    have = {(a.get("address"), a["prefixlen"]) for a in ns.get_addr(index=idx, family=2)}
+    if (address, prefixlen) not in have:
+        ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
+
+
+def _delete_link(ns: NetNS, ifname: str) -> None:
+    idx = _index(ns, ifname)
+    if idx is not None:
+        try:
+            ns.link("del", index=idx)
+        except NetlinkError as e:
+            if e.code != 19:  # ENODEV: already gone
+                raise
+
+
+def ensure_fabric(prefix: str) -> None:
+    name = nm.fabric_netns(prefix)
+    ensure_netns(name)
+    with opened(name) as ns:
+        if _index(ns, nm.FABRIC_BRIDGE) is None:
+            ns.link("add", ifname=nm.FABRIC_BRIDGE, kind="bridge")
+        _up(ns, nm.FABRIC_BRIDGE)
+
+
+def _ensure_uplink(prefix: str, port: str, peer_ns: str, mac: str) -> None:
+    """veth `port` in the fabric (enslaved to its bridge) <-> `uplink0` in peer_ns. A half that lost
+    its other end (a namespace was re-created) is deleted and the pair re-made."""
+    fab = nm.fabric_netns(prefix)
+    with opened(fab) as f, opened(peer_ns) as p:
+        have_port = _index(f, port) is not None
+        have_uplink = _index(p, nm.UPLINK) is not None
+        if have_port != have_uplink or (have_port and not _paired(f, port, p)):
+            _delete_link(f, port)
+            _delete_link(p, nm.UPLINK)
+            have_port = False
+        if not have_port:
+            f.link("add", ifname=port, kind="veth", peer={"ifname": nm.UPLINK, "net_ns_fd": peer_ns, "address": mac})
+        br = _index(f, nm.FABRIC_BRIDGE)
+        f.link("set", index=_index(f, port), master=br, state="up")
+        _up(p, nm.UPLINK)
+
+
+def _paired(f: NetNS, port: str, p: NetNS) -> bool:
+    # A veth's IFLA_LINK is its peer's ifindex (in the peer's namespace).
+    link = f.get_links(_index(f, port))[0]
+    return link.get("link") == _index(p, nm.UPLINK)
+
+
+def ensure_inet(prefix: str) -> None:
+    name = nm.inet_netns(prefix)
+    ensure_netns(name)
+    _ensure_uplink(prefix, nm.FABRIC_INET_PORT, name, nm.INET_MAC)
+    addr = nm.inet_address()
+    with opened(name) as ns:
+        _ensure_addr(ns, nm.UPLINK, str(addr.ip), addr.network.prefixlen)
+        # "A server on the internet": a /32 on the loopback. No default route: it routes nowhere else.
+        _ensure_addr(ns, "lo", str(nm.INET_SERVER_ADDR), 32)
+
+
+def ensure_host(prefix: str, hid: str) -> None:
+    name = nm.host_netns(prefix, hid)
+    ensure_netns(name)
+    _ensure_uplink(prefix, nm.fabric_port(hid), name, nm.uplink_mac(hid))
+    addr = nm.host_address(hid)
+    with opened(name) as ns:
+        _ensure_addr(ns, nm.UPLINK, str(addr.ip), addr.network.prefixlen)
+        # The host's way "out" is the lab's internet namespace, which dead-ends.
+        routes = ns.get_routes(family=2, dst_len=0, table=254)
+        if not routes:
+            ns.route("add", dst="0.0.0.0/0", gateway=str(nm.INET_FABRIC_ADDR))
+
+
+def remove_host(prefix: str, hid: str) -> None:
+    fab = nm.fabric_netns(prefix)
+    if exists(fab):
+        with opened(fab) as f:
+            _delete_link(f, nm.fabric_port(hid))
+    remove_netns(nm.host_netns(prefix, hid))
+
+
+def link_state(netns_name: str, ifname: str) -> dict | None:
+    """{'ifname', 'up', 'addresses'} of a link in a lab namespace, or None when missing."""
+    if not exists(netns_name):
+        return None
+    with opened(netns_name) as ns:
+        idx = _index(ns, ifname)
+        if idx is None:
+            return None
+        link = ns.get_links(idx)[0]
+        addrs = [f"{a.get('address')}/{a['prefixlen']}" for a in ns.get_addr(index=idx, family=2)]
+        return {"ifname": ifname, "up": link.get("operstate") in ("UP", "UNKNOWN"), "addresses": addrs}

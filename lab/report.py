@@ -1,0 +1,95 @@
+"""What the lab reports: the LabStatus/HostStatus snapshot returned by `up` and `status`, and the
+shell text of `lab env` (pure functions; values are shell-quoted, never templated raw)."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ProcStatus:
+    name: str
+    pid: int | None
+    alive: bool
+    answering: bool
+
+
+@dataclass
+class HostStatus:
+    id: str
+    netns: str
+    netns_exists: bool
+    address: str
+    uplink_up: bool
+    libvirt_uri: str
+    libvirtd: ProcStatus
+    agent: ProcStatus | None = None
+
+    @property
+    def ok(self) -> bool:
+        agent_ok = self.agent is None or (self.agent.alive and self.agent.answering)
+        return self.netns_exists and self.uplink_up and self.libvirtd.answering and agent_ok
+
+
+@dataclass
+class LabStatus:
+    prefix: str
+    state_dir: str
+    exists: bool
+    fabric_netns: str
+    fabric_ok: bool
+    inet_netns: str
+    inet_ok: bool
+    hosts: list[HostStatus] = field(default_factory=list)
+    controller: ProcStatus | None = None
+
+    @property
+    def ok(self) -> bool:
+        ctl_ok = self.controller is None or (self.controller.alive and self.controller.answering)
+        return self.exists and self.fabric_ok and self.inet_ok and all(h.ok for h in self.hosts) and ctl_ok
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        for h, hd in zip(self.hosts, d["hosts"]):
+            hd["ok"] = h.ok
+        return d
+
+    def to_text(self) -> str:
+        def proc(p: ProcStatus | None) -> str:
+            if p is None:
+                return "not started"
+            state = "answering" if p.answering else ("running" if p.alive else "down")
+            return f"{state} (pid {p.pid})"
+
+        lines = [
+            f"lab {self.prefix!r} at {self.state_dir}: {'OK' if self.ok else 'NOT OK'}",
+            f"  fabric {self.fabric_netns}: {'ok' if self.fabric_ok else 'missing'}",
+            f"  internet {self.inet_netns}: {'ok' if self.inet_ok else 'missing'}",
+            f"  controller: {proc(self.controller)}",
+        ]
+        for h in self.hosts:
+            lines.append(
+                f"  {h.id} {h.netns} {h.address}: netns {'ok' if h.netns_exists else 'missing'}, "
+                f"uplink {'up' if h.uplink_up else 'down'}, libvirtd {proc(h.libvirtd)}, "
+                f"agent {proc(h.agent)}"
+            )
+            lines.append(f"     {h.libvirt_uri}")
+        return "\n".join(lines)
+
+
+def render_env(url: str, key_file: Path, account: str) -> str:
+    """`export` lines for a shell. A missing key (controller not started yet) is reported as a
+    comment instead of failing, so `eval "$(kumo lab env)"` never breaks a shell."""
+    lines = [f"export KUMO_URL={shlex.quote(url)}"]
+    try:
+        key = Path(key_file).read_text().strip()
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        key = ""
+    if key:
+        lines.append(f"export KUMO_API_KEY={shlex.quote(key)}")
+    else:
+        lines.append(f"# no {account} API key yet ({key_file} missing): is the controller running?")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,141 @@
+"""The lab's long-running Kumo processes: the controller (root namespace, 127.0.0.1 + a unix socket
+for agents) and one agent per host (inside its host namespace). Pure builders of their commands and
+environments, the per-lab agent token, and the readiness checks `up` waits on.
+
+They are only started when their code exists (`controller/__main__.py`, `agent/__main__.py`), so the
+lab is usable while those packages are still being written.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+from lab.errors import LabError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN_FILE = "agent.token"
+
+
+def controller_available(repo_root: Path = REPO_ROOT) -> bool:
+    return (repo_root / "controller" / "__main__.py").is_file()
+
+
+def agent_available(repo_root: Path = REPO_ROOT) -> bool:
+    return (repo_root / "agent" / "__main__.py").is_file()
+
+
+def controller_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "controller"
+
+
+def controller_socket(state_dir: Path) -> Path:
+    return controller_dir(state_dir) / "agent.sock"
+
+
+def agent_socket(state_dir: Path, hid: str) -> Path:
+    return Path(state_dir) / "hosts" / hid / "agent.sock"
+
+
+def ensure_token(state_dir: Path) -> str:
+    """The shared secret agents present to the controller: generated once per lab, file mode 0600."""
+    p = Path(state_dir) / TOKEN_FILE
+    try:
+        tok = p.read_text().strip()
+        if tok:
+            return tok
+    except FileNotFoundError:
+        pass
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tok = secrets.token_urlsafe(32)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok + "\n")
+    return tok
+
+
+def controller_env(state_dir: Path, listen: str, token: str) -> dict[str, str]:
+    return {
+        "KUMO_STATE_DIR": str(controller_dir(state_dir)),
+        "KUMO_LISTEN": listen,
+        "KUMO_AGENT_SOCKET": str(controller_socket(state_dir)),
+        "KUMO_AGENT_TOKEN": token,
+    }
+
+
+def controller_argv(python: str) -> list[str]:
+    return [python, "-m", "controller"]
+
+
+def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str) -> dict[str, str]:
+    return {
+        "KUMO_AGENT_HOST_ID": hid,
+        "KUMO_AGENT_STATE_DIR": str(Path(state_dir) / "hosts" / hid / "agent"),
+        "KUMO_AGENT_LISTEN": f"unix:{agent_socket(state_dir, hid)}",
+        "KUMO_AGENT_CONTROLLER_URL": f"unix:{controller_socket(state_dir)}",
+        "KUMO_AGENT_TOKEN": token,
+        "KUMO_AGENT_LIBVIRT_URI": libvirt_uri,
+    }
+
+
+def agent_argv(python: str) -> list[str]:
+    return [python, "-m", "agent"]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LabError("InvalidListen", f"listen address must be HOST:PORT: {listen!r}")
+    return host, int(port)
+
+
+def _unix_answers(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _tcp_answers(listen: str) -> bool:
+    host, port = split_listen(listen)
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def controller_answers(state_dir: Path, listen: str) -> bool:
+    return _tcp_answers(listen) and _unix_answers(controller_socket(state_dir))
+
+
+def agent_answers(state_dir: Path, hid: str) -> bool:
+    return _unix_answers(agent_socket(state_dir, hid))
+
+
+def wait_until(check: Callable[[], bool], is_alive: Callable[[], bool], what: str, log: Path,
+               timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not is_alive():
+            raise LabError("LabServiceDied", f"{what} exited during start; see {log}:\n{_tail(log)}")
+        time.sleep(0.1)
+    raise LabError("LabServiceTimeout", f"{what} not answering after {timeout}s; see {log}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""

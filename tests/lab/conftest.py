@@ -1,0 +1,53 @@
+"""Fixtures for tests with real guests and real packets: a session-wide 2-host lab (unique prefix,
+temporary state dir, always torn down), a runner for commands inside lab namespaces, and a factory
+for test bridges inside host namespaces. Skips with a clear reason when not root or libvirt is
+missing. KUMO_LAB_SERVICES=none starts the lab without controller/agents.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import pytest
+
+from lab import Lab
+from lab.testing import free_port, make_bridge, ns_run, remove_bridge, skip_reason, unique_prefix
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    the_lab = Lab(
+        tmp_path_factory.mktemp("lab"),
+        prefix=unique_prefix(),
+        listen=f"127.0.0.1:{free_port()}",
+        start_services=os.environ.get("KUMO_LAB_SERVICES", "auto"),
+    )
+    try:
+        the_lab.up(hosts=2)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture
+def ns_exec() -> Callable:
+    """ns_exec(netns, *argv, check=True) -> CompletedProcess, run inside a lab namespace."""
+    return ns_run
+
+
+@pytest.fixture
+def host_bridge() -> Iterator[Callable[[str, str, str], None]]:
+    """host_bridge(netns, name, cidr): a bridge with an address in a host namespace, removed after."""
+    made: list[tuple[str, str]] = []
+
+    def make(netns: str, name: str, cidr: str) -> None:
+        make_bridge(netns, name, cidr)
+        made.append((netns, name))
+
+    yield make
+    for netns, name in reversed(made):
+        remove_bridge(netns, name)

@@ -1,0 +1,129 @@
+"""Real guests from the built machine images on lab hosts: kumo-tiny on two hosts, debian-12 with
+the real cloud-init on one, and malformed seeds. Checks what the seed asked for from outside the
+guest: console lines, ping and HTTP from the host namespace, SSH with the injected key.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from images.builder import build
+from lab.testing import ns_run, ping
+from tests.lab.guests import (boot, new_instance_id, ssh, ssh_keypair, static_network,
+                              wait_ssh)
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+USER_DATA = b"""#!/bin/sh
+echo "written by user-data on $(hostname)" > /root/user-data.txt
+echo "USERDATA-OUTPUT host=$(hostname)"
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_image() -> Path:
+    return build("kumo-tiny").path
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    return build("debian-12").path
+
+
+def _boot_tiny_with_network(lab, host_bridge, tmp_path, tiny_image, host_id, n):
+    netns = f"{lab.prefix}-{host_id}"
+    host_bridge(netns, "kbt0", f"10.77.{n}.1/24")
+    key, pub = ssh_keypair(tmp_path)
+    iid, mac, ip = new_instance_id(), f"52:54:00:77:{n:02x}:10", f"10.77.{n}.10"
+    guest = boot(lab, host_id, tiny_image, tmp_path / host_id, instance_id=iid,
+                 hostname=f"tiny-{host_id}", user_data=USER_DATA, keys=(pub,), mac=mac,
+                 bridge="kbt0", network_config=static_network(mac, f"{ip}/24", f"10.77.{n}.1"))
+    return guest, iid, ip, key
+
+
+def test_kumo_tiny_boots_on_two_hosts_and_does_what_the_seed_asks(lab, host_bridge, tmp_path,
+                                                                  tiny_image):
+    guests = [(_boot_tiny_with_network(lab, host_bridge, tmp_path, tiny_image, h, n), h)
+              for n, h in ((1, "h1"), (2, "h2"))]
+    try:
+        for (guest, iid, ip, key), host_id in guests:
+            ready = guest.wait_console(rf"KUMO-READY instance-id={iid}", timeout=60)
+            print(f"kumo-tiny on {host_id}: ready {time.monotonic() - guest.started_at:.1f} s "
+                  "after start (TCG)")
+            assert ready
+            console = guest.console_text()
+            assert f"hostname=tiny-{host_id} instance-id={iid}" in console
+            assert f"USERDATA-OUTPUT host=tiny-{host_id}" in console
+
+            # the static address from network-config answers from another namespace
+            assert ping(guest.netns, ip, count=3, wait=2)
+            http = ns_run(guest.netns, "curl", "-s", "--max-time", "5", f"http://{ip}/")
+            assert iid in http.stdout
+            # SSH with the injected key runs a command; the user-data script's file is there
+            r = wait_ssh(guest.netns, key, ip, "hostname; cat /root/user-data.txt", timeout=30)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.splitlines()[0] == f"tiny-{host_id}"
+            assert f"written by user-data on tiny-{host_id}" in r.stdout
+            # a key that was not injected is refused
+            other_key, _ = ssh_keypair(tmp_path / "other")
+            assert ssh(guest.netns, other_key, ip, "true").returncode != 0
+    finally:
+        for (guest, *_), _h in guests:
+            guest.destroy()
+
+
+def test_debian12_runs_the_real_cloud_init(lab, host_bridge, tmp_path, debian_image):
+    netns = f"{lab.prefix}-h1"
+    host_bridge(netns, "kbd0", "10.78.1.1/24")
+    key, pub = ssh_keypair(tmp_path)
+    iid, mac, ip = new_instance_id(), "52:54:00:78:01:10", "10.78.1.10"
+    user_data = b"#cloud-config\nruncmd:\n  - [sh, -c, 'echo runcmd-ran > /root/runcmd.txt']\n"
+    guest = boot(lab, "h1", debian_image, tmp_path / "deb", instance_id=iid, hostname="deb-h1",
+                 user_data=user_data, keys=(pub,), mac=mac, bridge="kbd0", vcpus=2,
+                 memory_mib=512, network_config=static_network(mac, f"{ip}/24", "10.78.1.1"))
+    try:
+        guest.wait_console(rf"KUMO-READY instance-id={iid}", timeout=300)
+        print(f"debian-12 on h1: ready {time.monotonic() - guest.started_at:.1f} s after start")
+        r = wait_ssh(netns, key, ip, "hostname; cloud-init status --long; cat /root/runcmd.txt;"
+                     " df -B1 --output=size / | tail -1", timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == "deb-h1"
+        assert "status: done" in r.stdout
+        assert "errors: []" in r.stdout or "errors:" not in r.stdout
+        assert "runcmd-ran" in r.stdout
+    finally:
+        guest.destroy()
+
+
+def _raw_seed(path: Path, files: dict[str, bytes]) -> Path:
+    import io
+
+    import pycdlib
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for i, (name, data) in enumerate(files.items()):
+        iso.add_fp(io.BytesIO(data), len(data), f"/F{i}.;1", rr_name=name,
+                   joliet_path=f"/{name}")
+    iso.write(str(path))
+    iso.close()
+    return path
+
+
+@pytest.mark.parametrize("case,files", [
+    ("missing-meta-data", {"user-data": b"#!/bin/sh\necho hi\n"}),
+    ("bad-yaml", {"meta-data": b"instance-id: [unclosed\n  local-hostname: :\n",
+                  "user-data": b""}),
+])
+def test_malformed_seed_still_boots_with_a_clear_message(lab, tmp_path, tiny_image, case, files):
+    seed = _raw_seed(tmp_path / "seed.iso", files)
+    guest = boot(lab, "h2", tiny_image, tmp_path / case, instance_id=new_instance_id(),
+                 hostname="unused", raw_seed=seed)
+    try:
+        guest.wait_console(r"KUMO-READY", timeout=60)
+        assert "kumo-tiny: seed error:" in guest.console_text()
+    finally:
+        guest.destroy()

@@ -1,0 +1,283 @@
+"""The lab's life: up (2 hosts) -> every part checked with independent tools -> up again changes
+nothing -> up repairs a killed libvirtd and a deleted link -> a real domain runs -> down removes it all
+and leaves the machine as found. Plus down after a half-failed up and with a dead daemon.
+All packets stay inside the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from lab import Lab, LabError
+from lab import libvirtd as lv
+from lab import naming as nm
+from lab import procs
+from lab.testing import addresses, ip_json, machine_snapshot, ping, skip_reason, unique_prefix
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+HOSTS = ["h1", "h2"]
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("lablife")
+    lab = Lab(state, prefix=unique_prefix(), start_services="none")
+    info = {"lab": lab, "state": state, "before": machine_snapshot(state), "pids": set(), "t": {}}
+    try:
+        t = time.monotonic()
+        info["status"] = lab.up(hosts=2)
+        info["t"]["up"] = time.monotonic() - t
+        yield info
+    finally:
+        lab.down()
+
+
+def _libvirtd_pids(lab: Lab) -> dict[str, int]:
+    return {h.id: h.libvirtd.pid for h in lab.status().hosts}
+
+
+def _ns_inode(path: str) -> tuple[int, int]:
+    s = os.stat(path)
+    return s.st_ino, s.st_dev
+
+
+def _links(netns: str) -> set[tuple[int, str, str]]:
+    return {(link["ifindex"], link["ifname"], link.get("master", "")) for link in ip_json(netns, "link")}
+
+
+def test_up_reports_every_part_ok(life):
+    st = life["status"]
+    assert st.ok, st.to_text()
+    assert [h.id for h in st.hosts] == HOSTS
+    for h in st.hosts:
+        assert h.libvirtd.answering and h.libvirtd.pid
+        life["pids"].add(h.libvirtd.pid)
+    print(f"\nlab up (2 hosts) took {life['t']['up']:.1f}s")
+
+
+def test_each_libvirtd_answers_inside_its_host(life):
+    import libvirt
+
+    lab: Lab = life["lab"]
+    for h in lab.status().hosts:
+        assert h.libvirt_uri == f"qemu:///system?socket={life['state']}/hosts/{h.id}/run/libvirt-sock"
+        conn = libvirt.open(h.libvirt_uri)
+        try:
+            assert "<capabilities>" in conn.getCapabilities()
+            assert conn.listAllNetworks() == [], "libvirt's default network must not exist in the lab"
+        finally:
+            conn.close()
+        # The daemon runs in the host's network namespace and in a mount namespace of its own.
+        assert _ns_inode(f"/proc/{h.libvirtd.pid}/ns/net") == _ns_inode(f"/run/netns/{h.netns}")
+        assert os.readlink(f"/proc/{h.libvirtd.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        assert "virbr0" not in {link["ifname"] for link in ip_json(h.netns, "link")}
+    assert "virbr0" not in {link["ifname"] for link in ip_json(None, "link")}
+
+
+def test_wiring_as_seen_by_ip(life):
+    p = life["lab"].prefix
+    fab, inet = nm.fabric_netns(p), nm.inet_netns(p)
+    fab_links = {link["ifname"]: link for link in ip_json(fab, "link")}
+    assert {"br0", "p-h1", "p-h2", "p-inet"} <= set(fab_links)
+    for port in ("p-h1", "p-h2", "p-inet"):
+        assert fab_links[port].get("master") == "br0"
+        assert "UP" in fab_links[port]["flags"]
+    for i, hid in enumerate(HOSTS, start=1):
+        ns = nm.host_netns(p, hid)
+        assert addresses(ns, "uplink0") == [f"172.31.0.{10 + i}/24"]
+        assert {link["ifname"] for link in ip_json(ns, "link")} == {"lo", "uplink0"}
+    assert addresses(inet, "uplink0") == ["172.31.0.1/24"]
+    assert "198.51.100.1/32" in addresses(inet, "lo")
+
+
+def test_hosts_ping_each_other_over_the_fabric(life):
+    p = life["lab"].prefix
+    assert ping(nm.host_netns(p, "h1"), "172.31.0.12")
+    assert ping(nm.host_netns(p, "h2"), "172.31.0.11")
+
+
+def test_internet_reaches_the_hosts_uplinks_and_hosts_reach_its_server(life):
+    p = life["lab"].prefix
+    for addr in ("172.31.0.11", "172.31.0.12"):
+        assert ping(nm.inet_netns(p), addr)
+    assert ping(nm.host_netns(p, "h1"), "198.51.100.1")
+
+
+def test_internet_routes_nowhere_else(life):
+    routes = ip_json(nm.inet_netns(life["lab"].prefix), "route", "show", "table", "all")
+    main_v4 = [r for r in routes if r.get("table", "main") == "main" and ":" not in r["dst"]]
+    assert [r["dst"] for r in main_v4] == ["172.31.0.0/24"], routes
+
+
+def test_up_again_changes_nothing(life):
+    lab: Lab = life["lab"]
+    p = lab.prefix
+    names = [nm.fabric_netns(p), nm.inet_netns(p)] + [nm.host_netns(p, h) for h in HOSTS]
+    before = ({n: _links(n) for n in names}, _libvirtd_pids(lab), {h: addresses(nm.host_netns(p, h), "uplink0") for h in HOSTS})
+    t = time.monotonic()
+    st = lab.up(hosts=2)
+    life["t"]["up_again"] = time.monotonic() - t
+    after = ({n: _links(n) for n in names}, _libvirtd_pids(lab), {h: addresses(nm.host_netns(p, h), "uplink0") for h in HOSTS})
+    assert st.ok
+    assert after == before
+    print(f"\nsecond lab up took {life['t']['up_again']:.2f}s")
+
+
+def test_up_repairs_a_dead_libvirtd_and_a_missing_link(life):
+    lab: Lab = life["lab"]
+    p = lab.prefix
+    pids = _libvirtd_pids(lab)
+    os.kill(pids["h2"], signal.SIGKILL)
+    os.system(f"ip -n {nm.fabric_netns(p)} link del p-h2")  # noqa: S605 (fixed names, no user input)
+    assert not ping(nm.host_netns(p, "h1"), "172.31.0.12", wait=1)
+    assert not lab.status().ok
+    st = lab.up(hosts=2)
+    assert st.ok, st.to_text()
+    new = _libvirtd_pids(lab)
+    assert new["h1"] == pids["h1"] and new["h2"] != pids["h2"]
+    life["pids"].update(new.values())
+    assert ping(nm.host_netns(p, "h1"), "172.31.0.12")
+
+
+def _probe_domain_xml(name: str, console: Path) -> str:
+    dom = ET.Element("domain", type="qemu")
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="MiB").text = "32"
+    ET.SubElement(dom, "vcpu").text = "1"
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    dev = ET.SubElement(dom, "devices")
+    ET.SubElement(dev, "emulator").text = "/usr/bin/qemu-system-x86_64"
+    serial = ET.SubElement(dev, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(console))
+    ET.SubElement(serial, "target", port="0")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def test_a_domain_runs_on_a_lab_host(life):
+    import libvirt
+
+    lab: Lab = life["lab"]
+    h1 = lab.status().hosts[0]
+    console = life["state"] / "hosts" / "h1" / "probe-console.log"  # removed with the host
+    conn = libvirt.open(h1.libvirt_uri)
+    try:
+        dom = conn.defineXML(_probe_domain_xml("kumo-lab-probe", console))
+        dom.create()
+        assert dom.isActive()
+        qemu_pid = int((life["state"] / "hosts/h1/libvirt/run/qemu/kumo-lab-probe.pid").read_text())
+    finally:
+        conn.close()
+    assert console.exists(), "qemu (stdio_handler=file, no DAC relabel) must write the console log"
+    assert _ns_inode(f"/proc/{qemu_pid}/ns/net") == _ns_inode(f"/run/netns/{h1.netns}")
+    life["pids"].add(qemu_pid)
+    life["qemu_pid"] = qemu_pid
+
+
+def test_down_leaves_the_machine_as_found(life):
+    lab: Lab = life["lab"]
+    t = time.monotonic()
+    lab.down()
+    life["t"]["down"] = time.monotonic() - t
+    print(f"\nlab down took {life['t']['down']:.1f}s")
+    after = machine_snapshot(life["state"])
+    before = life["before"]
+    # Strict: the root namespace's links, addresses, routes and nft tables are untouched.
+    for key in ("root_links", "root_addrs", "root_routes", "nft_tables"):
+        assert after[key] == before[key], key
+    # Namespaces, files and mounts may change under us from other runs: none may be this lab's.
+    pattern = nm.all_netns_pattern(lab.prefix)
+    assert not [n for n in after["netns"] if pattern.match(n)]
+    mine = [f for f in after["files"] - before["files"] if lab.prefix in f or "libvirt" in f]
+    mine += [f for f in after["files"] - before["files"] if not f.startswith("/run/netns/")]
+    assert not mine, mine
+    assert not [m for m in after["mounts"] - before["mounts"] if lab.prefix in m or "nsfs" not in m]
+    assert not life["state"].exists() or not any(life["state"].iterdir())
+    # Every process the lab started (libvirtds, the domain's qemu) is gone.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(pid) for pid in life["pids"]):
+        time.sleep(0.1)
+    assert life["pids"] and not [pid for pid in life["pids"] if _running(pid)]
+    lab.down()  # a second down is a no-op
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def test_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypatch):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(tmp_path / "lab", prefix=unique_prefix(), start_services="none")
+    real_wait = lv.wait_ready
+    calls = []
+
+    def fail_second(uri, is_alive, log, timeout=30.0):
+        calls.append(uri)
+        if len(calls) == 2:
+            raise LabError("LibvirtdTimeout", "injected failure")
+        return real_wait(uri, is_alive, log, timeout)
+
+    monkeypatch.setattr(lv, "wait_ready", fail_second)
+    try:
+        with pytest.raises(LabError, match="injected"):
+            lab.up(hosts=2)
+        st = lab.status()
+        pids = [h.libvirtd.pid for h in st.hosts if h.libvirtd.pid]
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)  # and one daemon died meanwhile
+        time.sleep(0.2)
+    finally:
+        lab.down()
+    pattern = nm.all_netns_pattern(lab.prefix)
+    assert not [n for n in os.listdir("/run/netns") if pattern.match(n)] if os.path.isdir("/run/netns") else True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if _running(p)]
+    assert not (tmp_path / "lab").exists()
+    assert procs.netns_pids(nm.host_netns(lab.prefix, "h1")) == []
+
+
+def test_session_lab_fixture_with_services_and_a_test_bridge(lab, host_bridge, ns_exec):
+    from lab import services
+
+    st = lab.status()
+    assert st.ok, st.to_text()
+    if lab.start_services == "auto" and services.controller_available():
+        assert st.controller is not None and st.controller.answering
+        assert "export KUMO_API_KEY=" in lab.env(admin=True)
+    if lab.start_services == "auto" and services.agent_available():
+        assert all(h.agent is not None and h.agent.answering for h in st.hosts)
+    h1 = st.hosts[0].netns
+    host_bridge(h1, "kt-br0", "10.99.0.1/24")
+    assert addresses(h1, "kt-br0") == ["10.99.0.1/24"]
+    assert "kt-br0" not in {link["ifname"] for link in ip_json(None, "link")}
+    assert ns_exec(h1, "busybox", "ping", "-c", "1", "-W", "2", "10.99.0.1").returncode == 0
+
+
+def test_prefix_mismatch_is_refused(tmp_path):
+    from lab import state as lab_state
+
+    lab_state.save(tmp_path, lab_state.LabState(prefix="kother"))
+    for op in (lambda lab: lab.up(hosts=1), lambda lab: lab.down()):
+        if os.geteuid() != 0:
+            pytest.skip("needs root")
+        with pytest.raises(LabError) as e:
+            op(Lab(tmp_path, prefix="kmine"))
+        assert e.value.code == "LabPrefixMismatch"

@@ -1,0 +1,311 @@
+"""LibvirtHypervisor + LocalStorage against a real, private libvirtd booting a real (tiny) guest.
+
+The libvirtd runs in its own network namespace and a private mount namespace (its own /etc/libvirt
+without the `default` network, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt
+all bind-mounted from a temp dir). The guest has NO network interface. Its disk is a 512-byte boot
+sector that prints a ready line on COM1 and halts, so it boots under TCG in well under a second.
+Everything started here is stopped by PID and the namespace is deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.base import DomainNic, DomainPlan
+from agent.libvirt.designer import tap_name
+from agent.seed import meta_data
+from agent.storage import LocalStorage
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+IID = "i-0000000000000b007"
+AMI = "ami-0000000000000b007"
+MARK = b"KUMO-READY instance-id=boot-sector"
+
+MOUNT_AND_EXEC = r"""set -e
+mount -t tmpfs -o mode=0755 kumo-test-run /run
+mkdir -p /run/libvirt /run/lock
+while [ "$1" != "--" ]; do mount --bind "$1" "$2"; shift 2; done
+shift
+exec "$@"
+"""
+BINDS = (("etc", "/etc/libvirt"), ("run", "/run/libvirt"), ("lib", "/var/lib/libvirt"),
+         ("cache", "/var/cache/libvirt"), ("log", "/var/log/libvirt"))
+
+
+def _boot_sector(message: bytes) -> bytes:
+    """Real-mode code: print `message` on COM1 (0x3f8), then cli+hlt forever (ignores ACPI)."""
+    msg_addr = 0x7C00 + 22
+    code = bytes([
+        0xFA,                                    # cli
+        0x31, 0xC0,                              # xor ax, ax
+        0x8E, 0xD8,                              # mov ds, ax
+        0xBE, msg_addr & 0xFF, msg_addr >> 8,    # mov si, msg
+        0xBA, 0xF8, 0x03,                        # mov dx, 0x3f8
+        0xAC,                                    # loop: lodsb
+        0x84, 0xC0,                              # test al, al
+        0x74, 0x03,                              # jz done
+        0xEE,                                    # out dx, al
+        0xEB, 0xF8,                              # jmp loop
+        0xF4,                                    # done: hlt
+        0xEB, 0xFD,                              # jmp done
+    ])
+    assert len(code) == 22
+    body = code + message + b"\r\n\0"
+    return body.ljust(510, b"\0") + b"\x55\xaa"
+
+
+def _conf(values: dict) -> str:
+    out = []
+    for k, v in values.items():
+        if isinstance(v, int):
+            out.append(f"{k} = {v}")
+        elif isinstance(v, list):
+            out.append(f"{k} = []")
+        else:
+            assert '"' not in v and "\n" not in v
+            out.append(f'{k} = "{v}"')
+    return "\n".join(out) + "\n"
+
+
+class PrivateLibvirtd:
+    def __init__(self, base: Path):
+        self.base = base
+        self.ns = f"kumo-t{os.getpid() % 100000}"
+        self.root = base / "lv"
+        self.sock_dir = base / "sock"
+        self.proc: subprocess.Popen | None = None
+        self.uri = f"qemu:///system?socket={self.sock_dir}/libvirt-sock"
+
+    def prepare(self) -> None:
+        for sub, _ in BINDS:
+            (self.root / sub).mkdir(parents=True)
+        (self.root / "etc" / "qemu" / "networks").mkdir(parents=True)
+        self.sock_dir.mkdir(mode=0o700)
+        (self.root / "etc" / "libvirtd.conf").write_text(_conf({
+            "unix_sock_dir": str(self.sock_dir), "unix_sock_rw_perms": "0700",
+            "unix_sock_ro_perms": "0700", "unix_sock_admin_perms": "0700",
+            "auth_unix_rw": "none", "auth_unix_ro": "none", "listen_tls": 0, "listen_tcp": 0,
+            "log_outputs": "3:stderr"}))
+        (self.root / "etc" / "qemu.conf").write_text(_conf({
+            "stdio_handler": "file", "user": "root", "group": "root", "dynamic_ownership": 0,
+            "remember_owner": 0, "security_driver": "none", "namespaces": []}))
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+
+    def start(self) -> None:
+        binds = [x for sub, target in BINDS for x in (str(self.root / sub), target)]
+        argv = ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private",
+                "sh", "-c", MOUNT_AND_EXEC, "kumo-test-libvirtd", *binds, "--",
+                "/usr/sbin/libvirtd", "--config", str(self.root / "etc" / "libvirtd.conf"),
+                "--pid-file", str(self.sock_dir / "libvirtd.pid")]
+        log = open(self.base / "libvirtd.log", "ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        import libvirt
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.base / "libvirtd.log").read_text()[-2000:]
+            try:
+                libvirt.open(self.uri).close()
+                return
+            except libvirt.libvirtError:
+                time.sleep(0.1)
+        raise AssertionError("private libvirtd did not answer in 60 s")
+
+    def qemu_pids(self) -> list[int]:
+        pids = []
+        for f in (self.root / "run" / "qemu").glob("*.pid"):
+            try:
+                pid = int(f.read_text().strip())
+                # libvirt may leave the pid file behind: count only a live qemu with that pid.
+                if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(pid)
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        for pid in self.qemu_pids():  # guests this libvirtd started, if any survived
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "delete", self.ns], check=False)
+
+
+@pytest.fixture
+def libvirtd(tmp_path):
+    if os.geteuid() != 0 or not Path("/usr/sbin/libvirtd").exists() or not shutil.which("ip"):
+        pytest.skip("needs root and libvirtd")
+    d = PrivateLibvirtd(tmp_path)
+    try:
+        d.prepare()
+        d.start()
+        yield d
+    finally:
+        d.cleanup()
+
+
+def _wait_console(path: Path, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(MARK) >= count:
+            return
+        time.sleep(0.1)
+    text = path.read_bytes()[-500:] if path.exists() else b"<no console log>"
+    raise AssertionError(f"marker #{count} not seen in {timeout}s: {text!r}")
+
+
+def test_boot_reboot_shutdown_reconnect_undefine(libvirtd, tmp_path):
+    from agent.libvirt.driver import LibvirtHypervisor
+
+    raw = tmp_path / "boot.raw"
+    raw.write_bytes(_boot_sector(MARK).ljust(1 << 20, b"\0"))
+    img = tmp_path / "boot.qcow2"
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(img)],
+                   check=True)
+    sha = hashlib.sha256(img.read_bytes()).hexdigest()
+
+    storage = LocalStorage(tmp_path / "state")
+    base = storage.cached_image(AMI, img.as_uri(), sha)
+    root = storage.ensure_root_disk(IID, base, 8 << 20)
+    seed_iso = storage.write_seed(IID, meta_data(IID, "boot"), b"", None)
+    console = storage.console_log_path(IID)
+    # A bridge that exists only inside the private namespace; the guest's tap joins it.
+    ns_ip = ["ip", "netns", "exec", libvirtd.ns, "ip"]
+    subprocess.run([*ns_ip, "link", "add", "kbr-t0", "type", "bridge"], check=True)
+    subprocess.run([*ns_ip, "link", "set", "kbr-t0", "up"], check=True)
+    plan = DomainPlan(name=IID, vcpus=1, memory_mib=64, root_disk=root, seed_iso=seed_iso,
+                      console_log=console, nics=(DomainNic("52:54:00:0b:00:07", "kbr-t0"),),
+                      generation=3)
+    tap = tap_name(IID, 0)
+
+    def tap_master() -> str | None:
+        out = subprocess.run([*ns_ip, "-j", "link", "show", "dev", tap], capture_output=True,
+                             text=True)
+        return json.loads(out.stdout)[0].get("master") if out.returncode == 0 else None
+
+    hv = LibvirtHypervisor(libvirtd.uri, "qemu", poll_interval=0.05)
+    try:
+        hv.define(plan)
+        assert hv.status(IID).power == "shutoff"
+        t0 = time.monotonic()
+        hv.start(IID)
+        _wait_console(console, 1)
+        boot_s = time.monotonic() - t0
+        st = hv.status(IID)
+        assert (st.power, st.vcpus, st.memory_mib) == ("running", 1, 64)
+        assert [d.name for d in hv.list_domains()] == [IID]
+        assert hv.defined_generation(IID) == 3
+        assert tap_master() == "kbr-t0"  # the stable tap name, in the namespace, on the bridge
+
+        hv.reboot(IID)  # a fresh boot: the marker is printed a second time
+        _wait_console(console, 2)
+        assert hv.status(IID).power == "running"
+        assert tap_master() == "kbr-t0"
+
+        # libvirtd restarts under the driver: it reconnects; the guest kept running.
+        libvirtd.stop()
+        libvirtd.start()
+        assert hv.status(IID).power == "running"
+
+        # The boot sector ignores ACPI: shutdown falls back to power-off after the timeout.
+        t0 = time.monotonic()
+        hv.shutdown(IID, timeout=1.0)
+        assert 0.9 <= time.monotonic() - t0 < 15
+        assert hv.status(IID).power == "shutoff"
+        assert libvirtd.qemu_pids() == []
+        assert tap_master() is None  # libvirt removed the tap with the guest
+
+        hv.start(IID)
+        _wait_console(console, 3)
+        hv.undefine(IID)  # destroys first
+        assert hv.status(IID).power == "absent"
+        assert hv.list_domains() == []
+        hv.undefine(IID)  # absent: no-op
+        print(f"boot to marker: {boot_s:.2f}s")
+    finally:
+        try:
+            hv.undefine(IID)
+        finally:
+            hv.close()
+    storage.remove_instance(IID)
+    assert storage.list_instance_dirs() == []
+
+
+def _tiny_image() -> Path | None:
+    env = os.environ.get("KUMO_TINY_IMAGE")
+    if env:
+        return Path(env)
+    p = Path(os.environ.get("KUMO_IMAGE_CACHE") or "/var/cache/kumo/images") / "kumo-tiny.qcow2"
+    return p if p.exists() else None
+
+
+def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
+    """The designed domain boots the real kumo-tiny AMI, which finds the NoCloud seed on the IDE
+    cdrom and prints its instance id (the image is built by `python -m images build kumo-tiny`)."""
+    from agent.libvirt.driver import LibvirtHypervisor
+    from agent.seed import network_config_v2
+
+    image = _tiny_image()
+    if image is None or not image.exists():
+        pytest.skip("kumo-tiny image not built (set KUMO_TINY_IMAGE or KUMO_IMAGE_CACHE)")
+    from agent.contract.v1 import NicSpec
+
+    iid = "i-00000000000071e57"
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    storage = LocalStorage(tmp_path / "state")
+    base = storage.cached_image(AMI, image.as_uri(), sha)
+    root = storage.ensure_root_disk(iid, base, 256 << 20)
+    ns_ip = ["ip", "netns", "exec", libvirtd.ns, "ip"]
+    subprocess.run([*ns_ip, "link", "add", "kbr-t1", "type", "bridge"], check=True)
+    subprocess.run([*ns_ip, "link", "set", "kbr-t1", "up"], check=True)
+    nic = NicSpec(mac="52:54:00:71:e5:70", bridge="kbr-t1", address="10.99.0.5/24",
+                  gateway="10.99.0.1")
+    seed_iso = storage.write_seed(iid, meta_data(iid, "tiny"), b"#cloud-config\n",
+                                  network_config_v2([nic]))
+    console = storage.console_log_path(iid)
+    plan = DomainPlan(name=iid, vcpus=1, memory_mib=128, root_disk=root, seed_iso=seed_iso,
+                      console_log=console, nics=(DomainNic(nic.mac, nic.bridge),), generation=1)
+    hv = LibvirtHypervisor(libvirtd.uri, "qemu")
+    marker = f"KUMO-READY instance-id={iid}".encode()
+    try:
+        hv.define(plan)
+        t0 = time.monotonic()
+        hv.start(iid)
+        deadline = t0 + 90
+        while time.monotonic() < deadline:
+            if console.exists() and marker in console.read_bytes():
+                break
+            assert hv.status(iid).power == "running"
+            time.sleep(0.25)
+        else:
+            tail = console.read_bytes()[-1500:] if console.exists() else b""
+            raise AssertionError(f"no {marker!r} in 90 s; console tail: {tail!r}")
+        print(f"kumo-tiny ready in {time.monotonic() - t0:.1f}s")
+    finally:
+        try:
+            hv.undefine(iid)
+        finally:
+            hv.close()
+    storage.remove_instance(iid)

@@ -1,0 +1,233 @@
+"""Domain XML: golden files for the designer's output, each also defined on libvirt's
+test:///default driver to validate it, plus LibvirtHypervisor on the test driver.
+
+Regenerate the golden files with: KUMO_REGEN_GOLDEN=1 .venv/bin/pytest tests/unit/test_domain_xml.py
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from agent.drivers.base import DomainNic, DomainNotFound, DomainPlan, DriverError
+from agent.libvirt.designer import design_domain, tap_name
+from agent.libvirt.domain import KUMO_NS, Disk, Domain, KumoMetadata
+from agent.libvirt.driver import LibvirtHypervisor
+
+GOLDEN = Path(__file__).resolve().parent.parent / "data" / "domains"
+REGEN = os.environ.get("KUMO_REGEN_GOLDEN") == "1"
+IID = "i-0123456789abcdef0"
+IID2 = "i-00000000000000002"
+EMU = "/usr/bin/qemu-system-x86_64"
+
+libvirt.registerErrorHandler(lambda *_: None, None)
+
+
+def _plan(name=IID, *, nics=2, seed=True, vcpus=2, memory_mib=256, generation=7,
+          base="/var/lib/kumo/agent/instances") -> DomainPlan:
+    d = Path(base) / name
+    return DomainPlan(
+        name=name, vcpus=vcpus, memory_mib=memory_mib, root_disk=d / "root.qcow2",
+        seed_iso=d / "seed.iso" if seed else None, console_log=d / "console.log",
+        nics=tuple(DomainNic(mac=f"52:54:00:00:00:0{i + 1}", bridge=f"kbr-{i}")
+                   for i in range(nics)),
+        generation=generation)
+
+
+CASES = {
+    "tcg-seed-two-nics": lambda: design_domain(_plan(), "qemu", emulator=EMU),
+    "tcg-no-seed-no-nic": lambda: design_domain(_plan(nics=0, seed=False, vcpus=1,
+                                                      memory_mib=128, generation=1),
+                                                "qemu", emulator=EMU),
+    "tcg-cpu-max": lambda: design_domain(_plan(nics=0), "qemu", emulator=EMU,
+                                         tcg_cpu_model="max"),
+    "kvm-seed-one-nic": lambda: design_domain(_plan(nics=1), "kvm", emulator=EMU),
+    # Characters that would break a string template are escaped by ElementTree.
+    "escaping": lambda: design_domain(_plan(base="/srv/a&b/<x>/'q\""), "qemu", emulator=EMU),
+}
+
+
+def _test_conn(tmp_path) -> libvirt.virConnect:
+    """A private test-driver connection (a node file gives each open its own empty state)."""
+    node = tmp_path / "node.xml"
+    node.write_text("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores>"
+                    "<threads>1</threads></cpu><memory>8388608</memory></node>")
+    return libvirt.open(f"test://{node}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case):
+    xml = CASES[case]().to_xml()
+    path = GOLDEN / f"{case}.xml"
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(xml)
+    assert path.exists(), f"missing golden file {path}; run with KUMO_REGEN_GOLDEN=1"
+    assert xml == path.read_text(), f"{case} differs from {path} (KUMO_REGEN_GOLDEN=1 to update)"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_defines_on_libvirt_test_driver(case, tmp_path):
+    domain = CASES[case]()
+    conn = _test_conn(tmp_path)
+    try:
+        dom = conn.defineXML(domain.to_xml())
+        back = ET.fromstring(dom.XMLDesc(0))
+        assert back.get("type") == domain.type
+        assert back.findtext("name") == domain.name
+        assert int(back.findtext("memory")) == domain.memory_kib
+        assert int(back.findtext("vcpu")) == domain.vcpus
+        assert back.find("os/type").get("machine") == "pc"
+        srcs = [d.find("source").get("file") for d in back.findall("devices/disk")]
+        assert srcs == [d.source_file for d in domain.devices if isinstance(d, Disk)]
+        meta = KumoMetadata.from_xml(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, KUMO_NS, 0))
+        assert meta == domain.metadata
+        log = back.find("devices/serial/log")
+        assert log.get("append") == "on" and log.get("file").endswith("/console.log")
+    finally:
+        conn.close()
+
+
+def test_designer_policy():
+    d = design_domain(_plan(), "qemu", emulator=EMU)
+    root = d.to_element()
+    cdrom = root.find("devices/disk[@device='cdrom']")
+    assert cdrom.find("target").attrib == {"dev": "hdc", "bus": "ide"}
+    assert cdrom.find("readonly") is not None and cdrom.find("driver").get("type") == "raw"
+    vda = root.find("devices/disk[@device='disk']")
+    assert vda.find("target").attrib == {"dev": "vda", "bus": "virtio"}
+    assert vda.find("driver").get("type") == "qcow2"
+    assert root.find("cpu").get("mode") == "custom"  # host-passthrough needs KVM
+    kvm = design_domain(_plan(), "kvm").to_element()
+    assert kvm.get("type") == "kvm" and kvm.find("cpu").get("mode") == "host-passthrough"
+    taps = [i.find("target").get("dev") for i in root.findall("devices/interface")]
+    assert taps == [tap_name(IID, 0), tap_name(IID, 1)]
+    for i in root.findall("devices/interface"):
+        assert i.get("type") == "bridge" and i.find("model").get("type") == "virtio"
+    assert root.find("devices/rng/backend").text == "/dev/urandom"
+    assert root.find("devices/console/target").get("type") == "serial"
+    with pytest.raises(ValueError):
+        design_domain(_plan(), "xen")
+
+
+def test_tap_names_stable_short_distinct():
+    names = {tap_name(f"i-{n:017x}", i) for n in range(200) for i in range(8)}
+    assert len(names) == 1600
+    assert all(len(n) <= 15 and n.startswith("tap") for n in names)
+    assert tap_name(IID) == tap_name(IID, 0) == "tap" + tap_name(IID)[3:]
+
+
+def test_escaping_is_structural():
+    evil = "</name><devices><disk type='block'/></devices><name>"
+    root = ET.fromstring(Domain(name=evil, memory_kib=1024, vcpus=1).to_xml())
+    assert root.findtext("name") == evil
+    assert root.find("devices/disk") is None
+
+
+# -- LibvirtHypervisor on the test driver ---------------------------------------------------
+
+@pytest.fixture
+def hv(tmp_path):
+    conn = _test_conn(tmp_path)
+    h = LibvirtHypervisor(conn, "qemu", poll_interval=0.01)
+    yield h
+    h.close()
+
+
+def test_define_start_status_list(hv):
+    plan = _plan(nics=1)
+    assert hv.status(IID).power == "absent"
+    hv.define(plan)
+    s = hv.status(IID)
+    assert (s.power, s.vcpus, s.memory_mib) == ("shutoff", 2, 256)
+    hv.start(IID)
+    hv.start(IID)  # already running: no-op
+    assert hv.status(IID).power == "running"
+    hv.define(_plan(IID2, nics=0))
+    # The test driver's own "test" domain is not Kumo's and is not listed.
+    assert [d.name for d in hv.list_domains()] == [IID2, IID]
+    assert hv.defined_generation(IID) == 7
+    assert hv.defined_generation("i-fffffffffffffffff") is None
+
+
+def test_redefine_keeps_uuid_and_applies(hv):
+    hv.define(_plan(memory_mib=256, generation=1))
+    conn = hv._connection()
+    uuid = conn.lookupByName(IID).UUIDString()
+    hv.define(_plan(memory_mib=512, generation=2))
+    assert conn.lookupByName(IID).UUIDString() == uuid
+    assert hv.status(IID).memory_mib == 512
+    assert hv.defined_generation(IID) == 2
+
+
+def test_destroy_shutdown_undefine_absent_are_noops(hv):
+    hv.destroy("i-fffffffffffffffff")
+    hv.shutdown("i-fffffffffffffffff", 0.1)
+    hv.undefine("i-fffffffffffffffff")
+    hv.define(_plan())
+    hv.destroy(IID)  # shut off already: no-op
+    hv.shutdown(IID, 0.1)
+
+
+def test_start_reboot_missing_raise_not_found(hv):
+    with pytest.raises(DomainNotFound):
+        hv.start("i-fffffffffffffffff")
+    with pytest.raises(DomainNotFound):
+        hv.reboot("i-fffffffffffffffff")
+
+
+def test_shutdown_then_destroy_after_timeout(hv):
+    hv.define(_plan())
+    hv.start(IID)
+    hv.shutdown(IID, 0.2)  # the test driver powers off on ACPI at once
+    assert hv.status(IID).power == "shutoff"
+
+
+def test_reboot_and_undefine_running(hv):
+    hv.define(_plan())
+    hv.reboot(IID)  # shut off: a reboot starts it
+    assert hv.status(IID).power == "running"
+    hv.reboot(IID)
+    assert hv.status(IID).power == "running"
+    hv.undefine(IID)
+    assert hv.status(IID).power == "absent"
+    assert hv.list_domains() == []
+
+
+def test_invalid_definition_has_stable_code(hv):
+    with pytest.raises(DriverError) as e:
+        hv.define(_plan(memory_mib=0))
+    assert e.value.code in ("InvalidDomainDefinition", "HypervisorError")
+
+
+def test_reconnects_after_connection_drop(tmp_path):
+    """libvirtd restarts: the driver notices the dead connection and opens a new one."""
+    opened = []
+
+    def factory():
+        c = libvirt.open("test:///default")  # shared state across opens within the process
+        opened.append(c)
+        return c
+
+    keeper = libvirt.open("test:///default")  # keeps the shared state alive across reopens
+    h = LibvirtHypervisor(factory, "qemu")
+    name = "i-0000000000000dead"
+    try:
+        h.define(_plan(name, nics=0))
+        opened[0].close()  # the connection dies under the driver
+        assert h.status(name).power == "shutoff"
+        assert len(opened) == 2
+    finally:
+        h.undefine(name)
+        h.close()
+        keeper.close()
+
+
+def test_unreachable_libvirt_is_retryable_error(tmp_path):
+    h = LibvirtHypervisor(f"qemu:///system?socket={tmp_path}/none.sock", "qemu")
+    with pytest.raises(DriverError) as e:
+        h.status(IID)
+    assert e.value.code == "HypervisorUnavailable" and e.value.retryable

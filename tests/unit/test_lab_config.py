@@ -1,0 +1,82 @@
+"""Per-host libvirtd configuration and commands, services' environments (pure)."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from lab import libvirtd as lv
+from lab import services as sv
+from lab.errors import LabError
+
+
+def test_host_paths_and_uri():
+    p = lv.HostPaths(Path("/s/hosts/h1"))
+    assert p.uri == "qemu:///system?socket=/s/hosts/h1/run/libvirt-sock"
+    assert p.pid_file == Path("/s/hosts/h1/run/libvirtd.pid")
+
+
+def test_conf_rendering_and_refusal_of_breakout_values():
+    text = lv.render_conf({"a": "x", "b": 0, "c": [], "d": ["p", "q"], "e": True})
+    assert 'a = "x"\nb = 0\nc = []\nd = ["p", "q"]\ne = 1\n' in text
+    for bad in ['x"\nuser = "evil', "a\\b", "line\nbreak"]:
+        with pytest.raises(LabError):
+            lv.render_conf({"unix_sock_dir": bad})
+
+
+def test_libvirtd_conf_points_at_the_host_state():
+    conf = lv.libvirtd_conf(lv.HostPaths(Path("/s/hosts/h2")))
+    assert conf["unix_sock_dir"] == "/s/hosts/h2/run"
+    assert conf["auth_unix_rw"] == "none" and conf["unix_sock_rw_perms"] == "0700"
+
+
+def test_qemu_conf_choices():
+    assert lv.QEMU_CONF["stdio_handler"] == "file"
+    assert lv.QEMU_CONF["dynamic_ownership"] == 0 and lv.QEMU_CONF["security_driver"] == "none"
+
+
+def test_command_execs_libvirtd_in_the_foreground_after_the_binds():
+    p = lv.HostPaths(Path("/s/hosts/h1"))
+    argv = lv.command(p)
+    assert argv[:4] == ["unshare", "-m", "--propagation", "private"]
+    assert argv[6] == lv.MOUNT_AND_EXEC  # a constant script: paths only ever travel as arguments
+    sep = argv.index("--")
+    pairs = argv[8:sep]
+    assert dict(zip(pairs[1::2], pairs[0::2]))["/etc/libvirt"] == "/s/hosts/h1/libvirt/etc"
+    assert set(pairs[1::2]) == {"/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
+                                "/var/log/libvirt"}  # fmt: skip
+    assert argv[sep + 1 :] == ["/usr/sbin/libvirtd", "--config", "/s/hosts/h1/libvirt/etc/libvirtd.conf",
+                               "--pid-file", "/s/hosts/h1/run/libvirtd.pid"]  # fmt: skip
+    assert "-d" not in argv
+
+
+def test_too_long_socket_path_is_refused(tmp_path):
+    with pytest.raises(LabError) as e:
+        lv.prepare(lv.HostPaths(tmp_path / ("x" * 100) / "h1"))
+    assert e.value.code == "LabPathTooLong"
+
+
+def test_agent_and_controller_environment():
+    env = sv.agent_env(Path("/s"), "h2", "tok", "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock")
+    assert env == {
+        "KUMO_AGENT_HOST_ID": "h2",
+        "KUMO_AGENT_STATE_DIR": "/s/hosts/h2/agent",
+        "KUMO_AGENT_LISTEN": "unix:/s/hosts/h2/agent.sock",
+        "KUMO_AGENT_CONTROLLER_URL": "unix:/s/controller/agent.sock",
+        "KUMO_AGENT_TOKEN": "tok",
+        "KUMO_AGENT_LIBVIRT_URI": "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock",
+    }
+    assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok") == {
+        "KUMO_STATE_DIR": "/s/controller",
+        "KUMO_LISTEN": "127.0.0.1:8787",
+        "KUMO_AGENT_SOCKET": "/s/controller/agent.sock",
+        "KUMO_AGENT_TOKEN": "tok",
+    }
+    assert sv.agent_argv("/py") == ["/py", "-m", "agent"]
+
+
+def test_token_is_generated_once_and_private(tmp_path):
+    t1 = sv.ensure_token(tmp_path)
+    t2 = sv.ensure_token(tmp_path)
+    assert t1 == t2 and len(t1) >= 32
+    assert stat.S_IMODE((tmp_path / "agent.token").stat().st_mode) == 0o600

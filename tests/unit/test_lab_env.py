@@ -1,0 +1,66 @@
+"""`lab env` output and the status report (pure)."""
+
+import shlex
+import subprocess
+
+import pytest
+
+from lab import Lab, LabError
+from lab.report import HostStatus, LabStatus, ProcStatus, render_env
+
+
+def _shell_eval(text: str, var: str) -> str:
+    return subprocess.run(["sh", "-c", text + f'\nprintf %s "${var}"'], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_admin_env_reads_the_controller_key(tmp_path):
+    (tmp_path / "controller").mkdir()
+    (tmp_path / "controller" / "admin.key").write_text("kumo-admin-secret\n")
+    lab = Lab(tmp_path, prefix="kt1", listen="127.0.0.1:8787")
+    out = lab.env(admin=True)
+    assert "export KUMO_URL=http://127.0.0.1:8787\n" in out
+    assert _shell_eval(out, "KUMO_API_KEY") == "kumo-admin-secret"
+
+
+def test_demo_env_reads_demo_key_and_custom_listen(tmp_path):
+    (tmp_path / "demo.key").write_text("demo-key")
+    out = Lab(tmp_path, prefix="kt1", listen="127.0.0.1:9999").env(admin=False)
+    assert _shell_eval(out, "KUMO_URL") == "http://127.0.0.1:9999"
+    assert _shell_eval(out, "KUMO_API_KEY") == "demo-key"
+
+
+def test_missing_key_is_a_comment_not_an_error(tmp_path):
+    out = Lab(tmp_path, prefix="kt1").env(admin=True)
+    assert "KUMO_API_KEY" not in out.replace("# no", "")
+    assert out.splitlines()[1].startswith("# no admin API key yet")
+    _shell_eval(out, "KUMO_URL")  # still valid shell
+
+
+def test_hostile_key_is_quoted(tmp_path):
+    key = "a'b; rm -rf / $(x)"
+    (tmp_path / "k").write_text(key)
+    out = render_env("http://127.0.0.1:8787", tmp_path / "k", "admin")
+    assert f"export KUMO_API_KEY={shlex.quote(key)}" in out
+    assert _shell_eval(out, "KUMO_API_KEY") == key
+
+
+@pytest.mark.parametrize("listen", ["8787", "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:70000"])
+def test_bad_listen(listen, tmp_path):
+    with pytest.raises(LabError) as e:
+        Lab(tmp_path, listen=listen).url
+    assert e.value.code == "InvalidListen"
+
+
+def _status(answering: bool) -> LabStatus:
+    host = HostStatus("h1", "kt-h1", True, "172.31.0.11/24", True, "qemu:///system?socket=/s",
+                      ProcStatus("libvirtd-h1", 10, True, answering))  # fmt: skip
+    return LabStatus("kt", "/s", True, "kt-fab", True, "kt-inet", True, hosts=[host])
+
+
+def test_status_ok_needs_every_part():
+    assert _status(True).ok
+    bad = _status(False)
+    assert not bad.ok and not bad.to_dict()["hosts"][0]["ok"]
+    assert "NOT OK" in bad.to_text() and "libvirtd running (pid 10)" in bad.to_text()
+    assert "controller: not started" in _status(True).to_text()

@@ -1,0 +1,54 @@
+"""Lab naming and addressing rules (pure)."""
+
+import pytest
+
+from lab import naming as nm
+from lab.errors import LabError
+
+
+@pytest.mark.parametrize("prefix", ["kumo", "kt1a2b3c", "a"])
+def test_valid_prefixes_give_short_names(prefix):
+    names = [nm.fabric_netns(prefix), nm.inet_netns(prefix), nm.host_netns(prefix, "h99")]
+    assert all(len(n) <= 15 for n in names)
+    assert names[0] == f"{prefix}-fab" and names[1] == f"{prefix}-inet" and names[2] == f"{prefix}-h99"
+
+
+@pytest.mark.parametrize("prefix", ["", "Kumo", "1abc", "toolongprefix", "a-b", "a b", "a/b", None])
+def test_bad_prefixes_are_refused_with_a_code(prefix):
+    with pytest.raises(LabError) as e:
+        nm.validate_prefix(prefix)
+    assert e.value.code == "InvalidLabPrefix"
+
+
+def test_host_ids_and_addresses():
+    assert nm.host_ids(3) == ["h1", "h2", "h3"]
+    assert str(nm.host_address("h1")) == "172.31.0.11/24"
+    assert str(nm.host_address("h42")) == "172.31.0.52/24"
+    assert str(nm.inet_address()) == "172.31.0.1/24"
+    assert nm.host_number("h7") == 7
+    assert nm.fabric_port("h12") == "p-h12"
+
+
+@pytest.mark.parametrize("count", [0, -1, 100, True, "2"])
+def test_bad_host_counts(count):
+    with pytest.raises(LabError) as e:
+        nm.host_ids(count)
+    assert e.value.code == "InvalidHostCount"
+
+
+@pytest.mark.parametrize("hid", ["h0", "h100", "x1", "h01", "", "h1 "])
+def test_bad_host_ids(hid):
+    with pytest.raises(LabError):
+        nm.host_number(hid)
+
+
+def test_cleanup_pattern_matches_only_this_prefix():
+    pat = nm.all_netns_pattern("kt1")
+    assert all(pat.match(n) for n in ["kt1-fab", "kt1-inet", "kt1-h1", "kt1-h99"])
+    assert not any(pat.match(n) for n in ["kt12-h1", "kt1-h0", "kt1-h100", "xkt1-fab", "kt1-fabric", "kumo-h1"])
+
+
+def test_uplink_macs_are_fixed_unique_and_locally_administered():
+    macs = {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC}
+    assert len(macs) == 100
+    assert all(int(m.split(":")[0], 16) & 0b10 and not int(m.split(":")[0], 16) & 1 for m in macs)
