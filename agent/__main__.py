@@ -46,15 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     if sock:
         os.makedirs(os.path.dirname(sock) or "/", exist_ok=True)
         _clear_stale_socket(sock)
-        config = uvicorn.Config(app, uds=sock, log_level="info", lifespan="on")
+        config = uvicorn.Config(app, uds=sock, log_level="info", lifespan="on",
+                                access_log=False)
     else:
         host, port = settings.listen_host_port()
-        config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",
+                                access_log=False)
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM (graceful shutdown, lifespan stop), then re-raises it with the
     # handler that was installed before: make that one a normal exit, so a stop is status 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.run()
+    try:
+        server.run()
+    finally:
+        if sock and os.path.exists(sock):
+            os.unlink(sock)  # uvicorn leaves it; a stale socket would only confuse clients
     return 0
 
 

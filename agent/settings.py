@@ -44,8 +44,9 @@ class AgentSettings(BaseSettings):
     driver: Literal["libvirt", "fake"] = "libvirt"
     #: Bridge driver: "auto" = pyroute2 bridges with the libvirt driver, in-memory with fakes.
     network: Literal["auto", "bridge", "fake", "none"] = "auto"
-    #: The pyroute2 bridge driver refuses to touch the machine's initial network namespace
-    #: unless this is set (production hosts), so a mis-started lab agent cannot break the host.
+    #: The pyroute2 bridge driver only acts inside a named (`ip netns`) or otherwise private
+    #: network namespace unless this is set (production hosts, where the machine's own namespace
+    #: is the host), so a mis-started lab agent cannot add bridges to the machine.
     allow_root_netns: bool = False
     heartbeat_interval: float = Field(default=2.0, gt=0)
     #: Seconds an ACPI shutdown may take before the domain is powered off.

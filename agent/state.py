@@ -10,13 +10,20 @@ Every write is atomic (temp file + fsync + rename), so a crash leaves the old or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE, InstanceSpec
+
+log = logging.getLogger(__name__)
+
+
+class StateError(Exception):
+    """The state directory holds something the agent cannot safely interpret."""
 
 
 def atomic_write_json(path: Path, data: object) -> None:
@@ -66,6 +73,11 @@ class Runtime:
     console_offset: int = 0
     #: How far readiness scanning got (so each check reads only new bytes).
     console_scan_pos: int = 0
+    #: Written (and persisted) just before the agent starts the domain: the console offset of the
+    #: boot it is about to begin. If the agent dies between starting the domain and recording the
+    #: boot, the next agent finds the domain running with this set and knows the boot is its own,
+    #: so readiness still counts the marker the guest printed meanwhile.
+    boot_intent_offset: int | None = None
     #: Keys of the inputs each artifact was prepared from, and the resulting paths.
     image_key: str | None = None
     image_path: str | None = None
@@ -111,11 +123,20 @@ class StateStore:
         for p in sorted(self._specs_dir.glob("i-*.json")):
             if not INSTANCE_ID_RE.match(p.stem):
                 continue
-            spec = InstanceSpec.model_validate_json(p.read_text())
+            try:
+                spec = InstanceSpec.model_validate_json(p.read_text())
+            except ValueError as e:
+                # Refuse to start rather than skip it: a skipped spec would make its running
+                # guest look like an orphan, and orphans are deleted.
+                raise StateError(f"unreadable accepted spec {p}: {e}") from None
             self._specs[spec.instance_id] = spec
         for p in sorted(self._runtime_dir.glob("i-*.json")):
             if p.stem in self._specs:
-                self._runtime[p.stem] = Runtime.from_dict(json.loads(p.read_text()))
+                try:
+                    self._runtime[p.stem] = Runtime.from_dict(json.loads(p.read_text()))
+                except (ValueError, TypeError) as e:
+                    # Losing bookkeeping is safe: a matching running guest is adopted as is.
+                    log.warning("ignoring unreadable runtime record %s: %s", p, e)
 
     # -- specs ---------------------------------------------------------------------------
     def spec(self, instance_id: str) -> InstanceSpec | None:

@@ -1,0 +1,1 @@
+"""Kumo controller: the REST API, desired state (database), scheduler, reconciler and CLI."""

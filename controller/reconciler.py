@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +31,9 @@ from controller.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Longest wait between retries of one object after repeated agent failures.
+MAX_BACKOFF_S = 30.0
+
 
 @dataclass(frozen=True)
 class Work:
@@ -47,6 +51,10 @@ class Reconciler:
         self._orphans: dict[str, set[str]] = {}
         self._orphans_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kumo-reconcile")
+        # Per-object retry backoff after agent failures: (instance id, kind, generation) ->
+        # (failures, not before). A new generation or action starts afresh.
+        self._backoff: dict[tuple, tuple[int, float]] = {}
+        self._backoff_lock = threading.Lock()
 
     def note_orphans(self, host_id: str, instance_ids: set[str]) -> None:
         if instance_ids:
@@ -64,7 +72,11 @@ class Reconciler:
                 log.exception("host liveness check failed")
                 stats["errors"] += 1
             stats["errors"] += self._deadlines_and_purge()
-            work = self._plan()
+            planned = self._plan()
+            with self._backoff_lock:  # forget objects that no longer need work
+                wanted = {self._key(w) for w in planned}
+                self._backoff = {k: v for k, v in self._backoff.items() if k in wanted}
+            work = [w for w in planned if self._due(w)]
             for ok, kind in self._executor.map(self._do, work):
                 if ok and kind == "put":
                     stats["pushed"] += 1
@@ -137,6 +149,24 @@ class Reconciler:
                 work += [Work("orphan", iid, host.agent_url) for iid in sorted(ids)]
         return work
 
+    @staticmethod
+    def _key(w: Work) -> tuple:
+        return (w.instance_id, w.kind, w.generation)
+
+    def _due(self, w: Work) -> bool:
+        with self._backoff_lock:
+            entry = self._backoff.get(self._key(w))
+        return entry is None or time.monotonic() >= entry[1]
+
+    def _failed(self, w: Work) -> None:
+        with self._backoff_lock:
+            # Forget entries of other generations/actions of this instance.
+            for k in [k for k in self._backoff if k[0] == w.instance_id and k != self._key(w)]:
+                del self._backoff[k]
+            failures = self._backoff.get(self._key(w), (0, 0.0))[0] + 1
+            delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (failures - 1))
+            self._backoff[self._key(w)] = (failures, time.monotonic() + delay)
+
     def _do(self, w: Work) -> tuple[bool, str]:
         try:
             if w.kind == "put":
@@ -145,12 +175,15 @@ class Reconciler:
                 self.pool.for_url(w.agent_url).delete_instance(w.instance_id)
                 if w.kind == "delete":
                     self._deleted(w.instance_id)
+            with self._backoff_lock:
+                self._backoff.pop(self._key(w), None)
             return True, w.kind
         except AgentError as exc:
             log.warning("%s %s via %s failed: %s", w.kind, w.instance_id, w.agent_url, exc)
             self._note_error(w.instance_id, exc)
         except Exception:
             log.exception("%s %s failed", w.kind, w.instance_id)
+        self._failed(w)
         return False, w.kind
 
     def _push(self, w: Work) -> None:

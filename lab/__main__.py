@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab", description="Kumo all-in-one lab")
     ap.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
     ap.add_argument("--prefix", default=DEFAULT_PREFIX)
-    ap.add_argument("--listen", default=None, help=f"controller HOST:PORT (default: as started, else {DEFAULT_LISTEN})")
+    ap.add_argument("--listen", default=None,
+                    help=f"controller HOST:PORT (default: as started, else {DEFAULT_LISTEN})")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="create or repair the lab")
     up.add_argument("--hosts", type=int, default=2)

@@ -36,6 +36,7 @@ class Lab:
         listen: str | None = None,
         python: str = sys.executable,
         start_services: str = "auto",
+        bootstrap: bool = True,
     ):
         self.state_dir = Path(state_dir).absolute()
         self.prefix = nm.validate_prefix(prefix)
@@ -47,6 +48,8 @@ class Lab:
         if start_services not in ("auto", "none"):
             raise LabError("InvalidParameterValue", f"start_services must be auto|none: {start_services!r}")
         self.start_services = start_services
+        # After the controller is up: demo account + cached images (lab/bootstrap.py, if present).
+        self.bootstrap = bootstrap
         self.python = python
 
     # ---------- paths
@@ -79,7 +82,7 @@ class Lab:
         with self._locked():
             s = st.load(self.state_dir) or st.LabState(prefix=self.prefix)
             if s.prefix != self.prefix:
-                raise LabError("LabPrefixMismatch", f"{self.state_dir} holds lab {s.prefix!r}, not {self.prefix!r}")
+                raise _mismatch(self.state_dir, s.prefix, self.prefix)
             self._note_runtime_dirs(s)
             for hid in [h for h in s.hosts if h not in wanted]:
                 self._remove_host(s, hid)
@@ -106,6 +109,8 @@ class Lab:
                 for hid in wanted:
                     self._ensure_agent(s, hid, token)
             self._save(s)
+            if self.bootstrap and self._controller_alive(s):
+                self._bootstrap()
         return self.status()
 
     def status(self) -> LabStatus:
@@ -127,28 +132,18 @@ class Lab:
             out.controller = self._proc_status(
                 s.processes["controller"], lambda: services.controller_answers(self.state_dir, self.listen)
             )
-        for hid in s.hosts:
-            ns = nm.host_netns(self.prefix, hid)
-            up = network.link_state(ns, nm.UPLINK)
-            addr = str(nm.host_address(hid))
-            uri = self.libvirt_uri(hid)
-            rec = s.processes.get(f"libvirtd-{hid}")
-            lv = self._proc_status(rec, lambda: libvirtd.answers(uri)) if rec else ProcStatus(
-                f"libvirtd-{hid}", None, False, False)
-            agent = s.processes.get(f"agent-{hid}")
-            out.hosts.append(HostStatus(
-                id=hid, netns=ns, netns_exists=network.exists(ns), address=addr,
-                uplink_up=bool(up and up["up"] and addr in up["addresses"]), libvirt_uri=uri, libvirtd=lv,
-                agent=self._proc_status(agent, lambda: services.agent_answers(self.state_dir, hid)) if agent else None,
-            ))  # fmt: skip
+        out.hosts = [self._host_status(s, hid) for hid in s.hosts]
         return out
 
     def down(self) -> None:
         """Remove everything up made. Works from any half-made state, and with dead daemons."""
         with self._locked():
-            s = st.load(self.state_dir) or st.LabState(prefix=self.prefix)
+            try:
+                s = st.load(self.state_dir) or st.LabState(prefix=self.prefix)
+            except LabError:  # unreadable state: still clean up what the names tell us
+                s = st.LabState(prefix=self.prefix)
             if s.prefix != self.prefix:
-                raise LabError("LabPrefixMismatch", f"{self.state_dir} holds lab {s.prefix!r}, not {self.prefix!r}")
+                raise _mismatch(self.state_dir, s.prefix, self.prefix)
             pattern = nm.all_netns_pattern(self.prefix)
             found = [n for n in network.list_netns() if pattern.match(n)]
             hosts = set(s.hosts) | {n[len(self.prefix) + 1 :] for n in found if n.startswith(f"{self.prefix}-h")}
@@ -174,7 +169,8 @@ class Lab:
 
     def env(self, admin: bool = True) -> str:
         key = services.controller_dir(self.state_dir) / "admin.key" if admin else self.state_dir / "demo.key"
-        return render_env(self.url, key, "admin" if admin else "demo")
+        return render_env(self.url, key, "admin" if admin else "demo",
+                          {"KUMO_LAB_PREFIX": self.prefix, "KUMO_LAB_STATE": str(self.state_dir)})
 
     # ---------- steps
     def _start_libvirtds(self, s: st.LabState, wanted: list[str]) -> None:
@@ -248,6 +244,14 @@ class Lab:
         services.wait_until(lambda: services.agent_answers(self.state_dir, hid),
                             lambda: procs.alive(rec), f"agent {hid}", log)  # fmt: skip
 
+    def _bootstrap(self) -> None:
+        try:
+            from lab.bootstrap import bootstrap
+        except ImportError:  # not written yet, or its dependencies are missing
+            return
+        bootstrap(self.state_dir, services.controller_dir(self.state_dir), self.url,
+                  log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+
     def _remove_host(self, s: st.LabState, hid: str) -> None:
         """Agent, domains, libvirtd, leftover processes, links, namespace, files of one host."""
         if f"agent-{hid}" in s.processes:
@@ -271,6 +275,28 @@ class Lab:
         self._save(s)
 
     # ---------- helpers
+    def _host_status(self, s: st.LabState, hid: str) -> HostStatus:
+        ns = nm.host_netns(self.prefix, hid)
+        uplink = network.link_state(ns, nm.UPLINK)
+        addr = str(nm.host_address(hid))
+        uri = self.libvirt_uri(hid)
+        rec = s.processes.get(f"libvirtd-{hid}")
+        if rec is None:
+            lv = ProcStatus(f"libvirtd-{hid}", None, False, False)
+        else:
+            lv = self._proc_status(rec, lambda: libvirtd.answers(uri))
+        agent = s.processes.get(f"agent-{hid}")
+        return HostStatus(
+            id=hid,
+            netns=ns,
+            netns_exists=network.exists(ns),
+            address=addr,
+            uplink_up=bool(uplink and uplink["up"] and addr in uplink["addresses"]),
+            libvirt_uri=uri,
+            libvirtd=lv,
+            agent=self._proc_status(agent, lambda: services.agent_answers(self.state_dir, hid)) if agent else None,
+        )
+
     def _proc_status(self, rec: st.ProcRecord, answers) -> ProcStatus:
         is_alive = procs.alive(rec)
         return ProcStatus(rec.name, rec.pid, is_alive, bool(is_alive and answers()))
@@ -291,6 +317,10 @@ class Lab:
             yield
         finally:
             os.close(fd)
+
+
+def _mismatch(state_dir: Path, have: str, want: str) -> LabError:
+    return LabError("LabPrefixMismatch", f"{state_dir} holds lab {have!r}, not {want!r}")
 
 
 def _check_prerequisites() -> None:

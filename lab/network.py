@@ -99,7 +99,8 @@ def _ensure_uplink(prefix: str, port: str, peer_ns: str, mac: str) -> None:
             _delete_link(p, nm.UPLINK)
             have_port = False
         if not have_port:
-            f.link("add", ifname=port, kind="veth", peer={"ifname": nm.UPLINK, "net_ns_fd": peer_ns, "address": mac})
+            peer = {"ifname": nm.UPLINK, "net_ns_fd": peer_ns, "address": mac}
+            f.link("add", ifname=port, kind="veth", peer=peer)
         br = _index(f, nm.FABRIC_BRIDGE)
         f.link("set", index=_index(f, port), master=br, state="up")
         _up(p, nm.UPLINK)

@@ -80,10 +80,12 @@ class LabStatus:
         return "\n".join(lines)
 
 
-def render_env(url: str, key_file: Path, account: str) -> str:
+def render_env(url: str, key_file: Path, account: str, lab_vars: dict[str, str] | None = None) -> str:
     """`export` lines for a shell. A missing key (controller not started yet) is reported as a
-    comment instead of failing, so `eval "$(kumo lab env)"` never breaks a shell."""
+    comment instead of failing, so `eval "$(kumo lab env)"` never breaks a shell. `lab_vars`
+    (KUMO_LAB_PREFIX, KUMO_LAB_STATE) let `kumo ssh` and `kumo lab` find this lab again."""
     lines = [f"export KUMO_URL={shlex.quote(url)}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted((lab_vars or {}).items())]
     try:
         key = Path(key_file).read_text().strip()
     except (FileNotFoundError, PermissionError, NotADirectoryError):

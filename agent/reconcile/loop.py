@@ -150,7 +150,8 @@ class Reconciler:
                 return None
             rt = self.store.runtime(iid)
             ctx = InstanceContext(spec=spec, rt=rt, drivers=self.drivers,
-                                  shutdown_timeout=self.shutdown_timeout, clock=self.clock)
+                                  shutdown_timeout=self.shutdown_timeout, clock=self.clock,
+                                  save=lambda: self.store.save_runtime(iid))
             error: ErrorInfo | None = None
             try:
                 self._bookkeep(ctx)
@@ -179,7 +180,11 @@ class Reconciler:
     def _bookkeep(self, ctx: InstanceContext) -> None:
         """Align the runtime record with facts that need no action."""
         rt, st = ctx.rt, ctx.status()
-        if rt.applied_power is None and st.power == "running":
+        if rt.boot_intent_offset is not None and st.power == "running":
+            # An agent (maybe a previous process) started this domain and died before recording
+            # the boot: it is our boot, and readiness counts from where it began.
+            ctx.record_boot(rt.boot_intent_offset)
+        elif rt.applied_power is None and st.power == "running":
             # A running domain we have no record of (runtime lost): adopt it, don't reboot it.
             rt.applied_power = "running"
             rt.applied_reboot_nonce = ctx.spec.reboot_nonce

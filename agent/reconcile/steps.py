@@ -66,6 +66,8 @@ class InstanceContext:
     drivers: Drivers
     shutdown_timeout: float
     clock: Callable[[], float]
+    #: Persists the runtime record now (write-ahead of actions a crash must not lose).
+    save: Callable[[], None] = lambda: None
 
     @property
     def id(self) -> str:
@@ -83,9 +85,15 @@ class InstanceContext:
         except FileNotFoundError:
             return 0
 
+    def begin_start(self, console_offset: int) -> None:
+        """Record, durably, that a start from `console_offset` is about to happen."""
+        self.rt.boot_intent_offset = console_offset
+        self.save()
+
     def record_boot(self, console_offset: int) -> None:
         """A fresh boot began: readiness now only counts console bytes after `console_offset`."""
         rt = self.rt
+        rt.boot_intent_offset = None
         rt.boot_count += 1
         rt.boot_started_at = self.clock()
         rt.booted, rt.booted_at = False, None
@@ -270,6 +278,7 @@ class Started(Step):
         if ctx.status().power == "crashed":
             hv.destroy(ctx.id)  # a crashed domain must be torn down before it can start
         offset = ctx.console_size()
+        ctx.begin_start(offset)
         hv.start(ctx.id)
         ctx.record_boot(offset)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
@@ -25,7 +25,8 @@ def _pub(img) -> ImagePublic:
 
 @router.post("/images", status_code=201, response_model=ImagePublic)
 def register_image(body: ImageRegister, ctx: Ctx, caller: CurrentCaller):
-    return _pub(images.register(ctx.db, caller, body, ctx.settings.max_image_virtual_size))
+    return _pub(images.register(ctx.db, caller, ctx.settings.state_dir / "images", body,
+                                ctx.settings.max_image_virtual_size))
 
 
 @router.post("/images/import", status_code=201, response_model=ImagePublic)
@@ -76,10 +77,10 @@ def get_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
         return _pub(images.get(s, caller, image_id))
 
 
-@router.delete("/images/{image_id}", status_code=204)
+@router.delete("/images/{image_id}", response_model=ImagePublic)
 def deregister_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
-    images.deregister(ctx.db, caller, image_id)
-    return Response(status_code=204)
+    """Answers the image as deregistered (state "deregistered")."""
+    return _pub(images.deregister(ctx.db, caller, image_id))
 
 
 @router.get("/images/{image_id}/file", response_class=FileResponse)

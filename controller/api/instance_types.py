@@ -1,7 +1,7 @@
 """/v1/instance-types."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
 from controller.api.deps import AdminCaller, Ctx, CurrentCaller, Page
 from controller.models import InstanceTypeCreate, InstanceTypePublic
@@ -25,7 +25,7 @@ def create_type(body: InstanceTypeCreate, ctx: Ctx, _: AdminCaller):
     return _pub(instance_types.create(ctx.db, body))
 
 
-@router.delete("/instance-types/{name}", status_code=204)
+@router.delete("/instance-types/{name}", response_model=InstanceTypePublic)
 def retire_type(name: str, ctx: Ctx, _: AdminCaller):
-    instance_types.retire(ctx.db, name)
-    return Response(status_code=204)
+    """Answers the type as retired."""
+    return _pub(instance_types.retire(ctx.db, name))

@@ -1,7 +1,7 @@
 """/v1/key-pairs."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models import KeyPairCreate, KeyPairCreated, KeyPairPublic
@@ -35,7 +35,8 @@ def get_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
                                             from_attributes=True)
 
 
-@router.delete("/key-pairs/{name}", status_code=204)
+@router.delete("/key-pairs/{name}")
 def delete_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
-    key_pairs.delete(ctx.db, caller.account_id, name)
-    return Response(status_code=204)
+    """Idempotent (EC2 semantics): `key_pair_id` is null when there was nothing to delete."""
+    deleted = key_pairs.delete(ctx.db, caller.account_id, name)
+    return {"name": name, "key_pair_id": deleted, "deleted": True}

@@ -86,7 +86,7 @@ def ssh(ctx: typer.Context,
     prefix = os.environ.get("KUMO_LAB_PREFIX") or "kumo"
     command = list(command or ())
     if command[:1] == ["--"]:
-        # Options stop at the instance id, so click hands us the separator itself.
+        # click consumes the separator; keep this for a literal "--" passed through.
         command = command[1:]
     argv = argv_for_instance(instance, prefix=prefix, identity=identity, user=user,
                              command=command)

@@ -99,6 +99,9 @@ class Instance(InstanceBase, table=True):
     observed_boot_count: int = 0
     # boot_count at the last reboot request: readiness counts only after a newer boot.
     reboot_boot_count: int = 0
+    # A reboot was asked for and the guest has not come back ready yet: a shutoff seen meanwhile
+    # is part of the reboot, not the guest powering itself off.
+    reboot_pending: bool = False
     observed_error: str | None = Field(default=None, max_length=1024)
     terminated_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 

@@ -34,7 +34,9 @@ def host_states(s: Session):
 
     used = usage_by_host(s)
     out = []
-    for h in s.exec(select(Host).order_by(Host.host_id)):
+    # FOR UPDATE: on PostgreSQL concurrent placements (other processes) queue on the host rows;
+    # SQLite ignores it (its BEGIN IMMEDIATE already serialises writers).
+    for h in s.exec(select(Host).order_by(Host.host_id).with_for_update()):
         u = used.get(h.host_id, Usage())
         out.append(HostState(host_id=h.host_id, up=h.state == "up", enabled=h.enabled,
                              architecture=h.architecture, vcpus=h.vcpus, memory_mib=h.memory_mib,

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from agent.contract.v1 import HeartbeatRequest
+from agent.contract.v1 import CONTRACT_VERSION, HeartbeatRequest
 from controller.db import Database
-from controller.errors import NotFound
+from controller.errors import InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Host, HostPublic, Instance
@@ -61,6 +61,9 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
     """Record a heartbeat; returns ids the agent runs that the controller does not want (orphans)."""
     now = utcnow()
     info = hb.host
+    if info.contract != CONTRACT_VERSION:
+        raise InvalidParameter(f"agent speaks contract {info.contract!r}; this controller "
+                               f"speaks {CONTRACT_VERSION!r}", code="UnsupportedContract")
     with db.session() as s:
         host = s.get(Host, info.host_id)
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,

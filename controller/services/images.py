@@ -4,6 +4,7 @@ list/describe (own + public), deregister, and resolve an image named by id or na
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from sqlalchemy import or_
 from sqlmodel import Session, select
@@ -44,20 +45,28 @@ def list_images(s: Session, caller: Caller, offset: int, limit: int) -> list[Ima
     return list(s.exec(q.order_by(Image.created_at, Image.image_id).offset(offset).limit(limit)))
 
 
-def register(db: Database, caller: Caller, req: ImageRegister, max_vsize: int) -> Image:
+def register(db: Database, caller: Caller, images_dir: Path, req: ImageRegister,
+             max_vsize: int) -> Image:
+    """Register a file on the controller host. It is copied into the image store first, so the
+    registered bytes (and their sha256) stay what agents get even if the source is rebuilt."""
     if not caller.is_admin:
         raise Unauthorized("registering a host file needs an admin account")
     path = Path(req.path)
     if not path.is_absolute():
         raise InvalidParameter("path must be absolute")
-    facts = check(path, req.format, max_vsize)
-    img = Image(image_id=new_id("ami"), owner_account_id=caller.account_id, path=str(path),
-                virtual_size=facts.virtual_size, size=facts.size, sha256=facts.sha256,
-                created_at=utcnow(), **req.model_dump(exclude={"path"}))
-    with db.session() as s:
-        s.add(img)
-        record(s, "image", img.image_id, caller.account_id, None, "available", "registered")
-    return img
+    if not path.is_file():
+        raise InvalidParameter(f"image file {path} does not exist", code="InvalidImage.NotFound")
+    # Inspect the source before copying (no point copying a 300 GiB refusal), then the copy.
+    check(path, req.format, max_vsize)
+    upload = upload_path(images_dir)
+    try:
+        shutil.copyfile(path, upload)
+    except OSError as exc:
+        upload.unlink(missing_ok=True)
+        raise InvalidParameter(f"cannot read {path}: {exc.strerror}",
+                               code="InvalidImage.NotFound") from None
+    return _adopt(db, caller, images_dir, upload, meta=req, max_vsize=max_vsize,
+                  reason="registered")
 
 
 def upload_path(images_dir: Path) -> Path:
@@ -69,9 +78,18 @@ def import_file(db: Database, caller: Caller, images_dir: Path, upload: Path, *,
                 meta: ImageRegister, max_vsize: int) -> Image:
     """Check an uploaded file (already spooled to `upload`) and register it; the upload is
     consumed either way."""
+    if meta.public and not caller.is_admin:
+        upload.unlink(missing_ok=True)
+        raise Unauthorized("only admins can publish public images")
+    return _adopt(db, caller, images_dir, upload, meta=meta, max_vsize=max_vsize,
+                  reason="imported")
+
+
+def _adopt(db: Database, caller: Caller, images_dir: Path, upload: Path, *, meta: ImageRegister,
+           max_vsize: int, reason: str) -> Image:
+    """Check `upload` (a private file in the store), rename it to its image id and record it.
+    The upload is consumed either way."""
     try:
-        if meta.public and not caller.is_admin:
-            raise Unauthorized("only admins can publish public images")
         if upload.stat().st_size == 0:
             raise InvalidParameter("empty image body", code="InvalidImage")
         facts = check(upload, meta.format, max_vsize)
@@ -86,7 +104,7 @@ def import_file(db: Database, caller: Caller, images_dir: Path, upload: Path, *,
     try:
         with db.session() as s:
             s.add(img)
-            record(s, "image", img.image_id, caller.account_id, None, "available", "imported")
+            record(s, "image", img.image_id, caller.account_id, None, "available", reason)
     except Exception:
         final.unlink(missing_ok=True)
         raise

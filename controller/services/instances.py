@@ -206,8 +206,10 @@ def stop(db: Database, settings: Settings, caller, instance_id: str, force: bool
         if inst.state in ("shutting-down", "terminated"):
             raise IncorrectState(f"instance {instance_id} is {inst.state}")
         if inst.state in ("pending", "running"):
-            lifecycle.transition(s, inst, "stopping", settings, reason="user stop"
-                                 + (" (forced)" if force else ""))
+            lifecycle.transition(s, inst, "stopping", settings,
+                                 reason="user stop" + (" (forced)" if force else ""),
+                                 code="Client.UserInitiatedShutdown",
+                                 message="User initiated shutdown")
             lifecycle.bump(inst)
         elif inst.state == "stopping" and force:
             lifecycle.transition(s, inst, "stopping", settings, reason="forced stop re-sent")
@@ -233,6 +235,7 @@ def reboot(db: Database, settings: Settings, caller, instance_id: str):
             raise IncorrectState(f"instance {instance_id} is {inst.state}, not running")
         inst.reboot_nonce += 1
         inst.reboot_boot_count = inst.observed_boot_count
+        inst.reboot_pending = True
         lifecycle.bump(inst)
         lifecycle.set_instance_status(s, inst, "initializing", "reboot requested")
         inst.status_deadline = utcnow() + timedelta(seconds=settings.status_deadline_s)
@@ -247,7 +250,9 @@ def terminate(db: Database, settings: Settings, caller, instance_id: str):
     with db.session() as s:
         inst = get(s, caller, instance_id)
         if inst.state not in ("shutting-down", "terminated"):
-            lifecycle.transition(s, inst, "shutting-down", settings, reason="user terminate")
+            lifecycle.transition(s, inst, "shutting-down", settings, reason="user terminate",
+                                 code="Client.UserInitiatedShutdown",
+                                 message="User initiated shutdown")
         return inst
 
 

@@ -92,11 +92,13 @@ def get(s: Session, account_id: str, name: str) -> KeyPair:
     return kp
 
 
-def delete(db: Database, account_id: str, name: str) -> None:
-    """EC2 semantics: deleting a key pair that does not exist succeeds."""
+def delete(db: Database, account_id: str, name: str) -> str | None:
+    """EC2 semantics: deleting a key pair that does not exist succeeds. Returns the deleted id."""
     with db.session() as s:
         kp = s.exec(select(KeyPair).where(KeyPair.account_id == account_id,
                                           KeyPair.name == name)).first()
         if kp is not None:
             s.delete(kp)
             record(s, "key-pair", kp.key_pair_id, account_id, "available", "deleted", "deleted")
+            return kp.key_pair_id
+    return None

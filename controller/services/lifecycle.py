@@ -47,6 +47,7 @@ def transition(s: Session, inst: Instance, to: str, settings: Settings, *, reaso
         inst.status_deadline = now + timedelta(seconds=settings.status_deadline_s)
     if to in ("stopped", "shutting-down", "terminated", "stopping"):
         inst.status_deadline = None
+        inst.reboot_pending = False
         set_instance_status(s, inst, "not-applicable" if to != "stopping" else inst.instance_status)
     if to == "pending":
         set_instance_status(s, inst, "initializing")
@@ -91,6 +92,8 @@ def apply_observed(s: Session, inst: Instance, obs: InstanceObserved, settings: 
                    now: datetime | None = None) -> None:
     """Fold what the agent reports into the instance (heartbeats and PUT answers)."""
     now = now or utcnow()
+    if obs.generation < inst.acked_generation:
+        return  # a report older than what the agent already acknowledged (reordered heartbeat)
     inst.observed_power = obs.power
     inst.observed_booted = obs.booted
     inst.observed_boot_count = obs.boot_count
@@ -110,19 +113,20 @@ def apply_observed(s: Session, inst: Instance, obs: InstanceObserved, settings: 
             transition(s, inst, "running", settings, reason="agent reports running", now=now)
     elif inst.state == "stopping" and obs.power in ("shutoff", "absent", "crashed"):
         transition(s, inst, "stopped", settings, reason="agent reports shut off", now=now)
-    elif inst.state == "running" and obs.power == "shutoff":
+    elif inst.state == "running" and obs.power == "shutoff" and not inst.reboot_pending:
         # The guest powered itself off: EC2 calls that an instance-initiated shutdown.
         transition(s, inst, "stopped", settings, reason="guest shut down",
                    code="Client.InstanceInitiatedShutdown",
                    message="the instance shut itself down", now=now)
         bump(inst)
     if inst.state == "running":
-        if obs.power == "crashed" or (obs.error is not None and not obs.error.retryable):
+        if obs.power in ("crashed", "error") or (obs.error is not None and not obs.error.retryable):
             set_instance_status(s, inst, "impaired", inst.observed_error or "domain crashed")
         elif obs.power == "running" and inst.instance_status != "ok":
             ready = (obs.booted and obs.boot_count > inst.reboot_boot_count) \
                 or not _has_marker(s, inst)
             if ready:
+                inst.reboot_pending = False
                 set_instance_status(s, inst, "ok", "guest is ready")
 
 
@@ -157,5 +161,6 @@ def apply_deadlines(s: Session, inst: Instance, settings: Settings, now: datetim
                        message="the host did not confirm the deletion in time", now=now)
     if (inst.state == "running" and inst.instance_status == "initializing"
             and inst.status_deadline is not None and now >= inst.status_deadline):
+        inst.reboot_pending = False  # from now on a shutoff is the guest's own doing again
         set_instance_status(s, inst, "impaired",
                             f"guest not ready after {settings.status_deadline_s:g}s")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from pathlib import Path
-
 from images import disk
 from images.errors import BuildError
 from images.recipes import PKG_DIR, BuildContext, RecipeOutput
@@ -16,7 +14,7 @@ from images.steps import run, step
 FILES = PKG_DIR / "files" / "debian-12"
 PACKAGES = ["linux-image-cloud-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "cloud-init",
             "cloud-guest-utils", "fdisk", "openssh-server", "ifupdown", "iproute2", "netbase", "sudo",
-            "procps", "e2fsprogs", "python3-cffi-backend", "isc-dhcp-client", "ca-certificates"]
+            "procps", "e2fsprogs", "python3-cffi-backend", "isc-dhcp-client", "resolvconf", "ca-certificates"]
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
@@ -52,6 +50,9 @@ class Debian12:
             late = work / "overlay-late"
             (late / "etc").mkdir(parents=True)
             (late / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+        for p in (FILES / "overlay", late, tree):
+            if any(c.isspace() for c in str(p)):  # mmdebstrap splits hook arguments on whitespace
+                raise BuildError("debootstrap", f"path with whitespace not supported: {p}")
         argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
                 f"--include={','.join(PACKAGES)}",
                 *[f"--dpkgopt={o}" for o in DPKG_OPTS],
@@ -59,6 +60,10 @@ class Debian12:
                 f"--customize-hook=sync-in {late} /",
                 # a fresh machine-id per instance; no host-specific apt lists in the image
                 "--customize-hook=echo uninitialized > \"$1/etc/machine-id\"",
+                "--customize-hook=chmod 755 \"$1/usr/local/sbin/kumo-ready\"",
+                # every instance makes its own SSH host keys (cloud-init); no build host resolver
+                "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*_key \"$1\"/etc/ssh/ssh_host_*_key.pub",
+                "--customize-hook=ln -sf ../run/resolvconf/resolv.conf \"$1/etc/resolv.conf\"",
                 SUITE, str(tree), *mirrors()]
         log("[debootstrap] mmdebstrap (about a minute)")
         with step("debootstrap", log):
@@ -80,7 +85,7 @@ class Debian12:
         with step("assemble-disk", log):
             layout = disk.plan_layout(DISK_MIB, BOOT_MIB)
             cfg = work / "syslinux.cfg"
-            cfg.write_text(disk.syslinux_cfg(f"root=UUID={root_uuid} ro console=ttyS0,115200"))
+            cfg.write_text(disk.syslinux_cfg(f"root=UUID={root_uuid} ro console=ttyS0,115200 quiet"))
             raw = work / "disk.raw"
             disk.assemble(raw, layout, {"vmlinuz": kernels[0], "initrd.img": initrd, "syslinux.cfg": cfg},
                           tree, root_uuid, "debian-root", log)

@@ -24,6 +24,9 @@ OPTIONAL_MODULES = frozenset({"virtio_scsi", "vfat", "nls_cp437", "nls_iso8859_1
 USERLAND = ["busybox-static", "dropbear-bin", "e2fsprogs"]
 ROOT_BINARIES = ["usr/sbin/dropbear", "usr/bin/dropbearkey", "usr/bin/dbclient"]
 INITRAMFS_BINARIES = ["sbin/resize2fs"]
+# Modes are set here, not trusted from the checkout (a tarball or package may drop exec bits).
+EXECUTABLES = ("etc/init.d/rcS", "etc/init.d/rcK", "lib/kumo/boot.sh", "usr/bin/curl",
+               "usr/share/udhcpc/default.script", "etc/acpi/PWRF/00000080")
 DISK_MIB = 128
 BOOT_MIB = 32
 
@@ -38,7 +41,7 @@ def _install_tree(src: Path, dst: Path) -> None:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, target)
-    for rel, mode in (("etc/shadow", 0o600),):
+    for rel, mode in (("etc/shadow", 0o600),) + tuple((x, 0o755) for x in EXECUTABLES):
         if (dst / rel).exists():
             os.chmod(dst / rel, mode)
 

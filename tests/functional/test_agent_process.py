@@ -39,6 +39,7 @@ def test_python_m_agent_serves_on_a_unix_socket_and_stops_on_sigterm(tmp_path):
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
         assert "heartbeat to" in out  # the controller is absent: logged, not fatal
+        assert not sock.exists()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -3,7 +3,6 @@ drift, orphans, restarts of the agent, readiness and failures that stay per inst
 from __future__ import annotations
 
 import base64
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,6 +158,18 @@ def test_reboot_nonce_reboots_once(agent):
     assert obs(agent, iid)["boot_count"] == 2
 
 
+def test_reboot_without_the_reboot_capability_is_a_power_cycle(tmp_path):
+    hv = FakeHypervisor(capabilities=frozenset())
+    iid = make_spec()["instance_id"]
+    with running_agent(tmp_path, hv) as agent:
+        put(agent, make_spec())
+        until(agent, iid, power="running")
+        put(agent, make_spec(generation=2, reboot_nonce=1))
+        until(agent, iid, power="running", boot_count=2)
+        assert hv.calls[-2:] == [("destroy", iid), ("start", iid)]
+        assert hv.domains[iid].reboots == 0
+
+
 def test_crash_is_reported_not_restarted(agent):
     iid = make_spec()["instance_id"]
     put(agent, make_spec())
@@ -186,7 +197,7 @@ def test_crash_is_restarted_with_restart_policy_always(agent):
     put(agent, spec)
     until(agent, iid, power="running")
     agent.hv.crash(iid)
-    o = until(agent, iid, power="running", boot_count=2)
+    until(agent, iid, power="running", boot_count=2)
     assert ("destroy", iid) in agent.hv.calls  # a crashed domain is torn down before start
 
 
@@ -360,3 +371,28 @@ def test_heartbeat_kick_on_change(tmp_path):
         assert len(kicks) == n  # steady state: no change, no kick
         agent.hv.crash(make_spec()["instance_id"])
         wait_for(lambda: len(kicks) > n)
+
+
+def test_a_boot_started_just_before_the_agent_died_still_becomes_ready(tmp_path):
+    """The agent starts a domain and dies before recording the boot; the guest prints its marker
+    meanwhile. The next agent must recognise the boot as its own (write-ahead start intent) and
+    see the marker, not adopt the domain with the console read from its current end."""
+
+    class DiesRightAfterStart(FakeHypervisor):
+        def start(self, name):
+            super().start(name)
+            self.write_console(name, f"KUMO-READY instance-id={name}")
+            raise RuntimeError("agent killed between start and recording the boot")
+
+    spec = make_spec()
+    iid = spec["instance_id"]
+    hv = DiesRightAfterStart()
+    with running_agent(tmp_path, hv) as agent:
+        put(agent, spec)
+        wait_for(lambda: ("start", iid) in hv.calls)
+    hv.__class__ = FakeHypervisor  # the next agent process: starting works again
+    hv.reset_calls()
+    with running_agent(tmp_path, hv) as agent:
+        o = until(agent, iid, booted=True)
+        assert o["power"] == "running" and o["boot_count"] == 1
+        assert ("start", iid) not in hv.calls  # the running guest was left alone

@@ -70,7 +70,7 @@ def test_account_isolation(cloud):
     assert bob.get("/v1/instances", params={"instance_id": iid}).json()["items"] == []
     assert bob.get("/v1/key-pairs").json()["items"] == []
     _err(bob.get("/v1/key-pairs/k"), 404, "InvalidKeyPair.NotFound")
-    _err(cloud.run(bob, key_name="k"), 400 if False else 404, "InvalidKeyPair.NotFound")
+    _err(cloud.run(bob, key_name="k"), 404, "InvalidKeyPair.NotFound")
     assert all(e["account_id"] == bob.get("/v1/account").json()["account_id"]
                for e in bob.get("/v1/events").json()["items"])
     assert not [e for e in bob.get("/v1/events").json()["items"] if e["resource_id"] == iid]
@@ -157,8 +157,10 @@ def test_key_pairs(cloud):
              "InvalidKey.Format")
     _err(user.post("/v1/key-pairs", json={"name": "a;b"}), 400, "InvalidParameterValue")
     assert [k["name"] for k in user.get("/v1/key-pairs").json()["items"]] == ["gen", "imp"]
-    assert user.delete("/v1/key-pairs/imp").status_code == 204
-    assert user.delete("/v1/key-pairs/imp").status_code == 204
+    first = user.delete("/v1/key-pairs/imp")
+    assert first.status_code == 200 and first.json()["key_pair_id"].startswith("key-")
+    again = user.delete("/v1/key-pairs/imp")  # idempotent, like EC2
+    assert again.status_code == 200 and again.json()["key_pair_id"] is None
     assert [k["name"] for k in user.get("/v1/key-pairs").json()["items"]] == ["gen"]
 
 
@@ -178,7 +180,8 @@ def test_instance_types(cloud):
                                                       "memory_mib": 128}), 400,
          "InvalidParameterValue")
     iid = cloud.run(user, instance_type="k1.tiny").json()["instances"][0]["instance_id"]
-    assert cloud.admin.delete("/v1/instance-types/k1.tiny").status_code == 204
+    r = cloud.admin.delete("/v1/instance-types/k1.tiny")
+    assert r.status_code == 200 and r.json()["retired"] is True
     assert "k1.tiny" not in [t["name"] for t in user.get("/v1/instance-types").json()["items"]]
     retired = user.get("/v1/instance-types", params={"include_retired": "true"}).json()["items"]
     assert [t["retired"] for t in retired if t["name"] == "k1.tiny"] == [True]
@@ -229,15 +232,29 @@ def test_images_register_import_checks(cloud):
     _err(user.post("/v1/images/import", params={"name": "a;b"}, content=base.read_bytes()),
          400, "InvalidParameterValue")
     assert [i["name"] for i in user.get("/v1/images").json()["items"]] == ["kumo-tiny"]
-    leftovers = list((cloud.settings.state_dir / "images").glob("*"))
-    assert leftovers == []
+    stored = sorted(p.name for p in (cloud.settings.state_dir / "images").iterdir())
+    assert stored == [f"{img['image_id']}.qcow2"]  # refused files left nothing behind
     # Deregister: gone from lists and launches, still served to agents for old instances.
     own = user.post("/v1/images/import", params={"name": "mine"}, content=base.read_bytes())
     assert own.status_code == 201
     iid = own.json()["image_id"]
-    assert user.delete(f"/v1/images/{iid}").status_code == 204
+    r = user.delete(f"/v1/images/{iid}")
+    assert r.status_code == 200 and r.json()["state"] == "deregistered"
     _err(user.get(f"/v1/images/{iid}"), 404, "InvalidAMIID.NotFound")
     assert cloud.agent_client.get(f"/v1/images/{iid}/file").status_code == 200
+
+
+def test_registered_image_is_a_copy(cloud):
+    src = make_qcow2(cloud.tmp / "src.qcow2")
+    r = cloud.admin.post("/v1/images", json={"name": "copied", "path": str(src)})
+    assert r.status_code == 201, r.text
+    img = r.json()
+    make_qcow2(src, "32M")  # the source is rebuilt in place afterwards
+    got = cloud.agent_client.get(f"/v1/images/{img['image_id']}/file")
+    assert got.status_code == 200
+    import hashlib
+    assert hashlib.sha256(got.content).hexdigest() == img["sha256"]
+    assert got.headers["x-kumo-sha256"] == img["sha256"]
 
 
 def test_list_filters_and_pagination(cloud):

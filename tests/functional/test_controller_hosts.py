@@ -10,7 +10,7 @@ from tests.functional.fake_agent import Cloud
 
 
 def test_heartbeat_registers_and_host_down(tmp_path):
-    cloud = Cloud(tmp_path, heartbeat_timeout_s=0.3)
+    cloud = Cloud(tmp_path, heartbeat_timeout_s=1.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1", vcpus=4, memory_mib=2048)
@@ -24,7 +24,7 @@ def test_heartbeat_registers_and_host_down(tmp_path):
         h = cloud.admin.get("/v1/hosts/host-1").json()
         assert h["vcpus_used"] == 1 and h["memory_mib_used"] == 256
         assert h["disk_bytes_used"] == 1024**3
-        time.sleep(0.4)
+        time.sleep(1.1)
         cloud.tick()
         assert cloud.admin.get("/v1/hosts/host-1").json()["state"] == "down"
         got = cloud.instance(user, iid)
@@ -154,5 +154,38 @@ def test_one_failing_host_does_not_stop_others(tmp_path):
         assert st["state"] == "pending" and "AgentUnreachable" in st["details"]["agent_error"]
         r = user.get(f"/v1/instances/{on_bad[0]['instance_id']}/console")
         assert r.status_code == 503 and r.json()["error"]["retryable"] is True
+    finally:
+        cloud.close()
+
+
+def test_failed_pushes_back_off_then_recover(tmp_path):
+    cloud = Cloud(tmp_path)
+    try:
+        cloud.image()
+        agent = cloud.add_host("host-1")
+        user = cloud.account("alice")
+        iid = cloud.run(user).json()["instances"][0]["instance_id"]
+        agent.unreachable = True
+        assert cloud.tick()["errors"] == 1
+        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0}  # backing off
+        agent.unreachable = False
+        time.sleep(0.6)
+        assert cloud.tick()["pushed"] == 1
+        assert cloud.instance(user, iid)["state"] == "running"
+        assert cloud.reconciler._backoff == {}
+    finally:
+        cloud.close()
+
+
+def test_heartbeat_with_another_contract_is_refused(tmp_path):
+    cloud = Cloud(tmp_path)
+    try:
+        from tests.functional.fake_agent import FakeAgent
+        agent = FakeAgent("host-9")
+        doc = agent.heartbeat_request().model_dump(mode="json")
+        doc["host"]["contract"] = "v2"
+        r = cloud.agent_client.post("/v1/agent/heartbeat", json=doc)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "UnsupportedContract"
+        assert cloud.admin.get("/v1/hosts").json()["items"] == []
     finally:
         cloud.close()

@@ -129,16 +129,17 @@ def test_guest_poweroff_becomes_stopped(cloud):
 
 
 def test_pending_deadline_fails_launch(tmp_path):
-    cloud = Cloud(tmp_path, pending_deadline_s=0.2)
+    cloud = Cloud(tmp_path, pending_deadline_s=1.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
         agent.auto_run = False
         user = cloud.account("alice")
         iid = _launch(cloud, user)
-        cloud.converge()
+        cloud.tick()
+        cloud.heartbeat()
         assert cloud.instance(user, iid)["state"] == "pending"
-        time.sleep(0.3)
+        time.sleep(1.1)
         cloud.tick()
         got = cloud.instance(user, iid)
         assert got["state"] in ("shutting-down", "terminated")
@@ -163,16 +164,16 @@ def test_permanent_agent_error_fails_launch(cloud):
 
 
 def test_status_deadline_impaired(tmp_path):
-    cloud = Cloud(tmp_path, status_deadline_s=0.2)
+    cloud = Cloud(tmp_path, status_deadline_s=1.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
         agent.auto_boot = False
         user = cloud.account("alice")
         iid = _launch(cloud, user)
-        cloud.converge()
+        cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "initializing"
-        time.sleep(0.3)
+        time.sleep(1.1)
         cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "impaired"
         # The guest comes up late: ok again.
@@ -216,7 +217,7 @@ def test_terminated_is_purged_after_retention(tmp_path):
 
 
 def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
-    cloud = Cloud(tmp_path, shutting_down_deadline_s=0.2)
+    cloud = Cloud(tmp_path, shutting_down_deadline_s=1.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
@@ -229,7 +230,7 @@ def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
         user.post(f"/v1/instances/{iid}/terminate")
         cloud.tick()
         assert cloud.instance(user, iid)["state"] == "shutting-down"
-        time.sleep(0.3)
+        time.sleep(1.1)
         cloud.tick()
         got = cloud.instance(user, iid)
         assert got["state"] == "terminated"
@@ -239,7 +240,7 @@ def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
 
 
 def test_stop_deadline_sets_reason_and_force_resends(tmp_path):
-    cloud = Cloud(tmp_path, stopping_deadline_s=0.2)
+    cloud = Cloud(tmp_path, stopping_deadline_s=1.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
@@ -249,7 +250,7 @@ def test_stop_deadline_sets_reason_and_force_resends(tmp_path):
         agent.unreachable = True
         user.post(f"/v1/instances/{iid}/stop")
         cloud.tick()
-        time.sleep(0.3)
+        time.sleep(1.1)
         cloud.tick()
         got = cloud.instance(user, iid)
         assert got["state"] == "stopping"
@@ -282,3 +283,26 @@ def test_events_since_filter_and_admin_view(cloud):
     assert {first, second, "host-1"} <= admin_ids
     r = user.get("/v1/events", params={"since": "yesterday"})
     assert r.status_code == 400
+
+
+def test_shutoff_during_reboot_is_not_a_guest_shutdown(cloud):
+    agent = cloud.add_host("host-1")
+    user = cloud.account("alice")
+    iid = _launch(cloud, user)
+    cloud.converge()
+    agent.auto_boot = False
+    user.post(f"/v1/instances/{iid}/reboot")
+    cloud.tick()
+    agent.guest_poweroff(iid)  # the domain is down for a moment while it reboots
+    cloud.heartbeat()
+    got = cloud.instance(user, iid)
+    assert got["state"] == "running" and got["instance_status"] == "initializing"
+    agent.finish_boot(iid)
+    cloud.heartbeat()
+    assert cloud.instance(user, iid)["instance_status"] == "ok"
+    # Once the reboot is over, a poweroff is the guest's own again.
+    agent.guest_poweroff(iid)
+    cloud.heartbeat()
+    got = cloud.instance(user, iid)
+    assert got["state"] == "stopped"
+    assert got["state_reason"]["code"] == "Client.InstanceInitiatedShutdown"

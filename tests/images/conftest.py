@@ -32,3 +32,10 @@ def tiny(image_cache):
     from images.builder import build
 
     return build("kumo-tiny", cache_dir=image_cache, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def debian12(image_cache):
+    from images.builder import build
+
+    return build("debian-12", cache_dir=image_cache, log=lambda s: None)

@@ -58,6 +58,15 @@ def test_boot_ready_user_data_once_persistence_and_grow(tiny, tmp_path):
     assert read_guest_file(ov, tmp_path, "/root/count") == "x\n"
 
 
+def test_cloud_config_runcmd_and_hostname(tiny, tmp_path):
+    user = "#cloud-config\n" + yaml.safe_dump({"hostname": "from-user-data",
+                                                "runcmd": ["echo runcmd-$(hostname) > /root/r", "cat /root/r"]})
+    seed = make_seed(tmp_path, {"instance-id": IID}, user)
+    with boot(overlay(tiny.path, tmp_path), seed, tmp_path) as g:
+        g.wait_for(READY, 60)
+        assert "runcmd-from-user-data" in g.text() and "seed error" not in g.text()
+
+
 @pytest.mark.parametrize("files,expect", [
     ({}, "no NoCloud seed found"),
     ({"user": "#!/bin/sh\necho hi\n"}, "meta-data missing"),

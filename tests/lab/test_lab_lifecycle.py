@@ -123,11 +123,16 @@ def test_up_again_changes_nothing(life):
     lab: Lab = life["lab"]
     p = lab.prefix
     names = [nm.fabric_netns(p), nm.inet_netns(p)] + [nm.host_netns(p, h) for h in HOSTS]
-    before = ({n: _links(n) for n in names}, _libvirtd_pids(lab), {h: addresses(nm.host_netns(p, h), "uplink0") for h in HOSTS})
+
+    def observe():
+        addrs = {h: addresses(nm.host_netns(p, h), "uplink0") for h in HOSTS}
+        return {n: _links(n) for n in names}, _libvirtd_pids(lab), addrs
+
+    before = observe()
     t = time.monotonic()
     st = lab.up(hosts=2)
     life["t"]["up_again"] = time.monotonic() - t
-    after = ({n: _links(n) for n in names}, _libvirtd_pids(lab), {h: addresses(nm.host_netns(p, h), "uplink0") for h in HOSTS})
+    after = observe()
     assert st.ok
     assert after == before
     print(f"\nsecond lab up took {life['t']['up_again']:.2f}s")
@@ -195,13 +200,19 @@ def test_down_leaves_the_machine_as_found(life):
     # Strict: the root namespace's links, addresses, routes and nft tables are untouched.
     for key in ("root_links", "root_addrs", "root_routes", "nft_tables"):
         assert after[key] == before[key], key
-    # Namespaces, files and mounts may change under us from other runs: none may be this lab's.
+    # Namespaces, files and mounts may change under us from other runs on the machine: none of the
+    # new ones may be this lab's (its prefix, its state dir, libvirt's dirs, empty runtime dirs).
     pattern = nm.all_netns_pattern(lab.prefix)
     assert not [n for n in after["netns"] if pattern.match(n)]
-    mine = [f for f in after["files"] - before["files"] if lab.prefix in f or "libvirt" in f]
-    mine += [f for f in after["files"] - before["files"] if not f.startswith("/run/netns/")]
-    assert not mine, mine
-    assert not [m for m in after["mounts"] - before["mounts"] if lab.prefix in m or "nsfs" not in m]
+
+    def ours(x: str) -> bool:
+        return lab.prefix in x or str(life["state"]) in x or "libvirt" in x
+
+    new_files = after["files"] - before["files"]
+    left = [f for f in new_files if ours(f)]
+    left += [d for d in ("/run/netns", "/run/mount") if d in new_files and not any(Path(d).iterdir())]
+    assert not left, left
+    assert not [m for m in after["mounts"] - before["mounts"] if ours(m)]
     assert not life["state"].exists() or not any(life["state"].iterdir())
     # Every process the lab started (libvirtds, the domain's qemu) is gone.
     deadline = time.monotonic() + 10
@@ -219,7 +230,7 @@ def _running(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] not in "ZX"
 
 
-def test_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypatch):
+def test_up_and_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypatch):
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
@@ -240,7 +251,10 @@ def test_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypatch):
         st = lab.status()
         pids = [h.libvirtd.pid for h in st.hosts if h.libvirtd.pid]
         assert len(pids) == 2
-        os.kill(pids[0], signal.SIGKILL)  # and one daemon died meanwhile
+        monkeypatch.setattr(lv, "wait_ready", real_wait)
+        assert lab.up(hosts=2).ok  # a later up completes the half-made lab
+        pids += [h.libvirtd.pid for h in lab.status().hosts if h.libvirtd.pid not in pids]
+        os.kill(pids[0], signal.SIGKILL)  # and one daemon died before down
         time.sleep(0.2)
     finally:
         lab.down()
@@ -281,3 +295,22 @@ def test_prefix_mismatch_is_refused(tmp_path):
         with pytest.raises(LabError) as e:
             op(Lab(tmp_path, prefix="kmine"))
         assert e.value.code == "LabPrefixMismatch"
+
+
+def test_down_without_a_readable_state_file_still_cleans_up(tmp_path):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab(tmp_path / "lab", prefix=unique_prefix(), start_services="none")
+    try:
+        lab.up(hosts=1)
+        pid = lab.status().hosts[0].libvirtd.pid
+        (tmp_path / "lab" / "lab.json").write_text("garbage")
+    finally:
+        lab.down()
+    pattern = nm.all_netns_pattern(lab.prefix)
+    assert not [n for n in os.listdir("/run/netns") if pattern.match(n)] if os.path.isdir("/run/netns") else True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.1)
+    assert not _running(pid)  # libvirtd lived in the host namespace: found and stopped from there

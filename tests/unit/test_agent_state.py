@@ -7,7 +7,7 @@ import pytest
 
 from agent.contract.v1 import InstanceSpec
 from agent.reconcile.readiness import check_ready
-from agent.state import Runtime, StateStore, atomic_write_json
+from agent.state import Runtime, StateError, StateStore, atomic_write_json
 
 
 def spec(gen=1, n=1) -> InstanceSpec:
@@ -62,6 +62,19 @@ def test_remove_leaves_a_tombstone_and_no_runtime(tmp_path):
     assert not any((tmp_path / "agent-state" / "runtime").iterdir())
     again.put_spec(spec(gen=6))
     assert again.deleted_generation("i-00000000000000001") is None
+
+
+def test_a_corrupt_spec_stops_the_agent_but_a_corrupt_runtime_does_not(tmp_path):
+    store = StateStore(tmp_path)
+    store.put_spec(spec())
+    store.runtime("i-00000000000000001").boot_count = 2
+    store.save_runtime("i-00000000000000001")
+    (tmp_path / "agent-state" / "runtime" / "i-00000000000000001.json").write_text("{broken")
+    again = StateStore(tmp_path)
+    assert again.runtime("i-00000000000000001") == Runtime()
+    (tmp_path / "agent-state" / "specs" / "i-00000000000000001.json").write_text("{broken")
+    with pytest.raises(StateError):
+        StateStore(tmp_path)
 
 
 def test_runtime_ignores_unknown_keys():

@@ -137,3 +137,22 @@ def test_migrations_match_models(tmp_path):
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     db.dispose()
     assert diff == []
+
+
+def test_migrations_upgrade_step_by_step(tmp_path):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from controller import db_migrate
+    from controller.db import Database
+
+    db = Database(f"sqlite:///{tmp_path}/s.db")
+    cfg = db_migrate.alembic_config(db.url)
+    with db.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.commit()
+    assert "reboot_pending" not in {c["name"] for c in inspect(db.engine).get_columns("instance")}
+    db_migrate.upgrade(db)
+    assert "reboot_pending" in {c["name"] for c in inspect(db.engine).get_columns("instance")}
+    db.dispose()

@@ -86,3 +86,12 @@ def test_assemble_small_disk(tmp_path):
     assert cat.stdout == "hi\n"
     label = subprocess.run(["e2label", str(part)], capture_output=True, text=True).stdout.strip()
     assert label == "testroot"
+
+
+@pytest.mark.skipif(shutil.which("apt-cache") is None, reason="apt-cache missing")
+def test_missing_debian_package_fails_naming_the_step():
+    from images.debs import closure
+
+    with pytest.raises(BuildError) as exc:
+        closure(["kumo-no-such-package-xyz"], "fetch-userland")
+    assert exc.value.step == "fetch-userland"

@@ -54,3 +54,17 @@ def test_dependency_cycle_is_reported():
     dep = "a.ko: b.ko\nb.ko: a.ko\n"
     with pytest.raises(BuildError, match="cycle"):
         resolve(["a"], parse_modules_dep(dep), set())
+
+
+def test_stage_realpath_keeps_absolute_symlinks_inside_the_stage(tmp_path):
+    import os
+
+    from images.debs import stage_realpath
+
+    (tmp_path / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (tmp_path / "lib/x86_64-linux-gnu/ld-2.36.so").write_text("loader")
+    (tmp_path / "lib64").mkdir()
+    os.symlink("/lib/x86_64-linux-gnu/ld-2.36.so", tmp_path / "lib64/ld-linux-x86-64.so.2")
+    os.symlink("../lib/x86_64-linux-gnu", tmp_path / "lib64/rel")
+    assert stage_realpath(tmp_path, "lib64/ld-linux-x86-64.so.2") == tmp_path / "lib/x86_64-linux-gnu/ld-2.36.so"
+    assert stage_realpath(tmp_path, "/lib64/rel/ld-2.36.so") == tmp_path / "lib/x86_64-linux-gnu/ld-2.36.so"

@@ -33,7 +33,8 @@ def test_demo_env_reads_demo_key_and_custom_listen(tmp_path):
 def test_missing_key_is_a_comment_not_an_error(tmp_path):
     out = Lab(tmp_path, prefix="kt1").env(admin=True)
     assert "KUMO_API_KEY" not in out.replace("# no", "")
-    assert out.splitlines()[1].startswith("# no admin API key yet")
+    assert out.splitlines()[-1].startswith("# no admin API key yet")
+    assert "export KUMO_LAB_PREFIX=kt1" in out.splitlines()
     _shell_eval(out, "KUMO_URL")  # still valid shell
 
 

@@ -87,7 +87,6 @@ net_ok=0
 if [ -s $RUN/net.kv ]; then
   if plan=$(net_plan $RUN/net.kv); then
     echo "$plan" > $RUN/net.plan
-    net_ok=1
     while read -r verb id a b c; do
       case "$verb" in
         iface)
@@ -97,6 +96,7 @@ if [ -s $RUN/net.kv ]; then
           if [ -z "$ifc" ]; then seed_error "network-config: no interface matches '$id'"; eval "$(idvar "$id")="; continue; fi
           if [ "$c" != - ] && [ "$c" != "$ifc" ]; then ip link set "$ifc" down; ip link set "$ifc" name "$c" && ifc=$c; fi
           ip link set "$ifc" up
+          net_ok=1  # at least one NIC configured from network-config: no DHCP fallback
           eval "$(idvar "$id")=\$ifc" ;;
         *)
           [ "$verb" = dns ] || [ "$verb" = search ] || eval "ifc=\$$(idvar "$id")"
@@ -147,6 +147,17 @@ if [ -f $RUN/seed/user-data ] && head -c2 $RUN/seed/user-data | grep -q '^#!'; t
     say "user-data exited $?"
     touch "$STATE/user-data.done.$iid"
   fi
+fi
+# ---- #cloud-config runcmd (string items, one command each): once per instance-id, like a script ----
+if [ -s $RUN/user.kv ] && [ ! -e "$STATE/runcmd.done.$iid" ]; then
+  kv_list $RUN/user.kv runcmd > $RUN/runcmd
+  if [ -s $RUN/runcmd ]; then
+    { echo '#!/bin/sh'; cat $RUN/runcmd; } > $STATE/runcmd.sh; chmod 700 $STATE/runcmd.sh
+    say "running cloud-config runcmd ($(wc -l < $RUN/runcmd) commands)"
+    sh $STATE/runcmd.sh > /dev/console 2>&1 < /dev/null
+    say "runcmd exited $?"
+  fi
+  touch "$STATE/runcmd.done.$iid"
 fi
 sync  # what boot and user-data wrote survives a hard power-off from here on
 echo "KUMO-READY instance-id=$iid" > /dev/console

@@ -1,0 +1,291 @@
+"""Applier: loads rendered rulesets into the kernel with nft, atomically, and checks they stay.
+
+Owns running ``nft`` (subprocess with argument lists, JSON on stdin; inside a named network
+namespace through ``nsenter --net=/run/netns/NAME`` when ``netns`` is given, in the current one
+otherwise, as the agent in production) and the apply policy:
+
+- ``setup(fw)`` replaces both ``kumo`` tables in ONE transaction (``nft -j -f -``): the kernel swaps
+  the old ruleset for the new one at commit, so there is no moment without protection.
+- ``update(fw)`` renders again; when only set elements differ from what was last applied (rule
+  added or removed, group membership changed) it sends just ``delete element`` / ``add element``
+  commands, again in one transaction; otherwise it falls back to ``setup``.
+- ``clear()`` removes both tables (and succeeds when they are already gone); pair it with setup.
+- ``verify()`` reads the ruleset back (``nft -j list ruleset``) and compares a structural
+  fingerprint (base chains, rule count per chain, element count per set/map) with the last
+  applied render; ``ensure()`` re-applies on drift (e.g. someone ran ``nft flush table``).
+
+Established connections when a rule is removed: like EC2, tracked flows are kept. The forward
+chain accepts ``ct state established,related`` before any rule lookup and the conntrack entries
+are not touched, so a removed rule stops NEW connections only; existing ones live until they
+close or time out.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataclasses import replace
+
+from agent.firewall.intervals import intersects
+from agent.firewall.model import HostFirewall, Rule, SecurityGroup
+from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, element_command, element_index, element_key,
+                                   empty_document, group_peers, group_sets, render, rule_boxes, set_element)
+
+
+class FirewallApplyError(Exception):
+    """nft refused a transaction or could not run. Nothing was changed (transactions are atomic)."""
+
+    code = "FirewallApplyFailed"
+    retryable = True
+
+    def __init__(self, message: str, *, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
+
+
+class Nft:
+    """Runs nft with JSON input/output in the current or a named network namespace."""
+
+    def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = 30.0):
+        self.netns = netns
+        self.nft = nft
+        self.timeout = timeout
+
+    def _argv(self, *args: str) -> list[str]:
+        base = [self.nft, "-j", *args]
+        if self.netns is None:
+            return base
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *base]
+
+    def _run(self, args: list[str], stdin: str | None) -> str:
+        try:
+            proc = subprocess.run(self._argv(*args), input=stdin, capture_output=True, text=True,
+                                  timeout=self.timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FirewallApplyError(f"could not run nft: {exc}") from exc
+        if proc.returncode != 0:
+            raise FirewallApplyError(f"nft failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}",
+                                     stderr=proc.stderr)
+        return proc.stdout
+
+    def load(self, document: dict[str, Any], *, check: bool = False) -> None:
+        """Load one JSON document as one transaction (``--check``: validate only, change nothing)."""
+        self._run(["--check", "-f", "-"] if check else ["-f", "-"], json.dumps(document))
+
+    def list_ruleset(self) -> list[dict[str, Any]]:
+        out = self._run(["list", "ruleset"], None)
+        return json.loads(out).get("nftables", []) if out.strip() else []
+
+
+def listing_fingerprint(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same structure as ``Rendered.fingerprint()``, from ``nft -j list ruleset`` output."""
+    chains: dict[str, Any] = {}
+    rules: dict[str, int] = {}
+    sets: dict[str, int] = {}
+    for obj in objects:
+        kind, body = next(iter(obj.items()))
+        if not isinstance(body, dict) or body.get("table") != TABLE or body.get("family") not in FAMILIES:
+            continue
+        key = f"{body['family']} {body.get('chain', body.get('name'))}"
+        if kind == "chain":
+            chains[key] = [body["hook"], body["prio"], body["policy"]] if "hook" in body else None
+            rules.setdefault(key, 0)
+        elif kind == "rule":
+            rules[key] = rules.get(key, 0) + 1
+        elif kind in ("set", "map"):
+            sets[key] = len(body.get("elem", []))
+    return {"chains": dict(sorted(chains.items())), "rules": dict(sorted(rules.items())),
+            "sets": dict(sorted(sets.items()))}
+
+
+@dataclass
+class ApplyResult:
+    mode: str  # "full" | "incremental" | "noop"
+    seconds: float  # wall clock
+    elements_added: int = 0
+    elements_deleted: int = 0
+    cpu_seconds: float = 0.0  # this process's CPU time (user + system: libnftables and the netlink commit)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def result(self, mode: str, added: int = 0, deleted: int = 0) -> ApplyResult:
+        return ApplyResult(mode, time.perf_counter() - self.wall, added, deleted, time.process_time() - self.cpu)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    differences: list[str] = field(default_factory=list)
+
+
+def _diff(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    out = []
+    for section in ("chains", "rules", "sets"):
+        e, a = expected[section], actual[section]
+        for key in sorted(set(e) | set(a)):
+            if e.get(key, "<missing>") != a.get(key, "<missing>"):
+                out.append(f"{section} {key}: expected {e.get(key, '<missing>')}, found {a.get(key, '<missing>')}")
+    return out
+
+
+class FirewallApplier:
+    """Keeps the host's ``kumo`` tables equal to the last HostFirewall given to setup/update."""
+
+    def __init__(self, nft: Nft | None = None):
+        self.nft = nft or Nft()
+        self.current: HostFirewall | None = None
+        self._rendered: Rendered | None = None
+        # per CIDR set: rule_id -> box, for change_rules' overlap check (dropped on every re-render)
+        self._boxes: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def setup(self, fw: HostFirewall) -> ApplyResult:
+        """Replace the whole owned ruleset with ``fw``'s, atomically."""
+        clock = _Clock()
+        rendered = render(fw)
+        self.nft.load(rendered.document())
+        self.current, self._rendered, self._boxes = fw, rendered, {}
+        return clock.result("full")
+
+    def update(self, fw: HostFirewall) -> ApplyResult:
+        """Move to ``fw`` with element deltas when the skeleton is unchanged, else a full setup."""
+        clock = _Clock()
+        old = self._rendered
+        new = render(fw)
+        if old is None or old.skeleton != new.skeleton:
+            self.nft.load(new.document())
+            self.current, self._rendered, self._boxes = fw, new, {}
+            return clock.result("full")
+        deletes, adds = [], []
+        n_add = n_del = 0
+        for key in sorted(set(old.elements) | set(new.elements)):
+            before, after = set(old.elements.get(key, ())), set(new.elements.get(key, ()))
+            if before == after:
+                continue
+            gone = [old.elements[key][k] for k in sorted(before - after)]
+            came = [new.elements[key][k] for k in sorted(after - before)]
+            if gone:
+                deletes.append(element_command("delete", key[0], key[1], gone))
+                n_del += len(gone)
+            if came:
+                adds.append(element_command("add", key[0], key[1], came))
+                n_add += len(came)
+        if deletes or adds:
+            # one transaction: deletes and adds are committed together
+            self.nft.load({"nftables": [{"metainfo": {"json_schema_version": 1}}, *deletes, *adds]})
+        self.current, self._rendered, self._boxes = fw, new, {}
+        return clock.result("incremental" if (deletes or adds) else "noop",
+                           n_add, n_del)
+
+    def update_group(self, group: SecurityGroup) -> ApplyResult:
+        """Fast path for one group's rules or members changing: re-renders only that group's
+        sets (and its member set) and sends the element deltas; full update if the layout moves."""
+        clock = _Clock()
+        old, fw = self._rendered, self.current
+        if old is None or fw is None or group.group_id not in fw.groups:
+            raise FirewallApplyError("update_group needs a current ruleset holding the group")
+        prev = fw.groups[group.group_id]
+        new_fw = fw.with_group(group)
+        used = any(group.group_id in p.group_ids for p in fw.ports)
+        same_peers = all(group_peers(prev, d) == group_peers(group, d) for d in DIRS)
+        if not same_peers or (not used and prev.rules != group.rules):
+            return self.update(new_fw)
+        wanted: dict[tuple[str, str], dict[str, Any]] = {}
+        if used and prev.rules != group.rules:
+            for name, (_typ, elems) in group_sets(group).items():
+                wanted[("inet", name)] = element_index(elems)
+        member_key = ("inet", f"m-{group.group_id}")
+        if member_key in old.elements and prev.members != group.members:
+            wanted[member_key] = element_index([str(a) for a in sorted(group.members)])
+        cmds, n_add, n_del = [], 0, 0
+        for key, after_idx in sorted(wanted.items()):
+            before_idx = old.elements.get(key, {})
+            gone = [before_idx[k] for k in before_idx if k not in after_idx]
+            came = [after_idx[k] for k in after_idx if k not in before_idx]
+            if gone:  # deletes first: one transaction, committed together with the adds
+                cmds.insert(0, element_command("delete", key[0], key[1], gone))
+                n_del += len(gone)
+            if came:
+                cmds.append(element_command("add", key[0], key[1], came))
+                n_add += len(came)
+        if cmds:
+            self.nft.load({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
+        elements = {**old.elements, **wanted}
+        self.current, self._boxes = new_fw, {}
+        self._rendered = Rendered(old.skeleton, elements, old.rules_per_chain, old.chains)
+        return clock.result("incremental" if cmds else "noop", n_add, n_del)
+
+    def change_rules(self, group_id: str, add: tuple[Rule, ...] = (), remove: tuple[str, ...] = ()) -> ApplyResult:
+        """Authorize/revoke rules of one group. A single CIDR rule that overlaps no other rule of
+        its set is exactly one set element, so it is added or deleted without re-rendering
+        (the < 10 ms path); anything else goes through ``update_group``."""
+        clock = _Clock()
+        fw, old = self.current, self._rendered
+        if fw is None or old is None or group_id not in fw.groups:
+            raise FirewallApplyError("change_rules needs a current ruleset holding the group")
+        group = fw.groups[group_id]
+        gone = {r.rule_id for r in group.rules if r.rule_id in remove}
+        new_group = replace(group, rules=tuple(r for r in group.rules if r.rule_id not in gone) + tuple(add))
+        changed = [r for r in group.rules if r.rule_id in gone] + list(add)
+        used = any(group_id in p.group_ids for p in fw.ports)
+        if len(changed) != 1 or changed[0].cidr is None or not used:
+            return self.update_group(new_group)
+        r = changed[0]
+        kind = {"tcp": "l4", "udp": "l4", "icmp": "icmp", "all": "any"}[r.protocol]
+        key = ("inet", f"{group_id}-{DIRS[r.direction]}-net-{kind}")
+        boxes = self._boxes.get(key)
+        if boxes is None:  # rule boxes of this set, kept up to date from here on
+            same = [o for o in group.rules if o.direction == r.direction and o.cidr is not None]
+            boxes = self._boxes[key] = {o.rule_id: b for o in same
+                                        for b in rule_boxes([o], with_addr=True)[kind]}
+        box = rule_boxes([r], with_addr=True)[kind][0]
+        (blo, bhi) = box[0]
+        near = [o for rid, o in boxes.items() if rid != r.rule_id and o[0][0] <= bhi and blo <= o[0][1]]
+        if any(intersects(box, o) for o in near):
+            self._boxes.pop(key, None)
+            return self.update_group(new_group)
+        new_fw = fw.with_group(new_group)  # validate before nft
+        elem = set_element(box, CIDR_SETS[f"net-{kind}"][1])
+        text = element_key(elem)
+        self.nft.load({"nftables": [{"metainfo": {"json_schema_version": 1}},
+                                    element_command("delete" if gone else "add", "inet", key[1], [elem])]})
+        idx = dict(old.elements[key])
+        if gone:
+            idx.pop(text, None)
+            boxes.pop(r.rule_id, None)
+        else:
+            idx[text] = elem
+            boxes[r.rule_id] = box
+        self.current = new_fw
+        self._rendered = Rendered(old.skeleton, {**old.elements, key: dict(sorted(idx.items()))},
+                                  old.rules_per_chain, old.chains)
+        return clock.result("incremental", 0 if gone else 1, 1 if gone else 0)
+
+    def clear(self) -> None:
+        """Remove both owned tables; succeeds when they are already gone."""
+        self.nft.load(empty_document())
+        self.current, self._rendered, self._boxes = None, None, {}
+
+    def verify(self) -> VerifyResult:
+        """Compare the kernel's ``kumo`` tables with the last applied render (structure and sizes)."""
+        actual = listing_fingerprint(self.nft.list_ruleset())
+        if self._rendered is None:
+            empty = not (actual["chains"] or actual["sets"])
+            return VerifyResult(empty, [] if empty else ["kumo tables present but nothing applied"])
+        diffs = _diff(self._rendered.fingerprint(), actual)
+        return VerifyResult(not diffs, diffs)
+
+    def ensure(self) -> VerifyResult:
+        """verify(); on drift, re-apply the last HostFirewall. Returns the verify result seen first."""
+        result = self.verify()
+        if not result.ok:
+            if self.current is None:
+                self.clear()
+            else:
+                self.setup(self.current)
+        return result

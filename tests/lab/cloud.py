@@ -1,0 +1,123 @@
+"""Driving the lab's real controller from tests: an API client with the demo account's key,
+waiting for instance states, and finding what is on each lab host (domains, agent files), so
+tests check the hosts independently of what the controller says.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+from pathlib import Path
+
+import libvirt
+
+from agent.contract.transport import client
+from lab.naming import host_netns
+from lab.state import LabState
+
+from tests.lab.guests import ssh, wait_ssh
+
+
+class CloudUser:
+    def __init__(self, lab, key_dir: Path):
+        self.lab = lab
+        self.api = client(lab.url, (lab.state_dir / "demo.key").read_text().strip(), timeout=30)
+        self.key_dir = key_dir
+        self.key_dir.mkdir(parents=True, exist_ok=True)
+
+    def call(self, method: str, path: str, expect: int | None = None, **kw) -> dict:
+        r = self.api.request(method, path, **kw)
+        if expect is not None:
+            assert r.status_code == expect, f"{method} {path}: {r.status_code} {r.text}"
+        elif r.status_code >= 400:
+            raise AssertionError(f"{method} {path}: {r.status_code} {r.text}")
+        return r.json() if r.content else {}
+
+    def key_pair(self, name: str) -> Path:
+        path = self.key_dir / name
+        if not path.exists():
+            created = self.call("POST", "/v1/key-pairs", json={"name": name})
+            path.write_text(created["private_key"])
+            path.chmod(0o600)
+        return path
+
+    def run(self, count: int = 1, *, image: str = "kumo-tiny", instance_type: str = "t3.nano",
+            key_name: str | None = None, user_data: bytes = b"", **extra) -> list[dict]:
+        body = {"image": image, "instance_type": instance_type, "min_count": count,
+                "max_count": count, "key_name": key_name,
+                "user_data": base64.b64encode(user_data).decode(), **extra}
+        return self.call("POST", "/v1/instances", json=body)["instances"]
+
+    def instance(self, iid: str) -> dict:
+        return self.call("GET", f"/v1/instances/{iid}")
+
+    def wait(self, iid: str, state: str, status: str | None = None, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                seen = self.instance(iid)
+            except Exception:  # the controller may be restarting
+                time.sleep(0.5)
+                continue
+            if seen["state"] == state and (status is None or seen["instance_status"] == status):
+                return seen
+            time.sleep(0.5)
+        events = self.call("GET", "/v1/events", params={"resource_id": iid})["items"]
+        history = "\n".join(f"  {e['time']} {e['resource_type']} {e['from_state']} -> "
+                            f"{e['to_state']}: {e['reason']}" for e in events)
+        raise AssertionError(f"{iid} not {state}/{status} within {timeout} s: {seen}\n{history}")
+
+    def action(self, iid: str, verb: str, **params) -> dict:
+        return self.call("POST", f"/v1/instances/{iid}/{verb}", params=params)
+
+    def ssh(self, inst: dict, key: Path, command: str, timeout: float = 60):
+        netns = host_netns(self.lab.prefix, inst["host_id"])
+        return wait_ssh(netns, key, inst["private_ip"], command, timeout=timeout)
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def domains_named(lab, name: str) -> dict[str, int]:
+    """{host_id: libvirt state} of every domain called `name` on the lab's hosts."""
+    found = {}
+    for hid in lab_hosts(lab):
+        conn = libvirt.open(lab.libvirt_uri(hid))
+        try:
+            dom = conn.lookupByName(name)
+            found[hid] = dom.state()[0]
+        except libvirt.libvirtError:
+            pass
+        finally:
+            conn.close()
+    return found
+
+
+def lab_hosts(lab) -> list[str]:
+    import json
+    return LabState.from_dict(json.loads((lab.state_dir / "lab.json").read_text())).hosts
+
+
+def agent_instance_dir(lab, host_id: str, iid: str) -> Path:
+    return lab.state_dir / "hosts" / host_id / "agent" / "instances" / iid
+
+
+def kill9(lab, process: str) -> int:
+    """SIGKILL one of the lab's own processes (by its recorded PID) and return the PID."""
+    import json
+    state = LabState.from_dict(json.loads((lab.state_dir / "lab.json").read_text()))
+    pid = state.processes[process].pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return pid
+
+
+__all__ = ["CloudUser", "domains_named", "agent_instance_dir", "kill9", "ssh"]
