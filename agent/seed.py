@@ -8,14 +8,14 @@ text templates. Written atomically (temp file + rename) so a guest never sees ha
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pycdlib
 import yaml
+
+from agent.fsutil import atomic_write
 
 VOLUME_ID = "cidata"
 #: (Rock Ridge / Joliet name, ISO 9660 level-1 name)
@@ -65,20 +65,7 @@ def network_config_v2(nics: Iterable[Any]) -> dict | None:
 
 
 def _atomic_write_iso(iso: pycdlib.PyCdlib, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            iso.write_fp(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, iso.write_fp)
 
 
 def write_seed_iso(path: Path | str, meta: dict, user_data: bytes,

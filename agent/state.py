@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE, InstanceSpec
+from agent.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +27,7 @@ class StateError(Exception):
 
 def atomic_write_json(path: Path, data: object) -> None:
     """Write JSON to `path` so readers see either the old or the complete new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # The rename itself must survive a power cut too.
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(path, lambda f: f.write(json.dumps(data, sort_keys=True).encode()))
 
 
 def _unlink(path: Path) -> None:

@@ -224,10 +224,12 @@ def dataplane(bed: FirewallBed, rounds: int, secs: float, sizes: tuple[int, int]
     load = Load(bed)
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in configs}
     try:
-        for _ in range(rounds):  # interleaved, so drift in machine load hits every config alike
-            for name, apply in configs:
+        for r in range(rounds):
+            # interleaved, so drift in machine load hits every config alike, and rotated, so no
+            # config always follows the teardown of the big rulesets (freed by the kernel later)
+            for name, apply in configs[r % len(configs):] + configs[:r % len(configs)]:
                 apply()
-                time.sleep(0.3)
+                time.sleep(1.0)
                 results[name].append(load.measure(secs))
     finally:
         load.close()

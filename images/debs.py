@@ -12,6 +12,20 @@ from images.steps import run
 _APT_OPTS = ["-o", "APT::Sandbox::User=root", "-q"]
 
 
+def ensure_apt_lists(probe: str = "linux-image-cloud-amd64") -> None:
+    """Run `apt-get update` once when the package lists do not know `probe` (fresh machines)."""
+    out = run("apt-update", ["apt-cache", "policy", probe])
+    if "Candidate:" in out and "Candidate: (none)" not in out:
+        return
+    run("apt-update", ["apt-get", *_APT_OPTS, "update"], timeout=900)
+
+
+def require_root(step: str) -> None:
+    """Image trees must be owned by root inside the guest; mke2fs -d copies the builder's ids."""
+    if os.geteuid() != 0:
+        raise BuildError(step, "image builds must run as root (file ownership in the image, mmdebstrap)")
+
+
 def closure(packages: list[str], step: str = "resolve-packages") -> list[str]:
     """Packages plus their recursive Depends/Pre-Depends (real packages only), per the host's apt."""
     out = run(step, ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
@@ -55,6 +69,7 @@ def extract(deb: Path, root: Path, step: str = "extract-packages") -> None:
 def fetch_kernel(work: Path, meta: str = "linux-image-cloud-amd64") -> tuple[Path, str, dict[str, str]]:
     """Download the kernel meta package and the versioned image it depends on, unpack both.
     Returns (unpacked root, kernel release e.g. '6.1.0-56-cloud-amd64', {package: version})."""
+    ensure_apt_lists(meta)
     debdir = work / "debs-kernel"
     meta_deb = download([meta], debdir, "fetch-kernel")[meta]
     image_pkgs = [d.split()[0] for d in depends(meta_deb).split(",") if d.strip().startswith("linux-image-")]

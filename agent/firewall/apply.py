@@ -80,6 +80,18 @@ class Nft:
         return json.loads(out).get("nftables", []) if out.strip() else []
 
 
+def bridge_netfilter_enabled(netns: str | None = None) -> bool:
+    """True when bridged IPv4 traverses the inet hooks (br_netfilter loaded and
+    ``net.bridge.bridge-nf-call-iptables=1``) in the namespace: without it the ``inet kumo`` table
+    never sees guest-to-guest traffic, so security groups would not be enforced. The agent must
+    refuse to report the firewall ready when this is False (on stock Debian: modprobe
+    br_netfilter; sysctl net.bridge.bridge-nf-call-iptables=1)."""
+    path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    argv = ["cat", path] if netns is None else ["nsenter", f"--net=/run/netns/{netns}", "--", "cat", path]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == "1"
+
+
 def listing_fingerprint(objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The same structure as ``Rendered.fingerprint()``, from ``nft -j list ruleset`` output."""
     chains: dict[str, Any] = {}

@@ -47,20 +47,28 @@ class Kernel:
         self.netns = netns
         self._handles: dict[str, IPRoute] = {}
         self._index: dict[str, dict[str, int]] = {}
+        self._inodes: dict[str, Optional[int]] = {}
 
     # -- plumbing --------------------------------------------------------------------------
     def _real_ns(self, ns: str) -> Optional[str]:
         return self.netns if ns == HOST else ns
 
     def ipr(self, ns: str) -> IPRoute:
+        real = self._real_ns(ns)
+        # A cached socket keeps its namespace alive: if the name now points at a new namespace
+        # (deleted and re-created behind our back), the old handle would write into a ghost.
+        ino = _ns_inode(real)
+        if ns in self._handles and self._inodes.get(ns) != ino:
+            self.forget(ns)
         if ns not in self._handles:
-            real = self._real_ns(ns)
             self._handles[ns] = IPRoute(netns=real) if real else IPRoute()
+            self._inodes[ns] = ino
         return self._handles[ns]
 
     def forget(self, ns: str) -> None:
         h = self._handles.pop(ns, None)
         self._index.pop(ns, None)
+        self._inodes.pop(ns, None)
         if h is not None:
             h.close()
 
@@ -225,6 +233,7 @@ class Kernel:
     def _add(self, rec: Record) -> None:
         if isinstance(rec, Netns):
             if rec.name not in pnetns.listnetns():
+                self.forget(rec.name)
                 pnetns.create(rec.name)
             return
         if isinstance(rec, NftTable):
@@ -338,6 +347,15 @@ class Kernel:
                     f.write(value)
             return
         self._exec(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in pairs)])
+
+
+def _ns_inode(name: Optional[str]) -> Optional[int]:
+    if name is None:
+        return None
+    try:
+        return os.stat(os.path.join("/run/netns", name)).st_ino
+    except OSError:
+        return None
 
 
 def _ip(value: Optional[str]) -> Optional[IPv4Address]:

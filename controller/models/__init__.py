@@ -10,11 +10,15 @@ from controller.models.instance import (ClientToken, Instance, InstancePublic, I
                                         RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
 from controller.models.key_pair import KeyPair, KeyPairCreate, KeyPairCreated, KeyPairPublic
+from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway, IpAllocation,
+                                   NatGateway, Route, RouteTable, RouteTableAssociation, Subnet, Vpc)
 
 __all__ = [
     "Account", "AccountCreate", "AccountCreated", "AccountPublic", "Event", "EventPublic", "Host",
     "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "Instance",
     "InstancePublic", "InstanceStatusPublic", "RunInstancesRequest", "RunInstancesResponse",
     "ModifyInstanceRequest", "InstanceType", "InstanceTypeCreate", "InstanceTypePublic", "KeyPair",
-    "KeyPairCreate", "KeyPairCreated", "KeyPairPublic",
+    "KeyPairCreate", "KeyPairCreated", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp",
+    "InternetGateway", "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation",
+    "Subnet", "Vpc",
 ]

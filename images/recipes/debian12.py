@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from images import disk
+from images import debs, disk
 from images.errors import BuildError
 from images.recipes import PKG_DIR, BuildContext, RecipeOutput
 from images.steps import run, step
@@ -44,6 +44,7 @@ class Debian12:
 
     def build(self, ctx: BuildContext) -> RecipeOutput:
         work, log = ctx.work, ctx.log
+        debs.require_root("check-privileges")
         root_uuid = str(uuid.uuid4())
         tree = work / "rootfs"
         with step("prepare-overlay", log):

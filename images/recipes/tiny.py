@@ -75,6 +75,7 @@ class KumoTiny:
 
     def build(self, ctx: BuildContext) -> RecipeOutput:
         work, log = ctx.work, ctx.log
+        debs.require_root("check-privileges")
         with step("fetch-kernel", log):
             kroot, release, versions = debs.fetch_kernel(work)
         with step("fetch-userland", log):

@@ -46,6 +46,16 @@ class Guest:
     proc: subprocess.Popen
     console: Path
     started: float
+    monitor_path: Path | None = None
+
+    def monitor(self, command: str) -> None:
+        """Send one human-monitor command (e.g. system_powerdown = ACPI power button)."""
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.monitor_path))
+            s.sendall(command.encode() + b"\n")
+            time.sleep(0.2)
 
     def text(self) -> str:
         try:
@@ -79,8 +89,9 @@ class Guest:
 def boot(disk: Path, seed: Path | None, d: Path, *, mem: int = 128, netns: str | None = None,
          tap: str | None = None, mac: str = "52:54:00:12:34:56"):
     console = d / f"console-{uuid.uuid4().hex[:6]}.log"
+    mon = d / f"mon-{uuid.uuid4().hex[:6]}.sock"
     cmd = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-m", str(mem), "-smp", "1",
-           "-nographic", "-monitor", "none", "-serial", f"file:{console}",
+           "-nographic", "-monitor", f"unix:{mon},server,nowait", "-serial", f"file:{console}",
            "-drive", f"file={disk},if=virtio"]
     if seed:
         cmd += ["-drive", f"file={seed},media=cdrom,if=ide,readonly=on"]
@@ -92,7 +103,7 @@ def boot(disk: Path, seed: Path | None, d: Path, *, mem: int = 128, netns: str |
     if netns:
         cmd = ["ip", "netns", "exec", netns] + cmd
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    g = Guest(proc, console, time.monotonic())
+    g = Guest(proc, console, time.monotonic(), mon)
     try:
         yield g
     finally:

@@ -58,6 +58,16 @@ def test_boot_ready_user_data_once_persistence_and_grow(tiny, tmp_path):
     assert read_guest_file(ov, tmp_path, "/root/count") == "x\n"
 
 
+def test_acpi_power_button_powers_off(tiny, tmp_path):
+    seed = make_seed(tmp_path, {"instance-id": IID})
+    with boot(overlay(tiny.path, tmp_path), seed, tmp_path) as g:
+        g.wait_for(READY, 60)
+        time.sleep(1)  # acpid is up well before READY; leave the console quiet a moment
+        g.monitor("system_powerdown")
+        g.proc.wait(30)  # raises TimeoutExpired if the guest ignores the power button
+        assert "kumo-tiny: shutting down" in g.text()
+
+
 def test_cloud_config_runcmd_and_hostname(tiny, tmp_path):
     user = "#cloud-config\n" + yaml.safe_dump({"hostname": "from-user-data",
                                                 "runcmd": ["echo runcmd-$(hostname) > /root/r", "cat /root/r"]})

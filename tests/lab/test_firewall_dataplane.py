@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.firewall.apply import FirewallApplier, Nft
+from agent.firewall.apply import FirewallApplier, Nft, bridge_netfilter_enabled
 from agent.firewall.libnft import LibNft, available as libnft_available
 from agent.firewall.model import HostFirewall, PortFirewall, SecurityGroup
 from agent.firewall.netlab import FirewallBed, run
@@ -182,6 +182,7 @@ def applier(bed):
 
 
 def test_root_namespace_untouched_and_tables_only_in_host_ns(bed, applier):
+    assert bridge_netfilter_enabled(bed.host)
     applier.setup(firewall(bed))
     assert "kumo" in run("ip", "netns", "exec", bed.host, "nft", "list", "tables").stdout
     assert "kumo" not in run("nft", "list", "tables").stdout

@@ -521,3 +521,21 @@ def test_agent_restart_does_not_disturb_running_traffic(env: Env) -> None:
             stream.wait()
     assert "40 packets transmitted, 40 packets received" in out, out
     assert tcp(a1.ns, INET_SERVER) == "inet 203.0.113.10"
+
+
+def test_lost_router_namespace_is_rebuilt(env: Env) -> None:
+    """Someone deletes a VPC router namespace: the next full ensure re-creates it, re-pairs the
+    veths and reloads its nft table, and inter-subnet routing and NAT work again."""
+    h2 = env.lab.ns("h2")
+    rns = names.router_netns(h2, 0x101)
+    run("ip", "netns", "del", rns)
+    a2, a4 = env.g("a2"), env.g("a4")
+    # (Traffic may go on meanwhile: the agent's open netlink socket keeps the unnamed namespace
+    # alive until the ensure below replaces it.)
+    res = env.dp["h2"].ensure(host_network(env.world, "h2"), full=True)
+    assert res.ok, res.failed
+    assert {r.name for r in res.plan.remove if type(r).__name__ == "Link"} == {
+        names.link_name("q", 0x101), names.link_name("t", 0x101)}
+    assert eventually(lambda: ping(a2.ns, a4.ip))
+    assert eventually(lambda: tcp(a4.ns, INET_SERVER)) == "inet 203.0.113.200"
+    assert env.dp["h2"].plan(host_network(env.world, "h2")).empty

@@ -141,3 +141,20 @@ def test_manifest_round_trip(tmp_path):
     back = Manifest.from_file(tmp_path / "x.json")
     assert back == m and back.path == tmp_path / "x.qcow2"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_recipe_hash_covers_recipe_files(tmp_path, monkeypatch):
+    import images.recipes as recipes
+
+    for rel in recipes.COMMON_SOURCES:
+        (tmp_path / rel).write_text("common")
+    (tmp_path / "files/r").mkdir(parents=True)
+    (tmp_path / "files/r/init").write_text("v1")
+    monkeypatch.setattr(recipes, "PKG_DIR", tmp_path)
+    r = FakeRecipe()
+    r.sources = ("files/r",)
+    h1 = recipe_hash(r)
+    (tmp_path / "files/r/init").write_text("v2")
+    h2 = recipe_hash(r)
+    (tmp_path / "disk.py").write_text("changed")
+    assert len({h1, h2, recipe_hash(r)}) == 3
