@@ -200,6 +200,7 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     store = StateStore(settings.state_dir)
     reconciler = Reconciler(store, drivers, shutdown_timeout=settings.shutdown_timeout,
                             resync_interval=settings.resync_interval,
+                            readiness_interval=settings.readiness_interval,
                             max_backoff=settings.max_backoff, workers=settings.reconcile_workers)
     heartbeat = Heartbeat(settings, host=lambda: host_info(settings, drivers.hypervisor),
                           instances=reconciler.observed_all)

@@ -53,6 +53,9 @@ class AgentSettings(BaseSettings):
     shutdown_timeout: float = Field(default=30.0, ge=0)
     #: Level-triggered resync period of the reconcile loop (it is also kicked on every change).
     resync_interval: float = Field(default=1.0, gt=0)
+    #: How often consoles of booting guests are scanned for the ready marker (cheap: only new
+    #: bytes are read); this bounds how late "instance status ok" can be after the guest is up.
+    readiness_interval: float = Field(default=0.1, gt=0)
     #: Upper bound of the per-instance retry backoff, seconds.
     max_backoff: float = Field(default=60.0, gt=0)
     #: Instances reconciled in parallel (a slow shutdown never blocks the others).

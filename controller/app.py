@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from controller import db_migrate
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
+from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api.deps import AppContext
 from controller.db import Database
 from controller.errors import install_handlers
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None, *,
     install_handlers(app)
     v1 = APIRouter(prefix="/v1")
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
+        v1.include_router(r.router)
+    for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways):
         v1.include_router(r.router)
     app.include_router(v1)
 

@@ -2,7 +2,9 @@
 
 SQLite gets WAL mode, a busy timeout, foreign keys and `BEGIN IMMEDIATE` transactions: taking the
 write lock up front means two writers queue on the busy timeout instead of deadlocking on a lock
-upgrade. Also owns UtcDateTime, the column type that stores naive UTC and returns aware UTC.
+upgrade. PostgreSQL gets the same one-transaction-at-a-time rule from a transaction-scoped
+advisory lock taken at BEGIN (READ COMMITTED, 30 s lock timeout like SQLite's busy timeout).
+Also owns UtcDateTime, the column type that stores naive UTC and returns aware UTC.
 """
 from __future__ import annotations
 
@@ -60,7 +62,21 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # READ COMMITTED whatever the server's default: each statement then sees what committed
+    # before it, which the lock below (and FOR UPDATE on hosts) relies on.
+    engine = create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "begin")
+        def _pg_begin(conn):
+            # The PostgreSQL twin of SQLite's BEGIN IMMEDIATE: one transaction at a time, across
+            # every controller process on this database. Services read a row, decide, and write
+            # it back (stop/start/reboot, heartbeats, the reconciler); without this, concurrent
+            # requests overwrite each other's updates (e.g. lost generation bumps).
+            # 1802857839 = 0x6B756D6F ("kumo"), a fixed key for this application's lock.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '30s'")
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(1802857839)")
+
+    return engine
 
 
 class Database:

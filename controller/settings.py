@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_image_file_size: int = Field(default=16 * 1024**3, gt=0)
     #: Seed the default instance types at first start.
     seed_instance_types: bool = True
+    #: Public addresses elastic IPs are allocated from (minus network, broadcast and the first
+    #: host address, which is the upstream router: the lab's internet namespace uses it).
+    public_pool: str = "203.0.113.0/24"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

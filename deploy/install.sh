@@ -11,7 +11,6 @@ ensure_images kumo-tiny debian-12
 
 log "bringing up the lab cloud with $HOSTS hosts"
 "$KUMO_VENV/bin/kumo" lab up --hosts "$HOSTS"
-"$KUMO_VENV/bin/kumo" lab status
 
 cat <<NEXT
 

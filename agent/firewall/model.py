@@ -28,6 +28,7 @@ GROUP_ID_RE = re.compile(r"^sg-[0-9a-f]{17}$")
 RULE_ID_RE = re.compile(r"^sgr-[0-9a-f]{17}$")
 # Linux interface names: at most 15 bytes; we allow a safe subset (no '/', spaces or quotes).
 IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+TAP_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,7}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 CIDR_TEXT_RE = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$")
 
@@ -289,12 +290,21 @@ class PortFirewall:
 
 @dataclass(frozen=True)
 class HostFirewall:
-    """Everything one host enforces. ``groups`` holds every group its ports use or name as peers."""
+    """Everything one host enforces. ``groups`` holds every group its ports use or name as peers.
+
+    ``tap_prefix``: when set, every port's tap must start with it, and frames from any OTHER
+    interface whose name starts with it are dropped: a guest tap that is not (or no longer) in
+    the firewall gets nothing through instead of being unfiltered.
+    """
 
     ports: tuple[PortFirewall, ...] = ()
     groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
+    tap_prefix: str | None = None
 
     def __post_init__(self) -> None:
+        if self.tap_prefix is not None and not (isinstance(self.tap_prefix, str)
+                                                and TAP_PREFIX_RE.match(self.tap_prefix)):
+            raise _bad("InvalidParameterValue", f"invalid tap prefix {self.tap_prefix!r}", "tap_prefix")
         object.__setattr__(self, "groups", MappingProxyType(dict(self.groups)))
         object.__setattr__(self, "ports", tuple(self.ports))
         for gid, group in self.groups.items():
@@ -313,6 +323,8 @@ class HostFirewall:
         for port in self.ports:
             if not isinstance(port, PortFirewall):
                 raise _bad("InvalidParameterValue", "ports must be PortFirewall objects", "ports")
+            if self.tap_prefix is not None and not port.tap.startswith(self.tap_prefix):
+                raise _bad("InvalidParameterValue", f"tap {port.tap} does not start with {self.tap_prefix}", "tap")
             if port.tap in taps:
                 raise _bad("InvalidParameterValue", f"tap {port.tap} appears twice", "tap")
             taps.add(port.tap)
@@ -334,7 +346,7 @@ class HostFirewall:
         the rest was validated already. Used by the applier's fast paths."""
         prev = self.groups.get(group.group_id)
         if prev is None or prev.zone != group.zone:
-            return HostFirewall(self.ports, {**self.groups, group.group_id: group})  # full checks
+            return HostFirewall(self.ports, {**self.groups, group.group_id: group}, self.tap_prefix)  # full checks
         for rule in group.rules:
             if rule.peer_group is not None:
                 peer = self.groups.get(rule.peer_group)
@@ -342,6 +354,7 @@ class HostFirewall:
                     raise _bad("InvalidGroup.NotFound", f"peer group {rule.peer_group} of rule {rule.rule_id} "
                                f"is not in the VPC of {group.group_id}", "peer_group")
         new = object.__new__(HostFirewall)
+        object.__setattr__(new, "tap_prefix", self.tap_prefix)
         object.__setattr__(new, "ports", self.ports)
         object.__setattr__(new, "groups", MappingProxyType({**self.groups, group.group_id: group}))
         return new
@@ -350,4 +363,4 @@ class HostFirewall:
     def parse(cls, data: Mapping[str, Any]) -> "HostFirewall":
         groups = [SecurityGroup.parse(g) for g in data.get("groups", ())]
         return cls(ports=tuple(PortFirewall.parse(p) for p in data.get("ports", ())),
-                   groups={g.group_id: g for g in groups})
+                   groups={g.group_id: g for g in groups}, tap_prefix=data.get("tap_prefix"))

@@ -313,6 +313,12 @@ def render(fw: HostFirewall) -> Rendered:
     b.set("bridge", "port_ip", ["ifname", "ipv4_addr"], [_cat(p.tap, str(p.ipv4)) for p in ports],
           interval=False)
     b.rule("bridge", "prerouting", [_match(_meta("iifname"), "@taps"), jump("guard")])
+    if fw.tap_prefix is not None:  # an unknown tap with our prefix: default deny ("*" = nft wildcard)
+        b.chain("bridge", "forward", "forward", -300)
+        for key in ("iifname", "oifname"):
+            chain = "prerouting" if key == "iifname" else "forward"
+            b.rule("bridge", chain, [_match(_meta(key), "@taps", "!="),
+                                     _match(_meta(key), fw.tap_prefix + "*"), {"drop": None}])
     for expr in _guard():
         b.rule("bridge", "guard", expr)
 

@@ -46,6 +46,7 @@ def two_vpcs() -> HostFirewall:
         ports=(PortFirewall("tapa", "br-a", "02:00:00:00:0a:01", IPv4Address("10.0.0.5"), 1, (G1,)),
                PortFirewall("tapb", "br-b", "02:00:00:00:0b:01", IPv4Address("10.0.0.5"), 2, (G3,))),
         groups={G1: a, G3: b},
+        tap_prefix="tap",
     )
 
 

@@ -28,13 +28,15 @@ class Reconciler:
     """Owns the background loop, the per-instance locks, errors and backoff."""
 
     def __init__(self, store: StateStore, drivers: Drivers, *, shutdown_timeout: float = 30.0,
-                 resync_interval: float = 2.0, max_backoff: float = 60.0, workers: int = 4,
+                 resync_interval: float = 2.0, readiness_interval: float = 0.1,
+                 max_backoff: float = 60.0, workers: int = 4,
                  clock: Callable[[], float] = time.time,
                  on_change: Callable[[], None] | None = None):
         self.store = store
         self.drivers = drivers
         self.shutdown_timeout = shutdown_timeout
         self.resync_interval = resync_interval
+        self.readiness_interval = readiness_interval
         self.max_backoff = max_backoff
         self.workers = workers
         self.clock = clock
@@ -49,6 +51,7 @@ class Reconciler:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._readiness_thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pass_error: str | None = None
 
@@ -60,6 +63,9 @@ class Reconciler:
         self._thread = threading.Thread(target=self._main, name="kumo-reconcile-loop",
                                         daemon=True)
         self._thread.start()
+        self._readiness_thread = threading.Thread(target=self._watch_readiness,
+                                                  name="kumo-readiness", daemon=True)
+        self._readiness_thread.start()
         self._wake.set()  # first pass right away: repair drift that happened while we were down
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -72,6 +78,8 @@ class Reconciler:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._readiness_thread is not None:
+            self._readiness_thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         while time.monotonic() < deadline:
@@ -103,6 +111,33 @@ class Reconciler:
                 if str(e) != self._pass_error:  # once per distinct failure, not every second
                     log.exception("reconcile pass failed")
                 self._pass_error = str(e)
+
+    def _watch_readiness(self) -> None:
+        """Scan the consoles of guests that are booting, much more often than the resync pass,
+        so "booted" is reported within ~readiness_interval of the guest printing its marker."""
+        while not self._stop.wait(self.readiness_interval):
+            try:
+                for iid in self.store.specs():
+                    if self._check_readiness(iid):
+                        self._publish(iid)
+            except Exception:  # never let the watcher die; the resync pass checks too
+                log.exception("readiness scan failed")
+
+    def _check_readiness(self, iid: str) -> bool:
+        lock = self._lock_for(iid)
+        if not lock.acquire(blocking=False):
+            return False  # a worker is reconciling it and checks readiness itself
+        try:
+            spec, rt = self.store.spec(iid), self.store.runtime(iid)
+            if spec is None or rt.booted or rt.applied_power != "running":
+                return False
+            console = self.drivers.storage.instance_dir(iid) / "console.log"
+            if not check_ready(rt, console, spec.image.ready_marker, self.clock()):
+                return False
+            self.store.save_runtime(iid)
+            return True
+        finally:
+            lock.release()
 
     def _dispatch(self) -> None:
         now = time.monotonic()

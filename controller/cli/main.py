@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import admin, instances, local, resources, ssh
+from . import admin, instances, local, networks, resources, ssh
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -61,6 +61,10 @@ app.add_typer(admin.types, name="types")
 app.add_typer(admin.hosts, name="hosts")
 app.add_typer(admin.events, name="events")
 app.add_typer(admin.accounts, name="accounts")
+for _name, _sub in (("vpcs", networks.vpcs), ("subnets", networks.subnets), ("igws", networks.igws),
+                    ("route-tables", networks.route_tables), ("eips", networks.eips),
+                    ("nat-gateways", networks.nat_gateways)):
+    app.add_typer(_sub, name=_name)
 # Options may follow the instance id; the remote command starts after `--` (kumo ssh ID [-- CMD]).
 app.command("ssh")(ssh.ssh)
 app.command("console", help="Print an instance's serial console output.")(instances.console)

@@ -44,7 +44,7 @@ def ssh_argv(*, namespace: str, ip: str, key_file: str | Path, user: str = "root
         raise CliError("InvalidParameterValue", f"invalid user {user!r}")
     return ["ip", "netns", "exec", namespace,
             "ssh", "-i", str(key_file),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "--", f"{user}@{ip}", *command]
 
 

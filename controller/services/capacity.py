@@ -32,11 +32,14 @@ def host_states(s: Session):
     """Every host as the scheduler's HostState."""
     from controller.scheduler import HostState
 
+    # FOR UPDATE: on PostgreSQL concurrent placements (other processes) queue on the host rows;
+    # SQLite ignores it (its BEGIN IMMEDIATE already serialises writers). Lock first, then sum:
+    # under READ COMMITTED the usage query must start after the previous placement committed,
+    # or it misses that placement's instances and the host is overbooked.
+    hosts = list(s.exec(select(Host).order_by(Host.host_id).with_for_update()))
     used = usage_by_host(s)
     out = []
-    # FOR UPDATE: on PostgreSQL concurrent placements (other processes) queue on the host rows;
-    # SQLite ignores it (its BEGIN IMMEDIATE already serialises writers).
-    for h in s.exec(select(Host).order_by(Host.host_id).with_for_update()):
+    for h in hosts:
         u = used.get(h.host_id, Usage())
         out.append(HostState(host_id=h.host_id, up=h.state == "up", enabled=h.enabled,
                              architecture=h.architecture, vcpus=h.vcpus, memory_mib=h.memory_mib,

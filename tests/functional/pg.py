@@ -157,13 +157,18 @@ class PostgresServer:
         import psycopg
         return psycopg.connect(host=str(self.sockdir), user="postgres", dbname=dbname, **kw)
 
-    def create_database(self, prefix: str = "kumo") -> str:
-        """A new empty database; returns its SQLAlchemy URL."""
+    def create_database(self, prefix: str = "kumo", icu_locale: str | None = None) -> str:
+        """A new empty database; returns its SQLAlchemy URL. `icu_locale` (e.g. "en-US") gives
+        it a linguistic collation instead of the server's byte order ("C")."""
         from psycopg import sql
         self._dbs += 1
         name = f"{prefix}_{self._dbs}"
+        stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if icu_locale:
+            stmt += sql.SQL(" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+                sql.Literal(icu_locale))
         with self.connect(autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(stmt)
         return self.url(name)
 
 

@@ -350,3 +350,16 @@ def test_a_boot_started_just_before_the_agent_died_still_becomes_ready(tmp_path)
         o = until(agent, iid, booted=True)
         assert o["power"] == "running" and o["boot_count"] == 1
         assert ("start", iid) not in hv.calls  # the running guest was left alone
+
+
+def test_readiness_is_seen_between_resync_passes(tmp_path):
+    """The ready marker is noticed by the console watcher, not only by the (slow) resync pass."""
+    with running_agent(tmp_path, resync_interval=30.0, readiness_interval=0.05) as agent:
+        spec = make_spec()
+        iid = spec["instance_id"]
+        put(agent, spec)  # a PUT kicks one pass at once; the next would be 30 s later
+        until(agent, iid, power="running")
+        agent.hv.write_console(iid, f"KUMO-READY instance-id={iid}")
+        start = time.monotonic()
+        until(agent, iid, booted=True)
+        assert time.monotonic() - start < 2.0

@@ -1,4 +1,5 @@
-"""Fixtures for image boot tests: a built image (cached in a temp dir unless KUMO_TEST_IMAGE_CACHE)."""
+"""Fixtures for image boot tests: the built images from the image cache (the one `kumo image build`
+and deploy/test.sh fill; KUMO_TEST_IMAGE_CACHE names another), built there when missing."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def image_cache(tmp_path_factory) -> Path:
     reason = _can_boot()
     if reason:
         pytest.skip(reason)
+    from images.builder import cache_dir_default
+
     env = os.environ.get("KUMO_TEST_IMAGE_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("image-cache")
+    return Path(env) if env else cache_dir_default()
 
 
 @pytest.fixture(scope="session")

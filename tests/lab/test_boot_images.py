@@ -1,11 +1,12 @@
 """Real guests from the built machine images on lab hosts: kumo-tiny on two hosts, debian-12 with
-the real cloud-init on one, and malformed seeds. Checks what the seed asked for from outside the
-guest: console lines, ping and HTTP from the host namespace, SSH with the injected key.
+the real cloud-init on one, each from a qcow2 overlay and a seed ISO on the host's own libvirtd.
+Checks what the seed asked for from outside the guest: console lines, ping and HTTP from the host
+namespace, SSH with the injected key. (tests/images covers malformed seeds, DHCP and more with
+plain QEMU.)
 """
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,43 +88,14 @@ def test_debian12_runs_the_real_cloud_init(lab, host_bridge, tmp_path, debian_im
     try:
         guest.wait_console(rf"KUMO-READY instance-id={iid}", timeout=300)
         print(f"debian-12 on h1: ready {time.monotonic() - guest.started_at:.1f} s after start")
-        r = wait_ssh(netns, key, ip, "hostname; cloud-init status --long; cat /root/runcmd.txt;"
-                     " df -B1 --output=size / | tail -1", timeout=60)
+        # Debian's cloud image convention: the seed's key goes to the default user, not root.
+        r = wait_ssh(netns, key, ip, "hostname; cloud-init status --long; sudo cat /root/runcmd.txt",
+                     timeout=60, user="debian")
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0] == "deb-h1"
         assert "status: done" in r.stdout
         assert "errors: []" in r.stdout or "errors:" not in r.stdout
         assert "runcmd-ran" in r.stdout
-    finally:
-        guest.destroy()
-
-
-def _raw_seed(path: Path, files: dict[str, bytes]) -> Path:
-    import io
-
-    import pycdlib
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
-    for i, (name, data) in enumerate(files.items()):
-        iso.add_fp(io.BytesIO(data), len(data), f"/F{i}.;1", rr_name=name,
-                   joliet_path=f"/{name}")
-    iso.write(str(path))
-    iso.close()
-    return path
-
-
-@pytest.mark.parametrize("case,files", [
-    ("missing-meta-data", {"user-data": b"#!/bin/sh\necho hi\n"}),
-    ("bad-yaml", {"meta-data": b"instance-id: [unclosed\n  local-hostname: :\n",
-                  "user-data": b""}),
-])
-def test_malformed_seed_still_boots_with_a_clear_message(lab, tmp_path, tiny_image, case, files):
-    seed = _raw_seed(tmp_path / "seed.iso", files)
-    guest = boot(lab, "h2", tiny_image, tmp_path / case, instance_id=new_instance_id(),
-                 hostname="unused", raw_seed=seed)
-    try:
-        guest.wait_console(r"KUMO-READY", timeout=60)
-        assert "kumo-tiny: seed error:" in guest.console_text()
     finally:
         guest.destroy()

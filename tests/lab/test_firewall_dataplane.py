@@ -310,7 +310,8 @@ def test_flush_by_hand_is_detected_and_restored(bed, applier, tmp_path):
 
 def test_no_blink_while_rules_change(bed, applier, tmp_path):
     """A flood at a denied UDP port while the ruleset goes A -> {} -> A (full atomic replaces, 15
-    cycles): 0 datagrams delivered; an established TCP connection keeps echoing throughout."""
+    cycles, every other one by a fresh applier as after an agent restart, which starts with setup()
+    and never clear()): 0 datagrams delivered; an established TCP connection keeps echoing."""
     g1, g2, g3 = bed.guests
     fw_a = firewall(bed)
     fw_empty = firewall(bed, g1_rules=())
@@ -337,7 +338,7 @@ def test_no_blink_while_rules_change(bed, applier, tmp_path):
         end = time.time() + 4
         while time.time() < end and cycles < 15:
             applier.setup(fw_empty)
-            applier.setup(fw_a)
+            (applier if cycles % 2 else FirewallApplier(applier.nft)).setup(fw_a)  # restart: fresh state
             cycles += 1
         flood.join(timeout=30)
         out, err = client.communicate(timeout=30)
@@ -352,6 +353,35 @@ def test_no_blink_while_rules_change(bed, applier, tmp_path):
             client.kill()
             client.wait()
         srv.stop()
+
+
+def test_unknown_tap_with_our_prefix_gets_nothing(bed, applier, tmp_path):
+    """Guest 3's tap is not in the firewall. Without tap_prefix it is unfiltered (the control);
+    with tap_prefix="kt" nothing passes from or to it, even to a port open to 0.0.0.0/0."""
+    g1, g2, g3 = bed.guests
+    full = firewall(bed)
+    ports = tuple(p for p in full.ports if p.tap != g3.tap)
+    srv2 = Server(g2.ns, tmp_path / "srv2", "22", "")
+    srv3 = Server(g3.ns, tmp_path / "srv3", "22", "")
+    try:
+        applier.setup(HostFirewall(ports, full.groups))
+        assert tcp_ok(g3.ns, g2.ipv4, 22, 1)[0] > 0, "control: an unlisted tap is not filtered"
+        applier.setup(HostFirewall(ports, full.groups, tap_prefix="kt"))
+        assert tcp_ok(g1.ns, g2.ipv4, 22, 1)[0] > 0
+        ok, tries = tcp_ok(g3.ns, g2.ipv4, 22, WINDOW)
+        assert tries >= 5 and ok == 0
+        ok, tries = tcp_ok(g1.ns, g3.ipv4, 22, WINDOW)
+        assert tries >= 5 and ok == 0
+        # listing the port again lets it through its groups' rules (a full replace: no other port
+        # uses G2 yet, so its chains are new)
+        res = applier.update(HostFirewall(full.ports, full.groups, tap_prefix="kt"))
+        assert res.mode == "full"
+        assert tcp_ok(g1.ns, g3.ipv4, 22, 1)[0] == 0  # G2: nothing inbound
+        assert ping_ok(g3.ns, g1.ipv4, 1) == 0  # not a member of G1
+        assert tcp_ok(g3.ns, g2.ipv4, 22, 1)[0] > 0  # SSH from anywhere
+    finally:
+        srv2.stop()
+        srv3.stop()
 
 
 def test_subprocess_backend_and_clear_pairs(bed):

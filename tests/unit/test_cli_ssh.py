@@ -18,7 +18,7 @@ def test_ssh_argv_exact():
     assert ssh_argv(namespace="kumo-host-1", ip="10.0.0.5", key_file="/k/id",
                     command=["uname", "-a"]) == [
         "ip", "netns", "exec", "kumo-host-1", "ssh", "-i", "/k/id",
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
         "--", "root@10.0.0.5", "uname", "-a"]
 
 
@@ -84,7 +84,7 @@ def test_ssh_command_execs_the_argv(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert calls == [("ip", ["ip", "netns", "exec", "t1-host-1", "ssh", "-i", str(ident),
                              "-o", "StrictHostKeyChecking=no", "-o",
-                             "UserKnownHostsFile=/dev/null", "--", "root@10.0.0.9", "ls", "-la"])]
+                             "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "--", "root@10.0.0.9", "ls", "-la"])]
     # --dry-run prints the same command instead of running it
     r = runner.invoke(app, ["ssh", "-i", str(ident), "--dry-run", "i-1", "hostname"], obj=st,
                       env={"KUMO_API_KEY": "secret"})

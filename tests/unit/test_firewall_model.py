@@ -112,3 +112,15 @@ def test_host_firewall_parse_from_json_like_data():
     })
     assert fw.ports[0].mac == "02:aa:00:00:00:01"
     assert fw.groups[G1].members == frozenset({IPv4Address("10.0.0.5")})
+
+
+def test_tap_prefix_is_validated_and_ports_must_use_it():
+    fw = basic()
+    assert HostFirewall(fw.ports, fw.groups, tap_prefix="tap").tap_prefix == "tap"
+    for bad in ("", "tap*", "t p", "a" * 9):
+        with pytest.raises(FirewallInputError) as exc:
+            HostFirewall(fw.ports, fw.groups, tap_prefix=bad)
+        assert exc.value.code == "InvalidParameterValue"
+    with pytest.raises(FirewallInputError) as exc:
+        HostFirewall(fw.ports, fw.groups, tap_prefix="vnet")
+    assert exc.value.field == "tap"

@@ -1,0 +1,186 @@
+"""VPCs: create (CIDR /16../28, a main route table with its local route, a unique VNI), describe,
+delete (refused while anything still lives in it), the account's default VPC, and the ownership
+check every VPC-networking service shares.
+
+Default VPC: created lazily, the first time an account touches VPC networking (any list or
+describe of VPCs or subnets, or a create that needs it), like EC2's default VPC: 172.31.0.0/16,
+one default subnet 172.31.0.0/20 that maps public IPs on launch, an attached internet gateway and
+a main route table sending 0.0.0.0/0 to it. A marker row per account makes this happen once: a
+deleted default VPC is not re-created behind the user's back.
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+from typing import TypeVar
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from controller.db import Database
+from controller.errors import Conflict, NotFound
+from controller.events import record
+from controller.ids import new_id, utcnow
+from controller.models import (DefaultVpcMarker, InternetGateway, NatGateway, Route, RouteTable,
+                               RouteTableAssociation, Subnet, Vpc)
+from controller.models.vpc import VpcPublic
+from controller.services import ipam
+
+NOT_FOUND = "InvalidVpcID.NotFound"
+DEFAULT_CIDR = "172.31.0.0/16"
+DEFAULT_SUBNET_CIDR = "172.31.0.0/20"
+MIN_VNI = 1  # agent/network/names.py: 0 is not a valid VXLAN id
+T = TypeVar("T")
+
+
+def dependency(message: str) -> Conflict:
+    return Conflict(message, code="DependencyViolation")
+
+
+def owned(s: Session, caller, model: type[T], resource_id: str, code: str, what: str) -> T:
+    """The row, if the caller may see it (its own, or any for admins); else `code` (404)."""
+    row = s.get(model, resource_id) if resource_id else None
+    if row is None or (row.account_id != caller.account_id and not caller.is_admin):
+        raise NotFound(f"{what} {resource_id!r} not found", code=code)
+    return row
+
+
+def scoped(q, model, caller):
+    return q if caller.is_admin else q.where(model.account_id == caller.account_id)
+
+
+def _next_vni(s: Session) -> int:
+    top = s.exec(select(func.max(Vpc.vni))).one()
+    return max(MIN_VNI, (top or 0) + 1)
+
+
+def _insert_vpc(s: Session, account_id: str, net: IPv4Network, *, is_default: bool,
+                reason: str) -> tuple[Vpc, RouteTable]:
+    now = utcnow()
+    for _ in range(16):
+        vpc = Vpc(vpc_id=new_id("vpc"), account_id=account_id, cidr_block=str(net),
+                  is_default=is_default, vni=_next_vni(s), created_at=now)
+        try:
+            with s.begin_nested():
+                s.add(vpc)
+                s.flush()
+            break
+        except IntegrityError:
+            continue  # a concurrent create took this VNI; take the next one
+    else:
+        raise Conflict("could not allocate a VNI, retry", code="ConcurrentModification",
+                       retryable=True)
+    rtb = RouteTable(route_table_id=new_id("rtb"), account_id=account_id, vpc_id=vpc.vpc_id,
+                     main=True, created_at=now)
+    s.add(rtb)
+    s.flush()
+    s.add(Route(route_table_id=rtb.route_table_id, destination_cidr_block=str(net), target="local"))
+    record(s, "vpc", vpc.vpc_id, account_id, None, "available", reason)
+    record(s, "route-table", rtb.route_table_id, account_id, None, "available",
+           f"main route table of {vpc.vpc_id}")
+    return vpc, rtb
+
+
+def create(db: Database, caller, cidr_block: str) -> Vpc:
+    net = ipam.parse_cidr(cidr_block, range_code="InvalidVpc.Range", what="VPC")
+    ensure_default(db, caller.account_id)
+    with db.session() as s:
+        vpc, _ = _insert_vpc(s, caller.account_id, net, is_default=False, reason="created")
+    return vpc
+
+
+def ensure_default(db: Database, account_id: str) -> None:
+    """Create the account's default VPC the first time (see the module docstring)."""
+    with db.session() as s:
+        if s.get(DefaultVpcMarker, account_id) is not None:
+            return
+    try:
+        with db.session() as s:
+            if s.get(DefaultVpcMarker, account_id) is not None:
+                return
+            now = utcnow()
+            vpc, rtb = _insert_vpc(s, account_id, IPv4Network(DEFAULT_CIDR), is_default=True,
+                                   reason="default VPC")
+            s.add(DefaultVpcMarker(account_id=account_id, vpc_id=vpc.vpc_id, created_at=now))
+            subnet = Subnet(subnet_id=new_id("subnet"), account_id=account_id, vpc_id=vpc.vpc_id,
+                            cidr_block=DEFAULT_SUBNET_CIDR, default_for_az=True,
+                            map_public_ip_on_launch=True, created_at=now)
+            igw = InternetGateway(internet_gateway_id=new_id("igw"), account_id=account_id,
+                                  vpc_id=vpc.vpc_id, created_at=now)
+            s.add(subnet)
+            s.add(igw)
+            s.flush()
+            s.add(Route(route_table_id=rtb.route_table_id, destination_cidr_block="0.0.0.0/0",
+                        target=igw.internet_gateway_id))
+            record(s, "subnet", subnet.subnet_id, account_id, None, "available", "default subnet")
+            record(s, "internet-gateway", igw.internet_gateway_id, account_id, None, "attached",
+                   f"default VPC {vpc.vpc_id}")
+            s.flush()
+    except IntegrityError:
+        return  # a concurrent request created it (the marker's primary key decided)
+
+
+def get(s: Session, caller, vpc_id: str) -> Vpc:
+    return owned(s, caller, Vpc, vpc_id, NOT_FOUND, "VPC")
+
+
+def list_vpcs(s: Session, caller) -> list[Vpc]:
+    return list(s.exec(scoped(select(Vpc), Vpc, caller).order_by(Vpc.created_at, Vpc.vpc_id)))
+
+
+def main_table(s: Session, vpc_id: str) -> RouteTable | None:
+    return s.exec(select(RouteTable).where(RouteTable.vpc_id == vpc_id,
+                                           RouteTable.main == True)).first()  # noqa: E712
+
+
+def attached_igw(s: Session, vpc_id: str) -> InternetGateway | None:
+    return s.exec(select(InternetGateway).where(InternetGateway.vpc_id == vpc_id)).first()
+
+
+def to_public(s: Session, vpc: Vpc) -> VpcPublic:
+    main = main_table(s, vpc.vpc_id)
+    igw = attached_igw(s, vpc.vpc_id)
+    return VpcPublic(vpc_id=vpc.vpc_id, account_id=vpc.account_id, cidr_block=vpc.cidr_block,
+                     state="available", is_default=vpc.is_default,
+                     main_route_table_id=main.route_table_id if main else None,
+                     internet_gateway_id=igw.internet_gateway_id if igw else None,
+                     created_at=vpc.created_at)
+
+
+def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
+    with db.session() as s:
+        vpc = get(s, caller, vpc_id)
+        reasons = []
+        subnets = list(s.exec(select(Subnet.subnet_id).where(Subnet.vpc_id == vpc_id)))
+        if subnets:
+            reasons.append(f"subnets {', '.join(sorted(subnets))}")
+        igw = attached_igw(s, vpc_id)
+        if igw is not None:
+            reasons.append(f"internet gateway {igw.internet_gateway_id} attached")
+        tables = list(s.exec(select(RouteTable.route_table_id).where(
+            RouteTable.vpc_id == vpc_id, RouteTable.main == False)))  # noqa: E712
+        if tables:
+            reasons.append(f"route tables {', '.join(sorted(tables))}")
+        nats = list(s.exec(select(NatGateway.nat_gateway_id).where(
+            NatGateway.vpc_id == vpc_id, NatGateway.state != "deleted")))
+        if nats:
+            reasons.append(f"NAT gateways {', '.join(sorted(nats))}")
+        if reasons:
+            raise dependency(f"VPC {vpc_id} has dependencies and cannot be deleted: "
+                             + "; ".join(reasons))
+        out = to_public(s, vpc)
+        out.state = "deleted"
+        for rtb in s.exec(select(RouteTable).where(RouteTable.vpc_id == vpc_id)).all():
+            for row in s.exec(select(Route).where(Route.route_table_id == rtb.route_table_id)):
+                s.delete(row)
+            for row in s.exec(select(RouteTableAssociation).where(
+                    RouteTableAssociation.route_table_id == rtb.route_table_id)):
+                s.delete(row)
+            s.flush()
+            s.delete(rtb)
+            record(s, "route-table", rtb.route_table_id, vpc.account_id, "available", "deleted",
+                   f"VPC {vpc_id} deleted")
+        s.flush()
+        s.delete(vpc)
+        record(s, "vpc", vpc_id, vpc.account_id, "available", "deleted", "deleted")
+    return out
