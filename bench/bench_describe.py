@@ -92,8 +92,10 @@ def populate(state_dir: Path, n: int) -> tuple[str, str]:
 
 def breakdown(state_dir: Path, key: str, limit: int, offset: int, reps: int) -> dict[str, float]:
     """In-process median times of the parts of one list request (no HTTP)."""
+    from sqlmodel import select
+
     from controller.app import close_app, create_app
-    from controller.models import InstancePublic
+    from controller.models import Instance, InstancePublic
     from controller.services import accounts, instances
     from controller.services.instances import to_public
     from controller.settings import Settings
@@ -102,14 +104,21 @@ def breakdown(state_dir: Path, key: str, limit: int, offset: int, reps: int) -> 
                                    "to_public + JSON of the page": []}
     try:
         db = app.state.kumo.db
+        account_id = accounts.authenticate(db, key).account_id
+        with db.session() as s:
+            prev = s.exec(select(Instance).where(Instance.account_id == account_id)
+                          .order_by(Instance.created_at, Instance.instance_id)
+                          .offset(offset - 1).limit(1)).one()
+            after = (prev.created_at, prev.instance_id)
         for _ in range(reps):
             t = time.perf_counter()
             caller = accounts.authenticate(db, key)
             out["authenticate"].append(time.perf_counter() - t)
             t = time.perf_counter()
             with db.session() as s:
+                # Keyset pages: the page at `offset` starts after the key of the row before it.
                 rows = instances.list_instances(s, caller, states=[], ids=[], tags={},
-                                                offset=offset, limit=limit + 1)
+                                                after=after, limit=limit + 1)
             out["service list_instances (ORM)"].append(time.perf_counter() - t)
             t = time.perf_counter()
             items = [to_public(r) for r in rows[:limit]]

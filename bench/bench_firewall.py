@@ -11,7 +11,7 @@ in count and time. Needs root.
    set-based ruleset at 10 and 10,000 rules, and the same rules as an iptables-style linear chain
    (one nft rule per rule, evaluated in order) as the same-run baseline.
 
-    .venv/bin/python bench/bench_firewall.py [--rounds 3] [--seconds 1.5] [--quick]
+    .venv/bin/python bench/bench_firewall.py [--rounds 3] [--seconds 1.5] [--quick] [--ranged]
 """
 from __future__ import annotations
 
@@ -140,9 +140,17 @@ def control_plane(bed: FirewallBed, reps: int) -> None:
 
 
 # --- 2. dataplane ----------------------------------------------------------------------------
+RANGED = False  # --ranged: filler rules are /30 x 2-port ranges (interval set) instead of exact
+
+
 def sg_firewall(bed: FirewallBed, n_rules: int) -> HostFirewall:
     client, server = bed.guests
-    filler = many_rules(max(0, n_rules - 3), 0).groups[G1].rules[:max(0, n_rules - 3)]
+    n = max(0, n_rules - 3)
+    if RANGED:
+        filler = tuple(rule(i + 1, "ingress", "tcp", f"172.{16 + i // 16384}.{(i // 64) % 256}.{(i % 64) * 4}/30",
+                            from_port=10000 + 2 * (i % 20000), to_port=10001 + 2 * (i % 20000)) for i in range(n))
+    else:
+        filler = many_rules(n, 0).groups[G1].rules[:n]
     rules = filler + (rule(800001, "ingress", "tcp", f"{client.ipv4}/32", from_port=5001, to_port=5002),
                       rule(800002, "ingress", "udp", f"{client.ipv4}/32", from_port=5004, to_port=5004),
                       rule(800003, "egress", "all", "0.0.0.0/0"))
@@ -236,7 +244,8 @@ def dataplane(bed: FirewallBed, rounds: int, secs: float, sizes: tuple[int, int]
         nft.load(empty_document())
         nft.close()
     print(f"dataplane: client -> server via bridge + br_netfilter, {rounds} interleaved rounds x {secs}s per "
-          "metric; best of the rounds (median in brackets)")
+          f"metric; filler rules {'ranged (/30, 2 ports)' if RANGED else 'exact (/32, 1 port)'}; best of the "
+          "rounds (median in brackets)")
     med, best = {}, {}
     for name, rows in results.items():
         med[name] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
@@ -266,7 +275,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--reps", type=int, default=10, help="control-plane repetitions")
     ap.add_argument("--quick", action="store_true", help="1 round, 0.5 s, 1,000 rules (smoke test)")
+    ap.add_argument("--ranged", action="store_true",
+                    help="dataplane filler rules are /30 CIDRs with 2-port ranges (the interval set) "
+                         "instead of one address + one port (the hash set)")
     args = ap.parse_args()
+    global RANGED
+    RANGED = args.ranged
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     sizes = (10, 10_000)

@@ -6,6 +6,11 @@ instances; push desired specs whose generation the agent has not acknowledged; d
 shutting-down instances (and orphans agents report); fold each answer into the instance. Work is
 per object: one failure is logged and never stops the loop (nova's _sync_power_states habit).
 Agent calls happen outside database transactions.
+
+The loop runs a tick every `reconcile_interval_s` and also as soon as `wake()` is called (the API
+does after committing a launch/start/stop/reboot/terminate/modify), so a new spec reaches its
+agent without waiting for the next tick; wake-ups during a tick coalesce into one more tick. The
+periodic tick stays the level-triggered safety net. Ticks only load the rows that need work.
 """
 from __future__ import annotations
 
@@ -55,6 +60,19 @@ class Reconciler:
         # (failures, not before). A new generation or action starts afresh.
         self._backoff: dict[tuple, tuple[int, float]] = {}
         self._backoff_lock = threading.Lock()
+        # Set by run_forever: the loop's event loop and the event wake() sets from any thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        """Run a tick now (thread-safe; a no-op when the background loop is not running)."""
+        loop, event = self._loop, self._wakeup
+        if loop is None or event is None:
+            return
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop has closed
+            pass
 
     def note_orphans(self, host_id: str, instance_ids: set[str]) -> None:
         if instance_ids:
@@ -120,7 +138,12 @@ class Reconciler:
         url = self.settings.resolved_agent_facing_url()
         with self.db.session() as s:
             host_map = {h.host_id: h for h in s.exec(select(Host))}
-            q = select(Instance).where(Instance.state != "terminated")
+            # Only rows with work: an unacknowledged spec, or a domain to delete. (Deadlines and
+            # the purge select their own rows; host liveness is per host.)
+            q = select(Instance).where(
+                Instance.state != "terminated",
+                or_(Instance.state == "shutting-down",
+                    Instance.generation != Instance.acked_generation))
             for inst in s.exec(q):
                 host = host_map.get(inst.host_id) if inst.host_id else None
                 if inst.state == "shutting-down":
@@ -226,12 +249,23 @@ class Reconciler:
     # -- background loop --------------------------------------------------------------------
     async def run_forever(self) -> None:
         interval = self.settings.reconcile_interval_s
-        while True:
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception:
-                log.exception("reconciler tick failed")
-            await asyncio.sleep(interval)
+        self._wakeup = event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        try:
+            while True:
+                # Cleared before the tick: a wake-up during it (a commit this tick's queries may
+                # have missed) runs one more tick right after; a burst of them coalesces.
+                event.clear()
+                try:
+                    await asyncio.to_thread(self.tick)
+                except Exception:
+                    log.exception("reconciler tick failed")
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+        finally:
+            self._loop = self._wakeup = None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -6,13 +6,21 @@ otherwise, as the agent in production) and the apply policy:
 
 - ``setup(fw)`` replaces both ``kumo`` tables in ONE transaction (``nft -j -f -``): the kernel swaps
   the old ruleset for the new one at commit, so there is no moment without protection.
-- ``update(fw)`` renders again; when only set elements differ from what was last applied (rule
-  added or removed, group membership changed) it sends just ``delete element`` / ``add element``
-  commands, again in one transaction; otherwise it falls back to ``setup``.
+- ``update(fw)`` renders again; when only set elements differ from what was last applied (rules,
+  members, ports joining or leaving with groups already in use) it sends just ``delete element`` /
+  ``add element`` commands, again in one transaction; otherwise it falls back to ``setup``.
+- ``update_group(group)`` re-renders one group's sets only; ``change_rules(group_id, add, remove)``
+  adds or deletes the one element of a CIDR rule that overlaps no other rule without rendering
+  anything (the < 10 ms paths; everything else falls back to the broader path).
+- Backends: ``Nft`` (the CLI, per call) here, ``libnft.LibNft`` (libnftables in process, no
+  fork+exec; what the agent should use) with the same two methods.
 - ``clear()`` removes both tables (and succeeds when they are already gone); pair it with setup.
 - ``verify()`` reads the ruleset back (``nft -j list ruleset``) and compares a structural
   fingerprint (base chains, rule count per chain, element count per set/map) with the last
   applied render; ``ensure()`` re-applies on drift (e.g. someone ran ``nft flush table``).
+
+Agent restart: start with ``setup(fw)`` (it replaces whatever is loaded in one transaction), never
+with ``clear()``, so a restarting agent opens nothing.
 
 Established connections when a rule is removed: like EC2, tracked flows are kept. The forward
 chain accepts ``ct state established,related`` before any rule lookup and the conntrack entries
@@ -24,15 +32,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-
-from dataclasses import replace
 
 from agent.firewall.intervals import intersects
 from agent.firewall.model import HostFirewall, Rule, SecurityGroup
 from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, element_command, element_index, element_key,
-                                   empty_document, group_peers, group_sets, render, rule_boxes, set_element)
+                                   empty_document, group_peers, group_sets, is_exact, render, rule_boxes,
+                                   set_element)
 
 
 class FirewallApplyError(Exception):
@@ -209,7 +216,7 @@ class FirewallApplier:
             return self.update(new_fw)
         wanted: dict[tuple[str, str], dict[str, Any]] = {}
         if used and prev.rules != group.rules:
-            for name, (_typ, elems) in group_sets(group).items():
+            for name, (_typ, elems, _interval) in group_sets(group).items():
                 wanted[("inet", name)] = element_index(elems)
         member_key = ("inet", f"m-{group.group_id}")
         if member_key in old.elements and prev.members != group.members:
@@ -249,17 +256,18 @@ class FirewallApplier:
             return self.update_group(new_group)
         r = changed[0]
         kind = {"tcp": "l4", "udp": "l4", "icmp": "icmp", "all": "any"}[r.protocol]
-        key = ("inet", f"{group_id}-{DIRS[r.direction]}-net-{kind}")
-        boxes = self._boxes.get(key)
-        if boxes is None:  # rule boxes of this set, kept up to date from here on
+        index = ("inet", f"{group_id}-{DIRS[r.direction]}-net-{kind}")
+        boxes = self._boxes.get(index)
+        if boxes is None:  # rule boxes of this kind (exact and ranged), kept up to date from here on
             same = [o for o in group.rules if o.direction == r.direction and o.cidr is not None]
-            boxes = self._boxes[key] = {o.rule_id: b for o in same
-                                        for b in rule_boxes([o], with_addr=True)[kind]}
+            boxes = self._boxes[index] = {o.rule_id: b for o in same
+                                          for b in rule_boxes([o], with_addr=True)[kind]}
         box = rule_boxes([r], with_addr=True)[kind][0]
+        key = ("inet", index[1] + "x") if kind == "l4" and is_exact(box) else index
         (blo, bhi) = box[0]
         near = [o for rid, o in boxes.items() if rid != r.rule_id and o[0][0] <= bhi and blo <= o[0][1]]
         if any(intersects(box, o) for o in near):
-            self._boxes.pop(key, None)
+            self._boxes.pop(index, None)
             return self.update_group(new_group)
         new_fw = fw.with_group(new_group)  # validate before nft
         elem = set_element(box, CIDR_SETS[f"net-{kind}"][1])

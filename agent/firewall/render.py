@@ -20,8 +20,9 @@ the inet hooks with conntrack. Hence
   the number of ports.
 
 Ports with the same security groups share one chain per direction (``in-<groups>``,
-``out-<groups>``). The chain holds, for each of its groups (at most 5): three lookups in the
-group's CIDR sets (``addr . l4proto . dport``, ``addr . icmp type . code``, ``addr``) and three per
+``out-<groups>``). The chain holds, for each of its groups (at most 5): four lookups in the
+group's CIDR sets (``addr . l4proto . dport`` twice: a hash set for exact rules, one address and
+one port, and an interval set for the rest; ``addr . icmp type . code``; ``addr``) and three per
 peer group (member set ``m-<sg>`` then ``l4proto . dport`` / ``type . code`` / ``l4proto``). So a
 packet's cost grows with groups and peer groups, not with rules. Egress chains ``return`` on a
 match (so the destination port's ingress chain still runs); ingress chains ``accept``; both end
@@ -107,6 +108,9 @@ def _net_iv(net: IPv4Network) -> tuple[int, int]:
 # --- set kinds ------------------------------------------------------------------------------
 # name suffix -> (nft type, dimension kinds)
 CIDR_SETS = {
+    # exact rules (one address, one port) live in a hash set: O(1) whatever their number; the
+    # rest in the interval (pipapo) set, whose lookup bitmaps grow with its element count
+    "net-l4x": (["ipv4_addr", "inet_proto", "inet_service"], ("addr", "num", "num")),
     "net-l4": (["ipv4_addr", "inet_proto", "inet_service"], ("addr", "num", "num")),
     "net-icmp": (["ipv4_addr", "icmp_type", "icmp_code"], ("addr", "num", "num")),
     "net-any": ("ipv4_addr", ("addr",)),
@@ -138,20 +142,27 @@ def group_peers(group: SecurityGroup, direction: str) -> list[str]:
     return sorted({r.peer_group for r in group.rules if r.direction == direction and r.peer_group})
 
 
-def group_sets(group: SecurityGroup) -> dict[str, tuple[Any, list[Any]]]:
-    """Set name -> (nft type, JSON elements) for one group's rules, both directions."""
-    out: dict[str, tuple[Any, list[Any]]] = {}
+def is_exact(box: Box) -> bool:
+    return all(lo == hi for lo, hi in box)
+
+
+def group_sets(group: SecurityGroup) -> dict[str, tuple[Any, list[Any], bool]]:
+    """Set name -> (nft type, JSON elements, interval flag) for one group's rules, both directions."""
+    out: dict[str, tuple[Any, list[Any], bool]] = {}
     for direction, d in DIRS.items():
         rules = [r for r in group.rules if r.direction == direction]
         cidr = rule_boxes([r for r in rules if r.cidr is not None], with_addr=True)
+        l4 = canonical(cidr["l4"])
+        parts = {"net-l4x": [b for b in l4 if is_exact(b)], "net-l4": [b for b in l4 if not is_exact(b)],
+                 "net-icmp": canonical(cidr["icmp"]), "net-any": canonical(cidr["any"])}
         for kind, (typ, kinds) in CIDR_SETS.items():
-            out[f"{group.group_id}-{d}-{kind}"] = (typ, [set_element(b, kinds) for b in
-                                                        canonical(cidr[kind.split("-")[1]])])
+            out[f"{group.group_id}-{d}-{kind}"] = (typ, [set_element(b, kinds) for b in parts[kind]],
+                                                   kind != "net-l4x")
         for peer in group_peers(group, direction):
             boxes = rule_boxes([r for r in rules if r.peer_group == peer], with_addr=False)
             for kind, (typ, kinds) in PEER_SETS.items():
                 out[f"{group.group_id}-{d}-{peer}-{kind}"] = (typ, [set_element(b, kinds) for b in
-                                                                   canonical(boxes[kind])])
+                                                                   canonical(boxes[kind])], True)
     return out
 
 
@@ -163,6 +174,7 @@ def _lookups(group: SecurityGroup, direction: str, verdict: Json) -> list[list[J
     l4 = _cat(_meta("l4proto"), _payload("th", "dport"))
     icmp = _cat(_payload("icmp", "type"), _payload("icmp", "code"))
     exprs = [
+        [_match(_cat(addr, _meta("l4proto"), _payload("th", "dport")), f"@{g}-{d}-net-l4x"), verdict],
         [_match(_cat(addr, _meta("l4proto"), _payload("th", "dport")), f"@{g}-{d}-net-l4"), verdict],
         [_match(_meta("l4proto"), "icmp"),
          _match(_cat(addr, _payload("icmp", "type"), _payload("icmp", "code")), f"@{g}-{d}-net-icmp"),
@@ -336,8 +348,8 @@ def render(fw: HostFirewall) -> Rendered:
         b.set("inet", f"m-{gid}", "ipv4_addr", [str(a) for a in sorted(fw.groups[gid].members)],
               interval=False)
     for gid in used:
-        for name, (typ, elems) in group_sets(fw.groups[gid]).items():
-            b.set("inet", name, typ, elems)
+        for name, (typ, elems, interval) in group_sets(fw.groups[gid]).items():
+            b.set("inet", name, typ, elems, interval=interval)
     b.set("inet", "egress", ["ifname", "ipv4_addr"],
           [[_cat(p.bridge, str(p.ipv4)), jump(f"out-{combo_name(p.group_ids)}")] for p in ports],
           interval=False, vmap=True)

@@ -1,18 +1,20 @@
-"""/v1/instances: run, list (filters state, tag:K=V, instance_id), describe, actions, modify,
-console, status."""
+"""/v1/instances: run, list (filters state, tag:K=V, instance_id; keyset pages), describe,
+actions, modify, console, status. Every mutation wakes the reconciler once the service's
+transaction has committed, so its spec reaches the agent at once."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from controller.agents import AgentError
-from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.api.deps import Ctx, CurrentCaller, Page
 from controller.errors import KumoError
 from controller.ids import utcnow
 from controller.models import (Host, InstancePublic, InstanceStatusPublic, ModifyInstanceRequest,
                                RunInstancesRequest, RunInstancesResponse)
-from controller.services import instances
+from controller.services import instances, pagination
 from controller.services.instances import to_public
-from controller.services.pagination import page
 
 router = APIRouter(tags=["instances"])
 
@@ -20,19 +22,25 @@ router = APIRouter(tags=["instances"])
 @router.post("/instances", status_code=201, response_model=RunInstancesResponse)
 def run_instances(body: RunInstancesRequest, ctx: Ctx, caller: CurrentCaller):
     rid, rows = instances.run(ctx.db, ctx.settings, caller, body)
+    ctx.reconciler.wake()  # committed: push the specs now, not on the next periodic tick
     return RunInstancesResponse(reservation_id=rid, instances=[to_public(i) for i in rows])
 
 
 @router.get("/instances", response_model=Page[InstancePublic])
-def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller, p: Paging):
+def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller,
+                   max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   next_token: Annotated[str | None, Query(max_length=128)] = None):
+    # Keyset paging (not deps.Paging's offsets): an account can hold tens of thousands.
+    after = pagination.decode_key(next_token)
     qp = request.query_params
     tags = {k[4:]: v for k, v in qp.multi_items() if k.startswith("tag:")}
     states = [v for s in qp.getlist("state") for v in s.split(",") if v]
     ids = [v for s in qp.getlist("instance_id") for v in s.split(",") if v]
     with ctx.db.session() as s:
         rows = instances.list_instances(s, caller, states=states, ids=ids, tags=tags,
-                                        offset=p.offset, limit=p.limit + 1)
-    items, token = page(rows, p.offset, p.limit)
+                                        limit=max_results + 1, after=after)
+    items, token = pagination.keyset_page(rows, max_results,
+                                          lambda i: (i.created_at, i.instance_id))
     return Page(items=[to_public(i) for i in items], next_token=token)
 
 
@@ -44,29 +52,38 @@ def get_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
 
 @router.post("/instances/{instance_id}/stop", response_model=InstancePublic)
 def stop_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller, force: bool = False):
-    return to_public(instances.stop(ctx.db, ctx.settings, caller, instance_id, force))
+    inst = instances.stop(ctx.db, ctx.settings, caller, instance_id, force)
+    ctx.reconciler.wake()
+    return to_public(inst)
 
 
 @router.post("/instances/{instance_id}/start", response_model=InstancePublic)
 def start_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
-    return to_public(instances.start(ctx.db, ctx.settings, caller, instance_id))
+    inst = instances.start(ctx.db, ctx.settings, caller, instance_id)
+    ctx.reconciler.wake()
+    return to_public(inst)
 
 
 @router.post("/instances/{instance_id}/reboot", response_model=InstancePublic)
 def reboot_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
-    return to_public(instances.reboot(ctx.db, ctx.settings, caller, instance_id))
+    inst = instances.reboot(ctx.db, ctx.settings, caller, instance_id)
+    ctx.reconciler.wake()
+    return to_public(inst)
 
 
 @router.post("/instances/{instance_id}/terminate", response_model=InstancePublic)
 def terminate_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
-    return to_public(instances.terminate(ctx.db, ctx.settings, caller, instance_id))
+    inst = instances.terminate(ctx.db, ctx.settings, caller, instance_id)
+    ctx.reconciler.wake()
+    return to_public(inst)
 
 
 @router.patch("/instances/{instance_id}", response_model=InstancePublic)
 def modify_instance(instance_id: str, body: ModifyInstanceRequest, ctx: Ctx,
                     caller: CurrentCaller):
-    return to_public(instances.modify(ctx.db, ctx.settings, caller, instance_id,
-                                      body.instance_type))
+    inst = instances.modify(ctx.db, ctx.settings, caller, instance_id, body.instance_type)
+    ctx.reconciler.wake()
+    return to_public(inst)
 
 
 @router.get("/instances/{instance_id}/console")

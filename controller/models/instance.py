@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 from pydantic import Field as PField
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
@@ -79,6 +79,9 @@ class InstanceStatusPublic(BaseModel):
 
 
 class Instance(InstanceBase, table=True):
+    # Describe pages walk an account in (created_at, instance_id) order from a keyset token.
+    __table_args__ = (Index("ix_instance_account_created", "account_id", "created_at",
+                            "instance_id"),)
     account_id: str = Field(foreign_key="account.account_id", index=True, max_length=32)
     state_reason_code: str | None = Field(default=None, max_length=64)
     state_reason_message: str | None = Field(default=None, max_length=1024)

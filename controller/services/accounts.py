@@ -70,7 +70,10 @@ def bootstrap_admin(db: Database, state_dir: Path) -> None:
     with db.session() as s:
         if s.exec(select(Account).where(Account.name == "admin")).first():
             return
-    _, key = create(db, "admin", is_admin=True)
+    try:
+        _, key = create(db, "admin", is_admin=True)
+    except Conflict:
+        return  # another controller process sharing the database created it just now
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "admin.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

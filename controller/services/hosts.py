@@ -64,6 +64,12 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
     if info.contract != CONTRACT_VERSION:
         raise InvalidParameter(f"agent speaks contract {info.contract!r}; this controller "
                                f"speaks {CONTRACT_VERSION!r}", code="UnsupportedContract")
+    # The contract leaves these unbounded, the columns are not: PostgreSQL refuses longer
+    # values with a DataError (a 500), SQLite would silently store them.
+    for field in ("architecture", "agent_url"):
+        limit = Host.__table__.c[field].type.length
+        if len(getattr(info, field)) > limit:
+            raise InvalidParameter(f"host {field} is longer than {limit} characters")
     with db.session() as s:
         host = s.get(Host, info.host_id)
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,

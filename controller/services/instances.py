@@ -11,8 +11,9 @@ import json
 import math
 import threading
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -32,8 +33,9 @@ NOT_FOUND = "InvalidInstanceID.NotFound"
 MAX_USER_DATA = 16 * 1024
 MAX_TAGS = 50
 
-# Placement decisions are serialised in-process; SQLite's BEGIN IMMEDIATE serialises across
-# processes. (PostgreSQL will need SELECT ... FOR UPDATE on the hosts.)
+# Placement decisions are serialised in-process; across processes SQLite's BEGIN IMMEDIATE, and
+# on PostgreSQL the engine's advisory lock plus SELECT ... FOR UPDATE on the hosts (db.py,
+# capacity.host_states).
 _placement_lock = threading.Lock()
 
 
@@ -186,7 +188,13 @@ def get(s: Session, caller, instance_id: str) -> Instance:
 
 
 def list_instances(s: Session, caller, *, states: list[str], ids: list[str],
-                   tags: dict[str, str], offset: int, limit: int) -> list[Instance]:
+                   tags: dict[str, str], limit: int,
+                   after: tuple[datetime, str] | None = None) -> list[Instance]:
+    """Up to `limit` instances in (created_at, instance_id) order, starting strictly after the
+    key `after` (keyset pagination: index (account_id, created_at, instance_id)). Every filter
+    runs in SQL; tags through the JSON column (json_extract / ->>)."""
+    if any(not TAG_KEY_RE.match(k) for k in tags):
+        return []  # no instance can carry such a key (and it never reaches a JSON path)
     q = select(Instance)
     if not caller.is_admin:
         q = q.where(Instance.account_id == caller.account_id)
@@ -194,10 +202,14 @@ def list_instances(s: Session, caller, *, states: list[str], ids: list[str],
         q = q.where(Instance.state.in_(states))
     if ids:
         q = q.where(Instance.instance_id.in_(ids))
-    rows = list(s.exec(q.order_by(Instance.created_at, Instance.instance_id)))
-    if tags:
-        rows = [r for r in rows if all(r.tags.get(k) == v for k, v in tags.items())]
-    return rows[offset:offset + limit]
+    for k, v in tags.items():
+        q = q.where(Instance.tags[k].as_string() == v)
+    if after is not None:
+        # (created_at, instance_id) > after, spelled so the index serves the range on created_at.
+        created_at, iid = after
+        q = q.where(Instance.created_at >= created_at,
+                    or_(Instance.created_at > created_at, Instance.instance_id > iid))
+    return list(s.exec(q.order_by(Instance.created_at, Instance.instance_id).limit(limit)))
 
 
 def stop(db: Database, settings: Settings, caller, instance_id: str, force: bool = False):

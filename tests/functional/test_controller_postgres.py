@@ -1,16 +1,20 @@
 """The controller on PostgreSQL (a throw-away server from tests/functional/pg.py, unix socket
-only): migrations to head on an empty database match the models, step-by-step upgrade keeps
-existing rows, and the controller's functional scenarios (tests/functional/test_controller_*.py)
-re-run unchanged against PostgreSQL through the fake-agent `Cloud` harness. Placement is also run
-without the in-process placement lock, as several controller processes would, to show that
-`SELECT ... FOR UPDATE` on the hosts alone keeps 50 concurrent launches against capacity for 10 at
-exactly 10, and that client-token duplicates still converge on one reservation.
+only, one fresh database per test):
+- migrations to head on an empty database match the models; 0001 -> head keeps existing rows;
+- every scenario of tests/functional/test_controller_{api,lifecycle,placement,hosts}.py re-runs
+  unchanged against PostgreSQL through the fake-agent `Cloud` harness (accounts and isolation,
+  launch/describe/stop/start/reboot/terminate, client tokens, 50 launches for 10 slots, ...);
+- concurrency as several controller processes would see it: placement without the in-process
+  lock (exactly 10 of 50 placed, duplicate client tokens -> one reservation), concurrent updates
+  of one instance lose nothing, concurrent host registrations get distinct network slices, the
+  hosts' FOR UPDATE alone orders a placement's usage sum after the previous placement, and four
+  controller processes starting together on one empty database all start.
 
-Skipped (with the reason) when the PostgreSQL server binaries or psycopg are missing."""
+Skipped (with the reason) when the PostgreSQL server binaries or psycopg are missing. Set
+KUMO_TEST_PG_ICU_LOCALE=en-US to run on databases with a linguistic collation instead of "C"."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 import threading
@@ -19,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.functional import (test_controller_api, test_controller_hosts,
-                              test_controller_lifecycle, test_controller_placement)
+                              test_controller_lifecycle, test_controller_placement,
+                              test_controller_with_agent)
 from tests.functional.fake_agent import Cloud
 from tests.functional.pg import PostgresServer, why_unavailable
+from tests.functional.test_controller_with_agent import procs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +48,8 @@ def pg_url(postgres) -> str:
 
 
 @contextlib.contextmanager
-def pg_cloud(tmp_path, url: str, **overrides):
+def _cloud(tmp_path, url: str | None, **overrides):
+    """A Cloud on `url` (None: the default SQLite file), closed at the end."""
     c = Cloud(tmp_path, database_url=url, **overrides)
     try:
         yield c
@@ -50,7 +57,7 @@ def pg_cloud(tmp_path, url: str, **overrides):
         c.close()
 
 
-# -- migrations -------------------------------------------------------------------------------------
+# -- migrations -----------------------------------------------------------------------------------
 
 def test_migrations_to_head_match_models(pg_url):
     """Same check as tests/unit/test_controller_units.py::test_migrations_match_models."""
@@ -123,7 +130,7 @@ def test_migrations_step_by_step_keep_rows(pg_url):
         db.dispose()
 
 
-# -- the functional scenarios, unchanged, on PostgreSQL -----------------------------------------------
+# -- the functional scenarios, unchanged, on PostgreSQL -------------------------------------------
 
 # How each source module's `cloud` fixture builds its Cloud (overrides, add host-1?).
 _FIXTURES = {
@@ -161,13 +168,23 @@ def test_scenario_on_postgres(mod, name, kwargs, pg_url, tmp_path, monkeypatch):
     # Scenarios that build their own Cloud(tmp_path, ...) get the PostgreSQL URL injected; a
     # scenario building two Clouds on one tmp_path shares one database, as it shares one SQLite
     # file today.
-    monkeypatch.setattr(mod, "Cloud", functools.partial(Cloud, database_url=pg_url))
-    params = inspect.signature(fn).parameters
+    made: list[Cloud] = []
+
+    def cloud_on_pg(*args, **overrides):
+        made.append(Cloud(*args, **{"database_url": pg_url, **overrides}))
+        return made[-1]
+
+    monkeypatch.setattr(mod, "Cloud", cloud_on_pg)
+    params = set(inspect.signature(fn).parameters) - set(kwargs)
     if "cloud" not in params:
+        assert params == {"tmp_path"}, f"{name}: teach this runner about {params}"
         fn(tmp_path, **kwargs)
+        # Guard against a scenario that built its Cloud some other way (silently on SQLite).
+        assert made and {c.app.state.kumo.db.engine.dialect.name for c in made} == {"postgresql"}
         return
+    assert params == {"cloud"}, f"{name}: teach this runner about {params}"
     overrides, with_host = _FIXTURES[mod]
-    with pg_cloud(tmp_path, pg_url, **overrides) as cloud:
+    with _cloud(tmp_path, pg_url, **overrides) as cloud:
         assert cloud.app.state.kumo.db.engine.dialect.name == "postgresql"
         cloud.image()
         if with_host:
@@ -175,7 +192,29 @@ def test_scenario_on_postgres(mod, name, kwargs, pg_url, tmp_path, monkeypatch):
         fn(cloud, **kwargs)
 
 
-# -- placement without the in-process lock (= several controller processes) ----------------------------
+def test_controller_and_agent_processes_on_postgres(pg_url, tmp_path, request):
+    """test_controller_with_agent's end-to-end scenario (`python -m controller` and
+    `python -m agent` over unix sockets) with KUMO_DATABASE_URL pointing at PostgreSQL."""
+    procs = request.getfixturevalue("procs")
+
+    def start(env: dict, module: str, log):
+        if module == "controller":
+            env = {**env, "KUMO_DATABASE_URL": pg_url}
+        return procs(env, module, log)
+
+    test_controller_with_agent.test_controller_and_agent_processes(tmp_path, start)
+    assert not (tmp_path / "ctl" / "kumo.db").exists()  # no SQLite file: it ran on PostgreSQL
+    from sqlalchemy import create_engine, text
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            states = conn.execute(text("SELECT state FROM instance")).scalars().all()
+        assert states == ["terminated"]
+    finally:
+        engine.dispose()
+
+
+# -- placement without the in-process lock (= several controller processes) ---------------------
 
 class _NoLock:
     """Stands in for instances._placement_lock: nothing serialises launches but the database."""
@@ -192,7 +231,7 @@ def multi_process_cloud(pg_url, tmp_path, monkeypatch):
     from controller.services import instances
 
     monkeypatch.setattr(instances, "_placement_lock", _NoLock())
-    with pg_cloud(tmp_path, pg_url, cpu_overcommit=1.0) as c:
+    with _cloud(tmp_path, pg_url, cpu_overcommit=1.0) as c:
         c.image()
         yield c
 
@@ -266,7 +305,7 @@ def test_concurrent_mismatched_client_tokens_without_process_lock(multi_process_
     assert len(user.get("/v1/instances").json()["items"]) == 1
 
 
-# -- read-modify-write of one instance from concurrent requests ---------------------------------------
+# -- read-modify-write of one instance from concurrent requests ----------------------------------
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_reboots_lose_no_update(backend, request, tmp_path):
@@ -274,7 +313,7 @@ def test_concurrent_reboots_lose_no_update(backend, request, tmp_path):
     (no placement lock involved) must not overwrite each other's bumps (they did on PostgreSQL
     before controller/db.py serialised transactions: 2 of 20 survived)."""
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
-    with pg_cloud(tmp_path, url) as cloud:
+    with _cloud(tmp_path, url) as cloud:
         cloud.image()
         cloud.add_host("host-1")
         user = cloud.account("alice")
@@ -300,7 +339,7 @@ def test_concurrent_new_hosts_get_distinct_slices(pg_url, tmp_path):
     read-then-insert; racing inserts would hit the unique constraint and answer 500)."""
     from tests.functional.fake_agent import FakeAgent
 
-    with pg_cloud(tmp_path, pg_url) as cloud:
+    with _cloud(tmp_path, pg_url) as cloud:
         agents = [FakeAgent(f"host-{k}") for k in range(12)]
         for a in agents:
             cloud.agents[a.url] = a
@@ -325,7 +364,7 @@ def test_host_lock_alone_orders_usage_after_previous_placement(pg_url, tmp_path)
     from controller.models import Instance
     from controller.services.capacity import host_states
 
-    with pg_cloud(tmp_path, pg_url) as cloud:
+    with _cloud(tmp_path, pg_url) as cloud:
         cloud.add_host("host-1", vcpus=10, memory_mib=100000)
         user = cloud.account("alice")
         acct = user.get("/v1/account").json()["account_id"]
@@ -357,27 +396,80 @@ def test_host_lock_alone_orders_usage_after_previous_placement(pg_url, tmp_path)
         plain.dispose()
 
 
+_START_ONE = """
+import sys
+from pathlib import Path
+from controller.app import close_app, create_app
+from controller.settings import Settings
+import time
+print("ready", flush=True)
+go = Path(sys.argv[3])
+deadline = time.monotonic() + 60
+while not go.exists() and time.monotonic() < deadline:  # start together, imports done
+    time.sleep(0.005)
+app = create_app(Settings(state_dir=Path(sys.argv[1]), database_url=sys.argv[2],
+                          reconcile_interval_s=0))
+close_app(app)
+"""
+
+
 def test_controllers_starting_together_on_one_empty_database(pg_url, tmp_path):
-    """Several controller processes sharing one PostgreSQL database start at once: migrations,
-    the admin account and the instance-type seed each happen exactly once, and all start."""
+    """Several controller processes sharing one PostgreSQL database start at once on an empty
+    database: migrations, the admin account and the instance-type seed each happen exactly once,
+    and every process starts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from sqlmodel import func, select
 
-    from controller.app import close_app, create_app
+    from controller.db import Database
     from controller.models import Account, InstanceType
-    from controller.settings import Settings
 
-    n = 4
-    apps = _concurrently(n, lambda i: create_app(Settings(
-        state_dir=tmp_path / f"c{i}", database_url=pg_url, reconcile_interval_s=0)))
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUMO_")}
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _START_ONE, str(tmp_path / f"c{i}"),
+                               pg_url, str(go)], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    for p in procs:  # every interpreter has imported everything (or died: EOF)
+        p.stdout.readline()
+    go.touch()
+    outs = []
+    for p in procs:
+        try:
+            outs.append((p.wait(timeout=120), p.stdout.read()))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+    assert [rc for rc, _ in outs] == [0] * 4, "\n".join(out[-3000:] for _, out in outs)
+    assert len(list(tmp_path.glob("c*/admin.key"))) == 1  # by whichever created the admin
+    db = Database(pg_url)
     try:
-        keys = [p for p in tmp_path.glob("c*/admin.key")]
-        assert len(keys) == 1  # written by whichever process created the admin
-        db = apps[0].state.kumo.db
         with db.session() as s:
             assert s.exec(select(func.count()).select_from(Account)).one() == 1
-            assert s.exec(select(func.count()).select_from(InstanceType)).one() > 0
             names = list(s.exec(select(InstanceType.name)))
-        assert len(names) == len(set(names))
+        assert names and len(names) == len(set(names))
     finally:
-        for app in apps:
-            close_app(app)
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("field,value", [("architecture", "x" * 17),
+                                         ("agent_url", "http://h/" + "a" * 4096)])
+def test_oversized_host_fields_are_refused_cleanly(backend, field, value, request, tmp_path):
+    """Values longer than their column: a clear 400 on both backends (PostgreSQL used to raise
+    a DataError, a 500; SQLite stored them)."""
+    from tests.functional.fake_agent import FakeAgent
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    with _cloud(tmp_path, url) as cloud:
+        agent = FakeAgent("host-1")
+        agent.info = agent.info.model_copy(update={field: value})
+        r = cloud.agent_client.post("/v1/agent/heartbeat",
+                                    json=agent.heartbeat_request().model_dump(mode="json"))
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "InvalidParameterValue"
+        assert cloud.admin.get("/v1/hosts").json()["items"] == []

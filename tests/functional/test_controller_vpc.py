@@ -291,6 +291,16 @@ def test_account_isolation(cloud):
         f"/v1/route-tables/{bob_vpc['main_route_table_id']}/routes",
         json={"destination_cidr_block": "8.0.0.0/8", "gateway_id": igw}),
         404, "InvalidGatewayID.NotFound")
+    expect_refused(alice, lambda: bob.post(
+        f"/v1/route-tables/{bob_vpc['main_route_table_id']}/associations",
+        json={"subnet_id": sub["subnet_id"]}), 404, "InvalidSubnetID.NotFound")
+    expect_refused(alice, lambda: bob.post("/v1/route-tables", json={"vpc_id": vpc["vpc_id"]}),
+                   404, "InvalidVpcID.NotFound")
+    expect_refused(alice, lambda: bob.post(f"/v1/internet-gateways/{igw}/detach",
+                                           json={"vpc_id": vpc["vpc_id"]}),
+                   404, "InvalidInternetGatewayID.NotFound")
+    expect_refused(alice, lambda: bob.post(f"/v1/elastic-ips/{eip}/disassociate"), 404,
+                   "InvalidAllocationID.NotFound")
     assert not [e for e in items(bob, "events") if e["resource_id"] in alice_ids]
     # Admins see everyone's resources.
     admin_vpcs = {v["vpc_id"] for v in items(cloud.admin, "vpcs")}
@@ -323,3 +333,47 @@ def test_migration_0003_downgrades_and_upgrades(tmp_path):
         assert tables <= set(inspect(db.engine).get_table_names())
     finally:
         db.dispose()
+
+
+def test_cli_against_the_real_api(cloud):
+    """`kumo` networking commands end to end: the CLI's requests match the real routers."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from controller.cli.context import CliState
+    from controller.cli.main import app
+
+    key = ok(cloud.admin.post("/v1/accounts", json={"name": "carol"}), 201)["api_key"]
+
+    def kumo(*args: str):
+        st = CliState(client_factory=lambda url, api_key: cloud.client(api_key))
+        return CliRunner().invoke(app, ["-o", "json", *args], obj=st,
+                                  env={"KUMO_API_KEY": key, "KUMO_URL": "http://x"})
+
+    def run(*args: str) -> dict:
+        r = kumo(*args)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    vpc = run("vpcs", "create", "--cidr", "10.20.0.0/16")
+    sub = run("subnets", "create", "--vpc-id", vpc["vpc_id"], "--cidr", "10.20.1.0/24")
+    igw = run("igws", "create")
+    run("igws", "attach", igw["internet_gateway_id"], "--vpc-id", vpc["vpc_id"])
+    rtb = run("route-tables", "add-route", vpc["main_route_table_id"], "--destination",
+              "0.0.0.0/0", "--gateway-id", igw["internet_gateway_id"])
+    assert len(rtb["routes"]) == 2
+    assert run("subnets", "describe", sub["subnet_id"])["public"] is True
+    eip = run("eips", "allocate")
+    nat = run("nat-gateways", "create", "--subnet-id", sub["subnet_id"], "--allocation-id",
+              eip["allocation_id"])
+    assert nat["state"] == "available"
+    assert {v["vpc_id"] for v in run("vpcs", "list")["items"]} >= {vpc["vpc_id"]}
+    r = kumo("eips", "release", eip["allocation_id"])
+    assert r.exit_code == 1 and "error: InvalidIPAddress.InUse:" in r.stderr
+    r = kumo("vpcs", "create", "--cidr", "10.0.0.0/8")
+    assert r.exit_code == 1 and "error: InvalidVpc.Range:" in r.stderr
+    assert run("nat-gateways", "delete", nat["nat_gateway_id"])["state"] == "deleted"
+    run("eips", "release", eip["allocation_id"])
+    run("route-tables", "delete-route", vpc["main_route_table_id"], "--destination", "0.0.0.0/0")
+    assert run("subnets", "describe", sub["subnet_id"])["public"] is False

@@ -12,7 +12,7 @@ from controller.errors import KumoError
 from controller.models import Subnet
 from controller.services import ipam
 from tests.functional.fake_agent import Cloud
-from tests.functional.vpc_support import (cloud, err, expect_refused, is_id, items, make_public,
+from tests.functional.vpc_support import (cloud, expect_refused, is_id, items, make_public,
                                           make_subnet, make_vpc, ok)
 
 __all__ = ["cloud"]

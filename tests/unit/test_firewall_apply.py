@@ -86,6 +86,17 @@ def test_isolated_cidr_rule_is_one_element_and_overlapping_rule_rerenders_the_se
     assert ap._rendered.elements == render(ap.current).elements
     res = ap.change_rules(G1, remove=(lone.rule_id, over.rule_id))
     assert ap._rendered.elements == render(basic()).elements
+    exact = rule(52, "ingress", "tcp", "172.21.0.5/32", from_port=9000, to_port=9000)
+    res = ap.change_rules(G1, add=(exact,))
+    cmd = nft.loaded[-1]["nftables"][1]["add"]["element"]
+    assert res.mode == "incremental" and cmd["name"] == f"{G1}-in-net-l4x"  # exact: the hash set
+    assert cmd["elem"] == [{"concat": ["172.21.0.5", 6, 9000]}]
+    assert ap._rendered.elements == render(ap.current).elements
+    twin = dataclasses.replace(exact, rule_id="sgr-%017x" % 53)  # same match, another id
+    ap.change_rules(G1, add=(twin,))
+    ap.change_rules(G1, remove=(exact.rule_id,))
+    assert ap._rendered.elements == render(ap.current).elements
+    assert {"concat": ["172.21.0.5", 6, 9000]} in ap._rendered.elements[("inet", f"{G1}-in-net-l4x")].values()
 
 
 def test_new_peer_group_changes_the_layout_and_goes_full():

@@ -1,0 +1,266 @@
+"""The controller's fast paths: API mutations wake the reconciler (a spec reaches the agent long
+before the periodic tick), and instance lists page by keyset in SQL (every instance exactly once,
+also while others are being launched; malformed tokens are 400s)."""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controller.models import Instance
+from controller.services import lifecycle
+from tests.functional.fake_agent import Cloud
+
+LONG_TICK_S = 30.0  # the periodic tick never fires during these tests
+
+
+def _wait_for(pred, timeout: float) -> float:
+    """Seconds until pred() held; fails after timeout."""
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def slow_cloud(tmp_path):
+    c = Cloud(tmp_path, reconcile_interval_s=LONG_TICK_S)
+    c.image()
+    yield c
+    c.close()
+
+
+def _counting_ticks(cloud: Cloud) -> list[float]:
+    """Record the time of every reconciler tick (the background loop calls self.tick)."""
+    rec, ticks, real = cloud.reconciler, [], cloud.reconciler.tick
+
+    def tick():
+        ticks.append(time.monotonic())
+        return real()
+    rec.tick = tick
+    return ticks
+
+
+def test_mutations_reach_the_agent_without_waiting_for_the_tick(slow_cloud):
+    cloud = slow_cloud
+    agent = cloud.add_host("host-1")
+    ticks = _counting_ticks(cloud)
+    with TestClient(cloud.app, headers={"Authorization": f"Bearer {cloud.admin_key}"}) as c:
+        _wait_for(lambda: len(ticks) >= 1, 5)  # the loop's first tick, at start-up
+        r = cloud.run(c)
+        assert r.status_code == 201, r.text
+        iid = r.json()["instances"][0]["instance_id"]
+        assert _wait_for(lambda: iid in agent.specs, 3) < 2.0
+        assert agent.specs[iid].power == "running"
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", 3)
+
+        assert c.post(f"/v1/instances/{iid}/stop").status_code == 200
+        _wait_for(lambda: agent.specs[iid].power == "stopped", 2)
+        assert c.post(f"/v1/instances/{iid}/start").status_code == 200
+        _wait_for(lambda: agent.specs[iid].power == "running", 2)
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", 2)
+        nonce = agent.specs[iid].reboot_nonce
+        assert c.post(f"/v1/instances/{iid}/reboot").status_code == 200
+        _wait_for(lambda: agent.specs[iid].reboot_nonce == nonce + 1, 2)
+        assert c.post(f"/v1/instances/{iid}/terminate").status_code == 200
+        _wait_for(lambda: iid not in agent.specs, 2)
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "terminated", 2)
+
+        # Control: a change made without a wake-up is NOT pushed before the (long) tick, so the
+        # speed above came from the wake-ups, not from the loop ticking anyway.
+        iid2 = cloud.run(c).json()["instances"][0]["instance_id"]
+        _wait_for(lambda: iid2 in agent.specs, 2)
+        gen = agent.specs[iid2].generation
+        with cloud.app.state.kumo.db.session() as s:
+            inst = s.get(Instance, iid2)
+            lifecycle.bump(inst)
+            s.add(inst)
+        time.sleep(1.0)
+        assert agent.specs[iid2].generation == gen
+        cloud.reconciler.wake()
+        _wait_for(lambda: agent.specs[iid2].generation == gen + 1, 2)
+    assert len(ticks) < 30  # woken ticks only, not a busy loop
+
+
+def test_burst_of_wakeups_coalesces(slow_cloud):
+    cloud = slow_cloud
+    agent = cloud.add_host("host-1", vcpus=64, memory_mib=65536)
+    ticks = _counting_ticks(cloud)
+    with TestClient(cloud.app, headers={"Authorization": f"Bearer {cloud.admin_key}"}) as c:
+        _wait_for(lambda: len(ticks) >= 1, 5)
+        before = len(ticks)
+        for _ in range(200):
+            cloud.reconciler.wake()
+        time.sleep(0.5)
+        assert 1 <= len(ticks) - before <= 3
+        ids = []
+        for _ in range(12):  # launches in quick succession: each reaches the agent
+            r = cloud.run(c)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["instances"][0]["instance_id"])
+        _wait_for(lambda: all(i in agent.specs for i in ids), 3)
+    assert len(ticks) - before <= 3 + 12 + 1
+
+
+def test_tick_without_loop_and_wake_without_loop_are_harmless(tmp_path):
+    cloud = Cloud(tmp_path)  # reconcile_interval_s=0: no background loop
+    try:
+        cloud.image()
+        agent = cloud.add_host("host-1")
+        user = cloud.account("alice")
+        cloud.reconciler.wake()
+        iid = cloud.run(user).json()["instances"][0]["instance_id"]
+        assert iid not in agent.specs  # nothing runs in the background
+        assert cloud.tick()["pushed"] == 1
+        cloud.heartbeat()
+        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0}  # nothing left to do
+        assert cloud.reconciler._plan() == []
+    finally:
+        cloud.close()
+
+
+# -- pagination ------------------------------------------------------------------------------
+@pytest.fixture
+def cloud(tmp_path):
+    c = Cloud(tmp_path)
+    c.image()
+    c.add_host("host-1", vcpus=64, memory_mib=65536)
+    yield c
+    c.close()
+
+
+def _walk(client, page_size: int, **params) -> tuple[list[dict], int]:
+    items, token, pages = [], None, 0
+    while True:
+        q = {"max_results": page_size, **params}
+        if token:
+            q["next_token"] = token
+        r = client.get("/v1/instances", params=q)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == {"items", "next_token"}
+        assert len(body["items"]) <= page_size
+        items += body["items"]
+        pages += 1
+        token = body["next_token"]
+        if not token:
+            return items, pages
+
+
+def _key(i: dict) -> tuple[str, str]:
+    return i["created_at"], i["instance_id"]
+
+
+def test_keyset_pages_cover_every_instance_once(cloud):
+    user = cloud.account("alice")
+    other = cloud.account("bob")
+    # One reservation of 13 shares its created_at: ties are broken by the instance id.
+    r = cloud.run(user, min_count=13, max_count=13, tags={"Name": "web", "tier": "a"})
+    web = [i["instance_id"] for i in r.json()["instances"]]
+    more = [cloud.run(user, tags={"Name": "db"}).json()["instances"][0]["instance_id"]
+            for _ in range(4)]
+    cloud.run(other, min_count=3, max_count=3)
+    everything = web + more
+    for size in (1, 2, 5, 13, 17, 100):
+        items, pages = _walk(user, size)
+        ids = [i["instance_id"] for i in items]
+        assert sorted(ids) == sorted(everything) and len(set(ids)) == len(ids)
+        assert [_key(i) for i in items] == sorted(_key(i) for i in items)
+        assert pages == -(-len(everything) // size)  # no empty trailing page
+    # Filters are applied before paging.
+    assert [i["instance_id"] for i in _walk(user, 4, **{"tag:Name": "web"})[0]] == web
+    assert [i["instance_id"] for i in _walk(user, 4, **{"tag:Name": "web", "tag:tier": "a"})[0]
+            ] == web
+    assert [i["instance_id"] for i in _walk(user, 2, **{"tag:Name": "db"})[0]] == more
+    assert _walk(user, 2, **{"tag:Name": "web", "tag:tier": "b"})[0] == []
+    assert _walk(user, 2, **{"tag:Name": "we"})[0] == []
+    assert _walk(user, 2, **{'tag:Na"me': "web"})[0] == []  # never a JSON path
+    assert _walk(user, 2, **{"tag:missing": ""})[0] == []
+    user.post(f"/v1/instances/{more[1]}/terminate")
+    got = _walk(user, 2, state="shutting-down,terminated")[0]
+    assert [i["instance_id"] for i in got] == [more[1]]
+    got = _walk(user, 3, state="pending", instance_id=",".join(web[:5] + [more[1]]))[0]
+    assert sorted(i["instance_id"] for i in got) == sorted(web[:5])
+    # Admins see every account, in the same order.
+    ids = [i["instance_id"] for i in _walk(cloud.admin, 4)[0]]
+    assert len(ids) == len(everything) + 3 and set(everything) <= set(ids)
+
+
+def test_keyset_pages_under_concurrent_launches(cloud):
+    user = cloud.account("alice")
+    before = [cloud.run(user).json()["instances"][0]["instance_id"] for _ in range(15)]
+    stop = threading.Event()
+    launched: list[str] = []
+
+    launcher = cloud.client(user.headers["authorization"].split()[1])  # its own client
+
+    def launch():
+        while not stop.is_set() and len(launched) < 60:
+            r = cloud.run(launcher)
+            assert r.status_code == 201, r.text
+            launched.append(r.json()["instances"][0]["instance_id"])
+
+    t = threading.Thread(target=launch)
+    t.start()
+    try:
+        walks = [_walk(user, 2)[0] for _ in range(3)]
+    finally:
+        stop.set()
+        t.join(30)
+    assert launched, "no launch ran during the walks"
+    for items in walks:
+        ids = [i["instance_id"] for i in items]
+        assert len(ids) == len(set(ids)), "an instance appeared twice"
+        assert set(before) <= set(ids), "an instance that existed all along was skipped"
+        assert set(ids) <= set(before) | set(launched)
+        assert [_key(i) for i in items] == sorted(_key(i) for i in items)
+    final = [i["instance_id"] for i in _walk(user, 7)[0]]
+    assert sorted(final) == sorted(before + launched)
+
+
+@pytest.mark.parametrize("token", [
+    "!!",
+    "bm9wZQ",                                                      # "nope"
+    base64.urlsafe_b64encode(b"100").decode(),                     # an old offset token
+    base64.urlsafe_b64encode(b"k1:abc:i-0123456789abcdef0").decode(),
+    base64.urlsafe_b64encode(b"k1:123:i-0123456789abcdeZ0").decode(),
+    base64.urlsafe_b64encode(b"k1:-5:i-0123456789abcdef0").decode(),
+    base64.urlsafe_b64encode(b"k2:123:i-0123456789abcdef0").decode(),
+    base64.urlsafe_b64encode(b"k1:123:i-0123456789abcdef0\n").decode(),
+    base64.urlsafe_b64encode("k1:١٢٣:i-0123456789abcdef0".encode()).decode(),
+    "\u00e9t\u00e9",
+])
+def test_malformed_next_token_is_400(cloud, token):
+    user = cloud.account("alice")
+    cloud.run(user)
+    r = user.get("/v1/instances", params={"next_token": token})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "InvalidPaginationToken" and err["retryable"] is False
+
+
+def test_overlong_next_token_is_400(cloud):
+    user = cloud.account("alice")
+    r = user.get("/v1/instances", params={"next_token": "A" * 500})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidParameterValue"
+
+
+def test_next_token_is_opaque_and_only_moves_forward(cloud):
+    user = cloud.account("alice")
+    ids = [i["instance_id"] for i in
+           cloud.run(user, min_count=5, max_count=5).json()["instances"]]
+    page = user.get("/v1/instances", params={"max_results": 2}).json()
+    token = page["next_token"]
+    assert token and ids[1] not in token  # not the raw key
+    # The same token twice answers the same page (a client retry is safe).
+    a = user.get("/v1/instances", params={"max_results": 2, "next_token": token}).json()
+    b = user.get("/v1/instances", params={"max_results": 2, "next_token": token}).json()
+    assert a == b and [i["instance_id"] for i in a["items"]] == ids[2:4]
+    # Another account's token position reveals nothing of that account.
+    bob = cloud.account("bob")
+    assert bob.get("/v1/instances", params={"next_token": token}).json() == {
+        "items": [], "next_token": None}
