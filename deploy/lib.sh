@@ -25,15 +25,25 @@ require_root() {
   fi
 }
 
+# Extra packages only the test suite needs: a PostgreSQL server binary for the controller's
+# PostgreSQL tests (they run their own throw-away server on a unix socket).
+KUMO_TEST_DEBIAN_PACKAGES=(postgresql)
+
 ensure_system_packages() {
   local missing=()
-  for p in "${KUMO_DEBIAN_PACKAGES[@]}"; do
+  for p in "${KUMO_DEBIAN_PACKAGES[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
+    # Debian's postgresql creates (and, under systemd, starts) a main cluster; the tests never
+    # use it, so tell postgresql-common not to create one.
+    mkdir -p /etc/postgresql-common
+    [ -e /etc/postgresql-common/createcluster.conf ] ||
+      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
   fi
   stop_system_libvirt_default_network
 }
@@ -58,7 +68,7 @@ ensure_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Kumo and its Python dependencies"
     "$KUMO_VENV/bin/pip" install -q --upgrade pip
-    "$KUMO_VENV/bin/pip" install -q -e "$KUMO_ROOT[test]"
+    "$KUMO_VENV/bin/pip" install -q -e "$KUMO_ROOT[test,postgres]"
     echo "$want" > "$stamp"
   fi
 }

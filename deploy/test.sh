@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 
-ensure_system_packages
+ensure_system_packages "${KUMO_TEST_DEBIAN_PACKAGES[@]}"
 ensure_venv
 ensure_images kumo-tiny debian-12
 
