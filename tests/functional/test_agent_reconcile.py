@@ -360,6 +360,4 @@ def test_readiness_is_seen_between_resync_passes(tmp_path):
         put(agent, spec)  # a PUT kicks one pass at once; the next would be 30 s later
         until(agent, iid, power="running")
         agent.hv.write_console(iid, f"KUMO-READY instance-id={iid}")
-        start = time.monotonic()
-        until(agent, iid, booted=True)
-        assert time.monotonic() - start < 2.0
+        until(agent, iid, booted=True)  # gives up after 5 s, long before the next resync pass

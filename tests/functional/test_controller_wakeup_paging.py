@@ -14,7 +14,10 @@ from controller.models import Instance
 from controller.services import lifecycle
 from tests.functional.fake_agent import Cloud
 
-LONG_TICK_S = 30.0  # the periodic tick never fires during these tests
+LONG_TICK_S = 60.0  # the periodic tick never fires during these tests
+# Generous next to LONG_TICK_S so a loaded CI machine cannot fail them, yet anything reaching the
+# agent within it can only have come from a wake-up.
+FAST = 10.0
 
 
 def _wait_for(pred, timeout: float) -> float:
@@ -50,30 +53,30 @@ def test_mutations_reach_the_agent_without_waiting_for_the_tick(slow_cloud):
     agent = cloud.add_host("host-1")
     ticks = _counting_ticks(cloud)
     with TestClient(cloud.app, headers={"Authorization": f"Bearer {cloud.admin_key}"}) as c:
-        _wait_for(lambda: len(ticks) >= 1, 5)  # the loop's first tick, at start-up
+        _wait_for(lambda: len(ticks) >= 1, FAST)  # the loop's first tick, at start-up
         r = cloud.run(c)
         assert r.status_code == 201, r.text
         iid = r.json()["instances"][0]["instance_id"]
-        assert _wait_for(lambda: iid in agent.specs, 3) < 2.0
+        _wait_for(lambda: iid in agent.specs, FAST)
         assert agent.specs[iid].power == "running"
-        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", 3)
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", FAST)
 
         assert c.post(f"/v1/instances/{iid}/stop").status_code == 200
-        _wait_for(lambda: agent.specs[iid].power == "stopped", 2)
+        _wait_for(lambda: agent.specs[iid].power == "stopped", FAST)
         assert c.post(f"/v1/instances/{iid}/start").status_code == 200
-        _wait_for(lambda: agent.specs[iid].power == "running", 2)
-        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", 2)
+        _wait_for(lambda: agent.specs[iid].power == "running", FAST)
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", FAST)
         nonce = agent.specs[iid].reboot_nonce
         assert c.post(f"/v1/instances/{iid}/reboot").status_code == 200
-        _wait_for(lambda: agent.specs[iid].reboot_nonce == nonce + 1, 2)
+        _wait_for(lambda: agent.specs[iid].reboot_nonce == nonce + 1, FAST)
         assert c.post(f"/v1/instances/{iid}/terminate").status_code == 200
-        _wait_for(lambda: iid not in agent.specs, 2)
-        _wait_for(lambda: cloud.instance(c, iid)["state"] == "terminated", 2)
+        _wait_for(lambda: iid not in agent.specs, FAST)
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "terminated", FAST)
 
         # Control: a change made without a wake-up is NOT pushed before the (long) tick, so the
         # speed above came from the wake-ups, not from the loop ticking anyway.
         iid2 = cloud.run(c).json()["instances"][0]["instance_id"]
-        _wait_for(lambda: iid2 in agent.specs, 2)
+        _wait_for(lambda: iid2 in agent.specs, FAST)
         gen = agent.specs[iid2].generation
         with cloud.app.state.kumo.db.session() as s:
             inst = s.get(Instance, iid2)
@@ -82,7 +85,7 @@ def test_mutations_reach_the_agent_without_waiting_for_the_tick(slow_cloud):
         time.sleep(1.0)
         assert agent.specs[iid2].generation == gen
         cloud.reconciler.wake()
-        _wait_for(lambda: agent.specs[iid2].generation == gen + 1, 2)
+        _wait_for(lambda: agent.specs[iid2].generation == gen + 1, FAST)
     assert len(ticks) < 30  # woken ticks only, not a busy loop
 
 
@@ -91,18 +94,19 @@ def test_burst_of_wakeups_coalesces(slow_cloud):
     agent = cloud.add_host("host-1", vcpus=64, memory_mib=65536)
     ticks = _counting_ticks(cloud)
     with TestClient(cloud.app, headers={"Authorization": f"Bearer {cloud.admin_key}"}) as c:
-        _wait_for(lambda: len(ticks) >= 1, 5)
+        _wait_for(lambda: len(ticks) >= 1, FAST)
         before = len(ticks)
         for _ in range(200):
             cloud.reconciler.wake()
+        _wait_for(lambda: len(ticks) > before, FAST)
         time.sleep(0.5)
-        assert 1 <= len(ticks) - before <= 3
+        assert len(ticks) - before <= 3
         ids = []
         for _ in range(12):  # launches in quick succession: each reaches the agent
             r = cloud.run(c)
             assert r.status_code == 201, r.text
             ids.append(r.json()["instances"][0]["instance_id"])
-        _wait_for(lambda: all(i in agent.specs for i in ids), 3)
+        _wait_for(lambda: all(i in agent.specs for i in ids), FAST)
     assert len(ticks) - before <= 3 + 12 + 1
 
 

@@ -296,7 +296,7 @@ def test_flush_by_hand_is_detected_and_restored(bed, applier, tmp_path):
         assert tcp_ok(g1.ns, g2.ipv4, 2222, 1)[0] > 0, "flushed: the port is open (why ensure() matters)"
         start = time.perf_counter()
         assert not applier.ensure().ok
-        assert time.perf_counter() - start < 2
+        assert time.perf_counter() - start < 5  # "restored within seconds"
         assert applier.verify().ok
         ok, tries = tcp_ok(g1.ns, g2.ipv4, 2222, WINDOW)
         assert tries >= 5 and ok == 0

@@ -230,23 +230,17 @@ def test_root_disk_overlay_and_grow(storage, base_image):
     assert sorted(storage.list_instance_dirs()) == ["i-00000000000000001", IID]
 
 
-def test_overlay_creation_independent_of_base_size(tmp_path):
+def test_overlay_is_a_thin_layer_over_the_base_whatever_its_size(tmp_path):
+    """O(1) in the image's size by construction: the root disk is a qcow2 header pointing at the
+    base, never a copy (bench/bench_root_disk.py measures the time)."""
     storage = LocalStorage(tmp_path / "state")
-    small = _qcow2(tmp_path / "small.qcow2", "1M")
     big = _qcow2(tmp_path / "big.qcow2", data_mib=192)
     assert big.stat().st_size > 190 * MiB
-
-    def timed(iid, base):
-        t0 = time.perf_counter()
-        disk = storage.ensure_root_disk(iid, base, 256 * MiB)
-        return time.perf_counter() - t0, disk
-
-    timed("i-000000000000000ff", small)  # warm-up (page cache, binaries)
-    t_small, d_small = timed("i-00000000000000001", small)
-    t_big, d_big = timed("i-00000000000000002", big)
-    # Copying 192 MiB would take far longer than creating a qcow2 header.
-    assert d_big.stat().st_size < MiB
-    assert t_big < t_small * 5 + 0.2, (t_small, t_big)
+    disk = storage.ensure_root_disk("i-00000000000000002", big, 256 * MiB)
+    assert disk.stat().st_size < MiB
+    info = qemu_img.info(disk, "qcow2")
+    assert info["backing-filename"] == str(big)
+    assert info["virtual-size"] == 256 * MiB
 
 
 def test_seed_written_and_rewritten_only_on_change(storage):
