@@ -405,3 +405,51 @@ def test_migration_0005_gives_existing_vpcs_a_default_group(tmp_path):
                                           "peer_group_id": group.group_id}).key in keys
     finally:
         db.dispose()
+
+
+def test_cli_against_the_real_api(cloud):
+    """`kumo security-groups` end to end: the CLI's requests match the real router."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from controller.cli.context import CliState
+    from controller.cli.main import app
+
+    key = ok(cloud.admin.post("/v1/accounts", json={"name": "carol"}), 201)["api_key"]
+
+    def kumo(*args: str):
+        st = CliState(client_factory=lambda url, api_key: cloud.client(api_key))
+        return CliRunner().invoke(app, ["-o", "json", *args], obj=st,
+                                  env={"KUMO_API_KEY": key, "KUMO_URL": "http://x"})
+
+    def run(*args: str) -> dict:
+        r = kumo(*args)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    web = run("security-groups", "create", "--name", "web", "--description", "web servers")
+    gid = web["group_id"]
+    [ssh] = run("security-groups", "authorize", gid, "-p", "tcp", "--port", "22", "--cidr",
+                "10.0.0.0/8")["rules"]
+    run("security-groups", "authorize", gid, "-p", "icmp", "--peer-group", gid)
+    run("security-groups", "authorize", gid, "--egress", "-p", "udp", "--port", "53-54",
+        "--cidr", "10.0.0.2/32")
+    got = run("security-groups", "describe", gid)
+    assert len(got["ingress_rules"]) == 2 and len(got["egress_rules"]) == 2
+    r = kumo("security-groups", "authorize", gid, "-p", "tcp", "--port", "22", "--cidr",
+             "10.0.0.0/8")
+    assert r.exit_code == 1 and "error: InvalidPermission.Duplicate:" in r.stderr
+    r = kumo("security-groups", "authorize", gid, "-p", "tcp", "--port", "1-65536", "--cidr",
+             "10.0.0.0/8")
+    assert r.exit_code == 1 and "error: InvalidPermission.Malformed:" in r.stderr
+    run("security-groups", "revoke", gid, "--rule-id", ssh["rule_id"])
+    run("security-groups", "revoke", gid, "--egress", "-p", "all", "--cidr", "0.0.0.0/0")
+    got = run("security-groups", "describe", gid)
+    assert [r["protocol"] for r in got["ingress_rules"]] == ["icmp"]
+    assert [r["protocol"] for r in got["egress_rules"]] == ["udp"]
+    names = {g["group_name"] for g in run("security-groups", "list", "--name", "web")["items"]}
+    assert names == {"web"}
+    run("security-groups", "delete", gid)
+    r = kumo("security-groups", "describe", gid)
+    assert r.exit_code == 1 and "error: InvalidGroup.NotFound:" in r.stderr
