@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from pydantic import Field as PField
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -33,11 +33,12 @@ class RuleRequest(BaseModel):
     """One permission as a client writes it. Loosely typed on purpose: sg_rules.parse_rule
     validates it and answers EC2's codes (InvalidPermission.Malformed, ...)."""
     model_config = ConfigDict(extra="forbid")
-    protocol: Union[str, int]
-    from_port: Optional[int] = None
-    to_port: Optional[int] = None
-    icmp_type: Optional[int] = None
-    icmp_code: Optional[int] = None
+    # Strict: JSON true or 22.5 is refused, never coerced to a protocol number or a port.
+    protocol: Union[StrictStr, StrictInt]
+    from_port: Optional[StrictInt] = None
+    to_port: Optional[StrictInt] = None
+    icmp_type: Optional[StrictInt] = None
+    icmp_code: Optional[StrictInt] = None
     cidr_ipv4: Optional[str] = PField(default=None, max_length=64)
     peer_group_id: Optional[str] = PField(default=None, max_length=64)
     description: Optional[str] = PField(default=None, max_length=255)

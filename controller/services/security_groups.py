@@ -225,6 +225,11 @@ def _check_peers(s: Session, group: SecurityGroup, specs: list[RuleSpec]) -> Non
             raise sg_rules.group_not_found(spec.peer_group_id)
 
 
+def _spec_of(row: SecurityGroupRule) -> RuleSpec:
+    return RuleSpec(row.direction, row.protocol, row.from_port, row.to_port, row.icmp_type,
+                    row.icmp_code, row.cidr_ipv4, row.peer_group_id, row.description)
+
+
 def _duplicate(spec: RuleSpec) -> KumoError:
     return Conflict(f"the rule {spec.summary()} already exists",
                     code="InvalidPermission.Duplicate")
@@ -280,7 +285,7 @@ def revoke(db: Database, caller, group_id: str, direction: str, rule_ids: list[s
         for row in doomed.values():
             s.delete(row)
             record(s, "security-group-rule", row.rule_id, group.account_id, "authorized",
-                   "revoked", f"{group_id} revoked")
+                   "revoked", f"{group_id} revoked: {_spec_of(row).summary()}")
     return out
 
 

@@ -167,6 +167,8 @@ def test_authorize_and_revoke(cloud):
     rule_events = [(e["from_state"], e["to_state"])
                    for e in items(alice, "events", resource_id=ssh["rule_id"])]
     assert rule_events == [(None, "authorized"), ("authorized", "revoked")]
+    [revoked] = items(alice, "events", resource_id=ssh["rule_id"])[1:]
+    assert gid in revoked["reason"] and "tcp 22-22" in revoked["reason"]
 
 
 def test_bad_rules_change_nothing(cloud):
@@ -189,6 +191,8 @@ def test_bad_rules_change_nothing(cloud):
               "InvalidGroup.NotFound"),
              ({"description": "ctl\x00"}, 400, "InvalidParameterValue"),
              ({"from_port": "22; drop"}, 400, "InvalidParameterValue"),
+             ({"from_port": 22.5}, 400, "InvalidParameterValue"),
+             ({"protocol": True}, 400, "InvalidParameterValue"),
              ({"cidr": "10.0.0.0/8"}, 400, "InvalidParameterValue")]  # unknown field
     for change, status, code in cases:
         rule = {k: v for k, v in {**SSH, **change}.items() if v is not None}
