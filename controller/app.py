@@ -14,6 +14,7 @@ from controller import db_migrate
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
+from controller.api import security_groups
 from controller.api.deps import AppContext
 from controller.db import Database
 from controller.errors import install_handlers
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None, *,
     v1 = APIRouter(prefix="/v1")
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(r.router)
-    for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways):
+    for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
+              security_groups):
         v1.include_router(r.router)
     app.include_router(v1)
 

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     #: Public addresses elastic IPs are allocated from (minus network, broadcast and the first
     #: host address, which is the upstream router: the lab's internet namespace uses it).
     public_pool: str = "203.0.113.0/24"
+    #: Security group limits (EC2's defaults): rules per group and direction, groups per VPC,
+    #: groups per instance.
+    sg_ingress_rules_limit: int = Field(default=60, ge=1, le=1000)
+    sg_egress_rules_limit: int = Field(default=60, ge=1, le=1000)
+    security_groups_per_vpc: int = Field(default=2500, ge=1)
+    security_groups_per_instance: int = Field(default=5, ge=1, le=16)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import admin, instances, local, networks, resources, ssh
+from . import admin, instances, local, networks, resources, security_groups, ssh
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -65,6 +65,7 @@ for _name, _sub in (("vpcs", networks.vpcs), ("subnets", networks.subnets), ("ig
                     ("route-tables", networks.route_tables), ("eips", networks.eips),
                     ("nat-gateways", networks.nat_gateways)):
     app.add_typer(_sub, name=_name)
+app.add_typer(security_groups.app, name="security-groups")
 # Options may follow the instance id; the remote command starts after `--` (kumo ssh ID [-- CMD]).
 app.command("ssh")(ssh.ssh)
 app.command("console", help="Print an instance's serial console output.")(instances.console)

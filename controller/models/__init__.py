@@ -10,6 +10,8 @@ from controller.models.instance import (ClientToken, Instance, InstancePublic, I
                                         RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
 from controller.models.key_pair import KeyPair, KeyPairCreate, KeyPairCreated, KeyPairPublic
+from controller.models.security_group import (InstanceSecurityGroup, SecurityGroup,
+                                              SecurityGroupRule)
 from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway, IpAllocation,
                                    NatGateway, Route, RouteTable, RouteTableAssociation, Subnet, Vpc)
 
@@ -20,5 +22,5 @@ __all__ = [
     "ModifyInstanceRequest", "InstanceType", "InstanceTypeCreate", "InstanceTypePublic", "KeyPair",
     "KeyPairCreate", "KeyPairCreated", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp",
     "InternetGateway", "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation",
-    "Subnet", "Vpc",
+    "Subnet", "Vpc", "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule",
 ]

@@ -1,5 +1,6 @@
 """VPCs: create (CIDR /16../28, a main route table with its local route, a unique VNI), describe,
-delete (refused while anything still lives in it), the account's default VPC, and the ownership
+delete (refused while anything still lives in it; the default security group is made and
+removed with it), the account's default VPC, and the ownership
 check every VPC-networking service shares.
 
 Default VPC: created lazily, the first time an account touches VPC networking (any list or
@@ -78,6 +79,8 @@ def _insert_vpc(s: Session, account_id: str, net: IPv4Network, *, is_default: bo
     record(s, "vpc", vpc.vpc_id, account_id, None, "available", reason)
     record(s, "route-table", rtb.route_table_id, account_id, None, "available",
            f"main route table of {vpc.vpc_id}")
+    from controller.services import security_groups  # it imports this module
+    security_groups.create_default(s, vpc)
     return vpc, rtb
 
 
@@ -165,6 +168,8 @@ def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
             NatGateway.vpc_id == vpc_id, NatGateway.state != "deleted")))
         if nats:
             reasons.append(f"NAT gateways {', '.join(sorted(nats))}")
+        from controller.services import security_groups  # it imports this module
+        reasons.extend(security_groups.vpc_dependencies(s, vpc_id))
         if reasons:
             raise dependency(f"VPC {vpc_id} has dependencies and cannot be deleted: "
                              + "; ".join(reasons))
@@ -180,6 +185,7 @@ def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
             s.delete(rtb)
             record(s, "route-table", rtb.route_table_id, vpc.account_id, "available", "deleted",
                    f"VPC {vpc_id} deleted")
+        security_groups.delete_for_vpc(s, vpc)  # the default group goes with its VPC
         s.flush()
         s.delete(vpc)
         record(s, "vpc", vpc_id, vpc.account_id, "available", "deleted", "deleted")

@@ -1,4 +1,5 @@
-"""The VPC networking scenarios (tests/functional/test_controller_vpc*.py) re-run unchanged on
+"""The VPC networking and security group scenarios (tests/functional/test_controller_vpc*.py,
+test_controller_security_groups.py) re-run unchanged on
 PostgreSQL (a throw-away server from tests/functional/pg.py). There, unlike SQLite's BEGIN
 IMMEDIATE, concurrent transactions really interleave: the IPAM concurrency scenario shows the
 unique constraint on (subnet_id, address) plus savepoint retries keep every address distinct.
@@ -11,14 +12,16 @@ import inspect
 
 import pytest
 
-from tests.functional import test_controller_vpc, test_controller_vpc_ips
+from tests.functional import (test_controller_security_groups, test_controller_vpc,
+                              test_controller_vpc_ips)
 from tests.functional.fake_agent import Cloud
 from tests.functional.pg import PostgresServer, why_unavailable
 
 pytestmark = pytest.mark.slow
 # SQLite-specific (it builds its own SQLite database); test_controller_postgres.py already checks
 # that PostgreSQL migrated to head (0003 included) matches the models.
-_SKIP = {"test_migration_0003_downgrades_and_upgrades"}
+_SKIP = {"test_migration_0003_downgrades_and_upgrades",
+         "test_migration_0005_gives_existing_vpcs_a_default_group"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def postgres():
 
 
 def _scenarios():
-    for mod in (test_controller_vpc, test_controller_vpc_ips):
+    for mod in (test_controller_vpc, test_controller_vpc_ips, test_controller_security_groups):
         short = mod.__name__.removeprefix("tests.functional.test_controller_")
         for name, fn in inspect.getmembers(mod, inspect.isfunction):
             if name.startswith("test_") and fn.__module__ == mod.__name__ and name not in _SKIP:

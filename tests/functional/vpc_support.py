@@ -8,7 +8,8 @@ import pytest
 
 from tests.functional.fake_agent import Cloud
 
-LISTS = ("vpcs", "subnets", "internet-gateways", "route-tables", "elastic-ips", "nat-gateways")
+LISTS = ("vpcs", "subnets", "internet-gateways", "route-tables", "elastic-ips", "nat-gateways",
+         "security-groups")
 
 
 @pytest.fixture
