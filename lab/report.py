@@ -77,6 +77,11 @@ class LabStatus:
                 f"agent {proc(h.agent)}"
             )
             lines.append(f"     {h.libvirt_uri}")
+        keys = [(who, path) for who, path in (
+            ("admin", Path(self.state_dir) / "controller" / "admin.key"),
+            ("demo", Path(self.state_dir) / "demo.key")) if path.exists()]
+        for who, path in keys:  # where `kumo lab env [--admin]` reads them from
+            lines.append(f"  {who} API key: {path}")
         return "\n".join(lines)
 
 

@@ -65,3 +65,14 @@ def test_status_ok_needs_every_part():
     assert not bad.ok and not bad.to_dict()["hosts"][0]["ok"]
     assert "NOT OK" in bad.to_text() and "libvirtd running (pid 10)" in bad.to_text()
     assert "controller: not started" in _status(True).to_text()
+
+
+def test_status_says_where_the_api_keys_are(tmp_path):
+    status = LabStatus("kt", str(tmp_path), True, "kt-fab", True, "kt-inet", True, hosts=[])
+    assert "API key" not in status.to_text()
+    (tmp_path / "controller").mkdir()
+    (tmp_path / "controller" / "admin.key").write_text("k\n")
+    (tmp_path / "demo.key").write_text("k\n")
+    text = status.to_text()
+    assert f"admin API key: {tmp_path}/controller/admin.key" in text
+    assert f"demo API key: {tmp_path}/demo.key" in text
