@@ -122,6 +122,8 @@ class BridgeInterface(_Xml):
     bridge: str
     target_dev: str | None = None
     model: str = "virtio"
+    #: Load the NIC's option ROM (network boot firmware); None leaves libvirt's default.
+    rom: bool | None = None
 
     def to_element(self) -> ET.Element:
         el = ET.Element("interface", type="bridge")
@@ -130,6 +132,8 @@ class BridgeInterface(_Xml):
         if self.target_dev:
             _sub(el, "target", dev=self.target_dev)
         _sub(el, "model", type=self.model)
+        if self.rom is not None:
+            _sub(el, "rom", enabled="yes" if self.rom else "no")
         return el
 
 
