@@ -10,8 +10,8 @@ import pytest
 from agent.firewall.model import HostFirewall, PortFirewall, SecurityGroup
 from controller.models import InstanceSecurityGroup
 from controller.services import security_groups as sgs
-from tests.functional.vpc_support import (Cloud, cloud, default_vpc, err, expect_refused, is_id,
-                                          items, make_vpc, ok)
+from tests.functional.vpc_support import (Cloud, cli_for_new_account, cloud, default_vpc, err,
+                                          expect_refused, is_id, items, make_vpc, ok)
 
 __all__ = ["cloud"]
 ALL_OUT = {"protocol": "all", "from_port": None, "to_port": None, "icmp_type": None,
@@ -413,24 +413,7 @@ def test_migration_0005_gives_existing_vpcs_a_default_group(tmp_path):
 
 def test_cli_against_the_real_api(cloud):
     """`kumo security-groups` end to end: the CLI's requests match the real router."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from controller.cli.context import CliState
-    from controller.cli.main import app
-
-    key = ok(cloud.admin.post("/v1/accounts", json={"name": "carol"}), 201)["api_key"]
-
-    def kumo(*args: str):
-        st = CliState(client_factory=lambda url, api_key: cloud.client(api_key))
-        return CliRunner().invoke(app, ["-o", "json", *args], obj=st,
-                                  env={"KUMO_API_KEY": key, "KUMO_URL": "http://x"})
-
-    def run(*args: str) -> dict:
-        r = kumo(*args)
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)
+    kumo, run = cli_for_new_account(cloud)
 
     web = run("security-groups", "create", "--name", "web", "--description", "web servers")
     gid = web["group_id"]

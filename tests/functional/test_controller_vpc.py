@@ -3,8 +3,9 @@ CIDR rules, overlap, dependency checks on delete, public/private subnets, accoun
 for every bad input a 4xx with a stable code and nothing changed."""
 from __future__ import annotations
 
-from tests.functional.vpc_support import (cloud, default_vpc, err, expect_refused, is_id, items,
-                                          make_public, make_subnet, make_vpc, ok)
+from tests.functional.vpc_support import (cli_for_new_account, cloud, default_vpc, err,
+                                          expect_refused, is_id, items, make_public, make_subnet,
+                                          make_vpc, ok)
 
 __all__ = ["cloud"]
 
@@ -337,24 +338,7 @@ def test_migration_0003_downgrades_and_upgrades(tmp_path):
 
 def test_cli_against_the_real_api(cloud):
     """`kumo` networking commands end to end: the CLI's requests match the real routers."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from controller.cli.context import CliState
-    from controller.cli.main import app
-
-    key = ok(cloud.admin.post("/v1/accounts", json={"name": "carol"}), 201)["api_key"]
-
-    def kumo(*args: str):
-        st = CliState(client_factory=lambda url, api_key: cloud.client(api_key))
-        return CliRunner().invoke(app, ["-o", "json", *args], obj=st,
-                                  env={"KUMO_API_KEY": key, "KUMO_URL": "http://x"})
-
-    def run(*args: str) -> dict:
-        r = kumo(*args)
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)
+    kumo, run = cli_for_new_account(cloud)
 
     vpc = run("vpcs", "create", "--cidr", "10.20.0.0/16")
     sub = run("subnets", "create", "--vpc-id", vpc["vpc_id"], "--cidr", "10.20.1.0/24")

@@ -80,3 +80,28 @@ def make_public(client, vpc: dict) -> dict:
 
 __all__ = ["cloud", "err", "ok", "items", "snapshot", "expect_refused", "is_id", "default_vpc",
            "make_vpc", "make_subnet", "make_public", "Cloud"]
+
+
+def cli_for_new_account(cloud: Cloud, name: str = "carol"):
+    """(kumo, run) for a fresh account: `kumo(*args)` invokes the real CLI (`-o json`) against the
+    in-process API and returns typer's result; `run(*args)` asserts success and parses the JSON."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from controller.cli.context import CliState
+    from controller.cli.main import app
+
+    key = ok(cloud.admin.post("/v1/accounts", json={"name": name}), 201)["api_key"]
+
+    def kumo(*args: str):
+        st = CliState(client_factory=lambda url, api_key: cloud.client(api_key))
+        return CliRunner().invoke(app, ["-o", "json", *args], obj=st,
+                                  env={"KUMO_API_KEY": key, "KUMO_URL": "http://x"})
+
+    def run(*args: str) -> dict:
+        r = kumo(*args)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    return kumo, run
