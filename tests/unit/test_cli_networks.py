@@ -7,12 +7,9 @@ import json
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from controller.cli.main import app
-from test_cli_support import FakeKumo, error
+from test_cli_support import FakeKumo, error, invoke, invoke_json
 
-runner = CliRunner()
 VPC = {"vpc_id": "vpc-0000000000000000a", "account_id": "acct-1", "cidr_block": "10.0.0.0/16",
        "state": "available", "is_default": False, "main_route_table_id": "rtb-0000000000000000a",
        "internet_gateway_id": None, "created_at": "2026-01-01T00:00:00Z"}
@@ -55,15 +52,11 @@ def fake() -> FakeNetApi:
     return FakeNetApi()
 
 
-def kumo(fake, *args: str):
-    env = {"KUMO_API_KEY": "secret", "KUMO_URL": "http://controller:8787"}
-    return runner.invoke(app, list(args), obj=fake.state(), env=env)
+kumo = invoke
 
 
 def sent(fake, *args: str) -> dict:
-    r = kumo(fake, "-o", "json", *args)
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
+    return invoke_json(fake, *args)
 
 
 @pytest.mark.parametrize("args,method,path,body", [

@@ -7,12 +7,9 @@ import json
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from controller.cli.main import app
-from test_cli_support import FakeKumo, error
+from test_cli_support import FakeKumo, error, invoke, invoke_json
 
-runner = CliRunner()
 GID = "sg-0000000000000000a"
 RULE = {"rule_id": "sgr-0000000000000000a", "group_id": GID, "direction": "ingress",
         "protocol": "tcp", "from_port": 22, "to_port": 22, "icmp_type": None, "icmp_code": None,
@@ -55,15 +52,11 @@ def fake() -> FakeSgApi:
     return FakeSgApi()
 
 
-def kumo(fake, *args: str):
-    env = {"KUMO_API_KEY": "secret", "KUMO_URL": "http://controller:8787"}
-    return runner.invoke(app, list(args), obj=fake.state(), env=env)
+kumo = invoke
 
 
 def sent(fake, *args: str) -> dict:
-    r = kumo(fake, "-o", "json", "security-groups", *args)
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
+    return invoke_json(fake, "security-groups", *args)
 
 
 SG = "sg-1"

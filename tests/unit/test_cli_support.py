@@ -167,3 +167,20 @@ class FakeKumo:
         if p == "/v1/broken":
             return httpx.Response(500, text="Internal Server Error")
         return error(404, "NotFound", f"no route {m} {p}")
+
+
+def invoke(fake: FakeKumo, *args: str):
+    """Run `kumo ARGS` against the fake API with an API key and URL set; typer's result."""
+    from typer.testing import CliRunner
+
+    from controller.cli.main import app
+
+    env = {"KUMO_API_KEY": "secret", "KUMO_URL": "http://controller:8787"}
+    return CliRunner().invoke(app, list(args), obj=fake.state(), env=env)
+
+
+def invoke_json(fake: FakeKumo, *args: str) -> dict:
+    """`kumo -o json ARGS`, asserting success, parsed."""
+    r = invoke(fake, "-o", "json", *args)
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
