@@ -11,7 +11,8 @@ from typing import Callable
 import httpx
 
 from agent.contract import transport
-from agent.contract.v1 import ConsoleOutput, InstanceObserved, InstanceSpec
+from agent.contract.v1 import (ConsoleOutput, InstanceObserved, InstanceSpec, NetworkObserved,
+                               NetworkSpec)
 
 HttpFactory = Callable[[str, "str | None", float], httpx.Client]
 
@@ -70,6 +71,17 @@ class AgentClient:
             return None
         _raise_for(resp)
         return InstanceObserved.model_validate(resp.json())
+
+    def put_network(self, spec: NetworkSpec) -> NetworkObserved:
+        """The host's whole VPC dataplane (extension vpc-network)."""
+        resp = self._call("PUT", "/v1/network", json=spec.model_dump(mode="json"))
+        _raise_for(resp)
+        return NetworkObserved.model_validate(resp.json())
+
+    def get_network(self) -> NetworkObserved:
+        resp = self._call("GET", "/v1/network")
+        _raise_for(resp)
+        return NetworkObserved.model_validate(resp.json())
 
     def console(self, instance_id: str, tail_bytes: int = 65536) -> ConsoleOutput:
         resp = self._call("GET", f"/v1/instances/{instance_id}/console",

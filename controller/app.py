@@ -56,6 +56,17 @@ def create_app(settings: Settings | None = None, *,
     app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
     install_handlers(app)
+
+    @app.middleware("http")
+    async def wake_after_mutation(request, call_next):
+        # Any committed change (a route, a gateway, an elastic IP, a security group...) may
+        # change what hosts must carry: run a reconciler tick now, not at the next period.
+        response = await call_next(request)
+        if (request.method in ("POST", "PUT", "PATCH", "DELETE") and response.status_code < 400
+                and not request.url.path.startswith("/v1/agent/")):
+            reconciler.wake()
+        return response
+
     v1 = APIRouter(prefix="/v1")
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(r.router)

@@ -2,7 +2,9 @@
 database and the database match the clock.
 
 Each tick: mark silent hosts down; apply transitional-state deadlines; purge long-terminated
-instances; push desired specs whose generation the agent has not acknowledged; delete domains of
+instances; rebuild every host's VPC dataplane document (services/host_networks.py) and push those
+the host has not acknowledged; push desired specs whose generation the agent has not
+acknowledged; delete domains of
 shutting-down instances (and orphans agents report); fold each answer into the instance. Work is
 per object: one failure is logged and never stops the loop (nova's _sync_power_states habit).
 Agent calls happen outside database transactions.
@@ -25,13 +27,13 @@ from datetime import timedelta
 from sqlalchemy import delete, or_
 from sqlmodel import select
 
-from agent.contract.v1 import InstanceSpec
+from agent.contract.v1 import InstanceSpec, NetworkSpec
 from controller import specs
 from controller.agents import AgentError, AgentPool, StaleGeneration
 from controller.db import Database
 from controller.ids import utcnow
-from controller.models import ClientToken, Host, Image, Instance
-from controller.services import hosts, lifecycle
+from controller.models import ClientToken, Host, Image, Instance, Subnet, Vpc
+from controller.services import host_networks, hosts, lifecycle
 from controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,11 @@ MAX_BACKOFF_S = 30.0
 
 @dataclass(frozen=True)
 class Work:
-    kind: str  # "put" | "delete" | "orphan"
-    instance_id: str
+    kind: str  # "put" | "delete" | "orphan" | "network"
+    instance_id: str  # for "network": the host id
     agent_url: str
     generation: int = 0
-    spec: InstanceSpec | None = None
+    spec: InstanceSpec | NetworkSpec | None = None
 
 
 class Reconciler:
@@ -83,7 +85,7 @@ class Reconciler:
     def tick(self) -> dict:
         """One full pass; returns counters (tests and logs use them)."""
         with self._tick_lock:
-            stats = {"pushed": 0, "deleted": 0, "errors": 0}
+            stats = {"pushed": 0, "deleted": 0, "errors": 0, "networks": 0}
             try:
                 hosts.check_liveness(self.db, self.settings.heartbeat_timeout_s)
             except Exception:
@@ -96,7 +98,9 @@ class Reconciler:
                 self._backoff = {k: v for k, v in self._backoff.items() if k in wanted}
             work = [w for w in planned if self._due(w)]
             for ok, kind in self._executor.map(self._do, work):
-                if ok and kind == "put":
+                if ok and kind == "network":
+                    stats["networks"] += 1
+                elif ok and kind == "put":
                     stats["pushed"] += 1
                 elif ok:
                     stats["deleted"] += 1
@@ -133,8 +137,24 @@ class Reconciler:
             errors += 1
         return errors
 
+    def _plan_networks(self) -> list[Work]:
+        """Network documents the hosts have not acknowledged (rebuilt from the database)."""
+        work = []
+        try:
+            with self.db.session() as s:
+                docs = host_networks.refresh(s)
+                for host in s.exec(select(Host)):
+                    spec = docs.get(host.host_id)
+                    if (spec is not None and host.state == "up"
+                            and host.network_acked != spec.generation):
+                        work.append(Work("network", host.host_id, host.agent_url,
+                                         spec.generation, spec))
+        except Exception:
+            log.exception("building the hosts' network documents failed")
+        return work
+
     def _plan(self) -> list[Work]:
-        work: list[Work] = []
+        work: list[Work] = self._plan_networks()
         url = self.settings.resolved_agent_facing_url()
         with self.db.session() as s:
             host_map = {h.host_id: h for h in s.exec(select(Host))}
@@ -157,7 +177,11 @@ class Reconciler:
                     continue
                 image = s.get(Image, inst.image_id)
                 try:
-                    spec = specs.build(inst, image, host, url)
+                    nic = None
+                    if inst.vpc_id and inst.subnet_id and inst.mac and inst.private_ip:
+                        nic = specs.vpc_nic(inst, s.get(Vpc, inst.vpc_id),
+                                            s.get(Subnet, inst.subnet_id))
+                    spec = specs.build(inst, image, host, url, nic)
                 except Exception as exc:  # e.g. an image row gone: fail this instance only
                     log.exception("cannot build spec for %s", inst.instance_id)
                     inst.observed_error = f"SpecError: {exc}"[:1024]
@@ -192,7 +216,9 @@ class Reconciler:
 
     def _do(self, w: Work) -> tuple[bool, str]:
         try:
-            if w.kind == "put":
+            if w.kind == "network":
+                self._push_network(w)
+            elif w.kind == "put":
                 self._push(w)
             else:
                 self.pool.for_url(w.agent_url).delete_instance(w.instance_id)
@@ -203,7 +229,8 @@ class Reconciler:
             return True, w.kind
         except AgentError as exc:
             log.warning("%s %s via %s failed: %s", w.kind, w.instance_id, w.agent_url, exc)
-            self._note_error(w.instance_id, exc)
+            if w.kind != "network":
+                self._note_error(w.instance_id, exc)
         except Exception:
             log.exception("%s %s failed", w.kind, w.instance_id)
         self._failed(w)
@@ -228,6 +255,25 @@ class Reconciler:
                 return
             inst.last_pushed_at = utcnow()
             lifecycle.apply_observed(s, inst, obs, self.settings)
+
+    def _push_network(self, w: Work) -> None:
+        client = self.pool.for_url(w.agent_url)
+        try:
+            obs = client.put_network(w.spec)
+        except StaleGeneration:
+            # The agent holds a newer generation (e.g. this database was restored): move past it.
+            current = client.get_network()
+            with self.db.session() as s:
+                host = s.get(Host, w.instance_id)
+                if host is not None and current.generation >= host.network_generation:
+                    host.network_generation = current.generation + 1
+                    s.add(host)
+            raise
+        with self.db.session() as s:
+            host = s.get(Host, w.instance_id)
+            if host is not None and obs.generation >= w.generation:
+                host.network_acked = max(host.network_acked, w.generation)
+                s.add(host)
 
     def _deleted(self, instance_id: str) -> None:
         with self.db.session() as s:

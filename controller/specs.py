@@ -1,9 +1,10 @@
 """Builds the agent's InstanceSpec (agent.contract.v1) from an instance's desired state."""
 from __future__ import annotations
 
-from agent.contract.v1 import ImageRef, InstanceSpec, NicSpec
-from controller.models import Host, Image, Instance
-from controller.services import flat_network
+from ipaddress import IPv4Network
+
+from agent.contract.v1 import ImageRef, InstanceSpec, NicSpec, vpc_bridge
+from controller.models import Host, Image, Instance, Subnet, Vpc
 from controller.services.capacity import GIB
 
 
@@ -16,10 +17,18 @@ def image_url(agent_facing_url: str, image_id: str) -> str:
     return path
 
 
-def build(inst: Instance, image: Image, host: Host, agent_facing_url: str) -> InstanceSpec:
-    nics = []
-    if inst.mac and inst.private_ip:
-        nics.append(NicSpec(**flat_network.nic_fields(inst, host)))
+def vpc_nic(inst: Instance, vpc: Vpc, subnet: Subnet) -> NicSpec:
+    """The instance's one NIC: on its VPC's bridge, addressed in its subnet, the subnet's router
+    (.1, answered on every host by the dataplane) as gateway."""
+    net = IPv4Network(subnet.cidr_block)
+    return NicSpec(device="eth0", mac=inst.mac, bridge=vpc_bridge(vpc.vni),
+                   address=f"{inst.private_ip}/{net.prefixlen}",
+                   gateway=str(net.network_address + 1), nameservers=[], router=None)
+
+
+def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
+          nic: NicSpec | None = None) -> InstanceSpec:
+    nics = [nic] if nic is not None else []
     return InstanceSpec(
         instance_id=inst.instance_id, generation=inst.generation,
         power="running" if inst.power == "running" else "stopped",

@@ -234,7 +234,8 @@ class Lab:
         rec = s.processes.get(name)
         log = self.host_paths(hid).base / "log" / "agent.log"
         if rec is None or not procs.alive(rec):
-            env = services.agent_env(self.state_dir, hid, token, self.libvirt_uri(hid))
+            env = services.agent_env(self.state_dir, hid, token, self.libvirt_uri(hid),
+                                      self.prefix)
             Path(env["KUMO_AGENT_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
             rec = procs.start(name, services.agent_argv(self.python), log, env=env,
                               netns=nm.host_netns(self.prefix, hid), cwd=services.REPO_ROOT)  # fmt: skip

@@ -18,8 +18,15 @@ MAX_HOSTS = 99  # host ids h1..h99 keep every derived name within 15 characters 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 _HOST_ID_RE = re.compile(r"^h([1-9][0-9]?)$")
 
-FABRIC_NET = ipaddress.ip_network("172.31.0.0/24")
-INET_FABRIC_ADDR = ipaddress.ip_address("172.31.0.1")
+# The underlay: RFC 6598 shared space, so it never collides with a VPC's CIDR (the default VPC is
+# 172.31.0.0/16, custom ones are usually 10/8 or 192.168/16).
+FABRIC_NET = ipaddress.ip_network("100.64.0.0/24")
+INET_FABRIC_ADDR = ipaddress.ip_address("100.64.0.1")
+# VXLAN adds 50 bytes: a jumbo underlay lets guests keep a 1500-byte MTU (as real clouds do).
+FABRIC_MTU = 9000
+# The deployment's public pool in the lab (TEST-NET-3): on-link on the fabric for the internet
+# namespace; each host answers ARP for the public addresses it carries.
+PUBLIC_POOL = ipaddress.ip_network("203.0.113.0/24")
 # An address standing for "a server on the internet" (TEST-NET-2, RFC 5737): it only exists in the
 # lab's internet namespace.
 INET_SERVER_ADDR = ipaddress.ip_address("198.51.100.1")

@@ -84,6 +84,7 @@ def ensure_fabric(prefix: str) -> None:
     with opened(name) as ns:
         if _index(ns, nm.FABRIC_BRIDGE) is None:
             ns.link("add", ifname=nm.FABRIC_BRIDGE, kind="bridge")
+        ns.link("set", index=_index(ns, nm.FABRIC_BRIDGE), mtu=nm.FABRIC_MTU)
         _up(ns, nm.FABRIC_BRIDGE)
 
 
@@ -102,7 +103,8 @@ def _ensure_uplink(prefix: str, port: str, peer_ns: str, mac: str) -> None:
             peer = {"ifname": nm.UPLINK, "net_ns_fd": peer_ns, "address": mac}
             f.link("add", ifname=port, kind="veth", peer=peer)
         br = _index(f, nm.FABRIC_BRIDGE)
-        f.link("set", index=_index(f, port), master=br, state="up")
+        f.link("set", index=_index(f, port), master=br, mtu=nm.FABRIC_MTU, state="up")
+        p.link("set", index=_index(p, nm.UPLINK), mtu=nm.FABRIC_MTU)
         _up(p, nm.UPLINK)
 
 
@@ -121,6 +123,12 @@ def ensure_inet(prefix: str) -> None:
         _ensure_addr(ns, nm.UPLINK, str(addr.ip), addr.network.prefixlen)
         # "A server on the internet": a /32 on the loopback. No default route: it routes nowhere else.
         _ensure_addr(ns, "lo", str(nm.INET_SERVER_ADDR), 32)
+        # The public pool is on-link: the host carrying a public address answers ARP for it.
+        pool = nm.PUBLIC_POOL
+        have = ns.get_routes(family=2, dst=str(pool.network_address), dst_len=pool.prefixlen,
+                             table=254)
+        if not have:
+            ns.route("add", dst=str(pool), oif=_index(ns, nm.UPLINK))
 
 
 def ensure_host(prefix: str, hid: str) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from lab import naming as nm
 from lab.errors import LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ def controller_env(state_dir: Path, listen: str, token: str) -> dict[str, str]:
         "KUMO_LISTEN": listen,
         "KUMO_AGENT_SOCKET": str(controller_socket(state_dir)),
         "KUMO_AGENT_TOKEN": token,
+        "KUMO_PUBLIC_POOL": str(nm.PUBLIC_POOL),
     }
 
 
@@ -71,7 +73,8 @@ def controller_argv(python: str) -> list[str]:
     return [python, "-m", "controller"]
 
 
-def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str) -> dict[str, str]:
+def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str,
+              prefix: str) -> dict[str, str]:
     return {
         "KUMO_AGENT_HOST_ID": hid,
         "KUMO_AGENT_STATE_DIR": str(Path(state_dir) / "hosts" / hid / "agent"),
@@ -79,6 +82,10 @@ def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str) -> dict[s
         "KUMO_AGENT_CONTROLLER_URL": f"unix:{controller_socket(state_dir)}",
         "KUMO_AGENT_TOKEN": token,
         "KUMO_AGENT_LIBVIRT_URI": libvirt_uri,
+        # The VPC dataplane: the host's namespace (it also tags the VPC router namespaces,
+        # whose names are machine-wide) and its underlay device on the fabric.
+        "KUMO_AGENT_NETNS": nm.host_netns(prefix, hid),
+        "KUMO_AGENT_UNDERLAY_DEV": nm.UPLINK,
     }
 
 

@@ -13,22 +13,33 @@ HTTP surface of an agent (all JSON, bearer token = the deployment's agent token)
   GET    /v1/instances/{instance_id}    -> InstanceObserved (404 code InstanceNotFound)
   DELETE /v1/instances/{instance_id}    -> 204, also when it is already gone
   GET    /v1/instances/{instance_id}/console?tail_bytes=N -> ConsoleOutput
+Extension "vpc-network" (the host's whole VPC dataplane as one document):
+  PUT    /v1/network                    <- NetworkSpec -> NetworkObserved
+         idempotent; a lower generation answers 409 StaleGeneration, the same generation with
+         different content 409 IdempotentParameterMismatch; changes nothing in either case.
+  GET    /v1/network                    -> NetworkObserved
 The agent pushes HeartbeatRequest to the controller's POST /v1/agent/heartbeat.
 """
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 CONTRACT_VERSION = "v1"
-#: Named additive extensions this agent implements (none yet beyond the base).
-EXTENSIONS: tuple[str, ...] = ()
+#: Named additive extensions this agent implements.
+#:   vpc-network: PUT/GET /v1/network, HostInfo.underlay_ip, HeartbeatRequest.network.
+#:   security-groups: NetworkSpec.security_groups and PortWire.security_group_ids (the host's
+#:   stateful firewall, part of the same document so ports and their rules change together).
+EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
+GroupId = Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]{17}$")]
+RuleId = Annotated[str, StringConstraints(pattern=r"^sgr-[0-9a-f]{17}$")]
+ResourceId = Annotated[str, StringConstraints(pattern=r"^[a-z]{1,8}-[0-9a-f]{8,17}$")]
 ImageId = Annotated[str, StringConstraints(pattern=r"^ami-[0-9a-f]{17}$")]
 MacAddress = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")]
 # RFC 1123 host label: letters, digits, hyphen; no XML/shell/YAML metacharacters possible.
@@ -131,6 +142,131 @@ class InstanceObserved(_Wire):
     error: ErrorInfo | None = None
 
 
+def vpc_bridge(vni: int) -> str:
+    """The host bridge of VPC `vni` that instance NICs of that VPC join (extension vpc-network):
+    `kb-` and the VNI as 6 hex digits. NicSpec.bridge names it; the agent's dataplane creates it."""
+    if not 1 <= vni <= (1 << 24) - 1:
+        raise ValueError(f"VNI {vni} out of range")
+    return f"kb-{vni:06x}"
+
+
+class SubnetWire(_Wire):
+    """One subnet of a VPC. Its router address answers on every host that carries the VPC."""
+
+    subnet_id: ResourceId
+    cidr: IPv4Network
+    #: The subnet's router (.1); guests use it as their gateway.
+    router_ip: IPv4Address
+    #: Where the subnet's route table sends 0.0.0.0/0: "local" (nowhere outside: private),
+    #: "igw" (the VPC's internet gateway; instances with a public IP reach outside) or "nat"
+    #: (the VPC's NAT gateway).
+    route: Literal["local", "igw", "nat"] = "local"
+
+
+class PortWire(_Wire):
+    """A guest NIC on this host. The agent derives the tap's name from port_id and device (the
+    same name the instance's domain uses), so the controller never names kernel objects."""
+
+    #: The instance id that owns the NIC.
+    port_id: InstanceId
+    device: Annotated[str, StringConstraints(pattern=r"^eth[0-9]{1,2}$")] = "eth0"
+    mac: MacAddress
+    ip: IPv4Address
+    subnet_id: ResourceId
+    #: Public address mapped 1:1 (DNAT in, SNAT out) to `ip` on this host, if any.
+    public_ip: IPv4Address | None = None
+    #: 1-5 security groups (extension security-groups); each is in NetworkSpec.security_groups.
+    #: Empty: the agent lets nothing in or out of the port but ARP/DHCP for its own address.
+    security_group_ids: list[GroupId] = Field(default_factory=list, max_length=5)
+
+
+class RemotePortWire(_Wire):
+    """A guest NIC of the same VPC on another host: static VXLAN forwarding points at it."""
+
+    mac: MacAddress
+    ip: IPv4Address
+    host_underlay_ip: IPv4Address
+
+
+class NatGatewayWire(_Wire):
+    """The VPC's NAT gateway: it lives on the host whose underlay address is host_underlay_ip,
+    owns private_ip in subnet_id and masquerades subnets routed to it behind public_ip."""
+
+    nat_gateway_id: ResourceId
+    subnet_id: ResourceId
+    private_ip: IPv4Address
+    public_ip: IPv4Address
+    host_underlay_ip: IPv4Address
+
+
+class VpcWire(_Wire):
+    """Everything of one VPC this host must carry."""
+
+    vpc_id: ResourceId
+    #: VXLAN network identifier of the VPC, unique in the deployment (1 .. 2^24-1).
+    vni: int = Field(ge=1, le=(1 << 24) - 1)
+    cidr: IPv4Network
+    subnets: list[SubnetWire] = Field(default_factory=list)
+    ports: list[PortWire] = Field(default_factory=list)
+    remote_ports: list[RemotePortWire] = Field(default_factory=list)
+    #: An internet gateway is attached (subnets routed "igw" use it).
+    internet: bool = False
+    nat_gateway: NatGatewayWire | None = None
+
+
+class RuleWire(_Wire):
+    """One security group rule; the agent validates it again (agent.firewall.model.Rule)."""
+
+    rule_id: RuleId
+    direction: Literal["ingress", "egress"]
+    protocol: Literal["tcp", "udp", "icmp", "all"]
+    #: tcp/udp: the port range.
+    from_port: int | None = Field(default=None, ge=0, le=65535)
+    to_port: int | None = Field(default=None, ge=0, le=65535)
+    #: icmp: type and code, -1 (or None) for any.
+    icmp_type: int | None = Field(default=None, ge=-1, le=255)
+    icmp_code: int | None = Field(default=None, ge=-1, le=255)
+    #: The peer: exactly one of an IPv4 CIDR and a security group of the same VPC.
+    cidr: IPv4Network | None = None
+    peer_group: GroupId | None = None
+
+
+class SecurityGroupWire(_Wire):
+    """A group as one host needs it: its rules and the private addresses of all its members
+    (on every host: a peer-group rule matches them)."""
+
+    group_id: GroupId
+    #: The VPC's VNI: also the conntrack zone, so VPCs with the same CIDRs never share flows.
+    zone: int = Field(ge=1, le=65535)
+    rules: list[RuleWire] = Field(default_factory=list)
+    members: list[IPv4Address] = Field(default_factory=list)
+
+
+class NetworkSpec(_Wire):
+    """The whole desired VPC dataplane of one host (extension vpc-network). PUT replaces it."""
+
+    #: Monotonic per host; the agent refuses lower ones and ignores equal re-sends.
+    generation: int = Field(ge=1)
+    vpcs: list[VpcWire] = Field(default_factory=list)
+    #: Every group this host's ports use or name as peers (extension security-groups).
+    security_groups: list[SecurityGroupWire] = Field(default_factory=list)
+
+
+class NetworkObserved(_Wire):
+    """How far the host's dataplane is from the accepted NetworkSpec."""
+
+    #: Generation of the last NetworkSpec accepted (0: none).
+    generation: int = 0
+    #: Generation whose every record is in the kernel (0: none yet). Equal to `generation`
+    #: when the dataplane is fully programmed.
+    applied_generation: int = 0
+    #: Records that failed in the last pass (retried; e.g. a tap libvirt has not created yet).
+    failed: int = 0
+    #: Seconds since the epoch when the last pass finished.
+    applied_at: float | None = None
+    error: ErrorInfo | None = None
+
+
 class HostInfo(_Wire):
     """Identity and capacity of a host, sent with every heartbeat."""
 
@@ -145,11 +281,15 @@ class HostInfo(_Wire):
     contract: str = CONTRACT_VERSION
     extensions: list[str] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
+    #: Address of this host on the VXLAN underlay (extension vpc-network); None: no VPC dataplane.
+    underlay_ip: IPv4Address | None = None
 
 
 class HeartbeatRequest(_Wire):
     host: HostInfo
     instances: list[InstanceObserved]
+    #: The VPC dataplane's state (extension vpc-network); None when the agent has none.
+    network: NetworkObserved | None = None
     #: Seconds since the epoch on the agent when this was sent.
     sent_at: float
 

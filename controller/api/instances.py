@@ -1,6 +1,7 @@
 """/v1/instances: run, list (filters state, tag:K=V, instance_id; keyset pages), describe,
 actions, modify, console, status. Every mutation wakes the reconciler once the service's
-transaction has committed, so its spec reaches the agent at once."""
+transaction has committed (controller/app.py's middleware), so its spec reaches the agent at
+once."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -11,10 +12,9 @@ from controller.agents import AgentError
 from controller.api.deps import Ctx, CurrentCaller, Page
 from controller.errors import KumoError
 from controller.ids import utcnow
-from controller.models import (Host, InstancePublic, InstanceStatusPublic, ModifyInstanceRequest,
-                               RunInstancesRequest, RunInstancesResponse)
+from controller.models import (Host, InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
+                               ModifyInstanceRequest, RunInstancesRequest, RunInstancesResponse)
 from controller.services import instances, pagination
-from controller.services.instances import to_public
 
 router = APIRouter(tags=["instances"])
 
@@ -22,8 +22,7 @@ router = APIRouter(tags=["instances"])
 @router.post("/instances", status_code=201, response_model=RunInstancesResponse)
 def run_instances(body: RunInstancesRequest, ctx: Ctx, caller: CurrentCaller):
     rid, rows = instances.run(ctx.db, ctx.settings, caller, body)
-    ctx.reconciler.wake()  # committed: push the specs now, not on the next periodic tick
-    return RunInstancesResponse(reservation_id=rid, instances=[to_public(i) for i in rows])
+    return RunInstancesResponse(reservation_id=rid, instances=instances.describe(ctx.db, rows))
 
 
 @router.get("/instances", response_model=Page[InstancePublic])
@@ -41,49 +40,53 @@ def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller,
                                         limit=max_results + 1, after=after)
     items, token = pagination.keyset_page(rows, max_results,
                                           lambda i: (i.created_at, i.instance_id))
-    return Page(items=[to_public(i) for i in items], next_token=token)
+    return Page(items=instances.describe(ctx.db, items), next_token=token)
 
 
 @router.get("/instances/{instance_id}", response_model=InstancePublic)
 def get_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     with ctx.db.session() as s:
-        return to_public(instances.get(s, caller, instance_id))
+        inst = instances.get(s, caller, instance_id)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.post("/instances/{instance_id}/stop", response_model=InstancePublic)
 def stop_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller, force: bool = False):
     inst = instances.stop(ctx.db, ctx.settings, caller, instance_id, force)
-    ctx.reconciler.wake()
-    return to_public(inst)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.post("/instances/{instance_id}/start", response_model=InstancePublic)
 def start_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     inst = instances.start(ctx.db, ctx.settings, caller, instance_id)
-    ctx.reconciler.wake()
-    return to_public(inst)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.post("/instances/{instance_id}/reboot", response_model=InstancePublic)
 def reboot_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     inst = instances.reboot(ctx.db, ctx.settings, caller, instance_id)
-    ctx.reconciler.wake()
-    return to_public(inst)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.post("/instances/{instance_id}/terminate", response_model=InstancePublic)
 def terminate_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     inst = instances.terminate(ctx.db, ctx.settings, caller, instance_id)
-    ctx.reconciler.wake()
-    return to_public(inst)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.patch("/instances/{instance_id}", response_model=InstancePublic)
 def modify_instance(instance_id: str, body: ModifyInstanceRequest, ctx: Ctx,
                     caller: CurrentCaller):
     inst = instances.modify(ctx.db, ctx.settings, caller, instance_id, body.instance_type)
-    ctx.reconciler.wake()
-    return to_public(inst)
+    return instances.describe(ctx.db, [inst])[0]
+
+
+@router.put("/instances/{instance_id}/security-groups", response_model=InstancePublic)
+def set_security_groups(instance_id: str, body: InstanceGroupsRequest, ctx: Ctx,
+                        caller: CurrentCaller):
+    inst = instances.set_security_groups(ctx.db, ctx.settings, caller, instance_id,
+                                         body.security_group_ids)
+    return instances.describe(ctx.db, [inst])[0]
 
 
 @router.get("/instances/{instance_id}/console")

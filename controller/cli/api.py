@@ -93,6 +93,9 @@ class Api:
     def post(self, path: str, json: Any = None, **params: Any) -> Any:
         return self.request("POST", path, json=json, params=params)
 
+    def put(self, path: str, json: Any) -> Any:
+        return self.request("PUT", path, json=json)
+
     def patch(self, path: str, json: Any) -> Any:
         return self.request("PATCH", path, json=json)
 

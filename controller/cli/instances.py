@@ -22,7 +22,9 @@ COLUMNS = [
     ("TYPE", "instance_type"),
     ("IMAGE", "image_id"),
     ("HOST", "host_id"),
+    ("SUBNET", "subnet_id"),
     ("PRIVATE IP", "private_ip"),
+    ("PUBLIC IP", "public_ip"),
     ("LAUNCHED", "launch_time"),
 ]
 
@@ -60,6 +62,16 @@ def run(ctx: typer.Context,
         tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE, repeatable.")] = None,
         client_token: Annotated[Optional[str], typer.Option(
             "--client-token", help="Idempotency token.")] = None,
+        subnet: Annotated[Optional[str], typer.Option(
+            "--subnet", help="Subnet id (default: the account's default subnet).")] = None,
+        private_ip: Annotated[Optional[str], typer.Option(
+            "--private-ip", help="A specific private address in the subnet.")] = None,
+        public_ip: Annotated[Optional[bool], typer.Option(
+            "--public-ip/--no-public-ip",
+            help="Auto-assign a public IP (default: the subnet's setting).")] = None,
+        security_group: Annotated[Optional[list[str]], typer.Option(
+            "--security-group", help="Security group id, repeatable (default: the VPC's "
+            "default group).")] = None,
         wait: WaitOpt = False,
         timeout: TimeoutOpt = 600.0,
         poll_interval: IntervalOpt = 2.0,
@@ -70,7 +82,8 @@ def run(ctx: typer.Context,
         "image": image, "instance_type": instance_type,
         "min_count": min_count if min_count is not None else count, "max_count": count,
         "key_name": key, "root_disk_gib": root_disk_gib, "tags": parse_tags(tag),
-        "client_token": client_token,
+        "client_token": client_token, "subnet_id": subnet, "private_ip": private_ip,
+        "associate_public_ip": public_ip, "security_group_ids": list(security_group or []),
     }
     if user_data_file is not None:
         body["user_data"] = base64.b64encode(user_data_file.read_bytes()).decode("ascii")
@@ -186,6 +199,17 @@ def modify(ctx: typer.Context, instance_id: str,
     """Change a stopped instance's type (applies on next start)."""
     st = state(ctx, output)
     emit_record(st, st.api().patch(_path(instance_id), {"instance_type": instance_type}))
+
+
+@app.command("set-groups")
+def set_groups(ctx: typer.Context, instance_id: str,
+               security_group: Annotated[list[str], typer.Option(
+                   "--security-group", help="Security group id, repeatable: the new set.")],
+               output: OutputOpt = None) -> None:
+    """Replace a live instance's security groups (in force within a second)."""
+    st = state(ctx, output)
+    emit_record(st, st.api().put(_path(instance_id, "security-groups"),
+                                 {"security_group_ids": list(security_group)}))
 
 
 @app.command("console")

@@ -6,7 +6,8 @@ from controller.models.account import Account, AccountCreate, AccountCreated, Ac
 from controller.models.event import Event, EventPublic
 from controller.models.host import Host, HostPublic
 from controller.models.image import Image, ImagePublic, ImageRegister
-from controller.models.instance import (ClientToken, Instance, InstancePublic, InstanceStatusPublic,
+from controller.models.instance import (ClientToken, Instance, InstanceGroupsRequest,
+                                        InstancePublic, InstanceStatusPublic,
                                         RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
 from controller.models.key_pair import KeyPair, KeyPairCreate, KeyPairCreated, KeyPairPublic
@@ -17,7 +18,7 @@ from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway,
 
 __all__ = [
     "Account", "AccountCreate", "AccountCreated", "AccountPublic", "Event", "EventPublic", "Host",
-    "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "Instance",
+    "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "Instance", "InstanceGroupsRequest",
     "InstancePublic", "InstanceStatusPublic", "RunInstancesRequest", "RunInstancesResponse",
     "ModifyInstanceRequest", "InstanceType", "InstanceTypeCreate", "InstanceTypePublic", "KeyPair",
     "KeyPairCreate", "KeyPairCreated", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp",

@@ -33,3 +33,9 @@ class Host(HostBase, table=True):
     contract: str = Field(default="v1", max_length=8)
     net_index: int = Field(unique=True)
     created_at: datetime = Field(sa_type=UtcDateTime)
+    # The VPC dataplane: the host's VXLAN underlay address (from its heartbeat), the generation
+    # and digest of the last network document built for it, and the generation it accepted.
+    underlay_ip: str | None = Field(default=None, max_length=15)
+    network_generation: int = 0
+    network_digest: str | None = Field(default=None, max_length=64)
+    network_acked: int = 0

@@ -27,10 +27,23 @@ class RunInstancesRequest(BaseModel):
     tags: dict[str, str] = PField(default_factory=dict)
     client_token: str | None = PField(default=None, min_length=1, max_length=64,
                                      pattern=r"^[A-Za-z0-9_.:=+@-]+$")
+    #: The subnet to launch into; None: the account's default subnet.
+    subnet_id: str | None = PField(default=None, min_length=1, max_length=32)
+    #: A specific private address in the subnet (only with max_count 1).
+    private_ip: str | None = PField(default=None, min_length=7, max_length=15)
+    #: Auto-assign a public IP: None follows the subnet's map_public_ip_on_launch.
+    associate_public_ip: bool | None = None
+    #: 1-5 security groups of the subnet's VPC; none: the VPC's default group.
+    security_group_ids: list[str] = PField(default_factory=list, max_length=16)
 
 
 class ModifyInstanceRequest(BaseModel):
     instance_type: TypeName
+
+
+class InstanceGroupsRequest(BaseModel):
+    #: The instance's new set of security groups (1-5, of its VPC): replaces the old set.
+    security_group_ids: list[str] = PField(min_length=1, max_length=16)
 
 
 class StateReason(BaseModel):
@@ -53,6 +66,8 @@ class InstanceBase(SQLModel):
     system_status: str = Field(default="ok", max_length=16)
     host_id: str | None = Field(default=None, max_length=63, index=True)
     launch_time: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    vpc_id: str | None = Field(default=None, max_length=32, index=True)
+    subnet_id: str | None = Field(default=None, max_length=32)
     private_ip: str | None = Field(default=None, max_length=45)
     mac: str | None = Field(default=None, max_length=17)
     hostname: str | None = Field(default=None, max_length=63)
@@ -63,6 +78,9 @@ class InstanceBase(SQLModel):
 
 class InstancePublic(InstanceBase):
     state_reason: StateReason | None = None
+    #: The instance's public address (auto-assigned or elastic), if any.
+    public_ip: str | None = None
+    security_group_ids: list[str] = []
 
 
 class RunInstancesResponse(BaseModel):

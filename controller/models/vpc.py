@@ -234,6 +234,9 @@ class ElasticIp(SQLModel, table=True):
     instance_id: str | None = Field(default=None, index=True, max_length=32)
     private_ip: str | None = Field(default=None, max_length=15)
     nat_gateway_id: str | None = Field(default=None, max_length=32)
+    # A public IP given to an instance at launch (not an elastic IP the user allocated): hidden
+    # from describe-addresses, released with the instance or when an elastic IP replaces it.
+    auto_assigned: bool = False
     created_at: datetime = Field(sa_type=UtcDateTime)
 
 
@@ -248,5 +251,7 @@ class NatGateway(SQLModel, table=True):
     private_ip: str | None = Field(default=None, max_length=15)
     state: str = Field(max_length=16)
     state_message: str | None = Field(default=None, max_length=256)
+    # The host whose dataplane carries the gateway (chosen at creation among live hosts).
+    host_id: str | None = Field(default=None, max_length=63)
     created_at: datetime = Field(sa_type=UtcDateTime)
     deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

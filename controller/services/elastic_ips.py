@@ -3,9 +3,14 @@ an instance of the same account (optionally naming its private address), disasso
 
 EC2 semantics: releasing an associated address fails with InvalidIPAddress.InUse; associating an
 address that is already associated needs allow_reassociation; another account's instance answers
-InvalidInstanceID.NotFound. Associations with instances that have since terminated (or been
-purged) are dropped when this service next looks at the address: instances.py does not know about
-elastic IPs yet (dataplane integration).
+InvalidInstanceID.NotFound. Terminating an instance unlinks its elastic IPs
+(instance_network.release); an association whose instance vanished otherwise is dropped when this
+service next looks at the address.
+
+Auto-assigned public IPs (run-instances in a subnet that maps public IPs on launch) are rows of
+the same table with auto_assigned set, so one unique constraint keeps the pool consistent. They
+are not the user's to see or release: describe-addresses hides them; associating an elastic IP
+with the instance replaces its auto-assigned address (as in EC2), and termination frees it.
 """
 from __future__ import annotations
 
@@ -40,7 +45,14 @@ def pool_addresses(pool: str) -> list[str]:
             if a not in skip]
 
 
-def _unlink(s: Session, eip: ElasticIp, reason: str) -> None:
+def new_association_id() -> str:
+    return new_id("eipassoc")
+
+
+def unlink(s: Session, eip: ElasticIp, reason: str) -> None:
+    if eip.auto_assigned:  # never an allocation of its own: back to the pool
+        s.delete(eip)
+        return
     eip.association_id = eip.instance_id = eip.private_ip = None
     s.add(eip)
     record(s, "elastic-ip", eip.allocation_id, eip.account_id, "associated", "allocated", reason)
@@ -51,7 +63,7 @@ def _drop_stale(s: Session, eip: ElasticIp) -> None:
         return
     inst = s.get(Instance, eip.instance_id)
     if inst is None or inst.state in GONE_STATES:
-        _unlink(s, eip, f"instance {eip.instance_id} terminated")
+        unlink(s, eip, f"instance {eip.instance_id} terminated")
 
 
 def to_public(eip: ElasticIp) -> ElasticIpPublic:
@@ -60,12 +72,15 @@ def to_public(eip: ElasticIp) -> ElasticIpPublic:
 
 def get(s: Session, caller, allocation_id: str) -> ElasticIp:
     eip = vpcs.owned(s, caller, ElasticIp, allocation_id, NOT_FOUND, "allocation")
+    if eip.auto_assigned:
+        raise NotFound(f"allocation {allocation_id!r} not found", code=NOT_FOUND)
     _drop_stale(s, eip)
     return eip
 
 
 def list_addresses(s: Session, caller) -> list[ElasticIp]:
     rows = list(s.exec(vpcs.scoped(select(ElasticIp), ElasticIp, caller)
+                       .where(ElasticIp.auto_assigned == False)  # noqa: E712
                        .order_by(ElasticIp.created_at, ElasticIp.allocation_id)))
     for eip in rows:
         _drop_stale(s, eip)
@@ -73,23 +88,27 @@ def list_addresses(s: Session, caller) -> list[ElasticIp]:
 
 
 def allocate(db: Database, caller, pool: str) -> ElasticIp:
-    candidates = pool_addresses(pool)
     with db.session() as s:
-        taken = set(s.exec(select(ElasticIp.public_ip)))
-        for addr in candidates:
-            if addr in taken:
-                continue
-            eip = ElasticIp(allocation_id=new_id("eipalloc"), account_id=caller.account_id,
-                            public_ip=addr, created_at=utcnow())
-            try:
-                with s.begin_nested():
-                    s.add(eip)
-                    s.flush()
-            except IntegrityError:
-                continue  # taken concurrently: the unique public_ip decided; try the next
-            record(s, "elastic-ip", eip.allocation_id, caller.account_id, None, "allocated",
-                   f"allocated {addr}")
-            return eip
+        return allocate_in(s, caller.account_id, pool)
+
+
+def allocate_in(s: Session, account_id: str, pool: str, auto_assigned: bool = False) -> ElasticIp:
+    """Take the lowest free pool address inside the caller's transaction."""
+    taken = set(s.exec(select(ElasticIp.public_ip)))
+    for addr in pool_addresses(pool):
+        if addr in taken:
+            continue
+        eip = ElasticIp(allocation_id=new_id("eipalloc"), account_id=account_id,
+                        public_ip=addr, auto_assigned=auto_assigned, created_at=utcnow())
+        try:
+            with s.begin_nested():
+                s.add(eip)
+                s.flush()
+        except IntegrityError:
+            continue  # taken concurrently: the unique public_ip decided; try the next
+        record(s, "elastic-ip", eip.allocation_id, account_id, None, "allocated",
+               f"{'auto-assigned' if auto_assigned else 'allocated'} {addr}")
+        return eip
     raise AddressLimitExceeded(f"the public pool {pool} has no free address left")
 
 
@@ -116,16 +135,19 @@ def associate(db: Database, caller, allocation_id: str, body: AddressAssociate) 
                            code="Resource.AlreadyAssociated")
         if eip.instance_id == inst.instance_id:
             return eip  # already exactly this association: nothing to change
-        other = [e for e in s.exec(select(ElasticIp).where(
+        mapped = [e for e in s.exec(select(ElasticIp).where(
             ElasticIp.instance_id == inst.instance_id)) if e.allocation_id != allocation_id]
+        for e in [e for e in mapped if e.auto_assigned]:
+            unlink(s, e, f"replaced by elastic IP {allocation_id}")  # EC2 frees it silently
+        other = [e for e in mapped if not e.auto_assigned]
         if (eip.instance_id is not None or other) and not body.allow_reassociation:
             raise Conflict(f"{allocation_id} or {inst.instance_id} is already associated; pass "
                            "allow_reassociation to move it", code="Resource.AlreadyAssociated")
         for e in other:
-            _unlink(s, e, f"moved: {allocation_id} associated with {inst.instance_id}")
+            unlink(s, e, f"moved: {allocation_id} associated with {inst.instance_id}")
         if eip.instance_id is not None:
-            _unlink(s, eip, f"reassociated to {inst.instance_id}")
-        eip.association_id = new_id("eipassoc")
+            unlink(s, eip, f"reassociated to {inst.instance_id}")
+        eip.association_id = new_association_id()
         eip.instance_id, eip.private_ip = inst.instance_id, inst.private_ip
         s.add(eip)
         record(s, "elastic-ip", allocation_id, eip.account_id, "allocated", "associated",
@@ -142,7 +164,7 @@ def disassociate(db: Database, caller, allocation_id: str) -> ElasticIp:
         if eip.instance_id is None:
             raise NotFound(f"{allocation_id} is not associated",
                            code="InvalidAssociationID.NotFound")
-        _unlink(s, eip, f"disassociated from {eip.instance_id}")
+        unlink(s, eip, f"disassociated from {eip.instance_id}")
     return eip
 
 

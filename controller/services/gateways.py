@@ -1,10 +1,10 @@
 """Internet gateways (create, attach to one VPC, detach, delete) and NAT gateways (create in a
 public subnet with an elastic IP, delete).
 
-NAT gateway states: pending -> available -> deleting -> deleted. There is no dataplane yet:
-"available" means the controller's configuration is complete (private address taken from the
-subnet, elastic IP bound), not that packets flow. When the agent integration lands, the move to
-available will wait for the hosting agent to report the gateway programmed.
+NAT gateway states: pending -> available -> deleting -> deleted. "available" means its private
+address and elastic IP are bound; host_networks.place_nat_gateways then gives it a live host (one
+already carrying the VPC when there is one; a gateway whose host goes down moves) and the
+reconciler pushes it to that host's dataplane and, as a route target, to every host of the VPC.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from controller.services import ipam, route_tables, vpcs
 
 IGW_NOT_FOUND = "InvalidInternetGatewayID.NotFound"
 NAT_NOT_FOUND = "NatGatewayNotFound"
-NAT_CONFIGURED = "configured in the controller (no dataplane programmed yet)"
+NAT_CONFIGURED = "address and elastic IP bound; carried by a host of the VPC"
 
 
 # -- internet gateways -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from controller.errors import InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Host, HostPublic, Instance
-from controller.services import flat_network, lifecycle
+from controller.services import lifecycle
 from controller.services.capacity import Usage, usage_by_host
 from controller.settings import Settings
 
@@ -57,6 +57,18 @@ def _set_system_status(s: Session, host_id: str, status: str) -> None:
         lifecycle.set_system_status(s, inst, status)
 
 
+MAX_HOST_INDEX = 4095
+
+
+def next_host_index(s: Session) -> int:
+    """A small unique number per host (stable host ordinal for naming and reports)."""
+    used = set(s.exec(select(Host.net_index)))
+    for k in range(1, MAX_HOST_INDEX + 1):
+        if k not in used:
+            return k
+    raise RuntimeError(f"more than {MAX_HOST_INDEX} hosts")
+
+
 def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str]:
     """Record a heartbeat; returns ids the agent runs that the controller does not want (orphans)."""
     now = utcnow()
@@ -75,10 +87,11 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,
                       architecture=info.architecture, vcpus=info.vcpus,
                       memory_mib=info.memory_mib, disk_bytes=info.disk_bytes,
-                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now)
+                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now,
+                      underlay_ip=str(info.underlay_ip) if info.underlay_ip else None)
         if host is None:
             host = Host(host_id=info.host_id, state="up", enabled=True,
-                        net_index=flat_network.next_host_index(s), created_at=now, **fields)
+                        net_index=next_host_index(s), created_at=now, **fields)
             s.add(host)
             record(s, "host", info.host_id, None, None, "up", "registered by heartbeat")
         else:
@@ -88,6 +101,12 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
                 record(s, "host", info.host_id, None, host.state, "up", "heartbeat resumed")
                 host.state = "up"
                 _set_system_status(s, host.host_id, "ok")
+            s.add(host)
+        net = hb.network
+        if net is not None and host.network_acked and net.generation < host.network_acked:
+            # The agent lost the network document it had accepted (its state was wiped): push
+            # it again. (A newer one it accepted is folded in by the reconciler's answer.)
+            host.network_acked = 0
             s.add(host)
         observed = {o.instance_id: o for o in hb.instances}
         mine = {i.instance_id: i for i in s.exec(

@@ -25,7 +25,8 @@ from controller.ids import new_id, utcnow
 from controller.models import (ClientToken, Host, Instance, InstancePublic, RunInstancesRequest)
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
-from controller.services import flat_network, images, instance_types, key_pairs, lifecycle
+from controller.services import (images, instance_network, instance_types, key_pairs, lifecycle,
+                                 security_groups, vpcs)
 from controller.services.capacity import GIB, host_states
 from controller.settings import Settings
 
@@ -39,12 +40,22 @@ MAX_TAGS = 50
 _placement_lock = threading.Lock()
 
 
-def to_public(inst: Instance) -> InstancePublic:
+def to_public(inst: Instance, public_ip: str | None = None,
+              group_ids: list[str] | None = None) -> InstancePublic:
     reason = None
     if inst.state_reason_code:
         reason = {"code": inst.state_reason_code, "message": inst.state_reason_message or ""}
-    return InstancePublic.model_validate(inst, from_attributes=True,
-                                         update={"state_reason": reason})
+    return InstancePublic.model_validate(inst, from_attributes=True, update={
+        "state_reason": reason, "public_ip": public_ip, "security_group_ids": group_ids or []})
+
+
+def describe(db: Database, rows: list[Instance]) -> list[InstancePublic]:
+    """Public shapes of `rows`, with their public IPs and groups loaded in two queries."""
+    ids = [i.instance_id for i in rows]
+    with db.session() as s:
+        pubs = instance_network.public_ips(s, ids)
+        groups = instance_network.group_ids(s, ids)
+    return [to_public(i, pubs.get(i.instance_id), groups.get(i.instance_id)) for i in rows]
 
 
 def _check_tags(tags: dict[str, str]) -> None:
@@ -98,6 +109,11 @@ def run(db: Database, settings: Settings, caller, req: RunInstancesRequest):
     if req.min_count > req.max_count:
         raise InvalidParameter("min_count must not exceed max_count",
                                code="InvalidParameterCombination")
+    if req.private_ip is not None and req.max_count > 1:
+        raise InvalidParameter("private_ip names one address: launch one instance with it",
+                               code="InvalidParameterCombination")
+    if req.subnet_id is None:
+        vpcs.ensure_default(db, caller.account_id)
     _check_tags(req.tags)
     user_data = _user_data(req.user_data)
     digest = _request_hash(req)
@@ -135,18 +151,19 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
     if image.min_ram_mib and itype.memory_mib < image.min_ram_mib:
         raise InvalidParameter(f"image needs {image.min_ram_mib} MiB; {itype.name} has "
                                f"{itype.memory_mib}", code="InvalidParameterCombination")
+    where = instance_network.resolve(s, caller, req.subnet_id, req.security_group_ids,
+                                     req.associate_public_ip,
+                                     security_groups.Limits.from_settings(settings))
     want = Request(vcpus=itype.vcpus, memory_mib=itype.memory_mib, disk_bytes=root_gib * GIB,
                    architecture=image.architecture)
     placement = _place(host_states(s), want, req, settings)
     now = utcnow()
     reservation_id = new_id("r")
     hosts = {h.host_id: h for h in s.exec(select(Host))}
-    taken_ips: set[str] = set()
-    taken_macs: set[str] = set()
+    macs = instance_network.taken_macs(s, where.vpc.vpc_id)
     created = []
     for host_id in placement:
         host = hosts[host_id]
-        ip, mac = flat_network.allocate(s, host, taken_ips, taken_macs)
         inst = Instance(
             instance_id=new_id("i"), reservation_id=reservation_id, account_id=caller.account_id,
             image_id=image.image_id, instance_type=itype.name, vcpus=itype.vcpus,
@@ -154,8 +171,8 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
             ssh_public_key=ssh_key, user_data_b64=user_data, tags=dict(req.tags),
             state="pending", instance_status="initializing",
             system_status="ok" if host.state == "up" else "host-down", host_id=host_id,
-            private_ip=ip, mac=mac, hostname=flat_network.hostname_for(ip),
             client_token=req.client_token, created_at=now, updated_at=now)
+        instance_network.attach(s, inst, where, settings.public_pool, macs, req.private_ip)
         # Record the launch as None -> pending (with the pending deadline).
         inst.state = None  # type: ignore[assignment]
         lifecycle.transition(s, inst, "pending", settings, reason="launched", now=now)
@@ -265,6 +282,22 @@ def terminate(db: Database, settings: Settings, caller, instance_id: str):
             lifecycle.transition(s, inst, "shutting-down", settings, reason="user terminate",
                                  code="Client.UserInitiatedShutdown",
                                  message="User initiated shutdown")
+        return inst
+
+
+def set_security_groups(db: Database, settings: Settings, caller, instance_id: str,
+                        group_ids: list[str]) -> Instance:
+    """Change a live instance's security groups; in force on its host within a second."""
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+        if inst.state in ("shutting-down", "terminated"):
+            raise IncorrectState(f"instance {instance_id} is {inst.state}")
+        if inst.vpc_id is None:
+            raise IncorrectState(f"instance {instance_id} is in no VPC")
+        new = instance_network.set_groups(s, inst, group_ids,
+                                          security_groups.Limits.from_settings(settings))
+        record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
+               "security groups: " + ", ".join(new))
         return inst
 
 

@@ -51,7 +51,9 @@ def transition(s: Session, inst: Instance, to: str, settings: Settings, *, reaso
         set_instance_status(s, inst, "not-applicable" if to != "stopping" else inst.instance_status)
     if to == "pending":
         set_instance_status(s, inst, "initializing")
-    if to == "terminated":
+    if to == "terminated" and frm != "terminated":
+        from controller.services import instance_network  # it imports services using this one
+        instance_network.release(s, inst)
         inst.terminated_at = now
         inst.system_status = "not-applicable"
     s.add(inst)

@@ -19,7 +19,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from agent.contract.v1 import (ConsoleOutput, ErrorInfo, HeartbeatRequest, HostInfo,
-                               InstanceObserved, InstanceSpec)
+                               InstanceObserved, InstanceSpec, NetworkObserved, NetworkSpec)
 from controller.app import close_app, create_app
 from controller.settings import Settings
 
@@ -42,12 +42,17 @@ class FakeAgent:
     'building'), auto_boot (the ready marker 'appears' at once), unreachable, put_error."""
 
     def __init__(self, host_id: str, *, vcpus: int = 8, memory_mib: int = 16384,
-                 disk_bytes: int = 200 * GIB, token: str = AGENT_TOKEN):
+                 disk_bytes: int = 200 * GIB, token: str = AGENT_TOKEN,
+                 underlay_ip: str | None = None):
         self.host_id, self.token = host_id, token
         self.url = f"http://{host_id}.agents.test:8788"
+        # underlay_ip: the host speaks the vpc-network extension (PUT /v1/network).
         self.info = HostInfo(host_id=host_id, agent_url=self.url, hypervisor="qemu",
                              architecture="x86_64", vcpus=vcpus, memory_mib=memory_mib,
-                             disk_bytes=disk_bytes, versions={"agent": "fake"})
+                             disk_bytes=disk_bytes, versions={"agent": "fake"},
+                             underlay_ip=underlay_ip,
+                             extensions=["vpc-network"] if underlay_ip else [])
+        self.network: NetworkSpec | None = None
         self.specs: dict[str, InstanceSpec] = {}
         self.observed: dict[str, dict] = {}
         self.consoles: dict[str, str] = {}
@@ -67,6 +72,13 @@ class FakeAgent:
         self.requests.append((request.method, path))
         if path == "/v1/host" and request.method == "GET":
             return _json(200, self.info.model_dump(mode="json"))
+        if path == "/v1/network" and self.info.underlay_ip is not None:
+            if request.method == "PUT":
+                spec = NetworkSpec.model_validate_json(request.content)
+                if self.network is not None and spec.generation < self.network.generation:
+                    return _err(409, "StaleGeneration", f"have {self.network.generation}")
+                self.network = spec
+            return _json(200, self.network_obs().model_dump(mode="json"))
         if path == "/v1/instances" and request.method == "GET":
             return _json(200, [self.obs(i).model_dump(mode="json") for i in self.specs])
         m = _PATH.match(path)
@@ -133,9 +145,20 @@ class FakeAgent:
                                 booted=o["booted"], boot_count=o["boot_count"],
                                 vcpus=spec.vcpus, memory_mib=spec.memory_mib, error=o["error"])
 
+    def network_obs(self) -> NetworkObserved:
+        gen = self.network.generation if self.network is not None else 0
+        return NetworkObserved(generation=gen, applied_generation=gen)
+
+    def vpc(self, vpc_id: str):
+        """The VpcWire this host was told to carry for vpc_id, or None."""
+        if self.network is None:
+            return None
+        return next((v for v in self.network.vpcs if v.vpc_id == vpc_id), None)
+
     def heartbeat_request(self) -> HeartbeatRequest:
+        net = self.network_obs() if self.info.underlay_ip is not None else None
         return HeartbeatRequest(host=self.info, instances=[self.obs(i) for i in self.specs],
-                                sent_at=time.time())
+                                network=net, sent_at=time.time())
 
 
 def make_qcow2(path: Path, size: str = "64M") -> Path:

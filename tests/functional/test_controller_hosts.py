@@ -167,7 +167,7 @@ def test_failed_pushes_back_off_then_recover(tmp_path):
         iid = cloud.run(user).json()["instances"][0]["instance_id"]
         agent.unreachable = True
         assert cloud.tick()["errors"] == 1
-        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0}  # backing off
+        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0, "networks": 0}  # backing off
         agent.unreachable = False
         time.sleep(0.6)
         assert cloud.tick()["pushed"] == 1

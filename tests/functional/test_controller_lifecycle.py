@@ -34,14 +34,18 @@ def test_launch_runs_and_becomes_ok(cloud):
     inst = doc["instances"][0]
     assert inst["state"] == "pending" and inst["instance_status"] == "initializing"
     assert inst["host_id"] == "host-1"
-    assert inst["private_ip"].startswith("10.200.1.") and inst["mac"].startswith("52:54:00:")
+    # The default VPC's default subnet (172.31.0.0/20): .0-.3 are reserved, .4 is the first.
+    assert inst["private_ip"] == "172.31.0.4" and inst["mac"].startswith("52:54:00:")
+    assert inst["vpc_id"].startswith("vpc-") and inst["subnet_id"].startswith("subnet-")
+    assert inst["public_ip"] is not None  # the default subnet maps public IPs on launch
     assert inst["hostname"] == "ip-" + inst["private_ip"].replace(".", "-")
     iid = inst["instance_id"]
     assert cloud.tick()["pushed"] == 1
     spec = agent.specs[iid]
     assert spec.power == "running" and spec.generation == 1
     assert spec.image.url == f"http://controller.test:8787/v1/images/{inst['image_id']}/file"
-    assert spec.nics[0].bridge == "kumobr0" and str(spec.nics[0].gateway) == "10.200.1.1"
+    assert spec.nics[0].bridge.startswith("kb-") and str(spec.nics[0].gateway) == "172.31.0.1"
+    assert str(spec.nics[0].address) == "172.31.0.4/20"
     got = cloud.instance(user, iid)
     assert got["state"] == "running" and got["instance_status"] == "ok"
     assert got["launch_time"] is not None and got["tags"] == {"Name": "web"}

@@ -147,7 +147,7 @@ def test_nat_gateway_lifecycle(cloud):
                    "InvalidAllocationID.NotFound")
     n = ok(nat(pub["subnet_id"], aid)(), 201)
     nid = n["nat_gateway_id"]
-    assert is_id(nid, "nat") and n["state"] == "available" and "no dataplane" in n["state_message"]
+    assert is_id(nid, "nat") and n["state"] == "available" and "elastic IP bound" in n["state_message"]
     assert n["public_ip"] == eip["public_ip"] and n["private_ip"] == "10.0.0.4"
     assert n["vpc_id"] == vid and n["subnet_id"] == pub["subnet_id"]
     assert ok(alice.get(f"/v1/subnets/{pub['subnet_id']}"))["available_ip_address_count"] == 250

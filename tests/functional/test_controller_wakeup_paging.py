@@ -122,7 +122,7 @@ def test_tick_without_loop_and_wake_without_loop_are_harmless(tmp_path):
         assert iid not in agent.specs  # nothing runs in the background
         assert cloud.tick()["pushed"] == 1
         cloud.heartbeat()
-        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0}  # nothing left to do
+        assert cloud.tick() == {"pushed": 0, "deleted": 0, "errors": 0, "networks": 0}  # nothing left to do
         assert cloud.reconciler._plan() == []
     finally:
         cloud.close()

@@ -94,21 +94,21 @@ def test_wiring_as_seen_by_ip(life):
         assert "UP" in fab_links[port]["flags"]
     for i, hid in enumerate(HOSTS, start=1):
         ns = nm.host_netns(p, hid)
-        assert addresses(ns, "uplink0") == [f"172.31.0.{10 + i}/24"]
+        assert addresses(ns, "uplink0") == [f"100.64.0.{10 + i}/24"]
         assert {link["ifname"] for link in ip_json(ns, "link")} == {"lo", "uplink0"}
-    assert addresses(inet, "uplink0") == ["172.31.0.1/24"]
+    assert addresses(inet, "uplink0") == ["100.64.0.1/24"]
     assert "198.51.100.1/32" in addresses(inet, "lo")
 
 
 def test_hosts_ping_each_other_over_the_fabric(life):
     p = life["lab"].prefix
-    assert ping(nm.host_netns(p, "h1"), "172.31.0.12")
-    assert ping(nm.host_netns(p, "h2"), "172.31.0.11")
+    assert ping(nm.host_netns(p, "h1"), "100.64.0.12")
+    assert ping(nm.host_netns(p, "h2"), "100.64.0.11")
 
 
 def test_internet_reaches_the_hosts_uplinks_and_hosts_reach_its_server(life):
     p = life["lab"].prefix
-    for addr in ("172.31.0.11", "172.31.0.12"):
+    for addr in ("100.64.0.11", "100.64.0.12"):
         assert ping(nm.inet_netns(p), addr)
     assert ping(nm.host_netns(p, "h1"), "198.51.100.1")
 
@@ -116,7 +116,7 @@ def test_internet_reaches_the_hosts_uplinks_and_hosts_reach_its_server(life):
 def test_internet_routes_nowhere_else(life):
     routes = ip_json(nm.inet_netns(life["lab"].prefix), "route", "show", "table", "all")
     main_v4 = [r for r in routes if r.get("table", "main") == "main" and ":" not in r["dst"]]
-    assert [r["dst"] for r in main_v4] == ["172.31.0.0/24"], routes
+    assert sorted(r["dst"] for r in main_v4) == ["100.64.0.0/24", "203.0.113.0/24"], routes
 
 
 def test_up_again_changes_nothing(life):
@@ -144,14 +144,14 @@ def test_up_repairs_a_dead_libvirtd_and_a_missing_link(life):
     pids = _libvirtd_pids(lab)
     os.kill(pids["h2"], signal.SIGKILL)
     os.system(f"ip -n {nm.fabric_netns(p)} link del p-h2")  # noqa: S605 (fixed names, no user input)
-    assert not ping(nm.host_netns(p, "h1"), "172.31.0.12", wait=1)
+    assert not ping(nm.host_netns(p, "h1"), "100.64.0.12", wait=1)
     assert not lab.status().ok
     st = lab.up(hosts=2)
     assert st.ok, st.to_text()
     new = _libvirtd_pids(lab)
     assert new["h1"] == pids["h1"] and new["h2"] != pids["h2"]
     life["pids"].update(new.values())
-    assert ping(nm.host_netns(p, "h1"), "172.31.0.12")
+    assert ping(nm.host_netns(p, "h1"), "100.64.0.12")
 
 
 def _probe_domain_xml(name: str, console: Path) -> str:

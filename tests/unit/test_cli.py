@@ -105,12 +105,16 @@ def test_run_sends_the_documented_body(fake, tmp_path):
     ud.write_bytes(b"#!/bin/sh\necho hi\n")
     r = kumo(fake, "instances", "run", "--image", "kumo-tiny", "--type", "t3.micro", "--count", "3",
              "--min-count", "2", "--key", "k1", "--user-data-file", str(ud), "--root-disk-gib", "2",
-             "--tag", "Name=web", "--tag", "env=a=b", "--client-token", "tok", "-o", "json")
+             "--tag", "Name=web", "--tag", "env=a=b", "--client-token", "tok",
+             "--subnet", "subnet-0123456789abcdef0", "--private-ip", "10.0.1.9", "--no-public-ip",
+             "--security-group", "sg-1", "--security-group", "sg-2", "-o", "json")
     assert r.exit_code == 0, r.output
     body = json.loads(fake.requests[0].content)
     assert body == {"image": "kumo-tiny", "instance_type": "t3.micro", "min_count": 2,
                     "max_count": 3, "key_name": "k1", "root_disk_gib": 2,
                     "tags": {"Name": "web", "env": "a=b"}, "client_token": "tok",
+                    "subnet_id": "subnet-0123456789abcdef0", "private_ip": "10.0.1.9",
+                    "associate_public_ip": False, "security_group_ids": ["sg-1", "sg-2"],
                     "user_data": base64.b64encode(b"#!/bin/sh\necho hi\n").decode()}
     out = json.loads(r.stdout)
     assert set(out) == {"reservation_id", "instances"} and len(out["instances"]) == 3

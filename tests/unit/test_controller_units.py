@@ -10,7 +10,9 @@ from datetime import datetime, timezone
 import pytest
 
 from controller.errors import InvalidParameter
-from controller.services import flat_network, pagination
+from agent.contract.v1 import vpc_bridge
+from agent.network import names
+from controller.services import pagination
 from controller.services.image_check import check, detect_format
 from controller.services.key_pairs import fingerprint
 from controller.settings import Settings
@@ -62,10 +64,11 @@ def test_detect_format_never_trusts_the_name(tmp_path):
     assert detect_format(p) == "raw"
 
 
-def test_flat_network_layout():
-    assert str(flat_network.host_subnet(3)) == "10.200.3.0/24"
-    assert str(flat_network.router(3)) == "10.200.3.1/24"
-    assert flat_network.hostname_for("10.200.3.10") == "ip-10-200-3-10"
+def test_the_contract_names_the_vpc_bridge_the_dataplane_creates():
+    for vni in (1, 0xabc, (1 << 24) - 1):
+        assert vpc_bridge(vni) == names.bridge(vni)
+    with pytest.raises(ValueError):
+        vpc_bridge(0)
 
 
 def test_pagination_roundtrip_and_errors():
@@ -99,7 +102,8 @@ def test_settings_defaults_and_urls(tmp_path, monkeypatch):
 
 
 def test_spec_from_instance():
-    from controller.models import Host, Image, Instance
+    from controller.models import Host, Image, Instance, Subnet, Vpc
+    from controller.specs import vpc_nic
     now = datetime.now(timezone.utc)
     host = Host(host_id="h1", hypervisor="qemu", architecture="x86_64", vcpus=4, memory_mib=4096,
                 disk_bytes=10**12, agent_url="unix:/a.sock", net_index=7, created_at=now)
@@ -111,13 +115,18 @@ def test_spec_from_instance():
                     root_disk_gib=3, private_ip="10.200.7.10", mac="52:54:00:aa:bb:cc",
                     hostname="ip-10-200-7-10", generation=4, power="stopped", reboot_nonce=2,
                     ssh_public_key="ssh-ed25519 AAAA", created_at=now, updated_at=now)
-    spec = build(inst, img, host, "unix:/c.sock")
+    vpc = Vpc(vpc_id="vpc-0123456789abcdef0", account_id="acct-1", cidr_block="10.200.0.0/16",
+              vni=0xabc, created_at=now)
+    subnet = Subnet(subnet_id="subnet-0123456789abcdef0", account_id="acct-1", vpc_id=vpc.vpc_id,
+                    cidr_block="10.200.7.0/24", created_at=now)
+    spec = build(inst, img, host, "unix:/c.sock", vpc_nic(inst, vpc, subnet))
     assert spec.generation == 4 and spec.power == "stopped" and spec.reboot_nonce == 2
     # Never smaller than the image, even when the GiB rounding says otherwise.
     assert spec.root_disk_bytes == img.virtual_size
     nic = spec.nics[0]
-    assert str(nic.address) == "10.200.7.10/24" and str(nic.router) == "10.200.7.1/24"
-    assert nic.bridge == "kumobr0" and spec.ssh_authorized_keys == ["ssh-ed25519 AAAA"]
+    assert str(nic.address) == "10.200.7.10/24" and str(nic.gateway) == "10.200.7.1"
+    assert nic.router is None  # the dataplane's distributed router holds .1, not the bridge
+    assert nic.bridge == "kb-000abc" and spec.ssh_authorized_keys == ["ssh-ed25519 AAAA"]
     assert spec.image.url == "/v1/images/ami-0123456789abcdef0/file"
 
 

@@ -57,7 +57,8 @@ def test_too_long_socket_path_is_refused(tmp_path):
 
 
 def test_agent_and_controller_environment():
-    env = sv.agent_env(Path("/s"), "h2", "tok", "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock")
+    env = sv.agent_env(Path("/s"), "h2", "tok", "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock",
+                       "kt")
     assert env == {
         "KUMO_AGENT_HOST_ID": "h2",
         "KUMO_AGENT_STATE_DIR": "/s/hosts/h2/agent",
@@ -65,12 +66,15 @@ def test_agent_and_controller_environment():
         "KUMO_AGENT_CONTROLLER_URL": "unix:/s/controller/agent.sock",
         "KUMO_AGENT_TOKEN": "tok",
         "KUMO_AGENT_LIBVIRT_URI": "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock",
+        "KUMO_AGENT_NETNS": "kt-h2",
+        "KUMO_AGENT_UNDERLAY_DEV": "uplink0",
     }
     assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok") == {
         "KUMO_STATE_DIR": "/s/controller",
         "KUMO_LISTEN": "127.0.0.1:8787",
         "KUMO_AGENT_SOCKET": "/s/controller/agent.sock",
         "KUMO_AGENT_TOKEN": "tok",
+        "KUMO_PUBLIC_POOL": "203.0.113.0/24",
     }
     assert sv.agent_argv("/py") == ["/py", "-m", "agent"]
 

@@ -22,9 +22,9 @@ def test_bad_prefixes_are_refused_with_a_code(prefix):
 
 def test_host_ids_and_addresses():
     assert nm.host_ids(3) == ["h1", "h2", "h3"]
-    assert str(nm.host_address("h1")) == "172.31.0.11/24"
-    assert str(nm.host_address("h42")) == "172.31.0.52/24"
-    assert str(nm.inet_address()) == "172.31.0.1/24"
+    assert str(nm.host_address("h1")) == "100.64.0.11/24"
+    assert str(nm.host_address("h42")) == "100.64.0.52/24"
+    assert str(nm.inet_address()) == "100.64.0.1/24"
     assert nm.host_number("h7") == 7
     assert nm.fabric_port("h12") == "p-h12"
 
