@@ -19,9 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.console import read_tail
 from agent.contract.v1 import (INSTANCE_ID_RE, ConsoleOutput, HostInfo, InstanceObserved,
-                               InstanceSpec)
+                               InstanceSpec, NetworkObserved, NetworkSpec)
 from agent.drivers.base import DriverError
 from agent.heartbeat import Heartbeat, host_info
+from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
+                                resolve_underlay)
+from agent.network.service import KERNEL_RESYNC, NetworkService, NetworkSpecRejected
 from agent.reconcile import Reconciler
 from agent.reconcile.steps import Drivers, simple_network_config
 from agent.settings import AgentSettings
@@ -42,7 +45,54 @@ def _error_body(code: str, message: str, retryable: bool = False) -> dict:
     return {"error": {"code": code, "message": message, "retryable": retryable}}
 
 
-def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None) -> Drivers:
+def build_network_service(settings: AgentSettings, dataplane: Any = None) -> NetworkService | None:
+    """The VPC dataplane service (extension vpc-network), or None when network mode is "bridge"
+    or "none" and no dataplane is injected. Fake driver: a FakeDataplane and a static underlay
+    (KUMO_AGENT_UNDERLAY_IP, else fake_underlay_ip(host_id); device underlay_dev or uplink0)."""
+    mode = settings.network_mode()
+    if dataplane is None and mode not in ("vpc", "fake"):
+        return None
+    kw = dict(resync_interval=settings.network_resync_interval)
+    if settings.driver == "fake" or (dataplane is None and mode == "fake"):
+        if dataplane is None:
+            from agent.drivers.fake import FakeDataplane
+            dataplane = FakeDataplane()
+        ul = Underlay(settings.underlay_ip or fake_underlay_ip(settings.host_id),
+                      settings.underlay_dev or "uplink0")
+        link_up = getattr(dataplane, "link_up", None) or LinkProbe(getattr(dataplane, "netns", None))
+        return NetworkService(settings.state_dir, dataplane=dataplane, underlay=lambda: ul,
+                              link_up=link_up, **kw)
+    if dataplane is not None:  # an injected real Dataplane: its namespace is the host's
+        netns = dataplane.netns
+        return NetworkService(
+            settings.state_dir, dataplane=dataplane,
+            underlay=lambda: resolve_underlay(netns, settings.underlay_dev, settings.underlay_ip),
+            link_up=LinkProbe(netns), **kw)
+    from agent.network.apply import Dataplane, DataplaneError
+    try:
+        host = resolve_namespace(settings.netns, settings.host_id, settings.allow_root_netns)
+    except DataplaneError as e:
+        # Reported in NetworkObserved.error (and the log); nothing is ever touched.
+        log.error("VPC dataplane disabled: %s", e)
+        refused = e  # `e` is unbound after the except block; the closure keeps this one
+
+        def _refuse(*_a):
+            raise refused
+        return NetworkService(settings.state_dir, dataplane=_refuse, underlay=_refuse,
+                              link_up=lambda name: False, **kw)
+    log.info("VPC dataplane in namespace %s (router namespaces %s-kvr-*)",
+             host.netns or "(own)", host.host_tag)
+    return NetworkService(
+        settings.state_dir,
+        dataplane=lambda: Dataplane(host.netns, host_tag=host.host_tag,
+                                    allow_own_namespace=host.netns is None,
+                                    resync_seconds=KERNEL_RESYNC),
+        underlay=lambda: resolve_underlay(host.netns, settings.underlay_dev, settings.underlay_ip),
+        link_up=LinkProbe(host.netns), **kw)
+
+
+def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None,
+                  network_service: NetworkService | None = None) -> Drivers:
     """The drivers `settings` ask for; injected ones win."""
     netcfg = simple_network_config
     if settings.driver == "fake":
@@ -67,15 +117,20 @@ def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, networ
         except ImportError:
             log.warning("agent.seed not available: using the built-in network-config renderer")
     if network is None:
-        mode = settings.network
-        if mode == "auto":
-            mode = "bridge" if settings.driver == "libvirt" else "fake"
+        mode = settings.network_mode()
         if mode == "fake":
             from agent.drivers.fake import FakeNetwork
             network = FakeNetwork()
-        elif mode == "bridge":
-            from agent.network_bridge import BridgeNetwork
-            network = BridgeNetwork(allow_root_netns=settings.allow_root_netns)
+        elif mode in ("bridge", "vpc"):
+            if mode == "vpc" and settings.driver == "fake":  # fake dataplane: fake bridges too
+                from agent.drivers.fake import FakeNetwork
+                network = FakeNetwork()
+            else:
+                from agent.network_bridge import BridgeNetwork
+                network = BridgeNetwork(allow_root_netns=settings.allow_root_netns)
+            if mode == "vpc" and network_service is not None:
+                from agent.network.driver import VpcNetwork
+                network = VpcNetwork(network_service, legacy=network)
     return Drivers(hypervisor=hypervisor, storage=storage, network=network, network_config=netcfg)
 
 
@@ -95,7 +150,26 @@ def _router() -> APIRouter:
     @r.get("/host", response_model=HostInfo)
     def get_host(request: Request) -> HostInfo:
         st = request.app.state
-        return host_info(st.settings, st.drivers.hypervisor)
+        return host_info(st.settings, st.drivers.hypervisor, st.network)
+
+    def _network(request: Request) -> NetworkService:
+        svc = request.app.state.network
+        if svc is None:
+            raise AgentApiError(501, "UnsupportedOperation",
+                                "this agent runs without a VPC dataplane (network mode "
+                                f"{request.app.state.settings.network_mode()!r})")
+        return svc
+
+    @r.get("/network", response_model=NetworkObserved)
+    def get_network(request: Request) -> NetworkObserved:
+        return _network(request).observed()
+
+    @r.put("/network", response_model=NetworkObserved)
+    def put_network(spec: NetworkSpec, request: Request) -> NetworkObserved:
+        try:
+            return _network(request).accept(spec)
+        except NetworkSpecRejected as e:
+            raise AgentApiError(e.status, e.code, e.message) from None
 
     @r.get("/instances", response_model=list[InstanceObserved])
     def list_instances(request: Request) -> list[InstanceObserved]:
@@ -189,25 +263,35 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = None,
-               network: Any = None) -> FastAPI:
-    """One agent: API + reconcile loop + heartbeat, over `settings.state_dir`.
+               network: Any = None, dataplane: Any = None) -> FastAPI:
+    """One agent: API + reconcile loop + VPC dataplane service + heartbeat, over
+    `settings.state_dir`.
 
-    Drivers may be injected (tests pass fakes); otherwise settings.driver picks them.
-    Starting the app loads the accepted specs and reconciles; stopping it leaves guests running.
+    Drivers and the VPC dataplane may be injected (tests pass fakes); otherwise settings pick
+    them. Starting the app loads the accepted specs (instances and network) and reconciles;
+    stopping it leaves guests and their networks as they are.
     """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    drivers = build_drivers(settings, hypervisor, storage, network)
+    network_service = build_network_service(settings, dataplane)
+    drivers = build_drivers(settings, hypervisor, storage, network, network_service)
     store = StateStore(settings.state_dir)
     reconciler = Reconciler(store, drivers, shutdown_timeout=settings.shutdown_timeout,
                             resync_interval=settings.resync_interval,
                             readiness_interval=settings.readiness_interval,
                             max_backoff=settings.max_backoff, workers=settings.reconcile_workers)
-    heartbeat = Heartbeat(settings, host=lambda: host_info(settings, drivers.hypervisor),
-                          instances=reconciler.observed_all)
+    heartbeat = Heartbeat(settings,
+                          host=lambda: host_info(settings, drivers.hypervisor, network_service),
+                          instances=reconciler.observed_all,
+                          network=network_service.observed if network_service else None)
     reconciler.on_change = heartbeat.kick
+    if network_service is not None:
+        network_service.on_change = heartbeat.kick
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # The dataplane first: instances' NICs join bridges it creates.
+        if network_service is not None:
+            network_service.start()
         reconciler.start()
         heartbeat.start()
         try:
@@ -215,6 +299,8 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
         finally:
             heartbeat.stop()
             reconciler.stop()
+            if network_service is not None:
+                network_service.stop()
             close = getattr(drivers.hypervisor, "close", None)
             if callable(close):
                 close()
@@ -232,6 +318,7 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.heartbeat = heartbeat
+    app.state.network = network_service
     app.state.put_lock = threading.Lock()
     _install_error_handlers(app)
     app.include_router(_router())

@@ -1,8 +1,9 @@
 """Heartbeats: the agent tells the controller who it is, what it can hold and what it runs.
 
 Every `heartbeat_interval` seconds, and right after an observed state changes (kick()), POST a
-HeartbeatRequest to `<controller_url>/v1/agent/heartbeat`. An unreachable controller is logged
-and retried at the next tick; the agent keeps reconciling on its own meanwhile.
+HeartbeatRequest to `<controller_url>/v1/agent/heartbeat`, with the VPC dataplane's
+NetworkObserved when the agent has one (extension vpc-network). An unreachable controller is
+logged and retried at the next tick; the agent keeps reconciling on its own meanwhile.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import httpx
 
 from agent.contract import transport
 from agent.contract.v1 import EXTENSIONS, HeartbeatRequest, HeartbeatResponse, HostInfo
-from agent.contract.v1 import InstanceObserved
+from agent.contract.v1 import InstanceObserved, NetworkObserved
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def host_info(settings: AgentSettings, hypervisor) -> HostInfo:
-    """HostInfo of this host, measured now."""
+def host_info(settings: AgentSettings, hypervisor, network=None) -> HostInfo:
+    """HostInfo of this host, measured now. `network` is the NetworkService (extension
+    vpc-network: underlay_ip), None when the agent runs without a VPC dataplane."""
     versions = {"agent": agent_version()}
     getter = getattr(hypervisor, "versions", None)
     if callable(getter):
@@ -64,21 +66,25 @@ def host_info(settings: AgentSettings, hypervisor) -> HostInfo:
         except Exception as e:  # versions are informative; never fail a heartbeat for them
             log.debug("hypervisor versions: %s", e)
     arch = platform.machine() or "x86_64"
+    extensions = [e for e in EXTENSIONS if network is not None or e != "vpc-network"]
     return HostInfo(host_id=settings.host_id, agent_url=settings.agent_url(),
                     hypervisor=hypervisor.kind, architecture=arch,
                     vcpus=os.cpu_count() or 1, memory_mib=host_memory_mib(),
-                    disk_bytes=disk_bytes(settings.state_dir), extensions=list(EXTENSIONS),
-                    versions=versions)
+                    disk_bytes=disk_bytes(settings.state_dir), extensions=extensions,
+                    versions=versions,
+                    underlay_ip=network.underlay_ip() if network is not None else None)
 
 
 class Heartbeat:
     """Background sender of heartbeats."""
 
     def __init__(self, settings: AgentSettings, host: Callable[[], HostInfo],
-                 instances: Callable[[], list[InstanceObserved]]):
+                 instances: Callable[[], list[InstanceObserved]],
+                 network: Callable[[], NetworkObserved] | None = None):
         self.settings = settings
         self.host = host
         self.instances = instances
+        self.network = network
         self.interval = settings.heartbeat_interval
         self.sent = 0
         self.failures = 0
@@ -108,7 +114,9 @@ class Heartbeat:
         self._wake.set()
 
     def send_once(self) -> HeartbeatResponse:
-        req = HeartbeatRequest(host=self.host(), instances=self.instances(), sent_at=time.time())
+        req = HeartbeatRequest(host=self.host(), instances=self.instances(),
+                               network=self.network() if self.network is not None else None,
+                               sent_at=time.time())
         if self._client is None:
             self._client = transport.client(self.settings.controller_url, self.settings.token)
         r = self._client.post("/v1/agent/heartbeat", json=req.model_dump(mode="json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 
 
 def _default_host_id() -> str:
@@ -42,12 +44,29 @@ class AgentSettings(BaseSettings):
     libvirt_uri: str = "qemu:///system"
     hypervisor: Literal["auto", "kvm", "qemu"] = "auto"
     driver: Literal["libvirt", "fake"] = "libvirt"
-    #: Bridge driver: "auto" = pyroute2 bridges with the libvirt driver, in-memory with fakes.
-    network: Literal["auto", "bridge", "fake", "none"] = "auto"
-    #: The pyroute2 bridge driver only acts inside a named (`ip netns`) or otherwise private
+    #: Network driver: "vpc" = the VPC dataplane (agent/network: per-VPC bridges kb-*, VXLAN,
+    #: router namespaces) plus plain pyroute2 bridges for other bridge names; "bridge" = plain
+    #: pyroute2 bridges only; "fake" = in-memory (and a fake VPC dataplane); "none".
+    #: "auto" = "vpc" with the libvirt driver, "fake" with the fake driver.
+    network: Literal["auto", "vpc", "bridge", "fake", "none"] = "auto"
+    #: The pyroute2 network drivers only act inside a named (`ip netns`) or otherwise private
     #: network namespace unless this is set (production hosts, where the machine's own namespace
     #: is the host), so a mis-started lab agent cannot add bridges to the machine.
     allow_root_netns: bool = False
+    #: Name (`ip netns`) of the network namespace that is this host, for the VPC dataplane.
+    #: None: the namespace this process runs in (its `ip netns` name when it has one, e.g. an
+    #: agent started with `ip netns exec kumo-h1`); the machine's own namespace is refused
+    #: unless allow_root_netns is set.
+    netns: str | None = None
+    #: Device carrying the VXLAN underlay. None: the device of the default route in the host's
+    #: namespace ("uplink0" with the fake driver).
+    underlay_dev: str | None = None
+    #: This host's underlay address (HostInfo.underlay_ip). None: the first IPv4 address of
+    #: underlay_dev (with the fake driver: a stable 192.0.2.x derived from host_id).
+    underlay_ip: IPv4Address | None = None
+    #: The VPC dataplane is re-ensured at least this often (seconds; cheap: the kernel is read
+    #: in full only every 30 s), and every second while records fail (e.g. a tap not created yet).
+    network_resync_interval: float = Field(default=5.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     #: Seconds an ACPI shutdown may take before the domain is powered off.
     shutdown_timeout: float = Field(default=30.0, ge=0)
@@ -68,6 +87,14 @@ class AgentSettings(BaseSettings):
             raise ValueError("host_id must be lowercase letters, digits and '-' (max 63)")
         return v
 
+    @field_validator("netns", "underlay_dev")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        # Both end up in `ip netns exec NAME` / netlink: no option-like or odd names.
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("must be letters, digits, '_', '.', '-' (not starting with '-')")
+        return v
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
@@ -79,6 +106,12 @@ class AgentSettings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("listen must be unix:/path.sock or host:port")
         return v
+
+    def network_mode(self) -> str:
+        """The network driver "auto" stands for."""
+        if self.network != "auto":
+            return self.network
+        return "vpc" if self.driver == "libvirt" else "fake"
 
     def listen_socket(self) -> str | None:
         """The unix socket path when listening on one, else None."""

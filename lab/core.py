@@ -146,7 +146,8 @@ class Lab:
                 raise _mismatch(self.state_dir, s.prefix, self.prefix)
             pattern = nm.all_netns_pattern(self.prefix)
             found = [n for n in network.list_netns() if pattern.match(n)]
-            hosts = set(s.hosts) | {n[len(self.prefix) + 1 :] for n in found if n.startswith(f"{self.prefix}-h")}
+            hosts = set(s.hosts) | {n[len(self.prefix) + 1 :] for n in found
+                                    if n.startswith(f"{self.prefix}-h") and "-kvr-" not in n}
             for name in [n for n in s.processes if n.startswith("agent-")] + ["controller"]:
                 if name in s.processes:
                     procs.stop(s.processes.pop(name))

@@ -74,7 +74,8 @@ def inet_netns(prefix: str) -> str:
 def all_netns_pattern(prefix: str) -> re.Pattern[str]:
     """Matches every namespace name this prefix's lab may have created (for cleanup scans)."""
     p = re.escape(validate_prefix(prefix))
-    return re.compile(rf"^{p}-(fab|inet|h[1-9][0-9]?)$")
+    # hN-kvr-<vni>: the VPC router namespaces a host's agent creates (agent.network.names).
+    return re.compile(rf"^{p}-(fab|inet|h[1-9][0-9]?(-kvr-[0-9a-f]{{6}})?)$")
 
 
 def fabric_port(hid: str) -> str:

@@ -1,4 +1,5 @@
-"""In-memory fakes of the agent's drivers (Hypervisor, Storage, Network) for fast tests.
+"""In-memory fakes of the agent's drivers (Hypervisor, Storage, Network) and of the VPC
+dataplane (FakeDataplane) for fast tests.
 
 They keep the Protocols' promises (idempotent deletes, no-op starts of running domains, power
 states) and add test handles: `crash()`, `write_console()`, `fail()`, `calls`. FakeStorage keeps
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE
 from agent.drivers.base import DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.network.names import bridge
+from agent.network.records import HOST, Master
 
 MUTATING = ("define", "start", "shutdown", "destroy", "reboot", "undefine")
 
@@ -289,3 +292,52 @@ class FakeNetwork:
             addrs = self.bridges.setdefault(name, set())
             if router is not None:
                 addrs.add(router)
+
+
+@dataclass
+class FakeEnsureResult:
+    """Shaped like agent.network.apply.EnsureResult: `failed` holds (record, detail) pairs."""
+
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class FakeDataplane:
+    """The VPC dataplane (agent.network.apply.Dataplane) in memory: ensure() records the last
+    HostNetwork. Test handles: `missing_taps` (taps that "do not exist yet": their ports fail
+    like a tap libvirt has not created), fail() (the next ensure raises), `ensures`."""
+
+    def __init__(self) -> None:
+        self.last = None  # the last HostNetwork ensured
+        self.ensures = 0
+        self.missing_taps: set[str] = set()
+        self.closed = False
+        self._faults = _Faults()
+        self._lock = threading.Lock()
+
+    def fail(self, error: Exception | None = None, times: int = 1) -> None:
+        self._faults.set("ensure", None, error or DriverError("injected ensure failure"), times)
+
+    def ensure(self, host) -> FakeEnsureResult:
+        with self._lock:
+            self.ensures += 1
+            self._faults.check("ensure", None)
+            self.last = host
+            failed = [(Master(HOST, p.tap, bridge(v.vni)), f"no device {p.tap}")
+                      for v in host.vpcs for p in v.ports if p.tap in self.missing_taps]
+            return FakeEnsureResult(failed=failed)
+
+    def bridges(self) -> set[str]:
+        """Names of the VPC bridges the last ensure would have created."""
+        with self._lock:
+            return set() if self.last is None else {bridge(v.vni) for v in self.last.vpcs}
+
+    def link_up(self, name: str) -> bool:
+        return name in self.bridges()
+
+    def close(self) -> None:
+        self.closed = True

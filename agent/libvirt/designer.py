@@ -13,7 +13,6 @@ Policy, and why:
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 from agent.drivers.base import DomainPlan
@@ -32,17 +31,13 @@ from agent.libvirt.domain import (
     SerialConsole,
     Timer,
 )
+# tap_name lives in a pure module so the network side can use it; re-exported here.
+from agent.libvirt.names import tap_name  # noqa: F401
 
 HypervisorKind = Literal["kvm", "qemu"]
 DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 #: CPU model under TCG; "max" means QEMU's -cpu max (every feature TCG emulates).
 DEFAULT_TCG_CPU_MODEL = "qemu64"
-
-
-def tap_name(instance_id: str, index: int = 0) -> str:
-    """Stable host-side tap name for NIC `index` of an instance: 'tap' + 11 hex chars (14 <= 15)."""
-    digest = hashlib.sha256(f"{instance_id}/{index}".encode()).hexdigest()
-    return "tap" + digest[:11]
 
 
 def _cpu(kind: HypervisorKind, tcg_cpu_model: str) -> CPU:

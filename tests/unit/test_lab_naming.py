@@ -44,7 +44,9 @@ def test_bad_host_ids(hid):
 
 def test_cleanup_pattern_matches_only_this_prefix():
     pat = nm.all_netns_pattern("kt1")
-    assert all(pat.match(n) for n in ["kt1-fab", "kt1-inet", "kt1-h1", "kt1-h99"])
+    assert all(pat.match(n) for n in ["kt1-fab", "kt1-inet", "kt1-h1", "kt1-h99",
+                                      "kt1-h2-kvr-00000a"])
+    assert not pat.match("kt1-h2-kvr-zz")
     assert not any(pat.match(n) for n in ["kt12-h1", "kt1-h0", "kt1-h100", "xkt1-fab", "kt1-fabric", "kumo-h1"])
 
 
