@@ -4,8 +4,16 @@ Owns running ``nft`` (subprocess with argument lists, JSON on stdin; inside a na
 namespace through ``nsenter --net=/run/netns/NAME`` when ``netns`` is given, in the current one
 otherwise, as the agent in production) and the apply policy:
 
-- ``setup(fw)`` replaces both ``kumo`` tables in ONE transaction (``nft -j -f -``): the kernel swaps
-  the old ruleset for the new one at commit, so there is no moment without protection.
+- ``setup(fw)`` moves both ``kumo`` tables to ``fw``'s ruleset in ONE transaction (``nft -j -f -``,
+  ``Rendered.transaction``) IN PLACE: tables and base chains that exist are kept (their hooks stay
+  registered), their rules flushed and re-added; only regular chains, sets and maps no longer
+  wanted are deleted, after the rules and map elements referencing them are flushed. The kernel
+  swaps the old generation for the new one at commit, so there is no moment without protection
+  (deleting and re-creating the tables let a few packets through the new, not yet committed base
+  chains). What exists is taken from the last applied render; when there is none (a fresh
+  applier, e.g. after an agent restart, or after ``clear()``) or the kernel refused it (someone
+  changed the tables by hand: the transaction is atomic, nothing changed), it is read back with
+  ``nft list ruleset`` and the transaction built again from that.
 - ``update(fw)`` renders again; when only set elements differ from what was last applied (rules,
   members, ports joining or leaving with groups already in use) it sends just ``delete element`` /
   ``add element`` commands, again in one transaction; otherwise it falls back to ``setup``.
@@ -17,10 +25,11 @@ otherwise, as the agent in production) and the apply policy:
 - ``clear()`` removes both tables (and succeeds when they are already gone); pair it with setup.
 - ``verify()`` reads the ruleset back (``nft -j list ruleset``) and compares a structural
   fingerprint (base chains, rule count per chain, element count per set/map) with the last
-  applied render; ``ensure()`` re-applies on drift (e.g. someone ran ``nft flush table``).
+  applied render; ``ensure()`` re-applies on drift (e.g. someone ran ``nft flush table``), from the
+  listing it just read (which may create a table that was deleted by hand).
 
-Agent restart: start with ``setup(fw)`` (it replaces whatever is loaded in one transaction), never
-with ``clear()``, so a restarting agent opens nothing.
+Agent restart: start with ``setup(fw)`` (it reads what is loaded and moves it to ``fw`` in place, in
+one transaction), never with ``clear()``, so a restarting agent opens nothing.
 
 Established connections when a rule is removed: like EC2, tracked flows are kept. The forward
 chain accepts ``ct state established,related`` before any rule lookup and the conntrack entries
@@ -37,9 +46,9 @@ from typing import Any
 
 from agent.firewall.intervals import intersects
 from agent.firewall.model import HostFirewall, Rule, SecurityGroup
-from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, element_command, element_index, element_key,
-                                   empty_document, group_peers, group_sets, is_exact, render, rule_boxes,
-                                   set_element)
+from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, declaration, element_command,
+                                   element_index, element_key, empty_document, group_peers, group_sets, is_exact,
+                                   render, rule_boxes, set_element)
 
 
 class FirewallApplyError(Exception):
@@ -120,6 +129,18 @@ def listing_fingerprint(objects: list[dict[str, Any]]) -> dict[str, Any]:
             "sets": dict(sorted(sets.items()))}
 
 
+def listing_declarations(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
+    """The kernel's ``kumo`` chains, sets and maps as ``Rendered.declarations()`` gives a render's
+    (what ``Rendered.transaction`` needs to know exists), from ``nft -j list ruleset`` output."""
+    out: dict[tuple[str, str, str], Any] = {}
+    for obj in objects:
+        kind, body = next(iter(obj.items()))
+        if kind in ("chain", "set", "map") and isinstance(body, dict) and body.get("table") == TABLE \
+                and body.get("family") in FAMILIES:
+            out[(kind, body["family"], body["name"])] = declaration(kind, body)
+    return out
+
+
 @dataclass
 class ApplyResult:
     mode: str  # "full" | "incremental" | "noop"
@@ -163,13 +184,27 @@ class FirewallApplier:
         # per CIDR set: rule_id -> box, for change_rules' overlap check (dropped on every re-render)
         self._boxes: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def setup(self, fw: HostFirewall) -> ApplyResult:
-        """Replace the whole owned ruleset with ``fw``'s, atomically."""
+    def setup(self, fw: HostFirewall, *, listing: list[dict[str, Any]] | None = None) -> ApplyResult:
+        """Move the whole owned ruleset to ``fw``'s, atomically and in place (tables and base chains
+        are kept). ``listing``: the kernel's ruleset just read (``nft -j list ruleset``), if at hand."""
         clock = _Clock()
         rendered = render(fw)
-        self.nft.load(rendered.document())
+        self._replace(rendered, listing)
         self.current, self._rendered, self._boxes = fw, rendered, {}
         return clock.result("full")
+
+    def _replace(self, rendered: Rendered, listing: list[dict[str, Any]] | None = None) -> None:
+        """Load ``rendered.transaction(existing)``; ``existing`` from ``listing``, else from the last
+        applied render, else (none, or the kernel refused: it is not what we applied) read back."""
+        if listing is None and self._rendered is not None:
+            try:
+                self.nft.load(rendered.transaction(self._rendered.declarations()))
+                return
+            except FirewallApplyError:
+                pass  # atomic: nothing changed; build the transaction again from what is there
+        if listing is None:
+            listing = self.nft.list_ruleset()
+        self.nft.load(rendered.transaction(listing_declarations(listing)))
 
     def update(self, fw: HostFirewall) -> ApplyResult:
         """Move to ``fw`` with element deltas when the skeleton is unchanged, else a full setup."""
@@ -177,7 +212,7 @@ class FirewallApplier:
         old = self._rendered
         new = render(fw)
         if old is None or old.skeleton != new.skeleton:
-            self.nft.load(new.document())
+            self._replace(new)
             self.current, self._rendered, self._boxes = fw, new, {}
             return clock.result("full")
         deletes, adds = [], []
@@ -293,7 +328,10 @@ class FirewallApplier:
 
     def verify(self) -> VerifyResult:
         """Compare the kernel's ``kumo`` tables with the last applied render (structure and sizes)."""
-        actual = listing_fingerprint(self.nft.list_ruleset())
+        return self._verify(self.nft.list_ruleset())
+
+    def _verify(self, listing: list[dict[str, Any]]) -> VerifyResult:
+        actual = listing_fingerprint(listing)
         if self._rendered is None:
             empty = not (actual["chains"] or actual["sets"])
             return VerifyResult(empty, [] if empty else ["kumo tables present but nothing applied"])
@@ -302,10 +340,11 @@ class FirewallApplier:
 
     def ensure(self) -> VerifyResult:
         """verify(); on drift, re-apply the last HostFirewall. Returns the verify result seen first."""
-        result = self.verify()
+        listing = self.nft.list_ruleset()
+        result = self._verify(listing)
         if not result.ok:
             if self.current is None:
                 self.clear()
             else:
-                self.setup(self.current)
+                self.setup(self.current, listing=listing)
         return result

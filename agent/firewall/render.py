@@ -29,9 +29,20 @@ match (so the destination port's ingress chain still runs); ingress chains ``acc
 in ``drop``. ``ct state established,related accept`` comes first: removing a rule keeps tracked
 flows (as EC2 does); ``ct state invalid`` is dropped at the top of each port chain.
 
-``Rendered.document()`` is one transaction that (re)creates both tables: ``add table`` then
-``delete table`` (so deleting works whether or not the table exists) then everything, so one
-``nft -j -f`` replaces the ruleset atomically with no unprotected moment.
+``Rendered.transaction(existing)`` is what the applier loads: ONE transaction that moves the
+kernel's ``kumo`` tables to this render IN PLACE. It never deletes a table or a base chain that
+already exists with the same declaration: ``add table``/``add chain`` are idempotent, ``flush table``
+empties every chain, the wanted sets and maps are (re)declared and flushed, objects no longer
+wanted (or declared differently) are deleted once nothing references them (their rules and verdict
+map elements are already flushed in the same transaction), then elements and rules are added.
+Packets see the old generation until the commit swaps it for the new one, and the base-chain hooks
+stay registered throughout, so there is no unprotected (or closed) moment. Deleting and re-creating
+the tables instead (``Rendered.document()``, the from-scratch form kept for the golden files and
+``nft --check``) is NOT equivalent: the new base chains' hooks go live before the commit fills
+them, and a few packets slip through the still-empty chains (the lab's blink test saw 0-3 in 15
+replaces). ``existing`` maps (kind, family, name) of the objects in the kernel to their declaration,
+as ``Rendered.declarations()`` returns them (the applier passes the last render's, or one read back
+with ``nft list``).
 
 Limits (by design, for now): IPv4 only (guests' IPv6 is dropped). Traffic between a guest and the
 host itself (bridge address: metadata, DHCP) takes the input/output hooks: anti-spoofed, not
@@ -231,7 +242,9 @@ class Rendered:
     chains: dict[tuple[str, str], Any]
 
     def document(self) -> Json:
-        """One atomic transaction that replaces both ``kumo`` tables."""
+        """From scratch: delete both ``kumo`` tables (if present) and create this render, in one
+        transaction. Kept for golden files and ``nft --check``; the applier uses ``transaction``,
+        because re-created base chains let a few packets through before the commit (see above)."""
         cmds: list[Json] = list(empty_document()["nftables"])
         rules = [c for c in self.skeleton if "rule" in c["add"]]
         cmds += [c for c in self.skeleton if "rule" not in c["add"]]
@@ -240,12 +253,71 @@ class Rendered:
         cmds += rules
         return {"nftables": cmds}
 
+    def declarations(self) -> dict[tuple[str, str, str], Any]:
+        """(kind, family, name) -> declaration of every chain and set/map this render creates, in
+        the normalized form ``declaration()`` gives (what ``existing`` holds in ``transaction``)."""
+        out: dict[tuple[str, str, str], Any] = {}
+        for cmd in self.skeleton:
+            kind, body = next(iter(cmd["add"].items()))
+            if kind in ("chain", "set", "map"):
+                out[_object_key(kind, body)] = declaration(kind, body)
+        return out
+
+    def transaction(self, existing: dict[tuple[str, str, str], Any]) -> Json:
+        """ONE transaction that moves the kernel from ``existing`` to this render in place: no
+        table, and no base chain declared as before, is deleted (see the module docstring)."""
+        want = self.declarations()
+        stale = {k for k, spec in existing.items() if want.get(k, _MISSING) != spec}
+        cmds: list[Json] = [{"metainfo": {"json_schema_version": 1}}]
+        for fam in FAMILIES:  # idempotent: creates the table only when it is missing
+            cmds.append({"add": {"table": {"family": fam, "name": TABLE}}})
+        for fam in FAMILIES:  # every rule goes (in the next generation): no set or chain is referenced by one
+            cmds.append({"flush": {"table": {"family": fam, "name": TABLE}}})
+        for key in sorted(k for k in stale if k[0] != "chain"):
+            cmds.append({"delete": {key[0]: _ref(key)}})
+        decls = [c for c in self.skeleton if "rule" not in c["add"]]
+        for cmd in decls:  # sets and maps: declare (idempotent) and empty; flushed verdict maps release their chains
+            kind, body = next(iter(cmd["add"].items()))
+            if kind in ("set", "map"):
+                cmds.append(cmd)
+                cmds.append({"flush": {kind: _ref(_object_key(kind, body))}})
+        for key in sorted(k for k in stale if k[0] == "chain"):
+            cmds.append({"delete": {"chain": _ref(key)}})
+        cmds += [c for c in decls if "table" not in c["add"] and "chain" in c["add"]]  # base chains: kept as they are
+        cmds += [element_command("add", fam, name, list(elems.values()))
+                 for (fam, name), elems in sorted(self.elements.items()) if elems]
+        cmds += [c for c in self.skeleton if "rule" in c["add"]]
+        return {"nftables": cmds}
+
     def fingerprint(self) -> Json:
         return {
             "chains": {f"{f} {n}": v for (f, n), v in sorted(self.chains.items())},
             "rules": {f"{f} {n}": c for (f, n), c in sorted(self.rules_per_chain.items())},
             "sets": {f"{f} {n}": len(e) for (f, n), e in sorted(self.elements.items())},
         }
+
+
+_MISSING = object()
+
+
+def _object_key(kind: str, body: Json) -> tuple[str, str, str]:
+    return (kind, body["family"], body["name"])
+
+
+def _ref(key: tuple[str, str, str]) -> Json:
+    return {"family": key[1], "table": TABLE, "name": key[2]}
+
+
+def declaration(kind: str, body: Json) -> Any:
+    """The part of a chain/set/map declaration that ``add`` cannot change on an existing object,
+    normalized so a render's and an ``nft -j list`` object's compare equal: a base chain's type,
+    hook, priority and policy (None for a regular chain); a set's key type, flags, map type."""
+    if kind == "chain":
+        if "hook" not in body:
+            return None
+        return (body.get("type", "filter"), body["hook"], body["prio"], body.get("policy", "accept"))
+    typ = body["type"]
+    return (tuple(typ) if isinstance(typ, list) else typ, tuple(sorted(body.get("flags", ()))), body.get("map"))
 
 
 def element_command(verb: str, family: str, name: str, elems: list[Any]) -> Json:

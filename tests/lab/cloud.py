@@ -72,12 +72,61 @@ class CloudUser:
     def action(self, iid: str, verb: str, **params) -> dict:
         return self.call("POST", f"/v1/instances/{iid}/{verb}", params=params)
 
+    def allow_admin_access(self, vpc_id: str | None = None) -> None:
+        """Let SSH (tcp/22) and ping in to the VPC's default security group from anywhere, as an
+        operator would; the default group otherwise admits only its own members."""
+        groups = self.call("GET", "/v1/security-groups",
+                           params={"max_results": 1000, **({"vpc_id": vpc_id} if vpc_id else {})})
+        for g in groups["items"]:
+            if not g["is_default"] or (vpc_id is None and not self._is_default_vpc(g["vpc_id"])):
+                continue
+            rules = [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_ipv4": "0.0.0.0/0"},
+                     {"protocol": "icmp", "icmp_type": -1, "cidr_ipv4": "0.0.0.0/0"}]
+            for rule in rules:
+                r = self.api.post(f"/v1/security-groups/{g['group_id']}/ingress",
+                                  json={"rules": [rule]})
+                assert r.status_code == 200 or "Duplicate" in r.text, r.text
+
+    def _is_default_vpc(self, vpc_id: str) -> bool:
+        return self.call("GET", f"/v1/vpcs/{vpc_id}")["is_default"]
+
+    def router_netns(self, inst: dict) -> str:
+        """The namespace of the instance's VPC router on its host: it holds the subnet's router
+        address, so tests reach the guest's private address from there (as its gateway does)."""
+        return find_router_netns(self.lab, inst)
+
     def ssh(self, inst: dict, key: Path, command: str, timeout: float = 60):
-        netns = host_netns(self.lab.prefix, inst["host_id"])
+        netns = self.router_netns(inst)
         return wait_ssh(netns, key, inst["private_ip"], command, timeout=timeout)
 
     def close(self) -> None:
         self.api.close()
+
+
+def find_router_netns(lab, inst: dict, timeout: float = 30) -> str:
+    """`<host ns>-kvr-<vni>` whose router interface holds the gateway of inst's subnet (the agent
+    creates it when the instance's network document arrives: wait for it)."""
+    import ipaddress
+    import json
+    import subprocess
+    prefix = host_netns(lab.prefix, inst["host_id"]) + "-kvr-"
+    deadline = time.monotonic() + timeout
+    while True:
+        names = [line.split()[0] for line in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines() if line]
+        for name in sorted(n for n in names if n.startswith(prefix)):
+            out = subprocess.run(["ip", "-n", name, "-j", "addr"], capture_output=True, text=True)
+            for link in json.loads(out.stdout or "[]"):
+                for a in link.get("addr_info", []):
+                    if a.get("family") != "inet" or not link["ifname"].startswith("kr-"):
+                        continue
+                    net = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
+                    if ipaddress.ip_address(inst["private_ip"]) in net:
+                        return name
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no VPC router namespace for {inst['instance_id']} under "
+                                 f"{prefix}*: {names}")
+        time.sleep(0.5)
 
 
 def domains_named(lab, name: str) -> dict[str, int]:
@@ -120,4 +169,4 @@ def kill9(lab, process: str) -> int:
     return pid
 
 
-__all__ = ["CloudUser", "domains_named", "agent_instance_dir", "kill9", "ssh"]
+__all__ = ["CloudUser", "domains_named", "agent_instance_dir", "find_router_netns", "kill9", "ssh"]

@@ -308,15 +308,12 @@ def test_flush_by_hand_is_detected_and_restored(bed, applier, tmp_path):
         srv.stop()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect (issue 5, dataplane not yet wired to instances): a full replace deletes and "
-    "re-creates the base chains, and while the new hook is registered but not yet committed a "
-    "few packets (0-3 in 15 cycles) pass the denied port; fix: keep the base chains, flush and "
-    "rebuild only non-base chains, sets and rules in the transaction"))
 def test_no_blink_while_rules_change(bed, applier, tmp_path):
-    """A flood at a denied UDP port while the ruleset goes A -> {} -> A (full atomic replaces, 15
-    cycles, every other one by a fresh applier as after an agent restart, which starts with setup()
-    and never clear()): 0 datagrams delivered; an established TCP connection keeps echoing."""
+    """A flood at a denied UDP port while the ruleset goes A -> {} -> A (full atomic replaces, up to
+    200 cycles in 4 s, every other one by a fresh applier as after an agent restart, which starts
+    with setup() and never clear()): 0 datagrams delivered; an established TCP connection keeps
+    echoing. (Deleting and re-creating the tables instead let 1-3 datagrams through in 5 of 5 runs
+    of 200 cycles, 3 of 5 runs of 80, 0 of 5 runs of 15: hence the many cycles.)"""
     g1, g2, g3 = bed.guests
     fw_a = firewall(bed)
     fw_empty = firewall(bed, g1_rules=())
@@ -341,7 +338,7 @@ def test_no_blink_while_rules_change(bed, applier, tmp_path):
         flood.start()
         cycles = 0
         end = time.time() + 4
-        while time.time() < end and cycles < 15:
+        while time.time() < end and cycles < 200:
             applier.setup(fw_empty)
             (applier if cycles % 2 else FirewallApplier(applier.nft)).setup(fw_a)  # restart: fresh state
             cycles += 1
@@ -350,7 +347,7 @@ def test_no_blink_while_rules_change(bed, applier, tmp_path):
         time.sleep(0.3)
         assert cycles >= 3
         assert int(flood_box["sent"]) > 1000, "the flood actually ran"
-        assert srv.counts().get(9999) == 0, "denied port received packets during rule changes"
+        assert srv.counts().get(9999) == 0, f"denied port received packets during {cycles} rule change cycles"
         assert client.returncode == 0, f"established connection broke: {err}"
         assert int(out.strip()) > 50
     finally:

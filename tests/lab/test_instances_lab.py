@@ -21,6 +21,7 @@ echo "kept by $(hostname)" > /root/kept.txt
 @pytest.fixture(scope="module")
 def cloud(lab, tmp_path_factory):
     user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
+    user.allow_admin_access()  # SSH from the VPC router namespace, through the security groups
     yield user
     # terminate whatever the tests left, so the lab's hosts are empty for the next module
     for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:

@@ -7,10 +7,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from agent.firewall.apply import FirewallApplier, FirewallApplyError, listing_fingerprint
+from agent.firewall.apply import FirewallApplier, FirewallApplyError, listing_declarations, listing_fingerprint
 from agent.firewall.model import FirewallInputError
 from agent.firewall.render import render
-from agent.firewall.samples import G1, G2, basic, rule
+from agent.firewall.samples import G1, G2, G3, basic, many_rules, rule, two_vpcs
 
 
 class FakeNft:
@@ -20,13 +20,21 @@ class FakeNft:
         self.loaded: list[dict] = []
         self.listing: list[dict] = []
         self.fail = False
+        self.fail_next = 0  # refuse this many loads (then accept), as nft does when the tables changed by hand
+        self.refused: list[dict] = []
+        self.lists = 0
 
     def load(self, document, *, check=False):
         if self.fail:
             raise FirewallApplyError("boom")
+        if self.fail_next:
+            self.fail_next -= 1
+            self.refused.append(copy.deepcopy(document))
+            raise FirewallApplyError("No such file or directory")
         self.loaded.append(copy.deepcopy(document))
 
     def list_ruleset(self):
+        self.lists += 1
         return self.listing
 
 
@@ -46,13 +54,92 @@ def listing_of(rendered) -> list[dict]:
     return out
 
 
-def test_setup_is_one_atomic_transaction_that_recreates_both_tables():
+def verbs(document) -> list[tuple[str, str, str]]:
+    """(verb, kind, name) per command (name: the table's family for tables)."""
+    out = []
+    for cmd in document["nftables"][1:]:
+        verb, body = next(iter(cmd.items()))
+        kind, obj = next(iter(body.items()))
+        out.append((verb, kind, obj.get("name") if kind != "table" else obj["family"]))
+    return out
+
+
+BASE_CHAINS = {"prerouting", "forward", "zone"}
+
+
+def test_setup_is_one_atomic_in_place_transaction_that_deletes_no_table_or_base_chain():
     nft = FakeNft()
     ap = FirewallApplier(nft)
     res = ap.setup(basic())
-    assert res.mode == "full" and len(nft.loaded) == 1
-    cmds = nft.loaded[0]["nftables"]
-    assert [next(iter(c)) for c in cmds[1:5]] == ["add", "delete", "add", "delete"]
+    assert res.mode == "full" and len(nft.loaded) == 1 and nft.lists == 1  # fresh: read the kernel first
+    v = verbs(nft.loaded[0])
+    assert v[:4] == [("add", "table", "inet"), ("add", "table", "bridge"),
+                     ("flush", "table", "inet"), ("flush", "table", "bridge")]
+    assert not [c for c in v if c[0] == "delete"]  # nothing existed
+    # every wanted set/map is declared then flushed; elements come after all chains, rules last
+    for verb, kind, name in v:
+        if verb == "add" and kind in ("set", "map"):
+            assert ("flush", kind, name) in v
+    last_chain = max(i for i, c in enumerate(v) if c[1] == "chain")
+    first_elem = min(i for i, c in enumerate(v) if c[1] == "element")
+    first_rule = min(i for i, c in enumerate(v) if c[1] == "rule")
+    assert last_chain < first_elem < first_rule and all(c[1] == "rule" for c in v[first_rule:])
+    # the same again (as after an agent restart reading basic() back): no delete at all
+    ap.setup(basic())
+    assert nft.lists == 1 and not [c for c in verbs(nft.loaded[-1]) if c[0] == "delete"]
+    assert sum(c[1] == "rule" for c in verbs(nft.loaded[-1])) == sum(render(basic()).rules_per_chain.values())
+
+
+def test_objects_no_longer_wanted_are_deleted_after_their_references_are_flushed():
+    nft = FakeNft()
+    ap = FirewallApplier(nft)
+    ap.setup(two_vpcs())  # tap_prefix: a bridge forward base chain; G1 and G3 chains and sets
+    ap.setup(many_rules(3, 2))
+    v = verbs(nft.loaded[-1])
+    deleted = {(k, n) for verb, k, n in v if verb == "delete"}
+    assert ("chain", "forward") in deleted  # bridge forward: gone with tap_prefix
+    assert ("chain", f"in-{G3}") in deleted and ("set", f"{G3}-in-net-l4") in deleted
+    assert not any(k == "table" for k, _ in deleted)
+    assert not any(k == "chain" and n in ("prerouting", "zone") for k, n in deleted)
+    # deleted after both tables' rules are flushed; chains also after the verdict maps jumping to them
+    assert all(i > v.index(("flush", "table", "bridge")) for i, c in enumerate(v) if c[0] == "delete")
+    assert v.index(("delete", "chain", f"in-{G3}")) > max(v.index(("flush", "map", "egress")),
+                                                         v.index(("flush", "map", "ingress")))
+    # deleted before any add of the same name (a set re-declared differently is deleted, then added)
+    for i, (verb, kind, name) in enumerate(v):
+        if verb == "delete":
+            assert not any(c[0] == "add" and c[2] == name and c[1] != "element" for c in v[:i])
+    assert nft.lists == 1
+
+
+def test_a_base_chain_declared_differently_is_replaced_and_the_rest_kept():
+    nft = FakeNft()
+    nft.listing = listing_of(render(basic()))
+    for obj in nft.listing:
+        if "chain" in obj and obj["chain"]["name"] == "forward" and obj["chain"]["family"] == "inet":
+            obj["chain"]["policy"] = "drop"
+    FirewallApplier(nft).setup(basic())
+    v = verbs(nft.loaded[-1])
+    assert [c for c in v if c[0] == "delete"] == [("delete", "chain", "forward")]
+    i = v.index(("delete", "chain", "forward"))
+    assert ("add", "chain", "forward") in v[i:]
+
+
+def test_a_refused_transaction_is_rebuilt_from_the_kernels_listing():
+    nft = FakeNft()
+    ap = FirewallApplier(nft)
+    ap.setup(basic())
+    nft.listing = listing_of(render(two_vpcs()))  # someone else loaded another ruleset
+    nft.fail_next = 1  # our transaction (built for basic) is refused: nothing changed
+    ap.setup(many_rules(3, 2))
+    assert len(nft.refused) == 1 and nft.lists == 2
+    assert nft.loaded[-1] == render(many_rules(3, 2)).transaction(listing_declarations(nft.listing))
+    deleted = {(k, n) for verb, k, n in verbs(nft.loaded[-1]) if verb == "delete"}
+    assert ("set", f"{G3}-in-net-l4") in deleted  # known only from the listing
+    nft.fail_next = 2
+    with pytest.raises(FirewallApplyError):
+        ap.setup(basic())
+    assert ap.current == many_rules(3, 2)
 
 
 def test_membership_change_is_a_single_element_transaction():
@@ -128,9 +215,11 @@ def test_verify_and_ensure_restore_after_a_flush():
     nft.listing = [o for o in nft.listing if "rule" not in o]  # `nft flush table`
     result = ap.verify()
     assert not result.ok and any("rules inet forward" in d for d in result.differences)
-    n = len(nft.loaded)
+    n, lists = len(nft.loaded), nft.lists
     ap.ensure()
-    assert len(nft.loaded) == n + 1 and nft.loaded[-1] == render(fw).document()
+    assert len(nft.loaded) == n + 1 and nft.lists == lists + 1  # the listing verify read is reused
+    assert nft.loaded[-1] == render(fw).transaction(listing_declarations(nft.listing))
+    assert not [c for c in verbs(nft.loaded[-1]) if c[0] == "delete"]  # chains and sets are still there
 
 
 def test_clear_and_failed_apply_keep_state_consistent():
