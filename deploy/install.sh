@@ -18,6 +18,8 @@ Kumo's lab cloud is up. Next:
   source <($KUMO_VENV/bin/kumo lab env)        # KUMO_URL and the demo account's API key
   export PATH=$KUMO_VENV/bin:\$PATH
   kumo keys create demo
+  kumo security-groups list --name default      # then allow SSH in its default group:
+  kumo security-groups authorize <sg-id> -p tcp --port 22 --cidr 0.0.0.0/0
   kumo instances run --image kumo-tiny --type t3.micro --key demo --wait
   kumo ssh <instance-id> -- uname -a
   kumo lab down                                  # removes everything the lab made

@@ -1,8 +1,7 @@
-"""`kumo ssh ID [-- COMMAND...]`: SSH into a lab guest through its host's network namespace.
-
-Lab guests live on bridges inside per-host namespaces named `<prefix>-<host_id>`, so ssh must run
-inside that namespace (`ip netns exec`). The argv is built by a pure function (tested); the command
-then replaces this process via execvp, with no shell in between.
+"""`kumo ssh ID [-- COMMAND...]`: SSH into a lab guest the way a user on the internet does: to its
+public IP, from the lab's internet namespace `<prefix>-inet` (`ip netns exec`), so the instance's
+security groups must allow tcp/22. The argv is built by a pure function (tested); the command then
+replaces this process via execvp, with no shell in between.
 """
 from __future__ import annotations
 
@@ -22,12 +21,12 @@ from .resources import default_key_dir
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def lab_namespace(prefix: str, host_id: str) -> str:
-    """The network namespace of a lab host; both parts must be plain names."""
-    for what, value in (("lab prefix", prefix), ("host id", host_id)):
+def lab_namespace(prefix: str, name: str) -> str:
+    """A lab namespace (`inet`, or a host id); both parts must be plain names."""
+    for what, value in (("lab prefix", prefix), ("namespace", name)):
         if not _NAME.match(value or ""):
             raise CliError("InvalidParameterValue", f"invalid {what} {value!r}")
-    return f"{prefix}-{host_id}"
+    return f"{prefix}-{name}"
 
 
 def ssh_argv(*, namespace: str, ip: str, key_file: str | Path, user: str = "root",
@@ -50,13 +49,14 @@ def ssh_argv(*, namespace: str, ip: str, key_file: str | Path, user: str = "root
 
 def argv_for_instance(instance: dict, *, prefix: str, identity: Path | None,
                       user: str = "root", command: Sequence[str] = ()) -> list[str]:
-    """The ssh argv for an instance object from the API (host_id, private_ip, key_name)."""
+    """The ssh argv for an instance object from the API (public_ip, key_name)."""
     iid = instance.get("instance_id")
     if instance.get("state") != "running":
         raise CliError("IncorrectInstanceState", f"{iid} is {instance.get('state')}, not running")
-    host_id, ip = instance.get("host_id"), instance.get("private_ip")
-    if not host_id or not ip:
-        raise CliError("IncorrectInstanceState", f"{iid} has no host or private address yet")
+    ip = instance.get("public_ip")
+    if not ip:
+        raise CliError("NoPublicAddress", f"{iid} has no public IP: associate an elastic IP "
+                       "(kumo eips associate) or launch it in a public subnet")
     if identity is None:
         key_name = instance.get("key_name")
         if not key_name:
@@ -65,7 +65,7 @@ def argv_for_instance(instance: dict, *, prefix: str, identity: Path | None,
         identity = default_key_dir() / key_name
     if not identity.is_file():
         raise CliError("IdentityNotFound", f"private key file {identity} not found")
-    return ssh_argv(namespace=lab_namespace(prefix, host_id), ip=ip, key_file=identity,
+    return ssh_argv(namespace=lab_namespace(prefix, "inet"), ip=ip, key_file=identity,
                     user=user, command=command)
 
 
@@ -78,7 +78,7 @@ def ssh(ctx: typer.Context,
         user: Annotated[str, typer.Option("--user", "-l")] = "root",
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, don't run it.")] = False,
         ) -> None:
-    """SSH into a lab guest (runs ssh inside the guest's host namespace)."""
+    """SSH into a lab guest's public IP from the lab's internet namespace."""
     st = state(ctx)
     if "/" in instance_id:
         raise typer.BadParameter(f"invalid instance id {instance_id!r}")

@@ -36,7 +36,7 @@ def test_ssh_argv_rejects_bad_values(kw):
 
 
 def test_lab_namespace():
-    assert lab_namespace("kumo", "host-1") == "kumo-host-1"
+    assert lab_namespace("kumo", "inet") == "kumo-inet"
     for bad in ("", "../x", "a b", "-x"):
         with pytest.raises(CliError):
             lab_namespace("kumo", bad)
@@ -49,22 +49,24 @@ def test_argv_for_instance_uses_saved_key(tmp_path, monkeypatch):
     key = tmp_path / ".kumo" / "keys" / "k1"
     key.parent.mkdir(parents=True)
     key.write_text("x")
-    inst = instance("i-1", state="running", host_id="host-2", private_ip="10.1.0.7", key_name="k1")
+    inst = instance("i-1", state="running", host_id="host-2", private_ip="10.1.0.7", key_name="k1",
+                    public_ip="203.0.113.7")
     argv = argv_for_instance(inst, prefix="lab", identity=None, command=["true"])
-    assert argv[:4] == ["ip", "netns", "exec", "lab-host-2"]
+    assert argv[:4] == ["ip", "netns", "exec", "lab-inet"]
     assert argv[argv.index("-i") + 1] == str(key)
-    assert argv[-2:] == ["root@10.1.0.7", "true"]
+    assert argv[-2:] == ["root@203.0.113.7", "true"]
 
 
 @pytest.mark.parametrize("kw,code", [
     (dict(state="stopped"), "IncorrectInstanceState"),
-    (dict(private_ip=None), "IncorrectInstanceState"),
+    (dict(public_ip=None), "NoPublicAddress"),
     (dict(key_name=None), "MissingIdentity"),
     (dict(key_name="absent"), "IdentityNotFound"),
 ])
 def test_argv_for_instance_errors(kw, code, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    inst = instance("i-1", **({"state": "running", "private_ip": "10.0.0.1", "key_name": "k"} | kw))
+    inst = instance("i-1", **({"state": "running", "private_ip": "10.0.0.1", "key_name": "k",
+                               "public_ip": "203.0.113.9"} | kw))
     with pytest.raises(CliError) as ei:
         argv_for_instance(inst, prefix="kumo", identity=None)
     assert ei.value.code == code
@@ -76,20 +78,20 @@ def test_ssh_command_execs_the_argv(tmp_path, monkeypatch):
     ident.write_text("x")
     fake = FakeKumo()
     fake.instances["i-1"] = instance("i-1", state="running", host_id="host-1",
-                                     private_ip="10.0.0.9")
+                                     private_ip="10.0.0.9", public_ip="203.0.113.9")
     calls = []
     st = fake.state(execvp=lambda file, argv: calls.append((file, argv)))
     r = runner.invoke(app, ["ssh", "--identity", str(ident), "i-1", "--", "ls", "-la"], obj=st,
                       env={"KUMO_API_KEY": "secret", "KUMO_LAB_PREFIX": "t1"})
     assert r.exit_code == 0, r.output
-    assert calls == [("ip", ["ip", "netns", "exec", "t1-host-1", "ssh", "-i", str(ident),
+    assert calls == [("ip", ["ip", "netns", "exec", "t1-inet", "ssh", "-i", str(ident),
                              "-o", "StrictHostKeyChecking=no", "-o",
-                             "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "--", "root@10.0.0.9", "ls", "-la"])]
+                             "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "--", "root@203.0.113.9", "ls", "-la"])]
     # --dry-run prints the same command instead of running it
     r = runner.invoke(app, ["ssh", "-i", str(ident), "--dry-run", "i-1", "hostname"], obj=st,
                       env={"KUMO_API_KEY": "secret"})
     assert r.exit_code == 0, r.output
-    assert shlex.split(r.stdout)[3] == "kumo-host-1" and len(calls) == 1
+    assert shlex.split(r.stdout)[3] == "kumo-inet" and len(calls) == 1
 
 
 def test_ssh_unknown_instance_is_an_api_error():
@@ -103,7 +105,8 @@ def test_ssh_exec_failure_is_reported(tmp_path):
     ident = tmp_path / "id"
     ident.write_text("x")
     fake = FakeKumo()
-    fake.instances["i-1"] = instance("i-1", state="running", private_ip="10.0.0.9")
+    fake.instances["i-1"] = instance("i-1", state="running", private_ip="10.0.0.9",
+                                     public_ip="203.0.113.9")
 
     def missing(file, argv):
         raise FileNotFoundError(2, "No such file or directory")
