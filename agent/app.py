@@ -47,16 +47,30 @@ def _error_body(code: str, message: str, retryable: bool = False) -> dict:
 
 def build_network_service(settings: AgentSettings, dataplane: Any = None) -> NetworkService | None:
     """The VPC dataplane service (extension vpc-network), or None when network mode is "bridge"
-    or "none" and no dataplane is injected. Fake driver: a FakeDataplane and a static underlay
-    (KUMO_AGENT_UNDERLAY_IP, else fake_underlay_ip(host_id); device underlay_dev or uplink0)."""
+    or "none" and no dataplane is injected. Fake driver: a FakeDataplane, a FakeFirewall, no DHCP
+    and a static underlay (KUMO_AGENT_UNDERLAY_IP, else fake_underlay_ip(host_id); device
+    underlay_dev or uplink0). Otherwise the security groups (FirewallSync: libnftables when the
+    host namespace is the agent's own, the nft CLI entered into it otherwise) and DHCP (DhcpSync,
+    files in <state_dir>/dhcp) of the host namespace, as settings.firewall / settings.dhcp ask."""
     mode = settings.network_mode()
     if dataplane is None and mode not in ("vpc", "fake"):
         return None
-    kw = dict(resync_interval=settings.network_resync_interval)
+    kw: dict[str, Any] = dict(resync_interval=settings.network_resync_interval)
+
+    def real_parts(netns: str | None, host_tag: str) -> dict[str, Any]:
+        from agent.network.dhcp_sync import DhcpSync
+        from agent.network.firewall_sync import FirewallSync
+        return dict(firewall=FirewallSync(netns) if settings.firewall else None,
+                    dhcp=DhcpSync(settings.state_dir / "dhcp", host_tag, user=settings.dhcp_user)
+                    if settings.dhcp else None)
+
     if settings.driver == "fake" or (dataplane is None and mode == "fake"):
         if dataplane is None:
             from agent.drivers.fake import FakeDataplane
             dataplane = FakeDataplane()
+        if settings.firewall:
+            from agent.drivers.fake import FakeFirewall
+            kw["firewall"] = FakeFirewall()
         ul = Underlay(settings.underlay_ip or fake_underlay_ip(settings.host_id),
                       settings.underlay_dev or "uplink0")
         link_up = getattr(dataplane, "link_up", None) or LinkProbe(getattr(dataplane, "netns", None))
@@ -67,7 +81,7 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None) -> Net
         return NetworkService(
             settings.state_dir, dataplane=dataplane,
             underlay=lambda: resolve_underlay(netns, settings.underlay_dev, settings.underlay_ip),
-            link_up=LinkProbe(netns), **kw)
+            link_up=LinkProbe(netns), **real_parts(netns, dataplane.host_tag), **kw)
     from agent.network.apply import Dataplane, DataplaneError
     try:
         host = resolve_namespace(settings.netns, settings.host_id, settings.allow_root_netns)
@@ -88,7 +102,7 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None) -> Net
                                     allow_own_namespace=host.netns is None,
                                     resync_seconds=KERNEL_RESYNC),
         underlay=lambda: resolve_underlay(host.netns, settings.underlay_dev, settings.underlay_ip),
-        link_up=LinkProbe(host.netns), **kw)
+        link_up=LinkProbe(host.netns), **real_parts(host.netns, host.host_tag), **kw)
 
 
 def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None,

@@ -67,6 +67,13 @@ class AgentSettings(BaseSettings):
     #: The VPC dataplane is re-ensured at least this often (seconds; cheap: the kernel is read
     #: in full only every 30 s), and every second while records fail (e.g. a tap not created yet).
     network_resync_interval: float = Field(default=5.0, gt=0)
+    #: Security groups (extension security-groups): the host's `kumo` nft tables, kept equal to the
+    #: NetworkSpec (verified about every second). Off: ports are not filtered at all.
+    firewall: bool = True
+    #: Fixed-lease DHCP (one dnsmasq per VPC router namespace) for guests that ask for it.
+    dhcp: bool = True
+    #: User dnsmasq drops privileges to; it must be able to traverse <state_dir>/dhcp.
+    dhcp_user: str = Field(default="dnsmasq", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     heartbeat_interval: float = Field(default=2.0, gt=0)
     #: Seconds an ACPI shutdown may take before the domain is powered off.
     shutdown_timeout: float = Field(default=30.0, ge=0)

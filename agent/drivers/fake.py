@@ -341,3 +341,39 @@ class FakeDataplane:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeFirewall:
+    """The host firewall (agent.network.firewall_sync.FirewallSync) in memory: apply() records
+    the last HostFirewall (`last`) and what a real sync would have done ("setup" first, then
+    "update" on a change, "ensure" otherwise) in `calls`; check() counts `checks`. fail() makes
+    the next apply raise (default: a FirewallApplyError, as nft refusing a transaction)."""
+
+    def __init__(self) -> None:
+        self.last = None
+        self.calls: list[str] = []
+        self.checks = 0
+        self.closed = False
+        self._faults = _Faults()
+        self._lock = threading.Lock()
+
+    def fail(self, error: Exception | None = None, times: int = 1) -> None:
+        if error is None:
+            from agent.firewall.apply import FirewallApplyError
+            error = FirewallApplyError("injected firewall failure")
+        self._faults.set("apply", None, error, times)
+
+    def apply(self, fw) -> str:
+        with self._lock:
+            self._faults.check("apply", None)
+            what = "setup" if self.last is None else ("update" if fw != self.last else "ensure")
+            self.last = fw
+            self.calls.append(what)
+            return what
+
+    def check(self) -> None:
+        with self._lock:
+            self.checks += 1
+
+    def close(self) -> None:
+        self.closed = True

@@ -16,10 +16,21 @@ background thread that keeps the VPC dataplane (agent.network.Dataplane) equal t
 
 Tap names come from agent.libvirt.names.tap_name(port_id, N) for device ethN: the name the
 instance's libvirt domain gives its tap (NIC at position N of InstanceSpec.nics).
+
+Security groups and DHCP (extension security-groups; optional `firewall` and `dhcp` objects, see
+agent.network.firewall_sync and agent.network.dhcp_sync). accept() also converts the spec into a
+HostFirewall, so invalid rules are refused (400 with the firewall's code, e.g.
+InvalidPermission.Malformed) before anything is persisted. Each pass, in this order: the firewall
+(first pass after start: setup; a changed spec: update; else verify/restore), so a new port's
+rules are in place before its tap joins the bridge; DHCP servers of VPCs no longer carried are
+stopped; Dataplane.ensure; then each carried VPC's DHCP server is ensured (its router namespace
+exists by then). Between passes the firewall alone is verified every `firewall_interval` seconds
+(drift, e.g. `nft flush ruleset`, is restored within that). A firewall or DHCP failure is
+reported in NetworkObserved.error (FirewallApplyFailed, BridgeNetfilterUnavailable, Dhcp*;
+retryable) without stopping the other parts; applied_generation needs all three to succeed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -28,16 +39,16 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pydantic import ValidationError
-
 from agent.contract.v1 import ErrorInfo, NetworkObserved, NetworkSpec
 from agent.fsutil import atomic_write
-from agent.libvirt.names import tap_name
+from agent.firewall.apply import FirewallApplyError
+from agent.firewall.model import FirewallInputError
 from agent.network.apply import DataplaneError
+from agent.network.firewall_sync import FirewallNotEnforced, host_firewall
+from agent.network.wire import (NetworkSpecRejected, combine_errors, failure_info, host_network,
+                                model_port_id, nic_index)
 from agent.network.host import Underlay, UnderlayError
-from agent.network.model import (HostNetwork, NatGatewayNet, PortNet, RemotePort, SubnetNet,
-                                 VpcNet)
-from agent.network.records import Master
+from agent.network.model import HostNetwork
 
 log = logging.getLogger(__name__)
 
@@ -46,59 +57,14 @@ log = logging.getLogger(__name__)
 KERNEL_RESYNC = 30.0
 #: Seconds between passes while records fail.
 RETRY_INTERVAL = 1.0
+#: Seconds between verifications of the firewall (restore after drift).
+FIREWALL_INTERVAL = 1.0
 #: Placeholder underlay used only to validate a spec before the real one is known.
 _UNKNOWN_UNDERLAY = IPv4Address("0.0.0.0")
 
 
-class NetworkSpecRejected(Exception):
-    """accept() refused a spec; answered as HTTP `status` with a stable `code`."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-# -- wire -> model ---------------------------------------------------------------------------
-
-def nic_index(device: str) -> int:
-    """Position of NIC `device` (ethN -> N) in the instance's domain."""
-    return int(device[3:])
-
-
-def model_port_id(port_id: str, device: str) -> str:
-    """The dataplane model's port id of NIC `device` of instance `port_id`. The model wants one
-    id per port (VPC-unique) while the wire names a NIC by (instance id, device): eth0 keeps the
-    instance id, ethN (N > 0) gets a stable derived id, so one instance may have several NICs in
-    one VPC."""
-    if device == "eth0":
-        return port_id
-    return "eni-" + hashlib.sha256(f"{port_id}/{device}".encode()).hexdigest()[:17]
-
-
-def host_network(spec: NetworkSpec, underlay_ip: IPv4Address, underlay_dev: str) -> HostNetwork:
-    """The dataplane model of `spec` on this host. Raises NetworkSpecRejected (400
-    InvalidParameterValue) for what the wire schema allows but the dataplane cannot carry."""
-    try:
-        vpcs = []
-        for v in spec.vpcs:
-            ports = tuple(PortNet(port_id=model_port_id(p.port_id, p.device),
-                                  tap=tap_name(p.port_id, nic_index(p.device)),
-                                  mac=p.mac, ip=p.ip, subnet_id=p.subnet_id,
-                                  public_ip=p.public_ip) for p in v.ports)
-            ng = v.nat_gateway
-            vpcs.append(VpcNet(
-                vpc_id=v.vpc_id, vni=v.vni, cidr=v.cidr,
-                subnets=tuple(SubnetNet(**s.model_dump()) for s in v.subnets),
-                ports=ports,
-                remote_ports=tuple(RemotePort(**r.model_dump()) for r in v.remote_ports),
-                internet=v.internet,
-                nat_gateway=NatGatewayNet(**ng.model_dump()) if ng is not None else None))
-        return HostNetwork(underlay_ip=underlay_ip, underlay_dev=underlay_dev, vpcs=tuple(vpcs))
-    except ValidationError as e:
-        parts = [f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg')}"
-                 for err in e.errors()[:5]]
-        raise NetworkSpecRejected(400, "InvalidParameterValue",
-                                  "network spec: " + "; ".join(parts)) from None
+# Wire -> model conversion and error summaries live in agent.network.wire (re-exported here).
+__all__ = ["NetworkService", "NetworkSpecRejected", "host_network", "model_port_id", "nic_index"]
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -110,13 +76,17 @@ class NetworkService:
     zero-argument factory building one (called in the thread; its DataplaneError is reported).
     underlay: returns this host's Underlay (may raise UnderlayError; retried).
     link_up: link_up(name) -> bool, whether a link exists and is up in the host's namespace.
+    firewall: None, or an object with apply(HostFirewall), check() and close() (FirewallSync,
+    FakeFirewall). dhcp: None, or a DhcpSync (prune(host), ensure(host) -> [(vni, error)]).
     """
 
     def __init__(self, state_dir: Path, *, dataplane: Any, underlay: Callable[[], Underlay],
                  link_up: Callable[[str], bool],
                  resync_interval: float = 5.0, retry_interval: float = RETRY_INTERVAL,
                  on_change: Optional[Callable[[], None]] = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 firewall: Any = None, dhcp: Any = None,
+                 firewall_interval: float = FIREWALL_INTERVAL):
         self.path = Path(state_dir) / "network" / "spec.json"
         if callable(dataplane) and not hasattr(dataplane, "ensure"):
             self._factory, self._dp = dataplane, None
@@ -130,6 +100,12 @@ class NetworkService:
         self.retry_interval = retry_interval
         self.on_change = on_change
         self.clock = clock
+        self.firewall, self.dhcp = firewall, dhcp
+        self.firewall_interval = firewall_interval
+        self._fw_cache: tuple[Any, Any] = (None, None)  # (spec, its HostFirewall)
+        # errors of the last full pass: dataplane, firewall, DHCP; and the failed record count
+        self._errs: list[Optional[ErrorInfo]] = [None, None, None]
+        self._failed = 0
         self.passes = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -189,7 +165,12 @@ class NetworkService:
                                               "accepted with different content")
             u = self._underlay
             host_network(spec, u.ip if u else _UNKNOWN_UNDERLAY, u.dev if u else "uplink0")
+            try:
+                fw = host_firewall(spec)
+            except FirewallInputError as e:
+                raise NetworkSpecRejected(400, e.code, f"security groups: {e.message}") from None
             self._save(spec)
+            self._fw_cache = (spec, fw)
             self._spec = spec
             self._observed = self._observed.model_copy(update={"generation": spec.generation})
             obs = self._observed
@@ -226,7 +207,7 @@ class NetworkService:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        for closable in (self._dp, self.link_up):
+        for closable in (self._dp, self.link_up, self.firewall, self.dhcp):
             close = getattr(closable, "close", None)
             if callable(close):
                 try:
@@ -240,14 +221,23 @@ class NetworkService:
         self._wake.set()
 
     def _main(self) -> None:
+        next_full, kicked = 0.0, True
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                retry = self.run_once()
-            except Exception:  # run_once handles its errors; this is the last line of defence
+                if kicked or time.monotonic() >= next_full:
+                    retry = self.run_once()
+                    wait = self.retry_interval if retry else self.resync_interval
+                    next_full = time.monotonic() + wait
+                elif self.check_firewall():
+                    next_full = min(next_full, time.monotonic() + self.retry_interval)
+            except Exception:  # both handle their errors; this is the last line of defence
                 log.exception("network pass crashed")
-                retry = True
-            self._wake.wait(self.retry_interval if retry else self.resync_interval)
+                next_full = time.monotonic() + self.retry_interval
+            wait = max(0.0, next_full - time.monotonic())
+            if self.firewall is not None:
+                wait = min(wait, self.firewall_interval)
+            kicked = self._wake.wait(wait)
 
     def _resolve_underlay(self) -> Optional[Underlay]:
         if self._underlay is None:
@@ -268,46 +258,111 @@ class NetworkService:
         return self._dp
 
     def run_once(self) -> bool:
-        """One pass; True when a quick retry is wanted."""
+        """One pass (firewall, DHCP prune, dataplane, DHCP); True when a quick retry is wanted."""
         self.passes += 1
         with self._lock:
             spec = self._spec
+        if spec is None:
+            underlay = self._resolve_underlay()
+            return underlay is None and isinstance(self._underlay_error, UnderlayError)
+        fw_err = self._firewall_pass(spec)
+        host, dp_err, failed, retry = self._dataplane_pass(spec)
+        dhcp_err = self._dhcp_pass(host) if host is not None else None
+        self._errs, self._failed = [dp_err, fw_err, dhcp_err], failed
+        ok = not (dp_err or fw_err or dhcp_err)
+        self._record(spec, spec.generation if ok else None, failed, combine_errors(self._errs))
+        return retry or any(e is not None and e.retryable for e in (fw_err, dhcp_err))
+
+    def _dataplane_pass(self, spec: NetworkSpec) -> tuple[Optional[HostNetwork],
+                                                          Optional[ErrorInfo], int, bool]:
+        """DHCP prune + Dataplane.ensure: (host, error, failed records, quick retry wanted)."""
         try:
             underlay = self._resolve_underlay()
-            if spec is None:
-                return underlay is None and isinstance(self._underlay_error, UnderlayError)
             if underlay is None:
                 raise self._underlay_error or UnderlayError("underlay unknown")
             host = host_network(spec, underlay.ip, underlay.dev)
+            if self.dhcp is not None:
+                for vni, e in self.dhcp.prune(host):
+                    log.warning("stopping DHCP servers: %s", e)
             result = self._dataplane().ensure(host)
         except NetworkSpecRejected as e:
-            self._record(spec, None, 0, ErrorInfo(code="InvalidNetworkSpec", message=e.message,
-                                                  retryable=False))
-            return False
+            return None, ErrorInfo(code="InvalidNetworkSpec", message=e.message,
+                                   retryable=False), 0, False
         except DataplaneError as e:
             retryable = e.code != "RootNamespaceRefused"
-            self._record(spec, None, 0, ErrorInfo(code=e.code, message=str(e),
-                                                  retryable=retryable))
-            return retryable
+            return None, ErrorInfo(code=e.code, message=str(e), retryable=retryable), 0, retryable
         except UnderlayError as e:
-            self._record(spec, None, 0, ErrorInfo(code=e.code, message=str(e)))
-            return True
+            return None, ErrorInfo(code=e.code, message=str(e)), 0, True
         except Exception as e:
             log.exception("network pass failed")
             self._reset_dataplane()
-            self._record(spec, None, 0, ErrorInfo(code="InternalError",
-                                                  message=f"{type(e).__name__}: {e}"))
-            return True
+            return None, ErrorInfo(code="InternalError",
+                                   message=f"{type(e).__name__}: {e}"), 0, True
         failed = list(result.failed)
         if not failed:
-            self._record(spec, spec.generation, 0, None)
-            return False
-        info = _failure_info(host, failed)
-        self._record(spec, None, len(failed), info)
+            return host, None, 0, False
+        info = failure_info(host, failed)
         # Only missing taps: libvirt enslaves a tap to its bridge itself when it creates it, so
         # nothing waits on us; the normal resync (a full kernel read each time while records
         # fail) picks the taps up without a read every second for every stopped instance.
-        return info.code != "WaitingForTaps"
+        return host, info, len(failed), info.code != "WaitingForTaps"
+
+    def _firewall_pass(self, spec: NetworkSpec, check_only: bool = False) -> Optional[ErrorInfo]:
+        """Apply (or only verify) the firewall of `spec`; the error to report, if any."""
+        if self.firewall is None:
+            return None
+        try:
+            if check_only:
+                self.firewall.check()
+                return None
+            with self._lock:
+                cached_spec, fw = self._fw_cache
+            if cached_spec is not spec:
+                fw = host_firewall(spec)
+                with self._lock:
+                    self._fw_cache = (spec, fw)
+            self.firewall.apply(fw)
+            return None
+        except FirewallInputError as e:  # accept() validated it: only a spec saved by hand
+            return ErrorInfo(code="InvalidNetworkSpec", message=f"security groups: {e}",
+                             retryable=False)
+        except FirewallNotEnforced as e:
+            return ErrorInfo(code=e.code, message=str(e), retryable=True)
+        except FirewallApplyError as e:
+            return ErrorInfo(code="FirewallApplyFailed", message=str(e)[:2000], retryable=True)
+        except Exception as e:
+            log.exception("firewall pass failed")
+            try:
+                self.firewall.close()  # a fresh backend next time (setup re-reads the kernel)
+            except Exception:
+                pass
+            return ErrorInfo(code="FirewallApplyFailed", message=f"{type(e).__name__}: {e}",
+                             retryable=True)
+
+    def check_firewall(self) -> bool:
+        """Verify/restore the firewall between full passes (no-op before the first spec or
+        without a firewall). Updates NetworkObserved when its error changes; True on error."""
+        with self._lock:
+            spec = self._spec
+        if spec is None or self.firewall is None:
+            return False
+        err = self._firewall_pass(spec, check_only=True)
+        if err != self._errs[1]:
+            self._errs = [self._errs[0], err, self._errs[2]]
+            self._record(spec, None, self._failed, combine_errors(self._errs))
+        return err is not None
+
+    def _dhcp_pass(self, host: HostNetwork) -> Optional[ErrorInfo]:
+        if self.dhcp is None:
+            return None
+        errors = self.dhcp.ensure(host)
+        if not errors:
+            return None
+        vni, e = errors[0]
+        code = getattr(e, "code", None) or "DhcpFailed"
+        where = f" of VNI {vni}" if vni else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return ErrorInfo(code=code, message=f"DHCP server{where}: {e}{more}", retryable=True)
 
     def _reset_dataplane(self) -> None:
         """After an unexpected error, rebuild the dataplane (fresh netlink handles)."""
@@ -339,15 +394,3 @@ class NetworkService:
                 cb()
             except Exception as e:
                 log.debug("network on_change: %s", e)
-
-
-def _failure_info(host: HostNetwork, failed: list) -> ErrorInfo:
-    taps = {p.tap for v in host.vpcs for p in v.ports}
-    waiting = sorted({rec.dev for rec, _ in failed if isinstance(rec, Master) and rec.dev in taps})
-    if len(waiting) == len(failed):
-        # Only taps that do not exist (yet): instances not started; not a dataplane fault.
-        return ErrorInfo(code="WaitingForTaps",
-                         message=f"{len(waiting)} guest taps not present: {', '.join(waiting[:8])}")
-    rec, detail = failed[0]
-    return ErrorInfo(code="DataplaneApplyFailed",
-                     message=f"{len(failed)} dataplane changes failed, first: {rec}: {detail}")

@@ -1,7 +1,9 @@
 """The agent's VPC network API (extension vpc-network) on fake drivers: PUT/GET /v1/network with
 its generation rules and errors, the heartbeat carrying NetworkObserved and underlay_ip (and
 being kicked when it changes), a restarted agent re-applying the persisted spec, and an
-instance whose NIC joins a VPC bridge waiting for the network spec."""
+instance whose NIC joins a VPC bridge waiting for the network spec; security groups (extension
+security-groups): invalid rules answered 400 with the firewall's code and nothing changed, and the
+FakeFirewall recording the HostFirewall the agent derived."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 from agent.app import create_app
 from agent.drivers.fake import FakeDataplane, FakeHypervisor, FakeStorage
 from tests.functional.agent_harness import AUTH, make_spec, settings_for, wait_for
+from tests.unit.test_network_firewall_sync import SG1, SG2, sg_doc
 from tests.unit.test_network_service import I1, spec_doc
 
 UNDERLAY = "172.31.0.11"
@@ -206,3 +209,68 @@ def test_instance_nic_on_a_vpc_bridge_waits_for_the_network(tmp_path):
         wait_for(lambda: client.get(f"/v1/instances/{I1}").json()["power"] == "running",
                  timeout=10)
         assert client.hv.domains[I1].plan.nics[0].bridge == "kb-00002a"
+
+
+def test_security_groups_reach_the_firewall(agent):
+    fw = agent.app_.state.network.firewall
+    assert agent.put("/v1/network", json=sg_doc(1)).status_code == 200
+    wait_for(lambda: net(agent)["applied_generation"] == 1)
+    assert fw.last is not None and fw.calls[0] == "setup"
+    assert [p.group_ids for p in fw.last.ports] == [(SG1,), (SG1, SG2)]  # no groups: left out
+    assert fw.last.tap_prefix == "tap"
+    # Adding a rule: the next pass updates the firewall.
+    doc = sg_doc(2)
+    doc["security_groups"][1]["rules"] = [{"rule_id": "sgr-00000000000000009",
+                                           "direction": "ingress", "protocol": "udp",
+                                           "from_port": 53, "to_port": 53, "cidr": "10.0.0.0/16"}]
+    assert agent.put("/v1/network", json=doc).status_code == 200
+    wait_for(lambda: net(agent)["applied_generation"] == 2)
+    assert len(fw.last.groups[SG2].rules) == 1 and "update" in fw.calls
+
+
+@pytest.mark.parametrize("mutate,code", [
+    (lambda d: d.update(security_groups=[]), "InvalidGroup.NotFound"),
+    (lambda d: d["security_groups"][0]["rules"].append(
+        {"rule_id": "sgr-00000000000000009", "direction": "ingress", "protocol": "tcp",
+         "from_port": 90, "to_port": 80, "cidr": "0.0.0.0/0"}), "InvalidPermission.Malformed"),
+    (lambda d: d["security_groups"][0]["rules"].append(
+        d["security_groups"][0]["rules"][0]), "InvalidPermission.Duplicate"),
+    (lambda d: d["security_groups"][0].update(zone=7), "InvalidGroup.NotFound"),
+    (lambda d: d["security_groups"][0]["rules"].append(  # schema level (pydantic)
+        {"rule_id": "sgr-00000000000000009", "direction": "ingress", "protocol": "gre",
+         "cidr": "0.0.0.0/0"}), "InvalidParameterValue"),
+    (lambda d: d["security_groups"][0]["rules"].append(
+        {"rule_id": "sgr-00000000000000009", "direction": "ingress", "protocol": "all",
+         "cidr": "10.0.0.0/8; flush ruleset"}), "InvalidParameterValue"),
+])
+def test_invalid_security_groups_answer_400_and_change_nothing(agent, mutate, code):
+    assert agent.put("/v1/network", json=sg_doc(1)).status_code == 200
+    wait_for(lambda: net(agent)["applied_generation"] == 1)
+    before = agent.app_.state.network.firewall.last
+    doc = sg_doc(2)
+    mutate(doc)
+    r = agent.put("/v1/network", json=doc)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code and not r.json()["error"]["retryable"]
+    assert net(agent)["generation"] == 1
+    assert agent.app_.state.network.spec().generation == 1
+    assert agent.app_.state.network.firewall.last == before
+
+
+def test_firewall_failure_in_observed(tmp_path):
+    with agent_app(tmp_path, network_resync_interval=0.2) as client:
+        fw = client.app_.state.network.firewall
+        fw.fail(times=2)
+        client.put("/v1/network", json=sg_doc(1))
+        obs = wait_for(lambda: (o := net(client))["error"] and o)
+        assert obs["error"]["code"] == "FirewallApplyFailed" and obs["error"]["retryable"]
+        assert obs["applied_generation"] == 0 and client.dp.last is not None  # dataplane ran
+        wait_for(lambda: net(client)["applied_generation"] == 1)
+        assert net(client)["error"] is None
+
+
+def test_firewall_can_be_turned_off(tmp_path):
+    with agent_app(tmp_path, firewall=False) as client:
+        assert client.app_.state.network.firewall is None
+        assert client.put("/v1/network", json=sg_doc(1)).status_code == 200
+        wait_for(lambda: net(client)["applied_generation"] == 1)
