@@ -176,7 +176,8 @@ class PortWire(_Wire):
     #: Public address mapped 1:1 (DNAT in, SNAT out) to `ip` on this host, if any.
     public_ip: IPv4Address | None = None
     #: 1-5 security groups (extension security-groups); each is in NetworkSpec.security_groups.
-    #: Empty: the agent lets nothing in or out of the port but ARP/DHCP for its own address.
+    #: Empty: the port is isolated (no frame in or out, ARP and DHCP included); the controller
+    #: always sends at least the VPC's default group.
     security_group_ids: list[GroupId] = Field(default_factory=list, max_length=5)
 
 
