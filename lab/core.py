@@ -239,7 +239,8 @@ class Lab:
                                       self.prefix)
             Path(env["KUMO_AGENT_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
             rec = procs.start(name, services.agent_argv(self.python), log, env=env,
-                              netns=nm.host_netns(self.prefix, hid), cwd=services.REPO_ROOT)  # fmt: skip
+                              netns=nm.host_netns(self.prefix, hid), cwd=services.REPO_ROOT,
+                              share_mounts=True)  # fmt: skip
             s.processes[name] = rec
             s.sockets[name] = str(services.agent_socket(self.state_dir, hid))
             self._save(s)

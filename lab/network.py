@@ -7,6 +7,7 @@ target lab namespace.
 from __future__ import annotations
 
 import os
+import subprocess
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -124,11 +125,18 @@ def ensure_inet(prefix: str) -> None:
         # "A server on the internet": a /32 on the loopback. No default route: it routes nowhere else.
         _ensure_addr(ns, "lo", str(nm.INET_SERVER_ADDR), 32)
         # The public pool is on-link: the host carrying a public address answers ARP for it.
+        # Filter in Python: get_routes(dst=...) is a route *lookup* in pyroute2 0.9 (ENETUNREACH
+        # while the route is missing).
         pool = nm.PUBLIC_POOL
-        have = ns.get_routes(family=2, dst=str(pool.network_address), dst_len=pool.prefixlen,
-                             table=254)
+        have = [r for r in ns.get_routes(family=2, table=254)
+                if r.get_attr("RTA_DST") == str(pool.network_address)
+                and r["dst_len"] == pool.prefixlen]
         if not have:
             ns.route("add", dst=str(pool), oif=_index(ns, nm.UPLINK))
+        # The internet routes between the hosts' public addresses (instance to instance over
+        # public IPs), as a real upstream router does. It still routes nowhere outside the lab.
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                   check=True, capture_output=True, timeout=30)
 
 
 def ensure_host(prefix: str, hid: str) -> None:

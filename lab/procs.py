@@ -58,12 +58,20 @@ def start(
     env: dict[str, str] | None = None,
     netns: str | None = None,
     cwd: Path | None = None,
+    share_mounts: bool = False,
 ) -> ProcRecord:
     """Start argv in the background (own session, stdin from /dev/null, output appended to log).
 
     With netns, the command runs under `ip netns exec`, which execs in place: the PID we record is
-    the PID of the command itself."""
-    full = (["ip", "netns", "exec", netns] if netns else []) + list(argv)
+    the PID of the command itself. `ip netns exec` also gives it a private mount namespace (to
+    remount /sys); share_mounts=True uses `nsenter --net` instead, keeping the machine's mount
+    namespace: an agent creates its VPC router namespaces by bind-mounting them under /run/netns,
+    and those mounts must outlive it (a restarted agent, `lab down` and tests must see them)."""
+    if netns and share_mounts:
+        prefix = ["nsenter", f"--net=/run/netns/{netns}", "--"]
+    else:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+    full = prefix + list(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
     penv = dict(os.environ)
     penv.update(env or {})
