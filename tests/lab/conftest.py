@@ -7,6 +7,9 @@ missing. KUMO_LAB_SERVICES=none starts the lab without controller/agents.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
@@ -20,8 +23,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
+    # Not under pytest's 0700 temp root: the agents' DHCP servers drop to the dnsmasq user and
+    # must traverse the state dir to re-read their hosts files.
+    state = Path(tempfile.mkdtemp(prefix="kumo-lab-"))
+    state.chmod(0o755)
     the_lab = Lab(
-        tmp_path_factory.mktemp("lab"),
+        state,
         prefix=unique_prefix(),
         listen=f"127.0.0.1:{free_port()}",
         start_services=os.environ.get("KUMO_LAB_SERVICES", "auto"),
@@ -30,7 +37,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         the_lab.up(hosts=2)
         yield the_lab
     finally:
-        the_lab.down()
+        try:
+            the_lab.down()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
