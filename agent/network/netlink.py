@@ -101,8 +101,19 @@ class Kernel:
 
     # -- observation -----------------------------------------------------------------------
     def list_router_netns(self, host_tag: str) -> list[str]:
+        """Router namespaces that really exist. A /run/netns entry that is no namespace mount
+        any more (its mount lived in a mount namespace that is gone) is stale: removed here, so
+        the next ensure() re-creates the namespace instead of failing to enter it forever."""
         prefix = names.router_netns_prefix(host_tag)
-        return sorted(n for n in pnetns.listnetns() if n.startswith(prefix))
+        out = []
+        for n in sorted(pnetns.listnetns()):
+            if not n.startswith(prefix):
+                continue
+            if netns_is_live(n):
+                out.append(n)
+            else:
+                _drop_stale_netns(n)
+        return out
 
     def observe(self, underlay_dev: str, router_ns: Iterable[str]) -> set[Record]:
         out = self._observe_host(underlay_dev)
@@ -232,8 +243,9 @@ class Kernel:
 
     def _add(self, rec: Record) -> None:
         if isinstance(rec, Netns):
-            if rec.name not in pnetns.listnetns():
+            if rec.name not in pnetns.listnetns() or not netns_is_live(rec.name):
                 self.forget(rec.name)
+                _drop_stale_netns(rec.name)
                 pnetns.create(rec.name)
             return
         if isinstance(rec, NftTable):
@@ -360,3 +372,23 @@ def _ns_inode(name: Optional[str]) -> Optional[int]:
 
 def _ip(value: Optional[str]) -> Optional[IPv4Address]:
     return IPv4Address(value) if value else None
+
+
+NETNS_RUN_DIR = "/run/netns"
+
+
+def netns_is_live(name: str, run_dir: str = NETNS_RUN_DIR) -> bool:
+    """True when /run/netns/<name> is a namespace (an nsfs mount), not a leftover empty file."""
+    try:
+        return os.stat(os.path.join(run_dir, name)).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def _drop_stale_netns(name: str, run_dir: str = NETNS_RUN_DIR) -> None:
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path) and not netns_is_live(name, run_dir):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

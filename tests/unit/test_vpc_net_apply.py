@@ -2,6 +2,7 @@
 applies, how failures are retried, and the refusal to program its own namespace."""
 from __future__ import annotations
 
+import os
 import pytest
 
 from agent.network import Dataplane, DataplaneError, HostNetwork, PortNet, SubnetNet, VpcNet
@@ -115,3 +116,15 @@ def test_public_ip_is_announced_once(dp) -> None:
     dp.ensure(host(1, public=True))
     assert len(dp.sent) == 1
     assert any(isinstance(r, ProxyNeigh) for r in host_records(host(1, public=True), "kvn-x-h1"))
+
+
+def test_a_leftover_netns_file_is_not_a_namespace(tmp_path):
+    """An empty /run/netns entry whose mount is gone (its mount namespace died) must be re-created,
+    not entered: netns_is_live tells the two apart by the nsfs device."""
+    from agent.network.netlink import _drop_stale_netns, netns_is_live
+    (tmp_path / "kumo-h1-kvr-000001").write_text("")
+    assert not netns_is_live("kumo-h1-kvr-000001", str(tmp_path))
+    _drop_stale_netns("kumo-h1-kvr-000001", str(tmp_path))
+    assert not (tmp_path / "kumo-h1-kvr-000001").exists()
+    os.symlink("/proc/self/ns/net", tmp_path / "live")
+    assert netns_is_live("live", str(tmp_path))
