@@ -36,6 +36,9 @@ class DomainNotFound(DriverError):
 class DomainNic:
     mac: str
     bridge: str
+    #: Host-side tap name; None: agent.libvirt.names.tap_name(domain name, index), the name the
+    #: VPC dataplane and the firewall expect for an instance.
+    tap: str | None = None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def design_domain(plan: DomainPlan, kind: HypervisorKind, *,
     for index, nic in enumerate(plan.nics):
         # AMIs boot from their disk: the iPXE option ROM would only cost ~1 s of every boot.
         devices.append(BridgeInterface(mac=nic.mac, bridge=nic.bridge,
-                                       target_dev=tap_name(plan.name, index), rom=False))
+                                       target_dev=nic.tap or tap_name(plan.name, index),
+                                       rom=False))
     devices += [
         PtySerial(log_file=str(plan.console_log), port=0),
         SerialConsole(port=0),

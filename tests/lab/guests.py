@@ -82,7 +82,9 @@ def boot(lab, host_id: str, image: Path, workdir: Path, *, instance_id: str, hos
         seed_path = workdir / "seed.iso"
         seed.build_seed(seed_path, instance_id=instance_id, hostname=hostname, user_data=user_data,
                         ssh_authorized_keys=keys, network_config=network_config)
-    nics = (DomainNic(mac=mac, bridge=bridge),) if bridge else ()
+    # Not a "tap*" name: on a lab host the agent's firewall owns every tap* (a tap it does not
+    # know gets nothing through), and these test guests are not Kumo instances.
+    nics = (DomainNic(mac=mac, bridge=bridge, tap="tg" + name[-12:]),) if bridge else ()
     plan = DomainPlan(name=name, vcpus=vcpus, memory_mib=memory_mib, root_disk=disk,
                       seed_iso=seed_path, console_log=workdir / "console.log", nics=nics)
     hv = LibvirtHypervisor(lab.libvirt_uri(host_id), choose_hypervisor("auto"))
