@@ -54,19 +54,22 @@ def place_nat_gateways(s: Session, hosts: dict[str, Host], ports_by_vpc: dict) -
     """Give each live NAT gateway a host that is up: keep a live one, else prefer a host that
     already carries the VPC, else the host with the fewest NAT gateways (a down host's gateways
     move: the NAT gateway survives its host)."""
-    up = {hid: h for hid, h in hosts.items() if h.state == "up" and h.enabled}
+    # A disabled host (no new instances) keeps what it carries; only a host that is down loses
+    # its gateways. New placements go to enabled hosts when there are any.
+    up = {hid: h for hid, h in hosts.items() if h.state == "up"}
     nats = list(s.exec(select(NatGateway).where(NatGateway.state.in_(NAT_LIVE))))
     load: dict[str, int] = defaultdict(int)
     for n in nats:
         if n.host_id in up:
             load[n.host_id] += 1
+    candidates = {hid for hid, h in up.items() if h.enabled} or set(up)
     for n in nats:
         if n.host_id in up:
             continue
-        if not up:
+        if not candidates:
             continue
-        carrying = {p.host_id for p in ports_by_vpc.get(n.vpc_id, ())} & set(up)
-        pool = sorted(carrying or up, key=lambda h: (load[h], h))
+        carrying = {p.host_id for p in ports_by_vpc.get(n.vpc_id, ())} & candidates
+        pool = sorted(carrying or candidates, key=lambda h: (load[h], h))
         n.host_id = pool[0]
         load[n.host_id] += 1
         s.add(n)

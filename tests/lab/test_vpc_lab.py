@@ -50,7 +50,10 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 INET_SERVER = str(INET_SERVER_ADDR)
 WINDOW = 5  # seconds of a negative probe window (measured >= 4 s, see _NEG)
 CONVERGE = 60.0  # seconds a positive check may take right after boot / a change
-MAX_LOST = 2  # probes a stream may lose while an agent restarts
+# Probes (of 120) a stream may lose while an agent restarts. Runs alone lose 0; one CI run lost
+# 5 pings (a1 -> a2) while 6 TCG guests and the restarting agent shared 2 cores. Connectivity
+# must stay: a real dataplane blink loses every probe of its window, far more than this.
+MAX_LOST = 6
 
 # --- scripts run inside lab namespaces (argv only, never templated shell) -------------------------
 LISTENER = r"""
