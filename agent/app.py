@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.console import read_tail
+from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import (INSTANCE_ID_RE, ConsoleOutput, HostInfo, InstanceObserved,
                                InstanceSpec, NetworkObserved, NetworkSpec)
 from agent.drivers.base import DriverError
@@ -205,18 +206,12 @@ def _router() -> APIRouter:
                                 f"spec.instance_id {spec.instance_id} does not match the URL")
         with st.put_lock:
             cur = st.store.spec(instance_id)
-            if cur is not None:
-                if spec.generation < cur.generation:
-                    raise AgentApiError(409, "StaleGeneration",
-                                        f"generation {spec.generation} is older than the accepted "
-                                        f"{cur.generation}")
-                if spec.generation == cur.generation:
-                    if spec == cur:
-                        return st.reconciler.observed(instance_id)  # a re-send: nothing to do
-                    raise AgentApiError(409, "IdempotentParameterMismatch",
-                                        f"generation {spec.generation} was already accepted with "
-                                        "different content")
-            else:
+            try:
+                if is_resend(spec, cur):
+                    return st.reconciler.observed(instance_id)  # a re-send: nothing to do
+            except GenerationConflict as e:
+                raise AgentApiError(409, e.code, e.message) from None
+            if cur is None:
                 gone = st.store.deleted_generation(instance_id)
                 if gone is not None and spec.generation <= gone:
                     raise AgentApiError(409, "StaleGeneration",

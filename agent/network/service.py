@@ -39,6 +39,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import ErrorInfo, NetworkObserved, NetworkSpec
 from agent.fsutil import atomic_write
 from agent.firewall.apply import FirewallApplyError
@@ -151,18 +152,11 @@ class NetworkService:
     def accept(self, spec: NetworkSpec) -> NetworkObserved:
         """Take `spec` as the host's desired dataplane (see the module docstring for the rules)."""
         with self._lock:
-            cur = self._spec
-            if cur is not None:
-                if spec.generation < cur.generation:
-                    raise NetworkSpecRejected(409, "StaleGeneration",
-                                              f"generation {spec.generation} is older than the "
-                                              f"accepted {cur.generation}")
-                if spec.generation == cur.generation:
-                    if spec == cur:
-                        return self._observed
-                    raise NetworkSpecRejected(409, "IdempotentParameterMismatch",
-                                              f"generation {spec.generation} was already "
-                                              "accepted with different content")
+            try:
+                if is_resend(spec, self._spec):
+                    return self._observed
+            except GenerationConflict as e:
+                raise NetworkSpecRejected(409, e.code, e.message) from None
             u = self._underlay
             host_network(spec, u.ip if u else _UNKNOWN_UNDERLAY, u.dev if u else "uplink0")
             try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
 from sqlmodel import Session, select
 
@@ -144,9 +143,3 @@ def group_ids(s: Session, instance_ids: list[str]) -> dict[str, list[str]]:
         out.setdefault(row.instance_id, []).append(row.group_id)
     return out
 
-
-def prefix_of(s: Session, subnet_id: str) -> tuple[IPv4Network, str]:
-    """(subnet network, router address) of a subnet."""
-    subnet = s.get(Subnet, subnet_id)
-    net = IPv4Network(subnet.cidr_block)
-    return net, str(ipam.router_ip(net))

@@ -20,32 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.contract.transport import client
 from agent.network import names
-from lab.naming import INET_SERVER_ADDR, host_netns, inet_netns
-from lab.services import agent_socket
-from lab.state import LabState
-from tests.lab.cloud import CloudUser
+from lab.naming import host_netns, inet_netns
+from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, Vm, _NEG, agent_network,
+                                   in_router_ns, ip_, lab_state, netns_list, ns_links)
 from tests.lab.guests import SSH_OPTS
-
-INET_SERVER = str(INET_SERVER_ADDR)
-WINDOW = 5          # seconds of a negative probe window (asserted >= 4 s and >= 3 attempts)
-CONVERGE = 60.0     # seconds a positive check may take after boot or a change
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-
-
-def ip_(value: str) -> str:
-    """Everything put into a guest command line is a checked IPv4 address (no templated text)."""
-    assert isinstance(value, str) and _IPV4.match(value), value
-    return value
-
-
-def ping_cmd(ip: str) -> str:
-    return f"ping -c 1 -W 1 {ip_(ip)}"
-
-
-def http_cmd(ip: str, port: int = 80, secs: int = 3) -> str:
-    return f"timeout {int(secs)} wget -q -O - http://{ip_(ip)}:{int(port)}/"
 
 
 def banner_cmd(ip: str, port: int = 22, secs: int = 3) -> str:
@@ -54,107 +33,7 @@ def banner_cmd(ip: str, port: int = 22, secs: int = 3) -> str:
 
 
 # A negative window inside a guest: every attempt of PROBE must fail for `secs` seconds.
-_NEG = ('s=$(date +%s); n=0; hit=0; while [ $(date +%s) -lt $((s+{secs})) ]; do n=$((n+1)); '
-        'if {probe} >/dev/null 2>&1; then hit=$((hit+1)); fi; sleep 0.2; done; '
-        'echo "WINDOW $(( $(date +%s) - s )) ATTEMPTS $n HITS $hit"')
 _NEG_RE = re.compile(r"WINDOW (\d+) ATTEMPTS (\d+) HITS (\d+)")
-
-
-def lab_state(lab) -> LabState:
-    return LabState.from_dict(json.loads((lab.state_dir / "lab.json").read_text()))
-
-
-def admin_api(lab):
-    key = (lab.state_dir / "controller" / "admin.key").read_text().strip()
-    return client(lab.url, key, timeout=30)
-
-
-def call(api, method: str, path: str, **kw) -> dict:
-    r = api.request(method, path, **kw)
-    assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text}"
-    return r.json() if r.content else {}
-
-
-def new_account(lab, admin, key_dir: Path, name: str) -> CloudUser:
-    created = call(admin, "POST", "/v1/accounts", json={"name": name})
-    user = CloudUser(lab, key_dir)
-    user.api.close()
-    user.api = client(lab.url, created["api_key"], timeout=30)
-    return user
-
-
-def netns_list() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-_ENTERABLE: set[str] = set()
-#: Router namespace name -> a `sleep` this module started inside it (entered through its PID).
-_HOLDERS: dict[str, subprocess.Popen] = {}
-
-
-def in_router_ns(lab, host_id: str, ns: str) -> list[str]:
-    """argv prefix running a command in router namespace `ns` of `host_id`: through the holder
-    process started in it when there is one, `ip netns exec` when the name can be entered from
-    here, else through the agent's own mount namespace (the agent, started under `ip netns exec`,
-    makes the /run/netns bind mounts in its private mount namespace only)."""
-    holder = _HOLDERS.get(ns)
-    if holder is not None and holder.poll() is None:
-        return ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
-    if ns in _ENTERABLE or subprocess.run(["ip", "-n", ns, "link", "show", "lo"],
-                                          capture_output=True).returncode == 0:
-        _ENTERABLE.add(ns)
-        return ["ip", "netns", "exec", ns]
-    pid = lab_state(lab).processes[f"agent-{host_id}"].pid
-    return ["nsenter", f"--net=/proc/{pid}/root/run/netns/{ns}"]
-
-
-def hold_router_ns(lab, host_id: str, ns: str, secs: int = 3600) -> None:
-    """Keep a process in the router namespace: the test can enter it by that PID even after the
-    host's agent restarted (its /run/netns bind mounts die with the old agent's mount namespace,
-    see the report). Stopped by release_router_ns()."""
-    if ns not in _HOLDERS:
-        _HOLDERS[ns] = subprocess.Popen([*in_router_ns(lab, host_id, ns), "sleep", str(int(secs))],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-
-
-def release_router_ns() -> None:
-    for ns, proc in list(_HOLDERS.items()):
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        del _HOLDERS[ns]
-
-
-def ns_links(lab, host_id: str, ns: str) -> list[dict]:
-    r = subprocess.run([*in_router_ns(lab, host_id, ns), "ip", "-j", "link"], capture_output=True,
-                       text=True)
-    return json.loads(r.stdout or "[]") if r.returncode == 0 else []
-
-
-@dataclass
-class Vm:
-    name: str
-    user: CloudUser
-    key: Path
-    d: dict
-
-    @property
-    def id(self) -> str:
-        return self.d["instance_id"]
-
-    @property
-    def ip(self) -> str:
-        return self.d["private_ip"]
-
-    @property
-    def host(self) -> str:
-        return self.d["host_id"]
-
-    def refresh(self) -> "Vm":
-        self.d = self.user.instance(self.id)
-        return self
 
 
 class Stream:
@@ -235,7 +114,6 @@ class World:
                 if ns.startswith(prefix) and any(
                         link.get("address") == mac for link in ns_links(self.lab, host_id, ns)):
                     self._rns[key] = ns
-                    hold_router_ns(self.lab, host_id, ns)
                     return ns
             assert time.monotonic() < deadline, f"no router namespace of {vpc_id} on {host_id}"
             time.sleep(0.5)
@@ -433,12 +311,6 @@ class Listener:
 
 
 # --- hosts and agents ----------------------------------------------------------------------------
-def agent_network(lab, host_id: str) -> dict:
-    token = (lab.state_dir / "agent.token").read_text().strip()
-    with client(f"unix:{agent_socket(lab.state_dir, host_id)}", token, timeout=10) as c:
-        r = c.get("/v1/network")
-        r.raise_for_status()
-        return r.json()
 
 
 def stop_agent(lab, host_id: str, sig: int = signal.SIGKILL) -> int:
@@ -478,10 +350,6 @@ def restart_agent(lab, host_id: str, sig: int = signal.SIGKILL) -> dict:
     return {"old_pid": pid, "up": t_up - t0, "pass": (t_pass - t0) if t_pass else None,
             "applied": (time.time() - t0) if obs and obs["generation"]
             and obs["applied_generation"] == obs["generation"] else None, "observed": obs}
-
-
-def set_host_enabled(admin, host_id: str, enabled: bool) -> None:
-    call(admin, "POST", f"/v1/hosts/{host_id}/{'enable' if enabled else 'disable'}")
 
 
 def dump_ruleset(lab, host_id: str, path: Path) -> Path:

@@ -21,8 +21,6 @@ build on each other (rules added by one are there for the next); the agent resta
 
 Datagrams that reach a guest are counted by its kernel (Udp NoPorts in /proc/net/snmp: kumo-tiny's
 busybox nc has no UDP mode), with a flood at an allowed port as the positive control each time.
-Router namespaces are entered through a `sleep` the test keeps in each (sg_support.hold_router_ns),
-because a restarted agent's namespaces cannot be entered by name (see the report of that test).
 """
 from __future__ import annotations
 
@@ -37,11 +35,11 @@ import pytest
 
 from agent.network import names
 from tests.lab.guests import SSH_OPTS
-from tests.lab.sg_support import (CONVERGE, INET_SERVER, Listener, Vm, World, admin_api,
-                                  assert_inet_blocked, banner_cmd, call, dump_ruleset, flood,
-                                  flood_result, http_cmd, inet_argv, inet_probe,
-                                  inet_probe_stream, ip_, new_account, ping_cmd, restart_agent,
-                                  release_router_ns, set_host_enabled)
+from tests.lab.net_support import (CONVERGE, INET_SERVER, Vm, admin_api, call, http_cmd, ip_,
+                                   new_account, ping_cmd, set_host_enabled)
+from tests.lab.sg_support import (Listener, World, assert_inet_blocked, banner_cmd, dump_ruleset,
+                                  flood, flood_result, inet_argv, inet_probe, inet_probe_stream,
+                                  restart_agent)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -120,7 +118,6 @@ def build_world(lab, workdir: Path) -> World:
 
 def teardown_world(w: World) -> None:
     errors = []
-    release_router_ns()
     for p in w.procs:
         try:
             p.stop()

@@ -36,20 +36,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract.transport import client
 from agent.network import names
-from lab.naming import INET_SERVER_ADDR, host_address, host_netns, inet_netns
-from lab.services import agent_socket
-from lab.state import LabState
+from lab.naming import host_address, host_netns, inet_netns
 from lab.testing import ip_json, ns_run
 from tests.lab.cloud import CloudUser
+from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, Vm, _NEG, admin_api, agent_network,
+                                   call, http_cmd, in_router_ns, ip_, lab_state, netns_list,
+                                   new_account, ns_links, ping_cmd, set_host_enabled)
 from tests.lab.guests import SSH_OPTS
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-INET_SERVER = str(INET_SERVER_ADDR)
-WINDOW = 5  # seconds of a negative probe window (measured >= 4 s, see _NEG)
-CONVERGE = 60.0  # seconds a positive check may take right after boot / a change
 # Probes (of 120) a stream may lose while an agent restarts. Runs alone lose 0; one CI run lost
 # 5 pings (a1 -> a2) while 6 TCG guests and the restarting agent shared 2 cores. Connectivity
 # must stay: a real dataplane blink loses every probe of its window, far more than this.
@@ -124,48 +121,9 @@ os._exit(0)
 """
 
 # A negative window inside a guest: every attempt of PROBE must fail for WINDOW seconds.
-_NEG = ('s=$(date +%s); n=0; hit=0; while [ $(date +%s) -lt $((s+{secs})) ]; do n=$((n+1)); '
-        'if {probe} >/dev/null 2>&1; then hit=$((hit+1)); fi; sleep 0.2; done; '
-        'echo "WINDOW $(( $(date +%s) - s )) ATTEMPTS $n HITS $hit"')
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
-
-
-def _ip(value: str) -> str:
-    assert _IPV4.match(value), value  # everything put into a guest command is a checked address
-    return value
-
-
-def ping_cmd(ip: str) -> str:
-    return f"ping -c 1 -W 1 {_ip(ip)}"
-
-
-def http_cmd(ip: str, port: int = 80, secs: int = 3) -> str:
-    return f"timeout {int(secs)} wget -q -O - http://{_ip(ip)}:{int(port)}/"
 
 
 # --- the world ------------------------------------------------------------------------------------
-@dataclass
-class Vm:
-    name: str
-    user: CloudUser
-    key: Path
-    d: dict
-
-    @property
-    def id(self) -> str:
-        return self.d["instance_id"]
-
-    @property
-    def ip(self) -> str:
-        return self.d["private_ip"]
-
-    @property
-    def host(self) -> str:
-        return self.d["host_id"]
-
-    def refresh(self) -> "Vm":
-        self.d = self.user.instance(self.id)
-        return self
 
 
 @dataclass
@@ -207,7 +165,7 @@ class World:
             except AssertionError:
                 continue
             argv = [*in_router_ns(self.lab, host, ns), "ssh", "-i", str(vm.key), *SSH_OPTS,
-                    f"root@{_ip(vm.ip)}", command]
+                    f"root@{ip_(vm.ip)}", command]
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
             if r.returncode != 255 and "nsenter" not in r.stderr and "namespace" not in r.stderr:
                 return r
@@ -237,73 +195,12 @@ class World:
         return m.group(0)
 
 
-def in_router_ns(lab, host_id: str, ns: str) -> list[str]:
-    """argv prefix that runs a command inside router namespace `ns` of `host_id`.
-
-    Normally `ip netns exec`. But an agent started by the lab under `ip netns exec` lives in a
-    private mount namespace, so the /run/netns bind mounts it makes for router namespaces exist
-    only there (outside, /run/netns/<name> is an empty file). Then the namespace is entered
-    through the agent's own view of the filesystem, /proc/<agent pid>/root."""
-    if ns in _ENTERABLE or subprocess.run(["ip", "-n", ns, "link", "show", "lo"],
-                                          capture_output=True).returncode == 0:
-        _ENTERABLE.add(ns)
-        return ["ip", "netns", "exec", ns]
-    pid = lab_state(lab).processes[f"agent-{host_id}"].pid
-    return ["nsenter", f"--net=/proc/{pid}/root/run/netns/{ns}"]
-
-
-_ENTERABLE: set[str] = set()
-
-
-def ns_links(lab, host_id: str, ns: str) -> list[dict]:
-    """`ip -j link` inside a router namespace ([] when it cannot be entered or just went)."""
-    r = subprocess.run([*in_router_ns(lab, host_id, ns), "ip", "-j", "link"], capture_output=True,
-                       text=True)
-    return json.loads(r.stdout or "[]") if r.returncode == 0 else []
-
-
-def netns_list() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def lab_state(lab) -> LabState:
-    return LabState.from_dict(json.loads((lab.state_dir / "lab.json").read_text()))
-
-
-def admin_api(lab):
-    key = (lab.state_dir / "controller" / "admin.key").read_text().strip()
-    return client(lab.url, key, timeout=30)
-
-
-def call(api, method: str, path: str, **kw) -> dict:
-    r = api.request(method, path, **kw)
-    assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text}"
-    return r.json() if r.content else {}
-
-
-def new_account(lab, admin, key_dir: Path, name: str) -> CloudUser:
-    created = call(admin, "POST", "/v1/accounts", json={"name": name})
-    user = CloudUser(lab, key_dir)
-    user.api.close()
-    user.api = client(lab.url, created["api_key"], timeout=30)
-    return user
-
-
-def agent_network(lab, host_id: str) -> dict:
-    token = (lab.state_dir / "agent.token").read_text().strip()
-    with client(f"unix:{agent_socket(lab.state_dir, host_id)}", token, timeout=10) as c:
-        r = c.get("/v1/network")
-        r.raise_for_status()
-        return r.json()
-
-
 def inet_probe(lab, target: str, *, port: int = 80, duration: float = 30.0, interval: float = 0.2,
                stop: str = "none", background: bool = False, connect_timeout: float = 1.0):
     """HTTP GETs from the internet namespace (source 198.51.100.1) to target; a list of
     {"t", "body", "err"} per attempt (or the Popen when background)."""
     argv = ["ip", "netns", "exec", inet_netns(lab.prefix), sys.executable, "-c", HTTP_PROBE,
-            _ip(target), str(int(port)), INET_SERVER, str(duration), str(interval), stop,
+            ip_(target), str(int(port)), INET_SERVER, str(duration), str(interval), stop,
             str(connect_timeout)]
     if background:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -358,10 +255,6 @@ class Listener:
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
-
-
-def set_host_enabled(admin, host_id: str, enabled: bool) -> None:
-    call(admin, "POST", f"/v1/hosts/{host_id}/{'enable' if enabled else 'disable'}")
 
 
 def open_group(user: CloudUser, vpc_id: str | None, name: str) -> str:
@@ -739,7 +632,7 @@ def test_agent_restart_keeps_running_guests_connected(world, sig):
     world.sh_until(v["a3"], http_cmd(INET_SERVER, port), lambda o: o.strip())
     links_before = _host_links(lab, host)
     n = 120  # probes every 0.2 s per stream: ~25 s around the restart
-    r1 = world.sh(v["a1"], f"rm -f /tmp/ping; setsid ping -i 0.2 -c {n} -W 2 {_ip(v['a2'].ip)} "
+    r1 = world.sh(v["a1"], f"rm -f /tmp/ping; setsid ping -i 0.2 -c {n} -W 2 {ip_(v['a2'].ip)} "
                       f">/tmp/ping 2>&1 </dev/null &")
     r3 = world.sh(v["a3"], f"rm -f /tmp/nat; setsid sh -c 'i=0; while [ $i -lt {n} ]; do "
                       f"if {http_cmd(INET_SERVER, port, secs=1)} >/dev/null 2>&1; then echo ok; "
