@@ -19,13 +19,17 @@ READY = r"KUMO-READY instance-id=(\S+)"
 
 
 def read_guest_file(ov: Path, tmp: Path, path: str) -> str:
-    """Read a file from the guest's root partition offline (overlay -> raw -> partition 2 -> debugfs)."""
+    """Read a file from the guest's root partition offline (overlay -> raw -> partition 2 -> fsck -> debugfs)."""
     raw = tmp / "peek.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(ov), str(raw)], check=True)
     start = int(subprocess.run(["sfdisk", "-d", str(raw)], capture_output=True, text=True, check=True)
                 .stdout.split("start=")[2].split(",")[0])
     part = tmp / "peek.ext4"
     subprocess.run(["dd", f"if={raw}", f"of={part}", "bs=512", f"skip={start}", "status=none"], check=True)
+    # The guest synced, but a file it just created may exist only in the ext4 journal until the kernel
+    # checkpoints it; debugfs does not replay the journal, so replay it first (as a mount would).
+    fsck = subprocess.run(["e2fsck", "-fy", str(part)], capture_output=True, text=True)
+    assert fsck.returncode < 4, fsck.stdout + fsck.stderr  # 0 clean, 1/2 fixed (journal replayed)
     out = subprocess.run(["debugfs", "-R", f"cat {path}", str(part)], capture_output=True, text=True).stdout
     raw.unlink()
     part.unlink()
