@@ -87,8 +87,12 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,
                       architecture=info.architecture, vcpus=info.vcpus,
                       memory_mib=info.memory_mib, disk_bytes=info.disk_bytes,
-                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now,
-                      underlay_ip=str(info.underlay_ip) if info.underlay_ip else None)
+                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now)
+        if info.underlay_ip is not None:
+            # A heartbeat without it (an agent still resolving its uplink after a restart) keeps
+            # the known address: forgetting it would drop the host from every VPC's forwarding
+            # and move its NAT gateway away, cutting its guests off while they still run.
+            fields["underlay_ip"] = str(info.underlay_ip)
         if host is None:
             host = Host(host_id=info.host_id, state="up", enabled=True,
                         net_index=next_host_index(s), created_at=now, **fields)

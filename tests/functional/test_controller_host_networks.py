@@ -134,6 +134,43 @@ def test_private_subnet_nat_gateway_and_routes(cloud):
     assert v.nat_gateway is None and {s.route for s in v.subnets} == {"igw", "local"}
 
 
+def test_heartbeat_without_underlay_ip_keeps_forwarding_and_the_nat_gateway(cloud):
+    """A restarted agent may heartbeat before it has resolved its uplink address: the controller
+    must keep the known address, not drop the host's ports from the other hosts' forwarding or
+    move its NAT gateway (that cut running guests off for a moment in a CI run)."""
+    h1, h2 = two_hosts(cloud)
+    user = cloud.account("alice")
+    vpc, (public, private) = custom_vpc(user, subnets=("10.0.1.0/24", "10.0.2.0/24"))
+    for subnet in (private, public, private):
+        launch(cloud, user, subnet_id=subnet)
+    igw = ok(user.post("/v1/internet-gateways"), 201)["internet_gateway_id"]
+    ok(user.post(f"/v1/internet-gateways/{igw}/attach", json={"vpc_id": vpc}))
+    rtb = ok(user.post("/v1/route-tables", json={"vpc_id": vpc}), 201)["route_table_id"]
+    ok(user.post(f"/v1/route-tables/{rtb}/routes",
+                 json={"destination_cidr_block": "0.0.0.0/0", "gateway_id": igw}), 201)
+    ok(user.post(f"/v1/route-tables/{rtb}/associations", json={"subnet_id": public}), 201)
+    eip = ok(user.post("/v1/elastic-ips"), 201)
+    ok(user.post("/v1/nat-gateways", json={"subnet_id": public, "allocation_id": eip["allocation_id"]}), 201)
+    cloud.tick()
+
+    def seen() -> dict:
+        return {a.host_id: (str(a.vpc(vpc).nat_gateway.host_underlay_ip),
+                            sorted(str(r.ip) for r in a.vpc(vpc).remote_ports)) for a in (h1, h2)}
+
+    before = seen()
+    assert all(remote for _, remote in before.values())  # each host forwards to the other's ports
+    nat_host = next(a for a in (h1, h2) if str(a.info.underlay_ip) == before["host-1"][0])
+    known = nat_host.info
+    nat_host.info = known.model_copy(update={"underlay_ip": None})
+    cloud.heartbeat(nat_host)
+    assert cloud.tick()["networks"] == 0  # nothing to push: nothing changed
+    assert seen() == before
+    nat_host.info = known
+    cloud.heartbeat(nat_host)
+    cloud.tick()
+    assert seen() == before
+
+
 def test_terminate_gives_back_address_and_public_ip_and_leaves_the_document(cloud):
     h1, _ = two_hosts(cloud)
     user = cloud.account("alice")

@@ -10,6 +10,7 @@ from agent.network.desired import host_records
 from agent.network.diff import diff
 from agent.network.records import (
     HOST, ADD_ORDER, Addr, Fdb, Link, Master, Neigh, Netns, NftTable, ProxyNeigh, Route, Rule,
+    Sysctl,
 )
 
 S1, S2 = "subnet-00000000000000001", "subnet-00000000000000002"
@@ -138,3 +139,24 @@ def test_moved_tap_is_not_detached_first() -> None:
     plan = diff(b, a)
     assert not [r for r in plan.remove if isinstance(r, Master) and r.dev == "tap0"]
     assert Master(HOST, "tap0", names.bridge(43)) in plan.add
+
+
+def _as_netlink_reads_it(recs: set) -> set:
+    """What a fresh Kernel.observe returns for a host that carries `recs`: links without the
+    creation-only fields (peer, peer_ns, created_by_peer), and no write-only records."""
+    out = set()
+    for r in recs:
+        if isinstance(r, (Sysctl, NftTable)):
+            continue
+        out.add(Link(r.ns, r.name, r.kind, r.sig) if isinstance(r, Link) else r)
+    return out
+
+
+def test_restart_on_a_converged_host_recreates_nothing() -> None:
+    """A restarted agent (fresh Dataplane: nothing remembered) on a host that carries its spec,
+    NAT gateway leg included, only rewrites the write-only state it cannot read back."""
+    want = host_records(host(), TAG)
+    assert Link(HOST, names.link_name("g", 42), "veth") in want  # the NAT leg is in it
+    plan = diff(want, _as_netlink_reads_it(want))
+    assert plan.remove == []
+    assert {type(r).__name__ for r in plan.add} == {"Sysctl", "NftTable"}
