@@ -2,8 +2,8 @@
 database and the database match the clock.
 
 Each tick: mark silent hosts down; apply transitional-state deadlines; purge long-terminated
-instances; rebuild every host's VPC dataplane document (services/host_networks.py) and push those
-the host has not acknowledged; push desired specs whose generation the agent has not
+instances; rebuild every host's VPC dataplane document (services/host_networks.py) when its inputs
+changed, and push those the host has not acknowledged; push desired specs whose generation the agent has not
 acknowledged; delete domains of
 shutting-down instances (and orphans agents report); fold each answer into the instance. Work is
 per object: one failure is logged and never stops the loop (nova's _sync_power_states habit).
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between retries of one object after repeated agent failures.
 MAX_BACKOFF_S = 30.0
+#: Host network documents are rebuilt when their inputs' fingerprint changes, and at least this
+#: often regardless (the level-triggered safety net, should an input ever escape the fingerprint).
+NETWORK_FULL_REBUILD_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class Reconciler:
         # Set by run_forever: the loop's event loop and the event wake() sets from any thread.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
+        # The host network documents of the last rebuild: (inputs fingerprint, monotonic time,
+        # host id -> NetworkSpec). Ticks run under _tick_lock, so no lock of its own.
+        self._networks: tuple[str, float, dict[str, NetworkSpec]] | None = None
+        self.network_rebuilds = 0
 
     def wake(self) -> None:
         """Run a tick now (thread-safe; a no-op when the background loop is not running)."""
@@ -142,16 +149,34 @@ class Reconciler:
         work = []
         try:
             with self.db.session() as s:
-                docs = host_networks.refresh(s)
+                docs, fresh = self._network_documents(s)
                 for host in s.exec(select(Host)):
                     spec = docs.get(host.host_id)
                     if (spec is not None and host.state == "up"
                             and host.network_acked != spec.generation):
                         work.append(Work("network", host.host_id, host.agent_url,
                                          spec.generation, spec))
+            if fresh is not None:  # committed: later ticks may reuse it
+                self._networks = fresh
         except Exception:
             log.exception("building the hosts' network documents failed")
         return work
+
+    def _network_documents(self, s) -> tuple[dict[str, NetworkSpec], tuple | None]:
+        """Every host's NetworkSpec: the last rebuild's while the inputs are unchanged (and it is
+        younger than NETWORK_FULL_REBUILD_S), else a rebuild, returned also as the new cache entry
+        for the caller to keep once its transaction has committed."""
+        now = time.monotonic()
+        fingerprint = host_networks.inputs_fingerprint(s)
+        last = self._networks
+        if last is not None and last[0] == fingerprint and now - last[1] < NETWORK_FULL_REBUILD_S:
+            return last[2], None
+        docs = host_networks.refresh(s)
+        self.network_rebuilds += 1
+        # Keyed on the fingerprint read BEFORE the rebuild: whatever changed since (a commit
+        # between two statements on PostgreSQL, or refresh() placing a NAT gateway) makes the
+        # next tick's fingerprint differ and rebuild again. Extra rebuilds, never a missed one.
+        return docs, (fingerprint, now, docs)
 
     def _plan(self) -> list[Work]:
         work: list[Work] = self._plan_networks()

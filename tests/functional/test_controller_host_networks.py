@@ -324,3 +324,36 @@ def test_security_groups_reach_the_hosts_with_members_and_changes(cloud):
         "InvalidGroup.NotFound")
     err(user.put(f"/v1/instances/{a['instance_id']}/security-groups",
                  json={"security_group_ids": []}), 400, "InvalidParameterValue")
+
+
+def test_documents_are_rebuilt_only_when_their_inputs_change(cloud):
+    """Idle ticks, heartbeats and instance state changes that move no port reuse the last build
+    (it costs O(hosts x ports)); a change of any input rebuilds and reaches the hosts."""
+    two_hosts(cloud)
+    user = cloud.account("alice")
+    a = launch(cloud, user)
+    launch(cloud, user)
+    cloud.tick()
+    cloud.heartbeat()
+    cloud.tick()
+    built = cloud.reconciler.network_rebuilds
+    for _ in range(3):
+        cloud.heartbeat()
+        assert cloud.tick()["networks"] == 0
+    assert cloud.reconciler.network_rebuilds == built
+    # One input of each kind: a rule of the default group, an elastic IP, a stopped instance.
+    sg = a["security_group_ids"][0]
+    ok(user.post(f"/v1/security-groups/{sg}/ingress",
+                 json={"rules": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_ipv4": "0.0.0.0/0"}]}))
+    assert cloud.tick()["networks"] == 2  # both hosts filter on the default group
+    assert cloud.reconciler.network_rebuilds == built + 1
+    eip = ok(user.post("/v1/elastic-ips"), 201)
+    ok(user.post(f"/v1/elastic-ips/{eip['allocation_id']}/associate",
+                 json={"instance_id": a["instance_id"]}))
+    assert cloud.tick()["networks"] == 1
+    ok(user.post(f"/v1/instances/{a['instance_id']}/stop"), 200)
+    cloud.tick()
+    cloud.heartbeat()
+    cloud.tick()
+    host_a = cloud.agents[f"http://{a['host_id']}.agents.test:8788"]
+    assert all(p.port_id != a["instance_id"] for v in host_a.network.vpcs for p in v.ports)
