@@ -5,13 +5,14 @@ NAT gateway states: pending -> available -> deleting -> deleted. "available" mea
 address and elastic IP are bound; host_networks.place_nat_gateways then gives it a live host (one
 already carrying the VPC when there is one; a gateway whose host goes down moves) and the
 reconciler pushes it to that host's dataplane and, as a route target, to every host of the VPC.
+A VPC has at most one live NAT gateway (NatGatewayLimitExceeded).
 """
 from __future__ import annotations
 
 from sqlmodel import Session, select
 
 from controller.db import Database
-from controller.errors import Conflict, InvalidParameter, NotFound
+from controller.errors import Conflict, InvalidParameter, KumoError, NotFound
 from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import ElasticIp, InternetGateway, NatGateway, Subnet, Vpc
@@ -21,6 +22,15 @@ from controller.services import ipam, route_tables, vpcs
 IGW_NOT_FOUND = "InvalidInternetGatewayID.NotFound"
 NAT_NOT_FOUND = "NatGatewayNotFound"
 NAT_CONFIGURED = "address and elastic IP bound; carried by a host of the VPC"
+#: A NAT gateway that is (or is becoming) a route target.
+NAT_LIVE = ("pending", "available")
+
+
+class NatGatewayLimitExceeded(KumoError):
+    """One live NAT gateway per VPC: the dataplane sends every subnet routed to a NAT gateway
+    through the VPC's one gateway, so a second one would be a route target that is not honoured
+    (traffic would leave through the first with its address)."""
+    code, status = "NatGatewayLimitExceeded", 400
 
 
 # -- internet gateways -------------------------------------------------------------------------
@@ -133,6 +143,11 @@ def nat_create(db: Database, caller, subnet_id: str, allocation_id: str) -> NatG
         if not route_tables.is_public(s, subnet):
             raise InvalidParameter(f"subnet {subnet_id} is not public (its route table does not "
                                    "send 0.0.0.0/0 to an attached internet gateway)")
+        live = s.exec(select(NatGateway).where(NatGateway.vpc_id == subnet.vpc_id,
+                                               NatGateway.state.in_(NAT_LIVE))).first()
+        if live is not None:  # writers are serialised (db.py), so check-then-insert is race-free
+            raise NatGatewayLimitExceeded(f"{subnet.vpc_id} already has NAT gateway "
+                                          f"{live.nat_gateway_id}; a VPC has at most one")
         nat = NatGateway(nat_gateway_id=new_id("nat"), account_id=subnet.account_id,
                          vpc_id=subnet.vpc_id, subnet_id=subnet_id, allocation_id=allocation_id,
                          public_ip=eip.public_ip, state="pending", created_at=utcnow())

@@ -35,10 +35,10 @@ from controller.models import (ElasticIp, Host, Instance, InstanceSecurityGroup,
                                NatGateway, Route, RouteTable, RouteTableAssociation, SecurityGroup,
                                SecurityGroupRule, Subnet, Vpc)
 from controller.services import ipam, route_tables, security_groups
+from controller.services.gateways import NAT_LIVE
 
 #: Instance states whose NIC is (or is about to be) plugged in on its host.
 PORT_STATES = ("pending", "running", "stopping")
-NAT_LIVE = ("pending", "available")
 
 
 #: The inputs of build_all(). Whole rows of the network tables (users change them, rarely); of

@@ -163,6 +163,10 @@ def test_nat_gateway_lifecycle(cloud):
     expect_refused(alice, lambda: alice.post(f"/v1/elastic-ips/{aid}/associate",
                                              json={"instance_id": inst["instance_id"]}),
                    409, "Resource.AlreadyAssociated")
+    # One live NAT gateway per VPC (the dataplane's route target), even with a free address.
+    spare = ok(alice.post("/v1/elastic-ips"), 201)["allocation_id"]
+    assert nid in expect_refused(alice, nat(pub["subnet_id"], spare), 400,
+                                 "NatGatewayLimitExceeded")["message"]
     # Dependencies: the subnet, the gateway's detach and the VPC are refused.
     for call in (lambda: alice.delete(f"/v1/subnets/{pub['subnet_id']}"),
                  lambda: alice.post(f"/v1/internet-gateways/{igw}/detach", json={"vpc_id": vid}),
@@ -192,6 +196,10 @@ def test_nat_gateway_lifecycle(cloud):
         "destination_cidr_block": "1.0.0.0/8", "nat_gateway_id": nid}), 404, "NatGatewayNotFound")
     states = [ev["to_state"] for ev in items(alice, "events", resource_id=nid)]
     assert states == ["pending", "available", "deleting", "deleted"]
+    # A deleted gateway no longer counts: a new one may take its place.
+    again = ok(nat(pub["subnet_id"], spare)(), 201)
+    assert again["state"] == "available"
+    ok(alice.delete(f"/v1/nat-gateways/{again['nat_gateway_id']}"))
     ok(alice.delete(f"/v1/elastic-ips/{aid}"))
     ok(alice.post(f"/v1/internet-gateways/{igw}/detach", json={"vpc_id": vid}))
 
