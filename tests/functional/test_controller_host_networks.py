@@ -37,6 +37,21 @@ def custom_vpc(user, cidr="10.0.0.0/16", subnets=("10.0.1.0/24",)) -> tuple[str,
     return vpc, subs
 
 
+def public_subnet_with_nat_gateway(user, vpc: str, public: str) -> tuple[dict, dict]:
+    """An attached internet gateway, a route table sending `public`'s 0.0.0.0/0 to it, and a NAT
+    gateway in `public` with a new elastic IP; (elastic IP, NAT gateway)."""
+    igw = ok(user.post("/v1/internet-gateways"), 201)["internet_gateway_id"]
+    ok(user.post(f"/v1/internet-gateways/{igw}/attach", json={"vpc_id": vpc}))
+    rtb = ok(user.post("/v1/route-tables", json={"vpc_id": vpc}), 201)["route_table_id"]
+    ok(user.post(f"/v1/route-tables/{rtb}/routes",
+                 json={"destination_cidr_block": "0.0.0.0/0", "gateway_id": igw}), 201)
+    ok(user.post(f"/v1/route-tables/{rtb}/associations", json={"subnet_id": public}), 201)
+    eip = ok(user.post("/v1/elastic-ips"), 201)
+    nat = ok(user.post("/v1/nat-gateways", json={"subnet_id": public,
+                                                  "allocation_id": eip["allocation_id"]}), 201)
+    return eip, nat
+
+
 def test_default_subnet_ports_local_and_remote_with_public_ips(cloud):
     h1, h2 = two_hosts(cloud)
     user = cloud.account("alice")
@@ -106,15 +121,7 @@ def test_private_subnet_nat_gateway_and_routes(cloud):
     other = h2 if host is h1 else h1
     assert other.vpc(vpc) is None  # no port there: the other host does not carry the VPC
     # Internet gateway + public route table + NAT gateway + private default route to it.
-    igw = ok(user.post("/v1/internet-gateways"), 201)["internet_gateway_id"]
-    ok(user.post(f"/v1/internet-gateways/{igw}/attach", json={"vpc_id": vpc}))
-    rtb = ok(user.post("/v1/route-tables", json={"vpc_id": vpc}), 201)["route_table_id"]
-    ok(user.post(f"/v1/route-tables/{rtb}/routes",
-                 json={"destination_cidr_block": "0.0.0.0/0", "gateway_id": igw}), 201)
-    ok(user.post(f"/v1/route-tables/{rtb}/associations", json={"subnet_id": public}), 201)
-    eip = ok(user.post("/v1/elastic-ips"), 201)
-    nat = ok(user.post("/v1/nat-gateways", json={"subnet_id": public,
-                                                  "allocation_id": eip["allocation_id"]}), 201)
+    eip, nat = public_subnet_with_nat_gateway(user, vpc, public)
     main = next(t for t in items(user, "route-tables", vpc_id=vpc) if t["main"])
     ok(user.post(f"/v1/route-tables/{main['route_table_id']}/routes",
                  json={"destination_cidr_block": "0.0.0.0/0",
@@ -143,14 +150,7 @@ def test_heartbeat_without_underlay_ip_keeps_forwarding_and_the_nat_gateway(clou
     vpc, (public, private) = custom_vpc(user, subnets=("10.0.1.0/24", "10.0.2.0/24"))
     for subnet in (private, public, private):
         launch(cloud, user, subnet_id=subnet)
-    igw = ok(user.post("/v1/internet-gateways"), 201)["internet_gateway_id"]
-    ok(user.post(f"/v1/internet-gateways/{igw}/attach", json={"vpc_id": vpc}))
-    rtb = ok(user.post("/v1/route-tables", json={"vpc_id": vpc}), 201)["route_table_id"]
-    ok(user.post(f"/v1/route-tables/{rtb}/routes",
-                 json={"destination_cidr_block": "0.0.0.0/0", "gateway_id": igw}), 201)
-    ok(user.post(f"/v1/route-tables/{rtb}/associations", json={"subnet_id": public}), 201)
-    eip = ok(user.post("/v1/elastic-ips"), 201)
-    ok(user.post("/v1/nat-gateways", json={"subnet_id": public, "allocation_id": eip["allocation_id"]}), 201)
+    public_subnet_with_nat_gateway(user, vpc, public)
     cloud.tick()
 
     def seen() -> dict:

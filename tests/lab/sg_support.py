@@ -1,9 +1,9 @@
 """Helpers for the security-group lab test (tests/lab/test_security_groups_lab.py): reaching
-guests over SSH from their VPC router namespace, probe windows inside guests and inside the
-internet namespace (every attempt must fail for the whole window), guest output streams
-timestamped on the test host (API call -> effective timings), a UDP flooder, a TCP listener on the
-internet server address, the guests' UDP counters, restarting a host's agent, and dumping the
-host's nftables ruleset as evidence.
+guests over SSH from their VPC router namespace (on tests/lab/net_support's LabWorld), probe
+windows inside the internet namespace (every attempt must fail for the whole window), guest
+output streams timestamped on the test host (API call -> effective timings), a UDP flooder, the
+guests' UDP counters, restarting a host's agent, and dumping the host's nftables ruleset as
+evidence.
 
 Everything sent stays inside the lab's namespaces; every process started here is stopped by PID.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,20 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.network import names
 from lab.naming import host_netns, inet_netns
-from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, Vm, _NEG, agent_network,
-                                   in_router_ns, ip_, lab_state, netns_list, ns_links)
+from tests.lab.net_support import (WINDOW, LabWorld, Vm, agent_network, in_router_ns,
+                                   ip_, lab_state)
 from tests.lab.guests import SSH_OPTS
 
 
 def banner_cmd(ip: str, port: int = 22, secs: int = 3) -> str:
     """Succeeds when a TCP connection gets the SSH server's banner (a positive path check)."""
     return f"timeout {int(secs)} nc {ip_(ip)} {int(port)} </dev/null | grep -q SSH-2.0"
-
-
-# A negative window inside a guest: every attempt of PROBE must fail for `secs` seconds.
-_NEG_RE = re.compile(r"WINDOW (\d+) ATTEMPTS (\d+) HITS (\d+)")
 
 
 class Stream:
@@ -90,33 +84,8 @@ class Stream:
 
 
 @dataclass
-class World:
-    lab: object
-    admin: object
-    workdir: Path
-    users: list = field(default_factory=list)
-    vms: dict = field(default_factory=dict)
-    ids: dict = field(default_factory=dict)
+class World(LabWorld):
     procs: list = field(default_factory=list)   # Streams / listeners to stop at teardown
-    _rns: dict = field(default_factory=dict)
-
-    def router_ns(self, host_id: str, vpc_id: str, timeout: float = CONVERGE) -> str:
-        """The VPC's router namespace on the host, found by its router MAC (derived from the VPC
-        id), so two VPCs with the same CIDR are never confused."""
-        key = (host_id, vpc_id)
-        if key in self._rns:
-            return self._rns[key]
-        prefix = f"{host_netns(self.lab.prefix, host_id)}-kvr-"
-        mac = names.router_mac(vpc_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            for ns in netns_list():
-                if ns.startswith(prefix) and any(
-                        link.get("address") == mac for link in ns_links(self.lab, host_id, ns)):
-                    self._rns[key] = ns
-                    return ns
-            assert time.monotonic() < deadline, f"no router namespace of {vpc_id} on {host_id}"
-            time.sleep(0.5)
 
     def rns_argv(self, vm: Vm) -> list[str]:
         return in_router_ns(self.lab, vm.host, self.router_ns(vm.host, vm.d["vpc_id"]))
@@ -134,27 +103,6 @@ class World:
         r = self.sh(vm, command, timeout=timeout)
         assert r.returncode == 0, f"{vm.name}: {command!r}: rc={r.returncode} {r.stdout!r} {r.stderr!r}"
         return r.stdout
-
-    def sh_until(self, vm: Vm, command: str, ok=lambda o: True, timeout: float = CONVERGE) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.sh(vm, command, timeout=30)
-            if r.returncode == 0 and ok(r.stdout):
-                return r.stdout
-            assert time.monotonic() < deadline, (
-                f"{vm.name}: {command!r} never succeeded: rc={r.returncode} out={r.stdout!r} "
-                f"err={r.stderr[-500:]!r}")
-            time.sleep(1)
-
-    def negative(self, vm: Vm, probe: str, secs: int = WINDOW) -> str:
-        """Run `probe` in the guest for `secs` s; every attempt must fail."""
-        r = self.sh(vm, _NEG.format(secs=int(secs), probe=probe), timeout=secs + 40)
-        m = _NEG_RE.search(r.stdout)
-        assert m, f"{vm.name}: probe window did not run: {r.returncode} {r.stdout!r} {r.stderr!r}"
-        window, attempts, hits = map(int, m.groups())
-        assert window >= 4 and attempts >= 3, f"{vm.name}: window too short: {m.group(0)}"
-        assert hits == 0, f"{vm.name}: {probe!r} succeeded {hits}/{attempts} times (must be blocked)"
-        return f"{vm.name}: {probe}: {m.group(0)}"
 
     def stream(self, vm: Vm, command: str) -> Stream:
         s = Stream(self.ssh_argv(vm, command))
@@ -226,28 +174,6 @@ while time.time() - start < duration:
 print(json.dumps({"sent": sent, "errors": errors, "secs": round(time.time() - start, 2)}), flush=True)
 """
 
-LISTENER = r"""
-import socket, sys, threading, time
-port, path = int(sys.argv[1]), sys.argv[2]
-log = open(path, "a", buffering=1)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[3], port)); s.listen(64)
-def serve(c, peer):
-    try:
-        c.settimeout(3); c.recv(2048); body = peer + "\n"
-        c.sendall(("HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
-    except OSError:
-        pass
-    finally:
-        c.close()
-print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    log.write("%.3f %s\n" % (time.time(), peer[0]))
-    threading.Thread(target=serve, args=(c, peer[0]), daemon=True).start()
-"""
-
-
 def inet_argv(lab, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", inet_netns(lab.prefix), *argv]
 
@@ -285,29 +211,6 @@ def flood_result(s: Stream, timeout: float = 120) -> dict:
     rc = s.finish(timeout)
     assert rc == 0, f"flooder failed: {s._stderr()}"
     return json.loads(s.lines[-1][1])
-
-
-class Listener:
-    """TCP/HTTP listener on 198.51.100.1 in the internet namespace; logs each peer address."""
-
-    def __init__(self, lab, workdir: Path, port: int):
-        self.port = port
-        self.log = workdir / f"listener-{port}.log"
-        self.log.touch()
-        self.proc = subprocess.Popen(inet_argv(lab, sys.executable, "-c", LISTENER, str(port),
-                                               str(self.log), INET_SERVER),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.strip() == "ready", f"listener did not start: {line!r}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
 
 # --- hosts and agents ----------------------------------------------------------------------------

@@ -35,9 +35,9 @@ import pytest
 
 from agent.network import names
 from tests.lab.guests import SSH_OPTS
-from tests.lab.net_support import (CONVERGE, INET_SERVER, Vm, admin_api, call, http_cmd, ip_,
-                                   new_account, ping_cmd, set_host_enabled)
-from tests.lab.sg_support import (Listener, World, assert_inet_blocked, banner_cmd, dump_ruleset,
+from tests.lab.net_support import (CONVERGE, INET_SERVER, Listener, Vm, admin_api, http_cmd, ip_,
+                                   launch_placed, new_account, ping_cmd)
+from tests.lab.sg_support import (World, assert_inet_blocked, banner_cmd, dump_ruleset,
                                   flood, flood_result, inet_argv, inet_probe, inet_probe_stream,
                                   restart_agent)
 
@@ -67,24 +67,6 @@ def _group(user, name: str, rules: list[dict]) -> str:
     return g["group_id"]
 
 
-def _launch_placed(w: World, plan) -> None:
-    hosts = sorted({p[3] for p in plan})
-    all_hosts = [h["host_id"] for h in call(w.admin, "GET", "/v1/hosts")["items"]]
-    try:
-        for host in hosts:
-            for other in all_hosts:
-                set_host_enabled(w.admin, other, other == host)
-            for name, user, key, where, args in plan:
-                if where == host:
-                    (inst,) = user.run(1, key_name=key.name, tags={"Name": name}, **args)
-                    w.vms[name] = Vm(name, user, key, inst)
-    finally:
-        for other in all_hosts:
-            set_host_enabled(w.admin, other, True)
-    for vm in w.vms.values():
-        vm.d = vm.user.wait(vm.id, "running", "ok", timeout=300)
-
-
 def build_world(lab, workdir: Path) -> World:
     tag = secrets.token_hex(3)
     w = World(lab=lab, admin=admin_api(lab), workdir=workdir)
@@ -106,7 +88,7 @@ def build_world(lab, workdir: Path) -> World:
                                     security_group_ids=[w.ids["G"]])),
         ("x1", b, key_b, "h1", dict(private_ip="172.31.0.40")),
     ]
-    _launch_placed(w, plan)
+    launch_placed(w, plan)
     eip = a.call("POST", "/v1/elastic-ips")
     a.call("POST", f"/v1/elastic-ips/{eip['allocation_id']}/associate",
            json={"instance_id": w.vms["m1"].id})

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,9 +40,9 @@ from agent.network import names
 from lab.naming import host_address, host_netns, inet_netns
 from lab.testing import ip_json, ns_run
 from tests.lab.cloud import CloudUser
-from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, Vm, _NEG, admin_api, agent_network,
-                                   call, http_cmd, in_router_ns, ip_, lab_state, netns_list,
-                                   new_account, ns_links, ping_cmd, set_host_enabled)
+from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, LabWorld, Listener, Vm, admin_api,
+                                   agent_network, http_cmd, in_router_ns, ip_, lab_state,
+                                   launch_placed, netns_list, new_account, ns_links, ping_cmd)
 from tests.lab.guests import SSH_OPTS
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -53,28 +53,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MAX_LOST = 6
 
 # --- scripts run inside lab namespaces (argv only, never templated shell) -------------------------
-LISTENER = r"""
-import socket, sys, threading, time
-port, path = int(sys.argv[1]), sys.argv[2]
-log = open(path, "a", buffering=1)
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[3], port)); s.listen(64)
-def serve(c, peer):
-    try:
-        c.settimeout(3); c.recv(2048)
-        body = peer + "\n"
-        c.sendall(("HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)).encode())
-    except OSError:
-        pass
-    finally:
-        c.close()
-print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    log.write("%.3f %s\n" % (time.time(), peer[0]))
-    threading.Thread(target=serve, args=(c, peer[0]), daemon=True).start()
-"""
-
 # argv: target port source duration interval stop ("match:<text>", "fail" or "none") connect-timeout
 # A new connection every `interval` s, each in its own thread, so a hanging attempt (a SYN into a
 # black hole) does not delay the next: the first success is timed to about `interval`. One JSON
@@ -120,40 +98,13 @@ sys.stdout.flush()
 os._exit(0)
 """
 
-# A negative window inside a guest: every attempt of PROBE must fail for WINDOW seconds.
-
-
 # --- the world ------------------------------------------------------------------------------------
 
 
 @dataclass
-class World:
-    lab: object
-    admin: object
-    users: list = field(default_factory=list)
-    vms: dict = field(default_factory=dict)
-    ids: dict = field(default_factory=dict)  # vpc_a, vpc_b, rt_priv, nat, eip, eip_ip, nat_ip, ...
+class World(LabWorld):
+    # ids: vpc_a, vpc_b, rt_priv, nat, eip, eip_ip, nat_ip, ...
     listener: "Listener | None" = None
-    _rns: dict = field(default_factory=dict)
-
-    # Guests are reached from their VPC's router namespace on their host: the only place (besides
-    # the guests) that has addresses in the VPC. The namespace is found by its router MAC, which is
-    # derived from the VPC id (agent.network.names), so no controller-internal VNI is needed.
-    def router_ns(self, host_id: str, vpc_id: str, timeout: float = CONVERGE) -> str:
-        key = (host_id, vpc_id)
-        if key in self._rns:
-            return self._rns[key]
-        prefix = f"{host_netns(self.lab.prefix, host_id)}-kvr-"
-        mac = names.router_mac(vpc_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            for ns in netns_list():
-                if ns.startswith(prefix) and any(
-                        link.get("address") == mac for link in ns_links(self.lab, host_id, ns)):
-                    self._rns[key] = ns
-                    return ns
-            assert time.monotonic() < deadline, f"no router namespace of {vpc_id} on {host_id}"
-            time.sleep(0.5)
 
     def sh(self, vm: Vm, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """SSH into the guest from its host's router namespace; when that namespace cannot be
@@ -171,28 +122,6 @@ class World:
                 return r
         assert r is not None, f"no router namespace of {vm.d['vpc_id']} to reach {vm.name} from"
         return r
-
-    def sh_until(self, vm: Vm, command: str, ok, timeout: float = CONVERGE) -> str:
-        """Run `command` in the guest until ok(stdout) (convergence after a change); the output."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.sh(vm, command, timeout=30)
-            if r.returncode == 0 and ok(r.stdout):
-                return r.stdout
-            assert time.monotonic() < deadline, (
-                f"{vm.name}: {command!r} never succeeded: rc={r.returncode} out={r.stdout!r} "
-                f"err={r.stderr[-500:]!r}")
-            time.sleep(1)
-
-    def negative(self, vm: Vm, probe: str, secs: int = WINDOW) -> str:
-        """Run `probe` in the guest repeatedly for `secs` s; assert that no attempt succeeded."""
-        r = self.sh(vm, _NEG.format(secs=int(secs), probe=probe), timeout=secs + 40)
-        m = re.search(r"WINDOW (\d+) ATTEMPTS (\d+) HITS (\d+)", r.stdout)
-        assert m, f"{vm.name}: probe window did not run: {r.returncode} {r.stdout!r} {r.stderr!r}"
-        window, attempts, hits = map(int, m.groups())
-        assert window >= 4 and attempts >= 3, f"{vm.name}: window too short: {m.group(0)}"
-        assert hits == 0, f"{vm.name}: {probe!r} succeeded {hits}/{attempts} times (must be blocked)"
-        return m.group(0)
 
 
 def inet_probe(lab, target: str, *, port: int = 80, duration: float = 30.0, interval: float = 0.2,
@@ -224,39 +153,6 @@ def assert_inet_blocked(lab, target: str, port: int = 80, secs: float = WINDOW) 
     return res
 
 
-class Listener:
-    """A TCP/HTTP listener on 198.51.100.1 in the internet namespace that answers with, and logs,
-    the source address it sees. Started and stopped (by PID) by the test."""
-
-    def __init__(self, lab, workdir: Path, port: int):
-        self.port = port
-        self.log = workdir / f"listener-{port}.log"
-        self.log.touch()
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", inet_netns(lab.prefix), sys.executable, "-c", LISTENER,
-             str(port), str(self.log), INET_SERVER],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.strip() == "ready", f"listener did not start: {line!r} {self.proc.stderr.read()}"
-
-    def entries(self, since: float = 0.0) -> list[tuple[float, str]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            t, peer = line.split()
-            if float(t) >= since:
-                out.append((float(t), peer))
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
 def open_group(user: CloudUser, vpc_id: str | None, name: str) -> str:
     body = {"group_name": name, "description": "lab: everything in"}
     if vpc_id:
@@ -286,25 +182,6 @@ def build_vpc_a(user: CloudUser, tag: str) -> dict:
               json={"destination_cidr_block": "0.0.0.0/0", "gateway_id": ids["igw"]})
     ids["sg_a"] = open_group(user, vpc["vpc_id"], f"open-{tag}")
     return ids
-
-
-def launch_placed(w: World, plan: list[tuple[str, CloudUser, Path, str, dict]]) -> None:
-    """Launch each (name, user, key, host, run-args) with only `host` enabled; wait all ok."""
-    hosts = sorted({p[3] for p in plan})
-    all_hosts = [h["host_id"] for h in call(w.admin, "GET", "/v1/hosts")["items"]]
-    try:
-        for host in hosts:
-            for other in all_hosts:
-                set_host_enabled(w.admin, other, other == host)
-            for name, user, key, where, args in plan:
-                if where == host:
-                    (inst,) = user.run(1, key_name=key.name, tags={"Name": name}, **args)
-                    w.vms[name] = Vm(name, user, key, inst)
-    finally:
-        for other in all_hosts:
-            set_host_enabled(w.admin, other, True)
-    for vm in w.vms.values():
-        vm.d = vm.user.wait(vm.id, "running", "ok", timeout=300)
 
 
 def build_world(lab, workdir: Path, full: bool = True) -> World:
@@ -464,7 +341,7 @@ def test_two_vpcs_with_the_same_cidr_are_isolated(world):
     jobs = [(vm, probe) for vm, ip in checks for probe in (ping_cmd(ip), http_cmd(ip, secs=1))]
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = list(pool.map(lambda j: world.negative(*j), jobs))
-    _report(*(f"{vm.name}: {probe}: {res}" for (vm, probe), res in zip(jobs, results)))
+    _report(*results)
 
 
 def test_public_instances_answer_from_the_internet_and_private_ones_do_not(world):
