@@ -1,6 +1,7 @@
 """Helpers for tests that use the lab: run commands inside a lab namespace, read `ip -j` output (an
 independent check of what pyroute2 made), make a throw-away bridge with an address inside a host
-namespace, and snapshot the machine's root-namespace state to prove `down` left it as found.
+namespace, end a process a test started, and snapshot the machine's root-namespace state to
+prove `down` left it as found.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -44,6 +46,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    """End a process this test started, by its PID: `sig`, then SIGKILL after `grace` seconds;
+    reaped either way."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def ns_run(netns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -7,9 +7,7 @@ listener in the internet namespace that logs the source addresses it sees.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from agent.contract.transport import client
 from agent.network import names
 from lab.naming import INET_SERVER_ADDR, host_netns, inet_netns
 from lab.services import agent_socket
+from lab.testing import end_process
 from lab.state import LabState
 from tests.lab.cloud import CloudUser
 
@@ -254,10 +253,4 @@ class Listener:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        end_process(self.proc)

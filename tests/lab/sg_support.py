@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.naming import host_netns, inet_netns
+from lab.testing import end_process
 from tests.lab.net_support import (WINDOW, LabWorld, Vm, agent_network, in_router_ns,
                                    ip_, lab_state)
 from tests.lab.guests import SSH_OPTS
@@ -73,13 +74,7 @@ class Stream:
         return rc
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        end_process(self.proc, grace=5)
         self._reader.join(timeout=5)
 
 

@@ -33,6 +33,7 @@ from agent.network.host import resolve_underlay
 from agent.network.service import NetworkService
 from agent.contract.v1 import NetworkSpec
 from agent.settings import AgentSettings
+from lab.testing import end_process
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -456,13 +457,7 @@ class PingStream:
     def stop(self) -> tuple[int, list[int], str]:
         """(replies, sequence numbers lost before the last reply, output). Requests still in
         flight when it stops are not losses; a torn-down path loses a run of them."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        end_process(self.proc, signal.SIGINT)
         with open(self.out_path) as f:
             out = f.read()
         seqs = {int(w[4:]) for line in out.splitlines() for w in line.split()
