@@ -27,7 +27,7 @@ from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_n
                                 resolve_underlay)
 from agent.network.service import KERNEL_RESYNC, NetworkService, NetworkSpecRejected
 from agent.reconcile import Reconciler
-from agent.reconcile.steps import Drivers, simple_network_config
+from agent.reconcile.steps import Drivers
 from agent.settings import AgentSettings
 from agent.state import StateStore
 
@@ -108,8 +108,8 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None) -> Net
 
 def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None,
                   network_service: NetworkService | None = None) -> Drivers:
-    """The drivers `settings` ask for; injected ones win."""
-    netcfg = simple_network_config
+    """The drivers `settings` ask for; injected ones win. Fake and real drivers render the
+    same seed network-config (agent.seed.network_config_v2, Drivers' default)."""
     if settings.driver == "fake":
         from agent.drivers.fake import FakeHypervisor, FakeStorage
         hypervisor = hypervisor or FakeHypervisor(
@@ -126,11 +126,6 @@ def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, networ
             # Image URLs may be controller paths (/v1/...): fetch them the way we heartbeat.
             storage = LocalStorage(settings.state_dir, ImageFetcher(
                 token=settings.token or None, controller_url=settings.controller_url))
-        try:
-            from agent.seed import network_config_v2
-            netcfg = network_config_v2
-        except ImportError:
-            log.warning("agent.seed not available: using the built-in network-config renderer")
     if network is None:
         mode = settings.network_mode()
         if mode == "fake":
@@ -146,7 +141,7 @@ def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, networ
             if mode == "vpc" and network_service is not None:
                 from agent.network.driver import VpcNetwork
                 network = VpcNetwork(network_service, legacy=network)
-    return Drivers(hypervisor=hypervisor, storage=storage, network=network, network_config=netcfg)
+    return Drivers(hypervisor=hypervisor, storage=storage, network=network)
 
 
 def _instance_id(instance_id: str) -> str:

@@ -14,6 +14,10 @@ Measured, in the same run:
 - a tick after one change (an elastic IP associated: rebuild, one host pushed).
 
     .venv/bin/python bench/bench_network_docs.py [--instances 2000 10000] [--hosts 10] [--reps 5]
+        [--smoke]   (50 instances on 3 hosts, 1 repetition)
+
+No target is gated: the run fails only when a tick does not do what it should (an idle tick that
+rebuilds, a change that does not rebuild and push to exactly one host).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_note, median  # noqa: E402
+from bench.common import SMOKE_HELP, machine_note, median  # noqa: E402
 
 
 def populate(cloud, n: int, hosts: int) -> tuple[object, list[str]]:
@@ -103,7 +107,10 @@ def main() -> int:
     ap.add_argument("--instances", type=int, nargs="+", default=[2000, 10000])
     ap.add_argument("--hosts", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " (50 instances, 3 hosts)")
     args = ap.parse_args()
+    if args.smoke:
+        args.instances, args.hosts, args.reps = [50], 3, 1
     warnings.simplefilter("ignore")
     print(machine_note())
     for n in args.instances:

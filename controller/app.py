@@ -1,6 +1,7 @@
 """The controller's FastAPI app factory: create_app(settings) builds the database, runs
-migrations, bootstraps the admin account and default instance types, mounts the routers under
-/v1, installs error handlers, and runs the reconciler loop in the lifespan."""
+migrations, bootstraps the admin account and default instance types, wakes the reconciler on
+every committed change, mounts the routers under /v1, installs error handlers, and runs the
+reconciler loop in the lifespan."""
 from __future__ import annotations
 
 import asyncio
@@ -39,6 +40,10 @@ def create_app(settings: Settings | None = None, *,
         type_service.seed(db)
     pool = AgentPool(settings.agent_token, settings.agent_timeout_s, agent_http_factory)
     reconciler = Reconciler(db, settings, pool)
+    # Any committed change (an instance action, a route, an elastic IP, a security group...)
+    # may change what agents must carry, whoever made it: run a reconciler tick now, not at
+    # the next period.
+    db.on_change(reconciler.wake)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -56,16 +61,6 @@ def create_app(settings: Settings | None = None, *,
     app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
     install_handlers(app)
-
-    @app.middleware("http")
-    async def wake_after_mutation(request, call_next):
-        # Any committed change (a route, a gateway, an elastic IP, a security group...) may
-        # change what hosts must carry: run a reconciler tick now, not at the next period.
-        response = await call_next(request)
-        if (request.method in ("POST", "PUT", "PATCH", "DELETE") and response.status_code < 400
-                and not request.url.path.startswith("/v1/agent/")):
-            reconciler.wake()
-        return response
 
     v1 = APIRouter(prefix="/v1")
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):

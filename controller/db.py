@@ -4,19 +4,30 @@ SQLite gets WAL mode, a busy timeout, foreign keys and `BEGIN IMMEDIATE` transac
 write lock up front means two writers queue on the busy timeout instead of deadlocking on a lock
 upgrade. PostgreSQL gets the same one-transaction-at-a-time rule from a transaction-scoped
 advisory lock taken at BEGIN (READ COMMITTED, 30 s lock timeout like SQLite's busy timeout).
+
+Change listeners (`Database.on_change`, the reconciler's wake-up) are called after every commit
+of a session that wrote something, whoever made the change: an API request or a service the
+controller runs on its own. A session that only read, or rolled back, calls none.
 Also owns UtcDateTime, the column type that stores naive UTC and returns aware UTC.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine
+
+log = logging.getLogger(__name__)
+# Session.info keys: whether the session's commit calls the change listeners, and whether the
+# transaction wrote anything.
+_NOTIFY, _WROTE = "kumo.notify", "kumo.wrote"
 
 
 class UtcDateTime(TypeDecorator):
@@ -83,17 +94,59 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
+        self._listeners: list[Callable[[], None]] = []
+        self._sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+        event.listen(self._sessions, "before_flush", _note_flush)
+        event.listen(self._sessions, "do_orm_execute", _note_statement)
+        event.listen(self._sessions, "after_commit", self._committed)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each commit that wrote something (in the committing thread,
+        so it must be quick and thread-safe)."""
+        self._listeners.append(listener)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on error."""
-        with Session(self.engine, expire_on_commit=False) as s:
+    def session(self, *, notify: bool = True) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error.
+
+        notify=False keeps the commit from calling the change listeners: for writes that record
+        what agents observed (heartbeats) and the reconciler's own bookkeeping, whose
+        consequences its periodic tick picks up (and a loop woken by its own writes would
+        never rest)."""
+        with self._sessions() as s:
+            s.info[_NOTIFY] = notify
             try:
                 yield s
                 s.commit()
             except BaseException:
                 s.rollback()
+                # Not in an after_rollback hook: that also fires when a savepoint rolls back,
+                # and the writes of the enclosing transaction still commit.
+                s.info.pop(_WROTE, None)
                 raise
+
+    def _committed(self, session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint was released: nothing is committed until the outer commit
+        if not (session.info.pop(_WROTE, False) and session.info.get(_NOTIFY)):
+            return
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # the change is committed: a listener must not undo the answer
+                log.exception("change listener failed")
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _note_flush(session: Session, _context, _instances) -> None:
+    # "dirty" is optimistic (any attribute set counts): is_modified compares the values.
+    if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+        session.info[_WROTE] = True
+
+
+def _note_statement(state) -> None:
+    # Bulk INSERT/UPDATE/DELETE statements (the reconciler's purge) bypass the flush.
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True

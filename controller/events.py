@@ -1,5 +1,6 @@
 """The event log: `record()` appends one state change inside the caller's transaction, so an
-event exists exactly when the change it describes was committed; `list_events()` reads it back.
+event exists exactly when the change it describes was committed; `list_page()` reads it back
+in insertion order.
 """
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from controller.db import Database
 from controller.ids import new_id, utcnow
-from controller.models import Event
+from controller.models import Event, EventPublic
+from controller.services import pagination
+from controller.services.pagination import Page, PageRequest
+
+ORDER = pagination.Order(Event.seq)
 
 
 def record(session: Session, resource_type: str, resource_id: str, account_id: str | None,
@@ -20,17 +26,20 @@ def record(session: Session, resource_type: str, resource_id: str, account_id: s
     return ev
 
 
-def list_events(session: Session, *, account_id: str | None, resource_id: str | None = None,
-                resource_type: str | None = None, since: datetime | None = None,
-                offset: int = 0, limit: int = 100) -> list[Event]:
-    """Events in insertion order; account_id None means every account (admins)."""
+def list_page(db: Database, caller, page: PageRequest, *, resource_id: str | None = None,
+              resource_type: str | None = None,
+              since: datetime | None = None) -> Page[EventPublic]:
+    """The caller's account's events in insertion order (admins see every account's)."""
     q = select(Event)
-    if account_id is not None:
-        q = q.where(Event.account_id == account_id)
+    if not caller.is_admin:
+        q = q.where(Event.account_id == caller.account_id)
     if resource_id:
         q = q.where(Event.resource_id == resource_id)
     if resource_type:
         q = q.where(Event.resource_type == resource_type)
     if since:
         q = q.where(Event.time >= since)
-    return list(session.exec(q.order_by(Event.seq).offset(offset).limit(limit)))
+    with db.session() as s:
+        return pagination.list_page(
+            s, q, ORDER, page,
+            lambda rows: [EventPublic.model_validate(e, from_attributes=True) for e in rows])

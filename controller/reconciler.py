@@ -9,10 +9,14 @@ shutting-down instances (and orphans agents report); fold each answer into the i
 per object: one failure is logged and never stops the loop (nova's _sync_power_states habit).
 Agent calls happen outside database transactions.
 
-The loop runs a tick every `reconcile_interval_s` and also as soon as `wake()` is called (the API
-does after committing a launch/start/stop/reboot/terminate/modify), so a new spec reaches its
-agent without waiting for the next tick; wake-ups during a tick coalesce into one more tick. The
-periodic tick stays the level-triggered safety net. Ticks only load the rows that need work.
+The loop runs a tick every `reconcile_interval_s` and also as soon as `wake()` is called: the
+app registers it as the database's change listener (controller/db.py), so every commit that
+changed something wakes it, whoever made the change (an API request, or the controller's own
+services), and a new spec or network change reaches its agents without waiting for the next
+tick. Wake-ups during a tick coalesce into one more tick. The reconciler's own writes (and the
+agents' heartbeats) commit with notify=False: their consequences are this loop's work already,
+and a loop woken by its own writes would never rest. The periodic tick stays the
+level-triggered safety net. Ticks only load the rows that need work.
 """
 from __future__ import annotations
 
@@ -118,13 +122,13 @@ class Reconciler:
     def _deadlines_and_purge(self) -> int:
         errors = 0
         now = utcnow()
-        with self.db.session() as s:
+        with self.db.session(notify=False) as s:
             due = or_(Instance.state_deadline <= now, Instance.status_deadline <= now)
             ids = list(s.exec(select(Instance.instance_id)
                               .where(Instance.state != "terminated", due)))
         for iid in ids:
             try:
-                with self.db.session() as s:
+                with self.db.session(notify=False) as s:
                     inst = s.get(Instance, iid)
                     if inst is not None:
                         lifecycle.apply_deadlines(s, inst, self.settings, now)
@@ -133,7 +137,7 @@ class Reconciler:
                 errors += 1
         cutoff = now - timedelta(seconds=self.settings.terminated_retention_s)
         try:
-            with self.db.session() as s:
+            with self.db.session(notify=False) as s:
                 s.exec(delete(Instance).where(Instance.state == "terminated",
                                               Instance.terminated_at < cutoff))
                 live = select(Instance.reservation_id).distinct()
@@ -148,7 +152,7 @@ class Reconciler:
         """Network documents the hosts have not acknowledged (rebuilt from the database)."""
         work = []
         try:
-            with self.db.session() as s:
+            with self.db.session(notify=False) as s:
                 docs, fresh = self._network_documents(s)
                 for host in s.exec(select(Host)):
                     spec = docs.get(host.host_id)
@@ -181,7 +185,7 @@ class Reconciler:
     def _plan(self) -> list[Work]:
         work: list[Work] = self._plan_networks()
         url = self.settings.resolved_agent_facing_url()
-        with self.db.session() as s:
+        with self.db.session(notify=False) as s:
             host_map = {h.host_id: h for h in s.exec(select(Host))}
             # Only rows with work: an unacknowledged spec, or a domain to delete. (Deadlines and
             # the purge select their own rows; host liveness is per host.)
@@ -268,13 +272,13 @@ class Reconciler:
         except StaleGeneration:
             # The agent accepted a newer generation than ours: learn it and supersede next tick.
             current = client.get_instance(w.instance_id)
-            with self.db.session() as s:
+            with self.db.session(notify=False) as s:
                 inst = s.get(Instance, w.instance_id)
                 if inst is not None and current is not None:
                     inst.generation = max(inst.generation, current.generation + 1)
                     s.add(inst)
             raise
-        with self.db.session() as s:
+        with self.db.session(notify=False) as s:
             inst = s.get(Instance, w.instance_id)
             if inst is None or inst.state in ("shutting-down", "terminated"):
                 return
@@ -288,20 +292,20 @@ class Reconciler:
         except StaleGeneration:
             # The agent holds a newer generation (e.g. this database was restored): move past it.
             current = client.get_network()
-            with self.db.session() as s:
+            with self.db.session(notify=False) as s:
                 host = s.get(Host, w.instance_id)
                 if host is not None and current.generation >= host.network_generation:
                     host.network_generation = current.generation + 1
                     s.add(host)
             raise
-        with self.db.session() as s:
+        with self.db.session(notify=False) as s:
             host = s.get(Host, w.instance_id)
             if host is not None and obs.generation >= w.generation:
                 host.network_acked = max(host.network_acked, w.generation)
                 s.add(host)
 
     def _deleted(self, instance_id: str) -> None:
-        with self.db.session() as s:
+        with self.db.session(notify=False) as s:
             inst = s.get(Instance, instance_id)
             if inst is not None and inst.state == "shutting-down":
                 lifecycle.transition(s, inst, "terminated", self.settings,
@@ -309,7 +313,7 @@ class Reconciler:
 
     def _note_error(self, instance_id: str, exc: AgentError) -> None:
         try:
-            with self.db.session() as s:
+            with self.db.session(notify=False) as s:
                 inst = s.get(Instance, instance_id)
                 if inst is not None and inst.state != "terminated":
                     inst.observed_error = f"{exc.code}: {exc.message}"[:1024]

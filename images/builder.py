@@ -22,7 +22,8 @@ from typing import Callable, Iterator
 
 from images.errors import BuildError, UnknownRecipe
 from images.manifest import Manifest
-from images.recipes import BuildContext, recipe_hash, registry
+from images.recipes import BuildContext, recipe_hash
+from images.recipes.registry import registry
 from images.steps import step
 
 __all__ = ["BuildError", "Manifest", "build", "cache_dir_default", "cached_manifest", "list_recipes",

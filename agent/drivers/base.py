@@ -2,15 +2,31 @@
 
 Each concern has one Protocol here, one real implementation (libvirt, qemu-img) and one
 in-memory fake used by fast functional tests. Drivers translate library errors into the
-exceptions below at their boundary; deleting something already gone is not an error.
+exceptions below at their boundary; deleting something already gone is not an error. The
+value types a domain is planned from (DomainPlan, DomainDisk, DomainNic) validate themselves,
+so bad input fails with a stable code before any driver sees it.
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from agent.drivers.stats import DomainStats
+
 DomainPower = Literal["running", "shutoff", "paused", "crashed", "absent"]
+DiskDevice = Literal["disk", "cdrom"]
+DiskBus = Literal["virtio", "scsi", "sata", "ide"]
+#: Cache modes that never lose a write the guest was told is on disk: each one honours the
+#: guest's flushes (writeback, none) or writes through. "unsafe" ignores flushes and is refused.
+CacheMode = Literal["none", "writethrough", "writeback", "directsync"]
+CACHE_MODES = frozenset({"none", "writethrough", "writeback", "directsync"})
+FileFormat = Literal["qcow2", "raw"]
+#: Each bus names its disks with its own prefix (and IDE has only four places).
+_TARGET_PATTERNS = {"virtio": r"vd[a-z]{1,2}", "scsi": r"sd[a-z]{1,2}", "sata": r"sd[a-z]{1,2}",
+                    "ide": r"hd[a-d]"}
 
 
 class DriverError(Exception):
@@ -32,6 +48,152 @@ class DomainNotFound(DriverError):
     retryable = False
 
 
+class InvalidDevice(DriverError):
+    """A disk or NIC description no hypervisor could use (bad target, source, serial, ...)."""
+
+    code = "InvalidDeviceDefinition"
+    retryable = False
+
+
+class DeviceTargetInUse(DriverError):
+    """The target (e.g. vdb) already holds a different disk in the domain."""
+
+    code = "DeviceTargetInUse"
+    retryable = False
+
+
+class DeviceSourceInUse(DriverError):
+    """The source is already attached writable under another target (QEMU would refuse to
+    open one image twice for writing)."""
+
+    code = "DeviceSourceInUse"
+    retryable = False
+
+
+class DeviceNotHotpluggable(DriverError):
+    """A running domain cannot take a disk on this bus (IDE and SATA are not hot-pluggable)."""
+
+    code = "DeviceNotHotpluggable"
+    retryable = False
+
+
+class DeviceDetachTimeout(DriverError):
+    """The guest did not release the device in time. The unplug request stays with the guest,
+    so trying again may find it gone; `force` gives up waiting."""
+
+    code = "DeviceDetachTimeout"
+    retryable = True
+
+
+def _check_text(what: str, value: str, pattern: str | None = None) -> None:
+    """Refuse what would not survive the trip into XML and QEMU's command line intact."""
+    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidDevice(f"{what} {value!r} is empty or has control characters")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise InvalidDevice(f"{what} {value!r} does not match {pattern}")
+
+
+def _check_absolute(what: str, path: Path) -> None:
+    _check_text(what, str(path))
+    if not Path(path).is_absolute():
+        raise InvalidDevice(f"{what} {str(path)!r} is not an absolute path")
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A local image file."""
+
+    path: Path
+    format: FileFormat = "qcow2"
+
+    def __post_init__(self) -> None:
+        _check_absolute("disk file", self.path)
+        if self.format not in ("qcow2", "raw"):
+            raise InvalidDevice(f"disk format {self.format!r} is not qcow2 or raw")
+
+
+@dataclass(frozen=True)
+class NetworkHost:
+    """Where a network disk is served: a TCP `name` (host name or address) and `port`, or a
+    unix `socket` on this host (e.g. a qemu-storage-daemon's NBD export)."""
+
+    name: str | None = None
+    port: int | None = None
+    socket: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.socket is None):
+            raise InvalidDevice("a network disk host has either a name or a socket")
+        if self.socket is not None:
+            _check_absolute("network disk socket", self.socket)
+            if self.port is not None:
+                raise InvalidDevice("a unix socket host has no port")
+            return
+        _check_text("network disk host", self.name, r"[A-Za-z0-9._:-]{1,253}")
+        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
+            raise InvalidDevice(f"network disk port {self.port!r} is not in 1..65535")
+
+
+@dataclass(frozen=True)
+class NetworkSource:
+    """A disk served over the network, always raw bytes (the format lives on the storage side):
+    NBD (`name` is the export, one host) or RBD (`name` is "pool/image", one host per monitor)."""
+
+    protocol: Literal["nbd", "rbd"]
+    name: str
+    hosts: tuple[NetworkHost, ...]
+
+    def __post_init__(self) -> None:
+        if self.protocol == "nbd":
+            _check_text("NBD export", self.name, r"[A-Za-z0-9._-][A-Za-z0-9._/-]{0,254}")
+            if len(self.hosts) != 1:
+                raise InvalidDevice("an NBD disk has exactly one host")
+        elif self.protocol == "rbd":
+            _check_text("RBD image", self.name, r"[A-Za-z0-9._-]{1,127}/[A-Za-z0-9._-]{1,127}")
+            if not self.hosts or any(h.socket is not None for h in self.hosts):
+                raise InvalidDevice("an RBD disk has one or more TCP monitor hosts")
+        else:
+            raise InvalidDevice(f"network disk protocol {self.protocol!r} is not nbd or rbd")
+        if not all(isinstance(h, NetworkHost) for h in self.hosts):
+            raise InvalidDevice("network disk hosts must be NetworkHost values")
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    """One disk of a domain, as the guest sees it: device kind, where (bus + target) and what."""
+
+    target: str  # e.g. "vda"; its prefix matches the bus (vd virtio, sd scsi/sata, hd ide)
+    source: FileSource | NetworkSource
+    device: DiskDevice = "disk"
+    bus: DiskBus = "virtio"
+    readonly: bool = False
+    #: What the guest reads as the disk's serial: /dev/disk/by-id/virtio-<serial> is how it finds
+    #: a volume by id. At most 20 characters (virtio-blk's limit), e.g. "vol0123456789abcdef0".
+    serial: str | None = None
+    #: None: the hypervisor's default (QEMU writeback honouring flushes). Never "unsafe".
+    cache: CacheMode | None = None
+    #: Boot priority (1 first). No disk of a plan has one: the domain boots its first hard disk.
+    boot_order: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bus not in _TARGET_PATTERNS:
+            raise InvalidDevice(f"disk bus {self.bus!r} is not one of {sorted(_TARGET_PATTERNS)}")
+        _check_text(f"{self.bus} disk target", self.target, _TARGET_PATTERNS[self.bus])
+        if not isinstance(self.source, FileSource | NetworkSource):
+            raise InvalidDevice("a disk source is a FileSource or a NetworkSource")
+        if self.device not in ("disk", "cdrom"):
+            raise InvalidDevice(f"disk device {self.device!r} is not disk or cdrom")
+        if self.device == "cdrom" and (self.bus == "virtio" or not self.readonly):
+            raise InvalidDevice("a cdrom is read-only and on an ide, sata or scsi bus")
+        if self.serial is not None:
+            _check_text("disk serial", self.serial, r"[A-Za-z0-9_.-]{1,20}")
+        if self.cache is not None and self.cache not in CACHE_MODES:
+            raise InvalidDevice(f"cache mode {self.cache!r} is not one of {sorted(CACHE_MODES)}")
+        if self.boot_order is not None and not (isinstance(self.boot_order, int)
+                                                and self.boot_order >= 1):
+            raise InvalidDevice(f"boot order {self.boot_order!r} is not a positive integer")
+
+
 @dataclass(frozen=True)
 class DomainNic:
     mac: str
@@ -48,12 +210,21 @@ class DomainPlan:
     name: str  # the instance id
     vcpus: int
     memory_mib: int
-    root_disk: Path  # qcow2 overlay
-    seed_iso: Path | None  # NoCloud seed (ISO 9660, label cidata)
+    #: Every disk of the domain: an instance's root disk and NoCloud seed first
+    #: (agent.drivers.disks.instance_disks), then any volumes. Targets are unique.
+    disks: tuple[DomainDisk, ...]
     console_log: Path  # the serial console is appended here
     nics: tuple[DomainNic, ...] = field(default_factory=tuple)
     #: Generation of the spec this plan comes from (recorded in the domain's metadata).
     generation: int = 0
+
+    def __post_init__(self) -> None:
+        targets = Counter(d.target for d in self.disks)
+        orders = Counter(d.boot_order for d in self.disks if d.boot_order is not None)
+        twice = [t for t, n in (targets + orders).items() if n > 1]
+        if twice:
+            raise InvalidDevice(f"domain {self.name}: disk target or boot order used twice: "
+                                f"{sorted(map(str, twice))}")
 
 
 @dataclass(frozen=True)
@@ -62,12 +233,33 @@ class DomainStatus:
     power: DomainPower
     vcpus: int | None = None
     memory_mib: int | None = None
+    #: The disks attached now, sorted by target: the running guest's when it runs, else the
+    #: definition's.
+    disks: tuple[DomainDisk, ...] = ()
 
 
 class Hypervisor(Protocol):
-    """Runs domains. libvirt is the authority for power state."""
+    """Runs domains. libvirt is the authority for power state.
 
-    #: e.g. {"reboot", "resize_offline", "console_log"}
+    Device rules, the same for every driver (agent/drivers/disks.py holds the shared checks):
+    - attach_disk puts the disk in the running guest (when it runs) and in the definition
+      (always), so it survives a restart. Attaching a disk that is already there (the same
+      DomainDisk on that target) is a no-op; a different disk on its target is
+      DeviceTargetInUse; a writable source already on another target is DeviceSourceInUse; an
+      IDE or SATA disk for a running domain is DeviceNotHotpluggable. A missing domain is
+      DomainNotFound.
+    - detach_disk of a target that is not attached, or of a domain that does not exist, succeeds.
+      A shut-off domain loses it from its definition at once. A running guest is asked to
+      release it and waited for up to `timeout` seconds; then the definition loses it too. A
+      guest that does not release it in time: DeviceDetachTimeout, the definition untouched
+      (the unplug request stays pending with the guest). With `force`, the definition loses it
+      anyway and the running domain drops it when the guest lets go or at its next power-off:
+      nothing can pull a PCI device out of a running guest that holds on to it.
+    - define(plan) replaces the whole definition: a disk attached here that is not in the plan
+      leaves the definition with the next define, so volumes belong in DomainPlan.disks too.
+    """
+
+    #: e.g. {"reboot", "resize_offline", "console_log", "disk_hotplug", "stats"}
     capabilities: frozenset[str]
     #: "kvm" or "qemu" (TCG)
     kind: str
@@ -91,10 +283,23 @@ class Hypervisor(Protocol):
         """Remove the definition (destroying first); absent is a no-op."""
 
     def status(self, name: str) -> DomainStatus:
-        """Power state and size of one domain; power="absent" when it does not exist."""
+        """Power state, size and disks of one domain; power="absent" when it does not exist."""
 
     def list_domains(self) -> list[DomainStatus]:
         """Every domain this driver manages on the host (Kumo's, by name i-...)."""
+
+    def attach_disk(self, name: str, disk: DomainDisk) -> None:
+        """Attach `disk` to the running domain and its definition (see the device rules)."""
+
+    def detach_disk(self, name: str, target: str, *, force: bool = False,
+                    timeout: float = 10.0) -> None:
+        """Detach the disk on `target` (e.g. "vdb"), waiting for the guest (see the rules)."""
+
+    def stats(self, names: list[str] | None = None) -> list[DomainStats]:
+        """Cumulative counters of the domains named (every Kumo domain when None), sampled in
+        one call, sorted by name; a name with no domain is left out. Counters start from zero
+        each time a domain starts (DomainStats.run_id changes); agent.drivers.stats derives
+        rates from two samples."""
 
 
 class Storage(Protocol):

@@ -2,9 +2,10 @@
 dataplane (FakeDataplane) for fast tests.
 
 They keep the Protocols' promises (idempotent deletes, no-op starts of running domains, power
-states) and add test handles: `crash()`, `write_console()`, `fail()`, `calls`. FakeStorage keeps
-its bookkeeping in memory but writes small placeholder files under a root directory, so paths,
-instance directories and console logs are real files the agent can look at.
+states) and add test handles: `fail()`, `calls`, ... FakeHypervisor lives in fake_hypervisor.py
+(imported here, so every fake comes from this module). FakeStorage keeps its bookkeeping in
+memory but writes small placeholder files under a root directory, so paths, instance
+directories and console logs are real files the agent can look at.
 """
 from __future__ import annotations
 
@@ -15,181 +16,11 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE
-from agent.drivers.base import DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.drivers.base import DriverError
+from agent.drivers.fake_hypervisor import FakeDomain, FakeHypervisor  # noqa: F401 (re-export)
+from agent.drivers.faults import Faults
 from agent.network.names import bridge
 from agent.network.records import HOST, Master
-
-MUTATING = ("define", "start", "shutdown", "destroy", "reboot", "undefine")
-
-
-class _Faults:
-    """Errors tests ask a fake to raise on its next matching call(s)."""
-
-    def __init__(self) -> None:
-        self._faults: dict[tuple[str, str | None], tuple[Exception, int]] = {}
-
-    def set(self, op: str, key: str | None, error: Exception, times: int) -> None:
-        self._faults[(op, key)] = (error, times)
-
-    def clear(self) -> None:
-        self._faults.clear()
-
-    def check(self, op: str, key: str | None) -> None:
-        for k in ((op, key), (op, None)):
-            entry = self._faults.get(k)
-            if entry is None:
-                continue
-            err, times = entry
-            if times == 1:
-                del self._faults[k]
-            elif times > 1:
-                self._faults[k] = (err, times - 1)
-            raise err  # times < 0: forever
-
-
-@dataclass
-class FakeDomain:
-    plan: DomainPlan
-    power: str = "shutoff"
-    #: The definition the running guest was started with (a redefine applies at next start).
-    live: DomainPlan | None = None
-    starts: int = 0
-    reboots: int = 0
-
-
-class FakeHypervisor:
-    """A hypervisor whose domains are dict entries. `kind` defaults to TCG ("qemu")."""
-
-    def __init__(self, kind: str = "qemu",
-                 capabilities: frozenset[str] = frozenset({"reboot", "resize_offline",
-                                                           "console_log"})):
-        self.kind = kind
-        self.capabilities = capabilities
-        self.domains: dict[str, FakeDomain] = {}
-        #: Every mutating call as (op, name), in order: tests assert what was (not) touched.
-        self.calls: list[tuple[str, str]] = []
-        #: Lines written to a domain's console on each start/reboot (e.g. a ready marker).
-        self.boot_lines: dict[str, list[str]] = {}
-        #: Guests that ignore ACPI power buttons: shutdown() leaves them running.
-        self.ignore_acpi: set[str] = set()
-        self._faults = _Faults()
-        self._lock = threading.RLock()
-
-    # -- test handles ----------------------------------------------------------------------
-    def fail(self, op: str, name: str | None = None, error: Exception | None = None,
-             times: int = 1) -> None:
-        """Make the next `times` calls of `op` (for `name`, or any) raise `error` (-1: forever)."""
-        self._faults.set(op, name, error or DriverError(f"injected {op} failure"), times)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def crash(self, name: str, power: str = "crashed") -> None:
-        """The guest dies by itself (power "crashed" or "shutoff")."""
-        with self._lock:
-            self.domains[name].power = power
-            self.domains[name].live = None
-
-    def write_console(self, name: str, text: str) -> None:
-        """Append `text` (a line) to the domain's serial console log, as the guest would."""
-        with self._lock:
-            log = self.domains[name].plan.console_log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(text if text.endswith("\n") else text + "\n")
-
-    def add_foreign(self, plan: DomainPlan, power: str = "running") -> None:
-        """A domain that appeared without the agent (e.g. an orphan left by an old agent)."""
-        with self._lock:
-            self.domains[plan.name] = FakeDomain(plan=plan, power=power,
-                                                 live=plan if power == "running" else None)
-
-    def reset_calls(self) -> None:
-        with self._lock:
-            self.calls.clear()
-
-    # -- Hypervisor protocol -------------------------------------------------------------
-    def _record(self, op: str, name: str) -> None:
-        self._faults.check(op, name)
-        self.calls.append((op, name))
-
-    def define(self, plan: DomainPlan) -> None:
-        with self._lock:
-            self._record("define", plan.name)
-            dom = self.domains.get(plan.name)
-            if dom is None:
-                self.domains[plan.name] = FakeDomain(plan=plan)
-            else:
-                dom.plan = plan
-
-    def _get(self, name: str) -> FakeDomain:
-        dom = self.domains.get(name)
-        if dom is None:
-            raise DomainNotFound(f"domain {name} not found")
-        return dom
-
-    def _boot(self, name: str, dom: FakeDomain) -> None:
-        for line in self.boot_lines.get(name, []):
-            self.write_console(name, line)
-
-    def start(self, name: str) -> None:
-        with self._lock:
-            self._record("start", name)
-            dom = self._get(name)
-            if dom.power == "running":
-                return
-            if dom.power == "crashed":
-                raise DriverError(f"domain {name} is crashed; destroy it first",
-                                  code="DomainCrashed")
-            dom.power, dom.live = "running", dom.plan
-            dom.starts += 1
-            self._boot(name, dom)
-
-    def shutdown(self, name: str, timeout: float) -> None:
-        with self._lock:
-            self._record("shutdown", name)
-            dom = self.domains.get(name)
-            if dom is not None and dom.power != "shutoff" and name not in self.ignore_acpi:
-                dom.power, dom.live = "shutoff", None
-
-    def destroy(self, name: str) -> None:
-        with self._lock:
-            self._record("destroy", name)
-            dom = self.domains.get(name)
-            if dom is not None:
-                dom.power, dom.live = "shutoff", None
-
-    def reboot(self, name: str) -> None:
-        with self._lock:
-            self._record("reboot", name)
-            dom = self._get(name)
-            if dom.power != "running":
-                raise DriverError(f"domain {name} is not running", code="DomainNotRunning")
-            dom.reboots += 1
-            self._boot(name, dom)
-
-    def undefine(self, name: str) -> None:
-        with self._lock:
-            self._record("undefine", name)
-            self.domains.pop(name, None)
-
-    def status(self, name: str) -> DomainStatus:
-        with self._lock:
-            self._faults.check("status", name)
-            dom = self.domains.get(name)
-            if dom is None:
-                return DomainStatus(name=name, power="absent")
-            # A running guest keeps the size it was started with, as libvirt reports it.
-            size = dom.live if dom.live is not None else dom.plan
-            return DomainStatus(name=name, power=dom.power, vcpus=size.vcpus,
-                                memory_mib=size.memory_mib)
-
-    def list_domains(self) -> list[DomainStatus]:
-        with self._lock:
-            return [self.status(n) for n in sorted(self.domains)]
-
-    def versions(self) -> dict[str, str]:
-        return {"libvirt": "fake", "qemu": "fake"}
 
 
 class FakeStorage:
@@ -201,7 +32,7 @@ class FakeStorage:
         self.disk_sizes: dict[str, int] = {}
         self.seeds: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []
-        self._faults = _Faults()
+        self._faults = Faults()
         self._lock = threading.RLock()
 
     def fail(self, op: str, key: str | None = None, error: Exception | None = None,
@@ -316,7 +147,7 @@ class FakeDataplane:
         self.ensures = 0
         self.missing_taps: set[str] = set()
         self.closed = False
-        self._faults = _Faults()
+        self._faults = Faults()
         self._lock = threading.Lock()
 
     def fail(self, error: Exception | None = None, times: int = 1) -> None:
@@ -354,7 +185,7 @@ class FakeFirewall:
         self.calls: list[str] = []
         self.checks = 0
         self.closed = False
-        self._faults = _Faults()
+        self._faults = Faults()
         self._lock = threading.Lock()
 
     def fail(self, error: Exception | None = None, times: int = 1) -> None:

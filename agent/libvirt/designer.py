@@ -1,9 +1,10 @@
 """The designer: turns a DomainPlan into libvirt domain objects. All domain policy lives here.
 
 Policy, and why:
-- machine 'pc' (i440fx): the Debian cloud kernel has no AHCI, so a q35 SATA cdrom is invisible;
-  the NoCloud seed is an IDE cdrom (ata_piix), read-only.
-- root disk virtio-blk qcow2 (the per-instance overlay), boot from it.
+- machine 'pc' (i440fx): the Debian cloud kernel has no AHCI, so a q35 SATA cdrom is invisible
+  (which disks an instance has, and on which bus, is agent/drivers/disks.py's policy).
+- disks in the plan's order; the domain boots its first hard disk (<os><boot dev='hd'/>) unless
+  a disk has a boot order, which libvirt does not allow beside <os><boot>.
 - TCG ("qemu"): a named CPU model (host-passthrough needs KVM). KVM: host-passthrough.
 - serial console on a pty (`virsh console`) and appended to the instance's console.log.
 - virtio-rng from /dev/urandom: guests otherwise stall early in boot waiting for entropy.
@@ -16,13 +17,13 @@ from __future__ import annotations
 from typing import Literal
 
 from agent.drivers.base import DomainPlan
+from agent.libvirt.disks import to_xml_disk
 from agent.libvirt.domain import (
     CPU,
     OS,
     BridgeInterface,
     Clock,
     Device,
-    Disk,
     Domain,
     KumoMetadata,
     MemBalloon,
@@ -55,13 +56,8 @@ def design_domain(plan: DomainPlan, kind: HypervisorKind, *,
     """The domain objects for `plan` on a `kind` hypervisor."""
     if kind not in ("kvm", "qemu"):
         raise ValueError(f"unknown hypervisor kind {kind!r}")
-    devices: list[Device] = [
-        Disk(source_file=str(plan.root_disk), target_dev="vda", target_bus="virtio",
-             device="disk", driver_type="qcow2"),
-    ]
-    if plan.seed_iso is not None:
-        devices.append(Disk(source_file=str(plan.seed_iso), target_dev="hdc", target_bus="ide",
-                            device="cdrom", driver_type="raw", readonly=True))
+    devices: list[Device] = [to_xml_disk(disk) for disk in plan.disks]
+    boot_devs = () if any(d.boot_order is not None for d in plan.disks) else ("hd",)
     for index, nic in enumerate(plan.nics):
         # AMIs boot from their disk: the iPXE option ROM would only cost ~1 s of every boot.
         devices.append(BridgeInterface(mac=nic.mac, bridge=nic.bridge,
@@ -81,7 +77,7 @@ def design_domain(plan: DomainPlan, kind: HypervisorKind, *,
         type=kind,
         memory_kib=plan.memory_mib * 1024,
         vcpus=plan.vcpus,
-        os=OS(arch="x86_64", machine="pc", boot_devs=("hd",)),
+        os=OS(arch="x86_64", machine="pc", boot_devs=boot_devs),
         features=("acpi", "apic"),
         cpu=_cpu(kind, tcg_cpu_model),
         clock=Clock(offset="utc", timers=timers),

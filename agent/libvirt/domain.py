@@ -95,25 +95,90 @@ class Clock(_Xml):
 
 
 @dataclass
+class DiskHost(_Xml):
+    """<host> of a network disk: TCP `name` + `port`, or a unix `socket`."""
+
+    name: str | None = None
+    port: int | None = None
+    socket: str | None = None
+
+    def to_element(self) -> ET.Element:
+        if self.socket is not None:
+            return ET.Element("host", transport="unix", socket=self.socket)
+        el = ET.Element("host", name=self.name or "")
+        if self.port is not None:
+            el.set("port", str(self.port))
+        return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> DiskHost:
+        if el.get("transport") == "unix":
+            return cls(socket=el.get("socket"))
+        port = el.get("port")
+        return cls(name=el.get("name"), port=int(port) if port else None)
+
+
+@dataclass
 class Disk(_Xml):
-    source_file: str
+    """<disk type='file'> (source_file) or <disk type='network'> (source_protocol, name, hosts)."""
+
     target_dev: str
     target_bus: str
+    source_file: str | None = None
+    source_protocol: str | None = None
+    source_name: str | None = None
+    source_hosts: tuple[DiskHost, ...] = ()
     device: Literal["disk", "cdrom"] = "disk"
     driver_type: str = "qcow2"
     cache: str | None = None
     readonly: bool = False
+    serial: str | None = None
+    boot_order: int | None = None
 
     def to_element(self) -> ET.Element:
-        el = ET.Element("disk", type="file", device=self.device)
+        network = self.source_protocol is not None
+        el = ET.Element("disk", type="network" if network else "file", device=self.device)
         drv = _sub(el, "driver", name="qemu", type=self.driver_type)
         if self.cache:
             drv.set("cache", self.cache)
-        _sub(el, "source", file=self.source_file)
+        if network:
+            src = _sub(el, "source", protocol=self.source_protocol, name=self.source_name or "")
+            for host in self.source_hosts:
+                src.append(host.to_element())
+        else:
+            _sub(el, "source", file=self.source_file or "")
         _sub(el, "target", dev=self.target_dev, bus=self.target_bus)
+        if self.boot_order is not None:
+            _sub(el, "boot", order=str(self.boot_order))
         if self.readonly:
             _sub(el, "readonly")
+        if self.serial is not None:
+            _sub(el, "serial", self.serial)
         return el
+
+    @classmethod
+    def from_element(cls, el: ET.Element) -> Disk | None:
+        """Read a <disk> of libvirt's XML; None for kinds Kumo never defines (block, volume,
+        an empty cdrom tray). What libvirt adds (alias, address, backing chain) is ignored."""
+        kind, src, target = el.get("type"), el.find("source"), el.find("target")
+        if kind not in ("file", "network") or src is None or target is None:
+            return None
+        drv = el.find("driver")
+        boot = el.find("boot")
+        common = dict(target_dev=target.get("dev", ""), target_bus=target.get("bus", ""),
+                      device=el.get("device", "disk"),
+                      driver_type=drv.get("type", "raw") if drv is not None else "raw",
+                      cache=drv.get("cache") if drv is not None else None,
+                      readonly=el.find("readonly") is not None,
+                      serial=el.findtext("serial"),
+                      boot_order=int(boot.get("order")) if boot is not None else None)
+        if kind == "file":
+            if src.get("file") is None:
+                return None
+            return cls(source_file=src.get("file"), **common)
+        return cls(source_protocol=src.get("protocol"), source_name=src.get("name"),
+                   source_hosts=tuple(DiskHost.from_element(h) for h in src.findall("host")),
+                   **common)
 
 
 @dataclass

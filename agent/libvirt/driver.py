@@ -2,8 +2,9 @@
 
 The connection is injected (a URI, an open virConnect, or a factory) and reopened when it drops
 (libvirtd restarted). libvirt errors are translated here, at the boundary: a missing domain is
-DomainNotFound (or a no-op for destroy/shutdown/undefine), everything else a DriverError with a
-stable code. Only Kumo's domains (named i-<17 hex> or carrying Kumo metadata) are listed.
+DomainNotFound (or a no-op for destroy/shutdown/undefine/detach), everything else a DriverError
+with a stable code. Only Kumo's domains (named i-<17 hex> or carrying Kumo metadata) are listed.
+Disk hot-plug is devices.py's, statistics stats.py's.
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from typing import Literal, TypeVar
 import libvirt
 
 from agent.contract.v1 import INSTANCE_ID_RE
-from agent.drivers.base import DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.drivers.base import DomainDisk, DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.drivers.stats import DomainStats
+from agent.libvirt import devices, stats
 from agent.libvirt.designer import DEFAULT_EMULATOR, DEFAULT_TCG_CPU_MODEL, design_domain
+from agent.libvirt.disks import from_domain_xml
 from agent.libvirt.domain import KUMO_NS, KumoMetadata
 
 T = TypeVar("T")
@@ -54,6 +58,9 @@ def _translate(e: libvirt.libvirtError, what: str) -> DriverError:
                            code="InvalidDomainDefinition", retryable=False)
     if code == libvirt.VIR_ERR_OPERATION_TIMEOUT:
         return DriverError(f"{what}: {e}", code="HypervisorTimeout", retryable=True)
+    if code == libvirt.VIR_ERR_NO_SUPPORT:
+        return DriverError(f"{what}: not supported by this libvirt driver: {e}",
+                           code="HypervisorUnsupported", retryable=False)
     return DriverError(f"{what}: libvirt error {code}: {e}", code="HypervisorError",
                        retryable=True)
 
@@ -62,7 +69,8 @@ class LibvirtHypervisor:
     """Runs Kumo domains on one libvirt connection (qemu:///system or a lab host's socket)."""
 
     #: resize_offline: a redefinition with new vcpus/memory applies at the next start.
-    capabilities = frozenset({"reboot", "resize_offline", "console_log"})
+    capabilities = frozenset({"reboot", "resize_offline", "console_log", "disk_hotplug",
+                              "stats"})
 
     def __init__(self, conn: ConnSource, kind: Literal["kvm", "qemu"], *,
                  emulator: str | None = DEFAULT_EMULATOR,
@@ -278,6 +286,45 @@ class LibvirtHypervisor:
 
         return self._call("list domains", run)
 
+    def attach_disk(self, name: str, disk: DomainDisk) -> None:
+        self._call(f"attach {disk.target} to {name}",
+                   lambda conn: devices.attach(conn.lookupByName(name), disk))
+
+    def detach_disk(self, name: str, target: str, *, force: bool = False,
+                    timeout: float = 10.0) -> None:
+        def run(conn: libvirt.virConnect) -> None:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return  # no domain: nothing is attached to it
+                raise
+            devices.detach(dom, target, force=force, timeout=timeout,
+                           poll_interval=self.poll_interval)
+
+        self._call(f"detach {target} from {name}", run)
+
+    def stats(self, names: list[str] | None = None) -> list[DomainStats]:
+        wanted = None if names is None else set(names)
+
+        def run(conn: libvirt.virConnect) -> list[DomainStats]:
+            records = conn.getAllDomainStats(stats.GROUPS, stats.FLAGS)
+            mono, wall = time.monotonic(), time.time()
+            out = []
+            for dom, record in records:
+                name = dom.name()
+                try:
+                    keep = name in wanted if wanted is not None else self._is_kumo(dom)
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished meanwhile
+                        raise
+                    keep = False
+                if keep:
+                    out.append(stats.from_record(name, dom.ID(), record, mono, wall))
+            return sorted(out, key=lambda s: s.name)
+
+        return self._call("domain stats", run)
+
     def defined_generation(self, name: str) -> int | None:
         """The spec generation recorded in the domain's metadata (None: absent or not Kumo's)."""
         def run(conn: libvirt.virConnect) -> int | None:
@@ -341,4 +388,6 @@ class LibvirtHypervisor:
             power = "shutoff"
         else:  # NOSTATE: trust isActive
             power = "running" if dom.isActive() else "shutoff"
-        return DomainStatus(name=dom.name(), power=power, vcpus=vcpus, memory_mib=max_kib // 1024)
+        return DomainStatus(name=dom.name(), power=power, vcpus=vcpus, memory_mib=max_kib // 1024,
+                            disks=tuple(sorted(from_domain_xml(dom.XMLDesc(0)),
+                                               key=lambda d: d.target)))

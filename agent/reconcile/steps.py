@@ -12,31 +12,19 @@ import binascii
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from agent.contract.v1 import InstanceSpec, NicSpec
 from agent.drivers.base import DomainNic, DomainPlan, DomainStatus, DriverError, Hypervisor, Storage
+from agent.drivers.disks import instance_disks
 from agent.drivers.network_base import Network
+from agent.seed import network_config_v2
 from agent.state import Runtime
 
 MAX_USER_DATA = 16 * 1024
-NetworkConfigBuilder = Callable[[list[NicSpec]], dict]
-
-
-def simple_network_config(nics: list[NicSpec]) -> dict:
-    """cloud-init network-config v2 for static NICs (used when agent.seed is not wired in)."""
-    ethernets: dict[str, dict] = {}
-    for nic in nics:
-        eth: dict = {"match": {"macaddress": nic.mac}, "set-name": nic.device,
-                     "addresses": [str(nic.address)]}
-        if nic.gateway is not None:
-            eth["routes"] = [{"to": "0.0.0.0/0", "via": str(nic.gateway)}]
-        if nic.nameservers:
-            eth["nameservers"] = {"addresses": [str(a) for a in nic.nameservers]}
-        ethernets[nic.device] = eth
-    return {"version": 2, "ethernets": ethernets}
+NetworkConfigBuilder = Callable[[list[NicSpec]], dict | None]
 
 
 @dataclass
@@ -44,7 +32,8 @@ class Drivers:
     hypervisor: Hypervisor
     storage: Storage
     network: Network | None = None
-    network_config: NetworkConfigBuilder = simple_network_config
+    #: The seed's network-config; production's renderer unless a test injects another.
+    network_config: NetworkConfigBuilder = network_config_v2
 
 
 def key_of(*parts: object) -> str:
@@ -138,16 +127,20 @@ class InstanceContext:
         return key_of(meta, base64.b64encode(user_data).decode(), netcfg)
 
     def plan(self) -> DomainPlan:
+        """The domain this instance needs: its own disks (root disk, then seed) and NICs."""
+        if self.rt.disk_path is None:
+            raise DriverError(f"{self.id}: no root disk prepared yet", code="RootDiskMissing",
+                              retryable=True)
+        seed = Path(self.rt.seed_path) if self.rt.seed_path else None
         return DomainPlan(
             name=self.id, vcpus=self.spec.vcpus, memory_mib=self.spec.memory_mib,
-            root_disk=Path(self.rt.disk_path or ""),
-            seed_iso=Path(self.rt.seed_path) if self.rt.seed_path else None,
+            disks=instance_disks(Path(self.rt.disk_path), seed),
             console_log=self.console_log(),
             nics=tuple(DomainNic(mac=n.mac, bridge=n.bridge) for n in self.spec.nics))
 
     def plan_key(self) -> str:
         p = self.plan()
-        return key_of(p.name, p.vcpus, p.memory_mib, str(p.root_disk), str(p.seed_iso),
+        return key_of(p.name, p.vcpus, p.memory_mib, [asdict(d) for d in p.disks],
                       str(p.console_log), [(n.mac, n.bridge) for n in p.nics])
 
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from controller.api.deps import AdminCaller, Ctx, CurrentCaller, Page, Paging
 from controller.models import AccountCreate, AccountCreated, AccountPublic
 from controller.services import accounts
-from controller.services.pagination import page
 
 router = APIRouter(tags=["accounts"])
 
@@ -19,11 +18,7 @@ def create_account(body: AccountCreate, ctx: Ctx, _: AdminCaller):
 
 @router.get("/accounts", response_model=Page[AccountPublic])
 def list_accounts(ctx: Ctx, _: AdminCaller, p: Paging):
-    with ctx.db.session() as s:
-        rows = accounts.list_all(s, p.offset, p.limit + 1)
-    items, token = page(rows, p.offset, p.limit)
-    return Page(items=[AccountPublic.model_validate(a, from_attributes=True) for a in items],
-                next_token=token)
+    return accounts.list_page(ctx.db, p)
 
 
 @router.get("/account", response_model=AccountPublic)

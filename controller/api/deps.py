@@ -1,24 +1,25 @@
 """Annotated FastAPI dependencies: the app context, the authenticated caller (bearer API key),
-the admin check, the agent token check, and list paging parameters.
+the admin check, the agent token check, and list paging parameters (and the Page every list
+answers, from services/pagination.py).
 """
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from pydantic import BaseModel
 
 from controller.agents import AgentPool
 from controller.db import Database
 from controller.errors import AuthFailure, Unauthorized
-from controller.services import accounts
+from controller.reconciler import Reconciler
+from controller.services import accounts, pagination
 from controller.services.accounts import Caller
-from controller.services.pagination import decode
+from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
 
-T = TypeVar("T")
+__all__ = ["AdminCaller", "AgentAuth", "AppContext", "Ctx", "CurrentCaller", "Page", "Paging"]
 
 
 @dataclass
@@ -26,7 +27,7 @@ class AppContext:
     settings: Settings
     db: Database
     pool: AgentPool
-    reconciler: "object"
+    reconciler: Reconciler
 
 
 def _ctx(request: Request) -> AppContext:
@@ -70,20 +71,15 @@ def _agent(request: Request, ctx: Ctx) -> None:
 AgentAuth = Annotated[None, Depends(_agent)]
 
 
-@dataclass
-class PageParams:
-    offset: int
-    limit: int
+MaxResults = Annotated[int, Query(ge=1, le=pagination.MAX_MAX_RESULTS)]
+NextToken = Annotated[str | None, Query(max_length=pagination.MAX_TOKEN_LENGTH)]
 
 
-def _page(max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
-          next_token: Annotated[str | None, Query(max_length=64)] = None) -> PageParams:
-    return PageParams(decode(next_token), max_results)
+def _page(max_results: MaxResults = pagination.DEFAULT_MAX_RESULTS,
+          next_token: NextToken = None) -> PageRequest:
+    # The token is checked by the list's service: only its order knows what a position holds.
+    return PageRequest(max_results, next_token)
 
 
-Paging = Annotated[PageParams, Depends(_page)]
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_token: str | None = None
+#: Every list's query parameters (services/pagination.py); its answer is a Page.
+Paging = Annotated[PageRequest, Depends(_page)]

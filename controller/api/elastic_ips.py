@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.vpc import AddressAssociate, ElasticIpPublic
 from controller.services import elastic_ips
-from controller.services.pagination import page
 
 router = APIRouter(tags=["elastic-ips"])
 
@@ -18,10 +17,7 @@ def allocate(ctx: Ctx, caller: CurrentCaller):
 
 @router.get("/elastic-ips", response_model=Page[ElasticIpPublic])
 def list_addresses(ctx: Ctx, caller: CurrentCaller, p: Paging):
-    with ctx.db.session() as s:
-        rows = elastic_ips.list_addresses(s, caller)[p.offset:p.offset + p.limit + 1]
-        items, token = page(rows, p.offset, p.limit)
-        return Page(items=[elastic_ips.to_public(e) for e in items], next_token=token)
+    return elastic_ips.list_page(ctx.db, caller, p)
 
 
 @router.get("/elastic-ips/{allocation_id}", response_model=ElasticIpPublic)

@@ -4,24 +4,21 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agent.contract.v1 import HeartbeatRequest, HeartbeatResponse
-from controller.api.deps import AdminCaller, AgentAuth, Ctx, Page
+from controller.api.deps import AdminCaller, AgentAuth, Ctx, Page, Paging
 from controller.models import HostPublic
 from controller.services import hosts
-from controller.services.capacity import usage_by_host
 
 router = APIRouter(tags=["hosts"])
 
 
 @router.get("/hosts", response_model=Page[HostPublic])
-def list_hosts(ctx: Ctx, _: AdminCaller):
-    with ctx.db.session() as s:
-        return Page(items=hosts.list_hosts(s))
+def list_hosts(ctx: Ctx, _: AdminCaller, p: Paging):
+    return hosts.list_page(ctx.db, p)
 
 
 @router.get("/hosts/{host_id}", response_model=HostPublic)
 def get_host(host_id: str, ctx: Ctx, _: AdminCaller):
-    with ctx.db.session() as s:
-        return hosts.to_public(hosts.get(s, host_id), usage_by_host(s).get(host_id))
+    return hosts.describe(ctx.db, host_id)
 
 
 @router.post("/hosts/{host_id}/disable", response_model=HostPublic)

@@ -14,19 +14,14 @@ from controller.api.deps import AgentAuth, Ctx, CurrentCaller, Page, Paging
 from controller.errors import InvalidParameter, NotFound
 from controller.models import ImagePublic, ImageRegister
 from controller.services import images
-from controller.services.pagination import page
 
 router = APIRouter(tags=["images"])
 
 
-def _pub(img) -> ImagePublic:
-    return ImagePublic.model_validate(img, from_attributes=True)
-
-
 @router.post("/images", status_code=201, response_model=ImagePublic)
 def register_image(body: ImageRegister, ctx: Ctx, caller: CurrentCaller):
-    return _pub(images.register(ctx.db, caller, ctx.settings.state_dir / "images", body,
-                                ctx.settings.max_image_virtual_size))
+    return images.to_public(images.register(ctx.db, caller, ctx.settings.state_dir / "images",
+                                            body, ctx.settings.max_image_virtual_size))
 
 
 @router.post("/images/import", status_code=201, response_model=ImagePublic)
@@ -60,27 +55,24 @@ async def import_image(request: Request, ctx: Ctx, caller: CurrentCaller,
         raise
     img = await run_in_threadpool(images.import_file, ctx.db, caller, images_dir, upload,
                                   meta=meta, max_vsize=ctx.settings.max_image_virtual_size)
-    return _pub(img)
+    return images.to_public(img)
 
 
 @router.get("/images", response_model=Page[ImagePublic])
 def list_images(ctx: Ctx, caller: CurrentCaller, p: Paging):
-    with ctx.db.session() as s:
-        rows = images.list_images(s, caller, p.offset, p.limit + 1)
-    items, token = page(rows, p.offset, p.limit)
-    return Page(items=[_pub(i) for i in items], next_token=token)
+    return images.list_page(ctx.db, caller, p)
 
 
 @router.get("/images/{image_id}", response_model=ImagePublic)
 def get_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
     with ctx.db.session() as s:
-        return _pub(images.get(s, caller, image_id))
+        return images.to_public(images.get(s, caller, image_id))
 
 
 @router.delete("/images/{image_id}", response_model=ImagePublic)
 def deregister_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
     """Answers the image as deregistered (state "deregistered")."""
-    return _pub(images.deregister(ctx.db, caller, image_id))
+    return images.to_public(images.deregister(ctx.db, caller, image_id))
 
 
 @router.get("/images/{image_id}/file", response_class=FileResponse)

@@ -1,20 +1,15 @@
 """/v1/instances: run, list (filters state, tag:K=V, instance_id; keyset pages), describe,
-actions, modify, console, status. Every mutation wakes the reconciler once the service's
-transaction has committed (controller/app.py's middleware), so its spec reaches the agent at
-once."""
+actions, modify, console, status (controller/services/instances.py, instance_console.py).
+Every mutation wakes the reconciler when the service's transaction commits (controller/db.py),
+so its spec reaches the agent at once."""
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Query, Request
-
-from controller.agents import AgentError
-from controller.api.deps import Ctx, CurrentCaller, Page
-from controller.errors import KumoError
-from controller.ids import utcnow
-from controller.models import (Host, InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
+from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.models import (InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
                                ModifyInstanceRequest, RunInstancesRequest, RunInstancesResponse)
-from controller.services import instances, pagination
+from controller.services import instance_console, instances
 
 router = APIRouter(tags=["instances"])
 
@@ -26,21 +21,9 @@ def run_instances(body: RunInstancesRequest, ctx: Ctx, caller: CurrentCaller):
 
 
 @router.get("/instances", response_model=Page[InstancePublic])
-def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller,
-                   max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   next_token: Annotated[str | None, Query(max_length=128)] = None):
-    # Keyset paging (not deps.Paging's offsets): an account can hold tens of thousands.
-    after = pagination.decode_key(next_token)
-    qp = request.query_params
-    tags = {k[4:]: v for k, v in qp.multi_items() if k.startswith("tag:")}
-    states = [v for s in qp.getlist("state") for v in s.split(",") if v]
-    ids = [v for s in qp.getlist("instance_id") for v in s.split(",") if v]
-    with ctx.db.session() as s:
-        rows = instances.list_instances(s, caller, states=states, ids=ids, tags=tags,
-                                        limit=max_results + 1, after=after)
-    items, token = pagination.keyset_page(rows, max_results,
-                                          lambda i: (i.created_at, i.instance_id))
-    return Page(items=instances.describe(ctx.db, items), next_token=token)
+def list_instances(request: Request, ctx: Ctx, caller: CurrentCaller, p: Paging):
+    filters = instances.InstanceFilters.from_query(request.query_params.multi_items())
+    return instances.list_page(ctx.db, caller, p, filters)
 
 
 @router.get("/instances/{instance_id}", response_model=InstancePublic)
@@ -91,31 +74,9 @@ def set_security_groups(instance_id: str, body: InstanceGroupsRequest, ctx: Ctx,
 
 @router.get("/instances/{instance_id}/console")
 def console(instance_id: str, ctx: Ctx, caller: CurrentCaller):
-    with ctx.db.session() as s:
-        inst = instances.get(s, caller, instance_id)
-        host = s.get(Host, inst.host_id) if inst.host_id else None
-    output = ""
-    if host is not None and inst.state != "terminated":
-        try:
-            output = ctx.pool.for_url(host.agent_url).console(instance_id).output
-        except AgentError as exc:
-            if exc.status != 404:
-                raise KumoError(f"console unavailable: {exc.code}", code="ServiceUnavailable",
-                                status=503, retryable=True) from None
-    return {"instance_id": instance_id, "output": output,
-            "timestamp": utcnow().isoformat().replace("+00:00", "Z")}
+    return instance_console.output(ctx.db, ctx.pool, caller, instance_id)
 
 
 @router.get("/instances/{instance_id}/status", response_model=InstanceStatusPublic)
 def status(instance_id: str, ctx: Ctx, caller: CurrentCaller):
-    with ctx.db.session() as s:
-        inst = instances.get(s, caller, instance_id)
-    reason = ({"code": inst.state_reason_code, "message": inst.state_reason_message}
-              if inst.state_reason_code else None)
-    return InstanceStatusPublic(
-        instance_id=inst.instance_id, state=inst.state, instance_status=inst.instance_status,
-        system_status=inst.system_status,
-        details={"observed_power": inst.observed_power, "booted": inst.observed_booted,
-                 "boot_count": inst.observed_boot_count, "agent_error": inst.observed_error,
-                 "state_reason": reason, "generation": inst.generation,
-                 "acked_generation": inst.acked_generation})
+    return instances.status(ctx.db, caller, instance_id)

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.vpc import IgwAttach, InternetGatewayPublic
 from controller.services import gateways
-from controller.services.pagination import page
 
 router = APIRouter(tags=["internet-gateways"])
 
@@ -18,10 +17,7 @@ def create_igw(ctx: Ctx, caller: CurrentCaller):
 
 @router.get("/internet-gateways", response_model=Page[InternetGatewayPublic])
 def list_igws(ctx: Ctx, caller: CurrentCaller, p: Paging):
-    with ctx.db.session() as s:
-        rows = gateways.igw_list(s, caller)[p.offset:p.offset + p.limit + 1]
-    items, token = page(rows, p.offset, p.limit)
-    return Page(items=[gateways.igw_public(g) for g in items], next_token=token)
+    return gateways.igw_list_page(ctx.db, caller, p)
 
 
 @router.get("/internet-gateways/{igw_id}", response_model=InternetGatewayPublic)

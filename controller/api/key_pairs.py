@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models import KeyPairCreate, KeyPairCreated, KeyPairPublic
 from controller.services import key_pairs
-from controller.services.pagination import page
 
 router = APIRouter(tags=["key-pairs"])
 
@@ -21,11 +20,7 @@ def create_key_pair(body: KeyPairCreate, ctx: Ctx, caller: CurrentCaller):
 
 @router.get("/key-pairs", response_model=Page[KeyPairPublic])
 def list_key_pairs(ctx: Ctx, caller: CurrentCaller, p: Paging):
-    with ctx.db.session() as s:
-        rows = key_pairs.list_pairs(s, caller.account_id, p.offset, p.limit + 1)
-    items, token = page(rows, p.offset, p.limit)
-    return Page(items=[KeyPairPublic.model_validate(k, from_attributes=True) for k in items],
-                next_token=token)
+    return key_pairs.list_page(ctx.db, caller.account_id, p)
 
 
 @router.get("/key-pairs/{name}", response_model=KeyPairPublic)

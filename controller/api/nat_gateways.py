@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.vpc import NatGatewayCreate, NatGatewayPublic
 from controller.services import gateways
-from controller.services.pagination import page
 
 router = APIRouter(tags=["nat-gateways"])
 
@@ -22,10 +21,7 @@ def create_nat(body: NatGatewayCreate, ctx: Ctx, caller: CurrentCaller):
 @router.get("/nat-gateways", response_model=Page[NatGatewayPublic])
 def list_nats(ctx: Ctx, caller: CurrentCaller, p: Paging,
               vpc_id: Annotated[str | None, Query(max_length=32)] = None):
-    with ctx.db.session() as s:
-        rows = gateways.nat_list(s, caller, vpc_id)[p.offset:p.offset + p.limit + 1]
-    items, token = page(rows, p.offset, p.limit)
-    return Page(items=[gateways.nat_public(n) for n in items], next_token=token)
+    return gateways.nat_list_page(ctx.db, caller, p, vpc_id)
 
 
 @router.get("/nat-gateways/{nat_gateway_id}", response_model=NatGatewayPublic)

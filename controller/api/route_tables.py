@@ -10,34 +10,25 @@ from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.vpc import (RouteCreate, RouteTableAssociate, RouteTableCreate,
                                    RouteTablePublic)
 from controller.services import route_tables
-from controller.services.pagination import page
 
 router = APIRouter(tags=["route-tables"])
-
-
-def _public(ctx, rtb_id: str, caller) -> RouteTablePublic:
-    with ctx.db.session() as s:
-        return route_tables.to_public(s, route_tables.get(s, caller, rtb_id))
 
 
 @router.post("/route-tables", status_code=201, response_model=RouteTablePublic)
 def create_route_table(body: RouteTableCreate, ctx: Ctx, caller: CurrentCaller):
     rtb = route_tables.create(ctx.db, caller, body.vpc_id)
-    return _public(ctx, rtb.route_table_id, caller)
+    return route_tables.describe(ctx.db, caller, rtb.route_table_id)
 
 
 @router.get("/route-tables", response_model=Page[RouteTablePublic])
 def list_route_tables(ctx: Ctx, caller: CurrentCaller, p: Paging,
                       vpc_id: Annotated[str | None, Query(max_length=32)] = None):
-    with ctx.db.session() as s:
-        rows = route_tables.list_tables(s, caller, vpc_id)[p.offset:p.offset + p.limit + 1]
-        items, token = page(rows, p.offset, p.limit)
-        return Page(items=[route_tables.to_public(s, r) for r in items], next_token=token)
+    return route_tables.list_page(ctx.db, caller, p, vpc_id)
 
 
 @router.get("/route-tables/{route_table_id}", response_model=RouteTablePublic)
 def get_route_table(route_table_id: str, ctx: Ctx, caller: CurrentCaller):
-    return _public(ctx, route_table_id, caller)
+    return route_tables.describe(ctx.db, caller, route_table_id)
 
 
 @router.delete("/route-tables/{route_table_id}", response_model=RouteTablePublic)
@@ -49,14 +40,14 @@ def delete_route_table(route_table_id: str, ctx: Ctx, caller: CurrentCaller):
              response_model=RouteTablePublic)
 def create_route(route_table_id: str, body: RouteCreate, ctx: Ctx, caller: CurrentCaller):
     route_tables.add_route(ctx.db, caller, route_table_id, body)
-    return _public(ctx, route_table_id, caller)
+    return route_tables.describe(ctx.db, caller, route_table_id)
 
 
 @router.delete("/route-tables/{route_table_id}/routes", response_model=RouteTablePublic)
 def delete_route(route_table_id: str, ctx: Ctx, caller: CurrentCaller,
                  destination_cidr_block: Annotated[str, Query(min_length=9, max_length=18)]):
     route_tables.delete_route(ctx.db, caller, route_table_id, destination_cidr_block)
-    return _public(ctx, route_table_id, caller)
+    return route_tables.describe(ctx.db, caller, route_table_id)
 
 
 @router.post("/route-tables/{route_table_id}/associations", status_code=201)

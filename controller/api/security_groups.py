@@ -1,6 +1,6 @@
 """/v1/security-groups: create, list, describe, delete, and authorize/revoke ingress and egress
-rules (controller/services/security_groups.py). Listing or describing creates the caller's
-default VPC (and so its default group) the first time, like /v1/vpcs."""
+rules (controller/services/security_groups.py, which also creates the caller's default VPC, and
+so its default group, the first time they are listed or described)."""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
@@ -11,8 +11,6 @@ from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.security_group import (AuthorizeRequest, RevokeRequest, RuleChange,
                                               SecurityGroupCreate, SecurityGroupPublic)
 from controller.services import security_groups as sgs
-from controller.services import vpcs
-from controller.services.pagination import page
 
 router = APIRouter(tags=["security-groups"])
 Direction = Literal["ingress", "egress"]
@@ -20,7 +18,7 @@ Direction = Literal["ingress", "egress"]
 
 @router.post("/security-groups", status_code=201, response_model=SecurityGroupPublic)
 def create_group(body: SecurityGroupCreate, ctx: Ctx, caller: CurrentCaller):
-    group = sgs.create(ctx.db, caller, body, sgs.Limits.from_settings(ctx.settings))
+    group = sgs.create(ctx.db, ctx.settings, caller, body)
     with ctx.db.session() as s:
         return sgs.to_public(s, group)
 
@@ -29,18 +27,12 @@ def create_group(body: SecurityGroupCreate, ctx: Ctx, caller: CurrentCaller):
 def list_groups(ctx: Ctx, caller: CurrentCaller, p: Paging,
                 vpc_id: Annotated[Optional[str], Query(max_length=32)] = None,
                 group_name: Annotated[Optional[str], Query(max_length=255)] = None):
-    vpcs.ensure_default(ctx.db, caller.account_id)
-    with ctx.db.session() as s:
-        rows = sgs.list_groups(s, caller, vpc_id, group_name)[p.offset:p.offset + p.limit + 1]
-        items, token = page(rows, p.offset, p.limit)
-        return Page(items=[sgs.to_public(s, g) for g in items], next_token=token)
+    return sgs.list_page(ctx.db, caller, p, vpc_id, group_name)
 
 
 @router.get("/security-groups/{group_id}", response_model=SecurityGroupPublic)
 def get_group(group_id: str, ctx: Ctx, caller: CurrentCaller):
-    vpcs.ensure_default(ctx.db, caller.account_id)
-    with ctx.db.session() as s:
-        return sgs.to_public(s, sgs.get(s, caller, group_id))
+    return sgs.describe(ctx.db, caller, group_id)
 
 
 @router.delete("/security-groups/{group_id}", response_model=SecurityGroupPublic)
@@ -51,9 +43,8 @@ def delete_group(group_id: str, ctx: Ctx, caller: CurrentCaller):
 @router.post("/security-groups/{group_id}/{direction}", response_model=RuleChange)
 def authorize(group_id: str, direction: Direction, body: AuthorizeRequest, ctx: Ctx,
               caller: CurrentCaller):
-    return sgs.authorize(ctx.db, caller, group_id, direction,
-                         [r.model_dump() for r in body.rules],
-                         sgs.Limits.from_settings(ctx.settings))
+    return sgs.authorize(ctx.db, ctx.settings, caller, group_id, direction,
+                         [r.model_dump() for r in body.rules])
 
 
 @router.post("/security-groups/{group_id}/{direction}/revoke", response_model=RuleChange)

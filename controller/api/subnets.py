@@ -7,8 +7,7 @@ from fastapi import APIRouter, Query
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.models.vpc import SubnetCreate, SubnetModify, SubnetPublic
-from controller.services import subnets, vpcs
-from controller.services.pagination import page
+from controller.services import subnets
 
 router = APIRouter(tags=["subnets"])
 
@@ -23,18 +22,12 @@ def create_subnet(body: SubnetCreate, ctx: Ctx, caller: CurrentCaller):
 @router.get("/subnets", response_model=Page[SubnetPublic])
 def list_subnets(ctx: Ctx, caller: CurrentCaller, p: Paging,
                  vpc_id: Annotated[str | None, Query(max_length=32)] = None):
-    vpcs.ensure_default(ctx.db, caller.account_id)
-    with ctx.db.session() as s:
-        rows = subnets.list_subnets(s, caller, vpc_id)[p.offset:p.offset + p.limit + 1]
-        items, token = page(rows, p.offset, p.limit)
-        return Page(items=[subnets.to_public(s, x) for x in items], next_token=token)
+    return subnets.list_page(ctx.db, caller, p, vpc_id)
 
 
 @router.get("/subnets/{subnet_id}", response_model=SubnetPublic)
 def get_subnet(subnet_id: str, ctx: Ctx, caller: CurrentCaller):
-    vpcs.ensure_default(ctx.db, caller.account_id)
-    with ctx.db.session() as s:
-        return subnets.to_public(s, subnets.get(s, caller, subnet_id))
+    return subnets.describe(ctx.db, caller, subnet_id)
 
 
 @router.patch("/subnets/{subnet_id}", response_model=SubnetPublic)

@@ -1,4 +1,5 @@
-"""Hosts: registered by agent heartbeats; `net_index` is the host's slice of the flat pool."""
+"""Hosts: registered by agent heartbeats, with their capacity, liveness and VPC dataplane
+bookkeeping."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -31,7 +32,6 @@ class HostPublic(HostBase):
 class Host(HostBase, table=True):
     agent_url: str = Field(max_length=4096)
     contract: str = Field(default="v1", max_length=8)
-    net_index: int = Field(unique=True)
     created_at: datetime = Field(sa_type=UtcDateTime)
     # The VPC dataplane: the host's VXLAN underlay address (from its heartbeat), the generation
     # and digest of the last network document built for it, and the generation it accepted.

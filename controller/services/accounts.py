@@ -1,4 +1,5 @@
-"""Accounts and API keys: create (key shown once), authenticate a bearer key, bootstrap admin."""
+"""Accounts and API keys: create (key shown once), authenticate a bearer key, list (admins),
+bootstrap admin."""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from controller.db import Database
 from controller.errors import AuthFailure, Conflict
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models import Account
+from controller.models import Account, AccountPublic
+from controller.services import pagination
+from controller.services.pagination import Page, PageRequest
+
+ORDER = pagination.Order(Account.created_at, Account.account_id)
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,11 @@ def authenticate(db: Database, key: str | None) -> Caller:
     return Caller(acct.account_id, acct.name, acct.is_admin)
 
 
-def list_all(s: Session, offset: int, limit: int) -> list[Account]:
-    return list(s.exec(select(Account).order_by(Account.created_at, Account.account_id)
-                       .offset(offset).limit(limit)))
+def list_page(db: Database, page: PageRequest) -> Page[AccountPublic]:
+    with db.session() as s:
+        return pagination.list_page(
+            s, select(Account), ORDER, page,
+            lambda rows: [AccountPublic.model_validate(a, from_attributes=True) for a in rows])
 
 
 def bootstrap_admin(db: Database, state_dir: Path) -> None:

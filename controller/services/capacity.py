@@ -9,6 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from controller.models import Host, Instance
+from controller.scheduler import HostState
 
 GIB = 1024**3
 
@@ -28,10 +29,8 @@ def usage_by_host(s: Session) -> dict[str, Usage]:
     return {h: Usage(int(v or 0), int(m or 0), int(d or 0) * GIB) for h, v, m, d in rows}
 
 
-def host_states(s: Session):
+def host_states(s: Session) -> list[HostState]:
     """Every host as the scheduler's HostState."""
-    from controller.scheduler import HostState
-
     # FOR UPDATE: on PostgreSQL concurrent placements (other processes) queue on the host rows;
     # SQLite ignores it (its BEGIN IMMEDIATE already serialises writers). Lock first, then sum:
     # under READ COMMITTED the usage query must start after the previous placement committed,

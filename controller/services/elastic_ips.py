@@ -25,11 +25,14 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import ElasticIp, Instance
 from controller.models.vpc import AddressAssociate, ElasticIpPublic
-from controller.services import vpcs
+from controller.services import pagination
+from controller.services.pagination import Page, PageRequest
+from controller.services.scoping import owned, scoped
 
 NOT_FOUND = "InvalidAllocationID.NotFound"
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 GONE_STATES = ("shutting-down", "terminated")
+ORDER = pagination.Order(ElasticIp.created_at, ElasticIp.allocation_id)
 
 
 class AddressLimitExceeded(KumoError):
@@ -66,25 +69,31 @@ def _drop_stale(s: Session, eip: ElasticIp) -> None:
         unlink(s, eip, f"instance {eip.instance_id} terminated")
 
 
+def _fresh(s: Session, eip: ElasticIp) -> ElasticIp:
+    _drop_stale(s, eip)
+    return eip
+
+
 def to_public(eip: ElasticIp) -> ElasticIpPublic:
     return ElasticIpPublic.model_validate(eip, from_attributes=True)
 
 
 def get(s: Session, caller, allocation_id: str) -> ElasticIp:
-    eip = vpcs.owned(s, caller, ElasticIp, allocation_id, NOT_FOUND, "allocation")
+    eip = owned(s, caller, ElasticIp, allocation_id, NOT_FOUND, "allocation")
     if eip.auto_assigned:
         raise NotFound(f"allocation {allocation_id!r} not found", code=NOT_FOUND)
     _drop_stale(s, eip)
     return eip
 
 
-def list_addresses(s: Session, caller) -> list[ElasticIp]:
-    rows = list(s.exec(vpcs.scoped(select(ElasticIp), ElasticIp, caller)
-                       .where(ElasticIp.auto_assigned == False)  # noqa: E712
-                       .order_by(ElasticIp.created_at, ElasticIp.allocation_id)))
-    for eip in rows:
-        _drop_stale(s, eip)
-    return rows
+def list_page(db: Database, caller, page: PageRequest) -> Page[ElasticIpPublic]:
+    """The caller's elastic IPs (auto-assigned public IPs are not the user's to see); a listed
+    address whose instance is gone loses the association first."""
+    q = (scoped(select(ElasticIp), ElasticIp, caller)
+         .where(ElasticIp.auto_assigned == False))  # noqa: E712
+    with db.session() as s:
+        return pagination.list_page(s, q, ORDER, page,
+                                    lambda rows: [to_public(_fresh(s, e)) for e in rows])
 
 
 def allocate(db: Database, caller, pool: str) -> ElasticIp:

@@ -15,15 +15,19 @@ from controller.db import Database
 from controller.errors import Conflict, InvalidParameter, KumoError, NotFound
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models import ElasticIp, InternetGateway, NatGateway, Subnet, Vpc
+from controller.models import ElasticIp, InternetGateway, NatGateway, Vpc
 from controller.models.vpc import InternetGatewayPublic, NatGatewayPublic
-from controller.services import ipam, route_tables, vpcs
+from controller.services import ipam, pagination, route_tables, subnets, vpcs
+from controller.services.pagination import Page, PageRequest
+from controller.services.scoping import dependency, owned, scoped
 
 IGW_NOT_FOUND = "InvalidInternetGatewayID.NotFound"
 NAT_NOT_FOUND = "NatGatewayNotFound"
 NAT_CONFIGURED = "address and elastic IP bound; carried by a host of the VPC"
 #: A NAT gateway that is (or is becoming) a route target.
 NAT_LIVE = ("pending", "available")
+IGW_ORDER = pagination.Order(InternetGateway.created_at, InternetGateway.internet_gateway_id)
+NAT_ORDER = pagination.Order(NatGateway.created_at, NatGateway.nat_gateway_id)
 
 
 class NatGatewayLimitExceeded(KumoError):
@@ -35,12 +39,14 @@ class NatGatewayLimitExceeded(KumoError):
 
 # -- internet gateways -------------------------------------------------------------------------
 def igw_get(s: Session, caller, igw_id: str) -> InternetGateway:
-    return vpcs.owned(s, caller, InternetGateway, igw_id, IGW_NOT_FOUND, "internet gateway")
+    return owned(s, caller, InternetGateway, igw_id, IGW_NOT_FOUND, "internet gateway")
 
 
-def igw_list(s: Session, caller) -> list[InternetGateway]:
-    q = vpcs.scoped(select(InternetGateway), InternetGateway, caller)
-    return list(s.exec(q.order_by(InternetGateway.created_at, InternetGateway.internet_gateway_id)))
+def igw_list_page(db: Database, caller, page: PageRequest) -> Page[InternetGatewayPublic]:
+    q = scoped(select(InternetGateway), InternetGateway, caller)
+    with db.session() as s:
+        return pagination.list_page(s, q, IGW_ORDER, page,
+                                    lambda rows: [igw_public(g) for g in rows])
 
 
 def igw_public(igw: InternetGateway) -> InternetGatewayPublic:
@@ -92,8 +98,8 @@ def igw_detach(db: Database, caller, igw_id: str, vpc_id: str) -> InternetGatewa
         nats = list(s.exec(select(NatGateway.nat_gateway_id).where(
             NatGateway.vpc_id == vpc_id, NatGateway.state != "deleted")))
         if nats:
-            raise vpcs.dependency(f"{vpc_id} has mapped public addresses (NAT gateways "
-                                  f"{', '.join(sorted(nats))}); delete them first")
+            raise dependency(f"{vpc_id} has mapped public addresses (NAT gateways "
+                             f"{', '.join(sorted(nats))}); delete them first")
         igw.vpc_id = None
         s.add(igw)
         record(s, "internet-gateway", igw_id, igw.account_id, "attached", "available",
@@ -105,7 +111,7 @@ def igw_delete(db: Database, caller, igw_id: str) -> InternetGatewayPublic:
     with db.session() as s:
         igw = igw_get(s, caller, igw_id)
         if igw.vpc_id is not None:
-            raise vpcs.dependency(f"{igw_id} is attached to {igw.vpc_id}; detach it first")
+            raise dependency(f"{igw_id} is attached to {igw.vpc_id}; detach it first")
         out = igw_public(igw)
         out.state = "deleted"
         s.delete(igw)
@@ -115,14 +121,17 @@ def igw_delete(db: Database, caller, igw_id: str) -> InternetGatewayPublic:
 
 # -- NAT gateways ------------------------------------------------------------------------------
 def nat_get(s: Session, caller, nat_id: str) -> NatGateway:
-    return vpcs.owned(s, caller, NatGateway, nat_id, NAT_NOT_FOUND, "NAT gateway")
+    return owned(s, caller, NatGateway, nat_id, NAT_NOT_FOUND, "NAT gateway")
 
 
-def nat_list(s: Session, caller, vpc_id: str | None = None) -> list[NatGateway]:
-    q = vpcs.scoped(select(NatGateway), NatGateway, caller)
+def nat_list_page(db: Database, caller, page: PageRequest,
+                  vpc_id: str | None = None) -> Page[NatGatewayPublic]:
+    q = scoped(select(NatGateway), NatGateway, caller)
     if vpc_id:
         q = q.where(NatGateway.vpc_id == vpc_id)
-    return list(s.exec(q.order_by(NatGateway.created_at, NatGateway.nat_gateway_id)))
+    with db.session() as s:
+        return pagination.list_page(s, q, NAT_ORDER, page,
+                                    lambda rows: [nat_public(n) for n in rows])
 
 
 def nat_public(nat: NatGateway) -> NatGatewayPublic:
@@ -131,7 +140,7 @@ def nat_public(nat: NatGateway) -> NatGatewayPublic:
 
 def nat_create(db: Database, caller, subnet_id: str, allocation_id: str) -> NatGateway:
     with db.session() as s:
-        subnet = vpcs.owned(s, caller, Subnet, subnet_id, "InvalidSubnetID.NotFound", "subnet")
+        subnet = subnets.get(s, caller, subnet_id)
         eip = s.get(ElasticIp, allocation_id)
         if eip is None or eip.account_id != subnet.account_id:
             raise NotFound(f"allocation {allocation_id!r} not found",

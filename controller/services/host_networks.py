@@ -34,7 +34,7 @@ from agent.contract.v1 import (NatGatewayWire, NetworkSpec, PortWire, RemotePort
 from controller.models import (ElasticIp, Host, Instance, InstanceSecurityGroup, InternetGateway,
                                NatGateway, Route, RouteTable, RouteTableAssociation, SecurityGroup,
                                SecurityGroupRule, Subnet, Vpc)
-from controller.services import ipam, route_tables, security_groups
+from controller.services import ipam, route_tables, security_group_rows
 from controller.services.gateways import NAT_LIVE
 
 #: Instance states whose NIC is (or is about to be) plugged in on its host.
@@ -167,7 +167,7 @@ def _groups(s: Session, group_ids: list[str], members: dict[str, set[str]],
             cache: dict[str, SecurityGroupWire]) -> list[SecurityGroupWire]:
     """The wire groups for `group_ids` plus their peers, with members' addresses."""
     out = []
-    for g in security_groups.host_firewall_groups(s, group_ids):
+    for g in security_group_rows.host_firewall_groups(s, group_ids):
         gid = g["group_id"]
         if gid not in cache:
             g["members"] = sorted(members.get(gid, ()), key=lambda a: tuple(map(int, a.split("."))))

@@ -1,6 +1,10 @@
 """Hosts: heartbeats register and refresh them (and carry observed instance state), missed
-heartbeats mark them down (their instances' system status becomes host-down), admins disable
-and enable them for scheduling.
+heartbeats mark them down (their instances' system status becomes host-down), admins list them
+and disable and enable them for scheduling.
+
+Heartbeats and the liveness check commit without waking the reconciler (db.session's
+notify=False): they record what agents observe, and the reconciler's periodic tick (which runs
+the liveness check itself) carries their consequences to the agents.
 """
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ from controller.errors import InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Host, HostPublic, Instance
-from controller.services import lifecycle
+from controller.services import lifecycle, pagination
 from controller.services.capacity import Usage, usage_by_host
+from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
+
+ORDER = pagination.Order(Host.host_id)
 
 # A heartbeat built this long after a push saw that push (the agent answered it before sending).
 _PUSH_VISIBILITY_S = 2.0
@@ -28,9 +35,12 @@ def to_public(h: Host, u: Usage | None) -> HostPublic:
         "vcpus_used": u.vcpus, "memory_mib_used": u.memory_mib, "disk_bytes_used": u.disk_bytes})
 
 
-def list_hosts(s: Session) -> list[HostPublic]:
-    used = usage_by_host(s)
-    return [to_public(h, used.get(h.host_id)) for h in s.exec(select(Host).order_by(Host.host_id))]
+def list_page(db: Database, page: PageRequest) -> Page[HostPublic]:
+    """Every host with what its instances commit, in host id order."""
+    with db.session() as s:
+        used = usage_by_host(s)
+        return pagination.list_page(s, select(Host), ORDER, page,
+                                    lambda rows: [to_public(h, used.get(h.host_id)) for h in rows])
 
 
 def get(s: Session, host_id: str) -> Host:
@@ -38,6 +48,11 @@ def get(s: Session, host_id: str) -> Host:
     if h is None:
         raise NotFound(f"host {host_id} not found", code="InvalidHostID.NotFound")
     return h
+
+
+def describe(db: Database, host_id: str) -> HostPublic:
+    with db.session() as s:
+        return to_public(get(s, host_id), usage_by_host(s).get(host_id))
 
 
 def set_enabled(db: Database, host_id: str, enabled: bool) -> HostPublic:
@@ -57,18 +72,6 @@ def _set_system_status(s: Session, host_id: str, status: str) -> None:
         lifecycle.set_system_status(s, inst, status)
 
 
-MAX_HOST_INDEX = 4095
-
-
-def next_host_index(s: Session) -> int:
-    """A small unique number per host (stable host ordinal for naming and reports)."""
-    used = set(s.exec(select(Host.net_index)))
-    for k in range(1, MAX_HOST_INDEX + 1):
-        if k not in used:
-            return k
-    raise RuntimeError(f"more than {MAX_HOST_INDEX} hosts")
-
-
 def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str]:
     """Record a heartbeat; returns ids the agent runs that the controller does not want (orphans)."""
     now = utcnow()
@@ -82,7 +85,7 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
         limit = Host.__table__.c[field].type.length
         if len(getattr(info, field)) > limit:
             raise InvalidParameter(f"host {field} is longer than {limit} characters")
-    with db.session() as s:
+    with db.session(notify=False) as s:
         host = s.get(Host, info.host_id)
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,
                       architecture=info.architecture, vcpus=info.vcpus,
@@ -94,8 +97,7 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
             # and move its NAT gateway away, cutting its guests off while they still run.
             fields["underlay_ip"] = str(info.underlay_ip)
         if host is None:
-            host = Host(host_id=info.host_id, state="up", enabled=True,
-                        net_index=next_host_index(s), created_at=now, **fields)
+            host = Host(host_id=info.host_id, state="up", enabled=True, created_at=now, **fields)
             s.add(host)
             record(s, "host", info.host_id, None, None, "up", "registered by heartbeat")
         else:
@@ -133,7 +135,7 @@ def check_liveness(db: Database, timeout_s: float) -> list[str]:
     """Mark hosts whose last heartbeat is older than timeout_s down; returns their ids."""
     cutoff = utcnow() - timedelta(seconds=timeout_s)
     downed = []
-    with db.session() as s:
+    with db.session(notify=False) as s:
         for h in s.exec(select(Host).where(Host.state == "up")):
             if h.last_heartbeat is None or h.last_heartbeat < cutoff:
                 h.state = "down"

@@ -13,11 +13,14 @@ from controller.db import Database
 from controller.errors import InvalidParameter, NotFound, Unauthorized
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models import Image, ImageRegister
+from controller.models import Image, ImagePublic, ImageRegister
+from controller.services import pagination
 from controller.services.accounts import Caller
 from controller.services.image_check import check
+from controller.services.pagination import Page, PageRequest
 
 NOT_FOUND = "InvalidAMIID.NotFound"
+ORDER = pagination.Order(Image.created_at, Image.image_id)
 
 
 def _visible(caller: Caller):
@@ -40,9 +43,15 @@ def get(s: Session, caller: Caller, ref: str) -> Image:
     return img
 
 
-def list_images(s: Session, caller: Caller, offset: int, limit: int) -> list[Image]:
+def to_public(img: Image) -> ImagePublic:
+    return ImagePublic.model_validate(img, from_attributes=True)
+
+
+def list_page(db: Database, caller: Caller, page: PageRequest) -> Page[ImagePublic]:
+    """The available images the caller sees: its own and the public ones."""
     q = select(Image).where(_visible(caller), Image.state == "available")
-    return list(s.exec(q.order_by(Image.created_at, Image.image_id).offset(offset).limit(limit)))
+    with db.session() as s:
+        return pagination.list_page(s, q, ORDER, page, lambda rows: [to_public(i) for i in rows])
 
 
 def register(db: Database, caller: Caller, images_dir: Path, req: ImageRegister,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from sqlmodel import Session, select
 
 from controller.errors import InvalidParameter, NotFound
-from controller.models import (DefaultVpcMarker, ElasticIp, Instance, InstanceSecurityGroup,
-                               SecurityGroup, Subnet, Vpc)
-from controller.services import elastic_ips, ipam, security_groups, subnets
+from controller.models import (ElasticIp, Instance, InstanceSecurityGroup, SecurityGroup, Subnet,
+                               Vpc)
+from controller.services import elastic_ips, ipam, security_group_rows, subnets, vpcs
 
 #: EC2's code when there is no default VPC to launch into and no subnet was named.
 NO_DEFAULT_VPC = "VPCIdNotSpecified"
@@ -32,29 +32,20 @@ class Placement:
     public_ip: bool
 
 
-def default_subnet(s: Session, account_id: str) -> Subnet:
-    marker = s.get(DefaultVpcMarker, account_id)
-    vpc = s.get(Vpc, marker.vpc_id) if marker is not None else None
-    subnet = None
-    if vpc is not None:
-        subnet = s.exec(select(Subnet).where(Subnet.vpc_id == vpc.vpc_id,
-                                             Subnet.default_for_az == True)  # noqa: E712
-                        .order_by(Subnet.created_at)).first()
+def resolve(s: Session, caller, subnet_id: str | None, group_ids: list[str],
+            associate_public_ip: bool | None, limits) -> Placement:
+    """Where a launch goes: the named subnet, else the caller's default subnet (the launch
+    made sure its default VPC exists, services/vpcs.py ensure_default)."""
+    subnet = (subnets.get(s, caller, subnet_id) if subnet_id
+              else vpcs.default_subnet(s, caller.account_id))
     if subnet is None:
         raise InvalidParameter("no default VPC subnet for this account; name a subnet_id",
                                code=NO_DEFAULT_VPC)
-    return subnet
-
-
-def resolve(s: Session, caller, subnet_id: str | None, group_ids: list[str],
-            associate_public_ip: bool | None, limits) -> Placement:
-    subnet = (subnets.get(s, caller, subnet_id) if subnet_id
-              else default_subnet(s, caller.account_id))
     vpc = s.get(Vpc, subnet.vpc_id)
     if vpc is None:  # a subnet outlives its VPC never; a broken row is a 404, not a 500
         raise NotFound(f"subnet {subnet.subnet_id} has no VPC", code=subnets.NOT_FOUND)
-    groups = security_groups.resolve_instance_groups(s, subnet.account_id, vpc.vpc_id,
-                                                     list(group_ids), limits)
+    groups = security_group_rows.resolve_instance_groups(s, subnet.account_id, vpc.vpc_id,
+                                                         list(group_ids), limits)
     public = (subnet.map_public_ip_on_launch if associate_public_ip is None
               else associate_public_ip)
     return Placement(vpc=vpc, subnet=subnet, groups=tuple(groups), public_ip=public)
@@ -93,8 +84,8 @@ def attach(s: Session, inst: Instance, where: Placement, pool: str, macs: set[st
 def set_groups(s: Session, inst: Instance, group_ids: list[str], limits) -> list[str]:
     """Replace the instance's security groups (EC2 ModifyInstanceAttribute groupSet): 1-5 groups
     of its own VPC and account. Hosts get the change with their next network document."""
-    groups = security_groups.resolve_instance_groups(s, inst.account_id, inst.vpc_id,
-                                                     list(group_ids), limits)
+    groups = security_group_rows.resolve_instance_groups(s, inst.account_id, inst.vpc_id,
+                                                         list(group_ids), limits)
     wanted = [g.group_id for g in groups]
     current = {row.group_id: row for row in s.exec(select(InstanceSecurityGroup).where(
         InstanceSecurityGroup.instance_id == inst.instance_id))}

@@ -6,7 +6,12 @@ from sqlmodel import Session, select
 from controller.db import Database
 from controller.errors import Conflict, InvalidParameter, NotFound
 from controller.events import record
-from controller.models import InstanceType, InstanceTypeCreate
+from controller.models import InstanceType, InstanceTypeCreate, InstanceTypePublic
+from controller.services import pagination
+from controller.services.pagination import Page, PageRequest
+
+#: Smallest first; the name (the primary key) breaks ties.
+ORDER = pagination.Order(InstanceType.vcpus, InstanceType.memory_mib, InstanceType.name)
 
 # Small sizes first: the lab's TCG guests need little memory.
 DEFAULTS = [
@@ -23,11 +28,17 @@ def seed(db: Database) -> None:
             s.add(InstanceType(name=name, vcpus=vcpus, memory_mib=mem, hourly_price=price))
 
 
-def list_types(s: Session, include_retired: bool) -> list[InstanceType]:
-    q = select(InstanceType).order_by(InstanceType.vcpus, InstanceType.memory_mib, InstanceType.name)
+def to_public(t: InstanceType) -> InstanceTypePublic:
+    return InstanceTypePublic.model_validate(t, from_attributes=True)
+
+
+def list_page(db: Database, page: PageRequest,
+              include_retired: bool = False) -> Page[InstanceTypePublic]:
+    q = select(InstanceType)
     if not include_retired:
         q = q.where(InstanceType.retired == False)  # noqa: E712
-    return list(s.exec(q))
+    with db.session() as s:
+        return pagination.list_page(s, q, ORDER, page, lambda rows: [to_public(t) for t in rows])
 
 
 def create(db: Database, req: InstanceTypeCreate) -> InstanceType:

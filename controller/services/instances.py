@@ -1,6 +1,7 @@
 """Instances: launch (validation, client-token idempotency, placement under a lock), describe,
-and the user actions stop/start/reboot/terminate/modify. Transitions go through lifecycle.py;
-the reconciler carries the resulting desired specs to the agents.
+list (filters in SQL, keyset pages), status, and the user actions stop/start/reboot/terminate/
+modify and security-group changes. Transitions go through lifecycle.py; the reconciler carries
+the resulting desired specs to the agents (each commit wakes it, controller/db.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import hashlib
 import json
 import math
 import threading
-from dataclasses import replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_
+from sqlalchemy import false
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -22,17 +24,22 @@ from controller.events import record
 from controller.errors import (IncorrectState, InsufficientCapacity, InvalidParameter, KumoError,
                                NotFound)
 from controller.ids import new_id, utcnow
-from controller.models import (ClientToken, Host, Instance, InstancePublic, RunInstancesRequest)
+from controller.models import (ClientToken, Host, Instance, InstancePublic, InstanceStatusPublic,
+                               RunInstancesRequest)
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
 from controller.services import (images, instance_network, instance_types, key_pairs, lifecycle,
-                                 security_groups, vpcs)
+                                 pagination, vpcs)
 from controller.services.capacity import GIB, host_states
+from controller.services.pagination import Page, PageRequest
+from controller.services.sg_rules import Limits
 from controller.settings import Settings
 
 NOT_FOUND = "InvalidInstanceID.NotFound"
 MAX_USER_DATA = 16 * 1024
 MAX_TAGS = 50
+#: Lists page in this order; index (account_id, created_at, instance_id) serves it.
+ORDER = pagination.Order(Instance.created_at, Instance.instance_id)
 
 # Placement decisions are serialised in-process; across processes SQLite's BEGIN IMMEDIATE, and
 # on PostgreSQL the engine's advisory lock plus SELECT ... FOR UPDATE on the hosts (db.py,
@@ -51,10 +58,14 @@ def to_public(inst: Instance, public_ip: str | None = None,
 
 def describe(db: Database, rows: list[Instance]) -> list[InstancePublic]:
     """Public shapes of `rows`, with their public IPs and groups loaded in two queries."""
-    ids = [i.instance_id for i in rows]
     with db.session() as s:
-        pubs = instance_network.public_ips(s, ids)
-        groups = instance_network.group_ids(s, ids)
+        return _describe(s, rows)
+
+
+def _describe(s: Session, rows: list[Instance]) -> list[InstancePublic]:
+    ids = [i.instance_id for i in rows]
+    pubs = instance_network.public_ips(s, ids)
+    groups = instance_network.group_ids(s, ids)
     return [to_public(i, pubs.get(i.instance_id), groups.get(i.instance_id)) for i in rows]
 
 
@@ -153,7 +164,7 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
                                f"{itype.memory_mib}", code="InvalidParameterCombination")
     where = instance_network.resolve(s, caller, req.subnet_id, req.security_group_ids,
                                      req.associate_public_ip,
-                                     security_groups.Limits.from_settings(settings))
+                                     Limits.from_settings(settings))
     want = Request(vcpus=itype.vcpus, memory_mib=itype.memory_mib, disk_bytes=root_gib * GIB,
                    architecture=image.architecture)
     placement = _place(host_states(s), want, req, settings)
@@ -204,29 +215,74 @@ def get(s: Session, caller, instance_id: str) -> Instance:
     return inst
 
 
+@dataclass(frozen=True)
+class InstanceFilters:
+    """What a list of instances is filtered on; each filter runs in SQL, all of them must hold.
+    Empty means no filter (states and ids: any of them; tags: every key with its value)."""
+
+    states: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_query(cls, params: Iterable[tuple[str, str]]) -> "InstanceFilters":
+        """From REST query parameters: `state` and `instance_id` (repeatable, each a comma
+        separated list) and `tag:<key>=<value>`; other parameters are not filters."""
+        params = list(params)
+
+        def values(name: str) -> tuple[str, ...]:
+            return tuple(v for k, raw in params if k == name for v in raw.split(",") if v)
+        return cls(states=values("state"), ids=values("instance_id"),
+                   tags={k[4:]: v for k, v in params if k.startswith("tag:")})
+
+
+def _filtered(caller, filters: InstanceFilters):
+    q = select(Instance)
+    if not caller.is_admin:
+        q = q.where(Instance.account_id == caller.account_id)
+    if filters.states:
+        q = q.where(Instance.state.in_(filters.states))
+    if filters.ids:
+        q = q.where(Instance.instance_id.in_(filters.ids))
+    if any(not TAG_KEY_RE.match(k) for k in filters.tags):
+        # No instance can carry such a key, and it must never reach a JSON path.
+        return q.where(false())
+    for k, v in filters.tags.items():  # through the JSON column (json_extract / ->>)
+        q = q.where(Instance.tags[k].as_string() == v)
+    return q
+
+
 def list_instances(s: Session, caller, *, states: list[str], ids: list[str],
                    tags: dict[str, str], limit: int,
                    after: tuple[datetime, str] | None = None) -> list[Instance]:
     """Up to `limit` instances in (created_at, instance_id) order, starting strictly after the
-    key `after` (keyset pagination: index (account_id, created_at, instance_id)). Every filter
-    runs in SQL; tags through the JSON column (json_extract / ->>)."""
-    if any(not TAG_KEY_RE.match(k) for k in tags):
-        return []  # no instance can carry such a key (and it never reaches a JSON path)
-    q = select(Instance)
-    if not caller.is_admin:
-        q = q.where(Instance.account_id == caller.account_id)
-    if states:
-        q = q.where(Instance.state.in_(states))
-    if ids:
-        q = q.where(Instance.instance_id.in_(ids))
-    for k, v in tags.items():
-        q = q.where(Instance.tags[k].as_string() == v)
-    if after is not None:
-        # (created_at, instance_id) > after, spelled so the index serves the range on created_at.
-        created_at, iid = after
-        q = q.where(Instance.created_at >= created_at,
-                    or_(Instance.created_at > created_at, Instance.instance_id > iid))
-    return list(s.exec(q.order_by(Instance.created_at, Instance.instance_id).limit(limit)))
+    key `after`."""
+    q = _filtered(caller, InstanceFilters(tuple(states), tuple(ids), dict(tags)))
+    return list(s.exec(ORDER.select_page(q, after, limit)))
+
+
+def list_page(db: Database, caller, page: PageRequest,
+              filters: InstanceFilters = InstanceFilters()) -> Page[InstancePublic]:
+    """One keyset page of the instances the caller sees (services/pagination.py): an account
+    can hold tens of thousands, and a late page costs what the first one does."""
+    with db.session() as s:
+        return pagination.list_page(s, _filtered(caller, filters), ORDER, page,
+                                    lambda rows: _describe(s, rows))
+
+
+def status(db: Database, caller, instance_id: str) -> InstanceStatusPublic:
+    """The instance's state and status checks, with what the agent last reported."""
+    with db.session() as s:
+        inst = get(s, caller, instance_id)
+    reason = ({"code": inst.state_reason_code, "message": inst.state_reason_message}
+              if inst.state_reason_code else None)
+    return InstanceStatusPublic(
+        instance_id=inst.instance_id, state=inst.state, instance_status=inst.instance_status,
+        system_status=inst.system_status,
+        details={"observed_power": inst.observed_power, "booted": inst.observed_booted,
+                 "boot_count": inst.observed_boot_count, "agent_error": inst.observed_error,
+                 "state_reason": reason, "generation": inst.generation,
+                 "acked_generation": inst.acked_generation})
 
 
 def stop(db: Database, settings: Settings, caller, instance_id: str, force: bool = False):
@@ -295,7 +351,7 @@ def set_security_groups(db: Database, settings: Settings, caller, instance_id: s
         if inst.vpc_id is None:
             raise IncorrectState(f"instance {instance_id} is in no VPC")
         new = instance_network.set_groups(s, inst, group_ids,
-                                          security_groups.Limits.from_settings(settings))
+                                          Limits.from_settings(settings))
         record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
                "security groups: " + ", ".join(new))
         return inst

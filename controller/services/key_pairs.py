@@ -16,9 +16,12 @@ from controller.db import Database
 from controller.errors import Conflict, InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models import KeyPair
+from controller.models import KeyPair, KeyPairPublic
+from controller.services import pagination
+from controller.services.pagination import Page, PageRequest
 
 NOT_FOUND = "InvalidKeyPair.NotFound"
+ORDER = pagination.Order(KeyPair.created_at, KeyPair.key_pair_id)
 
 
 def fingerprint(openssh_public: str) -> str:
@@ -79,9 +82,12 @@ def create(db: Database, account_id: str, name: str, public_key: str | None) -> 
     return kp, private_text
 
 
-def list_pairs(s: Session, account_id: str, offset: int, limit: int) -> list[KeyPair]:
+def list_page(db: Database, account_id: str, page: PageRequest) -> Page[KeyPairPublic]:
     q = select(KeyPair).where(KeyPair.account_id == account_id)
-    return list(s.exec(q.order_by(KeyPair.created_at, KeyPair.key_pair_id).offset(offset).limit(limit)))
+    with db.session() as s:
+        return pagination.list_page(
+            s, q, ORDER, page,
+            lambda rows: [KeyPairPublic.model_validate(k, from_attributes=True) for k in rows])
 
 
 def get(s: Session, account_id: str, name: str) -> KeyPair:

@@ -16,6 +16,7 @@ from agent.contract.v1 import InstanceObserved
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Image, Instance
+from controller.services import instance_network
 from controller.settings import Settings
 
 TRANSITIONAL = ("pending", "stopping", "shutting-down")
@@ -52,7 +53,6 @@ def transition(s: Session, inst: Instance, to: str, settings: Settings, *, reaso
     if to == "pending":
         set_instance_status(s, inst, "initializing")
     if to == "terminated" and frm != "terminated":
-        from controller.services import instance_network  # it imports services using this one
         instance_network.release(s, inst)
         inst.terminated_at = now
         inst.system_status = "not-applicable"

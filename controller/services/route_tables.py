@@ -17,22 +17,33 @@ from controller.models import (InternetGateway, NatGateway, Route, RouteTable,
                                RouteTableAssociation, Subnet)
 from controller.models.vpc import (RouteCreate, RoutePublic, RouteTableAssociationPublic,
                                    RouteTablePublic)
-from controller.services import ipam, vpcs
+from controller.services import ipam, pagination, vpcs
+from controller.services.pagination import Page, PageRequest
+from controller.services.scoping import dependency, owned, scoped
 
 NOT_FOUND = "InvalidRouteTableID.NotFound"
 ASSOC_NOT_FOUND = "InvalidAssociationID.NotFound"
 DEFAULT_ROUTE = "0.0.0.0/0"
+ORDER = pagination.Order(RouteTable.created_at, RouteTable.route_table_id)
 
 
 def get(s: Session, caller, route_table_id: str) -> RouteTable:
-    return vpcs.owned(s, caller, RouteTable, route_table_id, NOT_FOUND, "route table")
+    return owned(s, caller, RouteTable, route_table_id, NOT_FOUND, "route table")
 
 
-def list_tables(s: Session, caller, vpc_id: str | None = None) -> list[RouteTable]:
-    q = vpcs.scoped(select(RouteTable), RouteTable, caller)
+def describe(db: Database, caller, route_table_id: str) -> RouteTablePublic:
+    with db.session() as s:
+        return to_public(s, get(s, caller, route_table_id))
+
+
+def list_page(db: Database, caller, page: PageRequest,
+              vpc_id: str | None = None) -> Page[RouteTablePublic]:
+    q = scoped(select(RouteTable), RouteTable, caller)
     if vpc_id:
         q = q.where(RouteTable.vpc_id == vpc_id)
-    return list(s.exec(q.order_by(RouteTable.created_at, RouteTable.route_table_id)))
+    with db.session() as s:
+        return pagination.list_page(s, q, ORDER, page,
+                                    lambda rows: [to_public(s, r) for r in rows])
 
 
 def routes(s: Session, route_table_id: str) -> list[Route]:
@@ -200,12 +211,12 @@ def delete(db: Database, caller, route_table_id: str) -> RouteTablePublic:
     with db.session() as s:
         rtb = get(s, caller, route_table_id)
         if rtb.main:
-            raise vpcs.dependency(f"{route_table_id} is the main route table of {rtb.vpc_id}")
+            raise dependency(f"{route_table_id} is the main route table of {rtb.vpc_id}")
         assocs = list(s.exec(select(RouteTableAssociation.subnet_id).where(
             RouteTableAssociation.route_table_id == route_table_id)))
         if assocs:
-            raise vpcs.dependency(f"{route_table_id} is associated with subnets "
-                                  f"{', '.join(sorted(assocs))}")
+            raise dependency(f"{route_table_id} is associated with subnets "
+                             f"{', '.join(sorted(assocs))}")
         out = to_public(s, rtb)
         for r in routes(s, route_table_id):
             s.delete(r)

@@ -1,6 +1,7 @@
 """Pure checks of security-group input (no database): group names and descriptions, one rule
-(protocol, ports or ICMP type/code, peer), its canonical duplicate key, the rule-count limits,
-and the 1..5 groups an instance may have.
+(protocol, ports or ICMP type/code, peer), its canonical duplicate key, the limits (rules per
+group and direction, groups per VPC and per instance; `Limits`), and the 1..5 groups an
+instance may have.
 
 Every refusal is a KumoError with a stable EC2 code, raised before anything is written:
 - InvalidParameterValue       bad name/description characters, malformed or IPv6 CIDR
@@ -38,6 +39,24 @@ MAX_GROUPS_PER_INSTANCE = 5
 
 class LimitExceeded(KumoError):
     status = 400
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The deployment's security-group limits (settings KUMO_SG_*, KUMO_SECURITY_GROUPS_*)."""
+
+    ingress: int = 60
+    egress: int = 60
+    per_vpc: int = 2500
+    per_instance: int = MAX_GROUPS_PER_INSTANCE
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(settings.sg_ingress_rules_limit, settings.sg_egress_rules_limit,
+                   settings.security_groups_per_vpc, settings.security_groups_per_instance)
+
+    def rules(self, direction: str) -> int:
+        return self.ingress if direction == "ingress" else self.egress
 
 
 def malformed(message: str) -> InvalidParameter:
@@ -197,7 +216,7 @@ def validate_instance_groups(groups: Sequence[str],
                              limit: int = MAX_GROUPS_PER_INSTANCE) -> tuple[str, ...]:
     """The security group ids an instance asks for: 1..limit well-formed ids, duplicates folded
     (order kept). Resolution to rows of the instance's VPC is
-    security_groups.resolve_instance_groups()."""
+    security_group_rows.resolve_instance_groups()."""
     if isinstance(groups, str):
         raise InvalidParameter("security groups must be a list of group ids")
     ids = tuple(dict.fromkeys(groups))

@@ -1,6 +1,7 @@
 """Subnets: create inside the VPC's CIDR (/16../28, never overlapping another subnet of the VPC),
-describe (with the free-address count and whether the subnet is public), modify the
-map-public-IP-on-launch flag, delete (refused while addresses are allocated in it)."""
+describe and list (with the free-address count and whether the subnet is public; both create
+the caller's default VPC the first time), modify the map-public-IP-on-launch flag, delete
+(refused while addresses are allocated in it)."""
 from __future__ import annotations
 
 from ipaddress import IPv4Network
@@ -13,20 +14,33 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import IpAllocation, NatGateway, RouteTableAssociation, Subnet
 from controller.models.vpc import SubnetCreate, SubnetPublic
-from controller.services import ipam, route_tables, vpcs
+from controller.services import ipam, pagination, route_tables, vpcs
+from controller.services.pagination import Page, PageRequest
+from controller.services.scoping import dependency, owned, scoped
 
 NOT_FOUND = "InvalidSubnetID.NotFound"
+ORDER = pagination.Order(Subnet.created_at, Subnet.subnet_id)
 
 
 def get(s: Session, caller, subnet_id: str) -> Subnet:
-    return vpcs.owned(s, caller, Subnet, subnet_id, NOT_FOUND, "subnet")
+    return owned(s, caller, Subnet, subnet_id, NOT_FOUND, "subnet")
 
 
-def list_subnets(s: Session, caller, vpc_id: str | None = None) -> list[Subnet]:
-    q = vpcs.scoped(select(Subnet), Subnet, caller)
+def describe(db: Database, caller, subnet_id: str) -> SubnetPublic:
+    vpcs.ensure_default(db, caller.account_id)
+    with db.session() as s:
+        return to_public(s, get(s, caller, subnet_id))
+
+
+def list_page(db: Database, caller, page: PageRequest,
+              vpc_id: str | None = None) -> Page[SubnetPublic]:
+    vpcs.ensure_default(db, caller.account_id)
+    q = scoped(select(Subnet), Subnet, caller)
     if vpc_id:
         q = q.where(Subnet.vpc_id == vpc_id)
-    return list(s.exec(q.order_by(Subnet.created_at, Subnet.subnet_id)))
+    with db.session() as s:
+        return pagination.list_page(s, q, ORDER, page,
+                                    lambda rows: [to_public(s, x) for x in rows])
 
 
 def to_public(s: Session, subnet: Subnet) -> SubnetPublic:
@@ -83,8 +97,8 @@ def delete(db: Database, caller, subnet_id: str) -> SubnetPublic:
             NatGateway.subnet_id == subnet_id, NatGateway.state != "deleted")))
         holders += [f"nat-gateway {n}" for n in nats if f"nat-gateway {n}" not in holders]
         if holders:
-            raise vpcs.dependency(f"subnet {subnet_id} has dependencies and cannot be deleted: "
-                                  + ", ".join(holders))
+            raise dependency(f"subnet {subnet_id} has dependencies and cannot be deleted: "
+                             + ", ".join(holders))
         out = to_public(s, subnet)
         out.state = "deleted"
         for assoc in s.exec(select(RouteTableAssociation).where(

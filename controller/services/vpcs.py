@@ -1,10 +1,10 @@
 """VPCs: create (CIDR /16../28, a main route table with its local route, a unique VNI), describe,
 delete (refused while anything still lives in it; the default security group is made and
-removed with it), the account's default VPC, and the ownership
-check every VPC-networking service shares.
+removed with it), and each account's default VPC.
 
 Default VPC: created lazily, the first time an account touches VPC networking (any list or
-describe of VPCs or subnets, or a create that needs it), like EC2's default VPC: 172.31.0.0/16,
+describe of VPCs, subnets or security groups, or a create or launch that needs it; each of those
+services calls ensure_default), like EC2's default VPC: 172.31.0.0/16,
 one default subnet 172.31.0.0/20 that maps public IPs on launch, an attached internet gateway and
 a main route table sending 0.0.0.0/0 to it. A marker row per account makes this happen once: a
 deleted default VPC is not re-created behind the user's back.
@@ -12,20 +12,21 @@ deleted default VPC is not re-created behind the user's back.
 from __future__ import annotations
 
 from ipaddress import IPv4Network
-from typing import TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from controller.db import Database
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict
 from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import (DefaultVpcMarker, InternetGateway, NatGateway, Route, RouteTable,
                                RouteTableAssociation, Subnet, Vpc)
 from controller.models.vpc import VpcPublic
-from controller.services import ipam
+from controller.services import ipam, pagination, security_group_rows
+from controller.services.pagination import Page, PageRequest
+from controller.services.scoping import dependency, owned, scoped
 
 NOT_FOUND = "InvalidVpcID.NotFound"
 DEFAULT_CIDR = "172.31.0.0/16"
@@ -33,23 +34,7 @@ DEFAULT_SUBNET_CIDR = "172.31.0.0/20"
 MIN_VNI = 1  # agent/network/names.py: 0 is not a valid VXLAN id
 #: The VNI is also the VPC's conntrack zone in the firewall, and zones are 16 bits.
 MAX_VNI = 65535
-T = TypeVar("T")
-
-
-def dependency(message: str) -> Conflict:
-    return Conflict(message, code="DependencyViolation")
-
-
-def owned(s: Session, caller, model: type[T], resource_id: str, code: str, what: str) -> T:
-    """The row, if the caller may see it (its own, or any for admins); else `code` (404)."""
-    row = s.get(model, resource_id) if resource_id else None
-    if row is None or (row.account_id != caller.account_id and not caller.is_admin):
-        raise NotFound(f"{what} {resource_id!r} not found", code=code)
-    return row
-
-
-def scoped(q, model, caller):
-    return q if caller.is_admin else q.where(model.account_id == caller.account_id)
+ORDER = pagination.Order(Vpc.created_at, Vpc.vpc_id)
 
 
 def _next_vni(s: Session) -> int:
@@ -86,8 +71,7 @@ def _insert_vpc(s: Session, account_id: str, net: IPv4Network, *, is_default: bo
     record(s, "vpc", vpc.vpc_id, account_id, None, "available", reason)
     record(s, "route-table", rtb.route_table_id, account_id, None, "available",
            f"main route table of {vpc.vpc_id}")
-    from controller.services import security_groups  # it imports this module
-    security_groups.create_default(s, vpc)
+    security_group_rows.create_default(s, vpc)
     return vpc, rtb
 
 
@@ -100,7 +84,8 @@ def create(db: Database, caller, cidr_block: str) -> Vpc:
 
 
 def ensure_default(db: Database, account_id: str) -> None:
-    """Create the account's default VPC the first time (see the module docstring)."""
+    """Create the account's default VPC the first time (see the module docstring): the one
+    entry point of every service that needs the default VPC to exist."""
     with db.session() as s:
         if s.get(DefaultVpcMarker, account_id) is not None:
             return
@@ -130,12 +115,37 @@ def ensure_default(db: Database, account_id: str) -> None:
         return  # a concurrent request created it (the marker's primary key decided)
 
 
+def default_vpc(s: Session, account_id: str) -> Vpc | None:
+    """The account's default VPC; None before ensure_default() or after its deletion."""
+    marker = s.get(DefaultVpcMarker, account_id)
+    return s.get(Vpc, marker.vpc_id) if marker is not None else None
+
+
+def default_subnet(s: Session, account_id: str) -> Subnet | None:
+    """The default VPC's default subnet, where launches naming no subnet go."""
+    vpc = default_vpc(s, account_id)
+    if vpc is None:
+        return None
+    return s.exec(select(Subnet).where(Subnet.vpc_id == vpc.vpc_id,
+                                       Subnet.default_for_az == True)  # noqa: E712
+                  .order_by(Subnet.created_at)).first()
+
+
 def get(s: Session, caller, vpc_id: str) -> Vpc:
     return owned(s, caller, Vpc, vpc_id, NOT_FOUND, "VPC")
 
 
-def list_vpcs(s: Session, caller) -> list[Vpc]:
-    return list(s.exec(scoped(select(Vpc), Vpc, caller).order_by(Vpc.created_at, Vpc.vpc_id)))
+def describe(db: Database, caller, vpc_id: str) -> VpcPublic:
+    ensure_default(db, caller.account_id)
+    with db.session() as s:
+        return to_public(s, get(s, caller, vpc_id))
+
+
+def list_page(db: Database, caller, page: PageRequest) -> Page[VpcPublic]:
+    ensure_default(db, caller.account_id)
+    with db.session() as s:
+        return pagination.list_page(s, scoped(select(Vpc), Vpc, caller), ORDER, page,
+                                    lambda rows: [to_public(s, v) for v in rows])
 
 
 def main_table(s: Session, vpc_id: str) -> RouteTable | None:
@@ -175,8 +185,7 @@ def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
             NatGateway.vpc_id == vpc_id, NatGateway.state != "deleted")))
         if nats:
             reasons.append(f"NAT gateways {', '.join(sorted(nats))}")
-        from controller.services import security_groups  # it imports this module
-        reasons.extend(security_groups.vpc_dependencies(s, vpc_id))
+        reasons.extend(security_group_rows.vpc_dependencies(s, vpc_id))
         if reasons:
             raise dependency(f"VPC {vpc_id} has dependencies and cannot be deleted: "
                              + "; ".join(reasons))
@@ -192,7 +201,7 @@ def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
             s.delete(rtb)
             record(s, "route-table", rtb.route_table_id, vpc.account_id, "available", "deleted",
                    f"VPC {vpc_id} deleted")
-        security_groups.delete_for_vpc(s, vpc)  # the default group goes with its VPC
+        security_group_rows.delete_for_vpc(s, vpc)  # the default group goes with its VPC
         s.flush()
         s.delete(vpc)
         record(s, "vpc", vpc_id, vpc.account_id, "available", "deleted", "deleted")

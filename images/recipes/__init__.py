@@ -1,4 +1,5 @@
-"""Recipe registry and the contract every recipe follows."""
+"""The contract every recipe follows (context, output, recipe hash); the registry of recipes is
+images/recipes/registry.py, so the recipes can import this package without a circle."""
 
 from __future__ import annotations
 
@@ -57,10 +58,3 @@ def recipe_hash(recipe: Recipe) -> str:
             h.update(b"\0")
     return h.hexdigest()
 
-
-def registry() -> dict[str, Recipe]:
-    from images.recipes.debian12 import Debian12
-    from images.recipes.tiny import KumoTiny
-
-    recipes: list[Recipe] = [KumoTiny(), Debian12()]
-    return {r.name: r for r in recipes}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.base import DomainPlan, DriverError
+from agent.drivers.disks import instance_disks
 from agent.drivers.fake import FakeHypervisor, FakeNetwork, FakeStorage
 
 from tests.functional.agent_harness import make_spec, running_agent, wait_for
@@ -53,11 +54,17 @@ def test_reconciles_a_new_instance_to_running(agent, tmp_path):
     assert seed["meta_data"] == {"instance-id": iid, "local-hostname": "web-1",
                                  "public-keys": ["ssh-ed25519 AAAAC3Nza test@kumo"]}
     assert seed["user_data"] == "#cloud-config\n"
-    eth0 = seed["network_config"]["ethernets"]["eth0"]
-    assert eth0["addresses"] == ["10.0.0.11/24"] and eth0["match"]["macaddress"] == "52:54:00:00:00:01"
+    # The network-config production renders (agent.seed), not a fake's own.
+    assert seed["network_config"] == {"version": 2, "ethernets": {"eth0": {
+        "match": {"macaddress": "52:54:00:00:00:01"}, "set-name": "eth0",
+        "addresses": ["10.0.0.11/24"], "gateway4": "10.0.0.1"}}}
     assert agent.network.bridges["br-sub1"] == {__import__("ipaddress").IPv4Interface("10.0.0.1/24")}
     plan = agent.hv.domains[iid].plan
-    assert plan.root_disk == tmp_path / "instances" / iid / "root.qcow2"
+    d = tmp_path / "instances" / iid
+    # The instance's own disks, first in the plan: root disk, then the seed.
+    assert plan.disks == instance_disks(d / "root.qcow2", d / "seed.iso")
+    assert [(x.target, x.bus, x.device) for x in plan.disks] == [("vda", "virtio", "disk"),
+                                                                ("hdc", "ide", "cdrom")]
     assert plan.console_log == tmp_path / "instances" / iid / "console.log"
     assert [(n.mac, n.bridge) for n in plan.nics] == [("52:54:00:00:00:01", "br-sub1")]
     assert agent.hv.calls == [("define", iid), ("start", iid)]
@@ -172,10 +179,11 @@ def test_resize_applies_at_next_start(agent):
 
 def test_orphans_are_removed_but_foreign_domains_are_not(agent, tmp_path):
     orphan = "i-0123456789abcdef0"
-    agent.hv.add_foreign(DomainPlan(name=orphan, vcpus=1, memory_mib=64, root_disk=Path("/x"),
-                                    seed_iso=None, console_log=tmp_path / "c.log"))
+    agent.hv.add_foreign(DomainPlan(name=orphan, vcpus=1, memory_mib=64,
+                                    disks=instance_disks(Path("/x"), None),
+                                    console_log=tmp_path / "c.log"))
     agent.hv.add_foreign(DomainPlan(name="my-pet-vm", vcpus=1, memory_mib=64,
-                                    root_disk=Path("/x"), seed_iso=None,
+                                    disks=instance_disks(Path("/x"), None),
                                     console_log=tmp_path / "c.log"))
     leftover = "i-00000000000000abc"
     (tmp_path / "instances" / leftover).mkdir(parents=True)

@@ -1,12 +1,13 @@
 """The controller on PostgreSQL (a throw-away server from tests/functional/pg.py, unix socket
 only, one fresh database per test):
 - migrations to head on an empty database match the models; 0001 -> head keeps existing rows;
+  dropping host.net_index (0007) keeps the hosts, and its downgrade numbers them again;
 - every scenario of tests/functional/test_controller_{api,lifecycle,placement,hosts}.py re-runs
   unchanged against PostgreSQL through the fake-agent `Cloud` harness (accounts and isolation,
   launch/describe/stop/start/reboot/terminate, client tokens, 50 launches for 10 slots, ...);
 - concurrency as several controller processes would see it: placement without the in-process
   lock (exactly 10 of 50 placed, duplicate client tokens -> one reservation), concurrent updates
-  of one instance lose nothing, concurrent host registrations get distinct network slices, the
+  of one instance lose nothing, concurrent first heartbeats register every host once, the
   hosts' FOR UPDATE alone orders a placement's usage sum after the previous placement, and four
   controller processes starting together on one empty database all start.
 
@@ -126,6 +127,57 @@ def test_migrations_step_by_step_keep_rows(pg_url):
         db_migrate.upgrade(db)
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT reboot_pending FROM instance")).scalar() is False
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_dropping_host_net_index_keeps_hosts(backend, request, tmp_path):
+    """0006 -> 0007 on a database with hosts: the column and its unique constraint go, the
+    hosts stay; 0007 -> 0006 numbers them again 1.. in registration order, unique."""
+    from alembic import command
+    from sqlalchemy import inspect as sa_inspect, text
+    from sqlalchemy.exc import IntegrityError
+
+    from controller import db_migrate
+    from controller.db import Database
+
+    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
+           else f"sqlite:///{tmp_path}/kumo.db")
+    db = Database(url)
+    cfg = db_migrate.alembic_config(db.url)
+
+    def migrate(step, revision):
+        with db.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+            conn.commit()
+    try:
+        migrate(command.upgrade, "0006")
+        with db.engine.begin() as conn:
+            for k, (host_id, day) in enumerate([("host-b", 1), ("host-a", 2)], start=5):
+                conn.execute(text(
+                    "INSERT INTO host (host_id, state, enabled, hypervisor, architecture, vcpus, "
+                    "memory_mib, disk_bytes, versions, agent_url, contract, net_index, created_at, "
+                    "network_generation, network_acked) VALUES (:h, 'up', true, 'qemu', 'x86_64', "
+                    "2, 2048, 1, '{}', 'unix:/a.sock', 'v1', :k, :t, 0, 0)"),
+                    {"h": host_id, "k": k, "t": f"2026-01-0{day} 00:00:00"})
+        migrate(command.upgrade, "0007")
+        inspector = sa_inspect(db.engine)
+        assert "net_index" not in {c["name"] for c in inspector.get_columns("host")}
+        assert all("net_index" not in u["column_names"]
+                   for u in inspector.get_unique_constraints("host"))
+        with db.engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT host_id FROM host")).scalars()) == \
+                ["host-a", "host-b"]
+        migrate(command.downgrade, "0006")
+        with db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT host_id, net_index FROM host ORDER BY host_id")).all()
+        assert [tuple(r) for r in rows] == [("host-a", 2), ("host-b", 1)]
+        with pytest.raises(IntegrityError):  # unique again
+            with db.engine.begin() as conn:
+                conn.execute(text("UPDATE host SET net_index = 1"))
+        migrate(command.upgrade, "head")
     finally:
         db.dispose()
 
@@ -334,9 +386,9 @@ def test_concurrent_reboots_lose_no_update(backend, request, tmp_path):
         assert after.generation - before.generation == n
 
 
-def test_concurrent_new_hosts_get_distinct_slices(pg_url, tmp_path):
-    """First heartbeats of many hosts at once: each gets its own network slice (net_index is
-    read-then-insert; racing inserts would hit the unique constraint and answer 500)."""
+def test_concurrent_first_heartbeats_register_every_host_once(pg_url, tmp_path):
+    """First heartbeats of many hosts at once: each registers (read-then-insert of its host row
+    under the transaction lock; racing inserts would answer 500), exactly once, up."""
     from tests.functional.fake_agent import FakeAgent
 
     with _cloud(tmp_path, pg_url) as cloud:
@@ -349,8 +401,8 @@ def test_concurrent_new_hosts_get_distinct_slices(pg_url, tmp_path):
         from controller.models import Host
         from sqlmodel import select
         with cloud.app.state.kumo.db.session() as s:
-            slices = [h.net_index for h in s.exec(select(Host))]
-        assert sorted(slices) == list(range(1, 13))
+            registered = [(h.host_id, h.state) for h in s.exec(select(Host))]
+        assert sorted(registered) == sorted((a.host_id, "up") for a in agents)
 
 
 def test_host_lock_alone_orders_usage_after_previous_placement(pg_url, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from agent.firewall.model import HostFirewall, PortFirewall, SecurityGroup
 from controller.models import InstanceSecurityGroup
+from controller.services import security_group_rows as sg_rows
 from controller.services import security_groups as sgs
 from tests.functional.vpc_support import (Cloud, cli_for_new_account, cloud, default_vpc, err,
                                           expect_refused, is_id, items, make_vpc, ok)
@@ -316,8 +317,8 @@ def test_host_firewall_groups_parse_in_the_agent_model(cloud):
     authorize(alice, web["group_id"], {"protocol": "all", "peer_group_id": dflt["group_id"]},
               direction="egress")
     with cloud.app.state.kumo.db.session() as s:
-        rendered = sgs.host_firewall_groups(s, [web["group_id"]])
-        again = sgs.host_firewall_groups(s, [web["group_id"], web["group_id"], "sg-missing"])
+        rendered = sg_rows.host_firewall_groups(s, [web["group_id"]])
+        again = sg_rows.host_firewall_groups(s, [web["group_id"], web["group_id"], "sg-missing"])
     assert rendered == again
     # The peers come along so the set is self-contained.
     assert [g["group_id"] for g in rendered][0] == web["group_id"]
@@ -350,7 +351,7 @@ def test_host_firewall_groups_parse_in_the_agent_model(cloud):
 def sgs_groups_of(cloud, client, vpc_id: str) -> list[dict]:
     ids = [g["group_id"] for g in items(client, "security-groups", vpc_id=vpc_id)]
     with cloud.app.state.kumo.db.session() as s:
-        return sgs.host_firewall_groups(s, ids)
+        return sg_rows.host_firewall_groups(s, ids)
 
 
 def test_resolve_instance_groups(cloud):
@@ -362,24 +363,26 @@ def test_resolve_instance_groups(cloud):
     bobs = make_group(bob, "web")["group_id"]
     acct = ok(alice.get("/v1/account"))["account_id"]
     with cloud.app.state.kumo.db.session() as s:
-        assert [g.group_id for g in sgs.resolve_instance_groups(s, acct, vid, [])] == [dflt]
-        got = sgs.resolve_instance_groups(s, acct, vid, groups[:5])
+        assert [g.group_id for g in sg_rows.resolve_instance_groups(s, acct, vid, [])] == [dflt]
+        got = sg_rows.resolve_instance_groups(s, acct, vid, groups[:5])
         assert [g.group_id for g in got] == groups[:5]
         for bad, code in ((groups, "SecurityGroupsPerInstanceLimitExceeded"),
                           ([groups[0], elsewhere], "InvalidGroup.NotFound"),
                           ([bobs], "InvalidGroup.NotFound"),
                           (["sg-nope"], "InvalidGroup.NotFound")):
             with pytest.raises(Exception) as info:
-                sgs.resolve_instance_groups(s, acct, vid, bad)
+                sg_rows.resolve_instance_groups(s, acct, vid, bad)
             assert getattr(info.value, "code", None) == code
 
 
 def test_migration_0005_gives_existing_vpcs_a_default_group(tmp_path):
     from alembic import command
     from sqlalchemy import text
+    from sqlmodel import select
 
     from controller import db_migrate
     from controller.db import Database
+    from controller.models import SecurityGroup as SecurityGroupRow
 
     db = Database(f"sqlite:///{tmp_path / 'm.db'}")
     try:
@@ -396,14 +399,14 @@ def test_migration_0005_gives_existing_vpcs_a_default_group(tmp_path):
                               "'2026-01-01')"))
         db_migrate.upgrade(db)
         with db.session() as s:
-            [group] = sgs.list_groups(s, type("C", (), {"is_admin": True})())
+            [group] = s.exec(select(SecurityGroupRow)).all()
             assert group.vpc_id == "vpc-1" and group.is_default and group.group_name == "default"
             rules = sgs.to_public(s, group)
             assert [r.peer_group_id for r in rules.ingress_rules] == [group.group_id]
             assert [r.cidr_ipv4 for r in rules.egress_rules] == ["0.0.0.0/0"]
             # The keys match the service's: the default egress rule is a duplicate of itself.
             from controller.services.sg_rules import parse_rule
-            keys = {r.rule_key for r in sgs._rules(s, group.group_id)}
+            keys = {r.rule_key for r in sg_rows.rules(s, group.group_id)}
             assert parse_rule("egress", {"protocol": "all", "cidr_ipv4": "0.0.0.0/0"}).key in keys
             assert parse_rule("ingress", {"protocol": "all",
                                           "peer_group_id": group.group_id}).key in keys

@@ -85,8 +85,8 @@ def boot(lab, host_id: str, image: Path, workdir: Path, *, instance_id: str, hos
     # Not a "tap*" name: on a lab host the agent's firewall owns every tap* (a tap it does not
     # know gets nothing through), and these test guests are not Kumo instances.
     nics = (DomainNic(mac=mac, bridge=bridge, tap="tg" + name[-12:]),) if bridge else ()
-    plan = DomainPlan(name=name, vcpus=vcpus, memory_mib=memory_mib, root_disk=disk,
-                      seed_iso=seed_path, console_log=workdir / "console.log", nics=nics)
+    plan = DomainPlan(name=name, vcpus=vcpus, memory_mib=memory_mib,
+                      disks=instance_disks(disk, seed_path), console_log=workdir / "console.log", nics=nics)
     hv = LibvirtHypervisor(lab.libvirt_uri(host_id), choose_hypervisor("auto"))
     hv.define(plan)
     guest = Guest(name=name, netns=host_netns(lab.prefix, host_id), console=plan.console_log, hypervisor=hv)

@@ -1,4 +1,6 @@
-"""LibvirtHypervisor + LocalStorage against a real, private libvirtd booting a real (tiny) guest.
+"""LibvirtHypervisor + LocalStorage against a real, private libvirtd booting a real (tiny) guest,
+including the Hypervisor contract's live parts (tests/unit/hypervisor_contract.py): disks
+hot-plugged into running guests and statistics counters moving while they run.
 
 The libvirtd runs in its own network namespace and a private mount namespace (its own /etc/libvirt
 without the `default` network, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt
@@ -19,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers.base import DomainNic, DomainPlan
+from agent.drivers.base import DomainDisk, DomainNic, DomainPlan, FileSource
+from agent.drivers.disks import instance_disks
 from agent.libvirt.designer import tap_name
 from agent.seed import meta_data
 from agent.storage import LocalStorage
+from tests.unit import hypervisor_contract as contract
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -176,26 +180,50 @@ def _wait_console(path: Path, count: int, timeout: float = 30) -> None:
     raise AssertionError(f"marker #{count} not seen in {timeout}s: {text!r}")
 
 
-def test_boot_reboot_shutdown_reconnect_undefine(libvirtd, tmp_path):
-    from agent.libvirt.driver import LibvirtHypervisor
-
+def _boot_sector_image(tmp_path: Path) -> tuple[Path, str]:
+    """A qcow2 image of the boot sector above, and its sha256."""
     raw = tmp_path / "boot.raw"
     raw.write_bytes(_boot_sector(MARK).ljust(1 << 20, b"\0"))
     img = tmp_path / "boot.qcow2"
     subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(img)],
                    check=True)
-    sha = hashlib.sha256(img.read_bytes()).hexdigest()
+    return img, hashlib.sha256(img.read_bytes()).hexdigest()
 
-    storage = LocalStorage(tmp_path / "state")
-    base = storage.cached_image(AMI, img.as_uri(), sha)
-    root = storage.ensure_root_disk(IID, base, 8 << 20)
-    seed_iso = storage.write_seed(IID, meta_data(IID, "boot"), b"", None)
-    console = storage.console_log_path(IID)
-    # A bridge that exists only inside the private namespace; the guest's tap joins it.
+
+def _volume(path: Path, serial: str) -> DomainDisk:
+    """An empty 16 MiB qcow2 volume, attached as vdb."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return DomainDisk("vdb", FileSource(path), serial=serial, cache="none")
+
+
+def _prepared_disks(storage: LocalStorage, iid: str, image: Path, sha: str, size: int,
+                    hostname: str, user_data: bytes = b"",
+                    network_config: dict | None = None) -> tuple[DomainDisk, ...]:
+    """The instance's own disks as the agent prepares them: an overlay on `image`, a seed."""
+    base = storage.cached_image(AMI, image.as_uri(), sha)
+    root = storage.ensure_root_disk(iid, base, size)
+    seed_iso = storage.write_seed(iid, meta_data(iid, hostname), user_data, network_config)
+    return instance_disks(root, seed_iso)
+
+
+def _bridge(libvirtd: PrivateLibvirtd, name: str) -> list[str]:
+    """A bridge that exists only inside the private namespace (guests' taps join it); returns
+    the `ip` command prefix for that namespace."""
     ns_ip = ["ip", "netns", "exec", libvirtd.ns, "ip"]
-    subprocess.run([*ns_ip, "link", "add", "kbr-t0", "type", "bridge"], check=True)
-    subprocess.run([*ns_ip, "link", "set", "kbr-t0", "up"], check=True)
-    plan = DomainPlan(name=IID, vcpus=1, memory_mib=64, root_disk=root, seed_iso=seed_iso,
+    subprocess.run([*ns_ip, "link", "add", name, "type", "bridge"], check=True)
+    subprocess.run([*ns_ip, "link", "set", name, "up"], check=True)
+    return ns_ip
+
+
+def test_boot_reboot_shutdown_reconnect_undefine(libvirtd, tmp_path):
+    from agent.libvirt.driver import LibvirtHypervisor
+
+    img, sha = _boot_sector_image(tmp_path)
+    storage = LocalStorage(tmp_path / "state")
+    disks = _prepared_disks(storage, IID, img, sha, 8 << 20, "boot")
+    console = storage.console_log_path(IID)
+    ns_ip = _bridge(libvirtd, "kbr-t0")
+    plan = DomainPlan(name=IID, vcpus=1, memory_mib=64, disks=disks,
                       console_log=console, nics=(DomainNic("52:54:00:0b:00:07", "kbr-t0"),),
                       generation=3)
     tap = tap_name(IID, 0)
@@ -275,17 +303,13 @@ def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
     iid = "i-00000000000071e57"
     sha = hashlib.sha256(image.read_bytes()).hexdigest()
     storage = LocalStorage(tmp_path / "state")
-    base = storage.cached_image(AMI, image.as_uri(), sha)
-    root = storage.ensure_root_disk(iid, base, 256 << 20)
-    ns_ip = ["ip", "netns", "exec", libvirtd.ns, "ip"]
-    subprocess.run([*ns_ip, "link", "add", "kbr-t1", "type", "bridge"], check=True)
-    subprocess.run([*ns_ip, "link", "set", "kbr-t1", "up"], check=True)
+    _bridge(libvirtd, "kbr-t1")
     nic = NicSpec(mac="52:54:00:71:e5:70", bridge="kbr-t1", address="10.99.0.5/24",
                   gateway="10.99.0.1")
-    seed_iso = storage.write_seed(iid, meta_data(iid, "tiny"), b"#cloud-config\n",
-                                  network_config_v2([nic]))
+    disks = _prepared_disks(storage, iid, image, sha, 256 << 20, "tiny", b"#cloud-config\n",
+                            network_config_v2([nic]))
     console = storage.console_log_path(iid)
-    plan = DomainPlan(name=iid, vcpus=1, memory_mib=128, root_disk=root, seed_iso=seed_iso,
+    plan = DomainPlan(name=iid, vcpus=1, memory_mib=128, disks=disks,
                       console_log=console, nics=(DomainNic(nic.mac, nic.bridge),), generation=1)
     hv = LibvirtHypervisor(libvirtd.uri, "qemu")
     marker = f"KUMO-READY instance-id={iid}".encode()
@@ -303,6 +327,127 @@ def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
             tail = console.read_bytes()[-1500:] if console.exists() else b""
             raise AssertionError(f"no {marker!r} in 90 s; console tail: {tail!r}")
         print(f"kumo-tiny ready in {time.monotonic() - t0:.1f}s")
+    finally:
+        try:
+            hv.undefine(iid)
+        finally:
+            hv.close()
+    storage.remove_instance(iid)
+
+
+def test_disk_contract_on_a_guest_that_never_releases(libvirtd, tmp_path):
+    """The boot sector halts with interrupts off: QEMU plugs a disk in without the guest, but
+    the guest never answers an unplug. Config and live attach, the timeout and `force`."""
+    from agent.libvirt.driver import LibvirtHypervisor
+
+    img, sha = _boot_sector_image(tmp_path)
+    storage = LocalStorage(tmp_path / "state")
+    console = storage.console_log_path(IID)
+    plan = DomainPlan(name=IID, vcpus=1, memory_mib=64, console_log=console,
+                      disks=_prepared_disks(storage, IID, img, sha, 8 << 20, "boot"))
+    vol = _volume(tmp_path / "vol.qcow2", "vol00000000000000b07")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "ide.qcow2"), "1M"],
+                   check=True)
+    hv = LibvirtHypervisor(libvirtd.uri, "qemu", poll_interval=0.05)
+    boots = 0
+
+    def boot() -> None:
+        nonlocal boots
+        hv.start(IID)
+        boots += 1
+        _wait_console(console, boots)
+
+    def power_cycle() -> None:
+        hv.destroy(IID)
+        boot()
+
+    try:
+        contract.check_missing_domain(hv, "i-fffffffffffffffff", vol)
+        contract.check_define_reports_plan_disks(hv, plan)
+        contract.check_stats_of_defined(hv, plan)
+        contract.check_config_attach_detach(hv, IID, vol, tmp_path)
+        boot()
+        contract.check_live_attach(hv, IID, vol, tmp_path)
+        [s] = hv.stats([IID])
+        assert [d.target for d in s.disks] == ["hdc", "vda", "vdb"]  # the new disk is counted
+        contract.check_live_detach_held(hv, IID, "vdb", power_cycle)
+        contract.check_stats_across_restart(hv, IID)
+    finally:
+        try:
+            hv.undefine(IID)
+        finally:
+            hv.close()
+    storage.remove_instance(IID)
+
+
+# Prints the guest's virtio disks (name=serial) on the console whenever they change.
+DISK_WATCHER = b"""#!/bin/sh
+(
+  last=none
+  while :; do
+    now=""
+    for b in /sys/block/vd*; do
+      n=${b##*/}
+      [ -b /dev/$n ] && now="$now $n=$(cat $b/serial 2>/dev/null)"
+    done
+    [ "$now" != "$last" ] && echo "KUMO-DISKS$now" && last=$now
+    sleep 1
+  done
+) &
+"""
+
+
+def test_kumo_tiny_sees_a_hot_plugged_volume_come_and_go(libvirtd, tmp_path):
+    """A running kumo-tiny guest gets /dev/vdb with the volume's serial, gives it back on
+    detach, and its counters move while it runs."""
+    from agent.libvirt.driver import LibvirtHypervisor
+
+    image = _tiny_image()
+    if image is None or not image.exists():
+        pytest.skip("kumo-tiny image not built (set KUMO_TINY_IMAGE or KUMO_IMAGE_CACHE)")
+    iid = "i-000000000000071e5"
+    storage = LocalStorage(tmp_path / "state")
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    console = storage.console_log_path(iid)
+    _bridge(libvirtd, "kbr-t2")
+    plan = DomainPlan(name=iid, vcpus=1, memory_mib=128, console_log=console,
+                      disks=_prepared_disks(storage, iid, image, sha, 256 << 20, "tiny",
+                                            DISK_WATCHER),
+                      nics=(DomainNic("52:54:00:71:e5:02", "kbr-t2"),))
+    serial = "vol000000000000071e5"
+    vol = _volume(tmp_path / "vol.qcow2", serial)
+    hv = LibvirtHypervisor(libvirtd.uri, "qemu", poll_interval=0.1)
+
+    def console_after(offset: int, needle: str, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = console.read_bytes().decode(errors="replace") if console.exists() else ""
+            at = text.find(needle, offset)
+            if at >= 0:
+                return at + len(needle)
+            time.sleep(0.25)
+        raise AssertionError(f"no {needle!r} on the console in {timeout} s; tail: "
+                             f"{console.read_bytes()[-1500:]!r}")
+
+    try:
+        hv.define(plan)
+        hv.start(iid)
+        console_after(0, f"KUMO-READY instance-id={iid}", 120)
+        pos = console_after(0, "KUMO-DISKS vda=\r\n", 10)
+        contract.check_stats_running(hv, iid, lambda: time.sleep(2))
+        [s] = hv.stats([iid])
+        assert [n.device for n in s.nics] == [tap_name(iid, 0)]
+        assert next(d for d in s.disks if d.target == "vda").read_bytes > 0  # it booted from it
+
+        hv.attach_disk(iid, vol)
+        pos = console_after(pos, f"KUMO-DISKS vda= vdb={serial}\r\n", 30)
+        [s] = hv.stats([iid])
+        assert next(d for d in s.disks if d.target == "vdb").read_bytes > 0  # the guest probed it
+
+        contract.check_live_detach_released(hv, iid, "vdb", timeout=30)
+        console_after(pos, "KUMO-DISKS vda=\r\n", 10)
+        hv.destroy(iid)
+        assert "vdb" not in [d.target for d in hv.status(iid).disks]  # the definition lost it
     finally:
         try:
             hv.undefine(iid)

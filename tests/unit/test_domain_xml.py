@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from agent.drivers.base import DomainNic, DomainNotFound, DomainPlan, DriverError
+from agent.drivers.base import (DomainDisk, DomainNic, DomainNotFound, DomainPlan, DriverError,
+                                FileSource, NetworkHost, NetworkSource)
+from agent.drivers.disks import instance_disks, root_disk
 from agent.libvirt.designer import design_domain, tap_name
 from agent.libvirt.domain import KUMO_NS, Disk, Domain, KumoMetadata
 from agent.libvirt.driver import LibvirtHypervisor
@@ -26,12 +29,28 @@ EMU = "/usr/bin/qemu-system-x86_64"
 libvirt.registerErrorHandler(lambda *_: None, None)
 
 
+#: Volumes of every source kind a plan can carry, after the instance's own disks.
+VOLUMES = (
+    DomainDisk("vdb", FileSource(Path("/var/lib/kumo/volumes/vol-0000000000000b001.raw"), "raw"),
+               serial="vol0000000000000b001", cache="none"),
+    DomainDisk("vdc", NetworkSource("nbd", "vol-0000000000000c001", (
+        NetworkHost(socket=Path("/run/kumo/nbd/vol-0000000000000c001.sock")),)),
+               serial="vol0000000000000c001", cache="writethrough"),
+    DomainDisk("vdd", NetworkSource("nbd", "snap-0000000000000d001", (
+        NetworkHost("10.0.0.5", 10809),)), readonly=True),
+    DomainDisk("vde", NetworkSource("rbd", "kumo/vol-0000000000000e001", (
+        NetworkHost("mon-1.storage", 6789), NetworkHost("2001:db8::7"))),
+               serial="vol0000000000000e001", cache="writeback"),
+)
+
+
 def _plan(name=IID, *, nics=2, seed=True, vcpus=2, memory_mib=256, generation=7,
-          base="/var/lib/kumo/agent/instances") -> DomainPlan:
+          base="/var/lib/kumo/agent/instances", volumes=()) -> DomainPlan:
     d = Path(base) / name
     return DomainPlan(
-        name=name, vcpus=vcpus, memory_mib=memory_mib, root_disk=d / "root.qcow2",
-        seed_iso=d / "seed.iso" if seed else None, console_log=d / "console.log",
+        name=name, vcpus=vcpus, memory_mib=memory_mib,
+        disks=instance_disks(d / "root.qcow2", d / "seed.iso" if seed else None) + volumes,
+        console_log=d / "console.log",
         nics=tuple(DomainNic(mac=f"52:54:00:00:00:0{i + 1}", bridge=f"kbr-{i}")
                    for i in range(nics)),
         generation=generation)
@@ -47,6 +66,12 @@ CASES = {
     "kvm-seed-one-nic": lambda: design_domain(_plan(nics=1), "kvm", emulator=EMU),
     # Characters that would break a string template are escaped by ElementTree.
     "escaping": lambda: design_domain(_plan(base="/srv/a&b/<x>/'q\""), "qemu", emulator=EMU),
+    "tcg-volumes": lambda: design_domain(_plan(nics=1, volumes=VOLUMES), "qemu", emulator=EMU),
+    # Per-disk boot orders replace <os><boot dev='hd'/> (libvirt refuses both together).
+    "tcg-boot-order": lambda: design_domain(DomainPlan(
+        name=IID, vcpus=1, memory_mib=128, console_log=Path("/var/lib/kumo/console.log"), disks=(
+            replace(root_disk(Path("/var/lib/kumo/root.qcow2")), boot_order=2),
+            replace(VOLUMES[0], boot_order=1))), "qemu", emulator=EMU),
 }
 
 
@@ -81,8 +106,11 @@ def test_defines_on_libvirt_test_driver(case, tmp_path):
         assert int(back.findtext("memory")) == domain.memory_kib
         assert int(back.findtext("vcpu")) == domain.vcpus
         assert back.find("os/type").get("machine") == "pc"
-        srcs = [d.find("source").get("file") for d in back.findall("devices/disk")]
-        assert srcs == [d.source_file for d in domain.devices if isinstance(d, Disk)]
+        # Every disk reads back as designed (libvirt keeps them sorted by bus and target).
+        disks = [Disk.from_element(d) for d in back.findall("devices/disk")]
+        designed = [d for d in domain.devices if isinstance(d, Disk)]
+        by_target = lambda d: d.target_dev  # noqa: E731
+        assert sorted(disks, key=by_target) == sorted(designed, key=by_target)
         meta = KumoMetadata.from_xml(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, KUMO_NS, 0))
         assert meta == domain.metadata
         log = back.find("devices/serial/log")
@@ -231,3 +259,28 @@ def test_unreachable_libvirt_is_retryable_error(tmp_path):
     with pytest.raises(DriverError) as e:
         h.status(IID)
     assert e.value.code == "HypervisorUnavailable" and e.value.retryable
+
+
+def test_status_and_stats_on_the_test_driver(hv):
+    plan = _plan(nics=1, volumes=VOLUMES)
+    hv.define(plan)
+    assert hv.status(IID).disks == tuple(sorted(plan.disks, key=lambda d: d.target))
+    hv.start(IID)
+    assert hv.status(IID).disks == tuple(sorted(plan.disks, key=lambda d: d.target))
+    conn = hv._connection()
+    conn.defineXML(Domain(name="pet", memory_kib=1024, vcpus=1).to_xml())  # not Kumo's
+    [s] = hv.stats()
+    assert (s.name, s.active, s.run_id) == (IID, True, conn.lookupByName(IID).ID())
+    assert [x.name for x in hv.stats(["pet", IID])] == [IID, "pet"]  # asked for by name
+    hv.destroy(IID)
+    assert hv.stats([IID])[0].active is False
+
+
+def test_test_driver_without_hotplug_has_a_stable_code(hv):
+    """The test driver cannot attach devices; the error says so with a stable code."""
+    hv.define(_plan())
+    with pytest.raises(DriverError) as e:
+        hv.attach_disk(IID, VOLUMES[0])
+    assert e.value.code == "HypervisorUnsupported" and not e.value.retryable
+    with pytest.raises(DomainNotFound):
+        hv.attach_disk("i-fffffffffffffffff", VOLUMES[0])

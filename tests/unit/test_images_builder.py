@@ -126,7 +126,7 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 
 def test_real_recipes_are_listed_and_hashes_are_stable():
     assert builder.list_recipes() == ["debian-12", "kumo-tiny"]
-    from images.recipes import registry
+    from images.recipes.registry import registry
     for r in registry().values():
         assert recipe_hash(r) == recipe_hash(r) and len(recipe_hash(r)) == 64
         assert r.ready_marker == "KUMO-READY"

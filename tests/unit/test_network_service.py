@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from agent.contract.v1 import NetworkSpec
 from agent.drivers.base import DomainNic, DomainPlan, DriverError
+from agent.drivers.disks import instance_disks
 from agent.drivers.fake import FakeDataplane, FakeNetwork
 from agent.libvirt.designer import design_domain
 from agent.network.apply import DataplaneError
@@ -86,8 +87,8 @@ def test_tap_names_equal_the_domain_taps():
     """PortWire(port_id, device ethN) must name the tap libvirt creates for NIC N of the domain."""
     host = host_network(spec(), UNDERLAY.ip, UNDERLAY.dev)
     d = Path("/var/lib/kumo/agent/instances") / I1
-    plan = DomainPlan(name=I1, vcpus=1, memory_mib=128, root_disk=d / "root.qcow2",
-                      seed_iso=None, console_log=d / "console.log",
+    plan = DomainPlan(name=I1, vcpus=1, memory_mib=128,
+                      disks=instance_disks(d / "root.qcow2", None), console_log=d / "console.log",
                       nics=(DomainNic("52:54:00:00:00:01", "kb-00002a"),
                             DomainNic("52:54:00:00:00:02", "kb-00002a")))
     root = design_domain(plan, "qemu").to_element()

@@ -95,7 +95,7 @@ def _id(prefix: str) -> str:
 
 
 def _default_groups_for_existing_vpcs() -> None:
-    """The same rows controller/services/security_groups.create_default() makes for a new VPC."""
+    """The same rows services/security_group_rows.create_default() makes for a new VPC."""
     conn = op.get_bind()
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     groups = sa.table("security_group", *(sa.column(c) for c in (

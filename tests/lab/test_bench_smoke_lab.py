@@ -1,0 +1,111 @@
+"""The benchmarks that need root still run: each one's smoke mode (bench/*.py --smoke) exits 0,
+prints its result lines, its same-run baseline and its comparison, and leaves nothing behind.
+
+bench_launch and bench_vpc_changes run on the session's lab (--lab-state): booting a lab of
+their own would cost each about 20 s more and measure nothing else (the suite runs one test at
+a time, so nothing else uses the lab meanwhile). bench_dataplane and bench_firewall make their
+own scratch namespaces, as they always do. Numbers are not judged here (bench/RESULTS.md records
+real runs).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from bench.smoke import run_smoke
+from lab.naming import host_netns
+from lab.testing import ip_json, skip_reason
+from tests.lab.cloud import lab_hosts
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+NUM = r"[0-9.]+"
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture
+def root_only():
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def served_lab(lab):
+    """The session lab, with its controller and agents (not KUMO_LAB_SERVICES=none)."""
+    if os.environ.get("KUMO_LAB_SERVICES") == "none" or not (lab.state_dir / "demo.key").exists():
+        pytest.skip("the session lab runs without controller and agents")
+    return lab
+
+
+def test_bench_dataplane_smoke(root_only):
+    before = _netns()
+    run_smoke("bench_dataplane.py", timeout=300, expect=[
+        r"^4 ports in 2 VPCs .* kernel records",
+        rf"^kumo ensure from empty +{NUM} +{NUM}",
+        rf"^kumo one-port change +{NUM} +{NUM} +diff vs last applied",
+        rf"^baseline ip/bridge one by one +{NUM} +{NUM} +\d+ commands",
+        rf"^baseline one-port change +{NUM} +{NUM} +2 commands",
+        r"^speed-up vs baseline, full: ",
+        r"^baseline state == kumo desired state \(planner finds nothing to do\): True$",
+        r"^target: a change effective within 2 s: (PASS|FAIL)$",
+    ])
+    assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
+
+
+def test_bench_firewall_smoke(root_only):
+    before = _netns()
+    run_smoke("bench_firewall.py", timeout=300, expect=[
+        r"^control plane: 1 group, \d+ rules, 100 ports",
+        r"^  kumo \(libnftables in process\)$",
+        r"^  baseline: same via nft CLI subprocess$",
+        r"^    full apply \(atomic\) +wall median",
+        r"^    one rule added +wall median",
+        r"^  kumo sets: A 10, B 10 \(control\) +new conn/s",
+        r"^  kumo sets: A 10, B 1000 +new conn/s",
+        r"^  linear: +A 10, B 1000 +new conn/s",
+        r"^  conn/s +kumo 1000 vs 10 rules: .*kumo/linear at 1000: " + NUM + "x",
+        r"^  udp rx pkt/s +kumo 1000 vs 10 rules: .*kumo/linear at 1000: " + NUM + "x",
+    ])
+    assert not {n for n in _netns() - before if n.startswith("kfw-")}
+
+
+def test_bench_launch_smoke(served_lab):
+    run_smoke("bench_launch.py", "--lab-state", str(served_lab.state_dir), timeout=600, expect=[
+        r"^kumo \(warm image cache\) +\(seconds after t=0; median over 1 runs",
+        rf"^  client sees status ok +{NUM} \|",
+        r"^plain virsh create, same host, same domain",
+        rf"^  ready marker on console +{NUM} \|",
+        r"^what is compared: kumo's NIC on its VPC bridge .* the plain domain's on bridge benchbr",
+        r"^plain domain == kumo's domain \(live XML; names, paths, tap, bridge aside\): yes$",
+        r"^  end to end, difference of medians: ",
+        r"^kumo overhead without the guest's own boot: ",
+        r"^target: kumo adds <= 5 % and < 0.3 s to the plain boot: (PASS|FAIL)",
+    ])
+    # The baseline's bridge went with the run; the session lab's hosts are as they were.
+    for host in lab_hosts(served_lab):
+        links = ip_json(host_netns(served_lab.prefix, host), "link")
+        assert not [link["ifname"] for link in links if link["ifname"].startswith("benchbr")]
+
+
+def test_bench_vpc_changes_smoke(served_lab):
+    before = _netns()
+    run_smoke("bench_vpc_changes.py", "--lab-state", str(served_lab.state_dir), timeout=900,
+              expect=[
+        r"^world up in .* a1 i-[0-9a-f]+ 172\.31\.1\.10 h1",
+        r"^elastic IP associate -> HTTP answer from the internet names the new instance$",
+        rf"^  effective +median +{NUM} s .*\(n=2\)$",
+        r"^  failed changes: 0$",
+        r"^route 0\.0\.0\.0/0 -> NAT gateway added -> a3's traffic reaches the internet listener$",
+        rf"^  bare commands: eip_move .* median +{NUM} s",
+        rf"^  bare commands: route add .* median +{NUM} s",
+        rf"^  probe floor, elastic IP prober on an unchanged path +median +{NUM} s",
+        rf"^  probe floor, a3's guest loop period on a working path +median +{NUM} s",
+    ])
+    assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
