@@ -180,13 +180,9 @@ class LibvirtHypervisor:
     def destroy(self, name: str) -> None:
         def run(conn: libvirt.virConnect) -> None:
             try:
-                dom = conn.lookupByName(name)
-                if dom.isActive():
-                    dom.destroy()
+                _power_off(conn.lookupByName(name))
             except libvirt.libvirtError as e:
-                # Gone, or stopped between our check and the call: both mean "off".
-                if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
-                                              libvirt.VIR_ERR_OPERATION_INVALID):
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone means "off" too
                     raise
 
         self._call(f"destroy {name}", run)
@@ -225,12 +221,7 @@ class LibvirtHypervisor:
             if self.reboot_mode == "reset" and dom.isActive():
                 dom.reset()
                 return
-            if dom.isActive():
-                try:
-                    dom.destroy()
-                except libvirt.libvirtError as e:
-                    if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                        raise
+            _power_off(dom)
             dom.create()
 
         self._call(f"reboot {name}", run)
@@ -239,12 +230,7 @@ class LibvirtHypervisor:
         def run(conn: libvirt.virConnect) -> None:
             try:
                 dom = conn.lookupByName(name)
-                if dom.isActive():
-                    try:
-                        dom.destroy()
-                    except libvirt.libvirtError as e:
-                        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                            raise
+                _power_off(dom)
                 for flags in _UNDEFINE_FLAG_SETS:
                     try:
                         dom.undefineFlags(flags)
@@ -391,3 +377,14 @@ class LibvirtHypervisor:
         return DomainStatus(name=dom.name(), power=power, vcpus=vcpus, memory_mib=max_kib // 1024,
                             disks=tuple(sorted(from_domain_xml(dom.XMLDesc(0)),
                                                key=lambda d: d.target)))
+
+
+def _power_off(dom: libvirt.virDomain) -> None:
+    """Destroy `dom` if it runs; one that stopped between the check and the call is off too."""
+    if not dom.isActive():
+        return
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise

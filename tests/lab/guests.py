@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent import qemu_img, seed
 from agent.drivers.base import DomainNic, DomainPlan
+from agent.drivers.disks import instance_disks
 from agent.hypervisor_choice import choose_hypervisor
 from agent.libvirt.driver import LibvirtHypervisor
 from lab.naming import host_netns
@@ -86,7 +87,8 @@ def boot(lab, host_id: str, image: Path, workdir: Path, *, instance_id: str, hos
     # know gets nothing through), and these test guests are not Kumo instances.
     nics = (DomainNic(mac=mac, bridge=bridge, tap="tg" + name[-12:]),) if bridge else ()
     plan = DomainPlan(name=name, vcpus=vcpus, memory_mib=memory_mib,
-                      disks=instance_disks(disk, seed_path), console_log=workdir / "console.log", nics=nics)
+                      disks=instance_disks(disk, seed_path), console_log=workdir / "console.log",
+                      nics=nics)
     hv = LibvirtHypervisor(lab.libvirt_uri(host_id), choose_hypervisor("auto"))
     hv.define(plan)
     guest = Guest(name=name, netns=host_netns(lab.prefix, host_id), console=plan.console_log, hypervisor=hv)
