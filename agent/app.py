@@ -47,8 +47,8 @@ def _error_body(code: str, message: str, retryable: bool = False) -> dict:
 
 
 def build_network_service(settings: AgentSettings, dataplane: Any = None) -> NetworkService | None:
-    """The VPC dataplane service (extension vpc-network), or None when network mode is "bridge"
-    or "none" and no dataplane is injected. Fake driver: a FakeDataplane, a FakeFirewall, no DHCP
+    """The VPC dataplane service (extension vpc-network), or None when network mode is "none"
+    and no dataplane is injected. Fake driver: a FakeDataplane, a FakeFirewall, no DHCP
     and a static underlay (KUMO_AGENT_UNDERLAY_IP, else fake_underlay_ip(host_id); device
     underlay_dev or uplink0). Otherwise the security groups (FirewallSync: libnftables when the
     host namespace is the agent's own, the nft CLI entered into it otherwise) and DHCP (DhcpSync,
@@ -126,21 +126,11 @@ def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, networ
             # Image URLs may be controller paths (/v1/...): fetch them the way we heartbeat.
             storage = LocalStorage(settings.state_dir, ImageFetcher(
                 token=settings.token or None, controller_url=settings.controller_url))
-    if network is None:
-        mode = settings.network_mode()
-        if mode == "fake":
-            from agent.drivers.fake import FakeNetwork
-            network = FakeNetwork()
-        elif mode in ("bridge", "vpc"):
-            if mode == "vpc" and settings.driver == "fake":  # fake dataplane: fake bridges too
-                from agent.drivers.fake import FakeNetwork
-                network = FakeNetwork()
-            else:
-                from agent.network_bridge import BridgeNetwork
-                network = BridgeNetwork(allow_root_netns=settings.allow_root_netns)
-            if mode == "vpc" and network_service is not None:
-                from agent.network.driver import VpcNetwork
-                network = VpcNetwork(network_service, legacy=network)
+    if network is None and network_service is not None:
+        # The fake dataplane too: an instance on a VPC bridge waits (NetworkNotReady) until the
+        # network document carrying its VPC is applied, exactly as in production.
+        from agent.network.driver import VpcNetwork
+        network = VpcNetwork(network_service)
     return Drivers(hypervisor=hypervisor, storage=storage, network=network)
 
 

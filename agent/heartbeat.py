@@ -2,8 +2,9 @@
 
 Every `heartbeat_interval` seconds, and right after an observed state changes (kick()), POST a
 HeartbeatRequest to `<controller_url>/v1/agent/heartbeat`, with the VPC dataplane's
-NetworkObserved when the agent has one (extension vpc-network). An unreachable controller is
-logged and retried at the next tick; the agent keeps reconciling on its own meanwhile.
+NetworkObserved when the agent has one (extension vpc-network; it carries each network
+subsystem's own status in `subsystems`). An unreachable controller is logged and retried at the
+next tick; the agent keeps reconciling on its own meanwhile.
 """
 from __future__ import annotations
 

@@ -114,8 +114,13 @@ def inode(name: Optional[str], run_dir: str = NETNS_RUN_DIR) -> Optional[int]:
 
 
 def drop_stale(name: str, run_dir: str = NETNS_RUN_DIR) -> None:
-    """Remove /run/netns/<name> when it is a leftover file and no namespace (after a crash)."""
-    path = netns_path(name, run_dir)
+    """Remove /run/netns/<name> when it is a leftover file and no namespace (after a crash).
+
+    A name that is no valid `ip netns` name is left alone: never Kumo's to remove."""
+    try:
+        path = netns_path(name, run_dir)
+    except ValueError:
+        return
     if os.path.exists(path) and not is_live(name, run_dir):
         try:
             os.unlink(path)

@@ -45,13 +45,13 @@ class AgentSettings(BaseSettings):
     hypervisor: Literal["auto", "kvm", "qemu"] = "auto"
     driver: Literal["libvirt", "fake"] = "libvirt"
     #: Network driver: "vpc" = the VPC dataplane (agent/network: per-VPC bridges kb-*, VXLAN,
-    #: router namespaces) plus plain pyroute2 bridges for other bridge names; "bridge" = plain
-    #: pyroute2 bridges only; "fake" = in-memory (and a fake VPC dataplane); "none".
+    #: router namespaces); "fake" = in-memory (and a fake VPC dataplane); "none".
     #: "auto" = "vpc" with the libvirt driver, "fake" with the fake driver.
-    network: Literal["auto", "vpc", "bridge", "fake", "none"] = "auto"
-    #: The pyroute2 network drivers only act inside a named (`ip netns`) or otherwise private
-    #: network namespace unless this is set (production hosts, where the machine's own namespace
-    #: is the host), so a mis-started lab agent cannot add bridges to the machine.
+    network: Literal["auto", "vpc", "fake", "none"] = "auto"
+    #: The agent programs networking (dataplane, firewall, DHCP) only inside a named (`ip netns`)
+    #: or otherwise private network namespace unless this is set (production hosts, where the
+    #: machine's own namespace is the host), so a mis-started lab agent cannot touch the
+    #: machine's (agent/netns.py).
     allow_root_netns: bool = False
     #: Name (`ip netns`) of the network namespace that is this host, for the VPC dataplane.
     #: None: the namespace this process runs in (its `ip netns` name when it has one, e.g. an

@@ -1,7 +1,8 @@
 """The controller's FastAPI app factory: create_app(settings) builds the database, runs
 migrations, bootstraps the admin account and default instance types, wakes the reconciler on
-every committed change, mounts the routers under /v1, installs error handlers, and runs the
-reconciler loop in the lifespan."""
+every committed change, mounts the routers under /v1 (each operation declaring the error statuses
+it can answer, controller/api/responses.py), installs error handlers, and runs the reconciler
+loop in the lifespan."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,7 @@ from controller.api import accounts, events, hosts, images, instance_types, inst
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api import security_groups
 from controller.api.deps import AppContext
+from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
 from controller.errors import install_handlers
 from controller.reconciler import Reconciler
@@ -62,13 +64,15 @@ def create_app(settings: Settings | None = None, *,
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
     install_handlers(app)
 
+    # Every operation declares the error statuses it can answer (controller/api/responses.py).
     v1 = APIRouter(prefix="/v1")
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
-        v1.include_router(r.router)
+        v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
               security_groups):
-        v1.include_router(r.router)
+        v1.include_router(with_errors(r.router))
     app.include_router(v1)
+    without_validation_422(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

@@ -1,7 +1,10 @@
 """Kumo's error type and the FastAPI handlers that put it on the wire.
 
 Every failure a client can see is a KumoError with a stable EC2-style code, an HTTP status and a
-retryable flag; the handlers render `{"error": {"code", "message", "retryable"}}` (docs/api.md).
+retryable flag; the handlers render `{"error": {"code", "message", "retryable"}}` (docs/api.md):
+the ErrorResponse model each operation declares for the error statuses it can answer
+(controller/api/responses.py). FastAPI's request validation errors get that body too, with 400
+(never 422).
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller.models.error import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ class InsufficientCapacity(KumoError):
 
 
 def body(code: str, message: str, retryable: bool) -> dict:
-    return {"error": {"code": code, "message": message, "retryable": retryable}}
+    return ErrorResponse(error=ErrorDetail(code=code, message=message, retryable=retryable)) \
+        .model_dump()
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -23,7 +23,7 @@ def vpc_nic(inst: Instance, vpc: Vpc, subnet: Subnet) -> NicSpec:
     net = IPv4Network(subnet.cidr_block)
     return NicSpec(device="eth0", mac=inst.mac, bridge=vpc_bridge(vpc.vni),
                    address=f"{inst.private_ip}/{net.prefixlen}",
-                   gateway=str(net.network_address + 1), nameservers=[], router=None)
+                   gateway=str(net.network_address + 1), nameservers=[])
 
 
 def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,

@@ -136,7 +136,9 @@ class Lab:
         return out
 
     def down(self) -> None:
-        """Remove everything up made. Works from any half-made state, and with dead daemons."""
+        """Remove everything up made. Works from any half-made state, and with dead daemons.
+        Returns once every process it ended (the recorded ones, everything inside the lab's
+        namespaces) has exited: bounded, SIGTERM then SIGKILL (lab.procs.end)."""
         with self._locked():
             try:
                 s = st.load(self.state_dir) or st.LabState(prefix=self.prefix)
@@ -148,6 +150,11 @@ class Lab:
             found = [n for n in network.list_netns() if pattern.match(n)]
             hosts = set(s.hosts) | {n[len(self.prefix) + 1 :] for n in found
                                     if n.startswith(f"{self.prefix}-h") and "-kvr-" not in n}
+            # Every process this down ends, taken before any is stopped: the ones the lab recorded
+            # and whatever runs in its namespaces (qemu, the agents' dnsmasq, ...).
+            ending = list(s.processes.values())
+            for name in sorted(set(s.netns) | set(found)):
+                ending += procs.netns_records(name)
             for name in [n for n in s.processes if n.startswith("agent-")] + ["controller"]:
                 if name in s.processes:
                     procs.stop(s.processes.pop(name))
@@ -157,6 +164,10 @@ class Lab:
             for name in sorted(set(s.netns) | set(found)):
                 procs.kill_netns_processes(name)
                 network.remove_netns(name)
+            # Each step above waited for what it stopped; this makes sure of all of them at once
+            # (a daemon's children, a process a step did not know of): none of them outlives down,
+            # so an immediate up, or a look at the machine, finds nothing of this lab running.
+            left = procs.end(ending)
             for d in s.runtime_dirs_created:
                 _remove_runtime_dir(Path(d))
             for entry in STATE_ENTRIES:
@@ -167,6 +178,9 @@ class Lab:
                     p.unlink()
             st.remove(self.state_dir)
             _rmdir_if_empty(self.state_dir)
+        if left:  # only a process stuck in the kernel (state D) survives SIGKILL
+            raise LabError("LabProcessesStuck", "still exiting after SIGKILL: "
+                           + ", ".join(f"{r.name} (pid {r.pid})" for r in left))
 
     def env(self, admin: bool = True) -> str:
         key = services.controller_dir(self.state_dir) / "admin.key" if admin else self.state_dir / "demo.key"

@@ -1,7 +1,12 @@
 """A small process supervisor: start a command (optionally inside a network namespace) with an
-environment and a log file, record its PID and start time, and stop it by PID (SIGTERM, then SIGKILL
-after a timeout). It only ever signals PIDs it recorded, re-checking the start time against PID reuse,
-or processes found inside a lab-owned network namespace.
+environment and a log file, record its PID and start time, and end processes by PID (`end`: SIGTERM,
+SIGKILL after a timeout, then wait until they have exited). It only ever signals PIDs it recorded,
+re-checking the start time against PID reuse, or processes found inside a lab-owned network namespace.
+
+"Exited" means exited: a process whose main thread is a zombie while its other threads are still
+exiting (libvirtd takes a second or two) still holds its sockets, files and namespaces, so it is
+waited for; so is the reaping of a dead child of ours (waitpid) or, for a while, of someone else's.
+`end` is the one way the lab, and the lab tests (lab.testing.end_process), stop a process.
 """
 
 from __future__ import annotations
@@ -33,22 +38,43 @@ def start_time(pid: int) -> int | None:
     return None if st is None else st[1]
 
 
-def _reap(pid: int) -> None:
-    # Processes we started in this Python process become zombies until waited for.
+def _threads_exited(pid: int) -> bool:
+    """True when every thread of the process has exited (only the zombie main thread is left)."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    for tid in tids:
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if raw[raw.rfind(")") + 2] not in "ZX":
+            return False
+    return True
+
+
+def phase(pid: int, start: int) -> str:
+    """Where the process with this PID and start time is in its life:
+    "running"; "exiting" (its main thread is a zombie, other threads are still exiting, or it is a
+    child of ours that waitpid cannot reap yet); "dead" (every thread exited; only its parent's
+    wait is left, the parent not being us); "gone" (no such process any more, or the PID now
+    belongs to another one). A dead child of ours is reaped here and reported "gone"."""
+    st = _stat(pid)
+    if st is None or st[1] != start:
+        return "gone"
+    if st[0] not in ("Z", "X"):
+        return "running"
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass
+        return "dead" if _threads_exited(pid) else "exiting"
+    return "gone" if reaped == pid else "exiting"
 
 
 def alive(rec: ProcRecord) -> bool:
-    st = _stat(rec.pid)
-    if st is None or st[1] != rec.start_time:
-        return False
-    if st[0] in ("Z", "X"):
-        _reap(rec.pid)
-        return False
-    return True
+    """The recorded process still runs, or is still exiting."""
+    return phase(rec.pid, rec.start_time) in ("running", "exiting")
 
 
 def start(
@@ -99,28 +125,52 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _wait_gone(check, timeout: float) -> bool:
+def _wait_until(done, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not check():
+        if done():
             return True
-        time.sleep(0.05)
-    return not check()
+        time.sleep(0.02)
+    return done()
+
+
+def end(recs: list[ProcRecord], sig: int = signal.SIGTERM, timeout: float = 10.0,
+        kill_timeout: float = 5.0, reap_timeout: float = 1.0) -> list[ProcRecord]:
+    """End processes by PID and wait until they have exited: `sig` to each one still running, SIGKILL
+    to those still running after `timeout` seconds, then up to `kill_timeout` more for them to exit.
+    A dead process whose parent is not us is given up to `reap_timeout` seconds to be reaped (gone
+    from /proc). Returns the records still not exited (none unless a process is stuck in the kernel).
+    Records whose PID is gone or reused are never signalled."""
+    todo = [r for r in recs if phase(r.pid, r.start_time) != "gone"]
+
+    def running() -> list[ProcRecord]:
+        return [r for r in todo if alive(r)]
+
+    for r in running():
+        _signal(r.pid, sig)
+    if not _wait_until(lambda: not running(), timeout):
+        for r in running():
+            _signal(r.pid, signal.SIGKILL)
+        _wait_until(lambda: not running(), kill_timeout)
+    _wait_until(lambda: all(phase(r.pid, r.start_time) == "gone" for r in todo), reap_timeout)
+    return running()
+
+
+def netns_records(netns: str) -> list[ProcRecord]:
+    """Records of the processes inside a (lab-owned) network namespace, taken now."""
+    recs = []
+    for pid in netns_pids(netns):
+        t = start_time(pid)
+        if t is not None:
+            recs.append(ProcRecord(name=f"netns:{netns}", pid=pid, start_time=t, argv=[], log="",
+                                   netns=netns))
+    return recs
 
 
 def stop(rec: ProcRecord, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after timeout. A process that already died is fine."""
-    if not alive(rec):
-        _reap(rec.pid)
-        return
-    _signal(rec.pid, signal.SIGTERM)
-    if _wait_gone(lambda: alive(rec), timeout):
-        _reap(rec.pid)
-        return
-    if alive(rec):
-        _signal(rec.pid, signal.SIGKILL)
-    _wait_gone(lambda: alive(rec), 5.0)
-    _reap(rec.pid)
+    """SIGTERM, then SIGKILL after timeout; returns once it has exited. A process that already died
+    is fine."""
+    end([rec], timeout=timeout)
 
 
 def netns_pids(netns: str) -> list[int]:
@@ -144,20 +194,9 @@ def netns_pids(netns: str) -> list[int]:
 
 
 def kill_netns_processes(netns: str, timeout: float = 5.0) -> list[int]:
-    """Stop every process still inside a lab namespace (e.g. qemu left behind by a libvirtd that
-    died): they can only have been started by the lab or by something it started."""
-    victims = {pid: start_time(pid) for pid in netns_pids(netns)}
-    victims = {p: t for p, t in victims.items() if t is not None}
-    if not victims:
-        return []
-    recs = [ProcRecord(name="netns", pid=p, start_time=t, argv=[], log="") for p, t in victims.items()]
-    for r in recs:
-        _signal(r.pid, signal.SIGTERM)
-    if not _wait_gone(lambda: any(alive(r) for r in recs), timeout):
-        for r in recs:
-            if alive(r):
-                _signal(r.pid, signal.SIGKILL)
-        _wait_gone(lambda: any(alive(r) for r in recs), 5.0)
-    for r in recs:
-        _reap(r.pid)
-    return sorted(victims)
+    """End every process still inside a lab namespace (e.g. qemu left behind by a libvirtd that
+    died) and wait until they have exited: they can only have been started by the lab or by
+    something it started."""
+    recs = netns_records(netns)
+    end(recs, timeout=timeout)
+    return sorted(r.pid for r in recs)

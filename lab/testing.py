@@ -16,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 from lab import naming as nm
+from lab import procs
+from lab.state import ProcRecord
 
 # System places a lab could leave files in; compared (minus the state dir) before/after a lab's life.
 WATCHED_DIRS = ("/run", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt",
@@ -49,15 +51,16 @@ def free_port() -> int:
 
 
 def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
-    """End a process this test started, by its PID: `sig`, then SIGKILL after `grace` seconds;
-    reaped either way."""
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """End a process this test started, by its PID, the way `lab down` ends the lab's
+    (lab.procs.end): `sig`, then SIGKILL after `grace` seconds; returns once it has exited and
+    been reaped."""
+    if proc.poll() is not None:
+        return
+    # An unreaped child's PID cannot be reused: its start time read now is the process's own.
+    started = procs.start_time(proc.pid)
+    if started is not None:
+        procs.end([ProcRecord("test", proc.pid, started, [], "")], sig, timeout=grace)
+    proc.poll()  # sets returncode (0 when procs.end reaped it: its status is not kept)
 
 
 def ns_run(netns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from agent.validators import IFNAME_RE, MAC_RE
 
 CONTRACT_VERSION = "v1"
 #: Named additive extensions this agent implements.
 #:   vpc-network: PUT/GET /v1/network, HostInfo.underlay_ip, HeartbeatRequest.network.
 #:   security-groups: NetworkSpec.security_groups and PortWire.security_group_ids (the host's
 #:   stateful firewall, part of the same document so ports and their rules change together).
-EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups")
+#:   network-subsystems: NetworkObserved.subsystems (each part of the host's network, by name,
+#:   with its own status; the controller ships with its agents, so it parses the field).
+EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -41,7 +45,8 @@ GroupId = Annotated[str, StringConstraints(pattern=r"^sg-[0-9a-f]{17}$")]
 RuleId = Annotated[str, StringConstraints(pattern=r"^sgr-[0-9a-f]{17}$")]
 ResourceId = Annotated[str, StringConstraints(pattern=r"^[a-z]{1,8}-[0-9a-f]{8,17}$")]
 ImageId = Annotated[str, StringConstraints(pattern=r"^ami-[0-9a-f]{17}$")]
-MacAddress = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")]
+MacAddress = Annotated[str, StringConstraints(pattern=MAC_RE.pattern)]
+IfName = Annotated[str, StringConstraints(pattern=IFNAME_RE.pattern)]
 # RFC 1123 host label: letters, digits, hyphen; no XML/shell/YAML metacharacters possible.
 Hostname = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -78,13 +83,23 @@ class NicSpec(_Wire):
     device: Annotated[str, StringConstraints(pattern=r"^eth[0-9]{1,2}$")] = "eth0"
     mac: MacAddress
     #: Name of the host bridge the tap joins (created by the agent's network driver).
-    bridge: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_.-]{1,15}$")]
+    bridge: IfName
     #: Address and prefix the guest configures (network-config v2, static).
     address: IPv4Interface
     gateway: IPv4Address | None = None
     nameservers: list[IPv4Address] = Field(default_factory=list)
-    #: Address and prefix the host side holds on the bridge (the subnet router), if any.
-    router: IPv4Interface | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_null_router(cls, data: Any) -> Any:
+        """`router` (the flat network's address on the bridge) is gone; it was always null. Specs
+        from older controllers and specs older agents persisted still carry `"router": null`:
+        accepted and dropped. A non-null one has no bridge to go on any more: refused."""
+        if isinstance(data, dict) and "router" in data:
+            if data["router"] is not None:
+                raise ValueError("router is not supported: VPC bridges hold no address")
+            data = {k: v for k, v in data.items() if k != "router"}
+        return data
 
 
 class InstanceSpec(_Wire):
@@ -253,6 +268,20 @@ class NetworkSpec(_Wire):
     security_groups: list[SecurityGroupWire] = Field(default_factory=list)
 
 
+class SubsystemStatus(_Wire):
+    """One named part of the host's network service (firewall, dataplane, dhcp, ...) as of its
+    last pass."""
+
+    #: Stable name of the subsystem, e.g. "firewall", "dataplane", "dhcp".
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")]
+    #: False when its last pass (or, for the firewall, its last check) failed.
+    ok: bool = True
+    #: Why it failed (code, message, retryable); None when ok.
+    error: ErrorInfo | None = None
+    #: Generation of the last NetworkSpec this subsystem applied in full (0: none yet).
+    applied_generation: int = 0
+
+
 class NetworkObserved(_Wire):
     """How far the host's dataplane is from the accepted NetworkSpec."""
 
@@ -265,7 +294,12 @@ class NetworkObserved(_Wire):
     failed: int = 0
     #: Seconds since the epoch when the last pass finished.
     applied_at: float | None = None
+    #: The first failure of the last pass (the dataplane's before the firewall's before the
+    #: others'; WaitingForTaps last), naming the other failed codes in its message.
     error: ErrorInfo | None = None
+    #: Each subsystem's own status, in the order a pass runs them. Additive: empty from agents
+    #: that predate it; a controller that does not need it ignores it.
+    subsystems: list[SubsystemStatus] = Field(default_factory=list)
 
 
 class HostInfo(_Wire):

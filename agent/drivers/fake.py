@@ -1,5 +1,7 @@
 """In-memory fakes of the agent's drivers (Hypervisor, Storage, Network) and of the VPC
-dataplane (FakeDataplane) for fast tests.
+dataplane (FakeDataplane) and firewall (FakeFirewall) for fast tests. The network fakes take the
+model the NetworkService converted (HostNetwork, HostFirewall) through production's pure
+renderers and keep the result instead of programming the kernel.
 
 They keep the Protocols' promises (idempotent deletes, no-op starts of running domains, power
 states) and add test handles: `fail()`, `calls`, ... FakeHypervisor lives in fake_hypervisor.py
@@ -12,15 +14,15 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE
 from agent.drivers.base import DriverError
 from agent.drivers.fake_hypervisor import FakeDomain, FakeHypervisor  # noqa: F401 (re-export)
 from agent.drivers.faults import Faults
-from agent.network.names import bridge
-from agent.network.records import HOST, Master
+from agent.firewall.render import render
+from agent.network.desired import host_records
+from agent.network.records import HOST, Link, Master
 
 
 class FakeStorage:
@@ -104,25 +106,23 @@ class FakeStorage:
 
 
 class FakeNetwork:
-    """Bridges as dict entries: name -> set of router addresses."""
+    """Bridges as a set of names (for agents without a network service)."""
 
     capabilities = frozenset({"bridge"})
 
     def __init__(self) -> None:
-        self.bridges: dict[str, set[IPv4Interface]] = {}
+        self.bridges: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
-    def bridge_ready(self, name: str, router: IPv4Interface | None) -> bool:
+    def bridge_ready(self, name: str) -> bool:
         with self._lock:
-            return name in self.bridges and (router is None or router in self.bridges[name])
+            return name in self.bridges
 
-    def ensure_bridge(self, name: str, router: IPv4Interface | None) -> None:
+    def ensure_bridge(self, name: str) -> None:
         with self._lock:
             self.calls.append(("ensure_bridge", name))
-            addrs = self.bridges.setdefault(name, set())
-            if router is not None:
-                addrs.add(router)
+            self.bridges.add(name)
 
 
 @dataclass
@@ -138,12 +138,17 @@ class FakeEnsureResult:
 
 
 class FakeDataplane:
-    """The VPC dataplane (agent.network.apply.Dataplane) in memory: ensure() records the last
-    HostNetwork. Test handles: `missing_taps` (taps that "do not exist yet": their ports fail
+    """The VPC dataplane (agent.network.apply.Dataplane) in memory. ensure() renders the
+    HostNetwork into the kernel records production would program (agent.network.desired
+    .host_records, the same pure function, so a network production cannot render fails here
+    too) and keeps them instead of programming them: `last` (the HostNetwork), `records`.
+    Test handles: `missing_taps` (taps that "do not exist yet": their bridge-port records fail
     like a tap libvirt has not created), fail() (the next ensure raises), `ensures`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_tag: str = "fake") -> None:
+        self.host_tag = host_tag
         self.last = None  # the last HostNetwork ensured
+        self.records: frozenset = frozenset()  # its kernel records
         self.ensures = 0
         self.missing_taps: set[str] = set()
         self.closed = False
@@ -157,15 +162,17 @@ class FakeDataplane:
         with self._lock:
             self.ensures += 1
             self._faults.check("ensure", None)
-            self.last = host
-            failed = [(Master(HOST, p.tap, bridge(v.vni)), f"no device {p.tap}")
-                      for v in host.vpcs for p in v.ports if p.tap in self.missing_taps]
-            return FakeEnsureResult(failed=failed)
+            want = frozenset(host_records(host, self.host_tag))
+            self.last, self.records = host, want
+            failed = [(r, f"no device {r.dev}") for r in want
+                      if isinstance(r, Master) and r.ns == HOST and r.dev in self.missing_taps]
+            return FakeEnsureResult(failed=sorted(failed, key=str))
 
     def bridges(self) -> set[str]:
         """Names of the VPC bridges the last ensure would have created."""
         with self._lock:
-            return set() if self.last is None else {bridge(v.vni) for v in self.last.vpcs}
+            return {r.name for r in self.records
+                    if isinstance(r, Link) and r.ns == HOST and r.kind == "bridge"}
 
     def link_up(self, name: str) -> bool:
         return name in self.bridges()
@@ -175,13 +182,16 @@ class FakeDataplane:
 
 
 class FakeFirewall:
-    """The host firewall (agent.network.firewall_sync.FirewallSync) in memory: apply() records
-    the last HostFirewall (`last`) and what a real sync would have done ("setup" first, then
-    "update" on a change, "ensure" otherwise) in `calls`; check() counts `checks`. fail() makes
-    the next apply raise (default: a FirewallApplyError, as nft refusing a transaction)."""
+    """The host firewall (agent.network.firewall_sync.FirewallSync) in memory: apply() renders
+    the HostFirewall as production does (agent.firewall.render.render, the pure renderer the
+    applier loads), records it (`last`, `rendered`) and what a real sync would have done
+    ("setup" first, then "update" on a change, "ensure" otherwise) in `calls`; check() counts
+    `checks`. fail() makes the next apply raise (default: a FirewallApplyError, as nft refusing
+    a transaction)."""
 
     def __init__(self) -> None:
         self.last = None
+        self.rendered = None
         self.calls: list[str] = []
         self.checks = 0
         self.closed = False
@@ -198,6 +208,8 @@ class FakeFirewall:
         with self._lock:
             self._faults.check("apply", None)
             what = "setup" if self.last is None else ("update" if fw != self.last else "ensure")
+            if what != "ensure":
+                self.rendered = render(fw)
             self.last = fw
             self.calls.append(what)
             return what

@@ -1,12 +1,12 @@
-"""The agent's network driver contract: host bridges that instance taps join.
+"""The agent's network driver contract: the bridges that instance taps join.
 
-Small on purpose: the reconciler only needs a bridge per NIC to exist, be up and (for a subnet
-router) hold the router address. One real implementation (agent/network_bridge.py, pyroute2,
-in the agent's own network namespace) and one fake (agent/drivers/fake.py).
+Small on purpose: the reconcile step "network-ready" only needs each NIC's bridge to exist and be
+up before the domain starts. One real implementation (agent/network/driver.py: VPC bridges come
+with the host's NetworkSpec, applied by the NetworkService) and one fake (agent/drivers/fake.py,
+for agents without a network service).
 """
 from __future__ import annotations
 
-from ipaddress import IPv4Interface
 from typing import Protocol
 
 
@@ -15,8 +15,8 @@ class Network(Protocol):
 
     capabilities: frozenset[str]
 
-    def bridge_ready(self, name: str, router: IPv4Interface | None) -> bool:
-        """True when bridge `name` exists, is up and holds `router` (if given)."""
+    def bridge_ready(self, name: str) -> bool:
+        """True when bridge `name` exists and is up."""
 
-    def ensure_bridge(self, name: str, router: IPv4Interface | None) -> None:
-        """Create bridge `name` if missing, set it up, add `router` if missing. Idempotent."""
+    def ensure_bridge(self, name: str) -> None:
+        """Make bridge `name` ready, or raise a DriverError saying why not (yet). Idempotent."""

@@ -1,7 +1,11 @@
 """Security-group firewall dataplane (nftables): validated model, pure renderer, atomic applier.
 
-Standalone: nothing else in the agent imports it yet. See model.py (input and error codes),
-render.py (ruleset layout), apply.py (loading, incremental updates, verify/restore).
+Wired into the agent through agent/network/firewall_sync.py (FirewallSync), the "firewall"
+subsystem of the NetworkService: each accepted NetworkSpec's security groups become a HostFirewall
+that is applied, then verified every second between passes. See model.py (input and error
+codes), render.py (ruleset layout), apply.py (incremental updates, verify/restore) and load.py
+(the one loader of every nftables table the agent owns, NAT's included: libnftables in process
+or the nft CLI entered into the host's namespace, one atomic in-place transaction).
 """
 from agent.firewall.apply import (ApplyResult, FirewallApplier, FirewallApplyError, Nft, VerifyResult,
                                   bridge_netfilter_enabled)

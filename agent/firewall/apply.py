@@ -1,8 +1,8 @@
-"""Applier: loads rendered rulesets into the kernel with nft, atomically, and checks they stay.
+"""Applier: moves the kernel's ``kumo`` tables to rendered rulesets, atomically, and checks they stay.
 
-Owns running ``nft`` (subprocess with argument lists, JSON on stdin; inside a named network
-namespace through ``nsenter --net=/run/netns/NAME`` when ``netns`` is given, in the current one
-otherwise, as the agent in production) and the apply policy:
+Owns the firewall's apply policy; loading itself (the nft CLI entered into a named namespace, or
+libnftables in process, and the in-place retry policy) is agent/firewall/load.py's, shared with
+the VPC routers' NAT tables:
 
 - ``setup(fw)`` moves both ``kumo`` tables to ``fw``'s ruleset in ONE transaction (``nft -j -f -``,
   ``Rendered.transaction``) IN PLACE: tables and base chains that exist are kept (their hooks stay
@@ -13,15 +13,15 @@ otherwise, as the agent in production) and the apply policy:
   chains). What exists is taken from the last applied render; when there is none (a fresh
   applier, e.g. after an agent restart, or after ``clear()``) or the kernel refused it (someone
   changed the tables by hand: the transaction is atomic, nothing changed), it is read back with
-  ``nft list ruleset`` and the transaction built again from that.
+  ``nft list ruleset`` and the transaction built again from that (``load.load_in_place``).
 - ``update(fw)`` renders again; when only set elements differ from what was last applied (rules,
   members, ports joining or leaving with groups already in use) it sends just ``delete element`` /
   ``add element`` commands, again in one transaction; otherwise it falls back to ``setup``.
 - ``update_group(group)`` re-renders one group's sets only; ``change_rules(group_id, add, remove)``
   adds or deletes the one element of a CIDR rule that overlaps no other rule without rendering
   anything (the < 10 ms paths; everything else falls back to the broader path).
-- Backends: ``Nft`` (the CLI, per call) here, ``libnft.LibNft`` (libnftables in process, no
-  fork+exec; what the agent should use) with the same two methods.
+- Backends (agent/firewall/load.py): ``load.Nft`` (the CLI, per call; re-exported here),
+  ``libnft.LibNft`` (libnftables in process, no fork+exec; what the agent should use).
 - ``clear()`` removes both tables (and succeeds when they are already gone); pair it with setup.
 - ``verify()`` reads the ruleset back (``nft -j list ruleset``) and compares a structural
   fingerprint (base chains, rule count per chain, element count per set/map) with the last
@@ -38,62 +38,25 @@ close or time out.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent import netns as netns_mod
+from agent.firewall import load
 from agent.firewall.intervals import intersects
+from agent.firewall.load import FirewallApplyError, Nft
 from agent.firewall.model import HostFirewall, Rule, SecurityGroup
-from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, declaration, element_command,
+from agent.firewall.render import (CIDR_SETS, DIRS, FAMILIES, TABLE, Rendered, element_command,
                                    element_index, element_key, empty_document, group_peers, group_sets, is_exact,
                                    render, rule_boxes, set_element)
 
 
-class FirewallApplyError(Exception):
-    """nft refused a transaction or could not run. Nothing was changed (transactions are atomic)."""
-
-    code = "FirewallApplyFailed"
-    retryable = True
-
-    def __init__(self, message: str, *, stderr: str = ""):
-        super().__init__(message)
-        self.stderr = stderr
-
-
-class Nft:
-    """Runs nft with JSON input/output in the current or a named network namespace."""
-
-    def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = 30.0):
-        self.netns = netns
-        self.nft = nft
-        self.timeout = timeout
-
-    def _argv(self, *args: str) -> list[str]:
-        base = [self.nft, "-j", *args]
-        if self.netns is None:
-            return base
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *base]
-
-    def _run(self, args: list[str], stdin: str | None) -> str:
-        try:
-            proc = subprocess.run(self._argv(*args), input=stdin, capture_output=True, text=True,
-                                  timeout=self.timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FirewallApplyError(f"could not run nft: {exc}") from exc
-        if proc.returncode != 0:
-            raise FirewallApplyError(f"nft failed (rc={proc.returncode}): {proc.stderr.strip()[:2000]}",
-                                     stderr=proc.stderr)
-        return proc.stdout
-
-    def load(self, document: dict[str, Any], *, check: bool = False) -> None:
-        """Load one JSON document as one transaction (``--check``: validate only, change nothing)."""
-        self._run(["--check", "-f", "-"] if check else ["-f", "-"], json.dumps(document))
-
-    def list_ruleset(self) -> list[dict[str, Any]]:
-        out = self._run(["list", "ruleset"], None)
-        return json.loads(out).get("nftables", []) if out.strip() else []
+#: Both tables the firewall owns, as (family, name).
+TABLES = tuple((fam, TABLE) for fam in FAMILIES)
+__all__ = ["ApplyResult", "FirewallApplier", "FirewallApplyError", "Nft", "VerifyResult", "bridge_netfilter_enabled",
+           "listing_declarations", "listing_fingerprint"]
 
 
 def bridge_netfilter_enabled(netns: str | None = None) -> bool:
@@ -103,8 +66,7 @@ def bridge_netfilter_enabled(netns: str | None = None) -> bool:
     refuse to report the firewall ready when this is False (on stock Debian: modprobe
     br_netfilter; sysctl net.bridge.bridge-nf-call-iptables=1)."""
     path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-    argv = ["cat", path] if netns is None else ["nsenter", f"--net=/run/netns/{netns}", "--", "cat", path]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(netns_mod.exec_argv(netns, ["cat", path]), capture_output=True, text=True, check=False)
     return proc.returncode == 0 and proc.stdout.strip() == "1"
 
 
@@ -132,13 +94,7 @@ def listing_fingerprint(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def listing_declarations(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
     """The kernel's ``kumo`` chains, sets and maps as ``Rendered.declarations()`` gives a render's
     (what ``Rendered.transaction`` needs to know exists), from ``nft -j list ruleset`` output."""
-    out: dict[tuple[str, str, str], Any] = {}
-    for obj in objects:
-        kind, body = next(iter(obj.items()))
-        if kind in ("chain", "set", "map") and isinstance(body, dict) and body.get("table") == TABLE \
-                and body.get("family") in FAMILIES:
-            out[(kind, body["family"], body["name"])] = declaration(kind, body)
-    return out
+    return load.listing_declarations(objects, TABLES)
 
 
 @dataclass
@@ -196,15 +152,8 @@ class FirewallApplier:
     def _replace(self, rendered: Rendered, listing: list[dict[str, Any]] | None = None) -> None:
         """Load ``rendered.transaction(existing)``; ``existing`` from ``listing``, else from the last
         applied render, else (none, or the kernel refused: it is not what we applied) read back."""
-        if listing is None and self._rendered is not None:
-            try:
-                self.nft.load(rendered.transaction(self._rendered.declarations()))
-                return
-            except FirewallApplyError:
-                pass  # atomic: nothing changed; build the transaction again from what is there
-        if listing is None:
-            listing = self.nft.list_ruleset()
-        self.nft.load(rendered.transaction(listing_declarations(listing)))
+        known = self._rendered.declarations() if self._rendered is not None else None
+        load.load_in_place(self.nft, rendered.transaction, known, TABLES, listing)
 
     def update(self, fw: HostFirewall) -> ApplyResult:
         """Move to ``fw`` with element deltas when the skeleton is unchanged, else a full setup."""

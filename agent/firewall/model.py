@@ -24,12 +24,11 @@ from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
+from agent import validators
+
 GROUP_ID_RE = re.compile(r"^sg-[0-9a-f]{17}$")
 RULE_ID_RE = re.compile(r"^sgr-[0-9a-f]{17}$")
-# Linux interface names: at most 15 bytes; we allow a safe subset (no '/', spaces or quotes).
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 TAP_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,7}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 CIDR_TEXT_RE = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$")
 
 MAX_GROUPS_PER_PORT = 5
@@ -65,10 +64,11 @@ def parse_group_id(value: Any, field_name: str = "group_id") -> str:
 
 
 def parse_ifname(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not IFNAME_RE.match(value):
+    try:
+        return validators.ifname(value)
+    except ValueError:
         raise _bad("InvalidParameterValue", f"invalid interface name {value!r} (1-15 of A-Za-z0-9_.-)",
-                   field_name)
-    return value
+                   field_name) from None
 
 
 def parse_ipv4_cidr(value: Any, field_name: str = "cidr") -> IPv4Network:
@@ -260,10 +260,12 @@ class PortFirewall:
     def __post_init__(self) -> None:
         parse_ifname(self.tap, "tap")
         parse_ifname(self.bridge, "bridge")
-        if not isinstance(self.mac, str) or not MAC_RE.match(self.mac):
+        if not isinstance(self.mac, str) or not validators.MAC_RE.fullmatch(self.mac):
             raise _bad("InvalidParameterValue", f"invalid MAC {self.mac!r} (lowercase aa:bb:..)", "mac")
-        if int(self.mac[:2], 16) & 1 or self.mac == "00:00:00:00:00:00":
-            raise _bad("InvalidParameterValue", f"MAC {self.mac} is not a unicast address", "mac")
+        try:
+            validators.unicast_mac(self.mac)
+        except ValueError:
+            raise _bad("InvalidParameterValue", f"MAC {self.mac} is not a unicast address", "mac") from None
         parse_ipv4(self.ipv4)
         _int(self.zone, "zone", 1, MAX_ZONE, code="InvalidParameterValue")
         if not 1 <= len(self.group_ids) <= MAX_GROUPS_PER_PORT:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-from agent.network import names
+from agent.firewall.load import FirewallApplyError
+from agent.network import names, nat
 from agent.network.desired import host_records
 from agent.network.diff import Plan, diff
 from agent.network.model import HostNetwork
@@ -63,7 +64,8 @@ class Dataplane:
 
     def __init__(self, netns: Optional[str], host_tag: Optional[str] = None,
                  allow_own_namespace: bool = False, resync_seconds: float = 30.0,
-                 kernel: Optional[Kernel] = None):
+                 kernel: Optional[Kernel] = None,
+                 nat_loader: Optional[Callable[[Optional[str], str], None]] = None):
         if netns is None and not allow_own_namespace:
             raise DataplaneError("RootNamespaceRefused",
                                  "refusing to program this process's own namespace")
@@ -71,6 +73,9 @@ class Dataplane:
         self.host_tag = host_tag or netns or "kumo"
         names.router_netns(self.host_tag, 1)  # validates the tag
         self.kernel = kernel if kernel is not None else Kernel(netns)
+        # NAT tables go through the agent's one nft loader (in place, atomic: agent.network.nat);
+        # an injected kernel (tests) receives them as records unless a loader is injected too.
+        self.nat_loader = nat_loader if nat_loader is not None or kernel is not None else nat.load_table
         #: Last payload loaded per namespace: nft tables and sysctls are write-only state.
         self._applied: set[Record] = set()
         #: Desired records of the last ensure that applied without failure, and when the kernel
@@ -164,7 +169,10 @@ class Dataplane:
     def _do(self, rec: Record, add: bool, result: EnsureResult) -> None:
         try:
             if add:
-                self.kernel.add(rec)
+                if isinstance(rec, NftTable) and self.nat_loader is not None:
+                    self.nat_loader(self.netns if rec.ns == HOST else rec.ns, rec.payload)
+                else:
+                    self.kernel.add(rec)
                 if isinstance(rec, NftTable):
                     self._applied = {r for r in self._applied
                                      if not (isinstance(r, NftTable) and r.ns == rec.ns)}
@@ -175,6 +183,8 @@ class Dataplane:
                     self._applied = {r for r in self._applied if r.ns != rec.name}
         except NetlinkOpError as e:
             result.failed.append((rec, e.detail))
+        except FirewallApplyError as e:  # nft refused the NAT table: nothing changed
+            result.failed.append((rec, str(e)))
 
     # -- teardown --------------------------------------------------------------------------
     def teardown(self, underlay_dev: str) -> EnsureResult:

@@ -9,7 +9,8 @@ kr-<vni hex6>, serving only this host's ports).
   port here needs no server: every other host answers only its own guests). Errors are collected
   per VPC, never raised: the other VPCs still get theirs.
 - Servers outlive the agent (stop() of the service leaves them) and a restarted agent adopts them
-  (DhcpServers finds them by pid file and command line).
+  (DhcpServers finds them through agent/supervisor.py: pid file and command line).
+- NetworkService runs this as its "dhcp" subsystem (agent.network.subsystems.dhcp_subsystem).
 
 Files live in <agent state_dir>/dhcp (0755). dnsmasq drops privileges to `user` (default
 "dnsmasq") and must traverse that path to re-read its hosts file on SIGHUP: DhcpServers checks it

@@ -5,16 +5,14 @@ dataplane is on. The reconcile step "network-ready" asks it for each NIC's bridg
   means the bridge exists and is up in the host's namespace. ensure_bridge() never creates one
   itself (the bridge comes with the VPC's NetworkSpec): it kicks the service, waits briefly, and
   otherwise raises a retryable NetworkNotReady so the reconcile loop tries again later. A VPC
-  bridge holds no address (the subnet routers live in the VPC's router namespace), so `router`
-  is ignored for them.
-- Any other bridge name (the flat legacy bridge, e.g. kumobr0) goes to the wrapped driver
-  (agent/network_bridge.BridgeNetwork), unchanged.
+  bridge holds no address (the subnet routers live in the VPC's router namespace).
+- Any other bridge name is no bridge of Kumo's: never ready, and ensure_bridge() refuses it
+  (NetworkNotReady, not retryable).
 """
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Interface
-from typing import Any, Optional
+from typing import Any
 
 from agent.drivers.base import DriverError
 
@@ -28,30 +26,25 @@ def is_vpc_bridge(name: str) -> bool:
 
 
 class VpcNetwork:
-    """Network driver: VPC bridges from the NetworkService, other bridges from `legacy`."""
+    """Network driver: VPC bridges from the NetworkService; no other bridges."""
 
     capabilities = frozenset({"bridge", "vpc"})
 
-    def __init__(self, service: Any, legacy: Optional[Any] = None, wait: float = BRIDGE_WAIT):
+    def __init__(self, service: Any, wait: float = BRIDGE_WAIT):
         self.service = service
-        self.legacy = legacy
         self.wait = wait
 
-    def bridge_ready(self, name: str, router: IPv4Interface | None) -> bool:
+    def bridge_ready(self, name: str) -> bool:
         if is_vpc_bridge(name):
             return self.service.bridge_ready(name)
-        if self.legacy is None:
-            return False
-        return self.legacy.bridge_ready(name, router)
+        return False
 
-    def ensure_bridge(self, name: str, router: IPv4Interface | None) -> None:
+    def ensure_bridge(self, name: str) -> None:
         if is_vpc_bridge(name):
             if not self.service.wait_bridge(name, self.wait):
                 raise DriverError(f"VPC bridge {name} is not up yet (its VPC is not in this "
                                   "host's network spec, or the dataplane is still applying it)",
                                   code="NetworkNotReady", retryable=True)
             return
-        if self.legacy is None:
-            raise DriverError(f"no driver for bridge {name}", code="NetworkNotReady",
-                              retryable=False)
-        self.legacy.ensure_bridge(name, router)
+        raise DriverError(f"no driver for bridge {name}", code="NetworkNotReady",
+                          retryable=False)

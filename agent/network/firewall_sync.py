@@ -38,15 +38,16 @@ FirewallSync (one per NetworkService, used only by its thread):
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from typing import Any, Callable, Optional
 
 from agent.contract.v1 import NetworkSpec, vpc_bridge
-from agent.firewall.apply import FirewallApplier, FirewallApplyError, Nft
+from agent.firewall.apply import FirewallApplier, FirewallApplyError
+from agent.firewall.load import backend_for
 from agent.firewall.model import FirewallInputError, HostFirewall, PortFirewall, Rule, SecurityGroup
 from agent.libvirt.names import tap_name
+from agent.netns import exec_argv, is_current
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +90,8 @@ class FirewallNotEnforced(Exception):
     retryable = True
 
 
-def _same_netns(netns: Optional[str]) -> bool:
-    if netns is None:
-        return True
-    try:
-        a, b = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{netns}")
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def default_backend(netns: Optional[str]) -> Any:
-    """LibNft in this process's namespace when that is the host's, else the CLI in `netns`."""
-    if _same_netns(netns):
-        try:
-            from agent.firewall.libnft import LibNft
-            return LibNft()
-        except (FirewallApplyError, OSError) as e:
-            log.warning("libnftables unavailable (%s): using the nft CLI", e)
-            return Nft()
-    return Nft(netns=netns)
+#: LibNft in this process's namespace when that is the host's, else the nft CLI in `netns`.
+default_backend = backend_for
 
 
 class FirewallSync:
@@ -196,7 +179,7 @@ class FirewallSync:
         return None
 
     def _sysctl(self, write: Optional[str]) -> Optional[str]:
-        if _same_netns(self.netns):
+        if is_current(self.netns):
             try:
                 if write is not None:
                     with open(_BRNF, "w") as f:
@@ -206,12 +189,12 @@ class FirewallSync:
                     return f.read().strip()
             except OSError:
                 return None
-        ns = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
-        argv = ns + (["sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={write}"]
-                     if write is not None else ["cat", _BRNF])
+        cmd = (["sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={write}"]
+               if write is not None else ["cat", _BRNF])
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired):
+            proc = subprocess.run(exec_argv(self.netns, cmd), capture_output=True, text=True,
+                                  timeout=10, check=False)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
 

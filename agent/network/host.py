@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import socket
 import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Optional
 
+from agent.netns import NamespaceRefused, own_netns_name, require_private
 from agent.network.apply import DataplaneError
 
 log = logging.getLogger(__name__)
@@ -26,27 +26,6 @@ class UnderlayError(Exception):
 class Underlay:
     ip: IPv4Address
     dev: str
-
-
-def _ns_id(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
-def own_netns_name(netns_dir: str = "/run/netns") -> Optional[str]:
-    """The `ip netns` name of the namespace this process runs in, if it has one."""
-    try:
-        me = _ns_id("/proc/self/ns/net")
-        entries = sorted(os.listdir(netns_dir))
-    except OSError:
-        return None
-    for name in entries:
-        try:
-            if _ns_id(os.path.join(netns_dir, name)) == me:
-                return name
-        except OSError:
-            continue
-    return None
 
 
 @dataclass(frozen=True)
@@ -65,12 +44,11 @@ def resolve_namespace(netns: Optional[str], host_id: str, allow_root_netns: bool
     name = own_netns_name()
     if name:
         return HostNamespace(name, name)
-    from agent.network_bridge import in_private_netns
-    if allow_root_netns or in_private_netns():
-        return HostNamespace(None, host_id)
-    raise DataplaneError("RootNamespaceRefused",
-                         "refusing to program the machine's own network namespace: set "
-                         "KUMO_AGENT_NETNS, or KUMO_AGENT_ALLOW_ROOT_NETNS=true on a real host")
+    try:
+        require_private(allow_root_netns, "program the VPC dataplane")
+    except NamespaceRefused as e:
+        raise DataplaneError(e.code, str(e)) from None
+    return HostNamespace(None, host_id)
 
 
 def resolve_underlay(netns: Optional[str], dev: Optional[str],

@@ -6,47 +6,17 @@ pydantic's ValidationError; the caller maps it to InvalidParameterValue.
 """
 from __future__ import annotations
 
-import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from agent.network.names import IFNAME_RE, MAX_VNI, MIN_VNI
+from agent import validators
+from agent.network.names import MAX_VNI, MIN_VNI
 
-_ID_RE = re.compile(r"^[a-z]{1,8}-[0-9a-f]{8,17}$")
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-def _id(value: str) -> str:
-    if not _ID_RE.match(value):
-        raise ValueError(f"bad resource id {value!r}")
-    return value
-
-
-def _ifname(value: str) -> str:
-    if not IFNAME_RE.match(value) or value in (".", ".."):
-        raise ValueError(f"bad interface name {value!r}")
-    return value
-
-
-def _guest_mac(value: str) -> str:
-    value = value.lower()
-    if not _MAC_RE.match(value):
-        raise ValueError(f"bad MAC {value!r}")
-    first = int(value[:2], 16)
-    if first & 1:
-        raise ValueError(f"multicast MAC {value!r}")
-    if value == "00:00:00:00:00:00":
-        raise ValueError("zero MAC")
-    if value.startswith(("02:a0:", "02:a1:")):
-        raise ValueError(f"MAC {value!r} is in Kumo's router/NAT gateway range")
-    return value
-
-
-ResourceId = Annotated[str, AfterValidator(_id)]
-IfName = Annotated[str, AfterValidator(_ifname)]
-Mac = Annotated[str, AfterValidator(_guest_mac)]
+ResourceId = Annotated[str, AfterValidator(validators.resource_id)]
+IfName = Annotated[str, AfterValidator(validators.ifname)]
+Mac = Annotated[str, AfterValidator(validators.guest_mac)]
 
 
 class _Frozen(BaseModel):

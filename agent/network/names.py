@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 
+from agent import validators
+
 #: Roles: b bridge, x vxlan, q bridge side of the router veth, r router side (in the VPC
 #: router namespace), t host side of the transit veth, u router side of it, g bridge side of the
 #: NAT gateway veth, n its router side.
 ROLES = "bxqrtugn"
 OWNED_LINK_RE = re.compile(r"^k[bxqrtugn]-[0-9a-f]{6}$")
 HOST_LINK_RE = re.compile(r"^k[bxqtg]-[0-9a-f]{6}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+IFNAME_RE = validators.IFNAME_RE  # one definition of a safe interface name
 NETNS_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 MAX_VNI = (1 << 24) - 1
 #: Reserved VNIs are never handed to a VPC (0 is invalid in VXLAN).

@@ -1,4 +1,5 @@
-"""The nft table `ip kumo_nat` of one VPC router namespace, rendered by a pure function.
+"""The nft table `ip kumo_nat` of one VPC router namespace: rendered whole by a pure function and
+loaded in one atomic, in-place transaction by the agent's one nft loader (agent/firewall/load.py).
 
 It holds the VPC's whole edge policy towards the outside (the transit link to the host):
 - 1:1 NAT for public IPs of ports on this host: dnat public->private in prerouting, snat
@@ -9,19 +10,69 @@ It holds the VPC's whole edge policy towards the outside (the transit link to th
   sources with a public mapping or behind the NAT gateway leave. Nothing else crosses, so a
   private subnet gets nothing from outside and never leaks its private source addresses.
 
-Rendered as nft's JSON (never text templates), loaded in one `nft -j -f -` transaction that
-deletes and re-adds the table: rule changes are atomic and leave conntrack entries alone.
+Rendering (pure, deterministic): `render_nat` gives the whole table as nft JSON `add` commands,
+never text templates. Every value is checked again on its way in, whatever validated it before:
+addresses and prefixes through ipaddress, the transit interface name through
+agent.validators.ifname (so no set reference, wildcard or variable can be smuggled in); a bad
+one raises NatInputError.
+
+Loading: `render_nat_json` is the payload of the dataplane's NftTable record, `load.in_place` of
+that table: ONE transaction that keeps the table and its three base chains (their hooks stay
+registered), flushes their rules and adds the new ones. The kernel swaps generations at commit,
+so the forward filter (the boundary of private subnets) is never missing or empty, and conntrack
+entries (NAT bindings of live flows) are left alone. Never `delete table` + `add table`: the new
+base chains' hooks would go live before the commit fills them. `load_table` loads a payload into
+a router namespace (load.load_in_place: as rendered first; when the kernel refuses that because
+the table was changed by hand, it is read back and loaded again with the stale objects deleted in
+the same transaction).
 """
 from __future__ import annotations
 
 import json
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
+from agent import validators
+from agent.firewall import load
 from agent.network import names
 from agent.network.model import VpcNet
 
 FAMILY = "ip"
+TABLES = ((FAMILY, names.NFT_TABLE),)
+#: (name, type, hook, priority) of the table's base chains, all with policy accept (rules decide).
+BASE_CHAINS = (("prerouting", "nat", "prerouting", -100), ("postrouting", "nat", "postrouting", 100),
+               ("forward", "filter", "forward", 0))
+
+
+class NatInputError(ValueError):
+    """A value that must not reach nft (not an IPv4 address/prefix, not an interface name)."""
+
+    code = "InvalidParameterValue"
+
+
+def _ip(value: Any) -> str:
+    if not isinstance(value, (str, IPv4Address)):
+        raise NatInputError(f"not an IPv4 address: {value!r}")
+    try:
+        return str(IPv4Address(value))
+    except ValueError as e:
+        raise NatInputError(f"not an IPv4 address: {value!r}") from e
+
+
+def _net(value: Any) -> IPv4Network:
+    if not isinstance(value, (str, IPv4Network)):
+        raise NatInputError(f"not an IPv4 prefix: {value!r}")
+    try:
+        return IPv4Network(value)
+    except ValueError as e:
+        raise NatInputError(f"not an IPv4 prefix: {value!r}") from e
+
+
+def _ifname(value: Any) -> str:
+    try:
+        return validators.ifname(value)
+    except ValueError as e:
+        raise NatInputError(str(e)) from e
 
 
 def _match(left: dict, right: Any, op: str = "==") -> dict:
@@ -29,24 +80,25 @@ def _match(left: dict, right: Any, op: str = "==") -> dict:
 
 
 def _iif(name: str) -> dict:
-    return _match({"meta": {"key": "iifname"}}, name)
+    return _match({"meta": {"key": "iifname"}}, _ifname(name))
 
 
 def _oif(name: str) -> dict:
-    return _match({"meta": {"key": "oifname"}}, name)
+    return _match({"meta": {"key": "oifname"}}, _ifname(name))
 
 
 def _addr(field: str, value: IPv4Address) -> dict:
-    return _match({"payload": {"protocol": "ip", "field": field}}, str(value))
+    return _match({"payload": {"protocol": "ip", "field": field}}, _ip(value))
 
 
 def _addr_set(field: str, values: Iterable[IPv4Address | IPv4Network]) -> dict:
     elems: list[Any] = []
     for v in sorted(values, key=str):
         if isinstance(v, IPv4Network):
-            elems.append({"prefix": {"addr": str(v.network_address), "len": v.prefixlen}})
+            net = _net(v)
+            elems.append({"prefix": {"addr": str(net.network_address), "len": net.prefixlen}})
         else:
-            elems.append(str(v))
+            elems.append(_ip(v))
     return _match({"payload": {"protocol": "ip", "field": field}}, {"set": elems})
 
 
@@ -65,32 +117,27 @@ def nat_subnets(vpc: VpcNet) -> list[IPv4Network]:
 
 
 def render_nat(vpc: VpcNet, local_nat_gateway: bool) -> dict:
-    """The complete `ip kumo_nat` table of the router namespace of `vpc`, as an nft JSON batch."""
+    """The complete `ip kumo_nat` table of the router namespace of `vpc`: nft JSON `add`
+    commands (table, base chains, rules), pure. Raises NatInputError."""
     ku = names.link_name("u", vpc.vni)
-    tbl = {"family": FAMILY, "name": names.NFT_TABLE}
-    cmds: list[dict] = [{"add": {"table": tbl}}, {"delete": {"table": tbl}}, {"add": {"table": tbl}}]
-
-    def chain(name: str, ctype: str, hook: str, prio: int) -> None:
+    cmds: list[dict] = [{"add": {"table": {"family": FAMILY, "name": names.NFT_TABLE}}}]
+    for name, ctype, hook, prio in BASE_CHAINS:
         cmds.append({"add": {"chain": {"family": FAMILY, "table": names.NFT_TABLE, "name": name,
-                                        "type": ctype, "hook": hook, "prio": prio,
-                                        "policy": "accept"}}})
+                                        "type": ctype, "hook": hook, "prio": prio, "policy": "accept"}}})
 
     def rule(chain_name: str, *expr: dict) -> None:
         cmds.append({"add": {"rule": {"family": FAMILY, "table": names.NFT_TABLE,
                                        "chain": chain_name, "expr": list(expr)}}})
 
-    chain("prerouting", "nat", "prerouting", -100)
-    chain("postrouting", "nat", "postrouting", 100)
-    chain("forward", "filter", "forward", 0)
     mappings = public_mappings(vpc)
     for public, private in mappings:
-        rule("prerouting", _iif(ku), _addr("daddr", public), {"dnat": {"addr": str(private)}})
+        rule("prerouting", _iif(ku), _addr("daddr", public), {"dnat": {"addr": _ip(private)}})
     for public, private in mappings:
-        rule("postrouting", _oif(ku), _addr("saddr", private), {"snat": {"addr": str(public)}})
+        rule("postrouting", _oif(ku), _addr("saddr", private), {"snat": {"addr": _ip(public)}})
     behind_nat = nat_subnets(vpc) if local_nat_gateway and vpc.nat_gateway is not None else []
     if behind_nat:
         rule("postrouting", _oif(ku), _addr_set("saddr", behind_nat),
-             {"snat": {"addr": str(vpc.nat_gateway.public_ip)}})
+             {"snat": {"addr": _ip(vpc.nat_gateway.public_ip)}})
     # Why a filter as well as routes: the routes decide where a subnet's traffic goes; the filter
     # guarantees that nothing without a public mapping crosses the edge in either direction.
     rule("forward", _iif(ku), _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
@@ -106,7 +153,26 @@ def render_nat(vpc: VpcNet, local_nat_gateway: bool) -> dict:
 
 
 def render_nat_json(vpc: VpcNet, local_nat_gateway: bool) -> str:
-    return json.dumps(render_nat(vpc, local_nat_gateway), sort_keys=True, separators=(",", ":"))
+    """The NftTable payload: the in-place transaction (load.in_place) of `render_nat`, as the
+    canonical JSON text (equal inputs give equal text, so the dataplane's diff sees no change)."""
+    return json.dumps(load.in_place(render_nat(vpc, local_nat_gateway)), sort_keys=True,
+                      separators=(",", ":"))
+
+
+def load_table(netns: Optional[str], payload: str, backend: Optional[load.Backend] = None) -> None:
+    """Load a `render_nat_json` payload into router namespace `netns` in one in-place transaction
+    (the nft CLI entered into it unless `backend` is given). Raises load.FirewallApplyError
+    (nothing changed)."""
+    document = json.loads(payload)
+    own = backend is None
+    if own:
+        backend = load.backend_for(netns)
+    try:
+        load.load_in_place(backend, lambda existing: load.in_place(document, existing),
+                           load.declared(document), TABLES)
+    finally:
+        if own:
+            load.close_backend(backend)
 
 
 def delete_table_json() -> str:

@@ -17,6 +17,7 @@ from typing import Iterable, Optional
 from pyroute2 import IPRoute, netns as pnetns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.netns import drop_stale, exec_argv, inode, is_live
 from agent.network import names
 from agent.network.records import (
     HOST, Addr, BrPort, Fdb, Link, Mac, Master, Neigh, Netns, NftTable, ProxyNeigh, Record,
@@ -57,7 +58,7 @@ class Kernel:
         real = self._real_ns(ns)
         # A cached socket keeps its namespace alive: if the name now points at a new namespace
         # (deleted and re-created behind our back), the old handle would write into a ghost.
-        ino = _ns_inode(real)
+        ino = inode(real)
         if ns in self._handles and self._inodes.get(ns) != ino:
             self.forget(ns)
         if ns not in self._handles:
@@ -93,8 +94,8 @@ class Kernel:
 
     def _exec(self, ns: str, argv: list[str], stdin: Optional[str] = None) -> str:
         real = self._real_ns(ns)
-        full = (["ip", "netns", "exec", real] if real else []) + argv
-        res = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(exec_argv(real, argv), input=stdin, capture_output=True, text=True,
+                             timeout=30)
         if res.returncode != 0:
             raise NetlinkOpError(argv[0], res.stderr.strip() or f"exit {res.returncode}")
         return res.stdout
@@ -109,10 +110,10 @@ class Kernel:
         for n in sorted(pnetns.listnetns()):
             if not n.startswith(prefix):
                 continue
-            if netns_is_live(n):
+            if is_live(n):
                 out.append(n)
             else:
-                _drop_stale_netns(n)
+                drop_stale(n)
         return out
 
     def observe(self, underlay_dev: str, router_ns: Iterable[str]) -> set[Record]:
@@ -243,9 +244,9 @@ class Kernel:
 
     def _add(self, rec: Record) -> None:
         if isinstance(rec, Netns):
-            if rec.name not in pnetns.listnetns() or not netns_is_live(rec.name):
+            if rec.name not in pnetns.listnetns() or not is_live(rec.name):
                 self.forget(rec.name)
-                _drop_stale_netns(rec.name)
+                drop_stale(rec.name)
                 pnetns.create(rec.name)
             return
         if isinstance(rec, NftTable):
@@ -361,34 +362,5 @@ class Kernel:
         self._exec(ns, ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in pairs)])
 
 
-def _ns_inode(name: Optional[str]) -> Optional[int]:
-    if name is None:
-        return None
-    try:
-        return os.stat(os.path.join("/run/netns", name)).st_ino
-    except OSError:
-        return None
-
-
 def _ip(value: Optional[str]) -> Optional[IPv4Address]:
     return IPv4Address(value) if value else None
-
-
-NETNS_RUN_DIR = "/run/netns"
-
-
-def netns_is_live(name: str, run_dir: str = NETNS_RUN_DIR) -> bool:
-    """True when /run/netns/<name> is a namespace (an nsfs mount), not a leftover empty file."""
-    try:
-        return os.stat(os.path.join(run_dir, name)).st_dev == os.stat("/proc/self/ns/net").st_dev
-    except OSError:
-        return False
-
-
-def _drop_stale_netns(name: str, run_dir: str = NETNS_RUN_DIR) -> None:
-    path = os.path.join(run_dir, name)
-    if os.path.exists(path) and not netns_is_live(name, run_dir):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass

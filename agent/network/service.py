@@ -20,14 +20,21 @@ instance's libvirt domain gives its tap (NIC at position N of InstanceSpec.nics)
 Security groups and DHCP (extension security-groups; optional `firewall` and `dhcp` objects, see
 agent.network.firewall_sync and agent.network.dhcp_sync). accept() also converts the spec into a
 HostFirewall, so invalid rules are refused (400 with the firewall's code, e.g.
-InvalidPermission.Malformed) before anything is persisted. Each pass, in this order: the firewall
-(first pass after start: setup; a changed spec: update; else verify/restore), so a new port's
-rules are in place before its tap joins the bridge; DHCP servers of VPCs no longer carried are
-stopped; Dataplane.ensure; then each carried VPC's DHCP server is ensured (its router namespace
-exists by then). Between passes the firewall alone is verified every `firewall_interval` seconds
-(drift, e.g. `nft flush ruleset`, is restored within that). A firewall or DHCP failure is
-reported in NetworkObserved.error (FirewallApplyFailed, BridgeNetfilterUnavailable, Dhcp*;
-retryable) without stopping the other parts; applied_generation needs all three to succeed.
+InvalidPermission.Malformed) before anything is persisted.
+
+Subsystems: a pass runs a registry of named `Subsystem`s in order, each with its own status
+(NetworkObserved.subsystems). The built-in ones, in this order: "firewall" (first pass after
+start: setup; a changed spec: update; else verify/restore), so a new port's rules are in place
+before its tap joins the bridge; "dataplane" (Dataplane.ensure; first, every subsystem's
+`prepare` hook sees the new HostNetwork: DHCP servers of VPCs no longer carried are stopped
+before their router namespaces go); "dhcp" (each carried VPC's server, its router namespace
+exists by then; needs the dataplane's HostNetwork, so it is skipped when that failed). More are
+added with register() (the metadata server next). Between passes the subsystems with a `check`
+(the firewall) are verified every `firewall_interval` seconds (drift, e.g. `nft flush ruleset`,
+is restored within that). A failure is that subsystem's status (FirewallApplyFailed,
+BridgeNetfilterUnavailable, Dhcp*; retryable) and never stops the others; NetworkObserved.error
+is the first one (wire.combine_errors, by `rank`: dataplane, firewall, the others) and
+applied_generation needs every subsystem to succeed.
 """
 from __future__ import annotations
 
@@ -42,14 +49,13 @@ from typing import Any, Callable, Optional
 from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import ErrorInfo, NetworkObserved, NetworkSpec
 from agent.fsutil import atomic_write
-from agent.firewall.apply import FirewallApplyError
 from agent.firewall.model import FirewallInputError
 from agent.network.apply import DataplaneError
-from agent.network.firewall_sync import FirewallNotEnforced, host_firewall
+from agent.network.firewall_sync import host_firewall
+from agent.network.subsystems import PassContext, Subsystem, dhcp_subsystem, firewall_subsystem
 from agent.network.wire import (NetworkSpecRejected, combine_errors, failure_info, host_network,
                                 model_port_id, nic_index)
 from agent.network.host import Underlay, UnderlayError
-from agent.network.model import HostNetwork
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +71,8 @@ _UNKNOWN_UNDERLAY = IPv4Address("0.0.0.0")
 
 
 # Wire -> model conversion and error summaries live in agent.network.wire (re-exported here).
-__all__ = ["NetworkService", "NetworkSpecRejected", "host_network", "model_port_id", "nic_index"]
+__all__ = ["NetworkService", "NetworkSpecRejected", "PassContext", "Subsystem", "host_network",
+           "model_port_id", "nic_index"]
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -79,6 +86,7 @@ class NetworkService:
     link_up: link_up(name) -> bool, whether a link exists and is up in the host's namespace.
     firewall: None, or an object with apply(HostFirewall), check() and close() (FirewallSync,
     FakeFirewall). dhcp: None, or a DhcpSync (prune(host), ensure(host) -> [(vni, error)]).
+    Each present part becomes a Subsystem ("firewall", "dataplane", "dhcp"); register() adds more.
     """
 
     def __init__(self, state_dir: Path, *, dataplane: Any, underlay: Callable[[], Underlay],
@@ -104,9 +112,7 @@ class NetworkService:
         self.firewall, self.dhcp = firewall, dhcp
         self.firewall_interval = firewall_interval
         self._fw_cache: tuple[Any, Any] = (None, None)  # (spec, its HostFirewall)
-        # errors of the last full pass: dataplane, firewall, DHCP; and the failed record count
-        self._errs: list[Optional[ErrorInfo]] = [None, None, None]
-        self._failed = 0
+        self._failed = 0  # failed dataplane records of the last full pass
         self.passes = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -114,6 +120,27 @@ class NetworkService:
         self._thread: Optional[threading.Thread] = None
         self._spec: Optional[NetworkSpec] = self._load()
         self._observed = NetworkObserved(generation=self._spec.generation if self._spec else 0)
+        #: The pass's subsystems, in the order it runs them (register() adds more).
+        self.subsystems: list[Subsystem] = []
+        if firewall is not None:
+            self.register(firewall_subsystem(firewall, self._host_firewall))
+        self.register(Subsystem("dataplane", self._dataplane_pass, rank=0,
+                                quick_retry=lambda e: e.retryable and e.code != "WaitingForTaps",
+                                close=self._close_dataplane))
+        if dhcp is not None:
+            self.register(dhcp_subsystem(dhcp))
+
+    def register(self, subsystem: Subsystem, before: Optional[str] = None) -> None:
+        """Add `subsystem` to every pass: last, or just before the one named `before`. Call it
+        before start(); names are unique."""
+        names = [x.name for x in self.subsystems]
+        if subsystem.name in names:
+            raise ValueError(f"subsystem {subsystem.name!r} is registered already")
+        at = names.index(before) if before is not None else len(names)
+        self.subsystems.insert(at, subsystem)
+        with self._lock:
+            self._observed = self._observed.model_copy(
+                update={"subsystems": [x.status() for x in self.subsystems]})
 
     # -- persistence -----------------------------------------------------------------------
     def _load(self) -> Optional[NetworkSpec]:
@@ -201,15 +228,20 @@ class NetworkService:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        for closable in (self._dp, self.link_up, self.firewall, self.dhcp):
-            close = getattr(closable, "close", None)
+        closers = [getattr(self.link_up, "close", None)] + [x.close for x in self.subsystems]
+        for close in closers:
             if callable(close):
                 try:
                     close()
                 except Exception as e:
-                    log.debug("closing %r: %s", closable, e)
+                    log.debug("closing %r: %s", close, e)
         if self._factory is not None:
             self._dp = None
+
+    def _close_dataplane(self) -> None:
+        close = getattr(self._dp, "close", None)
+        if callable(close):
+            close()
 
     def kick(self) -> None:
         self._wake.set()
@@ -223,13 +255,13 @@ class NetworkService:
                     retry = self.run_once()
                     wait = self.retry_interval if retry else self.resync_interval
                     next_full = time.monotonic() + wait
-                elif self.check_firewall():
+                elif self.check_subsystems():
                     next_full = min(next_full, time.monotonic() + self.retry_interval)
             except Exception:  # both handle their errors; this is the last line of defence
                 log.exception("network pass crashed")
                 next_full = time.monotonic() + self.retry_interval
             wait = max(0.0, next_full - time.monotonic())
-            if self.firewall is not None:
+            if any(x.check is not None for x in self.subsystems):
                 wait = min(wait, self.firewall_interval)
             kicked = self._wake.wait(wait)
 
@@ -252,111 +284,95 @@ class NetworkService:
         return self._dp
 
     def run_once(self) -> bool:
-        """One pass (firewall, DHCP prune, dataplane, DHCP); True when a quick retry is wanted."""
+        """One pass over the subsystems, in order; True when a quick retry is wanted."""
         self.passes += 1
         with self._lock:
             spec = self._spec
         if spec is None:
             underlay = self._resolve_underlay()
             return underlay is None and isinstance(self._underlay_error, UnderlayError)
-        fw_err = self._firewall_pass(spec)
-        host, dp_err, failed, retry = self._dataplane_pass(spec)
-        dhcp_err = self._dhcp_pass(host) if host is not None else None
-        self._errs, self._failed = [dp_err, fw_err, dhcp_err], failed
-        ok = not (dp_err or fw_err or dhcp_err)
-        self._record(spec, spec.generation if ok else None, failed, combine_errors(self._errs))
-        return retry or any(e is not None and e.retryable for e in (fw_err, dhcp_err))
+        ctx = PassContext(spec)
+        for sub in self.subsystems:
+            if sub.needs_host and ctx.host is None:
+                sub.error = None  # skipped: the dataplane's error says why
+                continue
+            try:
+                sub.error = sub.run(ctx)
+            except Exception as e:
+                log.exception("network subsystem %s failed", sub.name)
+                sub.error = ErrorInfo(code="InternalError", message=f"{type(e).__name__}: {e}")
+            if sub.error is None:
+                sub.applied_generation = spec.generation
+        self._failed = ctx.failed
+        ok = all(x.error is None for x in self.subsystems)
+        self._record(spec, spec.generation if ok else None, ctx.failed, self._first_error())
+        return any(x.error is not None and x.quick_retry(x.error) for x in self.subsystems)
 
-    def _dataplane_pass(self, spec: NetworkSpec) -> tuple[Optional[HostNetwork],
-                                                          Optional[ErrorInfo], int, bool]:
-        """DHCP prune + Dataplane.ensure: (host, error, failed records, quick retry wanted)."""
+    def _first_error(self) -> Optional[ErrorInfo]:
+        return combine_errors([x.error for x in sorted(self.subsystems, key=lambda x: x.rank)])
+
+    def _dataplane_pass(self, ctx: PassContext) -> Optional[ErrorInfo]:
+        """Every subsystem's prepare(host), then Dataplane.ensure; sets ctx.host and ctx.failed."""
         try:
             underlay = self._resolve_underlay()
             if underlay is None:
                 raise self._underlay_error or UnderlayError("underlay unknown")
-            host = host_network(spec, underlay.ip, underlay.dev)
-            if self.dhcp is not None:
-                for vni, e in self.dhcp.prune(host):
-                    log.warning("stopping DHCP servers: %s", e)
+            host = host_network(ctx.spec, underlay.ip, underlay.dev)
+            for sub in self.subsystems:
+                if sub.prepare is not None:
+                    sub.prepare(host)
             result = self._dataplane().ensure(host)
         except NetworkSpecRejected as e:
-            return None, ErrorInfo(code="InvalidNetworkSpec", message=e.message,
-                                   retryable=False), 0, False
+            return ErrorInfo(code="InvalidNetworkSpec", message=e.message, retryable=False)
         except DataplaneError as e:
-            retryable = e.code != "RootNamespaceRefused"
-            return None, ErrorInfo(code=e.code, message=str(e), retryable=retryable), 0, retryable
+            return ErrorInfo(code=e.code, message=str(e),
+                             retryable=e.code != "RootNamespaceRefused")
         except UnderlayError as e:
-            return None, ErrorInfo(code=e.code, message=str(e)), 0, True
+            return ErrorInfo(code=e.code, message=str(e))
         except Exception as e:
             log.exception("network pass failed")
             self._reset_dataplane()
-            return None, ErrorInfo(code="InternalError",
-                                   message=f"{type(e).__name__}: {e}"), 0, True
+            return ErrorInfo(code="InternalError", message=f"{type(e).__name__}: {e}")
+        ctx.host = host
         failed = list(result.failed)
-        if not failed:
-            return host, None, 0, False
-        info = failure_info(host, failed)
-        # Only missing taps: libvirt enslaves a tap to its bridge itself when it creates it, so
-        # nothing waits on us; the normal resync (a full kernel read each time while records
-        # fail) picks the taps up without a read every second for every stopped instance.
-        return host, info, len(failed), info.code != "WaitingForTaps"
+        ctx.failed = len(failed)
+        # Only missing taps (WaitingForTaps) want no quick retry: libvirt enslaves a tap to its
+        # bridge itself when it creates it, so nothing waits on us; the normal resync (a full
+        # kernel read each time while records fail) picks the taps up without a read every
+        # second for every stopped instance.
+        return failure_info(host, failed) if failed else None
 
-    def _firewall_pass(self, spec: NetworkSpec, check_only: bool = False) -> Optional[ErrorInfo]:
-        """Apply (or only verify) the firewall of `spec`; the error to report, if any."""
-        if self.firewall is None:
-            return None
-        try:
-            if check_only:
-                self.firewall.check()
-                return None
+    def _host_firewall(self, spec: NetworkSpec) -> Any:
+        """spec's HostFirewall, converted once per spec (accept() already did it)."""
+        with self._lock:
+            cached_spec, fw = self._fw_cache
+        if cached_spec is not spec:
+            fw = host_firewall(spec)
             with self._lock:
-                cached_spec, fw = self._fw_cache
-            if cached_spec is not spec:
-                fw = host_firewall(spec)
-                with self._lock:
-                    self._fw_cache = (spec, fw)
-            self.firewall.apply(fw)
-            return None
-        except FirewallInputError as e:  # accept() validated it: only a spec saved by hand
-            return ErrorInfo(code="InvalidNetworkSpec", message=f"security groups: {e}",
-                             retryable=False)
-        except FirewallNotEnforced as e:
-            return ErrorInfo(code=e.code, message=str(e), retryable=True)
-        except FirewallApplyError as e:
-            return ErrorInfo(code="FirewallApplyFailed", message=str(e)[:2000], retryable=True)
-        except Exception as e:
-            log.exception("firewall pass failed")
-            try:
-                self.firewall.close()  # a fresh backend next time (setup re-reads the kernel)
-            except Exception:
-                pass
-            return ErrorInfo(code="FirewallApplyFailed", message=f"{type(e).__name__}: {e}",
-                             retryable=True)
+                self._fw_cache = (spec, fw)
+        return fw
 
-    def check_firewall(self) -> bool:
-        """Verify/restore the firewall between full passes (no-op before the first spec or
-        without a firewall). Updates NetworkObserved when its error changes; True on error."""
+    def check_subsystems(self) -> bool:
+        """Run every subsystem's check between full passes (no-op before the first spec).
+        Updates NetworkObserved when a status changes; True when a check failed."""
         with self._lock:
             spec = self._spec
-        if spec is None or self.firewall is None:
+        if spec is None:
             return False
-        err = self._firewall_pass(spec, check_only=True)
-        if err != self._errs[1]:
-            self._errs = [self._errs[0], err, self._errs[2]]
-            self._record(spec, None, self._failed, combine_errors(self._errs))
-        return err is not None
+        changed, failing = False, False
+        for sub in self.subsystems:
+            if sub.check is None:
+                continue
+            err = sub.check(spec)
+            failing = failing or err is not None
+            if err != sub.error:
+                sub.error, changed = err, True
+        if changed:
+            self._record(spec, None, self._failed, self._first_error())
+        return failing
 
-    def _dhcp_pass(self, host: HostNetwork) -> Optional[ErrorInfo]:
-        if self.dhcp is None:
-            return None
-        errors = self.dhcp.ensure(host)
-        if not errors:
-            return None
-        vni, e = errors[0]
-        code = getattr(e, "code", None) or "DhcpFailed"
-        where = f" of VNI {vni}" if vni else ""
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return ErrorInfo(code=code, message=f"DHCP server{where}: {e}{more}", retryable=True)
+    #: The firewall is the one subsystem with a check today.
+    check_firewall = check_subsystems
 
     def _reset_dataplane(self) -> None:
         """After an unexpected error, rebuild the dataplane (fresh netlink handles)."""
@@ -373,7 +389,8 @@ class NetworkService:
         with self._lock:
             old = self._observed
             # A newer spec may have been accepted during the pass: it is not applied yet.
-            update: dict = {"failed": failed, "error": error, "applied_at": self.clock()}
+            update: dict = {"failed": failed, "error": error, "applied_at": self.clock(),
+                            "subsystems": [x.status() for x in self.subsystems]}
             if applied is not None:
                 update["applied_generation"] = applied
             self._observed = old.model_copy(update=update)

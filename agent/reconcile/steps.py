@@ -202,12 +202,12 @@ class NetworkReady(Step):
         net = ctx.drivers.network
         if net is None:
             return False  # no network driver: bridges are the operator's business
-        return any(not net.bridge_ready(n.bridge, n.router) for n in ctx.spec.nics)
+        return any(not net.bridge_ready(n.bridge) for n in ctx.spec.nics)
 
     def run(self, ctx):
         for nic in ctx.spec.nics:
-            if not ctx.drivers.network.bridge_ready(nic.bridge, nic.router):
-                ctx.drivers.network.ensure_bridge(nic.bridge, nic.router)
+            if not ctx.drivers.network.bridge_ready(nic.bridge):
+                ctx.drivers.network.ensure_bridge(nic.bridge)
 
 
 class DomainDefined(Step):

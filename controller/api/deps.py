@@ -19,7 +19,8 @@ from controller.services.accounts import Caller
 from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
 
-__all__ = ["AdminCaller", "AgentAuth", "AppContext", "Ctx", "CurrentCaller", "Page", "Paging"]
+__all__ = ["AUTH_ERRORS", "AdminCaller", "AgentAuth", "AppContext", "Ctx", "CurrentCaller", "Page",
+           "Paging"]
 
 
 @dataclass
@@ -69,6 +70,10 @@ def _agent(request: Request, ctx: Ctx) -> None:
 
 
 AgentAuth = Annotated[None, Depends(_agent)]
+
+#: The error statuses each authentication dependency can answer (declared in the OpenAPI
+#: document of every operation that uses it, controller/api/responses.py).
+AUTH_ERRORS = {_caller: (401,), _admin: (401, 403), _agent: (401,)}
 
 
 MaxResults = Annotated[int, Query(ge=1, le=pagination.MAX_MAX_RESULTS)]

@@ -4,13 +4,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.api.responses import errors
 from controller.models.vpc import AddressAssociate, ElasticIpPublic
 from controller.services import elastic_ips
 
 router = APIRouter(tags=["elastic-ips"])
 
 
-@router.post("/elastic-ips", status_code=201, response_model=ElasticIpPublic)
+@router.post("/elastic-ips", status_code=201, response_model=ElasticIpPublic,
+             responses=errors(400))
 def allocate(ctx: Ctx, caller: CurrentCaller):
     return elastic_ips.to_public(elastic_ips.allocate(ctx.db, caller, ctx.settings.public_pool))
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from controller.api.deps import AgentAuth, Ctx, CurrentCaller, Page, Paging
+from controller.api.responses import OCTET_STREAM, errors
 from controller.errors import InvalidParameter, NotFound
 from controller.models import ImagePublic, ImageRegister
 from controller.services import images
@@ -18,13 +19,14 @@ from controller.services import images
 router = APIRouter(tags=["images"])
 
 
-@router.post("/images", status_code=201, response_model=ImagePublic)
+@router.post("/images", status_code=201, response_model=ImagePublic, responses=errors(403))
 def register_image(body: ImageRegister, ctx: Ctx, caller: CurrentCaller):
     return images.to_public(images.register(ctx.db, caller, ctx.settings.state_dir / "images",
                                             body, ctx.settings.max_image_virtual_size))
 
 
-@router.post("/images/import", status_code=201, response_model=ImagePublic)
+@router.post("/images/import", status_code=201, response_model=ImagePublic,
+             responses=errors(403))
 async def import_image(request: Request, ctx: Ctx, caller: CurrentCaller,
                        name: Annotated[str, Query(max_length=128)],
                        format: str = "qcow2", public: bool = False,
@@ -69,13 +71,14 @@ def get_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
         return images.to_public(images.get(s, caller, image_id))
 
 
-@router.delete("/images/{image_id}", response_model=ImagePublic)
+@router.delete("/images/{image_id}", response_model=ImagePublic, responses=errors(403))
 def deregister_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
     """Answers the image as deregistered (state "deregistered")."""
     return images.to_public(images.deregister(ctx.db, caller, image_id))
 
 
-@router.get("/images/{image_id}/file", response_class=FileResponse)
+@router.get("/images/{image_id}/file", response_class=FileResponse,
+            responses={200: {"description": "The image file", "content": OCTET_STREAM}})
 def image_file(image_id: str, ctx: Ctx, _: AgentAuth):
     with ctx.db.session() as s:
         img = images.file_for_agent(s, image_id)

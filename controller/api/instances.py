@@ -7,14 +7,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
-from controller.models import (InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
-                               ModifyInstanceRequest, RunInstancesRequest, RunInstancesResponse)
+from controller.api.responses import errors
+from controller.models import (ConsoleOutput, InstanceGroupsRequest, InstancePublic,
+                               InstanceStatusPublic, ModifyInstanceRequest, RunInstancesRequest,
+                               RunInstancesResponse)
 from controller.services import instance_console, instances
 
 router = APIRouter(tags=["instances"])
 
 
-@router.post("/instances", status_code=201, response_model=RunInstancesResponse)
+@router.post("/instances", status_code=201, response_model=RunInstancesResponse,
+             responses=errors(404, 503))
 def run_instances(body: RunInstancesRequest, ctx: Ctx, caller: CurrentCaller):
     rid, rows = instances.run(ctx.db, ctx.settings, caller, body)
     return RunInstancesResponse(reservation_id=rid, instances=instances.describe(ctx.db, rows))
@@ -57,7 +60,7 @@ def terminate_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     return instances.describe(ctx.db, [inst])[0]
 
 
-@router.patch("/instances/{instance_id}", response_model=InstancePublic)
+@router.patch("/instances/{instance_id}", response_model=InstancePublic, responses=errors(503))
 def modify_instance(instance_id: str, body: ModifyInstanceRequest, ctx: Ctx,
                     caller: CurrentCaller):
     inst = instances.modify(ctx.db, ctx.settings, caller, instance_id, body.instance_type)
@@ -72,7 +75,8 @@ def set_security_groups(instance_id: str, body: InstanceGroupsRequest, ctx: Ctx,
     return instances.describe(ctx.db, [inst])[0]
 
 
-@router.get("/instances/{instance_id}/console")
+@router.get("/instances/{instance_id}/console", response_model=ConsoleOutput,
+            responses=errors(503))
 def console(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     return instance_console.output(ctx.db, ctx.pool, caller, instance_id)
 

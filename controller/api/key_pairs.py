@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
-from controller.models import KeyPairCreate, KeyPairCreated, KeyPairPublic
+from controller.models import KeyPairCreate, KeyPairCreated, KeyPairDeleted, KeyPairPublic
 from controller.services import key_pairs
 
 router = APIRouter(tags=["key-pairs"])
@@ -30,7 +30,7 @@ def get_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
                                             from_attributes=True)
 
 
-@router.delete("/key-pairs/{name}")
+@router.delete("/key-pairs/{name}", response_model=KeyPairDeleted)
 def delete_key_pair(name: str, ctx: Ctx, caller: CurrentCaller):
     """Idempotent (EC2 semantics): `key_pair_id` is null when there was nothing to delete."""
     deleted = key_pairs.delete(ctx.db, caller.account_id, name)

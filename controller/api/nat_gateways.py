@@ -6,13 +6,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.api.responses import errors
 from controller.models.vpc import NatGatewayCreate, NatGatewayPublic
 from controller.services import gateways
 
 router = APIRouter(tags=["nat-gateways"])
 
 
-@router.post("/nat-gateways", status_code=201, response_model=NatGatewayPublic)
+@router.post("/nat-gateways", status_code=201, response_model=NatGatewayPublic,
+             responses=errors(404))
 def create_nat(body: NatGatewayCreate, ctx: Ctx, caller: CurrentCaller):
     return gateways.nat_public(gateways.nat_create(ctx.db, caller, body.subnet_id,
                                                    body.allocation_id))

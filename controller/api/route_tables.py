@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
-from controller.models.vpc import (RouteCreate, RouteTableAssociate, RouteTableCreate,
-                                   RouteTablePublic)
+from controller.api.responses import errors
+from controller.models.vpc import (RouteCreate, RouteTableAssociate, RouteTableAssociated,
+                                   RouteTableCreate, RouteTableDisassociated, RouteTablePublic)
 from controller.services import route_tables
 
 router = APIRouter(tags=["route-tables"])
 
 
-@router.post("/route-tables", status_code=201, response_model=RouteTablePublic)
+@router.post("/route-tables", status_code=201, response_model=RouteTablePublic,
+             responses=errors(404))
 def create_route_table(body: RouteTableCreate, ctx: Ctx, caller: CurrentCaller):
     rtb = route_tables.create(ctx.db, caller, body.vpc_id)
     return route_tables.describe(ctx.db, caller, rtb.route_table_id)
@@ -50,14 +52,16 @@ def delete_route(route_table_id: str, ctx: Ctx, caller: CurrentCaller,
     return route_tables.describe(ctx.db, caller, route_table_id)
 
 
-@router.post("/route-tables/{route_table_id}/associations", status_code=201)
+@router.post("/route-tables/{route_table_id}/associations", status_code=201,
+             response_model=RouteTableAssociated)
 def associate(route_table_id: str, body: RouteTableAssociate, ctx: Ctx, caller: CurrentCaller):
     a = route_tables.associate(ctx.db, caller, route_table_id, body.subnet_id)
     return {"association_id": a.association_id, "route_table_id": a.route_table_id,
             "subnet_id": a.subnet_id}
 
 
-@router.delete("/route-table-associations/{association_id}")
+@router.delete("/route-table-associations/{association_id}",
+               response_model=RouteTableDisassociated)
 def disassociate(association_id: str, ctx: Ctx, caller: CurrentCaller):
     a = route_tables.disassociate(ctx.db, caller, association_id)
     return {"association_id": a.association_id, "route_table_id": a.route_table_id,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 from fastapi import APIRouter, Query
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.api.responses import errors
 from controller.models.security_group import (AuthorizeRequest, RevokeRequest, RuleChange,
                                               SecurityGroupCreate, SecurityGroupPublic)
 from controller.services import security_groups as sgs
@@ -16,7 +17,8 @@ router = APIRouter(tags=["security-groups"])
 Direction = Literal["ingress", "egress"]
 
 
-@router.post("/security-groups", status_code=201, response_model=SecurityGroupPublic)
+@router.post("/security-groups", status_code=201, response_model=SecurityGroupPublic,
+             responses=errors(404))
 def create_group(body: SecurityGroupCreate, ctx: Ctx, caller: CurrentCaller):
     group = sgs.create(ctx.db, ctx.settings, caller, body)
     with ctx.db.session() as s:

@@ -6,13 +6,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
+from controller.api.responses import errors
 from controller.models.vpc import SubnetCreate, SubnetModify, SubnetPublic
 from controller.services import subnets
 
 router = APIRouter(tags=["subnets"])
 
 
-@router.post("/subnets", status_code=201, response_model=SubnetPublic)
+@router.post("/subnets", status_code=201, response_model=SubnetPublic, responses=errors(404))
 def create_subnet(body: SubnetCreate, ctx: Ctx, caller: CurrentCaller):
     subnet = subnets.create(ctx.db, caller, body)
     with ctx.db.session() as s:

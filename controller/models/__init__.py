@@ -6,11 +6,12 @@ from controller.models.account import Account, AccountCreate, AccountCreated, Ac
 from controller.models.event import Event, EventPublic
 from controller.models.host import Host, HostPublic
 from controller.models.image import Image, ImagePublic, ImageRegister
-from controller.models.instance import (ClientToken, Instance, InstanceGroupsRequest,
-                                        InstancePublic, InstanceStatusPublic,
+from controller.models.instance import (ClientToken, ConsoleOutput, Instance,
+                                        InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
                                         RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
-from controller.models.key_pair import KeyPair, KeyPairCreate, KeyPairCreated, KeyPairPublic
+from controller.models.key_pair import (KeyPair, KeyPairCreate, KeyPairCreated, KeyPairDeleted,
+                                        KeyPairPublic)
 from controller.models.security_group import (InstanceSecurityGroup, SecurityGroup,
                                               SecurityGroupRule)
 from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway, IpAllocation,
@@ -18,10 +19,11 @@ from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway,
 
 __all__ = [
     "Account", "AccountCreate", "AccountCreated", "AccountPublic", "Event", "EventPublic", "Host",
-    "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "Instance", "InstanceGroupsRequest",
-    "InstancePublic", "InstanceStatusPublic", "RunInstancesRequest", "RunInstancesResponse",
-    "ModifyInstanceRequest", "InstanceType", "InstanceTypeCreate", "InstanceTypePublic", "KeyPair",
-    "KeyPairCreate", "KeyPairCreated", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp",
-    "InternetGateway", "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation",
-    "Subnet", "Vpc", "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule",
+    "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "ConsoleOutput",
+    "Instance", "InstanceGroupsRequest", "InstancePublic", "InstanceStatusPublic",
+    "RunInstancesRequest", "RunInstancesResponse", "ModifyInstanceRequest", "InstanceType",
+    "InstanceTypeCreate", "InstanceTypePublic", "KeyPair", "KeyPairCreate", "KeyPairCreated",
+    "KeyPairDeleted", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp", "InternetGateway",
+    "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation", "Subnet", "Vpc",
+    "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule",
 ]

@@ -88,6 +88,12 @@ class RunInstancesResponse(BaseModel):
     instances: list[InstancePublic]
 
 
+class ConsoleOutput(BaseModel):
+    instance_id: str
+    output: str  # the tail of the serial console the agent keeps ("" when there is none)
+    timestamp: str  # ISO 8601 UTC, "Z"
+
+
 class InstanceStatusPublic(BaseModel):
     instance_id: str
     state: str

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import BaseModel
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -28,6 +29,12 @@ class KeyPairPublic(KeyPairBase):
 
 class KeyPairCreated(KeyPairPublic):
     private_key: str | None = None
+
+
+class KeyPairDeleted(BaseModel):
+    name: str
+    key_pair_id: str | None  # null when there was nothing to delete (idempotent)
+    deleted: bool
 
 
 class KeyPair(KeyPairBase, table=True):

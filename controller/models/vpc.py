@@ -109,6 +109,16 @@ class RouteTableAssociationPublic(BaseModel):
     subnet_id: str
 
 
+class RouteTableAssociated(BaseModel):
+    association_id: str
+    route_table_id: str
+    subnet_id: str
+
+
+class RouteTableDisassociated(RouteTableAssociated):
+    disassociated: bool
+
+
 class RouteTablePublic(BaseModel):
     route_table_id: str
     vpc_id: str

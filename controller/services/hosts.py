@@ -27,6 +27,8 @@ ORDER = pagination.Order(Host.host_id)
 
 # A heartbeat built this long after a push saw that push (the agent answered it before sending).
 _PUSH_VISIBILITY_S = 2.0
+# The largest values the integer columns a heartbeat fills can hold (Integer, BigInteger).
+_INT_MAX, _BIGINT_MAX = 2**31 - 1, 2**63 - 1
 
 
 def to_public(h: Host, u: Usage | None) -> HostPublic:
@@ -85,6 +87,14 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
         limit = Host.__table__.c[field].type.length
         if len(getattr(info, field)) > limit:
             raise InvalidParameter(f"host {field} is longer than {limit} characters")
+    # Likewise the integers: SQLite raises OverflowError, PostgreSQL a DataError (both a 500).
+    numbers = [(f"host {f}", getattr(info, f), m) for f, m in
+               (("vcpus", _INT_MAX), ("memory_mib", _INT_MAX), ("disk_bytes", _BIGINT_MAX))]
+    numbers += [(f"{o.instance_id} {f}", getattr(o, f), _INT_MAX) for o in hb.instances
+                for f in ("generation", "boot_count")]
+    for what, value, limit in numbers:
+        if not 0 <= value <= limit:
+            raise InvalidParameter(f"{what} {value} is outside 0..{limit}")
     with db.session(notify=False) as s:
         host = s.get(Host, info.host_id)
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,

@@ -25,8 +25,7 @@ def make_spec(n: int = 1, **over) -> dict:
         "hostname": f"web-{n}", "user_data_b64": base64.b64encode(b"#cloud-config\n").decode(),
         "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Nza test@kumo"],
         "nics": [{"mac": f"52:54:00:00:00:{n:02x}", "bridge": "br-sub1",
-                  "address": f"10.0.0.{10 + n}/24", "gateway": "10.0.0.1",
-                  "router": "10.0.0.1/24"}],
+                  "address": f"10.0.0.{10 + n}/24", "gateway": "10.0.0.1"}],
     }
     spec.update(over)
     return spec

@@ -5,6 +5,13 @@ functional tests.
 The fake is served through httpx.MockTransport: the controller's real agent client encodes real
 HTTP requests and decodes real responses, but no socket is opened. Tests drive time by hand:
 `cloud.tick()` runs one reconciler pass, `cloud.heartbeat()` sends every agent's heartbeat.
+
+What the fake accepts is what the real agent (agent/app.py) accepts: full-document PUTs follow
+the one generation rule (agent/contract/generations.py: lower -> 409 StaleGeneration, same
+generation with other content -> 409 IdempotentParameterMismatch, same content -> no-op), a
+deleted instance keeps its generation as a tombstone, and a NetworkSpec goes through the
+dataplane and firewall conversions the agent's NetworkService applies (400 with their codes), so
+a controller test cannot pass against a document a real host would refuse.
 """
 from __future__ import annotations
 
@@ -18,8 +25,14 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
+from pydantic import ValidationError
+
+from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import (ConsoleOutput, ErrorInfo, HeartbeatRequest, HostInfo,
                                InstanceObserved, InstanceSpec, NetworkObserved, NetworkSpec)
+from agent.firewall.model import FirewallInputError
+from agent.network.firewall_sync import host_firewall
+from agent.network.wire import NetworkSpecRejected, host_network
 from controller.app import close_app, create_app
 from controller.settings import Settings
 
@@ -54,6 +67,8 @@ class FakeAgent:
                              extensions=["vpc-network"] if underlay_ip else [])
         self.network: NetworkSpec | None = None
         self.specs: dict[str, InstanceSpec] = {}
+        #: Tombstones: instance id -> generation it had when deleted (as agent/state.py keeps).
+        self.deleted: dict[str, int] = {}
         self.observed: dict[str, dict] = {}
         self.consoles: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
@@ -74,10 +89,7 @@ class FakeAgent:
             return _json(200, self.info.model_dump(mode="json"))
         if path == "/v1/network" and self.info.underlay_ip is not None:
             if request.method == "PUT":
-                spec = NetworkSpec.model_validate_json(request.content)
-                if self.network is not None and spec.generation < self.network.generation:
-                    return _err(409, "StaleGeneration", f"have {self.network.generation}")
-                self.network = spec
+                return self._put_network(request.content)
             return _json(200, self.network_obs().model_dump(mode="json"))
         if path == "/v1/instances" and request.method == "GET":
             return _json(200, [self.obs(i).model_dump(mode="json") for i in self.specs])
@@ -91,23 +103,58 @@ class FakeAgent:
             return _json(200, ConsoleOutput(instance_id=iid,
                                             output=self.consoles.get(iid, "")).model_dump())
         if request.method == "PUT":
-            return self._put(InstanceSpec.model_validate_json(request.content))
+            try:
+                spec = InstanceSpec.model_validate_json(request.content)
+            except ValidationError as e:
+                return _err(400, "InvalidParameterValue", str(e))
+            if spec.instance_id != iid:
+                return _err(400, "InvalidParameterValue",
+                            f"spec.instance_id {spec.instance_id} does not match the URL")
+            return self._put(spec)
         if request.method == "GET":
             if iid not in self.specs:
                 return _err(404, "InstanceNotFound", iid)
             return _json(200, self.obs(iid).model_dump(mode="json"))
         if request.method == "DELETE":
-            self.specs.pop(iid, None)
+            old = self.specs.pop(iid, None)
+            if old is not None:
+                self.deleted[iid] = old.generation
             self.observed.pop(iid, None)
             return httpx.Response(204)
         return _err(405, "MethodNotAllowed", request.method)
 
+    def _put_network(self, content: bytes) -> httpx.Response:
+        """PUT /v1/network as agent.network.service.NetworkService.accept answers it."""
+        try:
+            spec = NetworkSpec.model_validate_json(content)
+        except ValidationError as e:
+            return _err(400, "InvalidParameterValue", str(e))
+        try:
+            if is_resend(spec, self.network):
+                return _json(200, self.network_obs().model_dump(mode="json"))
+        except GenerationConflict as e:
+            return _err(409, e.code, e.message)
+        try:
+            host_network(spec, self.info.underlay_ip, "uplink0")
+            host_firewall(spec)
+        except NetworkSpecRejected as e:
+            return _err(e.status, e.code, e.message)
+        except FirewallInputError as e:
+            return _err(400, e.code, f"security groups: {e.message}")
+        self.network = spec
+        return _json(200, self.network_obs().model_dump(mode="json"))
+
     def _put(self, spec: InstanceSpec) -> httpx.Response:
         old = self.specs.get(spec.instance_id)
-        if old is not None and spec.generation < old.generation:
-            return _err(409, "StaleGeneration", f"have {old.generation}")
-        if old is not None and spec.generation == old.generation:
-            return _json(200, self.obs(spec.instance_id).model_dump(mode="json"))
+        try:
+            if is_resend(spec, old):
+                return _json(200, self.obs(spec.instance_id).model_dump(mode="json"))
+        except GenerationConflict as e:
+            return _err(409, e.code, e.message)
+        gone = self.deleted.get(spec.instance_id)
+        if old is None and gone is not None and spec.generation <= gone:
+            return _err(409, "StaleGeneration",
+                        f"instance {spec.instance_id} was deleted at generation {gone}")
         self.specs[spec.instance_id] = spec
         o = self.observed.setdefault(spec.instance_id, {"power": "absent", "booted": False,
                                                         "boot_count": 0, "error": None})

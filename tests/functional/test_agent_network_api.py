@@ -81,12 +81,17 @@ def net(client) -> dict:
 
 def test_put_get_network(agent):
     assert net(agent) == {"generation": 0, "applied_generation": 0, "failed": 0,
-                          "applied_at": None, "error": None}
+                          "applied_at": None, "error": None,
+                          "subsystems": [{"name": n, "ok": True, "error": None,
+                                          "applied_generation": 0}
+                                         for n in ("firewall", "dataplane")]}
     r = agent.put("/v1/network", json=spec_doc(1))
     assert r.status_code == 200, r.text
     assert r.json()["generation"] == 1
     obs = wait_for(lambda: (o := net(agent))["applied_generation"] == 1 and o)
     assert obs["failed"] == 0 and obs["error"] is None and obs["applied_at"] > 0
+    assert [(x["name"], x["ok"], x["applied_generation"]) for x in obs["subsystems"]] == [
+        ("firewall", True, 1), ("dataplane", True, 1)]
     host = agent.dp.last
     assert str(host.underlay_ip) == UNDERLAY and host.underlay_dev == "uplink0"
     assert [v.vni for v in host.vpcs] == [0x2A] and len(host.vpcs[0].ports) == 2

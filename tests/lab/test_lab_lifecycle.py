@@ -1,6 +1,8 @@
 """The lab's life: up (2 hosts) -> every part checked with independent tools -> up again changes
 nothing -> up repairs a killed libvirtd and a deleted link -> a real domain runs -> down removes it all
-and leaves the machine as found. Plus down after a half-failed up and with a dead daemon.
+and leaves the machine as found: the moment down returns, no process the lab started (or that ran in
+its namespaces) is left in /proc and none of its namespaces exists. Plus down after a half-failed up
+and with a dead daemon, without a readable state file, and with the controller and an agent.
 All packets stay inside the lab's namespaces.
 """
 
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,8 +21,10 @@ import pytest
 from lab import Lab, LabError
 from lab import libvirtd as lv
 from lab import naming as nm
-from lab import procs
-from lab.testing import addresses, ip_json, machine_snapshot, ping, skip_reason, unique_prefix
+from lab import network, procs
+from lab import state as lab_state
+from lab.testing import (addresses, free_port, ip_json, machine_snapshot, ping, skip_reason,
+                         unique_prefix)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -189,11 +195,36 @@ def test_a_domain_runs_on_a_lab_host(life):
     life["qemu_pid"] = qemu_pid
 
 
+def _lab_processes(lab: Lab) -> dict[int, int]:
+    """PID -> start time of every process the lab recorded or that runs in one of its namespaces."""
+    s = lab_state.load(lab.state_dir)
+    out = {r.pid: r.start_time for r in (s.processes.values() if s else ())}
+    pattern = nm.all_netns_pattern(lab.prefix)
+    for n in network.list_netns():
+        if pattern.match(n):
+            out.update((r.pid, r.start_time) for r in procs.netns_records(n))
+    return out
+
+
+def _left_behind(lab: Lab, started: dict[int, int]) -> list[str]:
+    """What of the lab exists right now: its processes still in /proc (same PID, same start time:
+    a zombie counts, it has not been reaped) and its namespaces."""
+    pattern = nm.all_netns_pattern(lab.prefix)
+    left = [f"pid {pid}" for pid, t in started.items() if procs.start_time(pid) == t]
+    left += [f"netns {n}" for n in network.list_netns() if pattern.match(n)]
+    return left
+
+
 def test_down_leaves_the_machine_as_found(life):
     lab: Lab = life["lab"]
+    started = _lab_processes(lab)
+    assert len(started) >= 2 and life.get("qemu_pid", -1) in set(started) | {-1}  # libvirtds, qemu
     t = time.monotonic()
     lab.down()
+    left = _left_behind(lab, started)  # immediately: down returns only once all of it is gone
     life["t"]["down"] = time.monotonic() - t
+    assert not left, left
+    assert not [pid for pid in life["pids"] if os.path.exists(f"/proc/{pid}")]
     print(f"\nlab down took {life['t']['down']:.1f}s")
     after = machine_snapshot(life["state"])
     before = life["before"]
@@ -214,20 +245,50 @@ def test_down_leaves_the_machine_as_found(life):
     assert not left, left
     assert not [m for m in after["mounts"] - before["mounts"] if ours(m)]
     assert not life["state"].exists() or not any(life["state"].iterdir())
-    # Every process the lab started (libvirtds, the domain's qemu) is gone.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_running(pid) for pid in life["pids"]):
-        time.sleep(0.1)
-    assert life["pids"] and not [pid for pid in life["pids"] if _running(pid)]
     lab.down()  # a second down is a no-op
 
 
-def _running(pid: int) -> bool:
+def _in_own_process(lab: Lab, call: str) -> None:
+    """Run `Lab(...).<call>` in a process of its own, as `kumo lab up|down` does: the daemons an
+    up starts outlive it (their parent is gone), and the down that ends them is not their parent."""
+    from lab import services
+
+    code = (f"from lab import Lab; Lab({str(lab.state_dir)!r}, prefix={lab.prefix!r}, "
+            f"listen={lab.requested_listen!r}, bootstrap=False).{call}")
+    r = subprocess.run([sys.executable, "-c", code], cwd=services.REPO_ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_down_with_services_waits_for_the_controller_and_agents(tmp_path):
+    """`up` and `down` each in a process of its own (as from the CLI), with the controller, an agent
+    and libvirtd: the moment down's process returns, none of them is left in /proc, and an up
+    right after starts from a clean machine."""
+    from lab import services
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if not (services.controller_available() and services.agent_available()):
+        pytest.skip("controller/agent code missing")
+    lab = Lab(tmp_path / "lab", prefix=unique_prefix(), listen=f"127.0.0.1:{free_port()}",
+              bootstrap=False)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
+        _in_own_process(lab, "up(1)")
+        assert lab.status().ok, lab.status().to_text()
+        started = _lab_processes(lab)
+        names = set(lab_state.load(lab.state_dir).processes)
+        assert {"controller", "agent-h1", "libvirtd-h1"} <= names
+        _in_own_process(lab, "down()")
+        assert not _left_behind(lab, started)
+        _in_own_process(lab, "up(1)")  # at once: nothing of the last life is in the way
+        assert lab.status().ok, lab.status().to_text()
+        again = _lab_processes(lab)
+        assert not set(again.items()) & set(started.items())
+        lab.down()  # in this process, not the daemons' parent either
+        assert not _left_behind(lab, again)
+    finally:
+        lab.down()
 
 
 def test_up_and_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypatch):
@@ -260,10 +321,7 @@ def test_up_and_down_after_a_half_failed_up_and_a_dead_daemon(tmp_path, monkeypa
         lab.down()
     pattern = nm.all_netns_pattern(lab.prefix)
     assert not [n for n in os.listdir("/run/netns") if pattern.match(n)] if os.path.isdir("/run/netns") else True
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_running(p) for p in pids):
-        time.sleep(0.1)
-    assert not [p for p in pids if _running(p)]
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]  # at once, not after a while
     assert not (tmp_path / "lab").exists()
     assert procs.netns_pids(nm.host_netns(lab.prefix, "h1")) == []
 
@@ -310,7 +368,5 @@ def test_down_without_a_readable_state_file_still_cleans_up(tmp_path):
         lab.down()
     pattern = nm.all_netns_pattern(lab.prefix)
     assert not [n for n in os.listdir("/run/netns") if pattern.match(n)] if os.path.isdir("/run/netns") else True
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(pid):
-        time.sleep(0.1)
-    assert not _running(pid)  # libvirtd lived in the host namespace: found and stopped from there
+    # libvirtd lived in the host namespace: found there, stopped, and waited for
+    assert not os.path.exists(f"/proc/{pid}")

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from test_cli_support import FakeKumo, error, invoke, invoke_json
+from test_cli_support import FakeKumo, error, invoke, invoke_json, ok
 
 VPC = {"vpc_id": "vpc-0000000000000000a", "account_id": "acct-1", "cidr_block": "10.0.0.0/16",
        "state": "available", "is_default": False, "main_route_table_id": "rtb-0000000000000000a",
@@ -44,7 +44,7 @@ class FakeNetApi(FakeKumo):
         echo = {"method": m, "path": p, "body": body, "params": dict(request.url.params)}
         if m == "GET" and p.count("/") == 2:  # a list endpoint: one page holding the echo
             return self.page(request, [echo])
-        return httpx.Response(201 if m == "POST" else 200, json=echo)
+        return ok(request, echo)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from test_cli_support import FakeKumo, error, invoke, invoke_json
+from test_cli_support import FakeKumo, error, invoke, invoke_json, ok
 
 GID = "sg-0000000000000000a"
 RULE = {"rule_id": "sgr-0000000000000000a", "group_id": GID, "direction": "ingress",
@@ -38,13 +38,12 @@ class FakeSgApi(FakeKumo):
             return self.page(request, [GROUP, dict(GROUP, group_id="sg-0000000000000000b",
                                                    group_name="default", is_default=True)])
         if p == f"/v1/security-groups/{GID}" and m == "GET":
-            return httpx.Response(200, json=GROUP)
+            return ok(request, GROUP)
         if p.endswith("/ingress") or p.endswith("/ingress/revoke"):
             if getattr(self, "table", False):
-                return httpx.Response(200, json={"group_id": GID, "direction": "ingress",
-                                                 "rules": [RULE]})
+                return ok(request, {"group_id": GID, "direction": "ingress", "rules": [RULE]})
         echo = {"method": m, "path": p, "body": body, "params": dict(request.url.params)}
-        return httpx.Response(201 if m == "POST" else 200, json=echo)
+        return ok(request, echo)
 
 
 @pytest.fixture

@@ -2,16 +2,55 @@
 
 Implements just enough of docs/api.md (envelope errors, pagination, instance lifecycle) for the
 CLI's commands; `instance_script` lets a test decide what successive GETs of an instance return.
+A success is answered with the status the controller's route declares (`api_status`, read from
+controller/api's routers), never one the fake picks: the fake cannot drift from the API (it once
+answered 200 to POST /v1/instances, which the API answers 201). tests/functional/test_cli_api.py
+runs the same commands against the real app.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import pkgutil
 import re
 from dataclasses import dataclass, field
 
 import httpx
 
 from controller.cli.context import CliState
+
+
+@functools.cache
+def _routes() -> tuple[tuple[str, re.Pattern, int], ...]:
+    from fastapi.routing import APIRoute
+
+    import controller.api
+    out = []
+    for info in pkgutil.iter_modules(controller.api.__path__):
+        router = getattr(importlib.import_module(f"controller.api.{info.name}"), "router", None)
+        for route in getattr(router, "routes", ()):
+            if isinstance(route, APIRoute):
+                for method in route.methods:
+                    out.append((method, re.compile("^/v1" + route.path_regex.pattern.lstrip("^")),
+                                route.status_code or 200))
+    return tuple(out)
+
+
+def api_status(method: str, path: str) -> int:
+    """The success status the controller's API answers `method path` with."""
+    for m, rx, status in _routes():
+        if m == method and rx.match(path):
+            return status
+    raise AssertionError(f"the API has no route {method} {path}")
+
+
+def ok(request: httpx.Request, doc=None) -> httpx.Response:
+    """The API's success answer to `request`, carrying `doc`."""
+    status = api_status(request.method, request.url.path)
+    if status == 204:
+        return httpx.Response(204)
+    return httpx.Response(status, json=doc)
 
 
 def error(status: int, code: str, message: str) -> httpx.Response:
@@ -63,7 +102,7 @@ class FakeKumo:
         start = int(request.url.params.get("next_token") or 0)
         chunk = items[start:start + size]
         nxt = str(start + size) if start + size < len(items) else None
-        return httpx.Response(200, json={"items": chunk, "next_token": nxt})
+        return ok(request, {"items": chunk, "next_token": nxt})
 
     # -- routes -------------------------------------------------------------------------------
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -92,8 +131,7 @@ class FakeKumo:
                                                key_name=body.get("key_name"),
                                                client_token=body.get("client_token"))
                 made.append(self.instances[iid])
-            return httpx.Response(200, json={"reservation_id": "r-0000000000000000a",
-                                             "instances": made})
+            return ok(request, {"reservation_id": "r-0000000000000000a", "instances": made})
         if mm := re.fullmatch(r"/v1/instances/([^/]+)(?:/(\w+))?", p):
             iid, action = mm.groups()
             if iid not in self.instances:
@@ -103,22 +141,22 @@ class FakeKumo:
                 script = self.instance_script.get(iid)
                 if script:
                     inst.update(script.pop(0) if len(script) > 1 else script[0])
-                return httpx.Response(200, json=inst)
+                return ok(request, inst)
             if m == "GET" and action == "console":
-                return httpx.Response(200, json={"instance_id": iid, "output": "boot\nKUMO-READY\n",
-                                                 "timestamp": "2026-01-01T00:00:00Z"})
+                return ok(request, {"instance_id": iid, "output": "boot\nKUMO-READY\n",
+                                    "timestamp": "2026-01-01T00:00:00Z"})
             if m == "GET" and action == "status":
-                return httpx.Response(200, json={k: inst[k] for k in (
+                return ok(request, {k: inst[k] for k in (
                     "instance_id", "state", "instance_status", "system_status")} | {"details": []})
             if m == "POST" and action in ("stop", "start", "reboot", "terminate"):
                 if action == "start" and inst["state"] != "stopped":
                     return error(409, "IncorrectInstanceState", f"{iid} is {inst['state']}")
                 inst["state"] = {"stop": "stopping", "start": "pending", "reboot": inst["state"],
                                  "terminate": "shutting-down"}[action]
-                return httpx.Response(200, json=inst)
+                return ok(request, inst)
             if m == "PATCH" and action is None:
                 inst["instance_type"] = body["instance_type"]
-                return httpx.Response(200, json=inst)
+                return ok(request, inst)
         if p == "/v1/key-pairs" and m == "POST":
             if body["name"] in self.key_pairs:
                 return error(400, "InvalidKeyPair.Duplicate", f"{body['name']} exists")
@@ -130,7 +168,7 @@ class FakeKumo:
             resp = dict(kp)
             if "public_key" not in body:
                 resp["private_key"] = "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n-----END OPENSSH PRIVATE KEY-----\n"
-            return httpx.Response(201, json=resp)
+            return ok(request, resp)
         if p == "/v1/key-pairs" and m == "GET":
             return self.page(request, list(self.key_pairs.values()))
         if p == "/v1/instance-types" and m == "GET":
@@ -138,14 +176,13 @@ class FakeKumo:
                      if not t["retired"] or request.url.params.get("include_retired") == "true"]
             return self.page(request, items)
         if p.startswith("/v1/instance-types/") and m == "DELETE":
-            return httpx.Response(204)
+            return ok(request)
         if p == "/v1/images/import" and m == "POST":
-            return httpx.Response(201, json={"image_id": "ami-00000000000000002",
-                                             "name": request.url.params["name"],
-                                             "size": len(request.content),
-                                             "public": request.url.params["public"] == "true"})
+            return ok(request, {"image_id": "ami-00000000000000002",
+                                "name": request.url.params["name"], "size": len(request.content),
+                                "public": request.url.params["public"] == "true"})
         if p == "/v1/images" and m == "POST":
-            return httpx.Response(201, json={"image_id": "ami-00000000000000003", **body})
+            return ok(request, {"image_id": "ami-00000000000000003", **body})
         if p == "/v1/events" and m == "GET":
             evs = [{"event_id": f"ev-{n}", "time": "2026-01-01T00:00:00Z",
                     "resource_type": "instance", "resource_id": "i-1", "account_id": "acct-1",
@@ -153,8 +190,8 @@ class FakeKumo:
                    for n in range(5)]
             return self.page(request, evs)
         if p == "/v1/accounts" and m == "POST":
-            return httpx.Response(201, json={"account_id": "acct-2", "name": body["name"],
-                                             "api_key": "kumo_xyz"})
+            return ok(request, {"account_id": "acct-2", "name": body["name"],
+                                "api_key": "kumo_xyz"})
         if p == "/v1/hosts" and m == "GET":
             return self.page(request, [{
                 "host_id": "host-1", "state": "up", "enabled": True, "hypervisor": "qemu",

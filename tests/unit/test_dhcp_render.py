@@ -1,6 +1,7 @@
-"""agent.network.dhcp's pure parts: the dnsmasq config and hosts-file renderers, validation of
-everything that reaches them (nothing unvalidated, no newline can be smuggled in), lease parsing,
-and the state-dir check of DhcpServers (no process is started here)."""
+"""agent.network.dhcp_render (the pure half of DHCP): the dnsmasq config and hosts-file
+renderers, validation of everything that reaches them (nothing unvalidated, no newline can be
+smuggled in), lease parsing; and the state-dir check of agent.network.dhcp's DhcpServers (no
+process is started here)."""
 from __future__ import annotations
 
 import os
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.network.dhcp import (
-    DhcpError, DhcpPaths, DhcpPort, DhcpServers, DhcpSubnet, parse_leases, render_config,
-    render_hosts, valid_mac,
+from agent.network import dhcp
+from agent.network.dhcp import DhcpServers
+from agent.network.dhcp_render import (
+    DhcpError, DhcpPaths, DhcpPort, DhcpSubnet, parse_leases, render_config, render_hosts,
+    valid_mac,
 )
 from agent.network.model import PortNet, SubnetNet
 
@@ -193,3 +196,9 @@ def test_missing_dnsmasq_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DhcpError) as e:
         DhcpServers(tmp_path, "h", dnsmasq="/nonexistent/dnsmasq")
     assert e.value.code == "DhcpUnavailable"
+
+
+def test_dhcp_keeps_exporting_the_renderer() -> None:
+    """Callers that import the renderer's names from agent.network.dhcp keep working."""
+    assert dhcp.DhcpError is DhcpError and dhcp.render_config is render_config
+    assert dhcp.DhcpPort is DhcpPort and dhcp.parse_leases is parse_leases

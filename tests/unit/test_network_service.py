@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from agent.contract.v1 import NetworkSpec
 from agent.drivers.base import DomainNic, DomainPlan, DriverError
 from agent.drivers.disks import instance_disks
-from agent.drivers.fake import FakeDataplane, FakeNetwork
+from agent.drivers.fake import FakeDataplane
 from agent.libvirt.designer import design_domain
 from agent.network.apply import DataplaneError
 from agent.network.driver import VpcNetwork
@@ -275,22 +275,21 @@ def test_bridge_helpers(tmp_path):
 def test_vpc_network_driver(tmp_path):
     dp = FakeDataplane()
     svc = service(tmp_path, dp, resync_interval=30.0)
-    legacy = FakeNetwork()
-    drv = VpcNetwork(svc, legacy=legacy, wait=0.2)
+    drv = VpcNetwork(svc, wait=0.2)
     svc.start()
     try:
-        assert not drv.bridge_ready("kb-00002a", None)
+        assert not drv.bridge_ready("kb-00002a")
         with pytest.raises(DriverError) as e:
-            drv.ensure_bridge("kb-00002a", None)
+            drv.ensure_bridge("kb-00002a")
         assert (e.value.code, e.value.retryable) == ("NetworkNotReady", True)
-        assert legacy.calls == []  # a VPC bridge is never created by the NIC
         svc.accept(spec(1))
-        drv.ensure_bridge("kb-00002a", None)
-        assert drv.bridge_ready("kb-00002a", None)
-        # Other names: the flat bridge driver.
-        assert not drv.bridge_ready("kumobr0", None)
-        drv.ensure_bridge("kumobr0", None)
-        assert drv.bridge_ready("kumobr0", None) and legacy.calls == [("ensure_bridge", "kumobr0")]
+        drv.ensure_bridge("kb-00002a")
+        assert drv.bridge_ready("kb-00002a")
+        # Other names are no bridges of Kumo's: never ready, never created.
+        assert not drv.bridge_ready("kumobr0")
+        with pytest.raises(DriverError) as e:
+            drv.ensure_bridge("kumobr0")
+        assert (e.value.code, e.value.retryable) == ("NetworkNotReady", False)
     finally:
         svc.stop()
 
@@ -300,7 +299,8 @@ def test_vpc_network_driver(tmp_path):
 def test_network_settings(monkeypatch):
     assert AgentSettings(host_id="h").network_mode() == "vpc"
     assert AgentSettings(host_id="h", driver="fake").network_mode() == "fake"
-    assert AgentSettings(host_id="h", network="bridge").network_mode() == "bridge"
+    with pytest.raises(ValidationError):  # the flat-bridge mode is gone
+        AgentSettings(host_id="h", network="bridge")
     s = AgentSettings(host_id="h")
     assert (s.netns, s.underlay_dev, s.underlay_ip, s.network_resync_interval) == (
         None, None, None, 5.0)
@@ -327,7 +327,7 @@ def test_resolve_namespace():
     assert resolve_namespace("kumo-h1", "h1", False).netns == "kumo-h1"
     assert resolve_namespace("kumo-h1", "h1", False).host_tag == "kumo-h1"
     if own_netns_name() is None:
-        from agent.network_bridge import in_private_netns
+        from agent.netns import in_private_netns
         if not in_private_netns():  # the machine's own namespace: refused unless allowed
             with pytest.raises(DataplaneError) as e:
                 resolve_namespace(None, "h1", False)

@@ -120,11 +120,11 @@ def test_public_ip_is_announced_once(dp) -> None:
 
 def test_a_leftover_netns_file_is_not_a_namespace(tmp_path):
     """An empty /run/netns entry whose mount is gone (its mount namespace died) must be re-created,
-    not entered: netns_is_live tells the two apart by the nsfs device."""
-    from agent.network.netlink import _drop_stale_netns, netns_is_live
+    not entered: agent.netns.is_live tells the two apart by the nsfs device."""
+    from agent.netns import drop_stale, is_live
     (tmp_path / "kumo-h1-kvr-000001").write_text("")
-    assert not netns_is_live("kumo-h1-kvr-000001", str(tmp_path))
-    _drop_stale_netns("kumo-h1-kvr-000001", str(tmp_path))
+    assert not is_live("kumo-h1-kvr-000001", str(tmp_path))
+    drop_stale("kumo-h1-kvr-000001", str(tmp_path))
     assert not (tmp_path / "kumo-h1-kvr-000001").exists()
     os.symlink("/proc/self/ns/net", tmp_path / "live")
-    assert netns_is_live("live", str(tmp_path))
+    assert is_live("live", str(tmp_path))
