@@ -1,0 +1,142 @@
+"""The volume backend contract: what a storage service must do for Kumo's volumes (issue 10).
+
+A volume is a block device that lives on a storage service, not on the instance's host: hosts
+reach it over the network with a protocol QEMU speaks natively (libvirt `<disk type='network'>`),
+so a volume can be attached on any host. This module holds the one Protocol every backend keeps
+(the NBD storage node in agent/storage_node/, an in-memory fake in agent/drivers/fake_volumes.py;
+Ceph RBD later), its value types, its errors (stable codes, EC2 names where EC2 has one) and the
+validation of volume ids and sizes, done here so that bad input fails the same way on every
+backend before it reaches a path, an argv or QMP JSON.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.drivers.base import DriverError, NetworkSource
+
+#: EC2 style: "vol-" + 17 lowercase hex. The id is also the file stem, the export name and (with
+#: a prefix) the daemon's node name, so nothing else is ever accepted.
+VOLUME_ID_RE = re.compile(r"vol-[0-9a-f]{17}")
+MiB = 1 << 20
+GiB = 1 << 30
+#: Sizes are whole MiB (EC2 uses GiB; MiB keeps tests small); the default ceiling is 16 TiB.
+SIZE_GRANULE = MiB
+DEFAULT_MAX_SIZE = 16 << 40
+
+
+class InvalidVolumeId(DriverError):
+    code = "InvalidVolumeID.Malformed"
+    retryable = False
+
+
+class InvalidVolumeSize(DriverError):
+    """Not a whole number of MiB, out of range, or smaller than the volume already is."""
+
+    code = "InvalidVolumeSize"
+    retryable = False
+
+
+class VolumeNotFound(DriverError):
+    code = "InvalidVolume.NotFound"
+    retryable = False
+
+
+class VolumeAlreadyExists(DriverError):
+    """create() of an id that exists with another size (the same size is a no-op)."""
+
+    code = "IdempotentParameterMismatch"
+    retryable = False
+
+
+class VolumeInUse(DriverError):
+    """delete() of an exported volume; unexport() or grow() while a client is connected."""
+
+    code = "VolumeInUse"
+    retryable = False
+
+
+def valid_volume_id(value: object) -> str:
+    """`value` if it is a volume id (vol- + 17 lowercase hex), else InvalidVolumeId."""
+    if not isinstance(value, str) or not VOLUME_ID_RE.fullmatch(value):
+        raise InvalidVolumeId(f"volume id {value!r} is not vol- followed by 17 lowercase hex")
+    return value
+
+
+def valid_size(value: object, max_size: int = DEFAULT_MAX_SIZE) -> int:
+    """`value` if it is a volume size in bytes (a positive whole number of MiB, at most
+    max_size), else InvalidVolumeSize. bool is refused although it is an int."""
+    if (not isinstance(value, int) or isinstance(value, bool) or value <= 0
+            or value % SIZE_GRANULE or value > max_size):
+        raise InvalidVolumeSize(f"volume size {value!r} is not a whole number of MiB in "
+                                f"1 MiB..{max_size} bytes")
+    return value
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One volume as the backend sees it now."""
+
+    volume_id: str
+    size_bytes: int
+    #: True when the volume is in the wanted export set (see VolumeBackend).
+    exported: bool
+
+
+class VolumeBackend(Protocol):
+    """Volumes on a storage service, served to hosts over the network.
+
+    Rules, the same for every backend (tests/unit/volume_contract.py checks them):
+    - Every volume id and size is validated first (valid_volume_id, valid_size): a malformed one
+      is InvalidVolumeID.Malformed / InvalidVolumeSize and nothing changes.
+    - create(id, size) makes an empty (zero-reading) volume. Creating one that exists with the
+      same size is a no-op; with another size it is IdempotentParameterMismatch.
+    - grow(id, size) makes the volume `size` bytes, exported or not, and an exported one stays
+      exported. The same size is a no-op; smaller is InvalidVolumeSize and the volume is
+      untouched. A missing volume is InvalidVolume.NotFound. While an NBD client is connected it
+      is VolumeInUse: qemu 7.2's NBD export takes the resize permission from its node and QEMU's
+      NBD client cannot learn a new size without reconnecting, so growing an attached volume
+      needs the attach path's help (a later step of issue 10).
+    - export(id) serves the volume, writable, and returns the NetworkSource a host's
+      DomainDisk attaches (NBD: export name = the volume id, one TCP host). Exporting an exported
+      volume is a no-op returning the same source. A missing volume is InvalidVolume.NotFound.
+      The export is part of the backend's persisted desired state: it survives restarts of the
+      serving process and of the agent (ensure() puts it back).
+    - unexport(id) stops serving it; one not exported (or not existing) is a no-op. A client
+      still connected makes it VolumeInUse: detach the disk from its guest first.
+    - delete(id) removes the volume and its data. A volume already gone is success. An exported
+      volume is refused with VolumeInUse (unexport first): a delete never pulls a disk from
+      under a running guest.
+    - volumes() lists every volume, sorted by id; exports() maps each exported volume id to its
+      source, as served now (after ensure(): exactly the exported set).
+    - ensure() reconciles what is served with the persisted desired state: the serving process
+      runs, every volume that should be exported is, nothing else is. Idempotent.
+    """
+
+    #: e.g. {"nbd", "grow_exported", "persistent_exports"}
+    capabilities: frozenset[str]
+
+    def create(self, volume_id: str, size_bytes: int) -> None:
+        """Create an empty volume of `size_bytes` (see the rules)."""
+
+    def grow(self, volume_id: str, size_bytes: int) -> None:
+        """Grow the volume to `size_bytes`; never shrinks (see the rules)."""
+
+    def delete(self, volume_id: str) -> None:
+        """Delete the volume; gone is success, exported is VolumeInUse."""
+
+    def export(self, volume_id: str) -> NetworkSource:
+        """Serve the volume and return where hosts find it; idempotent."""
+
+    def unexport(self, volume_id: str) -> None:
+        """Stop serving the volume; not exported is a no-op."""
+
+    def volumes(self) -> list[VolumeInfo]:
+        """Every volume, sorted by id."""
+
+    def exports(self) -> dict[str, NetworkSource]:
+        """Volume id -> source of every volume served now."""
+
+    def ensure(self) -> None:
+        """Make what is served match the persisted desired state."""

@@ -1,0 +1,8 @@
+"""The storage node: Kumo's NBD volume service (issue 10).
+
+Each volume is a qcow2 file in the node's state directory, served over NBD by one
+qemu-storage-daemon that runs under agent/supervisor.py and is driven over its QMP socket.
+`backend.NbdBackend` is the VolumeBackend (agent/drivers/volumes.py); `daemon.py` runs and
+talks to the daemon, `qmp.py` is the QMP client, `wanted.py` the persisted export set and
+`files.py` the volume files.
+"""

@@ -1,0 +1,171 @@
+"""The storage node's one qemu-storage-daemon: how it is run (a ChildSpec under
+agent/supervisor.py, in the node's network namespace), its NBD server, and the QMP verbs the
+backend composes (open/close a volume's block nodes, add/remove its NBD export, resize, list).
+
+Names inside the daemon all derive from the validated volume id: the qcow2 node and the export
+(id and NBD name) are the id itself, the file node is "f-" + id. Nodes are opened with the host
+page cache and flushes honoured (cache.no-flush=false): a write the client was told is flushed
+is on the disk. Nothing here decides which volumes to serve: that is backend.py's.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+from agent.drivers.base import NetworkHost
+from agent.drivers.volumes import VOLUME_ID_RE, valid_volume_id
+from agent.storage_node.qmp import QmpClient, QmpError
+from agent.supervisor import ChildSpec, Supervised
+
+log = logging.getLogger(__name__)
+
+PROGRAM = "qemu-storage-daemon"
+#: Never anything that ignores flushes (no-flush=true is QEMU's "unsafe").
+CACHE = {"direct": False, "no-flush": False}
+_UNIX_PATH_MAX = 107
+
+
+def file_node(volume_id: str) -> str:
+    return "f-" + valid_volume_id(volume_id)
+
+
+def _safe_dir(path: Path) -> Path:
+    """The daemon's own paths go into a QEMU option string, where ',' separates options."""
+    text = str(path)
+    if not path.is_absolute() or "," in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"storage node state dir {text!r} must be absolute, without commas or "
+                         "control characters")
+    return path
+
+
+class StorageDaemon:
+    """One supervised qemu-storage-daemon with an NBD server on host:port in `netns`."""
+
+    def __init__(self, state_dir: Path, host: str, port: int, *, netns: Optional[str] = None,
+                 start_timeout: float = 10.0, qmp_timeout: float = 10.0):
+        self.state_dir = _safe_dir(Path(state_dir))
+        self.listen = NetworkHost(host, port)  # validates both
+        if port is None:
+            raise ValueError("the NBD server needs a port")
+        self.qmp_path = str(self.state_dir / "qmp.sock")
+        if len(self.qmp_path) > _UNIX_PATH_MAX:
+            raise ValueError(f"QMP socket path {self.qmp_path!r} is too long for a unix socket")
+        self.qmp_timeout = qmp_timeout
+        argv = (PROGRAM, "--chardev", f"socket,id=qmp0,path={self.qmp_path},server=on,wait=off",
+                "--monitor", "chardev=qmp0", "--pidfile", str(self.state_dir / "qsd.pid"))
+        # The daemon writes its pid file after its monitor is listening: the readiness signal.
+        self.child = Supervised(ChildSpec(
+            name=f"qemu-storage-daemon in {netns or 'this namespace'}", argv=argv,
+            pid_file=str(self.state_dir / "qsd.pid"), netns=netns,
+            log_file=str(self.state_dir / "qsd.log"), child_writes_pid_file=True),
+            start_timeout=start_timeout)
+
+    # -- the process --------------------------------------------------------------------------
+    def pid(self) -> Optional[int]:
+        return self.child.pid()
+
+    def ensure_running(self) -> str:
+        """The daemon runs in place with its NBD server listening: "running", "started" or
+        "restarted" (SupervisorError when it cannot start, QmpError when QMP fails)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.child.pid() is None:
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.qmp_path).unlink()  # a dead daemon's socket
+        how = self.child.ensure()
+        with self.qmp() as q:
+            self.start_nbd_server(q)
+        return how
+
+    def stop(self) -> bool:
+        stopped = self.child.stop()
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.qmp_path).unlink()
+        return stopped
+
+    @contextlib.contextmanager
+    def qmp(self, wait: float = 3.0) -> Iterator[QmpClient]:
+        """A QMP connection; retried for up to `wait` seconds while the socket comes up."""
+        deadline = time.monotonic() + wait
+        while True:
+            client = QmpClient(self.qmp_path, self.qmp_timeout)
+            try:
+                client.connect()
+                break
+            except QmpError as e:
+                if e.code != "QmpUnavailable" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    # -- QMP verbs ----------------------------------------------------------------------------
+    def start_nbd_server(self, q: QmpClient) -> None:
+        """Start the NBD server; one already running is fine (QMP has no query for it)."""
+        addr = {"type": "inet", "data": {"host": self.listen.name, "port": str(self.listen.port)}}
+        try:
+            q.execute("nbd-server-start", {"addr": addr})
+        except QmpError as e:
+            if "already running" not in e.desc:
+                raise
+
+    @staticmethod
+    def open_nodes(q: QmpClient) -> dict[str, int]:
+        """Volume id -> virtual size of every volume whose qcow2 node is open."""
+        out = {}
+        for node in q.execute("query-named-block-nodes", {"flat": True}) or []:
+            name = node.get("node-name", "")
+            if VOLUME_ID_RE.fullmatch(name):
+                out[name] = int(node.get("image", {}).get("virtual-size", 0))
+        return out
+
+    @staticmethod
+    def served(q: QmpClient) -> set[str]:
+        """Volume ids exported now (exports shutting down are not served)."""
+        return {e["id"] for e in q.execute("query-block-exports") or []
+                if VOLUME_ID_RE.fullmatch(e.get("id", "")) and not e.get("shutting-down")}
+
+    @staticmethod
+    def open_volume(q: QmpClient, volume_id: str, path: Path) -> None:
+        q.execute("blockdev-add", {
+            "driver": "qcow2", "node-name": valid_volume_id(volume_id), "cache": CACHE,
+            "discard": "unmap",
+            "file": {"driver": "file", "node-name": file_node(volume_id),
+                     "filename": str(path), "cache": CACHE}})
+
+    @staticmethod
+    def close_volume(q: QmpClient, volume_id: str) -> None:
+        """Close both nodes; ones already closed are skipped. Deleting the qcow2 node takes
+        the file node it was opened with along, so the list is read again in between."""
+        for node in (valid_volume_id(volume_id), file_node(volume_id)):
+            names = {n.get("node-name") for n in q.execute("query-named-block-nodes",
+                                                            {"flat": True}) or []}
+            if node in names:
+                q.execute("blockdev-del", {"node-name": node})
+
+    @staticmethod
+    def add_export(q: QmpClient, volume_id: str) -> None:
+        vid = valid_volume_id(volume_id)
+        q.execute("block-export-add", {"type": "nbd", "id": vid, "node-name": vid, "name": vid,
+                                       "writable": True})
+
+    def del_export(self, q: QmpClient, volume_id: str, timeout: float = 5.0) -> None:
+        """Remove the export (safe mode: refused while a client is connected, QmpError) and
+        wait until it is gone, so its node can be closed."""
+        vid = valid_volume_id(volume_id)
+        q.execute("block-export-del", {"id": vid})
+        deadline = time.monotonic() + timeout
+        while any(e.get("id") == vid for e in q.execute("query-block-exports") or []):
+            if time.monotonic() > deadline:
+                raise QmpError(f"export {vid} still shutting down after {timeout} s",
+                               code="QmpUnavailable")
+            time.sleep(0.02)
+
+    @staticmethod
+    def resize(q: QmpClient, volume_id: str, size_bytes: int) -> None:
+        q.execute("block_resize", {"node-name": valid_volume_id(volume_id),
+                                   "size": int(size_bytes)})

@@ -1,0 +1,85 @@
+"""The VolumeBackend contract (tests/unit/volume_contract.py) on FakeVolumeBackend, plus the
+shared id and size validators. The NBD storage node runs the same checks in
+tests/lab/test_nbd_backend_lab.py."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from agent.drivers.fake_volumes import FakeVolumeBackend
+from agent.drivers.volumes import (MiB, InvalidVolumeId, InvalidVolumeSize, valid_size,
+                                   valid_volume_id)
+from tests.unit import volume_contract as contract
+
+V1 = "vol-0000000000000a001"
+V2 = "vol-0000000000000a002"
+
+
+@pytest.fixture
+def fake():
+    return FakeVolumeBackend(max_size=1 << 30)
+
+
+def test_bad_input(fake):
+    contract.check_bad_input(fake, V1)
+
+
+def test_missing(fake):
+    contract.check_missing(fake, V1)
+
+
+def test_create_and_grow(fake):
+    contract.check_create_and_grow(fake, V1)
+
+
+def test_export_lifecycle(fake):
+    src = contract.check_export_lifecycle(fake, V1, V2)
+    assert (src.hosts[0].name, src.hosts[0].port) == ("192.0.2.10", 10809)
+
+
+def test_ensure_after_crash(fake):
+    contract.check_ensure_after_crash(fake, V1, V2, fake.crash)
+
+
+def test_unexport_while_connected(fake):
+    @contextmanager
+    def connected(vid):
+        fake.connect(vid)
+        try:
+            yield
+        finally:
+            fake.disconnect(vid)
+    contract.check_unexport_while_connected(fake, V1, connected)
+
+
+def test_ensure_drops_wanted_volumes_without_data(fake):
+    fake.create(V1, MiB)
+    fake.export(V1)
+    fake.sizes.clear()  # the data vanished behind the backend's back
+    fake.ensure()
+    assert fake.exports() == {} and fake.wanted == set()
+
+
+@pytest.mark.parametrize("good", ["vol-0123456789abcdef0", "vol-fffffffffffffffff"])
+def test_valid_volume_id(good):
+    assert valid_volume_id(good) == good
+
+
+@pytest.mark.parametrize("bad", contract.BAD_IDS)
+def test_invalid_volume_id(bad):
+    with pytest.raises(InvalidVolumeId) as e:
+        valid_volume_id(bad)
+    assert e.value.code == "InvalidVolumeID.Malformed" and not e.value.retryable
+
+
+@pytest.mark.parametrize("bad", contract.BAD_SIZES + [2 * MiB + 512, (1 << 30) + MiB])
+def test_invalid_size(bad):
+    with pytest.raises(InvalidVolumeSize) as e:
+        valid_size(bad, max_size=1 << 30)
+    assert e.value.code == "InvalidVolumeSize"
+
+
+def test_valid_sizes():
+    assert valid_size(MiB) == MiB
+    assert valid_size(1 << 30, max_size=1 << 30) == 1 << 30
