@@ -97,9 +97,11 @@ def test_heartbeats_carry_host_and_instances(tmp_path):
                                         if b["instances"] and
                                         b["instances"][0]["power"] == "running"), None))
             assert hb.instances[0].instance_id == "i-00000000000000001"
-            n = len(ctl.received)
-            time.sleep(0.7)  # the periodic beat continues at the configured interval
-            assert 2 <= len(ctl.received) - n <= 5
+            # The periodic beat continues at the configured interval (0.3 s): two more arrive,
+            # and no more than the interval allows (a loaded machine may only delay them).
+            n, t0 = len(ctl.received), time.monotonic()
+            wait_for(lambda: len(ctl.received) - n >= 2)
+            assert len(ctl.received) - n <= (time.monotonic() - t0) / 0.3 + 2
 
 
 def test_controller_down_is_retried_and_the_agent_keeps_working(tmp_path):
