@@ -11,20 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from agent import netns
 from agent.drivers.volumes import MiB
 from agent.storage_node.backend import NbdBackend
-from agent.supervisor import pid_alive
 from lab.testing import ns_run, unique_prefix
+from tests.lab.storage_support import ip, nbd_url, qemu_io, skip_reason, storage_node
 from tests.unit import volume_contract as contract
 
 pytestmark = [pytest.mark.lab]
@@ -35,54 +32,31 @@ V1 = "vol-000000000000bd001"
 V2 = "vol-000000000000bd002"
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    for tool in ("ip", "nsenter", "qemu-storage-daemon", "qemu-io", "qemu-img"):
-        if shutil.which(tool) is None:
-            return f"{tool} missing"
-    return None
-
-
 @pytest.fixture
 def node():
-    """(backend, namespace name, state dir); everything removed afterwards, and checked."""
-    reason = _skip_reason()
+    """(backend, namespace name, state dir, pids); everything removed afterwards, and checked."""
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
     ns = unique_prefix() + "-sn"
-    state = Path(tempfile.mkdtemp(prefix="kumo-nbd-"))
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    pids: list[int] = []
-    backend = None
-    try:
+
+    def wire(ns: str) -> None:
         # A veth pair with both ends inside the namespace (no dummy module on these machines).
-        for argv in (["link", "set", "lo", "up"],
-                     ["link", "add", "sn0", "type", "veth", "peer", "name", "sn1"],
+        for argv in (["link", "add", "sn0", "type", "veth", "peer", "name", "sn1"],
                      ["addr", "add", f"{ADDR}/24", "dev", "sn0"], ["link", "set", "sn1", "up"],
                      ["link", "set", "sn0", "up"]):
-            subprocess.run(["ip", "-n", ns, *argv], check=True)
-        backend = NbdBackend(state, ADDR, PORT, netns=ns, max_size=1 << 30)
+            ip(ns, *argv)
+
+    with storage_node(ns, ADDR, PORT, wire) as (backend, state, pids):
         yield backend, ns, state, pids
-    finally:
-        if backend is not None:
-            pid = backend.daemon.pid()
-            if pid is not None:
-                pids.append(pid)
-            backend.stop()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(state, ignore_errors=True)
-    assert not [p for p in pids if pid_alive(p)], "a daemon survived"
-    assert not netns.is_live(ns) and not os.path.exists(netns.netns_path(ns))
-    assert not state.exists()
 
 
 def _url(vid: str) -> str:
-    return f"nbd://{ADDR}:{PORT}/{vid}"
+    return nbd_url(ADDR, PORT, vid)
 
 
 def _qemu_io(ns: str, vid: str, command: str) -> subprocess.CompletedProcess:
-    return ns_run(ns, "qemu-io", "-f", "raw", _url(vid), "-c", command, check=False, timeout=15)
+    return qemu_io(ns, _url(vid), command)
 
 
 def _kill_daemon(backend: NbdBackend, pids: list[int]) -> None:
