@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from agent.contract.v1 import INSTANCE_ID_RE, InstanceSpec
@@ -66,6 +66,10 @@ class Runtime:
     seed_key: str | None = None
     seed_path: str | None = None
     defined_key: str | None = None
+    #: Volume targets whose detach was asked for and has not finished (a guest that held on):
+    #: the definition may still hold them after the guest lets go, so the next pass detaches
+    #: them again. Written before each detach.
+    detaching: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Runtime":

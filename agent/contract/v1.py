@@ -26,7 +26,8 @@ import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_validator,
+                      model_validator)
 
 from agent.validators import IFNAME_RE, MAC_RE
 
@@ -37,7 +38,9 @@ CONTRACT_VERSION = "v1"
 #:   stateful firewall, part of the same document so ports and their rules change together).
 #:   network-subsystems: NetworkObserved.subsystems (each part of the host's network, by name,
 #:   with its own status; the controller ships with its agents, so it parses the field).
-EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems")
+#:   volumes: InstanceSpec.volumes (network disks the agent attaches to the domain, live when it
+#:   runs, always in its definition) and InstanceObserved.volumes (what is attached now).
+EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -50,6 +53,17 @@ IfName = Annotated[str, StringConstraints(pattern=IFNAME_RE.pattern)]
 # RFC 1123 host label: letters, digits, hyphen; no XML/shell/YAML metacharacters possible.
 Hostname = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{17}$")
+VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
+#: A volume's virtio target: vdb..vdz (vda is always the root disk).
+VolumeDevice = Annotated[str, StringConstraints(pattern=r"^vd[b-z]$")]
+#: What virtio-blk shows the guest as the disk's serial (at most 20 characters).
+DiskSerial = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,20}$")]
+#: An NBD export name: letters, digits, dot, underscore, hyphen (e.g. the volume id).
+ExportName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+# One DNS name of RFC 1123 labels (a storage node's host name).
+_DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class _Wire(BaseModel):
@@ -102,6 +116,46 @@ class NicSpec(_Wire):
         return data
 
 
+class VolumeSource(_Wire):
+    """Where a volume is served (extension volumes): one NBD export on a storage node."""
+
+    #: Always "nbd" in v1.
+    protocol: Literal["nbd"] = "nbd"
+    #: The storage node: an IPv4 address or a DNS host name (no ports, no brackets, no spaces).
+    host: str
+    #: TCP port of the NBD server (10809 is NBD's registered port).
+    port: int = Field(default=10809, ge=1, le=65535)
+    #: The export's name on that server (the storage node exports each volume under its id).
+    export: ExportName
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, v: str) -> str:
+        if re.fullmatch(r"[0-9.]+", v):
+            IPv4Address(v)  # all digits and dots: it must be a real IPv4 address
+            return v
+        if not _DNS_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is neither an IPv4 address nor a DNS host name")
+        return v
+
+
+class VolumeAttachment(_Wire):
+    """One volume the instance's domain carries (extension volumes)."""
+
+    volume_id: VolumeId
+    #: The virtio target the guest sees it on, vdb..vdz; unique within the spec.
+    device: VolumeDevice
+    source: VolumeSource
+    #: The disk's serial in the guest (/dev/disk/by-id/virtio-<serial>). None: derived from the
+    #: volume id, "vol" + its 17 hex digits (the id itself is 21 characters, one too many).
+    serial: DiskSerial | None = None
+
+    @property
+    def disk_serial(self) -> str:
+        """The serial the agent gives the disk: `serial`, or the one derived from the id."""
+        return self.serial if self.serial is not None else "vol" + self.volume_id[4:]
+
+
 class InstanceSpec(_Wire):
     """The full desired state of one instance on this host. PUT replaces it whole."""
 
@@ -125,6 +179,20 @@ class InstanceSpec(_Wire):
     reboot_nonce: int = Field(default=0, ge=0)
     #: "never": a domain that stops by itself is reported, not restarted. "always": restarted.
     restart_policy: Literal["never", "always"] = "never"
+    #: Volumes attached to the instance (extension volumes; at most 16): in the domain's
+    #: definition always, and hot-plugged into the running guest, or unplugged from it when they
+    #: leave the list. Devices, volume ids and sources are unique within a spec.
+    volumes: list[VolumeAttachment] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _unique_volumes(self) -> InstanceSpec:
+        for what, key in (("device", lambda v: v.device), ("volume_id", lambda v: v.volume_id),
+                          ("source", lambda v: (v.source.host, v.source.port, v.source.export)),
+                          ("serial", lambda v: v.disk_serial)):
+            seen = [key(v) for v in self.volumes]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"volumes: the same {what} is used twice")
+        return self
 
 
 PowerState = Literal["running", "shutoff", "paused", "crashed", "absent", "building", "error"]
@@ -136,6 +204,15 @@ class ErrorInfo(_Wire):
     code: str  # stable machine-readable code, e.g. ImageChecksumMismatch
     message: str
     retryable: bool = True
+
+
+class AttachedVolume(_Wire):
+    """A volume disk the domain has now (extension volumes)."""
+
+    #: Its virtio target (vdb..vdz).
+    device: str
+    #: The volume on it, when the agent can tell (from the spec or the disk's serial).
+    volume_id: VolumeId | None = None
 
 
 class InstanceObserved(_Wire):
@@ -155,6 +232,9 @@ class InstanceObserved(_Wire):
     vcpus: int | None = None
     memory_mib: int | None = None
     error: ErrorInfo | None = None
+    #: Volume disks attached now, sorted by device: the running guest's, else the definition's
+    #: (extension volumes; empty from agents that predate it).
+    volumes: list[AttachedVolume] = Field(default_factory=list)
 
 
 def vpc_bridge(vni: int) -> str:

@@ -17,16 +17,19 @@ from agent.drivers.base import (DeviceNotHotpluggable, DeviceSourceInUse, Device
 
 #: Buses a running domain can take a new disk on (PCI hot-plug for virtio, SCSI hot-plug).
 HOTPLUG_BUSES = frozenset({"virtio", "scsi"})
+ROOT_TARGET, SEED_TARGET = "vda", "hdc"
+#: The targets of an instance's own disks; every other disk of its domain is a volume.
+OWN_TARGETS = frozenset({ROOT_TARGET, SEED_TARGET})
 
 
 def root_disk(path: Path) -> DomainDisk:
     """The instance's root disk: its qcow2 overlay as vda."""
-    return DomainDisk(target="vda", source=FileSource(Path(path), "qcow2"), bus="virtio")
+    return DomainDisk(target=ROOT_TARGET, source=FileSource(Path(path), "qcow2"), bus="virtio")
 
 
 def seed_cdrom(path: Path) -> DomainDisk:
     """The instance's NoCloud seed ISO as a read-only IDE cdrom (hdc)."""
-    return DomainDisk(target="hdc", source=FileSource(Path(path), "raw"), device="cdrom",
+    return DomainDisk(target=SEED_TARGET, source=FileSource(Path(path), "raw"), device="cdrom",
                       bus="ide", readonly=True)
 
 

@@ -14,11 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from agent.contract.v1 import INSTANCE_ID_RE, ErrorInfo, InstanceObserved
+from agent.contract.v1 import INSTANCE_ID_RE, AttachedVolume, ErrorInfo, InstanceObserved
 from agent.drivers.base import DriverError
 from agent.reconcile.planner import Aborted, execute
 from agent.reconcile.readiness import check_ready
-from agent.reconcile.steps import Drivers, InstanceContext, steps_for
+from agent.reconcile.steps import Drivers, InstanceContext, attached_volumes, steps_for
 from agent.state import Backoff, StateStore
 
 log = logging.getLogger(__name__)
@@ -266,9 +266,11 @@ class Reconciler:
             return None
         rt = self.store.runtime(iid)
         err = self.error(iid)
+        volumes: list[AttachedVolume] = []
         try:
             st = self.drivers.hypervisor.status(iid)
             power, vcpus, mem = st.power, st.vcpus, st.memory_mib
+            volumes = attached_volumes(spec, st.disks)
         except DriverError as e:
             power, vcpus, mem = "error", None, None
             err = err or ErrorInfo(code=e.code, message=str(e), retryable=e.retryable)
@@ -280,7 +282,7 @@ class Reconciler:
             booted=rt.booted and running, boot_count=rt.boot_count,
             boot_started_at=rt.boot_started_at if running else None,
             booted_at=rt.booted_at if running and rt.booted else None,
-            vcpus=vcpus, memory_mib=mem, error=err)
+            vcpus=vcpus, memory_mib=mem, error=err, volumes=volumes)
 
     def observed_all(self) -> list[InstanceObserved]:
         out = []

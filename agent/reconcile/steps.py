@@ -12,18 +12,25 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from agent.contract.v1 import InstanceSpec, NicSpec
-from agent.drivers.base import DomainNic, DomainPlan, DomainStatus, DriverError, Hypervisor, Storage
-from agent.drivers.disks import instance_disks
+from agent.contract.v1 import AttachedVolume, InstanceSpec, NicSpec, VolumeAttachment
+from agent.drivers.base import (DomainDisk, DomainNic, DomainPlan, DomainStatus, DriverError,
+                                Hypervisor, NetworkHost, NetworkSource, Storage)
+from agent.drivers.disks import OWN_TARGETS, instance_disks
 from agent.drivers.network_base import Network
 from agent.seed import network_config_v2
 from agent.state import Runtime
 
 MAX_USER_DATA = 16 * 1024
+#: Seconds a running guest gets to release a volume before the detach reports a (retryable)
+#: DeviceDetachTimeout; the unplug request stays pending and the next pass asks again.
+DETACH_TIMEOUT = 10.0
+#: The serial VolumeAttachment derives from a volume id ("vol" + its 17 hex digits).
+DERIVED_SERIAL_RE = re.compile(r"^vol[0-9a-f]{17}$")
 NetworkConfigBuilder = Callable[[list[NicSpec]], dict | None]
 
 
@@ -57,6 +64,7 @@ class InstanceContext:
     clock: Callable[[], float]
     #: Persists the runtime record now (write-ahead of actions a crash must not lose).
     save: Callable[[], None] = lambda: None
+    detach_timeout: float = DETACH_TIMEOUT
 
     @property
     def id(self) -> str:
@@ -126,22 +134,63 @@ class InstanceContext:
         meta, user_data, netcfg = self.seed_inputs()
         return key_of(meta, base64.b64encode(user_data).decode(), netcfg)
 
-    def plan(self) -> DomainPlan:
-        """The domain this instance needs: its own disks (root disk, then seed) and NICs."""
+    def own_disks(self) -> tuple[DomainDisk, ...]:
+        """The instance's own disks: root disk, then seed (never touched by volume steps)."""
         if self.rt.disk_path is None:
             raise DriverError(f"{self.id}: no root disk prepared yet", code="RootDiskMissing",
                               retryable=True)
         seed = Path(self.rt.seed_path) if self.rt.seed_path else None
+        return instance_disks(Path(self.rt.disk_path), seed)
+
+    def volume_disks(self) -> tuple[DomainDisk, ...]:
+        """The spec's volumes as the network disks the domain carries, in spec order."""
+        return tuple(volume_disk(v) for v in self.spec.volumes)
+
+    def plan(self) -> DomainPlan:
+        """The domain this instance needs: its own disks (root disk, then seed), its volumes
+        and its NICs."""
         return DomainPlan(
             name=self.id, vcpus=self.spec.vcpus, memory_mib=self.spec.memory_mib,
-            disks=instance_disks(Path(self.rt.disk_path), seed),
+            disks=self.own_disks() + self.volume_disks(),
             console_log=self.console_log(),
             nics=tuple(DomainNic(mac=n.mac, bridge=n.bridge) for n in self.spec.nics))
 
     def plan_key(self) -> str:
+        """The fingerprint DomainDefined redefines on. Volumes are left out on purpose:
+        VolumesAttached changes them in place (live and in the definition), so a volume change
+        alone never redefines the domain; every define still carries the spec's volumes."""
         p = self.plan()
-        return key_of(p.name, p.vcpus, p.memory_mib, [asdict(d) for d in p.disks],
+        own = self.own_disks()
+        return key_of(p.name, p.vcpus, p.memory_mib, [asdict(d) for d in own],
                       str(p.console_log), [(n.mac, n.bridge) for n in p.nics])
+
+
+def volume_disk(v: VolumeAttachment) -> DomainDisk:
+    """A volume as a virtio network disk. cache "none": the guest's flushes reach the storage
+    node and no host page cache sits between hosts when the volume moves."""
+    src = v.source
+    return DomainDisk(target=v.device,
+                      source=NetworkSource(src.protocol, src.export,
+                                           (NetworkHost(src.host, src.port),)),
+                      bus="virtio", serial=v.disk_serial, cache="none")
+
+
+def extra_disks(disks: tuple[DomainDisk, ...]) -> list[DomainDisk]:
+    """The disks of `disks` that are not the instance's own (root, seed): its volumes."""
+    return [d for d in disks if d.target not in OWN_TARGETS]
+
+
+def attached_volumes(spec: InstanceSpec, disks: tuple[DomainDisk, ...]) -> list[AttachedVolume]:
+    """InstanceObserved.volumes from a domain's disks: each volume disk by device, named by the
+    spec volume it is exactly, else by its serial when that is a derived one ("vol" + 17 hex)."""
+    wanted = {volume_disk(v): v.volume_id for v in spec.volumes}
+    out = []
+    for d in sorted(extra_disks(disks), key=lambda d: d.target):
+        vid = wanted.get(d)
+        if vid is None and d.serial is not None and DERIVED_SERIAL_RE.match(d.serial):
+            vid = f"vol-{d.serial[3:]}"
+        out.append(AttachedVolume(device=d.target, volume_id=vid))
+    return out
 
 
 class Step:
@@ -303,7 +352,54 @@ class Rebooted(Step):
         return ctx.status().power == "running" and not self.needed(ctx)
 
 
+class VolumesAttached(Step):
+    """The domain's volume disks match spec.volumes: the running guest's (hot-plug and unplug,
+    each also changing the definition) or, while it is shut off, the definition's. The root
+    disk and the seed are never touched. A guest that does not release a volume in time raises
+    DeviceDetachTimeout (retryable); the target stays in rt.detaching, so a later pass finishes
+    the detach (the definition's copy too) even after the guest let go by itself."""
+
+    name = "volumes-attached"
+
+    def _diff(self, ctx: InstanceContext) -> tuple[list[str], list[DomainDisk], list[str]] | None:
+        """(targets to detach, disks to attach, targets no longer detaching), or None when the
+        domain is in no state to change (absent, paused, crashed: a define or start carries the
+        spec's volumes)."""
+        st = ctx.status()
+        if st.power not in ("running", "shutoff"):
+            return None
+        have = extra_disks(st.disks)
+        want = ctx.volume_disks()
+        keep = {d.target for d in have if d in want}
+        detach = [d.target for d in have if d not in want]
+        detach += [t for t in ctx.rt.detaching if t not in keep and t not in detach]
+        attach = [d for d in want if d not in have]
+        settled = [t for t in ctx.rt.detaching if t in keep]
+        return detach, attach, settled
+
+    def needed(self, ctx):
+        diff = self._diff(ctx)
+        return diff is not None and any(diff)
+
+    def run(self, ctx):
+        diff = self._diff(ctx)
+        if diff is None:
+            return
+        detach, attach, settled = diff
+        rt, hv = ctx.rt, ctx.drivers.hypervisor
+        rt.detaching = [t for t in rt.detaching if t not in settled]
+        for target in detach:  # first: a volume moving to another target frees its source
+            if target not in rt.detaching:
+                rt.detaching.append(target)
+                ctx.save()  # write-ahead: a timeout or a crash leaves it to finish later
+            hv.detach_disk(ctx.id, target, timeout=ctx.detach_timeout)
+            rt.detaching.remove(target)
+            ctx.save()
+        for disk in attach:
+            hv.attach_disk(ctx.id, disk)
+
+
 def steps_for(ctx: InstanceContext) -> list[Step]:
     """Every step, in dependency order; the planner keeps those that are needed."""
     return [ImageCached(), RootDisk(), SeedWritten(), NetworkReady(), DomainDefined(),
-            PoweredOff(), Started(), Rebooted()]
+            PoweredOff(), Started(), Rebooted(), VolumesAttached()]

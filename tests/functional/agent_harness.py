@@ -1,5 +1,5 @@
 """Shared harness for the agent's functional tests: a spec factory, an agent app on fake drivers
-served through TestClient, and a polling helper."""
+served through TestClient, a polling helper and the instance API calls the tests make."""
 from __future__ import annotations
 
 import base64
@@ -59,3 +59,21 @@ def wait_for(fn, timeout: float = 5.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
         time.sleep(0.02)
+
+
+def obs(client, iid) -> dict:
+    return client.get(f"/v1/instances/{iid}").json()
+
+
+def put(client, spec) -> dict:
+    r = client.put(f"/v1/instances/{spec['instance_id']}", json=spec)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def until(client, iid, **want) -> dict:
+    """Wait until the instance's observed state has every field of `want`; return it."""
+    def check():
+        o = obs(client, iid)
+        return o if all(o.get(k) == v for k, v in want.items()) else None
+    return wait_for(check)

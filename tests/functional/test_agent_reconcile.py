@@ -11,30 +11,13 @@ from agent.drivers.base import DomainPlan, DriverError
 from agent.drivers.disks import instance_disks
 from agent.drivers.fake import FakeHypervisor, FakeNetwork, FakeStorage
 
-from tests.functional.agent_harness import make_spec, running_agent, wait_for
+from tests.functional.agent_harness import make_spec, obs, put, running_agent, until, wait_for
 
 
 @pytest.fixture
 def agent(tmp_path):
     with running_agent(tmp_path) as client:
         yield client
-
-
-def obs(client, iid) -> dict:
-    return client.get(f"/v1/instances/{iid}").json()
-
-
-def put(client, spec) -> dict:
-    r = client.put(f"/v1/instances/{spec['instance_id']}", json=spec)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def until(client, iid, **want) -> dict:
-    def check():
-        o = obs(client, iid)
-        return o if all(o.get(k) == v for k, v in want.items()) else None
-    return wait_for(check)
 
 
 def test_reconciles_a_new_instance_to_running(agent, tmp_path):
