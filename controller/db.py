@@ -8,7 +8,8 @@ advisory lock taken at BEGIN (READ COMMITTED, 30 s lock timeout like SQLite's bu
 Change listeners (`Database.on_change`, the reconciler's wake-up) are called after every commit
 of a session that wrote something, whoever made the change: an API request or a service the
 controller runs on its own. A session that only read, or rolled back, calls none.
-Also owns UtcDateTime, the column type that stores naive UTC and returns aware UTC.
+Also owns UtcDateTime, the column type that stores naive UTC and returns aware UTC, and
+delete_all(), the one way services delete every row a query selects.
 """
 from __future__ import annotations
 
@@ -150,3 +151,12 @@ def _note_statement(state) -> None:
     # Bulk INSERT/UPDATE/DELETE statements (the reconciler's purge) bypass the flush.
     if state.is_insert or state.is_update or state.is_delete:
         state.session.info[_WROTE] = True
+
+
+def delete_all(session: Session, query) -> int:
+    """Delete every row `query` selects, one ORM delete each (so the session's flush sees them,
+    as the change listeners need); the number deleted."""
+    rows = list(session.exec(query))
+    for row in rows:
+        session.delete(row)
+    return len(rows)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
+from controller.db import delete_all
 from controller.errors import InvalidParameter, NotFound
 from controller.models import (ElasticIp, Instance, InstanceSecurityGroup, SecurityGroup, Subnet,
                                Vpc)
@@ -107,9 +108,8 @@ def release(s: Session, inst: Instance) -> None:
             s.delete(eip)
         else:
             elastic_ips.unlink(s, eip, f"instance {inst.instance_id} terminated")
-    for row in s.exec(select(InstanceSecurityGroup).where(
-            InstanceSecurityGroup.instance_id == inst.instance_id)):
-        s.delete(row)
+    delete_all(s, select(InstanceSecurityGroup).where(
+        InstanceSecurityGroup.instance_id == inst.instance_id))
 
 
 def public_ips(s: Session, instance_ids: list[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Iterable
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from controller.db import delete_all
 from controller.errors import InvalidParameter, KumoError
 from controller.ids import utcnow
 from controller.models import IpAllocation, Subnet
@@ -146,10 +147,7 @@ def release(s: Session, subnet_id: str, address: str) -> bool:
 
 
 def release_owner(s: Session, owner_id: str) -> int:
-    rows = list(s.exec(select(IpAllocation).where(IpAllocation.owner_id == owner_id)))
-    for row in rows:
-        s.delete(row)
-    return len(rows)
+    return delete_all(s, select(IpAllocation).where(IpAllocation.owner_id == owner_id))
 
 
 def available_count(s: Session, subnet: Subnet) -> int:

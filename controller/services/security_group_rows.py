@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, select
 
+from controller.db import delete_all
 from controller.errors import KumoError
 from controller.events import record
 from controller.ids import new_id, utcnow
@@ -75,11 +76,9 @@ def delete_for_vpc(s: Session, vpc: Vpc) -> None:
 
 def delete_group(s: Session, group: SecurityGroup, reason: str) -> None:
     """The group, its rules and its memberships (the caller checked nothing uses it)."""
-    for row in s.exec(select(SecurityGroupRule).where(SecurityGroupRule.group_id == group.group_id)):
-        s.delete(row)
-    for row in s.exec(select(InstanceSecurityGroup).where(
-            InstanceSecurityGroup.group_id == group.group_id)):
-        s.delete(row)
+    delete_all(s, select(SecurityGroupRule).where(SecurityGroupRule.group_id == group.group_id))
+    delete_all(s, select(InstanceSecurityGroup).where(
+        InstanceSecurityGroup.group_id == group.group_id))
     s.flush()
     s.delete(group)
     record(s, "security-group", group.group_id, group.account_id, "available", "deleted", reason)

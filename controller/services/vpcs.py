@@ -17,7 +17,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from controller.db import Database
+from controller.db import Database, delete_all
 from controller.errors import Conflict
 from controller.events import record
 from controller.ids import new_id, utcnow
@@ -192,11 +192,9 @@ def delete(db: Database, caller, vpc_id: str) -> VpcPublic:
         out = to_public(s, vpc)
         out.state = "deleted"
         for rtb in s.exec(select(RouteTable).where(RouteTable.vpc_id == vpc_id)).all():
-            for row in s.exec(select(Route).where(Route.route_table_id == rtb.route_table_id)):
-                s.delete(row)
-            for row in s.exec(select(RouteTableAssociation).where(
-                    RouteTableAssociation.route_table_id == rtb.route_table_id)):
-                s.delete(row)
+            delete_all(s, select(Route).where(Route.route_table_id == rtb.route_table_id))
+            delete_all(s, select(RouteTableAssociation).where(
+                RouteTableAssociation.route_table_id == rtb.route_table_id))
             s.flush()
             s.delete(rtb)
             record(s, "route-table", rtb.route_table_id, vpc.account_id, "available", "deleted",
