@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     sg_egress_rules_limit: int = Field(default=60, ge=1, le=1000)
     security_groups_per_vpc: int = Field(default=2500, ge=1)
     security_groups_per_instance: int = Field(default=5, ge=1, le=16)
+    #: The storage node's API (agent/contract/storage_v1.py): unix:<path> or http(s)://host:port.
+    #: None: no storage service, and creating a volume is refused (StorageUnavailable).
+    storage_url: str | None = None
+    #: The availability zone volumes and instances are in (one per controller for now).
+    availability_zone: str = "kumo-1a"
+    #: Volume limits: size of one volume (GiB; EC2's standard volumes go to 1 TiB, gp3 to 16 TiB),
+    #: total provisioned GiB per account, and volumes attached to one instance (vdb..vdz).
+    max_volume_gib: int = Field(default=16384, ge=1, le=1 << 20)
+    account_volume_gib_limit: int = Field(default=51200, ge=1)
+    volumes_per_instance: int = Field(default=24, ge=1, le=25)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

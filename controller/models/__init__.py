@@ -14,6 +14,9 @@ from controller.models.key_pair import (KeyPair, KeyPairCreate, KeyPairCreated, 
                                         KeyPairPublic)
 from controller.models.security_group import (InstanceSecurityGroup, SecurityGroup,
                                               SecurityGroupRule)
+from controller.models.volume import (AttachmentPublic, Volume, VolumeAttach,
+                                      VolumeAttachmentRow, VolumeCreate, VolumeDetach,
+                                      VolumeModify, VolumePublic)
 from controller.models.vpc import (DefaultVpcMarker, ElasticIp, InternetGateway, IpAllocation,
                                    NatGateway, Route, RouteTable, RouteTableAssociation, Subnet, Vpc)
 
@@ -25,5 +28,7 @@ __all__ = [
     "InstanceTypeCreate", "InstanceTypePublic", "KeyPair", "KeyPairCreate", "KeyPairCreated",
     "KeyPairDeleted", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp", "InternetGateway",
     "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation", "Subnet", "Vpc",
-    "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule",
+    "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule", "AttachmentPublic", "Volume",
+    "VolumeAttach", "VolumeAttachmentRow", "VolumeCreate", "VolumeDetach", "VolumeModify",
+    "VolumePublic",
 ]

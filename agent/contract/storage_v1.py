@@ -1,0 +1,75 @@
+"""Version 1 of the storage node's wire contract: how the controller drives a storage service.
+
+A storage node keeps Kumo's volumes (agent/drivers/volumes.py is the backend contract behind it)
+and serves them to hosts over the network. The controller owns which volumes exist, how big they
+are and which are exported (served to hosts); the node owns what really is. Like the host agents'
+contract (v1.py), every request is a full desired state, idempotent, and the answer is what is
+observed after applying it.
+
+HTTP surface of a storage node (JSON, bearer token = the deployment's agent token):
+  GET    /v1/storage                    -> StorageInfo
+  GET    /v1/volumes                    -> list[VolumeObserved], sorted by volume id
+  PUT    /v1/volumes/{volume_id}        <- VolumeSpec -> VolumeObserved
+         creates the volume when missing (empty), grows it when the spec is larger, exports or
+         unexports it as `exported` says. Smaller than the volume is 400 InvalidVolumeSize and
+         changes nothing; growing while a host is connected, where the backend cannot, is
+         409 VolumeInUse (retryable: it succeeds once the host let go).
+  GET    /v1/volumes/{volume_id}        -> VolumeObserved (404 InvalidVolume.NotFound)
+  DELETE /v1/volumes/{volume_id}        -> 204: unexports and deletes it; also when already gone.
+         A host still connected answers 409 VolumeInUse and nothing is deleted.
+Errors are {"error": {"code", "message", "retryable"}}, as the host agents answer them.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
+
+CONTRACT_VERSION = "v1"
+#: Named additive extensions this storage node implements (none yet beyond the base).
+EXTENSIONS: tuple[str, ...] = ()
+
+VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
+MiB = 1 << 20
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageInfo(_Wire):
+    """The node and its backend."""
+
+    #: The node's name in the deployment (e.g. "sn1").
+    node_id: str
+    contract_version: str = CONTRACT_VERSION
+    extensions: list[str] = Field(default_factory=list)
+    #: The backend's protocol towards hosts ("nbd"; "rbd" later).
+    protocol: Literal["nbd"] = "nbd"
+    #: The backend's capabilities (agent/drivers/volumes.py), e.g. "grow_exported".
+    capabilities: list[str] = Field(default_factory=list)
+    #: How many volumes it keeps, and their provisioned bytes in total.
+    volume_count: int = 0
+    provisioned_bytes: int = 0
+
+
+class VolumeSpec(_Wire):
+    """The full desired state of one volume on the node."""
+
+    volume_id: VolumeId
+    #: Whole MiB, > 0. Volumes only grow: a smaller size than the volume has is refused.
+    size_bytes: int = Field(gt=0, multiple_of=MiB)
+    #: Serve it to hosts (an instance has it attached, or is attaching it).
+    exported: bool = False
+
+
+class VolumeObserved(_Wire):
+    """One volume as the node has it now."""
+
+    volume_id: VolumeId
+    size_bytes: int
+    exported: bool
+    #: Where hosts attach it while exported (what InstanceSpec.volumes[].source carries).
+    source: VolumeSource | None = None
