@@ -25,7 +25,8 @@ USERLAND = ["busybox-static", "dropbear-bin", "e2fsprogs"]
 ROOT_BINARIES = ["usr/sbin/dropbear", "usr/bin/dropbearkey", "usr/bin/dbclient"]
 INITRAMFS_BINARIES = ["sbin/resize2fs"]
 # Modes are set here, not trusted from the checkout (a tarball or package may drop exec bits).
-EXECUTABLES = ("etc/init.d/rcS", "etc/init.d/rcK", "lib/kumo/boot.sh", "usr/bin/curl",
+EXECUTABLES = ("etc/init.d/rcS", "etc/init.d/rcK", "lib/kumo/boot.sh", "lib/kumo/disk-by-id.sh",
+               "usr/bin/curl",
                "usr/share/udhcpc/default.script", "etc/acpi/PWRF/00000080")
 DISK_MIB = 128
 BOOT_MIB = 32
