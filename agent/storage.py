@@ -209,9 +209,16 @@ class LocalStorage:
                             qemu_img.resize(path, size_bytes, "qcow2")
                         except qemu_img.QemuImgError as e:
                             # Typically the image is in use by a running guest (write lock):
-                            # it works once the domain is stopped.
+                            # it works once the domain is stopped. (A running guest's disk is
+                            # grown live by the hypervisor first: RootDisk, resize_disk.)
                             raise DriverError(f"growing root disk of {instance_id}: {e}",
                                               code="RootDiskResizeFailed", retryable=True) from e
+                        # The image must say so now (info reads it with --force-share).
+                        grown = qemu_img.virtual_size(path, "qcow2")
+                        if grown < size_bytes:
+                            raise DriverError(f"root disk of {instance_id} is {grown} bytes "
+                                              f"after growing it to {size_bytes}",
+                                              code="RootDiskResizeFailed", retryable=True)
             except qemu_img.QemuImgError as e:
                 raise _translate(e, f"root disk of {instance_id}") from e
         return path

@@ -77,12 +77,35 @@ class DeviceNotHotpluggable(DriverError):
     retryable = False
 
 
+class DeviceNotFound(DriverError):
+    """The domain has no disk on that target."""
+
+    code = "NoSuchDevice"
+    retryable = False
+
+
+class DomainNotRunning(DriverError):
+    """The operation needs a running domain (e.g. a live disk resize). Retryable: the domain
+    may be starting; a shut-off domain's image is changed offline instead (Storage)."""
+
+    code = "DomainNotRunning"
+    retryable = True
+
+
 class DeviceDetachTimeout(DriverError):
     """The guest did not release the device in time. The unplug request stays with the guest,
     so trying again may find it gone; `force` gives up waiting."""
 
     code = "DeviceDetachTimeout"
     retryable = True
+
+
+def check_disk_size(size_bytes: int) -> None:
+    """A disk size every driver accepts: a positive whole number of 512-byte sectors."""
+    if (not isinstance(size_bytes, int) or isinstance(size_bytes, bool) or size_bytes <= 0
+            or size_bytes % 512):
+        raise DriverError(f"disk size {size_bytes!r} is not a positive multiple of 512 bytes",
+                          code="InvalidParameterValue", retryable=False)
 
 
 def _check_text(what: str, value: str, pattern: str | None = None) -> None:
@@ -257,9 +280,19 @@ class Hypervisor(Protocol):
       nothing can pull a PCI device out of a running guest that holds on to it.
     - define(plan) replaces the whole definition: a disk attached here that is not in the plan
       leaves the definition with the next define, so volumes belong in DomainPlan.disks too.
+    - resize_disk grows the disk on `target` of a *running* domain to `size_bytes` at once: the
+      hypervisor grows the image under the guest, which sees the new size without a reboot
+      (its filesystem grows when the guest grows it). It never shrinks: a size at or below the
+      disk's capacity is a no-op. A shut-off or paused domain is DomainNotRunning (its image is
+      grown offline, Storage.ensure_root_disk); no disk on `target` is DeviceNotFound; a size
+      that is not a positive multiple of 512 is InvalidParameterValue; a missing domain is
+      DomainNotFound. Capability "disk_resize_live".
+    - disk_capacity is the size in bytes of the disk on `target` as the domain sees it (the
+      running guest's, else the image's); no disk there is DeviceNotFound.
     """
 
-    #: e.g. {"reboot", "resize_offline", "console_log", "disk_hotplug", "stats"}
+    #: e.g. {"reboot", "resize_offline", "console_log", "disk_hotplug", "disk_resize_live",
+    #: "stats"}
     capabilities: frozenset[str]
     #: "kvm" or "qemu" (TCG)
     kind: str
@@ -294,6 +327,12 @@ class Hypervisor(Protocol):
     def detach_disk(self, name: str, target: str, *, force: bool = False,
                     timeout: float = 10.0) -> None:
         """Detach the disk on `target` (e.g. "vdb"), waiting for the guest (see the rules)."""
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        """Grow the running domain's disk on `target` to `size_bytes` (see the rules)."""
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        """Bytes of the disk on `target` as the domain sees it (see the rules)."""
 
     def stats(self, names: list[str] | None = None) -> list[DomainStats]:
         """Cumulative counters of the domains named (every Kumo domain when None), sampled in

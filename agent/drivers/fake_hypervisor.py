@@ -4,8 +4,10 @@ It keeps the Protocol's promises as LibvirtHypervisor does (idempotent deletes, 
 running domains, power states, the device rules of agent/drivers/disks.py, counters that start
 from zero with each run and only grow within it, CPU time that advances only while running) and
 adds test handles: crash(), write_console(), fail(), hold_device()/release_device(),
-set_cpu_load(), traffic(), disk_io(), `calls`. A detach the guest does not answer raises at once
-what the real driver raises after its timeout: tests never sleep.
+set_cpu_load(), traffic(), disk_io(), set_disk_size(), `calls`. A detach the guest does not
+answer raises at once what the real driver raises after its timeout: tests never sleep. Disk
+sizes are what the fake was told (set_disk_size) or grew itself (resize_disk); a disk it knows
+nothing of has 0 bytes.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from agent.drivers.base import (DeviceDetachTimeout, DomainDisk, DomainNotFound, DomainPlan,
-                                DomainStatus, DriverError)
+from agent.drivers.base import (DeviceDetachTimeout, DeviceNotFound, DomainDisk, DomainNotFound,
+                                DomainNotRunning, DomainPlan, DomainStatus, DriverError,
+                                check_disk_size)
 from agent.drivers.disks import on_target, plan_attach
 from agent.drivers.faults import Faults
 from agent.drivers.stats import DiskCounters, DomainStats, NicCounters
@@ -67,7 +70,7 @@ class FakeHypervisor:
     def __init__(self, kind: str = "qemu",
                  capabilities: frozenset[str] = frozenset({"reboot", "resize_offline",
                                                            "console_log", "disk_hotplug",
-                                                           "stats"}),
+                                                           "disk_resize_live", "stats"}),
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time):
         self.kind = kind
@@ -81,6 +84,8 @@ class FakeHypervisor:
         self.ignore_acpi: set[str] = set()
         #: (domain, target) the guest holds on to: a detach waits in vain.
         self.held_devices: set[tuple[str, str]] = set()
+        #: (domain, target) -> the disk's size in bytes (set_disk_size, resize_disk).
+        self.disk_sizes: dict[tuple[str, str], int] = {}
         self._cpu_load: dict[str, float] = {}
         self._clock, self._wall = clock, wall_clock
         self._runs = 0
@@ -136,6 +141,11 @@ class FakeHypervisor:
             if dom is not None and target in dom.unplugging:
                 self._unplug(dom, target)
 
+    def set_disk_size(self, name: str, target: str, size_bytes: int) -> None:
+        """The disk on `target` has `size_bytes` (as its image was created or grown offline)."""
+        with self._lock:
+            self.disk_sizes[(name, target)] = size_bytes
+
     def set_cpu_load(self, name: str, fraction: float) -> None:
         """The share (0..1) of its vCPUs the guest keeps busy from now on."""
         with self._lock:
@@ -188,7 +198,7 @@ class FakeHypervisor:
     def _running(self, name: str) -> FakeDomain:
         dom = self._get(name)
         if dom.power != "running":
-            raise DriverError(f"domain {name} is not running", code="DomainNotRunning")
+            raise DomainNotRunning(f"domain {name} is not running")
         return dom
 
     # -- Hypervisor protocol -------------------------------------------------------------
@@ -301,6 +311,24 @@ class FakeHypervisor:
                         raise DeviceDetachTimeout(f"{name}: the guest did not release "
                                                   f"{target} within {timeout} s")
             dom.plan = _without(dom.plan, target)
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        with self._lock:
+            self._record("resize_disk", name)
+            check_disk_size(size_bytes)
+            dom = self._running(name)
+            if on_target(dom.live.disks, target) is None:
+                raise DeviceNotFound(f"domain {name} has no disk on {target}")
+            if size_bytes > self.disk_sizes.get((name, target), 0):  # grown, never shrunk
+                self.disk_sizes[(name, target)] = size_bytes
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        with self._lock:
+            self._faults.check("disk_capacity", name)
+            dom = self._get(name)
+            if on_target((dom.live or dom.plan).disks, target) is None:
+                raise DeviceNotFound(f"domain {name} has no disk on {target}")
+            return self.disk_sizes.get((name, target), 0)
 
     def stats(self, names: list[str] | None = None) -> list[DomainStats]:
         with self._lock:

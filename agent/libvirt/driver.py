@@ -4,7 +4,8 @@ The connection is injected (a URI, an open virConnect, or a factory) and reopene
 (libvirtd restarted). libvirt errors are translated here, at the boundary: a missing domain is
 DomainNotFound (or a no-op for destroy/shutdown/undefine/detach), everything else a DriverError
 with a stable code. Only Kumo's domains (named i-<17 hex> or carrying Kumo metadata) are listed.
-Disk hot-plug is devices.py's, statistics stats.py's.
+Disk hot-plug is devices.py's, statistics stats.py's. A live disk grow is virDomainBlockResize
+(in bytes) on the running domain: QEMU grows the image under the guest.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Literal, TypeVar
 import libvirt
 
 from agent.contract.v1 import INSTANCE_ID_RE
-from agent.drivers.base import DomainDisk, DomainNotFound, DomainPlan, DomainStatus, DriverError
+from agent.drivers.base import (DeviceNotFound, DomainDisk, DomainNotFound, DomainNotRunning,
+                                DomainPlan, DomainStatus, DriverError, check_disk_size)
+from agent.drivers.disks import on_target
 from agent.drivers.stats import DomainStats
 from agent.libvirt import devices, stats
 from agent.libvirt.designer import DEFAULT_EMULATOR, DEFAULT_TCG_CPU_MODEL, design_domain
@@ -69,8 +72,9 @@ class LibvirtHypervisor:
     """Runs Kumo domains on one libvirt connection (qemu:///system or a lab host's socket)."""
 
     #: resize_offline: a redefinition with new vcpus/memory applies at the next start.
+    #: disk_resize_live: resize_disk grows a running guest's disk (virDomainBlockResize).
     capabilities = frozenset({"reboot", "resize_offline", "console_log", "disk_hotplug",
-                              "stats"})
+                              "disk_resize_live", "stats"})
 
     def __init__(self, conn: ConnSource, kind: Literal["kvm", "qemu"], *,
                  emulator: str | None = DEFAULT_EMULATOR,
@@ -289,6 +293,38 @@ class LibvirtHypervisor:
                            poll_interval=self.poll_interval)
 
         self._call(f"detach {target} from {name}", run)
+
+    def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
+        check_disk_size(size_bytes)
+
+        def run(conn: libvirt.virConnect) -> None:
+            dom = conn.lookupByName(name)
+            if not dom.isActive():
+                raise DomainNotRunning(f"resize {target} of {name}: the domain is not running")
+            if on_target(from_domain_xml(dom.XMLDesc(0)), target) is None:
+                raise DeviceNotFound(f"resize {target} of {name}: no disk on {target}")
+            if size_bytes <= dom.blockInfo(target)[0]:
+                return  # already that big: never shrink (QEMU would cut the image short)
+            try:
+                dom.blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            except libvirt.libvirtError as e:
+                # The domain stopped between the check and the call.
+                if (e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
+                        and not dom.isActive()):
+                    raise DomainNotRunning(f"resize {target} of {name}: the domain stopped") \
+                        from e
+                raise
+
+        self._call(f"resize {target} of {name}", run)
+
+    def disk_capacity(self, name: str, target: str) -> int:
+        def run(conn: libvirt.virConnect) -> int:
+            dom = conn.lookupByName(name)
+            if on_target(from_domain_xml(dom.XMLDesc(0)), target) is None:
+                raise DeviceNotFound(f"capacity of {target} of {name}: no disk on {target}")
+            return int(dom.blockInfo(target)[0])
+
+        return self._call(f"capacity of {target} of {name}", run)
 
     def stats(self, names: list[str] | None = None) -> list[DomainStats]:
         wanted = None if names is None else set(names)

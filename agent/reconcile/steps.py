@@ -20,7 +20,7 @@ from typing import Callable
 from agent.contract.v1 import AttachedVolume, InstanceSpec, NicSpec, VolumeAttachment
 from agent.drivers.base import (DomainDisk, DomainNic, DomainPlan, DomainStatus, DriverError,
                                 Hypervisor, NetworkHost, NetworkSource, Storage)
-from agent.drivers.disks import OWN_TARGETS, instance_disks
+from agent.drivers.disks import OWN_TARGETS, ROOT_TARGET, instance_disks
 from agent.drivers.network_base import Network
 from agent.seed import network_config_v2
 from agent.state import Runtime
@@ -221,15 +221,42 @@ class ImageCached(Step):
 
 
 class RootDisk(Step):
+    """The root disk exists and is at least the spec's size; it only ever grows.
+
+    A new or shut-off disk is Storage's (a qcow2 overlay created, or grown with qemu-img). The
+    disk of a running domain is locked by QEMU, so the hypervisor grows it live first
+    (resize_disk on vda): the guest sees the new size at once and grows its root filesystem at
+    its next boot. Storage then finds the image big enough and leaves it alone."""
+
     name = "root-disk"
+
+    def __init__(self) -> None:
+        self.grew_live = False
 
     def needed(self, ctx):
         return ctx.rt.disk_key != ctx.disk_key() or not _exists(ctx.rt.disk_path)
 
+    def _live(self, ctx) -> bool:
+        """Whether the disk exists under a running domain that can grow it in place."""
+        hv = ctx.drivers.hypervisor
+        return (_exists(ctx.rt.disk_path) and "disk_resize_live" in hv.capabilities
+                and ctx.status().power == "running")
+
     def run(self, ctx):
-        path = ctx.drivers.storage.ensure_root_disk(ctx.id, Path(ctx.rt.image_path),
-                                                   ctx.disk_size())
+        size = ctx.disk_size()
+        self.grew_live = False
+        if self._live(ctx):
+            ctx.drivers.hypervisor.resize_disk(ctx.id, ROOT_TARGET, size)  # never shrinks
+            self.grew_live = True
+        path = ctx.drivers.storage.ensure_root_disk(ctx.id, Path(ctx.rt.image_path), size)
         ctx.rt.disk_path, ctx.rt.disk_key = str(path), ctx.disk_key()
+
+    def verify(self, ctx):
+        if self.needed(ctx):
+            return False
+        # Storage checks the image it grew itself; a live grow is checked as the guest sees it.
+        return (not self.grew_live
+                or ctx.drivers.hypervisor.disk_capacity(ctx.id, ROOT_TARGET) >= ctx.disk_size())
 
 
 class SeedWritten(Step):

@@ -63,7 +63,9 @@ def terminate_instance(instance_id: str, ctx: Ctx, caller: CurrentCaller):
 @router.patch("/instances/{instance_id}", response_model=InstancePublic, responses=errors(503))
 def modify_instance(instance_id: str, body: ModifyInstanceRequest, ctx: Ctx,
                     caller: CurrentCaller):
-    inst = instances.modify(ctx.db, ctx.settings, caller, instance_id, body.instance_type)
+    """Change a stopped instance's type and/or grow its root disk (running or stopped)."""
+    inst = instances.modify(ctx.db, ctx.settings, caller, instance_id, body.instance_type,
+                            body.root_disk_gib)
     return instances.describe(ctx.db, [inst])[0]
 
 

@@ -194,11 +194,23 @@ def terminate(ctx: typer.Context, instance_ids: Annotated[list[str], typer.Argum
 
 @app.command("modify")
 def modify(ctx: typer.Context, instance_id: str,
-           instance_type: Annotated[str, typer.Option("--type", help="New instance type.")],
+           instance_type: Annotated[Optional[str], typer.Option(
+               "--type", help="New instance type (the instance must be stopped).")] = None,
+           root_size: Annotated[Optional[int], typer.Option(
+               "--root-size", min=1, max=16384,
+               help="New root disk size in GiB: only grows; running or stopped.")] = None,
            output: OutputOpt = None) -> None:
-    """Change a stopped instance's type (applies on next start)."""
+    """Change a stopped instance's type (applies on next start) and/or grow its root disk (the
+    guest sees the larger disk at once; its root filesystem grows at the next boot)."""
+    if instance_type is None and root_size is None:
+        raise typer.BadParameter("give --type and/or --root-size")
+    body: dict = {}
+    if instance_type is not None:
+        body["instance_type"] = instance_type
+    if root_size is not None:
+        body["root_disk_gib"] = root_size
     st = state(ctx, output)
-    emit_record(st, st.api().patch(_path(instance_id), {"instance_type": instance_type}))
+    emit_record(st, st.api().patch(_path(instance_id), body))
 
 
 @app.command("set-groups")

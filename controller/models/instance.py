@@ -38,7 +38,14 @@ class RunInstancesRequest(BaseModel):
 
 
 class ModifyInstanceRequest(BaseModel):
-    instance_type: TypeName
+    """What to change; at least one field. The type changes on a stopped instance only (it
+    applies at the next start); the root disk grows whether the instance runs or not (the guest
+    sees the larger disk at once and grows its root filesystem at its next boot). Shrinking
+    the root disk is refused."""
+
+    instance_type: TypeName | None = None
+    #: The new root disk size in GiB: at least the current one (the same size changes nothing).
+    root_disk_gib: int | None = PField(default=None, ge=1, le=16384)
 
 
 class InstanceGroupsRequest(BaseModel):

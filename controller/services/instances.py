@@ -357,14 +357,55 @@ def set_security_groups(db: Database, settings: Settings, caller, instance_id: s
         return inst
 
 
-def modify(db: Database, settings: Settings, caller, instance_id: str, type_name: str):
+def modify(db: Database, settings: Settings, caller, instance_id: str,
+           type_name: str | None = None, root_disk_gib: int | None = None):
+    """Change the type of a stopped instance and/or grow the root disk of a live one (running,
+    pending, stopping or stopped). Every check passes before anything changes; asking for what
+    the instance already has is a no-op."""
+    if type_name is None and root_disk_gib is None:
+        raise InvalidParameter("give instance_type or root_disk_gib (or both)")
     with _placement_lock, db.session() as s:
         inst = get(s, caller, instance_id)
-        if inst.state != "stopped":
+        if inst.state in ("shutting-down", "terminated"):
+            raise IncorrectState(f"instance {instance_id} is {inst.state}")
+        if type_name is not None and inst.state != "stopped":
             raise IncorrectState(f"instance {instance_id} must be stopped to change its type")
-        itype = instance_types.resolve_for_launch(s, type_name)
-        if itype.name == inst.instance_type:
+        itype = instance_types.resolve_for_launch(s, type_name) if type_name is not None else None
+        if itype is not None and itype.name == inst.instance_type:
+            itype = None
+        if root_disk_gib is not None and root_disk_gib < inst.root_disk_gib:
+            raise InvalidParameter(f"instance {instance_id} has a {inst.root_disk_gib} GiB root "
+                                   f"disk: the root disk only grows")
+        new_root = root_disk_gib if root_disk_gib is not None else inst.root_disk_gib
+        if itype is None and new_root == inst.root_disk_gib:
             return inst
+        vcpus = itype.vcpus if itype is not None else inst.vcpus
+        memory_mib = itype.memory_mib if itype is not None else inst.memory_mib
+        state = next((h for h in host_states(s) if h.host_id == inst.host_id), None)
+        if state is not None:
+            # The instance stays on its host: check that host fits the new size instead.
+            without = replace(state, vcpus_used=state.vcpus_used - inst.vcpus,
+                              memory_mib_used=state.memory_mib_used - inst.memory_mib,
+                              disk_bytes_used=state.disk_bytes_used - inst.root_disk_gib * GIB,
+                              up=True, enabled=True)
+            try:
+                schedule([without], Request(vcpus, memory_mib, new_root * GIB), 1,
+                         cpu_overcommit=settings.cpu_overcommit)
+            except NoValidHost:
+                what = itype.name if itype is not None else f"a {new_root} GiB root disk"
+                raise InsufficientCapacity(f"host has no room for {what}") from None
+        if itype is not None:
+            record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
+                   f"instance type {inst.instance_type} -> {itype.name}")
+            inst.instance_type, inst.vcpus, inst.memory_mib = itype.name, vcpus, memory_mib
+        if new_root != inst.root_disk_gib:
+            record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
+                   f"root disk {inst.root_disk_gib} -> {new_root} GiB")
+            inst.root_disk_gib = new_root
+        inst.updated_at = utcnow()
+        lifecycle.bump(inst)
+        s.add(inst)
+        return inst
         state = next((h for h in host_states(s) if h.host_id == inst.host_id), None)
         if state is not None:
             # The instance stays on its host: check that host fits the new size instead.

@@ -454,3 +454,39 @@ def test_kumo_tiny_sees_a_hot_plugged_volume_come_and_go(libvirtd, tmp_path):
         finally:
             hv.close()
     storage.remove_instance(iid)
+
+
+def test_live_disk_resize_contract_on_a_running_guest(libvirtd, tmp_path):
+    """virDomainBlockResize through the driver: QEMU grows the running guest's qcow2 overlay at
+    once (the file says so, read with --force-share under QEMU's lock), never shrinks it, and a
+    shut-off domain is refused (Storage grows it offline instead)."""
+    from agent import qemu_img
+    from agent.libvirt.driver import LibvirtHypervisor
+
+    img, sha = _boot_sector_image(tmp_path)
+    storage = LocalStorage(tmp_path / "state")
+    console = storage.console_log_path(IID)
+    plan = DomainPlan(name=IID, vcpus=1, memory_mib=64, console_log=console,
+                      disks=_prepared_disks(storage, IID, img, sha, 8 << 20, "boot"))
+    root = storage.root_disk_path(IID)
+    hv = LibvirtHypervisor(libvirtd.uri, "qemu", poll_interval=0.05)
+    try:
+        hv.define(plan)
+        contract.check_resize_refusals(hv, IID, "i-fffffffffffffffff")
+        assert hv.disk_capacity(IID, "vda") == 8 << 20  # a shut-off domain: the image's size
+        hv.start(IID)
+        _wait_console(console, 1)
+        contract.check_live_resize(hv, IID, "vda", grow_by=24 << 20)
+        assert qemu_img.virtual_size(root) == 32 << 20  # QEMU grew the overlay itself
+        # Storage finds it big enough and leaves the locked image alone.
+        assert storage.ensure_root_disk(IID, storage.image_path(AMI, sha), 32 << 20) == root
+        hv.destroy(IID)
+        hv.start(IID)  # a fresh QEMU opens the grown image
+        _wait_console(console, 2)
+        assert hv.disk_capacity(IID, "vda") == 32 << 20
+    finally:
+        try:
+            hv.undefine(IID)
+        finally:
+            hv.close()
+    storage.remove_instance(IID)

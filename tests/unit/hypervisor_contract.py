@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.drivers.base import (DeviceDetachTimeout, DeviceNotHotpluggable, DeviceSourceInUse,
-                                DeviceTargetInUse, DomainDisk, DomainNotFound, DomainPlan,
-                                FileSource)
+from agent.drivers.base import (DeviceDetachTimeout, DeviceNotFound, DeviceNotHotpluggable,
+                                DeviceSourceInUse, DeviceTargetInUse, DomainDisk, DomainNotFound,
+                                DomainNotRunning, DomainPlan, DriverError, FileSource)
 from agent.drivers.stats import cpu_utilization
 
 
@@ -155,3 +155,47 @@ def check_stats_across_restart(hv, name: str) -> None:
     hv.start(name)
     [b] = hv.stats([name])
     assert b.active and b.run_id != a.run_id and cpu_utilization(a, b) is None
+
+
+def check_resize_refusals(hv, name: str, missing: str) -> None:
+    """resize_disk needs a running domain, a disk on the target and a size in whole sectors;
+    disk_capacity needs the disk. `name` is defined and shut off; `missing` does not exist."""
+    assert hv.status(name).power == "shutoff"
+    before = disks_of(hv, name)
+    with pytest.raises(DomainNotFound) as e:
+        hv.resize_disk(missing, "vda", 1 << 30)
+    assert e.value.code == "DomainNotFound"
+    with pytest.raises(DomainNotFound):
+        hv.disk_capacity(missing, "vda")
+    with pytest.raises(DomainNotRunning) as e:  # a shut-off disk is grown offline (Storage)
+        hv.resize_disk(name, "vda", 1 << 30)
+    assert e.value.code == "DomainNotRunning" and e.value.retryable
+    for bad in (0, -512, (1 << 30) + 1):
+        with pytest.raises(DriverError) as e:
+            hv.resize_disk(name, "vda", bad)
+        assert e.value.code == "InvalidParameterValue" and not e.value.retryable
+    with pytest.raises(DeviceNotFound) as e:
+        hv.disk_capacity(name, "vdz")
+    assert e.value.code == "NoSuchDevice" and not e.value.retryable
+    assert disks_of(hv, name) == before
+
+
+def check_live_resize(hv, name: str, target: str, grow_by: int = 64 << 20) -> None:
+    """On a running domain: the disk on `target` grows at once, as the guest sees it; the same
+    or a smaller size is a no-op (never a shrink); a missing target is DeviceNotFound."""
+    assert hv.status(name).power == "running"
+    disks = disks_of(hv, name)
+    before = hv.disk_capacity(name, target)
+    bigger = before + grow_by
+    hv.resize_disk(name, target, bigger)
+    assert hv.disk_capacity(name, target) == bigger
+    hv.resize_disk(name, target, bigger)  # the same size: no-op
+    hv.resize_disk(name, target, max(512, before))  # smaller: never shrinks
+    assert hv.disk_capacity(name, target) == bigger
+    with pytest.raises(DeviceNotFound):
+        hv.resize_disk(name, "vdz", bigger + grow_by)
+    with pytest.raises(DriverError) as e:
+        hv.resize_disk(name, target, bigger + 1)
+    assert e.value.code == "InvalidParameterValue"
+    assert hv.disk_capacity(name, target) == bigger
+    assert disks_of(hv, name) == disks and hv.status(name).power == "running"

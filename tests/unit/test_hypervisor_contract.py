@@ -1,6 +1,7 @@
 """The Hypervisor contract (tests/unit/hypervisor_contract.py) on FakeHypervisor and, for what
 needs no running guest, on LibvirtHypervisor over libvirt's test:///default driver (which has no
-device hot-plug: that part runs on a real libvirtd in tests/lab/test_libvirt_driver_real.py)."""
+device hot-plug and no virDomainBlockResize: those parts run on a real libvirtd in
+tests/lab/test_libvirt_driver_real.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from agent.drivers.base import (DomainDisk, DomainNic, DomainPlan, FileSource, NetworkHost,
-                                NetworkSource)
+from agent.drivers.base import (DomainDisk, DomainNic, DomainPlan, DriverError, FileSource,
+                                NetworkHost, NetworkSource)
 from agent.drivers.disks import instance_disks
 from agent.drivers.fake import FakeHypervisor
 from agent.libvirt.driver import LibvirtHypervisor
@@ -75,6 +76,11 @@ def test_stats_of_a_shut_off_domain(hv, tmp_path):
     contract.check_stats_of_defined(hv, plan(tmp_path))
 
 
+def test_resize_refusals(hv, tmp_path):
+    hv.define(plan(tmp_path))
+    contract.check_resize_refusals(hv, IID, MISSING)
+
+
 # -- what the test driver cannot do: on the fake here, on a real libvirtd in the lab ----------
 
 @pytest.fixture
@@ -120,3 +126,31 @@ def test_fake_stats_running_and_restart(fake, tmp_path):
     wait()  # a guest that has been up a while
     contract.check_stats_running(fake, IID, wait)
     contract.check_stats_across_restart(fake, IID)
+
+
+def test_fake_live_resize(fake, tmp_path):
+    fake.define(plan(tmp_path))
+    fake.set_disk_size(IID, "vda", 8 << 20)
+    fake.start(IID)
+    contract.check_live_resize(fake, IID, "vda")
+    assert fake.disk_sizes[(IID, "vda")] == (8 << 20) + (64 << 20)
+
+
+def test_libvirt_resize_translates_errors_at_the_boundary(tmp_path):
+    """test:///default has no virDomainBlockResize: a grow past its fixed capacity is the stable,
+    permanent HypervisorUnsupported; a size it already has is a no-op (never a shrink)."""
+    node = tmp_path / "node.xml"
+    node.write_text("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores>"
+                    "<threads>1</threads></cpu><memory>8388608</memory></node>")
+    h = LibvirtHypervisor(libvirt.open(f"test://{node}"), "qemu", poll_interval=0.01)
+    try:
+        h.define(plan(tmp_path))
+        h.start(IID)
+        capacity = h.disk_capacity(IID, "vda")
+        h.resize_disk(IID, "vda", 1 << 30)  # below the capacity: nothing asked of libvirt
+        with pytest.raises(DriverError) as e:
+            h.resize_disk(IID, "vda", capacity + (1 << 30))
+        assert e.value.code == "HypervisorUnsupported" and not e.value.retryable
+        assert "disk_resize_live" in h.capabilities
+    finally:
+        h.close()
