@@ -14,13 +14,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.capture import CaptureError, Captures, fake_convert
 from agent.console import read_tail
 from agent.contract.generations import GenerationConflict, is_resend
-from agent.contract.v1 import (INSTANCE_ID_RE, ConsoleOutput, HostInfo, InstanceObserved,
-                               InstanceSpec, NetworkObserved, NetworkSpec)
+from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, ConsoleOutput,
+                               HostInfo, InstanceObserved, InstanceSpec, NetworkObserved,
+                               NetworkSpec)
 from agent.drivers.base import DriverError
 from agent.heartbeat import Heartbeat, host_info
 from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
@@ -226,6 +228,49 @@ def _router() -> APIRouter:
             raise AgentApiError(404, "InstanceNotFound", f"instance {instance_id} is not on this host")
         log_path = st.drivers.storage.instance_dir(instance_id) / "console.log"
         return ConsoleOutput(instance_id=instance_id, output=read_tail(log_path, tail_bytes))
+
+    # -- extension image-capture (agent/capture.py does the work) ---------------------------
+    def _captures(request: Request) -> Captures:
+        st = request.app.state
+        with st.put_lock:
+            if getattr(st, "captures", None) is None:
+                storage = st.drivers.storage
+                st.captures = Captures(
+                    st.settings.state_dir, lambda iid: storage.instance_dir(iid) / "root.qcow2",
+                    convert=fake_convert if st.settings.driver == "fake" else None)
+            return st.captures
+
+    def _capture_call(fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except CaptureError as e:
+            raise AgentApiError(e.status, e.code, e.message, e.retryable) from None
+
+    @r.post("/instances/{instance_id}/image", response_model=CaptureObserved)
+    def capture_image(instance_id: InstanceIdPath, body: CaptureRequest,
+                      request: Request) -> CaptureObserved:
+        obs = request.app.state.reconciler.observed(instance_id)
+        if obs is None:
+            raise AgentApiError(404, "InstanceNotFound", f"instance {instance_id} is not on this host")
+        return _capture_call(_captures(request).start, instance_id, body.image_id,
+                             running=obs.power not in ("shutoff", "absent", "crashed"),
+                             allow_running=body.allow_running)
+
+    @r.get("/instances/{instance_id}/image/{image_id}", response_model=CaptureObserved)
+    def get_capture(instance_id: InstanceIdPath, image_id: str,
+                    request: Request) -> CaptureObserved:
+        return _capture_call(_captures(request).get, instance_id, image_id)
+
+    @r.get("/instances/{instance_id}/image/{image_id}/file", response_class=FileResponse)
+    def capture_file(instance_id: InstanceIdPath, image_id: str, request: Request):
+        path, sha = _capture_call(_captures(request).file, instance_id, image_id)
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"X-Kumo-Sha256": sha})
+
+    @r.delete("/instances/{instance_id}/image/{image_id}", status_code=204)
+    def delete_capture(instance_id: InstanceIdPath, image_id: str, request: Request) -> Response:
+        _capture_call(_captures(request).delete, instance_id, image_id)
+        return Response(status_code=204)
 
     return r
 

@@ -11,8 +11,8 @@ from typing import Callable
 import httpx
 
 from agent.contract import transport
-from agent.contract.v1 import (ConsoleOutput, InstanceObserved, InstanceSpec, NetworkObserved,
-                               NetworkSpec)
+from agent.contract.v1 import (CaptureObserved, CaptureRequest, ConsoleOutput, InstanceObserved,
+                               InstanceSpec, NetworkObserved, NetworkSpec)
 
 HttpFactory = Callable[[str, "str | None", float], httpx.Client]
 
@@ -88,6 +88,43 @@ class AgentClient:
                           params={"tail_bytes": tail_bytes})
         _raise_for(resp)
         return ConsoleOutput.model_validate(resp.json())
+
+    # -- extension image-capture -----------------------------------------------------------
+    def start_capture(self, instance_id: str, image_id: str,
+                      allow_running: bool = False) -> CaptureObserved:
+        req = CaptureRequest(image_id=image_id, allow_running=allow_running)
+        resp = self._call("POST", f"/v1/instances/{instance_id}/image",
+                          json=req.model_dump(mode="json"))
+        _raise_for(resp)
+        return CaptureObserved.model_validate(resp.json())
+
+    def get_capture(self, instance_id: str, image_id: str) -> CaptureObserved | None:
+        resp = self._call("GET", f"/v1/instances/{instance_id}/image/{image_id}")
+        if resp.status_code == 404:
+            return None
+        _raise_for(resp)
+        return CaptureObserved.model_validate(resp.json())
+
+    def download_capture(self, instance_id: str, image_id: str, dest) -> str | None:
+        """Stream the finished capture into the open binary file `dest`; returns the agent's
+        X-Kumo-Sha256 header (the caller verifies what it wrote)."""
+        path = f"/v1/instances/{instance_id}/image/{image_id}/file"
+        try:
+            with self.http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    dest.write(chunk)
+                return resp.headers.get("x-kumo-sha256")
+        except httpx.HTTPError as exc:
+            raise AgentError("AgentUnreachable", f"{type(exc).__name__}: {exc}") from exc
+
+    def delete_capture(self, instance_id: str, image_id: str) -> None:
+        resp = self._call("DELETE", f"/v1/instances/{instance_id}/image/{image_id}")
+        if resp.status_code == 404:
+            return
+        _raise_for(resp)
 
 
 class AgentPool:

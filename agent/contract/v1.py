@@ -18,6 +18,16 @@ Extension "vpc-network" (the host's whole VPC dataplane as one document):
          idempotent; a lower generation answers 409 StaleGeneration, the same generation with
          different content 409 IdempotentParameterMismatch; changes nothing in either case.
   GET    /v1/network                    -> NetworkObserved
+Extension "image-capture" (a standalone copy of an instance's root disk, for a new image):
+  POST   /v1/instances/{instance_id}/image  <- CaptureRequest -> CaptureObserved
+         starts flattening the root disk (overlay + base) into one qcow2 in the background;
+         idempotent per image_id (a re-POST answers the capture as it is). 404 InstanceNotFound
+         (no spec or no root disk), 409 InstanceRunning (the domain runs and the request does
+         not allow it).
+  GET    /v1/instances/{instance_id}/image/{image_id}       -> CaptureObserved (404 CaptureNotFound)
+  GET    /v1/instances/{instance_id}/image/{image_id}/file  -> the qcow2 bytes (header
+         X-Kumo-Sha256), once the capture is "available"; 409 CaptureNotReady before.
+  DELETE /v1/instances/{instance_id}/image/{image_id}       -> 204, also when already gone
 The agent pushes HeartbeatRequest to the controller's POST /v1/agent/heartbeat.
 """
 from __future__ import annotations
@@ -40,7 +50,10 @@ CONTRACT_VERSION = "v1"
 #:   with its own status; the controller ships with its agents, so it parses the field).
 #:   volumes: InstanceSpec.volumes (network disks the agent attaches to the domain, live when it
 #:   runs, always in its definition) and InstanceObserved.volumes (what is attached now).
-EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes")
+#:   image-capture: POST/GET/DELETE /v1/instances/{id}/image[/{image_id}[/file]]
+#:   (CaptureRequest, CaptureObserved): the root disk flattened into a standalone qcow2.
+EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
+                               "image-capture")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -419,6 +432,34 @@ class ConsoleOutput(_Wire):
     #: The serial console's text (the tail, when tail_bytes was asked), decoded as UTF-8 with
     #: replacement characters.
     output: str
+
+
+class CaptureRequest(_Wire):
+    """Capture an instance's root disk as a new image (extension image-capture)."""
+
+    #: The id the controller gives the new image; names the capture on this host.
+    image_id: ImageId
+    #: False (the default): the agent refuses (409 InstanceRunning) while the domain runs, so the
+    #: copy is of a cleanly shut-off disk. True: the disk is read while the guest may write to it
+    #: (qemu-img --force-share): the copy is crash-consistent at best, like pulling the plug.
+    allow_running: bool = False
+
+
+class CaptureObserved(_Wire):
+    """How far one capture is (extension image-capture)."""
+
+    instance_id: InstanceId
+    image_id: ImageId
+    #: "pending": being copied; "available": the file is complete and its facts below are set;
+    #: "failed": see error (the partial file is gone; a new POST starts over).
+    state: Literal["pending", "available", "failed"]
+    #: Bytes of the finished qcow2 file.
+    size: int | None = None
+    #: Virtual size of its disk in bytes (the instance's root disk size).
+    virtual_size: int | None = None
+    #: sha256 of the finished file (what GET .../file sends).
+    sha256: Sha256 | None = None
+    error: ErrorInfo | None = None
 
 
 class ApiError(_Wire):

@@ -1,5 +1,5 @@
-"""/v1/images: register (admin), import (upload), list, describe, deregister, and the image
-file for agents (agent token)."""
+"""/v1/images: register (admin), import (upload), list, describe, deregister, launch permissions,
+the image file for agents (agent token), and POST /v1/instances/{id}/image (CreateImage)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,9 @@ from controller.api.deps import AgentAuth, Ctx, CurrentCaller, Page, Paging
 from controller.api.responses import OCTET_STREAM, errors
 from controller.errors import InvalidParameter, NotFound
 from controller.models import ImagePublic, ImageRegister
-from controller.services import images
+from controller.models.image import (CreateImageRequest, LaunchPermissionModify,
+                                     LaunchPermissionPublic)
+from controller.services import image_capture, image_permissions, images
 
 router = APIRouter(tags=["images"])
 
@@ -68,7 +70,31 @@ def list_images(ctx: Ctx, caller: CurrentCaller, p: Paging):
 @router.get("/images/{image_id}", response_model=ImagePublic)
 def get_image(image_id: str, ctx: Ctx, caller: CurrentCaller):
     with ctx.db.session() as s:
-        return images.to_public(images.get(s, caller, image_id))
+        return images.to_public(images.get(s, caller, image_id, images.DESCRIBED))
+
+
+@router.post("/instances/{instance_id}/image", status_code=201, response_model=ImagePublic)
+def create_image(instance_id: str, body: CreateImageRequest, ctx: Ctx, caller: CurrentCaller):
+    """A new private image of the caller's account from the instance's root disk; state
+    "pending" until the capture is copied ("available") or fails ("failed", state_reason).
+    Unless no_reboot, a running instance is stopped for the copy and started again after."""
+    return images.to_public(image_capture.create_image(ctx.db, ctx.settings, caller,
+                                                       instance_id, body))
+
+
+@router.get("/images/{image_id}/launch-permission", response_model=LaunchPermissionPublic)
+def get_launch_permission(image_id: str, ctx: Ctx, caller: CurrentCaller):
+    """Who may launch the image besides its owner (owner and admins only)."""
+    return image_permissions.describe(ctx.db, caller, image_id)
+
+
+@router.put("/images/{image_id}/launch-permission", response_model=LaunchPermissionPublic,
+            responses=errors(403))
+def put_launch_permission(image_id: str, body: LaunchPermissionModify, ctx: Ctx,
+                          caller: CurrentCaller):
+    """Share with (add) or unshare from (remove) accounts; make public (admins only, else 403
+    UnauthorizedOperation) or private."""
+    return image_permissions.modify(ctx.db, caller, image_id, body)
 
 
 @router.delete("/images/{image_id}", response_model=ImagePublic, responses=errors(403))
