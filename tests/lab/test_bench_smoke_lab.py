@@ -109,3 +109,62 @@ def test_bench_vpc_changes_smoke(served_lab):
         rf"^  probe floor, a3's guest loop period on a working path +median +{NUM} s",
     ])
     assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
+
+
+def test_bench_volumes_smoke(lab, root_only):
+    """Part 1 in a scratch namespace of its own; part 2 boots one kumo-tiny guest on the session
+    lab's h1 (libvirtd only: no controller or agent needed) with an NBD volume from a scratch
+    storage node wired into the lab's fabric, and two local qcow2 files."""
+    import tempfile
+
+    import libvirt
+
+    def daemons() -> set[str]:
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        return {line.split()[0] for line in out.splitlines()
+                if line.split()[1:2] and line.split()[1].endswith("qemu-storage-daemon")}
+
+    def guests() -> set[str]:
+        conn = libvirt.open(lab.libvirt_uri("h1"))
+        try:
+            return {d.name() for d in conn.listAllDomains()}
+        finally:
+            conn.close()
+
+    before, daemons_before, guests_before = _netns(), daemons(), guests()
+    run_smoke("bench_volumes.py", "--lab-state", str(lab.state_dir), timeout=600, expect=[
+        r"^storage daemon start \(first ensure, not in the timings\): " + NUM + " ms$",
+        r"^\[1 GiB\] exported volume vol-[0-9a-f]{17}: NBD shows 1073741824 bytes: ok$",
+        r"^\[100 GiB\] exported volume vol-[0-9a-f]{17}: NBD shows 107374182400 bytes: ok$",
+        *[rf"^  {name} +median +{NUM} ms +p95 +{NUM} ms +min +{NUM} ms +\(n=2\)$"
+          for name in ("kumo create", "kumo export", r"kumo create\+export",
+                       r"kumo unexport\+delete", "baseline qemu-img create", "baseline rm")],
+        rf"^  kumo create\+export +1 GiB +{NUM} ms +100 GiB +{NUM} ms +ratio +{NUM}x$",
+        r"^create\+export O\(1\) in volume size .*: (PASS|FAIL) \(" + NUM + r"x\)$",
+        rf"^kumo create\+export vs baseline qemu-img create at 100 GiB: {NUM}x the time",
+        rf"^kumo unexport\+delete vs baseline rm at 100 GiB: {NUM}x the time",
+        (r"^  vdb  NBD volume vol-[0-9a-f]{17} on the (lab's|benchmark's scratch) storage node "
+         r".* cache=none"),
+        *[rf"^  {row} +{NUM} +{NUM} +{NUM}$" for row in (
+            "seq write MiB/s", "seq read MiB/s", "rand read 4k IOPS", "rand write 4k IOPS")],
+        rf"^  loop floor, read +\(dd /dev/zero -> /dev/null, same loop\): +{NUM} requests/s",
+        rf"^  loop floor, write \(dd /dev/zero -> /dev/null, same loop\): +{NUM} requests/s",
+        *[rf"^ratio NBD/local {row} +vs vdc \(default cache\) +{NUM}x +vs vdd \(cache=none\) "
+          rf"+{NUM}x$" for row in ("seq write MiB/s", "seq read MiB/s", "rand read 4k IOPS",
+                                   "rand write 4k IOPS")],
+        rf"^rand read 4k latency above the loop floor \(ms\): NBD -?{NUM}, local -?{NUM}",
+        rf"^rand write 4k latency above the loop floor \(ms\): NBD -?{NUM}, local -?{NUM}",
+        r"^volume file on the storage node: .* allocated .*: ok$",
+        r"^local file vdc: .*: ok$",
+        r"^local file vdd: .*: ok$",
+        r"^left behind \(namespaces, storage daemons, files\): nothing$",
+    ])
+    assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
+    assert not daemons() - daemons_before, "a qemu-storage-daemon survived"
+    # The scratch storage node's fabric port went with it; no guest is left on h1.
+    fab = subprocess.run(["ip", "netns", "exec", f"{lab.prefix}-fab", "ip", "-o", "link"],
+                         capture_output=True, text=True, check=True).stdout
+    assert " p-kvb" not in fab
+    assert guests() <= guests_before
+    assert not [p for p in os.listdir("/var/tmp") if p.startswith("kumo-bench-vol-")]
+    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("kumo-bench-sn-")]

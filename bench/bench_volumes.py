@@ -1,0 +1,596 @@
+"""Benchmark: volumes on the NBD storage node (issue 10; agent/storage_node: NbdBackend, one
+qemu-storage-daemon serving qcow2 volume files over NBD), each part against a baseline measured
+in the same run.
+
+Part 1, volume create and delete (no guest). NbdBackend runs in a scratch network namespace of
+the benchmark's own (`kvn-bench-<random>-cr`, loopback only, NBD on 127.0.0.1:10809 there). Per
+repetition and size (1 GiB and 100 GiB, interleaved so load from other jobs hits both alike):
+  - kumo create: NbdBackend.create (qemu-img create of the qcow2 under a temporary name +
+    rename); kumo export: NbdBackend.export (persist the wish, QMP blockdev-add +
+    block-export-add on the running daemon); create+export is their sum, what a new attachable
+    volume costs; kumo unexport+delete: NbdBackend.unexport + NbdBackend.delete;
+  - baseline: the bare `qemu-img create -q -f qcow2 FILE SIZE` of the same size, and `os.unlink`.
+  The daemon is started once before the timings (shown apart). Each size's first export is
+  checked over NBD from inside the namespace (`qemu-img info` must show the virtual size).
+  Gate: create+export is O(1) in the size (100 GiB median <= 2x the 1 GiB median).
+
+Part 2, the data path inside a guest. A kumo-tiny guest (TCG, 1 vCPU, 128 MiB) on lab host h1
+gets three disks attached live (libvirt, as tests/lab/test_volume_moves_lab.py does):
+  vdb  an NBD volume, attached as Kumo attaches one (agent.reconcile.steps.volume_disk:
+       virtio, cache=none), from the lab's own storage node when the lab runs one (lab/naming.py
+       STORAGE_ADDR; the volume is made and exported through its API), else (or with
+       --own-storage-node) from a scratch storage node of the benchmark's own wired into the
+       lab's fabric (namespace `kvn-bench-<random>-sn`, 100.64.0.251:10809 on the underlay, a
+       veth into the fabric bridge, NbdBackend called directly);
+  vdc  baseline: a local qcow2 file of the same size on h1, with a root disk's settings (QEMU's
+       default cache: the host page cache, flushes honoured, as the storage node's daemon opens
+       its volume files);
+  vdd  baseline: the same local qcow2 with the volume's own disk settings (cache=none).
+The guest (a user-data script, results on the serial console, timed with ash's $EPOCHREALTIME)
+runs, per round: sequential write on each disk in turn (busybox dd bs=1M of /dev/zero,
+oflag=direct conv=fsync: O_DIRECT bypasses the guest's page cache, the final fsync flushes),
+sequential read (dd bs=1M iflag=direct) of the region just written, then random 4 KiB reads
+(`dd bs=4096 count=1 skip=RANDOM iflag=direct` within that region) and random 4 KiB writes
+(seek=, oflag=direct). fio is not in kumo-tiny, so each random request is one dd process: per
+random offset the request goes to vdb, vdc, vdd and to a floor (the same dd on /dev/zero ->
+/dev/null: process spawn and shell) in turn, each timed, so load from outside the guest hits all
+of them alike; IOPS = requests / summed time, and the latency above the floor is printed too.
+Results are medians over the rounds, with the ratio NBD / local. The volume file and the local
+files must show the written bytes allocated afterwards (the writes reached them).
+
+--lab-state DIR: use a running lab (`python -m lab up` or the test suite's session lab) and
+leave it running; otherwise the benchmark brings up a 1-host lab of its own and removes it.
+Everything else it makes (namespaces, veth, daemons, volume files, guest, its files) is removed
+at the end and checked.
+
+Usage: .venv/bin/python bench/bench_volumes.py [--repeat 20] [--rounds 5] [--seq-mib 256]
+       [--rand-ops 500] [--volume-gib 1] [--lab-state DIR] [--own-storage-node] [--no-guest]
+       [--smoke]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (SMOKE_HELP, bench_lab, exit_status, machine_note, median,  # noqa: E402
+                          percentile, require_root)
+
+MIB, GIB = 1 << 20, 1 << 30
+SIZES = {"1 GiB": GIB, "100 GiB": 100 * GIB}
+PORT = 10809
+#: On the lab's underlay (100.64.0.0/24): .1 is the internet namespace, hosts are .11-.109 and
+#: tests/lab/test_volume_moves_lab.py uses .250; this one is the benchmark's.
+SN_ADDR = "100.64.0.251"
+SN_FABRIC_PORT = "p-kvb"
+#: O(1) gate: the 100 GiB median may be at most this many times the 1 GiB one.
+LIMIT = 2.0
+LOCAL_SERIAL, LOCAL_NONE_SERIAL = "kvblocal", "kvblocalnone"
+ROLES = {"nbd": "vdb", "local": "vdc", "local-none": "vdd"}
+
+GUEST_SCRIPT = r"""#!/bin/sh
+(
+  DISKS="vdb vdc vdd"
+  for d in $DISKS; do while [ ! -b /dev/$d ]; do usleep 100000; done; done
+  sleep 1
+  for d in $DISKS; do
+    echo "KVB disk $d serial=$(cat /sys/block/$d/serial 2>/dev/null) sectors=$(cat /sys/block/$d/size)"
+  done
+  NBLK=$((@SEQ_MIB@ * 256))
+  # One random 4 KiB request on every disk and on the floor (no device) in turn, each timed, at
+  # the same offset: load from outside the guest hits all of them alike.
+  rand() {  # rand read|write
+    for d in $DISKS floor; do eval "us_$d=0 fail_$d=0"; done
+    i=0
+    while [ $i -lt @OPS@ ]; do
+      b=$(( (RANDOM * 32768 + RANDOM) % NBLK ))
+      for d in $DISKS floor; do
+        if [ $d = floor ]; then dev=/dev/zero; out=/dev/null; fl=; else dev=/dev/$d; out=/dev/$d; fl=direct; fi
+        t0=$EPOCHREALTIME
+        if [ $1 = read ]; then
+          dd if=$dev of=/dev/null bs=4096 count=1 skip=$b ${fl:+iflag=$fl} 2>/dev/null
+        else
+          dd if=/dev/zero of=$out bs=4096 count=1 seek=$b ${fl:+oflag=$fl} 2>/dev/null
+        fi
+        rc=$?; t1=$EPOCHREALTIME
+        eval "us_$d=\$((us_$d + ${t1/./} - ${t0/./})); [ $rc = 0 ] || fail_$d=\$((fail_$d + 1))"
+      done
+      i=$((i + 1))
+    done
+    for d in $DISKS floor; do eval "echo \"KVB r=\$r rand$2 $d us=\$us_$d fail=\$fail_$d\""; done
+  }
+  r=1
+  while [ $r -le @ROUNDS@ ]; do
+    for d in $DISKS; do
+      t0=$EPOCHREALTIME
+      dd if=/dev/zero of=/dev/$d bs=1048576 count=@SEQ_MIB@ oflag=direct conv=fsync 2>/dev/null
+      rc=$?; t1=$EPOCHREALTIME
+      echo "KVB r=$r seqw $d us=$((${t1/./} - ${t0/./})) fail=$rc"
+    done
+    for d in $DISKS; do
+      t0=$EPOCHREALTIME
+      dd if=/dev/$d of=/dev/null bs=1048576 count=@SEQ_MIB@ iflag=direct 2>/dev/null
+      rc=$?; t1=$EPOCHREALTIME
+      echo "KVB r=$r seqr $d us=$((${t1/./} - ${t0/./})) fail=$rc"
+    done
+    rand read r
+    rand write w
+    r=$((r + 1))
+  done
+  sync
+  echo "KVB done"
+) > /dev/console 2>&1 &
+"""
+RESULT_RX = re.compile(r"KVB r=(\d+) (seqw|seqr|randr|randw) (vd[b-d]|floor) us=(\d+) fail=(\d+)")
+DISK_RX = re.compile(r"KVB disk (vd[b-d]) serial=(\S*) sectors=(\d+)")
+
+
+def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout)
+
+
+def ip(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`ip -n NS ...`: only ever inside a namespace the benchmark or the lab made."""
+    return subprocess.run(["ip", "-n", ns, *argv], check=check, capture_output=True, text=True)
+
+
+def netns_list() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def fmt(xs: list[float]) -> str:
+    return (f"median {median(xs) * 1000:8.1f} ms  p95 {percentile(xs, 95) * 1000:8.1f} ms  "
+            f"min {min(xs) * 1000:8.1f} ms  (n={len(xs)})")
+
+
+def volume_id(tag: str) -> str:
+    return "vol-" + (tag + secrets.token_hex(9))[:17]
+
+
+class Cleanup:
+    """What the run made outside the lab, checked gone at the end."""
+
+    def __init__(self) -> None:
+        self.netns: list[str] = []
+        self.pids: list[int] = []
+        self.paths: list[Path] = []
+
+    def leftovers(self) -> list[str]:
+        from agent.supervisor import pid_alive
+        live = netns_list()
+        return ([f"namespace {n}" for n in self.netns if n in live]
+                + [f"qemu-storage-daemon pid {p}" for p in self.pids if pid_alive(p)]
+                + [f"path {p}" for p in self.paths if p.exists()])
+
+
+@contextlib.contextmanager
+def storage_node(ns: str, addr: str, cleanup: Cleanup,
+                 wire: Callable[[str], None] = lambda ns: None,
+                 unwire: Callable[[], None] = lambda: None) -> Iterator:
+    """An NbdBackend serving on addr:PORT inside the new namespace `ns` (loopback up; `wire(ns)`
+    connects it further, `unwire()` undoes what wire made outside it). Its daemon is stopped,
+    the namespace deleted and the state dir removed on the way out."""
+    from agent.storage_node.backend import NbdBackend
+    state = Path(tempfile.mkdtemp(prefix="kumo-bench-sn-"))
+    cleanup.paths.append(state)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    cleanup.netns.append(ns)
+    backend = None
+    try:
+        ip(ns, "link", "set", "lo", "up")
+        wire(ns)
+        backend = NbdBackend(state, addr, PORT, netns=ns)
+        yield backend
+    finally:
+        try:
+            if backend is not None:
+                pid = backend.daemon.pid()
+                if pid is not None:
+                    cleanup.pids.append(pid)
+                backend.stop()
+        finally:
+            try:
+                unwire()
+            finally:
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+                shutil.rmtree(state, ignore_errors=True)
+
+
+def nbd_virtual_size(ns: str, addr: str, vid: str) -> int:
+    import json
+    out = run(["ip", "netns", "exec", ns, "qemu-img", "info", "--output=json", "-f", "raw",
+               f"nbd://{addr}:{PORT}/{vid}"], timeout=30).stdout
+    return int(json.loads(out)["virtual-size"])
+
+
+# -- part 1: create / delete ------------------------------------------------------------------
+
+def bench_create(prefix: str, args, cleanup: Cleanup) -> bool:
+    ns = f"{prefix}-cr"
+    print(f"\n== volume create / delete: NbdBackend in namespace {ns} (NBD on 127.0.0.1:{PORT} "
+          f"there), {args.repeat} per size, sizes interleaved", flush=True)
+    names = ["kumo create", "kumo export", "kumo create+export", "kumo unexport+delete",
+             "baseline qemu-img create", "baseline rm"]
+    res = {label: {n: [] for n in names} for label in SIZES}
+    checked: set[str] = set()
+    ok = True
+    with storage_node(ns, "127.0.0.1", cleanup) as backend:
+        base_dir = backend.state_dir / "baseline"
+        base_dir.mkdir()
+        print(f"storage daemon start (first ensure, not in the timings): "
+              f"{timed(backend.ensure) * 1000:.1f} ms", flush=True)
+        for i in range(args.repeat):
+            for label, size in SIZES.items():
+                r = res[label]
+                vid = volume_id(f"{i:04x}")
+                r["kumo create"].append(timed(lambda: backend.create(vid, size)))
+                r["kumo export"].append(timed(lambda: backend.export(vid)))
+                r["kumo create+export"].append(r["kumo create"][-1] + r["kumo export"][-1])
+                if label not in checked:
+                    seen = nbd_virtual_size(ns, "127.0.0.1", vid)
+                    good = seen == size
+                    ok &= good
+                    checked.add(label)
+                    print(f"[{label}] exported volume {vid}: NBD shows {seen} bytes: "
+                          f"{'ok' if good else 'WRONG'}", flush=True)
+                r["kumo unexport+delete"].append(
+                    timed(lambda: (backend.unexport(vid), backend.delete(vid))))
+                f = base_dir / f"{vid}.qcow2"
+                r["baseline qemu-img create"].append(timed(lambda: run(
+                    ["qemu-img", "create", "-q", "-f", "qcow2", str(f), str(size)])))
+                r["baseline rm"].append(timed(lambda: f.unlink()))
+        left = backend.volumes()
+        if left or backend.exports():
+            ok = False
+            print(f"volumes left on the storage node: {left}")
+    for label in SIZES:
+        print(f"[{label}]")
+        for name, xs in res[label].items():
+            print(f"  {name:26s} {fmt(xs)}")
+    (small, a), (large, b) = res.items()
+    print(f"summary (median, {large} vs {small}):")
+    for name in names:
+        x, y = median(a[name]), median(b[name])
+        print(f"  {name:26s} {small} {x * 1000:8.1f} ms   {large} {y * 1000:8.1f} ms   "
+              f"ratio {y / x:5.2f}x")
+    k = "kumo create+export"
+    ratio = median(b[k]) / median(a[k])
+    target = ratio <= LIMIT
+    print(f"create+export O(1) in volume size ({large}/{small} median ratio <= {LIMIT}): "
+          f"{'PASS' if target else 'FAIL'} ({ratio:.2f}x)")
+    for kumo, base in (("kumo create", "baseline qemu-img create"),
+                       ("kumo create+export", "baseline qemu-img create"),
+                       ("kumo unexport+delete", "baseline rm")):
+        x, y = median(b[kumo]), median(b[base])
+        print(f"{kumo} vs {base} at {large}: {x / y:.2f}x the time "
+              f"({(x - y) * 1000:+.1f} ms per volume)")
+    args.create_target_ok = target
+    return ok
+
+
+# -- part 2: the data path inside a guest -----------------------------------------------------
+
+def fabric_wiring(prefix: str):
+    """wire(ns), unwire(): a veth from the lab's fabric bridge into the storage namespace, made
+    from inside the fabric namespace (as the lab makes the hosts' uplinks)."""
+    from lab import naming as nm
+    fab = nm.fabric_netns(prefix)
+
+    def wire(ns: str) -> None:
+        ip(fab, "link", "add", SN_FABRIC_PORT, "type", "veth", "peer", "name", nm.UPLINK,
+           "netns", ns)
+        ip(fab, "link", "set", SN_FABRIC_PORT, "master", nm.FABRIC_BRIDGE, "mtu",
+           str(nm.FABRIC_MTU), "up")
+        ip(ns, "link", "set", nm.UPLINK, "mtu", str(nm.FABRIC_MTU), "up")
+        ip(ns, "addr", "add", f"{SN_ADDR}/{nm.FABRIC_NET.prefixlen}", "dev", nm.UPLINK)
+
+    def unwire() -> None:
+        ip(fab, "link", "del", SN_FABRIC_PORT, check=False)
+
+    return wire, unwire
+
+
+def allocated(path: Path) -> int:
+    import json
+    out = run(["qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(path)]).stdout
+    return int(json.loads(out).get("actual-size", 0))
+
+
+class ScratchNode:
+    """A storage node of the benchmark's own, wired into the lab's fabric (NbdBackend called
+    directly, as the storage node's API would call it)."""
+
+    def __init__(self, backend, ns: str):
+        self.backend, self.ns = backend, ns
+        self.where = (f"the benchmark's scratch storage node {SN_ADDR}:{PORT} (namespace {ns} on "
+                      "the lab fabric; NbdBackend called directly)")
+
+    def export(self, vid: str, size: int) -> tuple[str, int]:
+        self.backend.create(vid, size)
+        host = self.backend.export(vid).hosts[0]
+        return host.name, host.port
+
+    def file(self, vid: str) -> Path:
+        return self.backend.files.path(vid)
+
+    def remove(self, vid: str) -> None:
+        if self.backend.files.exists(vid):
+            self.backend.unexport(vid)
+            self.backend.delete(vid)
+
+
+class LabNode:
+    """The lab's own storage node (lab/naming.py STORAGE_ADDR, started by `kumo lab up`), driven
+    through its API (agent/contract/storage_v1.py) over its unix socket."""
+
+    def __init__(self, lab, api):
+        from lab import naming as nm
+        from lab import services
+        self.api, self.lab = api, lab
+        self.ns = nm.storage_netns(lab.prefix)
+        self.dir = services.storage_dir(lab.state_dir) / "volumes"
+        self.where = (f"the lab's storage node {nm.STORAGE_ADDR.ip}:{nm.STORAGE_NBD_PORT} "
+                      f"(namespace {self.ns}; volume made through its API)")
+
+    @staticmethod
+    def find(lab):
+        """An API client when this lab runs a storage node that answers, else None."""
+        try:
+            from agent.contract.transport import client
+            from lab import naming as nm
+            from lab import services
+            nm.storage_netns, services.storage_answers, services.storage_url  # noqa: B018
+        except (ImportError, AttributeError):
+            return None
+        if not services.storage_answers(lab.state_dir):
+            return None
+        token = (lab.state_dir / services.TOKEN_FILE).read_text().strip()
+        return LabNode(lab, client(services.storage_url(lab.state_dir), token, timeout=60))
+
+    def export(self, vid: str, size: int) -> tuple[str, int]:
+        r = self.api.put(f"/v1/volumes/{vid}",
+                         json={"volume_id": vid, "size_bytes": size, "exported": True})
+        if r.status_code != 200 or not r.json().get("exported"):
+            raise RuntimeError(f"PUT /v1/volumes/{vid}: {r.status_code} {r.text}")
+        src = r.json()["source"]
+        return src["host"], int(src["port"])
+
+    def file(self, vid: str) -> Path:
+        return self.dir / f"{vid}.qcow2"
+
+    def remove(self, vid: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:  # the guest's NBD connection may take a moment to go: 409, retryable
+            r = self.api.delete(f"/v1/volumes/{vid}")
+            if r.status_code in (204, 404) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if r.status_code not in (204, 404) or self.api.get(f"/v1/volumes/{vid}").status_code != 404:
+            raise RuntimeError(f"volume {vid} not deleted from the lab's storage node: "
+                               f"{r.status_code} {r.text}")
+
+
+@contextlib.contextmanager
+def guest_storage(lab, prefix: str, args, cleanup: Cleanup) -> Iterator:
+    node = None if args.own_storage_node else LabNode.find(lab)
+    if node is not None:
+        try:
+            yield node
+        finally:
+            node.api.close()
+        return
+    wire, unwire = fabric_wiring(lab.prefix)
+    ns = f"{prefix}-sn"
+    with storage_node(ns, SN_ADDR, cleanup, wire, unwire) as backend:
+        yield ScratchNode(backend, ns)
+
+
+def bench_guest(prefix: str, args, cleanup: Cleanup) -> bool:
+    from agent import qemu_img
+    from agent.contract.v1 import VolumeAttachment
+    from agent.drivers.base import DomainDisk, FileSource
+    from agent.reconcile.steps import volume_disk
+    from images.builder import build
+    from lab import naming as nm
+    from lab.testing import ping
+    from tests.lab.guests import boot, new_instance_id
+
+    size = args.volume_gib * GIB
+    script = (GUEST_SCRIPT.replace("@SEQ_MIB@", str(args.seq_mib))
+              .replace("@ROUNDS@", str(args.rounds)).replace("@OPS@", str(args.rand_ops)))
+    ok = True
+    with bench_lab(args.lab_state, hosts=1) as lab:
+        lab_addrs = {str(nm.host_address(h).ip) for h in nm.host_ids(nm.MAX_HOSTS)}
+        if SN_ADDR in lab_addrs | {str(nm.INET_FABRIC_ADDR)}:
+            raise SystemExit(f"{SN_ADDR} is a lab address")
+        image = build("kumo-tiny", log=lambda *a: None).path
+        work = Path(tempfile.mkdtemp(prefix="kumo-bench-vol-", dir="/var/tmp"))
+        work.chmod(0o755)
+        cleanup.paths.append(work)
+        guest = None
+        t0 = time.monotonic()
+        try:
+            guest = boot(lab, "h1", image, work / "guest", instance_id=new_instance_id(),
+                         hostname="bench-vol", user_data=script.encode())
+            local = work / "local.qcow2"
+            local_none = work / "local-none.qcow2"
+            for f in (local, local_none):
+                qemu_img.create(f, size, "qcow2")
+            with guest_storage(lab, prefix, args, cleanup) as node:
+                vid = volume_id("b")
+                try:
+                    addr, port = node.export(vid, size)
+                    if not ping(nm.host_netns(lab.prefix, "h1"), addr):
+                        raise SystemExit(f"h1 cannot reach the storage node at {addr}")
+                    att = VolumeAttachment.model_validate({
+                        "volume_id": vid, "device": "vdb",
+                        "source": {"host": addr, "port": port, "export": vid}})
+                    nbd = volume_disk(att)
+                    disks = {"nbd": nbd,
+                             "local": DomainDisk("vdc", FileSource(local, "qcow2"),
+                                                 serial=LOCAL_SERIAL),
+                             "local-none": DomainDisk("vdd", FileSource(local_none, "qcow2"),
+                                                      serial=LOCAL_NONE_SERIAL, cache="none")}
+                    guest.wait_console(r"KUMO-READY instance-id=", timeout=120)
+                    t_ready = time.monotonic() - t0
+                    for d in disks.values():
+                        guest.hypervisor.attach_disk(guest.name, d)
+                    print(f"\n== data path in a guest: kumo-tiny on h1 of lab {lab.prefix} "
+                          f"(TCG, 1 vCPU, 128 MiB; ready {t_ready:.0f} s after define), "
+                          f"disks attached live, {args.volume_gib} GiB each:")
+                    print(f"  vdb  NBD volume {vid} on {node.where}, cache={nbd.cache} "
+                          "(Kumo's volume disk)")
+                    print("  vdc  local qcow2 on h1, default cache (host page cache, flushes "
+                          "honoured: a root disk's settings, and how the storage daemon opens "
+                          "volume files)")
+                    print("  vdd  local qcow2 on h1, cache=none (the volume disk's settings)")
+                    print(f"method: busybox dd in the guest, O_DIRECT (iflag/oflag=direct): "
+                          f"seq {args.seq_mib} MiB bs=1M (write from /dev/zero + fsync, then "
+                          f"read back); random 4 KiB: {args.rand_ops} x `dd bs=4096 count=1` at "
+                          f"random offsets in that {args.seq_mib} MiB (one dd process per "
+                          "request: fio is not in kumo-tiny), each offset on vdb, vdc, vdd and "
+                          f"the floor in turn; {args.rounds} round(s); medians", flush=True)
+                    serials = {}
+                    for d in ("vdb", "vdc", "vdd"):
+                        m = guest.wait_console(rf"KVB disk {d} serial=(\S*) sectors=(\d+)",
+                                               timeout=60)
+                        serials[d] = m.group(1)
+                        if int(m.group(2)) != size // 512:
+                            ok = False
+                            print(f"{d}: {m.group(2)} sectors, expected {size // 512}")
+                    want = {"vdb": nbd.serial, "vdc": LOCAL_SERIAL, "vdd": LOCAL_NONE_SERIAL}
+                    if serials != want:
+                        ok = False
+                        print(f"disks in the guest by serial {serials}, expected {want}")
+                    guest.wait_console(r"KVB done", timeout=args.guest_timeout)
+                    t_done = time.monotonic() - t0
+                    ok &= report_guest(guest.console_text(), args)
+                    print(f"guest run took {t_done - t_ready:.0f} s")
+                    guest.destroy()  # the NBD client goes before the export
+                    need = args.seq_mib * MIB
+                    for name, path in (("volume file on the storage node", node.file(vid)),
+                                       ("local file vdc", local), ("local file vdd", local_none)):
+                        have = allocated(path)
+                        good = have >= need
+                        ok &= good
+                        print(f"{name}: {have / MIB:.1f} MiB allocated (>= {args.seq_mib} MiB "
+                              f"written): {'ok' if good else 'NO'}")
+                finally:
+                    if guest is not None:
+                        guest.destroy()
+                    node.remove(vid)
+                    cleanup.paths.append(node.file(vid))
+        finally:
+            try:
+                if guest is not None:
+                    guest.destroy()
+                    guest.hypervisor.close()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        fab_links = subprocess.run(["ip", "netns", "exec", nm.fabric_netns(lab.prefix), "ip",
+                                    "-o", "link"], capture_output=True, text=True).stdout
+        if f" {SN_FABRIC_PORT}@" in fab_links or f" {SN_FABRIC_PORT}:" in fab_links:
+            ok = False
+            print(f"fabric port {SN_FABRIC_PORT} left in {nm.fabric_netns(lab.prefix)}")
+    return ok
+
+
+def report_guest(console: str, args) -> bool:
+    ok = True
+    got: dict[tuple[str, str], list[float]] = {}
+    for m in RESULT_RX.finditer(console):
+        _, test, disk, us, fail = m.groups()
+        if int(fail):
+            ok = False
+            print(f"guest: {test} on {disk} had {fail} failed dd run(s)")
+        got.setdefault((test, disk), []).append(int(us) / 1e6)
+    disks = ["vdb", "vdc", "vdd"]
+    want = [(t, d) for t in ("seqw", "seqr", "randr", "randw") for d in disks] + [
+        ("randr", "floor"), ("randw", "floor")]
+    missing = [k for k in want if len(got.get(k, [])) != args.rounds]
+    if missing:
+        print(f"guest: results missing for {missing}")
+        return False
+    seq_bytes = args.seq_mib * MIB
+
+    def val(test: str, disk: str) -> float:
+        t = median(got[(test, disk)])
+        return seq_bytes / MIB / t if test.startswith("seq") else args.rand_ops / t
+
+    rows = [("seq write MiB/s", "seqw"), ("seq read MiB/s", "seqr"),
+            ("rand read 4k IOPS", "randr"), ("rand write 4k IOPS", "randw")]
+    print(f"{'':28s}{'vdb NBD volume':>16s}{'vdc local':>12s}{'vdd local,none':>16s}")
+    for label, test in rows:
+        print(f"  {label:26s}" + "".join(f"{val(test, d):{w}.1f}"
+                                        for d, w in zip(disks, (16, 12, 16))))
+    for test, label in (("randr", "read"), ("randw", "write")):
+        floor = val(test, "floor")
+        print(f"  loop floor, {label:5s} (dd /dev/zero -> /dev/null, same loop): {floor:6.1f} "
+              f"requests/s = {1000 / floor:.2f} ms per request of process spawn and shell")
+    for label, test in rows:
+        a, b, c = (val(test, d) for d in disks)
+        print(f"ratio NBD/local {label:20s} vs vdc (default cache) {a / b:5.2f}x   "
+              f"vs vdd (cache=none) {a / c:5.2f}x")
+    for test, label in (("randr", "rand read"), ("randw", "rand write")):
+        floor = val(test, "floor")
+        per = {d: 1000 / val(test, d) - 1000 / floor for d in disks}
+        print(f"{label} 4k latency above the loop floor (ms): NBD {per['vdb']:.2f}, "
+              f"local {per['vdc']:.2f}, local cache=none {per['vdd']:.2f}")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=20, help="volume creations per size")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the guest tests")
+    ap.add_argument("--seq-mib", type=int, default=256, help="sequential MiB per test and disk")
+    ap.add_argument("--rand-ops", type=int, default=500, help="random 4 KiB requests per test")
+    ap.add_argument("--volume-gib", type=int, default=1, help="size of the guest's disks")
+    ap.add_argument("--guest-timeout", type=float, default=1800, help="seconds for the guest")
+    ap.add_argument("--lab-state", type=Path, default=None,
+                    help="a running lab's state dir (left running); default: a lab of its own")
+    ap.add_argument("--no-guest", action="store_true", help="part 1 only (no lab, no guest)")
+    ap.add_argument("--own-storage-node", action="store_true",
+                    help="part 2 on a scratch storage node even when the lab runs its own")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    args = ap.parse_args()
+    if args.smoke:
+        args.repeat, args.rounds, args.seq_mib, args.rand_ops = 2, 1, 8, 10
+        args.guest_timeout = min(args.guest_timeout, 300)
+    if args.seq_mib * MIB > args.volume_gib * GIB:
+        ap.error("--seq-mib exceeds the volume size")
+    require_root()
+    print("volumes benchmark;", machine_note(), flush=True)
+    prefix = f"kvn-bench-{secrets.token_hex(3)}"
+    cleanup = Cleanup()
+    args.create_target_ok = False
+    try:
+        ok = bench_create(prefix, args, cleanup)
+        if not args.no_guest:
+            ok &= bench_guest(prefix, args, cleanup)
+    finally:
+        left = cleanup.leftovers()
+    print(f"left behind (namespaces, storage daemons, files): {', '.join(left) or 'nothing'}")
+    ok &= not left
+    return exit_status(ok, args.create_target_ok, args.smoke)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
