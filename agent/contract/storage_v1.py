@@ -17,21 +17,40 @@ HTTP surface of a storage node (JSON, bearer token = the deployment's agent toke
   GET    /v1/volumes/{volume_id}        -> VolumeObserved (404 InvalidVolume.NotFound)
   DELETE /v1/volumes/{volume_id}        -> 204: unexports and deletes it; also when already gone.
          A host still connected answers 409 VolumeInUse and nothing is deleted.
+
+Extension "snapshots" (a node lists it in StorageInfo.extensions; agent/storage_node/
+snapshot_routes.py): crash-consistent, copy-on-write snapshots of volumes, which outlive them.
+  PUT    /v1/volumes/{volume_id}        VolumeSpec.from_snapshot: a volume that does not exist yet
+         is created with that snapshot's content (404 InvalidSnapshot.NotFound; a size smaller
+         than the snapshot's is 400 InvalidVolumeSize). Ignored once the volume exists.
+  GET    /v1/snapshots                  -> list[SnapshotObserved], sorted by snapshot id
+  PUT    /v1/snapshots/{snapshot_id}    <- SnapshotSpec -> SnapshotObserved
+         takes the snapshot of the volume, exported (a host writing) or not; the same spec again
+         answers the existing snapshot. An id that names a snapshot of another volume is
+         400 IdempotentParameterMismatch; a missing volume 404 InvalidVolume.NotFound.
+  GET    /v1/snapshots/{snapshot_id}    -> SnapshotObserved (404 InvalidSnapshot.NotFound)
+  DELETE /v1/snapshots/{snapshot_id}    -> 204; also when already gone. Deleting a volume keeps
+         its snapshots.
+  A malformed snapshot id is 400 InvalidSnapshotID.Malformed.
 Errors are {"error": {"code", "message", "retryable"}}, as the host agents answer them.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer
 
 from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 
 CONTRACT_VERSION = "v1"
-#: Named additive extensions this storage node implements (none yet beyond the base).
-EXTENSIONS: tuple[str, ...] = ()
+#: Named additive extensions this storage node implements.
+EXTENSIONS: tuple[str, ...] = ("snapshots",)
 
 VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
+#: EC2 style: "snap-" + 17 lowercase hex (as agent/drivers/volumes.SNAPSHOT_ID_RE).
+SNAPSHOT_ID_RE = re.compile(r"^snap-[0-9a-f]{17}$")
+SnapshotId = Annotated[str, StringConstraints(pattern=SNAPSHOT_ID_RE.pattern)]
 MiB = 1 << 20
 
 
@@ -63,6 +82,18 @@ class VolumeSpec(_Wire):
     size_bytes: int = Field(gt=0, multiple_of=MiB)
     #: Serve it to hosts (an instance has it attached, or is attaching it).
     exported: bool = False
+    #: Extension "snapshots": create the volume with this snapshot's content (size_bytes at least
+    #: the snapshot's). Used only when the volume is created; ignored once it exists.
+    from_snapshot: SnapshotId | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extension(self, handler: Any) -> dict[str, Any]:
+        """from_snapshot is left out when unset, so a spec without it is exactly the base
+        contract's: a node without extension "snapshots" (extra fields forbidden) accepts it."""
+        data = handler(self)
+        if data.get("from_snapshot") is None:
+            data.pop("from_snapshot", None)
+        return data
 
 
 class VolumeObserved(_Wire):
@@ -73,3 +104,22 @@ class VolumeObserved(_Wire):
     exported: bool
     #: Where hosts attach it while exported (what InstanceSpec.volumes[].source carries).
     source: VolumeSource | None = None
+
+
+class SnapshotSpec(_Wire):
+    """Extension "snapshots": a snapshot that should exist (PUT /v1/snapshots/{snapshot_id})."""
+
+    snapshot_id: SnapshotId
+    #: The volume it is taken of. A snapshot never changes volume: the same id with another
+    #: volume is refused.
+    volume_id: VolumeId
+
+
+class SnapshotObserved(_Wire):
+    """Extension "snapshots": one snapshot as the node has it."""
+
+    snapshot_id: SnapshotId
+    #: The volume it was taken of (which may since have been deleted).
+    volume_id: VolumeId
+    #: The volume's size when the snapshot was taken: a volume made from it is at least this big.
+    size_bytes: int

@@ -7,6 +7,10 @@ so a volume can be attached on any host. This module holds the one Protocol ever
 Ceph RBD later), its value types, its errors (stable codes, EC2 names where EC2 has one) and the
 validation of volume ids and sizes, done here so that bad input fails the same way on every
 backend before it reaches a path, an argv or QMP JSON.
+
+Snapshots (capability "snapshots"): a point-in-time, crash-consistent copy of a volume's data,
+kept on the same service, that outlives its volume (as EC2's); a new volume can be made from one.
+Snapshot ids are validated here like volume ids (valid_snapshot_id).
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from agent.drivers.base import DriverError, NetworkSource
 #: EC2 style: "vol-" + 17 lowercase hex. The id is also the file stem, the export name and (with
 #: a prefix) the daemon's node name, so nothing else is ever accepted.
 VOLUME_ID_RE = re.compile(r"vol-[0-9a-f]{17}")
+#: EC2 style: "snap-" + 17 lowercase hex. It names the snapshot inside the backend's files (and
+#: QMP arguments), so nothing else is ever accepted.
+SNAPSHOT_ID_RE = re.compile(r"snap-[0-9a-f]{17}")
 MiB = 1 << 20
 GiB = 1 << 30
 #: Sizes are whole MiB (EC2 uses GiB; MiB keeps tests small); the default ceiling is 16 TiB.
@@ -57,6 +64,30 @@ class VolumeInUse(DriverError):
     retryable = False
 
 
+class InvalidSnapshotId(DriverError):
+    code = "InvalidSnapshotID.Malformed"
+    retryable = False
+
+
+class SnapshotNotFound(DriverError):
+    code = "InvalidSnapshot.NotFound"
+    retryable = False
+
+
+class SnapshotAlreadyExists(DriverError):
+    """snapshot() of an id that already names a snapshot of another volume."""
+
+    code = "IdempotentParameterMismatch"
+    retryable = False
+
+
+def valid_snapshot_id(value: object) -> str:
+    """`value` if it is a snapshot id (snap- + 17 lowercase hex), else InvalidSnapshotId."""
+    if not isinstance(value, str) or not SNAPSHOT_ID_RE.fullmatch(value):
+        raise InvalidSnapshotId(f"snapshot id {value!r} is not snap- followed by 17 lowercase hex")
+    return value
+
+
 def valid_volume_id(value: object) -> str:
     """`value` if it is a volume id (vol- + 17 lowercase hex), else InvalidVolumeId."""
     if not isinstance(value, str) or not VOLUME_ID_RE.fullmatch(value):
@@ -82,6 +113,16 @@ class VolumeInfo:
     size_bytes: int
     #: True when the volume is in the wanted export set (see VolumeBackend).
     exported: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot: the volume it was taken of (which may since have been deleted) and that
+    volume's size at that moment (a volume made from it is at least that big)."""
+
+    snapshot_id: str
+    volume_id: str
+    size_bytes: int
 
 
 class VolumeBackend(Protocol):
@@ -112,13 +153,34 @@ class VolumeBackend(Protocol):
       source, as served now (after ensure(): exactly the exported set).
     - ensure() reconciles what is served with the persisted desired state: the serving process
       runs, every volume that should be exported is, nothing else is. Idempotent.
+
+    Snapshots (capability "snapshots"):
+    - Snapshot ids are validated first (valid_snapshot_id): a malformed one is
+      InvalidSnapshotID.Malformed and nothing changes.
+    - snapshot(volume_id, snapshot_id) takes a crash-consistent snapshot of the volume, exported
+      (a client may be writing) or not: every write completed (flushed) before the call is in it,
+      and each write in flight is either wholly in it or not at all, as after a power cut. Later
+      writes to the volume never change it. It shares the unchanged data with the volume
+      (copy-on-write: taking one costs metadata, not a copy). Its size is the volume's at that
+      moment. The same id of the same volume again returns the existing snapshot; an id that
+      names a snapshot of another volume is IdempotentParameterMismatch. A missing volume is
+      InvalidVolume.NotFound.
+    - snapshots() lists every snapshot, sorted by id, including those of deleted volumes.
+    - delete_snapshot(snapshot_id) removes it; one already gone is success. Deleting a volume
+      keeps its snapshots usable (the backend keeps what they need until the last one is gone).
+    - create(volume_id, size, from_snapshot=snapshot_id) makes a volume whose content is the
+      snapshot's, `size` bytes (at least the snapshot's size, else InvalidVolumeSize; what lies
+      beyond reads as zeros). A missing snapshot is InvalidSnapshot.NotFound. When the volume
+      exists already, from_snapshot is only validated: the create is a no-op for the same size,
+      as without it.
     """
 
-    #: e.g. {"nbd", "grow_exported", "persistent_exports"}
+    #: e.g. {"nbd", "grow_exported", "persistent_exports", "snapshots"}
     capabilities: frozenset[str]
 
-    def create(self, volume_id: str, size_bytes: int) -> None:
-        """Create an empty volume of `size_bytes` (see the rules)."""
+    def create(self, volume_id: str, size_bytes: int, from_snapshot: str | None = None) -> None:
+        """Create an empty volume of `size_bytes`, or one with a snapshot's content (see the
+        rules)."""
 
     def grow(self, volume_id: str, size_bytes: int) -> None:
         """Grow the volume to `size_bytes`; never shrinks (see the rules)."""
@@ -140,3 +202,12 @@ class VolumeBackend(Protocol):
 
     def ensure(self) -> None:
         """Make what is served match the persisted desired state."""
+
+    def snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        """Take a crash-consistent snapshot of the volume; idempotent (see the rules)."""
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete the snapshot; gone is success."""
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every snapshot, sorted by id."""

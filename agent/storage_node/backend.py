@@ -6,6 +6,16 @@ daemon restart, an agent restart or a daemon another agent left running all conv
 Every operation validates its input first and holds one lock (the daemon's QMP monitor takes
 one command at a time and the rules compare-then-act). Errors from qemu-img, QMP and the
 supervisor become DriverErrors with stable codes here, at the driver boundary.
+
+Snapshots are qcow2 internal snapshots in the volume's file (files.py names them): taken through
+QMP (blockdev-snapshot-internal-sync) when the daemon has the volume open, with qemu-img when
+not. Crash-consistent and copy-on-write by construction: a snapshot shares its clusters with the
+volume, and the volume's later writes go to new clusters. The files are the only record of which
+snapshots exist (restart-safe: there is no second index to get out of step). Deleting a volume
+that still has snapshots moves its file to holders/ (files.py): the snapshots stay listed and
+usable, and the space of the volume's last active layer stays allocated until its last snapshot
+is deleted, when the holder file goes. A volume made from a snapshot is a full, sparse copy
+(qemu-img convert), independent of the source from then on.
 """
 from __future__ import annotations
 
@@ -13,20 +23,30 @@ import contextlib
 import logging
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 from agent.drivers.base import DriverError, NetworkHost, NetworkSource
-from agent.drivers.volumes import (DEFAULT_MAX_SIZE, InvalidVolumeSize, VolumeAlreadyExists,
+from agent.drivers.volumes import (DEFAULT_MAX_SIZE, InvalidVolumeSize, SnapshotAlreadyExists,
+                                   SnapshotInfo, SnapshotNotFound, VolumeAlreadyExists,
                                    VolumeInfo, VolumeInUse, VolumeNotFound, valid_size,
-                                   valid_volume_id)
+                                   valid_snapshot_id, valid_volume_id)
 from agent.qemu_img import QemuImgError
 from agent.storage_node.daemon import StorageDaemon
-from agent.storage_node.files import VolumeFiles
+from agent.storage_node.files import VolumeFiles, parse_snapshot_name, snapshot_name
 from agent.storage_node.qmp import QmpClient, QmpError
 from agent.storage_node.wanted import WantedExports
 from agent.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
+
+
+class _Snap(NamedTuple):
+    """Where one snapshot lives: its file, its qcow2 name, and whether that file is a holder."""
+
+    info: SnapshotInfo
+    path: Path
+    name: str
+    held: bool
 
 
 @contextlib.contextmanager
@@ -46,7 +66,7 @@ def _translated(what: str) -> Iterator[None]:
 class NbdBackend:
     """Volumes under `state_dir/volumes`, served on NBD host:port from inside `netns`."""
 
-    capabilities = frozenset({"nbd", "grow_exported", "persistent_exports"})
+    capabilities = frozenset({"nbd", "grow_exported", "persistent_exports", "snapshots"})
 
     def __init__(self, state_dir: Path, host: str, port: int, *, netns: Optional[str] = None,
                  max_size: int = DEFAULT_MAX_SIZE, daemon: Optional[StorageDaemon] = None):
@@ -73,16 +93,27 @@ class NbdBackend:
         return self.daemon.qmp()
 
     # -- the Protocol -----------------------------------------------------------------------
-    def create(self, volume_id: str, size_bytes: int) -> None:
+    def create(self, volume_id: str, size_bytes: int, from_snapshot: Optional[str] = None) -> None:
         valid_volume_id(volume_id)
         valid_size(size_bytes, self.max_size)
+        if from_snapshot is not None:
+            valid_snapshot_id(from_snapshot)
         with self._lock, _translated(f"create {volume_id}"):
             if self.files.exists(volume_id):
                 have = self.files.size(volume_id)
                 if have != size_bytes:
                     raise VolumeAlreadyExists(f"volume {volume_id} exists with {have} bytes")
                 return
-            self.files.create(volume_id, size_bytes)
+            if from_snapshot is None:
+                self.files.create(volume_id, size_bytes)
+                return
+            snap = self._all_snapshots().get(from_snapshot)
+            if snap is None:
+                raise SnapshotNotFound(f"snapshot {from_snapshot} does not exist")
+            if size_bytes < snap.info.size_bytes:
+                raise InvalidVolumeSize(f"snapshot {from_snapshot} has {snap.info.size_bytes} "
+                                        "bytes: a volume from it needs at least that")
+            self.files.create_from_snapshot(volume_id, size_bytes, snap.path, snap.name)
 
     def grow(self, volume_id: str, size_bytes: int) -> None:
         valid_size(size_bytes, self.max_size)
@@ -130,7 +161,7 @@ class NbdBackend:
                     if volume_id in self.daemon.served(q):
                         self.daemon.del_export(q, volume_id)
                     self.daemon.close_volume(q, volume_id)
-            self.files.delete(volume_id)
+            self._delete_or_hold(volume_id)
 
     def export(self, volume_id: str) -> NetworkSource:
         with self._lock, _translated(f"export {volume_id}"):
@@ -163,6 +194,86 @@ class NbdBackend:
     def ensure(self) -> None:
         with self._lock, _translated("reconcile exports"):
             self._reconcile()
+
+    def snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        valid_volume_id(volume_id)
+        valid_snapshot_id(snapshot_id)
+        with self._lock, _translated(f"snapshot {volume_id} as {snapshot_id}"):
+            have = self._all_snapshots().get(snapshot_id)
+            if have is not None:
+                if have.info.volume_id != volume_id:
+                    raise SnapshotAlreadyExists(f"snapshot {snapshot_id} is one of volume "
+                                                f"{have.info.volume_id}")
+                return have.info
+            self._existing(volume_id)
+            with self._live_qmp() as q:
+                opened = self.daemon.open_nodes(q) if q is not None else {}
+                if volume_id in opened:  # exported: clients may be writing
+                    size = opened[volume_id]
+                    self.daemon.snapshot_internal(q, volume_id, snapshot_name(snapshot_id, size))
+                    return SnapshotInfo(snapshot_id, volume_id, size)
+            size = self.files.size(volume_id)
+            self.files.snapshot_create(self.files.path(volume_id),
+                                       snapshot_name(snapshot_id, size))
+            return SnapshotInfo(snapshot_id, volume_id, size)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        valid_snapshot_id(snapshot_id)
+        with self._lock, _translated(f"delete snapshot {snapshot_id}"):
+            snap = self._all_snapshots().get(snapshot_id)
+            if snap is None:
+                return
+            vid = snap.info.volume_id
+            if not snap.held:
+                with self._live_qmp() as q:
+                    if q is not None and vid in self.daemon.open_nodes(q):
+                        self.daemon.delete_snapshot_internal(q, vid, snap.name)
+                        return
+            self.files.snapshot_delete(snap.path, snap.name)
+            if snap.held:
+                self._drop_holder_if_empty(snap.path)
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        with self._lock, _translated("list snapshots"):
+            return [s.info for _, s in sorted(self._all_snapshots().items())]
+
+    def _all_snapshots(self) -> dict[str, _Snap]:
+        """Snapshot id -> where it lives, read from the files themselves (volumes and holders;
+        one `qemu-img info -U` each). A holder left without snapshots (a crash between deleting
+        its last one and removing it) is removed on the way."""
+        out: dict[str, _Snap] = {}
+        places = [(v, self.files.path(v), False) for v in self.files.ids()]
+        places += [(v, p, True) for v, p in self.files.holders()]
+        for vid, path, held in places:
+            found = 0
+            for name in self.files.snapshot_names(path):
+                parsed = parse_snapshot_name(name)
+                if parsed is not None:
+                    found += 1
+                    out[parsed[0]] = _Snap(SnapshotInfo(parsed[0], vid, parsed[1]), path, name,
+                                           held)
+            if held and not found:
+                self._drop_holder_if_empty(path)
+        return out
+
+    def _drop_holder_if_empty(self, path: Path) -> None:
+        if not any(parse_snapshot_name(n) for n in self.files.snapshot_names(path)):
+            log.info("holder %s has no snapshot left: removed", path.name)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _delete_or_hold(self, volume_id: str) -> None:
+        """Delete a closed volume's file, or keep it as a holder while it has snapshots."""
+        path = self.files.path(volume_id)
+        if path.is_file():
+            kept = sorted(p[0] for n in self.files.snapshot_names(path)
+                          if (p := parse_snapshot_name(n)) is not None)
+            if kept:
+                held = self.files.hold(volume_id, kept[0])
+                log.info("volume %s deleted; its file is kept as %s for snapshots %s",
+                         volume_id, held.name, kept)
+                return
+        self.files.delete(volume_id)
 
     # -- beyond the Protocol ----------------------------------------------------------------
     def stop(self) -> bool:

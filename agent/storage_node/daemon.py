@@ -166,6 +166,19 @@ class StorageDaemon:
             time.sleep(0.02)
 
     @staticmethod
+    def snapshot_internal(q: QmpClient, volume_id: str, name: str) -> None:
+        """A qcow2 internal snapshot `name` of an open volume, taken while its clients may be
+        writing: QEMU drains the node's in-flight requests first and writes the snapshot's
+        metadata through, so it holds every completed write (crash-consistent)."""
+        q.execute("blockdev-snapshot-internal-sync", {"device": valid_volume_id(volume_id),
+                                                      "name": str(name)})
+
+    @staticmethod
+    def delete_snapshot_internal(q: QmpClient, volume_id: str, name: str) -> None:
+        q.execute("blockdev-snapshot-delete-internal-sync",
+                  {"device": valid_volume_id(volume_id), "name": str(name)})
+
+    @staticmethod
     def resize(q: QmpClient, volume_id: str, size_bytes: int) -> None:
         q.execute("block_resize", {"node-name": valid_volume_id(volume_id),
                                    "size": int(size_bytes)})

@@ -30,6 +30,9 @@ ADDR = "198.51.100.7"  # TEST-NET-2, on a veth inside the test's namespace only
 PORT = 10809
 V1 = "vol-000000000000bd001"
 V2 = "vol-000000000000bd002"
+V3 = "vol-000000000000bd003"
+S1 = "snap-000000000000bd001"
+S2 = "snap-000000000000bd002"
 
 
 @pytest.fixture
@@ -145,3 +148,76 @@ def test_data_over_nbd_survives_grow_and_a_daemon_restart(node):
     assert backend.volumes() == [] and backend.exports() == {}
     assert os.listdir(state / "volumes") == []
     assert json.loads((state / "exports.json").read_text()) == {"exports": []}
+
+
+class LabIO:
+    """tests/unit/volume_contract.VolumeIO over NBD from inside the namespace (qemu-io: one
+    connection per call, flushed when it closes), and the disk blocks of the node's files."""
+
+    def __init__(self, ns: str, state):
+        self.ns, self.state = ns, state
+
+    def write(self, volume_id, offset, length, pattern):
+        w = _qemu_io(self.ns, volume_id, f"write -P {pattern} {offset} {length}")
+        assert w.returncode == 0 and f"wrote {length}/{length}" in w.stdout, w.stdout + w.stderr
+
+    def holds(self, volume_id, offset, length, pattern):
+        r = _qemu_io(self.ns, volume_id, f"read -P {pattern} {offset} {length}")
+        assert "read" in r.stdout or "verification failed" in r.stdout, r.stdout + r.stderr
+        return r.returncode == 0 and "verification failed" not in r.stdout
+
+    def allocated(self):
+        total = 0
+        for root, _, names in os.walk(self.state):
+            for n in names:
+                if n.endswith(".qcow2"):
+                    total += os.stat(os.path.join(root, n)).st_blocks * 512
+        return total
+
+
+def test_snapshot_contract_on_the_nbd_storage_node(node):
+    backend, ns, state, pids = node
+    io = LabIO(ns, state)
+    contract.check_snapshot_bad_input(backend, V1, S1)
+    contract.check_snapshot_data(backend, io, [V1, V2, V3], [S1, S2])
+    contract.check_snapshots_outlive_their_volume(backend, io, V1, V2, S1, S2)
+    assert not (state / "holders").exists() or os.listdir(state / "holders") == []
+    contract.check_snapshot_shares_data(backend, io, V1, S1)
+    before, after = contract.check_snapshot_while_writing(backend, io, V1, V2, S1)
+    assert 3 <= before and after < 40, (before, after)  # taken while the client was writing
+    assert backend.volumes() == [] and backend.snapshots() == [] and backend.exports() == {}
+    assert os.listdir(state / "volumes") == []
+
+
+def test_snapshots_survive_a_daemon_restart_and_a_new_backend(node):
+    """The files are the only record: a killed daemon, a new backend on the same state dir and
+    a deleted volume's holder all still list and serve the snapshots."""
+    backend, ns, state, pids = node
+    io = LabIO(ns, state)
+    backend.create(V1, 64 * MiB)
+    backend.export(V1)
+    io.write(V1, 0, MiB, 0xAA)
+    info = backend.snapshot(V1, S1)
+    io.write(V1, 0, MiB, 0xBB)
+    _kill_daemon(backend, pids)
+    again = NbdBackend(state, ADDR, PORT, netns=ns, max_size=1 << 30)
+    assert again.snapshots() == [info]
+    again.ensure()
+    assert io.holds(V1, 0, MiB, 0xBB)
+    again.unexport(V1)
+    again.delete(V1)
+    holders = os.listdir(state / "holders")
+    assert holders == [f"{V1}.{S1}.qcow2"], holders
+    assert again.volumes() == [] and again.snapshots() == [info]
+    again.ensure()  # a holder is no volume: nothing to open or serve
+    assert again.exports() == {} and os.listdir(state / "holders") == holders
+    assert NbdBackend(state, ADDR, PORT, netns=ns, max_size=1 << 30).snapshots() == [info]
+    again.create(V2, 64 * MiB, from_snapshot=S1)
+    again.export(V2)
+    assert io.holds(V2, 0, MiB, 0xAA)
+    again.unexport(V2)
+    again.delete(V2)
+    again.delete_snapshot(S1)
+    assert os.listdir(state / "holders") == [] and os.listdir(state / "volumes") == []
+    assert again.snapshots() == []
+    pids.append(again.daemon.pid())  # the fixture stops it (adopted from the pid file) and checks

@@ -8,12 +8,15 @@ from contextlib import contextmanager
 import pytest
 
 from agent.drivers.fake_volumes import FakeVolumeBackend
-from agent.drivers.volumes import (MiB, InvalidVolumeId, InvalidVolumeSize, valid_size,
-                                   valid_volume_id)
+from agent.drivers.volumes import (MiB, InvalidSnapshotId, InvalidVolumeId, InvalidVolumeSize,
+                                   valid_size, valid_snapshot_id, valid_volume_id)
 from tests.unit import volume_contract as contract
 
 V1 = "vol-0000000000000a001"
 V2 = "vol-0000000000000a002"
+V3 = "vol-0000000000000a003"
+S1 = "snap-0000000000000a001"
+S2 = "snap-0000000000000a002"
 
 
 @pytest.fixture
@@ -59,6 +62,63 @@ def test_ensure_drops_wanted_volumes_without_data(fake):
     fake.sizes.clear()  # the data vanished behind the backend's back
     fake.ensure()
     assert fake.exports() == {} and fake.wanted == set()
+
+
+class FakeIO:
+    """contract.VolumeIO on the fake: its client handles and its chunk accounting."""
+
+    def __init__(self, fake: FakeVolumeBackend):
+        self.fake = fake
+
+    def write(self, volume_id, offset, length, pattern):
+        self.fake.write(volume_id, offset, bytes([pattern]) * length)
+
+    def holds(self, volume_id, offset, length, pattern):
+        return self.fake.read(volume_id, offset, length) == bytes([pattern]) * length
+
+    def allocated(self):
+        return self.fake.allocated_bytes()
+
+
+def test_snapshot_bad_input(fake):
+    contract.check_snapshot_bad_input(fake, V1, S1)
+
+
+def test_snapshot_data(fake):
+    contract.check_snapshot_data(fake, FakeIO(fake), [V1, V2, V3], [S1, S2])
+
+
+def test_snapshots_outlive_their_volume(fake):
+    contract.check_snapshots_outlive_their_volume(fake, FakeIO(fake), V1, V2, S1, S2)
+
+
+def test_snapshot_shares_data(fake):
+    contract.check_snapshot_shares_data(fake, FakeIO(fake), V1, S1)
+
+
+def test_snapshot_while_writing(fake):
+    contract.check_snapshot_while_writing(fake, FakeIO(fake), V1, V2, S1)
+
+
+def test_fake_io_needs_an_export(fake):
+    fake.create(V1, MiB)
+    with pytest.raises(Exception):
+        fake.write(V1, 0, b"x")
+    fake.export(V1)
+    fake.write(V1, 10, b"xy")
+    assert fake.read(V1, 8, 6) == b"\0\0xy\0\0"
+
+
+@pytest.mark.parametrize("good", ["snap-0123456789abcdef0", "snap-fffffffffffffffff"])
+def test_valid_snapshot_id(good):
+    assert valid_snapshot_id(good) == good
+
+
+@pytest.mark.parametrize("bad", contract.BAD_SNAPSHOT_IDS)
+def test_invalid_snapshot_id(bad):
+    with pytest.raises(InvalidSnapshotId) as e:
+        valid_snapshot_id(bad)
+    assert e.value.code == "InvalidSnapshotID.Malformed" and not e.value.retryable
 
 
 @pytest.mark.parametrize("good", ["vol-0123456789abcdef0", "vol-fffffffffffffffff"])
