@@ -20,7 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="create or repair the lab")
     up.add_argument("--hosts", type=int, default=2)
-    up.add_argument("--no-services", action="store_true", help="do not start controller/agents")
+    up.add_argument("--no-services", action="store_true",
+                    help="do not start controller/agents/storage node")
+    up.add_argument("--storage-only", action="store_true",
+                    help="start the storage node but no controller/agents")
     stp = sub.add_parser("status", help="show the lab's state")
     stp.add_argument("--json", action="store_true")
     sub.add_parser("down", help="remove everything the lab made")
@@ -28,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--demo", action="store_true", help="the demo account instead of admin")
     a = ap.parse_args(argv)
     try:
-        lab = Lab(a.state_dir, prefix=a.prefix, listen=a.listen,
-                  start_services="none" if getattr(a, "no_services", False) else "auto")  # fmt: skip
+        services = ("none" if getattr(a, "no_services", False) else
+                    "storage" if getattr(a, "storage_only", False) else "auto")
+        lab = Lab(a.state_dir, prefix=a.prefix, listen=a.listen, start_services=services)
         if a.cmd == "up":
             t = time.monotonic()
             status = lab.up(a.hosts)

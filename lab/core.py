@@ -1,6 +1,7 @@
 """The Lab: brings the all-in-one lab up (idempotently, repairing missing parts), reports its status,
 and tears down everything it made. Orchestration only; the wiring is in network.py, the per-host
-libvirtd in libvirtd.py, processes in procs.py, the Kumo services in services.py.
+libvirtd in libvirtd.py, processes in procs.py, the Kumo services (controller, agents, storage
+node) in services.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Iterator
 
 from lab import libvirtd, naming as nm, network, procs, services, state as st
 from lab.errors import LabError
-from lab.report import HostStatus, LabStatus, ProcStatus, render_env
+from lab.report import HostStatus, LabStatus, ProcStatus, StorageStatus, render_env
 
 DEFAULT_STATE_DIR = Path("/var/lib/kumo/lab")
 DEFAULT_PREFIX = "kumo"
@@ -25,7 +26,7 @@ DEFAULT_LISTEN = "127.0.0.1:8787"
 # created them and they are empty, so the machine is left as found.
 RUNTIME_DIRS = ("/run/netns", "/run/mount")
 # Files and directories of the state dir that `down` removes (everything up makes there).
-STATE_ENTRIES = ("hosts", "controller", services.TOKEN_FILE, "demo.key", "lab.lock")
+STATE_ENTRIES = ("hosts", "controller", "storage", services.TOKEN_FILE, "demo.key", "lab.lock")
 
 
 class Lab:
@@ -44,9 +45,13 @@ class Lab:
         self.requested_listen = listen
         if listen is not None:
             services.split_listen(listen)
-        # "auto": start the controller/agents whose code exists; "none": network + libvirtd only.
-        if start_services not in ("auto", "none"):
-            raise LabError("InvalidParameterValue", f"start_services must be auto|none: {start_services!r}")
+        # "auto": start the controller/agents/storage node whose code exists; "none": network +
+        # libvirtd only; "storage": those and the storage node, with no controller to own its
+        # volumes (the controller deletes volumes it does not know of: tests that drive the
+        # storage node's API themselves need a lab where nothing else does).
+        if start_services not in ("auto", "none", "storage"):
+            raise LabError("InvalidParameterValue",
+                           f"start_services must be auto|none|storage: {start_services!r}")
         self.start_services = start_services
         # After the controller is up: demo account + cached images (lab/bootstrap.py, if present).
         self.bootstrap = bootstrap
@@ -97,8 +102,14 @@ class Lab:
                 s.note_netns(nm.host_netns(self.prefix, hid))
                 self._save(s)
                 network.ensure_host(self.prefix, hid)
+            s.note_netns(nm.storage_netns(self.prefix))
+            self._save(s)
+            network.ensure_storage(self.prefix)
             self._start_libvirtds(s, wanted)
             token = services.ensure_token(self.state_dir)
+            # The storage node before the controller: the controller is told where it is.
+            if self.start_services in ("auto", "storage") and services.storage_available():
+                self._ensure_storage(s, token)
             if self.start_services == "auto" and services.controller_available():
                 listen = self.requested_listen or s.listen or DEFAULT_LISTEN
                 if s.listen and s.listen != listen and self._controller_alive(s):
@@ -133,6 +144,8 @@ class Lab:
                 s.processes["controller"], lambda: services.controller_answers(self.state_dir, self.listen)
             )
         out.hosts = [self._host_status(s, hid) for hid in s.hosts]
+        if nm.storage_netns(self.prefix) in s.netns:
+            out.storage = self._storage_status(s)
         return out
 
     def down(self) -> None:
@@ -153,12 +166,19 @@ class Lab:
             # Every process this down ends, taken before any is stopped: the ones the lab recorded
             # and whatever runs in its namespaces (qemu, the agents' dnsmasq, ...).
             ending = list(s.processes.values())
+            if "storage" in s.processes:  # its daemon, even in a namespace whose handle is gone
+                ending += procs.netns_mates(s.processes["storage"])
             for name in sorted(set(s.netns) | set(found)):
                 ending += procs.netns_records(name)
-            for name in [n for n in s.processes if n.startswith("agent-")] + ["controller"]:
+            for name in [n for n in s.processes if n.startswith("agent-")] + ["controller", "storage"]:
                 if name in s.processes:
                     procs.stop(s.processes.pop(name))
                     self._save(s)
+            # The storage node leaves its qemu-storage-daemon running when it stops (so a restart
+            # does not cut hosts off their volumes): it ends here, with the rest of the namespace.
+            procs.kill_netns_processes(nm.storage_netns(self.prefix))
+            network.remove_storage(self.prefix)
+            s.sockets.pop("storage", None)
             for hid in sorted(hosts, key=nm.host_number):
                 self._remove_host(s, hid)
             for name in sorted(set(s.netns) | set(found)):
@@ -235,7 +255,9 @@ class Lab:
         log = services.controller_dir(self.state_dir) / "controller.log"
         if rec is None or not procs.alive(rec):
             services.controller_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
-            env = services.controller_env(self.state_dir, s.listen, token)
+            env = services.controller_env(
+                self.state_dir, s.listen, token,
+                services.storage_url(self.state_dir) if "storage" in s.processes else None)
             rec = procs.start("controller", services.controller_argv(self.python), log, env=env,
                               cwd=services.REPO_ROOT)  # fmt: skip
             s.processes["controller"] = rec
@@ -260,6 +282,28 @@ class Lab:
             self._save(s)
         services.wait_until(lambda: services.agent_answers(self.state_dir, hid),
                             lambda: procs.alive(rec), f"agent {hid}", log)  # fmt: skip
+
+    def _ensure_storage(self, s: st.LabState, token: str) -> None:
+        """The storage node runs (inside its namespace) and answers on its socket. One left in a
+        namespace that was deleted and re-created serves nobody: it is replaced (the new one
+        moves the qemu-storage-daemon into place too: agent/supervisor.py's in_place)."""
+        ns = nm.storage_netns(self.prefix)
+        rec = s.processes.get("storage")
+        log = services.storage_dir(self.state_dir) / "storage.log"
+        if rec is not None and procs.alive(rec) and rec.pid not in procs.netns_pids(ns):
+            # Its qemu-storage-daemon is in that old namespace too (the node leaves it running on
+            # exit): both end, and the new node starts a daemon in place.
+            procs.end(procs.netns_mates(rec) or [rec])
+        if rec is None or not procs.alive(rec):
+            services.storage_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
+            rec = procs.start("storage", services.storage_argv(self.python), log,
+                              env=services.storage_env(self.state_dir, token), netns=ns,
+                              cwd=services.REPO_ROOT)  # fmt: skip
+            s.processes["storage"] = rec
+            s.sockets["storage"] = str(services.storage_socket(self.state_dir))
+            self._save(s)
+        services.wait_until(lambda: services.storage_answers(self.state_dir),
+                            lambda: procs.alive(rec), "storage node", log)  # fmt: skip
 
     def _bootstrap(self) -> None:
         try:
@@ -312,6 +356,21 @@ class Lab:
             libvirt_uri=uri,
             libvirtd=lv,
             agent=self._proc_status(agent, lambda: services.agent_answers(self.state_dir, hid)) if agent else None,
+        )
+
+    def _storage_status(self, s: st.LabState) -> StorageStatus:
+        ns = nm.storage_netns(self.prefix)
+        uplink = network.link_state(ns, nm.UPLINK)
+        addr = str(nm.STORAGE_ADDR)
+        rec = s.processes.get("storage")
+        return StorageStatus(
+            netns=ns,
+            netns_exists=network.exists(ns),
+            address=addr,
+            uplink_up=bool(uplink and uplink["up"] and addr in uplink["addresses"]),
+            nbd_port=nm.STORAGE_NBD_PORT,
+            socket=str(services.storage_socket(self.state_dir)),
+            service=self._proc_status(rec, lambda: services.storage_answers(self.state_dir)) if rec else None,
         )
 
     def _proc_status(self, rec: st.ProcRecord, answers) -> ProcStatus:

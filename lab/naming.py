@@ -31,6 +31,12 @@ PUBLIC_POOL = ipaddress.ip_network("203.0.113.0/24")
 # lab's internet namespace.
 INET_SERVER_ADDR = ipaddress.ip_address("198.51.100.1")
 FABRIC_BRIDGE = "br0"
+# The storage node (issue 10): its own namespace on the fabric, at an underlay address no other lab
+# part uses (the internet is .1, hosts are .11-.109), serving volumes over NBD to every host.
+STORAGE_ADDR = ipaddress.ip_interface(f"100.64.0.250/{FABRIC_NET.prefixlen}")
+STORAGE_NBD_PORT = 10809  # NBD's registered port
+STORAGE_FABRIC_PORT = "p-sn"  # its uplink's end on the fabric bridge
+STORAGE_MAC = "02:4b:4c:00:00:fa"
 UPLINK = "uplink0"  # the uplink inside each host namespace and inside the internet namespace
 
 
@@ -71,11 +77,15 @@ def inet_netns(prefix: str) -> str:
     return _checked(f"{validate_prefix(prefix)}-inet")
 
 
+def storage_netns(prefix: str) -> str:
+    return _checked(f"{validate_prefix(prefix)}-sn")
+
+
 def all_netns_pattern(prefix: str) -> re.Pattern[str]:
     """Matches every namespace name this prefix's lab may have created (for cleanup scans)."""
     p = re.escape(validate_prefix(prefix))
     # hN-kvr-<vni>: the VPC router namespaces a host's agent creates (agent.network.names).
-    return re.compile(rf"^{p}-(fab|inet|h[1-9][0-9]?(-kvr-[0-9a-f]{{6}})?)$")
+    return re.compile(rf"^{p}-(fab|inet|sn|h[1-9][0-9]?(-kvr-[0-9a-f]{{6}})?)$")
 
 
 def fabric_port(hid: str) -> str:

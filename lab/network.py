@@ -152,6 +152,25 @@ def ensure_host(prefix: str, hid: str) -> None:
             ns.route("add", dst="0.0.0.0/0", gateway=str(nm.INET_FABRIC_ADDR))
 
 
+def ensure_storage(prefix: str) -> None:
+    """The storage node's namespace: uplink0 on the fabric bridge at STORAGE_ADDR. No default route:
+    it only serves the hosts, which are on-link, and has no business reaching anything else."""
+    name = nm.storage_netns(prefix)
+    ensure_netns(name)
+    _ensure_uplink(prefix, nm.STORAGE_FABRIC_PORT, name, nm.STORAGE_MAC)
+    addr = nm.STORAGE_ADDR
+    with opened(name) as ns:
+        _ensure_addr(ns, nm.UPLINK, str(addr.ip), addr.network.prefixlen)
+
+
+def remove_storage(prefix: str) -> None:
+    fab = nm.fabric_netns(prefix)
+    if exists(fab):
+        with opened(fab) as f:
+            _delete_link(f, nm.STORAGE_FABRIC_PORT)
+    remove_netns(nm.storage_netns(prefix))
+
+
 def remove_host(prefix: str, hid: str) -> None:
     fab = nm.fabric_netns(prefix)
     if exists(fab):

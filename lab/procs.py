@@ -167,6 +167,34 @@ def netns_records(netns: str) -> list[ProcRecord]:
     return recs
 
 
+def _netns_id(pid: int | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return st.st_ino, st.st_dev
+
+
+def netns_mates(rec: ProcRecord) -> list[ProcRecord]:
+    """Records of the processes sharing the network namespace of the recorded process (itself
+    included), also when that namespace's /run/netns handle is gone (deleted and re-created under
+    it): what such a process started runs on in there, serving nobody. Empty when the record is
+    not alive, or when its namespace is the machine's or ours: those are never swept."""
+    if not alive(rec):
+        return []
+    ns = _netns_id(rec.pid)
+    if ns is None or ns in (_netns_id(1), _netns_id("self")):
+        return []
+    recs = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _netns_id(entry) == ns:
+            t = start_time(int(entry))
+            if t is not None:
+                recs.append(ProcRecord(name=f"netns-of:{rec.name}", pid=int(entry), start_time=t,
+                                       argv=[], log="", netns=rec.netns))
+    return recs
+
+
 def stop(rec: ProcRecord, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after timeout; returns once it has exited. A process that already died
     is fine."""

@@ -34,6 +34,25 @@ class HostStatus:
 
 
 @dataclass
+class StorageStatus:
+    """The storage node: its namespace on the fabric and, when started, its service (API on
+    `socket`, NBD on address:nbd_port)."""
+
+    netns: str
+    netns_exists: bool
+    address: str
+    uplink_up: bool
+    nbd_port: int
+    socket: str
+    service: ProcStatus | None = None
+
+    @property
+    def ok(self) -> bool:
+        svc_ok = self.service is None or (self.service.alive and self.service.answering)
+        return self.netns_exists and self.uplink_up and svc_ok
+
+
+@dataclass
 class LabStatus:
     prefix: str
     state_dir: str
@@ -44,17 +63,22 @@ class LabStatus:
     inet_ok: bool
     hosts: list[HostStatus] = field(default_factory=list)
     controller: ProcStatus | None = None
+    storage: StorageStatus | None = None
 
     @property
     def ok(self) -> bool:
         ctl_ok = self.controller is None or (self.controller.alive and self.controller.answering)
-        return self.exists and self.fabric_ok and self.inet_ok and all(h.ok for h in self.hosts) and ctl_ok
+        sn_ok = self.storage is None or self.storage.ok
+        return (self.exists and self.fabric_ok and self.inet_ok and all(h.ok for h in self.hosts)
+                and ctl_ok and sn_ok)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["ok"] = self.ok
         for h, hd in zip(self.hosts, d["hosts"]):
             hd["ok"] = h.ok
+        if self.storage is not None:
+            d["storage"]["ok"] = self.storage.ok
         return d
 
     def to_text(self) -> str:
@@ -77,6 +101,13 @@ class LabStatus:
                 f"agent {proc(h.agent)}"
             )
             lines.append(f"     {h.libvirt_uri}")
+        sn = self.storage
+        if sn is not None:
+            lines.append(
+                f"  storage {sn.netns} {sn.address}: netns {'ok' if sn.netns_exists else 'missing'}, "
+                f"uplink {'up' if sn.uplink_up else 'down'}, node {proc(sn.service)}"
+            )
+            lines.append(f"     API unix:{sn.socket}, NBD {sn.address.split('/')[0]}:{sn.nbd_port}")
         keys = [(who, path) for who, path in (
             ("admin", Path(self.state_dir) / "controller" / "admin.key"),
             ("demo", Path(self.state_dir) / "demo.key")) if path.exists()]

@@ -1,9 +1,10 @@
 """The lab's long-running Kumo processes: the controller (root namespace, 127.0.0.1 + a unix socket
-for agents) and one agent per host (inside its host namespace). Pure builders of their commands and
-environments, the per-lab agent token, and the readiness checks `up` waits on.
+for agents), one agent per host (inside its host namespace) and the storage node (inside the storage
+namespace, API on a unix socket). Pure builders of their commands and environments, the per-lab
+agent token, and the readiness checks `up` waits on.
 
-They are only started when their code exists (`controller/__main__.py`, `agent/__main__.py`), so the
-lab is usable while those packages are still being written.
+They are only started when their code exists (`controller/__main__.py`, `agent/__main__.py`,
+`agent/storage_node/__main__.py`), so the lab is usable while those packages are still being written.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def agent_available(repo_root: Path = REPO_ROOT) -> bool:
     return (repo_root / "agent" / "__main__.py").is_file()
 
 
+def storage_available(repo_root: Path = REPO_ROOT) -> bool:
+    return (repo_root / "agent" / "storage_node" / "__main__.py").is_file()
+
+
 def controller_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "controller"
 
@@ -40,6 +45,20 @@ def controller_socket(state_dir: Path) -> Path:
 
 def agent_socket(state_dir: Path, hid: str) -> Path:
     return Path(state_dir) / "hosts" / hid / "agent.sock"
+
+
+def storage_dir(state_dir: Path) -> Path:
+    """The storage node's state: volumes/, exports.json, the daemon's QMP socket and log."""
+    return Path(state_dir) / "storage"
+
+
+def storage_socket(state_dir: Path) -> Path:
+    return storage_dir(state_dir) / "storage.sock"
+
+
+def storage_url(state_dir: Path) -> str:
+    """How the controller (and tests) reach the storage node's API (agent/contract/transport.py)."""
+    return f"unix:{storage_socket(state_dir)}"
 
 
 def ensure_token(state_dir: Path) -> str:
@@ -59,14 +78,19 @@ def ensure_token(state_dir: Path) -> str:
     return tok
 
 
-def controller_env(state_dir: Path, listen: str, token: str) -> dict[str, str]:
-    return {
+def controller_env(state_dir: Path, listen: str, token: str,
+                   storage: str | None = None) -> dict[str, str]:
+    """`storage`: the storage node's URL when the lab runs one (KUMO_STORAGE_URL)."""
+    env = {
         "KUMO_STATE_DIR": str(controller_dir(state_dir)),
         "KUMO_LISTEN": listen,
         "KUMO_AGENT_SOCKET": str(controller_socket(state_dir)),
         "KUMO_AGENT_TOKEN": token,
         "KUMO_PUBLIC_POOL": str(nm.PUBLIC_POOL),
     }
+    if storage:
+        env["KUMO_STORAGE_URL"] = storage
+    return env
 
 
 def controller_argv(python: str) -> list[str]:
@@ -91,6 +115,23 @@ def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str,
 
 def agent_argv(python: str) -> list[str]:
     return [python, "-m", "agent"]
+
+
+def storage_env(state_dir: Path, token: str) -> dict[str, str]:
+    """The storage node runs inside the storage namespace: its NBD server listens on the node's
+    fabric address, which is also what hosts are told to dial."""
+    return {
+        "KUMO_STORAGE_NODE_ID": "sn1",
+        "KUMO_STORAGE_STATE_DIR": str(storage_dir(state_dir)),
+        "KUMO_STORAGE_LISTEN": storage_url(state_dir),
+        "KUMO_STORAGE_TOKEN": token,
+        "KUMO_STORAGE_NBD_HOST": str(nm.STORAGE_ADDR.ip),
+        "KUMO_STORAGE_NBD_PORT": str(nm.STORAGE_NBD_PORT),
+    }
+
+
+def storage_argv(python: str) -> list[str]:
+    return [python, "-m", "agent.storage_node"]
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -127,6 +168,10 @@ def controller_answers(state_dir: Path, listen: str) -> bool:
 
 def agent_answers(state_dir: Path, hid: str) -> bool:
     return _unix_answers(agent_socket(state_dir, hid))
+
+
+def storage_answers(state_dir: Path) -> bool:
+    return _unix_answers(storage_socket(state_dir))
 
 
 def wait_until(check: Callable[[], bool], is_alive: Callable[[], bool], what: str, log: Path,

@@ -1,7 +1,16 @@
-"""The NBD storage node (agent/storage_node) for lab tests: a qemu-storage-daemon under the
-supervisor inside a network namespace the test creates and wires itself (nothing in the machine's
-own namespace), and qemu-io/qemu-img over NBD from inside that namespace. On the way out the
-daemon is stopped, the namespace deleted and the state dir removed, and all of it is checked.
+"""The NBD storage node (agent/storage_node) for lab tests, two ways:
+
+- the lab's own storage node (`kumo lab up` runs it in {prefix}-sn at 100.64.0.250): a lab of the
+  test's own with the storage node and no controller (`storage_lab`: the lab's controller owns the
+  node's volumes and deletes every one it does not know of, so a test driving the node's API itself
+  must not share a lab with one), a client for its storage_v1 API on its unix socket, a volume made
+  through that API and always deleted again (checked: no file, no export), and where its daemon
+  keeps its pid;
+- a bare NbdBackend: a qemu-storage-daemon under the supervisor inside a network namespace the
+  test creates and wires itself (nothing in the machine's own namespace). On the way out the
+  daemon is stopped, the namespace deleted and the state dir removed, and all of it is checked.
+
+Plus qemu-io/qemu-img over NBD from inside a lab namespace.
 """
 from __future__ import annotations
 
@@ -13,10 +22,17 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
+
 from agent import netns
+from agent.contract import transport
+from agent.contract.storage_v1 import VolumeObserved
+from agent.drivers.base import NetworkHost, NetworkSource
 from agent.storage_node.backend import NbdBackend
 from agent.supervisor import pid_alive
-from lab.testing import ns_run
+from lab import Lab, network, procs, services
+from lab import naming as nm
+from lab.testing import ns_run, unique_prefix
 
 
 def skip_reason() -> str | None:
@@ -73,3 +89,79 @@ def nbd_url(addr: str, port: int, volume_id: str) -> str:
 
 def qemu_io(ns: str, url: str, command: str) -> subprocess.CompletedProcess:
     return ns_run(ns, "qemu-io", "-f", "raw", url, "-c", command, check=False, timeout=15)
+
+
+# -- the lab's storage node ------------------------------------------------------------------
+@contextlib.contextmanager
+def storage_lab(hosts: int) -> Iterator[Lab]:
+    """A lab of its own (unique prefix, temporary state dir): network, libvirtds and the storage
+    node, no controller or agents. Always torn down; then checked: no namespace of it, neither
+    the storage node nor its qemu-storage-daemon left running."""
+    state = Path(tempfile.mkdtemp(prefix="kumo-slab-"))
+    state.chmod(0o755)  # like the session lab's: libvirt's qemu must traverse it
+    lab = Lab(state, prefix=unique_prefix(), start_services="storage", bootstrap=False)
+    seen: dict[int, int] = {}  # pid -> start time of every node and daemon this lab ran
+
+    def note() -> None:
+        for pid in (lab.status().storage.service.pid, daemon_pid(lab)):
+            t = procs.start_time(pid) if pid else None
+            if t is not None:
+                seen[pid] = t
+
+    try:
+        st = lab.up(hosts=hosts)
+        assert st.ok and st.storage.service.answering, st.to_text()
+        note()
+        yield lab
+        note()
+    finally:
+        try:
+            lab.down()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+    pattern = nm.all_netns_pattern(lab.prefix)
+    assert not [n for n in network.list_netns() if pattern.match(n)]
+    assert not [p for p, t in seen.items() if procs.start_time(p) == t], "a storage process survived"
+
+
+def lab_storage_client(lab) -> httpx.Client:
+    """A client for the lab's storage node API (storage_v1), with the lab's agent token."""
+    token = services.ensure_token(lab.state_dir)
+    return transport.client(services.storage_url(lab.state_dir), token, timeout=30)
+
+
+def volume_file(lab, volume_id: str) -> Path:
+    return services.storage_dir(lab.state_dir) / "volumes" / f"{volume_id}.qcow2"
+
+
+def daemon_pid(lab) -> int | None:
+    """The pid in the lab storage node's qemu-storage-daemon pid file (None: none written)."""
+    try:
+        return int((services.storage_dir(lab.state_dir) / "qsd.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def nbd_source(obs: VolumeObserved) -> NetworkSource:
+    """The source a host's DomainDisk attaches, from what the storage node answered."""
+    assert obs.exported and obs.source is not None, obs
+    src = obs.source
+    return NetworkSource("nbd", src.export, (NetworkHost(src.host, src.port),))
+
+
+@contextlib.contextmanager
+def lab_volume(lab, client: httpx.Client, volume_id: str, size_bytes: int,
+               exported: bool = True) -> Iterator[VolumeObserved]:
+    """A volume on the lab's storage node, made with PUT; on the way out it is deleted with
+    DELETE (detach it from every guest first) and checked gone: no volume, no file, no export."""
+    r = client.put(f"/v1/volumes/{volume_id}", json={
+        "volume_id": volume_id, "size_bytes": size_bytes, "exported": exported})
+    assert r.status_code == 200, r.text
+    try:
+        yield VolumeObserved.model_validate(r.json())
+    finally:
+        r = client.delete(f"/v1/volumes/{volume_id}")
+        assert r.status_code == 204, r.text
+        assert client.get(f"/v1/volumes/{volume_id}").status_code == 404
+        assert volume_id not in [v["volume_id"] for v in client.get("/v1/volumes").json()]
+        assert not volume_file(lab, volume_id).exists()

@@ -1,12 +1,14 @@
-"""A volume moves between hosts with its data (issue 10, the first guest test): the NBD storage
-node runs in a storage namespace this test creates and wires to the lab's fabric (a veth into
-the fabric bridge, an underlay address no lab part uses), so both lab hosts reach it. A 64 MiB
-volume is exported and live-attached (libvirt `<disk type='network'>`, virtio vdb, serial = the
+"""A volume moves between hosts with its data (issue 10, the first guest test): the lab's own
+storage node (`lab up` runs it in {prefix}-sn at 100.64.0.250 on the fabric) makes a 64 MiB
+volume and exports it through its storage_v1 API, and both lab hosts reach it. The lab is a
+storage-only one of this module's own (tests/lab/storage_support.storage_lab): a lab's controller
+would delete a volume it does not know of. The volume is
+live-attached (libvirt `<disk type='network'>`, virtio vdb, serial = the
 volume id) to a kumo-tiny guest on h1, which writes a block with a per-run pattern and syncs;
 the disk is detached live and the storage node holds the bytes (read over NBD from its
 namespace); attached live to a guest on h2, it reads back the same checksum. The guests run
 user-data scripts that wait for /dev/vdb and report on the serial console (no NIC). Afterwards
-no guest, export, volume, daemon, namespace or veth is left.
+no guest, export or volume (file) is left; the storage node itself belongs to the lab.
 """
 from __future__ import annotations
 
@@ -22,15 +24,15 @@ from agent.drivers.volumes import MiB
 from images.builder import build
 from lab import naming as nm
 from lab.testing import ns_run, ping
+from lab.testing import skip_reason as lab_skip_reason
 from tests.lab.guests import boot, new_instance_id
-from tests.lab.storage_support import ip, nbd_url, skip_reason, storage_node
+from tests.lab.storage_support import (lab_storage_client, lab_volume, nbd_source, nbd_url,
+                                       skip_reason, storage_lab)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-# On the underlay (100.64.0.0/24): the internet namespace is .1, hosts are .(10+N) for N <= 99.
-SN_ADDR = "100.64.0.250"
-PORT = 10809
-SN_PORT = "p-sn"  # the storage namespace's port on the fabric bridge
+SN_ADDR = str(nm.STORAGE_ADDR.ip)
+PORT = nm.STORAGE_NBD_PORT
 BLOCK = 1 * MiB  # what the guest writes at offset 0
 
 # Both scripts run in the background (boot.sh waits for user-data) and report on the console.
@@ -64,22 +66,13 @@ def tiny_image() -> Path:
     return build("kumo-tiny").path
 
 
-def _fabric_wiring(prefix: str):
-    """wire(ns), unwire(): a veth from the fabric bridge into the storage namespace, made from
-    inside the fabric namespace (as lab/network.py makes the hosts' uplinks)."""
-    fab = nm.fabric_netns(prefix)
-
-    def wire(ns: str) -> None:
-        ip(fab, "link", "add", SN_PORT, "type", "veth", "peer", "name", nm.UPLINK, "netns", ns)
-        ip(fab, "link", "set", SN_PORT, "master", nm.FABRIC_BRIDGE, "mtu", str(nm.FABRIC_MTU),
-           "up")
-        ip(ns, "link", "set", nm.UPLINK, "mtu", str(nm.FABRIC_MTU), "up")
-        ip(ns, "addr", "add", f"{SN_ADDR}/{nm.FABRIC_NET.prefixlen}", "dev", nm.UPLINK)
-
-    def unwire() -> None:
-        ip(fab, "link", "del", SN_PORT, check=False)
-
-    return wire, unwire
+@pytest.fixture(scope="module")
+def slab():
+    reason = skip_reason() or lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with storage_lab(hosts=2) as the_lab:
+        yield the_lab
 
 
 def _pattern_sha(pattern: str) -> str:
@@ -87,19 +80,15 @@ def _pattern_sha(pattern: str) -> str:
     return hashlib.sha256((line * (BLOCK // len(line) + 1))[:BLOCK]).hexdigest()
 
 
-def test_a_volume_moves_from_h1_to_h2_with_its_data(lab, tmp_path, tiny_image):
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
+def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
+    lab = slab
     t0 = time.monotonic()
-    lab_addrs = {str(nm.host_address(h).ip) for h in nm.host_ids(nm.MAX_HOSTS)}
-    assert SN_ADDR not in lab_addrs | {str(nm.INET_FABRIC_ADDR)}
     vol = "vol-" + secrets.token_hex(9)[:17]
     serial = vol.replace("-", "")  # virtio-blk serials hold 20 characters, the id has 21
     pattern = "kumo-" + secrets.token_hex(8)
     want = _pattern_sha(pattern)
     size = 64 * MiB
-    wire, unwire = _fabric_wiring(lab.prefix)
+    sn_ns = nm.storage_netns(lab.prefix)
     marks = {}
 
     def mark(what: str) -> None:
@@ -112,18 +101,17 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(lab, tmp_path, tiny_image):
 
     guests = {}
     try:
-        # Both guests boot first, in parallel (each waits for its vdb), the storage node meanwhile.
+        # Both guests boot first, in parallel (each waits for its vdb), then the volume is made.
         for h, script in (("h1", WRITER), ("h2", READER)):
             guests[h] = boot(lab, h, tiny_image, tmp_path / h, instance_id=new_instance_id(),
                              hostname=f"mv-{h}", user_data=script.format(
                                  wait=VDB_WAIT, pattern=pattern, size=BLOCK).encode())
-        with storage_node(lab.prefix + "-sn", SN_ADDR, PORT, wire, unwire) as (backend, _, _):
+        # lab_volume deletes the volume on the way out (after the guests are gone) and checks it.
+        with lab_storage_client(lab) as sn, lab_volume(lab, sn, vol, size) as observed:
             try:
-                backend.create(vol, size)
-                source = backend.export(vol)
+                source = nbd_source(observed)
                 assert (source.protocol, source.name) == ("nbd", vol)
                 assert (source.hosts[0].name, source.hosts[0].port) == (SN_ADDR, PORT)
-                ns = backend.daemon.child.spec.netns
                 # Both hosts reach the storage node over the underlay.
                 for h in ("h1", "h2"):
                     assert ping(nm.host_netns(lab.prefix, h), SN_ADDR), f"{h} cannot reach it"
@@ -147,8 +135,8 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(lab, tmp_path, tiny_image):
                 mark("h1 detached")
 
                 # The bytes are on the storage node: read over NBD from its own namespace.
-                copy = backend.state_dir / "readback.raw"
-                ns_run(ns, "qemu-img", "convert", "-f", "raw", "-O", "raw",
+                copy = tmp_path / "readback.raw"
+                ns_run(sn_ns, "qemu-img", "convert", "-f", "raw", "-O", "raw",
                        nbd_url(SN_ADDR, PORT, vol), str(copy), timeout=30)
                 data = copy.read_bytes()
                 copy.unlink()
@@ -168,20 +156,18 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(lab, tmp_path, tiny_image):
                 mark("h2 detached")
                 print(f"/dev/disk/by-id in the guest: {seen.group(3)!r}")
 
-                end_guests()
-                backend.unexport(vol)  # no client left connected
-                backend.delete(vol)
-                assert backend.exports() == {} and backend.volumes() == []
+                end_guests()  # no client left connected: the volume can go
             finally:
-                end_guests()  # before the storage node goes (a no-op when already done)
+                end_guests()  # before the volume goes (a no-op when already done)
     finally:
         try:
             end_guests()
         finally:
             for g in guests.values():
                 g.hypervisor.close()
-    # The storage namespace and its fabric port are gone (storage_node checked the rest).
-    links = ns_run(nm.fabric_netns(lab.prefix), "ip", "-o", "link").stdout
-    assert f" {SN_PORT}@" not in links and f" {SN_PORT}:" not in links
+    # The export is gone with the volume (lab_volume checked the API and the file).
+    gone = ns_run(nm.host_netns(lab.prefix, "h1"), "qemu-img", "info", nbd_url(SN_ADDR, PORT, vol),
+                  check=False, timeout=15)
+    assert gone.returncode != 0
     mark("cleaned up")
     print(f"timings (s since start): {marks}")

@@ -84,3 +84,18 @@ def test_token_is_generated_once_and_private(tmp_path):
     t2 = sv.ensure_token(tmp_path)
     assert t1 == t2 and len(t1) >= 32
     assert stat.S_IMODE((tmp_path / "agent.token").stat().st_mode) == 0o600
+
+
+def test_storage_node_environment():
+    assert sv.storage_env(Path("/s"), "tok") == {
+        "KUMO_STORAGE_NODE_ID": "sn1",
+        "KUMO_STORAGE_STATE_DIR": "/s/storage",
+        "KUMO_STORAGE_LISTEN": "unix:/s/storage/storage.sock",
+        "KUMO_STORAGE_TOKEN": "tok",
+        "KUMO_STORAGE_NBD_HOST": "100.64.0.250",
+        "KUMO_STORAGE_NBD_PORT": "10809",
+    }
+    assert sv.storage_argv("/py") == ["/py", "-m", "agent.storage_node"]
+    env = sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", sv.storage_url(Path("/s")))
+    assert env["KUMO_STORAGE_URL"] == "unix:/s/storage/storage.sock"
+    assert sv.storage_available()

@@ -76,3 +76,18 @@ def test_status_says_where_the_api_keys_are(tmp_path):
     text = status.to_text()
     assert f"admin API key: {tmp_path}/controller/admin.key" in text
     assert f"demo API key: {tmp_path}/demo.key" in text
+
+
+def test_status_reports_the_storage_node():
+    from lab.report import StorageStatus
+    st = _status(True)
+    st.storage = StorageStatus("kt-sn", True, "100.64.0.250/24", True, 10809, "/s/storage/storage.sock",
+                               ProcStatus("storage", 42, True, True))
+    assert st.ok and st.to_dict()["storage"]["ok"]
+    text = st.to_text()
+    assert "storage kt-sn 100.64.0.250/24: netns ok, uplink up, node answering (pid 42)" in text
+    assert "API unix:/s/storage/storage.sock, NBD 100.64.0.250:10809" in text
+    st.storage.service = ProcStatus("storage", 42, True, False)
+    assert not st.ok and not st.to_dict()["storage"]["ok"] and not st.to_dict()["ok"]
+    st.storage.service = None  # namespace only (no services): fine
+    assert st.ok and "node not started" in st.to_text()

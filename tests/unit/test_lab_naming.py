@@ -54,3 +54,15 @@ def test_uplink_macs_are_fixed_unique_and_locally_administered():
     macs = {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC}
     assert len(macs) == 100
     assert all(int(m.split(":")[0], 16) & 0b10 and not int(m.split(":")[0], 16) & 1 for m in macs)
+
+
+def test_storage_node_names_and_address():
+    assert nm.storage_netns("kt1") == "kt1-sn" and len(nm.storage_netns("kt1a2b3c")) <= 15
+    assert nm.all_netns_pattern("kt1").match("kt1-sn")
+    assert not nm.all_netns_pattern("kt1").match("kt12-sn")
+    # On the underlay, but never an address of the internet namespace or of any host.
+    assert nm.STORAGE_ADDR.network == nm.FABRIC_NET
+    taken = {nm.host_address(h).ip for h in nm.host_ids(nm.MAX_HOSTS)} | {nm.INET_FABRIC_ADDR}
+    assert nm.STORAGE_ADDR.ip not in taken
+    assert nm.STORAGE_MAC not in {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC}
+    assert len(nm.STORAGE_FABRIC_PORT) <= 15

@@ -88,3 +88,13 @@ def test_end_waits_for_every_process(tmp_path):
     time.sleep(0.2)
     assert procs.end(recs, timeout=5) == []
     assert not [r.pid for r in recs if os.path.exists(f"/proc/{r.pid}")]
+
+
+def test_netns_mates_never_sweeps_our_own_namespace(tmp_path):
+    # A process in our (here: the machine's) namespace: its "mates" would be everything, so none.
+    rec = procs.start("sleeper", ["sleep", "30"], tmp_path / "s.log")
+    try:
+        assert procs.netns_mates(rec) == []
+    finally:
+        procs.stop(rec, timeout=5)
+    assert procs.netns_mates(rec) == []  # not alive: nothing either

@@ -1,0 +1,257 @@
+"""The storage node's HTTP API (agent/contract/storage_v1.py) over any VolumeBackend, and the loop
+that keeps what the backend serves equal to its persisted desired state.
+
+The app owns only the translation between the wire contract and the backend Protocol
+(agent/drivers/volumes.py): the backend keeps the volumes, the export set and their rules, so the
+same app runs on the NBD backend (the real node, `python -m agent.storage_node`) and on
+FakeVolumeBackend (fast tests). Every request needs the bearer token; errors are answered as
+{"error": {"code", "message", "retryable"}}, as the host agents answer them.
+
+Observed `exported` means "served now", not "wanted": after the serving process crashed a volume
+reads as not exported until the ensure loop (or the next PUT) has put its export back, so the
+controller never hands hosts a source nobody serves.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.contract.storage_v1 import EXTENSIONS, StorageInfo, VolumeObserved, VolumeSpec
+from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
+from agent.drivers.base import DriverError, NetworkSource
+from agent.drivers.volumes import VolumeBackend, VolumeInfo
+from agent.storage_node.snapshot_routes import SNAPSHOT_STATUS_OF_CODE, snapshot_router
+
+log = logging.getLogger(__name__)
+
+#: Backend error code -> HTTP status. Other DriverErrors (the serving process or a tool failed)
+#: are 503 when retryable, else 500.
+STATUS_OF_CODE = {
+    "InvalidVolumeSize": 400,
+    "InvalidVolumeID.Malformed": 400,
+    "IdempotentParameterMismatch": 400,
+    "InvalidVolume.NotFound": 404,
+    "VolumeInUse": 409,
+    **SNAPSHOT_STATUS_OF_CODE,
+}
+
+
+class StorageApiError(Exception):
+    """An error answered as {"error": {"code", "message", "retryable"}} with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retryable = status, code, message, retryable
+
+    @classmethod
+    def from_driver(cls, e: DriverError) -> "StorageApiError":
+        status = STATUS_OF_CODE.get(e.code) or (503 if e.retryable else 500)
+        # A volume in use frees up once the host lets go of it: the contract makes it retryable
+        # although the backend (which cannot know whether anyone will detach) does not.
+        retryable = True if e.code == "VolumeInUse" else bool(e.retryable)
+        return cls(status, e.code, str(e), retryable)
+
+
+def _error_body(code: str, message: str, retryable: bool = False) -> dict:
+    return {"error": {"code": code, "message": message, "retryable": retryable}}
+
+
+def _volume_id(volume_id: str) -> str:
+    if not VOLUME_ID_RE.match(volume_id):
+        raise StorageApiError(400, "InvalidVolumeID.Malformed",
+                              f"volume id {volume_id!r} is not vol- followed by 17 lowercase hex")
+    return volume_id
+
+
+VolumeIdPath = Annotated[str, Depends(_volume_id)]
+
+
+def wire_source(src: NetworkSource) -> VolumeSource:
+    """The backend's NetworkSource as the hosts' contract carries it (NBD over TCP only: a unix
+    socket export is local to the node and means nothing to a host)."""
+    if src.protocol != "nbd" or len(src.hosts) != 1 or src.hosts[0].name is None:
+        raise DriverError(f"export {src.name} is not NBD over TCP: hosts cannot attach it",
+                          code="UnsupportedExport", retryable=False)
+    host = src.hosts[0]
+    return VolumeSource(host=host.name, port=host.port or 10809, export=src.name)
+
+
+class EnsureLoop:
+    """Calls backend.ensure() every `interval` seconds on its own thread (the first time at once),
+    so a serving process that died or restarted gets its exports back with no request needed.
+    A failure is logged and the next pass tries again: nothing stops the loop but stop()."""
+
+    def __init__(self, backend: VolumeBackend, interval: float):
+        if interval <= 0:
+            raise ValueError("ensure_interval must be > 0")
+        self.backend, self.interval = backend, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0  # completed passes, failed or not (for status and tests)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="storage-ensure", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)  # a pass in progress finishes (it holds the backend lock)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.backend.ensure()
+            except DriverError as e:
+                log.warning("ensure exports failed (%s), retrying in %.1f s: %s", e.code,
+                            self.interval, e)
+            except Exception:  # a bug must not silently end the repairs either
+                log.exception("ensure exports failed unexpectedly")
+            self.passes += 1
+            self._stop.wait(self.interval)
+
+
+def _router() -> APIRouter:
+    r = APIRouter(prefix="/v1")
+
+    def backend_of(request: Request) -> VolumeBackend:
+        return request.app.state.backend
+
+    def observed(info: VolumeInfo, served: dict[str, NetworkSource]) -> VolumeObserved:
+        src = served.get(info.volume_id) if info.exported else None
+        return VolumeObserved(volume_id=info.volume_id, size_bytes=info.size_bytes,
+                              exported=src is not None,
+                              source=wire_source(src) if src is not None else None)
+
+    def observe(backend: VolumeBackend, volume_id: str) -> VolumeObserved | None:
+        info = next((v for v in backend.volumes() if v.volume_id == volume_id), None)
+        return None if info is None else observed(info, backend.exports())
+
+    @r.get("/storage", response_model=StorageInfo)
+    def get_storage(request: Request) -> StorageInfo:
+        backend = backend_of(request)
+        vols = backend.volumes()
+        return StorageInfo(node_id=request.app.state.node_id, extensions=list(EXTENSIONS),
+                           capabilities=sorted(backend.capabilities), volume_count=len(vols),
+                           provisioned_bytes=sum(v.size_bytes for v in vols))
+
+    @r.get("/volumes", response_model=list[VolumeObserved])
+    def list_volumes(request: Request) -> list[VolumeObserved]:
+        backend = backend_of(request)
+        vols, served = backend.volumes(), backend.exports()  # volumes() comes sorted by id
+        return [observed(v, served) for v in vols]
+
+    @r.get("/volumes/{volume_id}", response_model=VolumeObserved)
+    def get_volume(volume_id: VolumeIdPath, request: Request) -> VolumeObserved:
+        obs = observe(backend_of(request), volume_id)
+        if obs is None:
+            raise StorageApiError(404, "InvalidVolume.NotFound", f"volume {volume_id} does not exist")
+        return obs
+
+    @r.put("/volumes/{volume_id}", response_model=VolumeObserved)
+    def put_volume(volume_id: VolumeIdPath, spec: VolumeSpec, request: Request) -> VolumeObserved:
+        if spec.volume_id != volume_id:
+            raise StorageApiError(400, "InvalidParameterValue",
+                                  f"spec.volume_id {spec.volume_id} does not match the URL")
+        backend = backend_of(request)
+        # One change at a time: "missing -> create, smaller -> grow" compares then acts.
+        with request.app.state.put_lock:
+            have = next((v for v in backend.volumes() if v.volume_id == volume_id), None)
+            # Size first: a refused size (smaller) changes nothing, not even the export.
+            if have is None:
+                backend.create(volume_id, spec.size_bytes, from_snapshot=spec.from_snapshot)
+            elif spec.size_bytes != have.size_bytes:
+                backend.grow(volume_id, spec.size_bytes)  # smaller: InvalidVolumeSize
+            if spec.exported:
+                backend.export(volume_id)
+            else:
+                backend.unexport(volume_id)
+            obs = observe(backend, volume_id)
+        if obs is None:  # deleted behind our back between the change and the read
+            raise StorageApiError(503, "InvalidVolume.NotFound",
+                                  f"volume {volume_id} vanished while it was changed", True)
+        return obs
+
+    @r.delete("/volumes/{volume_id}", status_code=204)
+    def delete_volume(volume_id: VolumeIdPath, request: Request) -> Response:
+        backend = backend_of(request)
+        with request.app.state.put_lock:
+            backend.unexport(volume_id)  # a connected host: VolumeInUse, nothing deleted
+            backend.delete(volume_id)  # already gone: success
+        return Response(status_code=204)
+
+    return r
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StorageApiError)
+    async def _api_error(request: Request, exc: StorageApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(_error_body(exc.code, exc.message, exc.retryable), exc.status,
+                            headers=headers)
+
+    @app.exception_handler(DriverError)
+    async def _driver_error(request: Request, exc: DriverError) -> JSONResponse:
+        e = StorageApiError.from_driver(exc)
+        return JSONResponse(_error_body(e.code, e.message, e.retryable), e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}")
+        return JSONResponse(_error_body("InvalidParameterValue", "; ".join(parts)), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
+        return JSONResponse(_error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(_error_body("InternalError", f"{type(exc).__name__}: {exc}", True), 500)
+
+
+def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | None,
+                       ensure_interval: float = 5.0) -> FastAPI:
+    """The storage node's API over `backend`. The ensure loop runs while the app does (started
+    and stopped by its lifespan). `token` None or empty refuses every request: a node is never
+    open by accident."""
+    loop = EnsureLoop(backend, ensure_interval)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop.start()
+        try:
+            yield
+        finally:
+            loop.stop()
+
+    def require_token(request: Request) -> None:
+        scheme, _, cred = request.headers.get("authorization", "").partition(" ")
+        if not (token and scheme.lower() == "bearer"
+                and hmac.compare_digest(cred.encode(), token.encode())):
+            raise StorageApiError(401, "AuthFailure", "missing or invalid bearer token")
+
+    app = FastAPI(title="kumo-storage-node", version="v1", lifespan=lifespan,
+                  dependencies=[Depends(require_token)])
+    app.state.backend = backend
+    app.state.node_id = node_id
+    app.state.ensure_loop = loop
+    app.state.put_lock = threading.Lock()
+    _install_error_handlers(app)
+    app.include_router(_router())
+    app.include_router(snapshot_router(backend, lock=app.state.put_lock))
+    return app
