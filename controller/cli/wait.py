@@ -1,4 +1,5 @@
-"""Polling instances until they reach a target state, with a rich progress display on stderr.
+"""Polling instances (or other resources: volumes) until they reach a target state, with a rich
+progress display on stderr.
 
 The loop takes its clock and sleep from CliState so tests run it instantly with a fake clock.
 """
@@ -53,10 +54,13 @@ def _describe(inst: dict) -> str:
 
 def wait_for(api: Api, ids: list[str], goal: Goal, *, timeout: float, interval: float,
              clock: Callable[[], float], sleep: Callable[[float], None],
-             show_progress: bool = True) -> dict[str, dict]:
-    """Poll GET /v1/instances/{id} until every id meets `goal`; their last states by id.
+             show_progress: bool = True, path: str = "/v1/instances/{}",
+             describe: Callable[[dict], str] = _describe,
+             failed_code: str = "InstanceFailed") -> dict[str, dict]:
+    """Poll GET `path` (formatted with each id) until every id meets `goal`; their last states
+    by id.
 
-    Raises CliError("InstanceFailed") as soon as one cannot reach the goal, and
+    Raises CliError(`failed_code`) as soon as one cannot reach the goal, and
     CliError("WaitTimeout") when `timeout` seconds pass first.
     """
     start = clock()
@@ -68,19 +72,19 @@ def wait_for(api: Api, ids: list[str], goal: Goal, *, timeout: float, interval: 
         tasks = {i: progress.add_task(f"{i}: waiting", total=1) for i in ids}
         while True:
             for iid in list(pending):
-                inst = api.get(f"/v1/instances/{iid}")
+                inst = api.get(path.format(iid))
                 last[iid] = inst
-                progress.update(tasks[iid], description=_describe(inst))
+                progress.update(tasks[iid], description=describe(inst))
                 reason = goal.failure(inst)
                 if reason:
-                    raise CliError("InstanceFailed", reason)
+                    raise CliError(failed_code, reason)
                 if goal.done(inst):
                     pending.remove(iid)
                     progress.update(tasks[iid], completed=1)
             if not pending:
                 return last
             if clock() - start >= timeout:
-                states = ", ".join(_describe(last[i]) for i in pending)
+                states = ", ".join(describe(last[i]) for i in pending)
                 raise CliError("WaitTimeout",
                                f"not {goal.label} after {timeout:g}s: {states}")
             sleep(interval)

@@ -29,7 +29,9 @@ ERROR_REF = "#/components/schemas/ErrorResponse"
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    c = Cloud(tmp_path_factory.mktemp("openapi"))
+    # A storage URL (never reached: no reconciler runs here) so volume creation is accepted
+    # instead of answering 503 StorageUnavailable, which the server-error check would flag.
+    c = Cloud(tmp_path_factory.mktemp("openapi"), storage_url="unix:/nonexistent")
     c.image()
     c.add_host("host-1")
     yield c
