@@ -7,16 +7,21 @@ Layout under state_dir:
   instances/<instance_id>/console.log  serial console, appended by libvirt
 Images are fetched to a temp file, their sha256 verified and their qcow2 header checked (no
 backing or data file) before an atomic rename into the cache: a bad download is never cached.
+Cached images no accepted spec needs are pruned (prune_images) under the same per-image lock
+that guards the download, the cache lookup and the creation of an overlay on the image; an
+image an overlay on this host still backs onto is never pruned.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -30,7 +35,12 @@ from agent.drivers.base import DriverError
 
 IMAGE_ID_RE = re.compile(r"^ami-[0-9a-f]{17}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+#: A cache entry's file name: <image_id>-<sha256>.qcow2 (image_path()).
+_CACHED_RE = re.compile(r"^(ami-[0-9a-f]{17})-([0-9a-f]{64})\.qcow2$")
+_QCOW2_MAGIC = b"QFI\xfb"
+ImageKey = tuple[str, str]  # (image_id, sha256)
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 Fetcher = Callable[[str, BinaryIO], None]
 
 
@@ -92,6 +102,28 @@ def _translate(e: qemu_img.QemuImgError, what: str) -> DriverError:
     return DriverError(f"{what}: {e}", code=e.code, retryable=e.retryable)
 
 
+def _qcow2_backing_file(path: Path) -> str | None:
+    """The backing file name a qcow2 header records (None: no backing file, not a qcow2 file,
+    or gone). Header: magic, version, backing_file_offset (u64), backing_file_size (u32),
+    all big-endian. Raises OSError when the file exists but cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+            if len(head) < 20 or head[:4] != _QCOW2_MAGIC:
+                return None
+            offset = int.from_bytes(head[8:16], "big")
+            size = int.from_bytes(head[16:20], "big")
+            if offset == 0 or size == 0 or size > 1023:
+                return None
+            f.seek(offset)
+            name = f.read(size)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # gone meanwhile
+        return None
+    if len(name) != size:
+        return None
+    return os.fsdecode(name)
+
+
 class LocalStorage:
     """Image cache, root disks and seeds on local disk."""
 
@@ -127,8 +159,9 @@ class LocalStorage:
 
     def cached_image(self, image_id: str, url: str, sha256: str) -> Path:
         path = self.image_path(image_id, sha256)
-        if path.exists():
-            return path
+        # Looked up under the image's lock (uncontended but for a download or a prune): a
+        # prune that re-checks who wants the image under this lock then either sees the spec
+        # that asked for it or deleted it before this lookup, which then downloads it again.
         with self._lock(path.name):  # concurrent requests for one image: one download
             if path.exists():
                 return path
@@ -165,6 +198,72 @@ class LocalStorage:
     def cached_images(self) -> list[Path]:
         return sorted(self.image_dir.glob("ami-*.qcow2"))
 
+    def _base_lock(self, base: Path) -> threading.Lock | contextlib.nullcontext:
+        """The per-image lock of `base` when it is a cache entry (else nothing to guard)."""
+        base = Path(base).absolute()
+        if base.parent == self.image_dir and _CACHED_RE.match(base.name):
+            return self._lock(base.name)
+        return contextlib.nullcontext()
+
+    def prune_images(self, keep: Collection[ImageKey], *,
+                     recheck: Callable[[], Collection[ImageKey]] | None = None) -> list[ImageKey]:
+        """Delete the cached images not in `keep` ((image_id, sha256) pairs); return those deleted.
+
+        Each one is deleted under its per-image lock, taken without waiting: an image being
+        looked up, downloaded or overlaid right now is skipped (the next prune sees it again).
+        Under that lock the image is kept when `recheck()` (the caller's wanted set, read
+        afresh) names it, or when an overlay (or one being written) under instances/ backs
+        onto it. Downloads in progress are hidden .partial files, never touched here (the
+        constructor removes those a crash left behind). Files that are not cache entries
+        (other names) are left alone."""
+        keep = set(keep)
+        candidates = []
+        for p in self.cached_images():
+            m = _CACHED_RE.match(p.name)
+            if m and (m[1], m[2]) not in keep:
+                candidates.append((p, (m[1], m[2])))
+        removed: list[ImageKey] = []
+        for path, key in candidates:
+            lock = self._lock(path.name)
+            if not lock.acquire(blocking=False):
+                continue  # a download, lookup or overlay creation holds it: in use
+            try:
+                if recheck is not None and key in set(recheck()):
+                    continue
+                try:
+                    if path.resolve() in self._backing_files():
+                        continue
+                except OSError as e:  # an overlay we cannot read may back onto it: keep it
+                    log.warning("not pruning %s: reading overlays: %s", path.name, e)
+                    continue
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(key)
+            finally:
+                lock.release()
+        return removed
+
+    def _backing_files(self) -> set[Path]:
+        """Resolved paths of the backing files of the disks in instance directories (root.qcow2
+        and one being created, .root.qcow2.partial), read from their qcow2 headers: no qemu-img
+        process per overlay."""
+        out: set[Path] = set()
+        if not self.instances_dir.is_dir():
+            return out
+        for d in self.instances_dir.iterdir():
+            if not d.is_dir():
+                continue
+            for f in d.iterdir():
+                if not f.name.endswith((".qcow2", ".partial")):
+                    continue  # seed.iso, console.log: never overlays
+                backing = _qcow2_backing_file(f)
+                if backing:
+                    b = Path(backing)
+                    out.add((b if b.is_absolute() else f.parent / b).resolve())
+        return out
+
     # -- instances --------------------------------------------------------------------------
 
     def instance_dir(self, instance_id: str) -> Path:
@@ -197,11 +296,12 @@ class LocalStorage:
             self._make_instance_dir(instance_id)
             try:
                 if not path.exists():
-                    base_size = qemu_img.virtual_size(base, "qcow2")
-                    tmp = path.with_name(".root.qcow2.partial")
-                    tmp.unlink(missing_ok=True)
-                    qemu_img.create_overlay(base, tmp, max(base_size, size_bytes))
-                    os.replace(tmp, path)
+                    with self._base_lock(base):  # no prune while the overlay is made on it
+                        base_size = qemu_img.virtual_size(base, "qcow2")
+                        tmp = path.with_name(".root.qcow2.partial")
+                        tmp.unlink(missing_ok=True)
+                        qemu_img.create_overlay(base, tmp, max(base_size, size_bytes))
+                        os.replace(tmp, path)
                 else:
                     current = qemu_img.virtual_size(path, "qcow2")
                     if size_bytes > current:  # grown, never shrunk

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -362,3 +363,18 @@ class Storage(Protocol):
 
     def list_instance_dirs(self) -> list[str]:
         """Instance ids that have files on this host (to find orphans)."""
+
+    def prune_images(self, keep: Collection[tuple[str, str]], *,
+                     recheck: Callable[[], Collection[tuple[str, str]]] | None = None,
+                     ) -> list[tuple[str, str]]:
+        """Delete cached images whose (image_id, sha256) is not in `keep`; return those deleted.
+
+        The rule, the same for every driver: an image is deleted only under the lock its
+        download and lookup (cached_image) and the creation of an overlay on it take, and only
+        when, under that lock, `recheck()` (the caller's wanted set read afresh, if given) does
+        not name it and no overlay on this host (root disk, or one being created) backs onto
+        it. An image locked right now (downloading, looked up, overlaid) is skipped, never
+        waited for. A download in progress is never touched. So a caller that re-reads its
+        accepted specs in `recheck` never loses the image of a spec accepted after it computed
+        `keep`: that spec's lookup happens either before the recheck (which then sees the
+        spec) or after the deletion (which then downloads it again)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,30 @@ class FakeStorage:
         if not d.is_dir():
             return []
         return sorted(p.name for p in d.iterdir() if p.is_dir() and INSTANCE_ID_RE.match(p.name))
+
+    def prune_images(self, keep: Collection[tuple[str, str]], *,
+                     recheck: Callable[[], Collection[tuple[str, str]]] | None = None,
+                     ) -> list[tuple[str, str]]:
+        """The Storage rule on placeholder files: an image (its sha256 is the file's text) not
+        in `keep` nor in `recheck()` and named by no overlay ("overlay of <base>") goes."""
+        with self._lock:  # the lock cached_image and ensure_root_disk take
+            self._faults.check("prune_images", None)
+            keep = set(keep)
+            wanted = set(recheck()) if recheck is not None else set()
+            overlays = {p.read_text() for p in (self.root / "instances").glob("i-*/root.qcow2")}
+            removed = []
+            for path in sorted((self.root / "images").glob("*.qcow2")):
+                image_id = path.stem
+                text = path.read_text()
+                sha = text.removeprefix("fake image ").strip()
+                key = (image_id, sha)
+                if key in keep or key in wanted or f"overlay of {path}\n" in overlays:
+                    continue
+                path.unlink()
+                self.images.pop(image_id, None)
+                self.calls.append(("prune_image", image_id))
+                removed.append(key)
+            return removed
 
 
 class FakeNetwork:

@@ -4,7 +4,9 @@ Every `resync_interval` (and at once when kicked after a PUT/DELETE) each accept
 is not already being worked on and not waiting out its backoff is handed to a worker thread,
 which converges it with the planner. One instance's failure becomes an ErrorInfo on its observed
 state and a growing backoff; it never stops the others. Domains and instance directories named
-like Kumo instances that no accepted spec wants (orphans) are torn down.
+like Kumo instances that no accepted spec wants (orphans) are torn down; then cached images no
+accepted spec uses (running or stopped: a stopped instance's overlay still needs its base) are
+pruned from the host's image cache.
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ class Reconciler:
             try:
                 self._dispatch()
                 self.sweep_orphans()
+                self.prune_images()
                 self._pass_error = None
             except Exception as e:  # the loop itself must survive anything a driver does
                 if str(e) != self._pass_error:  # once per distinct failure, not every second
@@ -339,4 +342,26 @@ class Reconciler:
                     self._inflight.discard(iid)
         if removed:
             self.on_change()
+        return removed
+
+    def wanted_images(self) -> set[tuple[str, str]]:
+        """(image_id, sha256) of every accepted spec, whatever its power: a stopped instance's
+        overlay still backs onto its image."""
+        return {(s.image.image_id, s.image.sha256) for s in self.store.specs().values()}
+
+    def prune_images(self) -> list[tuple[str, str]]:
+        """Drop cached images no accepted spec uses. Runs after the orphan sweep, so the
+        overlays of deleted instances are gone first (an orphan whose teardown failed keeps
+        its overlay, and Storage keeps the image that overlay backs onto).
+
+        A spec accepted after `keep` was computed is safe: Storage re-reads the wanted set
+        (`recheck`) under the image's lock, the same lock the spec's worker takes to look the
+        image up, so the lookup either comes first (and the recheck sees the spec, which the
+        PUT stored before kicking the worker) or comes after the deletion (and downloads the
+        image again)."""
+        removed = self.drivers.storage.prune_images(self.wanted_images(),
+                                                    recheck=self.wanted_images)
+        for image_id, sha256 in removed:
+            log.info("pruned cached image %s (sha256 %s): no accepted spec uses it",
+                     image_id, sha256)
         return removed
