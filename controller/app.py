@@ -16,7 +16,7 @@ from controller import db_migrate
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
-from controller.api import security_groups
+from controller.api import security_groups, snapshots, volumes
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
@@ -25,13 +25,16 @@ from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
 from controller.settings import Settings
+from controller.storage import StorageClient
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *,
-               agent_http_factory: HttpFactory | None = None) -> FastAPI:
-    """`agent_http_factory(url, token, timeout) -> httpx.Client` lets tests route agent calls
+               agent_http_factory: HttpFactory | None = None,
+               storage_http_factory: HttpFactory | None = None) -> FastAPI:
+    """`agent_http_factory(url, token, timeout) -> httpx.Client` (and `storage_http_factory`,
+    the same for the storage node at settings.storage_url) lets tests route agent calls
     to in-process fakes; by default agent.contract.transport builds real clients."""
     settings = settings or Settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +44,9 @@ def create_app(settings: Settings | None = None, *,
     if settings.seed_instance_types:
         type_service.seed(db)
     pool = AgentPool(settings.agent_token, settings.agent_timeout_s, agent_http_factory)
-    reconciler = Reconciler(db, settings, pool)
+    storage = (StorageClient(settings.storage_url, settings.agent_token, settings.agent_timeout_s,
+                             storage_http_factory) if settings.storage_url else None)
+    reconciler = Reconciler(db, settings, pool, storage)
     # Any committed change (an instance action, a route, an elastic IP, a security group...)
     # may change what agents must carry, whoever made it: run a reconciler tick now, not at
     # the next period.
@@ -69,7 +74,7 @@ def create_app(settings: Settings | None = None, *,
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
-              security_groups):
+              security_groups, volumes, snapshots):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
     without_validation_422(app)

@@ -2,7 +2,8 @@
 database and the database match the clock.
 
 Each tick: mark silent hosts down; apply transitional-state deadlines; purge long-terminated
-instances; rebuild every host's VPC dataplane document (services/host_networks.py) when its inputs
+instances; make the storage node match the volumes (controller/volume_sync.py, before the
+instance specs, which carry the volumes' exports); rebuild every host's VPC dataplane document (services/host_networks.py) when its inputs
 changed, and push those the host has not acknowledged; push desired specs whose generation the agent has not
 acknowledged; delete domains of
 shutting-down instances (and orphans agents report); fold each answer into the instance. Work is
@@ -37,8 +38,12 @@ from controller.agents import AgentError, AgentPool, StaleGeneration
 from controller.db import Database
 from controller.ids import utcnow
 from controller.models import ClientToken, Host, Image, Instance, Subnet, Vpc
-from controller.services import host_networks, hosts, lifecycle
+from controller.services import (host_networks, hosts, image_capture, images, lifecycle,
+                                 volume_attachments)
 from controller.settings import Settings
+from controller.storage import StorageClient
+from controller.snapshot_sync import sync_snapshots
+from controller.volume_sync import VolumeSync
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,15 @@ class Work:
 
 
 class Reconciler:
-    def __init__(self, db: Database, settings: Settings, pool: AgentPool):
-        self.db, self.settings, self.pool = db, settings, pool
+    def __init__(self, db: Database, settings: Settings, pool: AgentPool,
+                 storage: StorageClient | None = None):
+        self.db, self.settings, self.pool, self.storage = db, settings, pool, storage
         self._tick_lock = threading.Lock()
         self._orphans: dict[str, set[str]] = {}
         self._orphans_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kumo-reconcile")
+        # Volumes on the storage node (skipped silently without a storage service).
+        self.volumes = VolumeSync(db, settings, storage, self._executor)
         # Per-object retry backoff after agent failures: (instance id, kind, generation) ->
         # (failures, not before). A new generation or action starts afresh.
         self._backoff: dict[tuple, tuple[int, float]] = {}
@@ -103,6 +111,26 @@ class Reconciler:
                 log.exception("host liveness check failed")
                 stats["errors"] += 1
             stats["errors"] += self._deadlines_and_purge()
+            try:  # images being made from instances, and files of deregistered images
+                image_capture.advance(self.db, self.settings, self.pool)
+                images.sweep_image_files(self.db, self.settings)
+            except Exception:
+                log.exception("image capture / image file sweep failed")
+                stats["errors"] += 1
+            if self.storage is not None:
+                # Snapshots first: one asked for before its volume's delete is taken before it.
+                try:
+                    stats["errors"] += sync_snapshots(self.db, self.settings, self.storage)
+                except Exception:
+                    log.exception("snapshot sync failed")
+                    stats["errors"] += 1
+                try:
+                    vstats = self.volumes.run()
+                except Exception:
+                    log.exception("volume sync failed")
+                    vstats = {"volumes": 0, "errors": 1}
+                stats["volumes"] = vstats["volumes"]
+                stats["errors"] += vstats["errors"]
             planned = self._plan()
             with self._backoff_lock:  # forget objects that no longer need work
                 wanted = {self._key(w) for w in planned}
@@ -204,13 +232,19 @@ class Reconciler:
                     continue
                 if host is None or host.state != "up" or inst.generation == inst.acked_generation:
                     continue
+                attachments = volume_attachments.attachments_of(s, inst.instance_id)
+                if specs.volumes_pending(attachments):
+                    # Not ready: a spec without the volume would be acknowledged without it.
+                    # The volume sync records the export (earlier in a tick), then it goes.
+                    continue
                 image = s.get(Image, inst.image_id)
                 try:
                     nic = None
                     if inst.vpc_id and inst.subnet_id and inst.mac and inst.private_ip:
                         nic = specs.vpc_nic(inst, s.get(Vpc, inst.vpc_id),
                                             s.get(Subnet, inst.subnet_id))
-                    spec = specs.build(inst, image, host, url, nic)
+                    spec = specs.build(inst, image, host, url, nic,
+                                       specs.spec_volumes(attachments))
                 except Exception as exc:  # e.g. an image row gone: fail this instance only
                     log.exception("cannot build spec for %s", inst.instance_id)
                     inst.observed_error = f"SpecError: {exc}"[:1024]
@@ -284,6 +318,7 @@ class Reconciler:
                 return
             inst.last_pushed_at = utcnow()
             lifecycle.apply_observed(s, inst, obs, self.settings)
+            volume_attachments.apply_observed_volumes(s, inst, obs)
 
     def _push_network(self, w: Work) -> None:
         client = self.pool.for_url(w.agent_url)
@@ -344,3 +379,5 @@ class Reconciler:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.storage is not None:
+            self.storage.close()

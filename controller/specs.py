@@ -1,10 +1,18 @@
-"""Builds the agent's InstanceSpec (agent.contract.v1) from an instance's desired state."""
+"""Builds the agent's InstanceSpec (agent.contract.v1) from an instance's desired state.
+
+Volumes (extension volumes): the spec lists the instance's attachments that are attaching or
+attached, each with the export the storage node reported for its volume. Detaching ones are
+left out: their leaving the list is what makes the agent unplug them. An instance whose
+attaching (or attached) volume has no export yet is not ready to push (`volumes_pending`): a spec
+sent without the volume would be acknowledged without it.
+"""
 from __future__ import annotations
 
 from ipaddress import IPv4Network
 
-from agent.contract.v1 import ImageRef, InstanceSpec, NicSpec, vpc_bridge
-from controller.models import Host, Image, Instance, Subnet, Vpc
+from agent.contract.v1 import (ImageRef, InstanceSpec, NicSpec, VolumeAttachment, VolumeSource,
+                               vpc_bridge)
+from controller.models import Host, Image, Instance, Subnet, Volume, VolumeAttachmentRow, Vpc
 from controller.services.capacity import GIB
 
 
@@ -26,8 +34,43 @@ def vpc_nic(inst: Instance, vpc: Vpc, subnet: Subnet) -> NicSpec:
                    gateway=str(net.network_address + 1), nameservers=[])
 
 
+#: Attachment states whose volume the instance's domain carries.
+IN_SPEC = ("attaching", "attached")
+
+
+def virtio_target(device: str) -> str:
+    """The guest's virtio target of a user's device name: /dev/sdf, /dev/xvdf, /dev/vdf -> vdf."""
+    return "vd" + device[-1]
+
+
+def volume_source(vol: Volume) -> VolumeSource | None:
+    """Where hosts attach the volume, as the storage node last reported it (None: not exported)."""
+    if not vol.source_host or not vol.source_export:
+        return None
+    return VolumeSource(host=vol.source_host, port=vol.source_port or 10809,
+                        export=vol.source_export)
+
+
+def volumes_pending(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[str]:
+    """Ids of volumes the spec must carry whose export does not exist yet (the instance's spec
+    waits for them)."""
+    return sorted(a.volume_id for a, v in rows if a.state in IN_SPEC and volume_source(v) is None)
+
+
+def spec_volumes(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[VolumeAttachment]:
+    """The spec's volumes: attaching and attached ones with an export, sorted by device."""
+    out = []
+    for a, v in rows:
+        src = volume_source(v)
+        if a.state in IN_SPEC and src is not None:
+            out.append(VolumeAttachment(volume_id=a.volume_id, device=virtio_target(a.device),
+                                        source=src))
+    return sorted(out, key=lambda x: x.device)
+
+
 def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
-          nic: NicSpec | None = None) -> InstanceSpec:
+          nic: NicSpec | None = None,
+          volumes: list[VolumeAttachment] | None = None) -> InstanceSpec:
     nics = [nic] if nic is not None else []
     return InstanceSpec(
         instance_id=inst.instance_id, generation=inst.generation,
@@ -39,4 +82,5 @@ def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
                        ready_marker=image.ready_marker, architecture=image.architecture),
         hostname=inst.hostname or inst.instance_id, user_data_b64=inst.user_data_b64 or "",
         ssh_authorized_keys=[inst.ssh_public_key] if inst.ssh_public_key else [],
-        nics=nics, reboot_nonce=inst.reboot_nonce, restart_policy="never")
+        nics=nics, reboot_nonce=inst.reboot_nonce, restart_policy="never",
+        volumes=list(volumes or []))

@@ -94,16 +94,25 @@ def _show(st, volume: dict) -> None:
 # -- commands -----------------------------------------------------------------------------------
 @app.command("create")
 def create(ctx: typer.Context,
-           size: Annotated[int, typer.Option("--size", min=1, help="Size in GiB.")],
+           size: Annotated[Optional[int], typer.Option(
+               "--size", min=1, help="Size in GiB (with --snapshot: at least the snapshot's; "
+               "default the snapshot's).")] = None,
+           snapshot: Annotated[Optional[str], typer.Option(
+               "--snapshot", help="Make the volume from this (completed) snapshot.")] = None,
            tag: Annotated[Optional[list[str]], typer.Option("--tag", help="KEY=VALUE, repeatable.")] = None,
            client_token: Annotated[Optional[str], typer.Option(
                "--client-token", help="Idempotency token.")] = None,
            wait: WaitOpt = False, timeout: TimeoutOpt = 600.0, poll_interval: IntervalOpt = 2.0,
            output: OutputOpt = None) -> None:
-    """Create a volume (POST /v1/volumes); --wait until it is available."""
+    """Create a volume (POST /v1/volumes), empty or from a snapshot; --wait until it is
+    available."""
+    if size is None and snapshot is None:
+        raise typer.BadParameter("give --size, --snapshot or both", param_hint="--size")
     st = state(ctx, output)
-    volume = st.api().post("/v1/volumes", json={"size_gib": size, "tags": parse_tags(tag),
-                                                "client_token": client_token})
+    body = {"size_gib": size, "tags": parse_tags(tag), "client_token": client_token}
+    if snapshot is not None:
+        body["snapshot_id"] = snapshot
+    volume = st.api().post("/v1/volumes", json=body)
     if wait:
         volume = _wait(ctx, volume["volume_id"], AVAILABLE, timeout, poll_interval)
     _show(st, volume)

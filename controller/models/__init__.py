@@ -14,6 +14,7 @@ from controller.models.key_pair import (KeyPair, KeyPairCreate, KeyPairCreated, 
                                         KeyPairPublic)
 from controller.models.security_group import (InstanceSecurityGroup, SecurityGroup,
                                               SecurityGroupRule)
+from controller.models.snapshot import Snapshot, SnapshotCreate, SnapshotPublic, SnapshotTags
 from controller.models.volume import (AttachmentPublic, Volume, VolumeAttach,
                                       VolumeAttachmentRow, VolumeCreate, VolumeDetach,
                                       VolumeModify, VolumePublic)
@@ -30,5 +31,5 @@ __all__ = [
     "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation", "Subnet", "Vpc",
     "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule", "AttachmentPublic", "Volume",
     "VolumeAttach", "VolumeAttachmentRow", "VolumeCreate", "VolumeDetach", "VolumeModify",
-    "VolumePublic",
+    "VolumePublic", "Snapshot", "SnapshotCreate", "SnapshotPublic", "SnapshotTags",
 ]

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 from pydantic import Field as PField
-from sqlalchemy import JSON, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
@@ -104,7 +104,7 @@ class Volume(SQLModel, table=True):
     generation: int = 1
     acked_generation: int = 0
     #: The storage node's answer: size it has, and where hosts find the export (while exported).
-    observed_size_bytes: int | None = None
+    observed_size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     source_host: str | None = Field(default=None, max_length=253)
     source_port: int | None = None
     source_export: str | None = Field(default=None, max_length=128)

@@ -18,7 +18,7 @@ from controller.errors import InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Host, HostPublic, Instance
-from controller.services import lifecycle, pagination
+from controller.services import lifecycle, pagination, volume_attachments
 from controller.services.capacity import Usage, usage_by_host
 from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
@@ -132,6 +132,7 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
             obs = observed.get(iid)
             if obs is not None:
                 lifecycle.apply_observed(s, inst, obs, settings, now)
+                volume_attachments.apply_observed_volumes(s, inst, obs)
             elif (inst.acked_generation > 0 and inst.state != "shutting-down"
                   and inst.last_pushed_at is not None
                   and hb.sent_at > inst.last_pushed_at.timestamp() + _PUSH_VISIBILITY_S):

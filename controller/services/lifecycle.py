@@ -16,7 +16,7 @@ from agent.contract.v1 import InstanceObserved
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Image, Instance
-from controller.services import instance_network
+from controller.services import instance_network, volume_attachments
 from controller.settings import Settings
 
 TRANSITIONAL = ("pending", "stopping", "shutting-down")
@@ -54,6 +54,7 @@ def transition(s: Session, inst: Instance, to: str, settings: Settings, *, reaso
         set_instance_status(s, inst, "initializing")
     if to == "terminated" and frm != "terminated":
         instance_network.release(s, inst)
+        volume_attachments.release_on_termination(s, inst)
         inst.terminated_at = now
         inst.system_status = "not-applicable"
     s.add(inst)

@@ -33,6 +33,7 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import Instance
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
+from controller.models.snapshot import Snapshot
 from controller.models.volume import (DEVICE_NAME_PATTERN, AttachmentPublic, Volume,
                                       VolumeAttach, VolumeAttachmentRow, VolumeCreate,
                                       VolumeDetach, VolumePublic)
@@ -302,34 +303,56 @@ def _replay(s: Session, account_id: str, req: VolumeCreate) -> Volume | None:
     return prev
 
 
+def _snapshot(s: Session, caller, snapshot_id: str) -> Snapshot:
+    """The snapshot a new volume is made from: one the caller may see (its own; an admin any),
+    not deleted (else 404 InvalidSnapshot.NotFound), and completed (else 409 IncorrectState)."""
+    snap = owned(s, caller, Snapshot, snapshot_id, SNAPSHOT_NOT_FOUND, "snapshot")
+    if snap.state == "deleted":
+        raise NotFound(f"snapshot {snapshot_id!r} not found", code=SNAPSHOT_NOT_FOUND)
+    if snap.state != "completed":
+        raise _incorrect_state(f"{snapshot_id} is {snap.state}; volumes are made from completed "
+                               "snapshots")
+    return snap
+
+
 def create(db: Database, settings: Settings, caller, req: VolumeCreate) -> Volume:
     """A new volume (state creating, generation 1) in the caller's account; nothing is created
     when a check fails. A repeated client_token with the same parameters answers the same
-    volume."""
+    volume. With snapshot_id the volume gets that snapshot's content (the reconciler passes it to
+    the storage node as VolumeSpec.from_snapshot): its size defaults to the snapshot's volume
+    size and may not be smaller."""
     check_tags(req.tags)
-    if req.snapshot_id is not None:
-        # Snapshots do not exist yet: every id names a missing one.
-        raise NotFound(f"snapshot {req.snapshot_id!r} not found", code=SNAPSHOT_NOT_FOUND)
-    if req.size_gib is None:
+    if req.size_gib is None and req.snapshot_id is None:
         raise InvalidParameter("size_gib is required (or a snapshot_id)", code="MissingParameter")
-    check_size(req.size_gib, settings)
-    if settings.storage_url is None:
-        raise StorageUnavailable("no storage service is configured; volumes cannot be created")
+    if req.size_gib is not None:
+        check_size(req.size_gib, settings)
     with db.session() as s:
+        size_gib = req.size_gib
+        if req.snapshot_id is not None:
+            snap = _snapshot(s, caller, req.snapshot_id)
+            if size_gib is None:
+                size_gib = snap.volume_size_gib
+            elif size_gib < snap.volume_size_gib:
+                raise InvalidParameter(f"size {size_gib} GiB is smaller than snapshot "
+                                       f"{snap.snapshot_id} ({snap.volume_size_gib} GiB)")
+            check_size(size_gib, settings)
+        if settings.storage_url is None:
+            raise StorageUnavailable("no storage service is configured; volumes cannot be created")
         if req.client_token:
-            prev = _replay(s, caller.account_id, req)
+            prev = _replay(s, caller.account_id, req.model_copy(update={"size_gib": size_gib}))
             if prev is not None:
                 return prev
-        _check_account_limit(s, settings, caller.account_id, req.size_gib)
+        _check_account_limit(s, settings, caller.account_id, size_gib)
         now = utcnow()
         volume = Volume(volume_id=new_id("vol"), account_id=caller.account_id,
-                        size_gib=req.size_gib, state="creating", snapshot_id=None,
+                        size_gib=size_gib, state="creating", snapshot_id=req.snapshot_id,
                         availability_zone=settings.availability_zone, tags=dict(req.tags),
                         client_token=req.client_token, created_at=now, updated_at=now,
                         generation=1, acked_generation=0)
         s.add(volume)
+        source = f" from {req.snapshot_id}" if req.snapshot_id else ""
         record(s, "volume", volume.volume_id, caller.account_id, None, "creating",
-               f"created {req.size_gib} GiB")
+               f"created {size_gib} GiB{source}")
         return volume
 
 

@@ -33,7 +33,7 @@ def upgrade() -> None:
     sa.Column('modification_state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
     sa.Column('generation', sa.Integer(), nullable=False),
     sa.Column('acked_generation', sa.Integer(), nullable=False),
-    sa.Column('observed_size_bytes', sa.Integer(), nullable=True),
+    sa.Column('observed_size_bytes', sa.BigInteger(), nullable=True),
     sa.Column('source_host', sqlmodel.sql.sqltypes.AutoString(length=253), nullable=True),
     sa.Column('source_port', sa.Integer(), nullable=True),
     sa.Column('source_export', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),

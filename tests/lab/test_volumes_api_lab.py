@@ -1,0 +1,413 @@
+"""Volumes end to end through the controller's API, with real guests on both lab hosts and the
+lab's storage node: what a user does (create, attach, detach, grow, delete, delete on
+termination), checked from inside the guests (SSH: the disk, its /dev/disk/by-id link, a
+filesystem and a checksum) and on the storage node (its volumes and exports, over its own API),
+never only from what the controller says.
+
+One module, two kumo-tiny guests (one per host) for every test here: each test leaves the
+volumes it made detached or deleted, so the next starts from the same two guests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from agent.contract.transport import client
+from tests.lab.cloud import CloudUser
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+GiB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def cloud(lab, tmp_path_factory):
+    if os.environ.get("KUMO_LAB_SERVICES") == "none":
+        pytest.skip("the session lab runs without controller and agents")
+    user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
+    user.allow_admin_access()
+    yield user
+    for vol in user.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]:
+        for att in vol["attachments"]:
+            user.api.post(f"/v1/volumes/{vol['volume_id']}/detach", json={"force": True})
+    for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
+        if inst["state"] != "terminated":
+            user.action(inst["instance_id"], "terminate")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        left = [v for v in user.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]
+                if v["state"] != "deleting"]
+        for v in left:
+            if v["state"] == "available":
+                user.api.delete(f"/v1/volumes/{v['volume_id']}")
+        if not left:
+            break
+        time.sleep(1)
+    user.close()
+
+
+@pytest.fixture(scope="module")
+def key(cloud):
+    return cloud.key_pair("volume-tests")
+
+
+@pytest.fixture(scope="module")
+def pair(cloud, key):
+    """Two running kumo-tiny guests, one on each lab host (the spread weigher's choice)."""
+    launched = cloud.run(2, key_name="volume-tests", tags={"suite": "volumes"})
+    insts = [cloud.wait(i["instance_id"], "running", "ok", timeout=240) for i in launched]
+    assert len({i["host_id"] for i in insts}) == 2, [i["host_id"] for i in insts]
+    return sorted(insts, key=lambda i: i["host_id"])
+
+
+def storage_node(lab):
+    """A client of the lab's storage node API (agent/contract/storage_v1.py)."""
+    token = (lab.state_dir / "agent.token").read_text().strip()
+    return client(f"unix:{lab.state_dir / 'storage' / 'storage.sock'}", token, timeout=10)
+
+
+def node_volumes(lab) -> dict[str, dict]:
+    with storage_node(lab) as c:
+        r = c.get("/v1/volumes")
+        assert r.status_code == 200, r.text
+        return {v["volume_id"]: v for v in r.json()}
+
+
+def wait_volume(cloud, vid: str, state: str, attachment: str | None = None,
+                timeout: float = 90) -> dict:
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        seen = cloud.call("GET", f"/v1/volumes/{vid}")
+        atts = seen["attachments"]
+        if seen["state"] == state and (attachment is None or
+                                       (atts and atts[0]["state"] == attachment)):
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"{vid} not {state}/{attachment} within {timeout} s: {seen}")
+
+
+def wait_deleted(cloud, vid: str, timeout: float = 90) -> None:
+    """A deleted volume leaves describe (404) once the storage node deleted it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = cloud.api.get(f"/v1/volumes/{vid}")
+        if r.status_code == 404:
+            assert r.json()["error"]["code"] == "InvalidVolume.NotFound", r.text
+            return
+        assert time.monotonic() < deadline, f"{vid} not deleted within {timeout} s: {r.text}"
+        time.sleep(0.5)
+
+
+def serial(vid: str) -> str:
+    return "vol" + vid[4:]
+
+
+def guest(cloud, inst, key, script: str, timeout: float = 60) -> str:
+    r = cloud.ssh(inst, key, script, timeout=timeout)
+    assert r.returncode == 0, f"{script!r} on {inst['instance_id']}: {r.stdout} {r.stderr}"
+    return r.stdout
+
+
+def by_id_device(cloud, inst, key, vid: str, timeout: float = 60) -> str:
+    """The device the guest's /dev/disk/by-id/virtio-<serial> link names, waited for."""
+    out = guest(cloud, inst, key,
+                f"i=0; while [ $i -lt {timeout} ] && [ ! -e /dev/disk/by-id/virtio-{serial(vid)} ];"
+                f" do sleep 1; i=$((i+1)); done; readlink -f /dev/disk/by-id/virtio-{serial(vid)}",
+                timeout=timeout + 30)
+    dev = out.strip()
+    assert dev.startswith("/dev/vd"), out
+    return dev
+
+
+def gone_in_guest(cloud, inst, key, vid: str, timeout: float = 60) -> None:
+    guest(cloud, inst, key,
+          f"i=0; while [ -e /dev/disk/by-id/virtio-{serial(vid)} ]; do i=$((i+1));"
+          f" [ $i -gt {timeout} ] && exit 1; sleep 1; done", timeout=timeout + 30)
+
+
+def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
+    a, b = pair
+    vol = cloud.call("POST", "/v1/volumes", json={"size_gib": 1, "tags": {"suite": "volumes"}})
+    vid = vol["volume_id"]
+    assert vol["state"] == "creating"
+    wait_volume(cloud, vid, "available")
+    assert node_volumes(lab)[vid]["size_bytes"] == GiB
+
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": a["instance_id"], "device": "/dev/sdf"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    assert node_volumes(lab)[vid]["exported"] is True
+    dev = by_id_device(cloud, a, key, vid)
+    assert dev == "/dev/vdf"
+    out = guest(cloud, a, key,
+                f"mke2fs -q {dev} && mkdir -p /mnt/v && mount {dev} /mnt/v && "
+                "dd if=/dev/urandom of=/mnt/v/data bs=64k count=32 2>/dev/null && "
+                "sha256sum /mnt/v/data && umount /mnt/v && sync")
+    digest = out.split()[0]
+
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    gone_in_guest(cloud, a, key, vid)
+    assert node_volumes(lab)[vid]["exported"] is False
+
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": b["instance_id"], "device": "/dev/sdg"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    dev = by_id_device(cloud, b, key, vid)
+    out = guest(cloud, b, key, f"mkdir -p /mnt/v && mount {dev} /mnt/v && "
+                               "sha256sum /mnt/v/data && umount /mnt/v")
+    assert out.split()[0] == digest
+
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+    assert vid not in node_volumes(lab)
+
+
+def test_in_use_volume_refuses_second_attach_and_delete(cloud, key, pair):
+    a, b = pair
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": a["instance_id"], "device": "/dev/sdh"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    r = cloud.api.post(f"/v1/volumes/{vid}/attach",
+                       json={"instance_id": b["instance_id"], "device": "/dev/sdh"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "VolumeInUse", r.text
+    r = cloud.api.delete(f"/v1/volumes/{vid}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "VolumeInUse", r.text
+    # the guest on b never saw it; a still has it
+    out = guest(cloud, b, key, f"ls /dev/disk/by-id/ 2>/dev/null | grep -c {serial(vid)} || true")
+    assert out.strip() == "0"
+    by_id_device(cloud, a, key, vid)
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+
+
+def test_grow_shows_the_new_size_in_the_guest(cloud, key, pair, lab):
+    a, _ = pair
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    cloud.call("PATCH", f"/v1/volumes/{vid}", json={"size_gib": 2})
+    deadline = time.monotonic() + 60
+    while cloud.call("GET", f"/v1/volumes/{vid}")["modification_state"] != "completed":
+        assert time.monotonic() < deadline, "grow not completed"
+        time.sleep(0.5)
+    assert node_volumes(lab)[vid]["size_bytes"] == 2 * GiB
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": a["instance_id"], "device": "/dev/sdi"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    dev = by_id_device(cloud, a, key, vid)
+    out = guest(cloud, a, key, f"cat /sys/block/{dev.rsplit('/', 1)[1]}/size")
+    assert int(out) * 512 == 2 * GiB
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+
+
+def wait_snapshot(cloud, sid: str, state: str, timeout: float = 90) -> dict:
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        seen = cloud.call("GET", f"/v1/snapshots/{sid}")
+        if seen["state"] == state:
+            return seen
+        time.sleep(0.5)
+    raise AssertionError(f"{sid} not {state} within {timeout} s: {seen}")
+
+
+def test_snapshot_keeps_the_old_data_while_the_volume_changes(cloud, key, pair, lab):
+    """A snapshot of an attached volume (crash-consistent: after a synced write), then the
+    volume changes; a volume created from the snapshot, attached on the other host, holds the
+    old data; the original holds the new."""
+    a, b = pair
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": a["instance_id"], "device": "/dev/sdl"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    dev = by_id_device(cloud, a, key, vid)
+    write = (f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
+             f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && sha256sum < /tmp/blk")
+    old = guest(cloud, a, key, write).split()[0]
+    sid = cloud.call("POST", "/v1/snapshots", json={"volume_id": vid})["snapshot_id"]
+    snap = wait_snapshot(cloud, sid, "completed")
+    assert snap["volume_id"] == vid
+    new = guest(cloud, a, key, write).split()[0]
+    assert new != old
+    copy = cloud.call("POST", "/v1/volumes", json={"snapshot_id": sid})
+    assert copy["size_gib"] == 1 and copy["snapshot_id"] == sid
+    wait_volume(cloud, copy["volume_id"], "available")
+    cloud.call("POST", f"/v1/volumes/{copy['volume_id']}/attach",
+               json={"instance_id": b["instance_id"], "device": "/dev/sdl"})
+    wait_volume(cloud, copy["volume_id"], "in-use", "attached")
+    cdev = by_id_device(cloud, b, key, copy["volume_id"])
+    read = "dd if={} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum"
+    assert guest(cloud, b, key, read.format(cdev)).split()[0] == old
+    assert guest(cloud, a, key, read.format(dev)).split()[0] == new
+    for v in (vid, copy["volume_id"]):
+        cloud.call("POST", f"/v1/volumes/{v}/detach", json={})
+    for v in (vid, copy["volume_id"]):
+        wait_volume(cloud, v, "available")
+        cloud.call("DELETE", f"/v1/volumes/{v}")
+        wait_deleted(cloud, v)
+    # the snapshot outlives its volume, and goes when deleted
+    assert cloud.call("GET", f"/v1/snapshots/{sid}")["state"] == "completed"
+    cloud.call("DELETE", f"/v1/snapshots/{sid}")
+    deadline = time.monotonic() + 60
+    while cloud.api.get(f"/v1/snapshots/{sid}").status_code != 404:
+        assert time.monotonic() < deadline, "snapshot not deleted"
+        time.sleep(0.5)
+    with storage_node(lab) as c:
+        assert sid not in {s["snapshot_id"] for s in c.get("/v1/snapshots").json()}
+
+
+def _daemon_pid(lab) -> int:
+    """The lab storage node's qemu-storage-daemon (its pid file under the node's state dir)."""
+    for p in (lab.state_dir / "storage").rglob("*.pid"):
+        try:
+            pid = int(p.read_text().split()[0])
+        except (ValueError, IndexError):
+            continue
+        if "qemu-storage-daemon" in open(f"/proc/{pid}/cmdline", "rb").read().decode(
+                errors="replace"):
+            return pid
+    raise AssertionError("no qemu-storage-daemon pid file under the storage node's state dir")
+
+
+def test_synced_data_survives_storage_daemon_restart(cloud, key, pair, lab):
+    """fsync'ed blocks are on the storage node: kill -9 its daemon while the volume is attached;
+    the node's reconcile loop serves it again, and the guest reads its data back (a request
+    during the outage may fail; none of the synced data is lost)."""
+    a, _ = pair
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": a["instance_id"], "device": "/dev/sdj"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    dev = by_id_device(cloud, a, key, vid)
+    out = guest(cloud, a, key, f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
+                               f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && "
+                               "sha256sum < /tmp/blk")
+    digest = out.split()[0]
+    old = _daemon_pid(lab)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            new = _daemon_pid(lab)
+            if new != old and vid in _exports(lab):
+                break
+        except (AssertionError, FileNotFoundError, ProcessLookupError):
+            pass
+        assert time.monotonic() < deadline, "the storage daemon did not come back with the export"
+        time.sleep(0.5)
+    # reads resume once QEMU's NBD client has reconnected (a first one may fail while it does)
+    out = guest(cloud, a, key,
+                f"i=0; while [ $i -lt 30 ]; do echo 3 > /proc/sys/vm/drop_caches;"
+                f" s=$(dd if={dev} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum);"
+                f" [ \"${{s%% *}}\" = {digest} ] && echo same && exit 0; i=$((i+1)); sleep 1;"
+                " done; echo differs", timeout=120)
+    assert out.strip().endswith("same"), out
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+
+
+def _guest_qemu_pid(instance_id: str) -> int:
+    """The QEMU process libvirt runs for the instance's domain (`-name guest=<id>,...`)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(
+                a.startswith(f"guest={instance_id},".encode()) for a in argv):
+            return int(d)
+    raise AssertionError(f"no QEMU process for {instance_id}")
+
+
+def test_fsynced_data_survives_kill9_of_the_guest_qemu(cloud, key, pair):
+    """cache=none and an fsync that returned: the data is on the storage node, so a hard kill
+    of the guest's QEMU loses none of it; the instance starts again with the volume attached."""
+    _, b = pair
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": b["instance_id"], "device": "/dev/sdk"})
+    wait_volume(cloud, vid, "in-use", "attached")
+    dev = by_id_device(cloud, b, key, vid)
+    digest = guest(cloud, b, key,
+                   f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
+                   f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && "
+                   "sha256sum < /tmp/blk").split()[0]
+    os.kill(_guest_qemu_pid(b["instance_id"]), signal.SIGKILL)
+    cloud.wait(b["instance_id"], "stopped", timeout=120)
+    assert cloud.call("GET", f"/v1/volumes/{vid}")["attachments"][0]["state"] == "attached"
+    cloud.action(b["instance_id"], "start")
+    cloud.wait(b["instance_id"], "running", "ok", timeout=240)
+    dev = by_id_device(cloud, b, key, vid)
+    out = guest(cloud, b, key, f"dd if={dev} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum")
+    assert out.split()[0] == digest
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+
+
+def _exports(lab) -> set[str]:
+    return {v for v, info in node_volumes(lab).items() if info["exported"]}
+
+
+def test_delete_on_termination(cloud, key, lab):
+    """Terminating an instance deletes the volumes attached with delete_on_termination and
+    frees the others; no export and no volume file of the deleted one is left on the node."""
+    inst = cloud.run(1, key_name="volume-tests")[0]
+    inst = cloud.wait(inst["instance_id"], "running", timeout=240)
+    keep = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    drop = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+    for vid, dev, dot in ((keep, "/dev/sdf", False), (drop, "/dev/sdg", True)):
+        wait_volume(cloud, vid, "available")
+        cloud.call("POST", f"/v1/volumes/{vid}/attach",
+                   json={"instance_id": inst["instance_id"], "device": dev,
+                         "delete_on_termination": dot})
+    for vid in (keep, drop):
+        wait_volume(cloud, vid, "in-use", "attached", timeout=120)
+    cloud.action(inst["instance_id"], "terminate")
+    cloud.wait(inst["instance_id"], "terminated", timeout=120)
+    wait_volume(cloud, keep, "available")
+    wait_deleted(cloud, drop)
+    on_node = node_volumes(lab)
+    assert drop not in on_node
+    assert on_node[keep]["exported"] is False
+    files = [p.name for p in (lab.state_dir / "storage").rglob(f"{drop}*")]
+    assert files == [], files
+    cloud.call("DELETE", f"/v1/volumes/{keep}")
+    wait_deleted(cloud, keep)
+    assert keep not in node_volumes(lab)
+
+
+def test_storage_node_left_clean(cloud, lab, pair):
+    """After the module's volumes are deleted: nothing exported, no volume file (ran last)."""
+    deadline = time.monotonic() + 30
+    while True:
+        live = cloud.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]
+        if not live:
+            break
+        assert time.monotonic() < deadline, live
+        time.sleep(1)
+    assert node_volumes(lab) == {}
+    out = subprocess.run(["find", str(lab.state_dir / "storage"), "-name", "vol-*"],
+                         capture_output=True, text=True).stdout.split()
+    assert out == [], json.dumps(out)
