@@ -406,23 +406,3 @@ def modify(db: Database, settings: Settings, caller, instance_id: str,
         lifecycle.bump(inst)
         s.add(inst)
         return inst
-        state = next((h for h in host_states(s) if h.host_id == inst.host_id), None)
-        if state is not None:
-            # The instance stays on its host: check that host fits the new size instead.
-            without = replace(state, vcpus_used=state.vcpus_used - inst.vcpus,
-                              memory_mib_used=state.memory_mib_used - inst.memory_mib,
-                              disk_bytes_used=state.disk_bytes_used - inst.root_disk_gib * GIB,
-                              up=True, enabled=True)
-            try:
-                schedule([without], Request(itype.vcpus, itype.memory_mib,
-                                            inst.root_disk_gib * GIB), 1,
-                         cpu_overcommit=settings.cpu_overcommit)
-            except NoValidHost:
-                raise InsufficientCapacity(f"host has no room for {itype.name}") from None
-        record(s, "instance", inst.instance_id, inst.account_id, "stopped", "stopped",
-               f"instance type {inst.instance_type} -> {itype.name}")
-        inst.instance_type, inst.vcpus, inst.memory_mib = itype.name, itype.vcpus, itype.memory_mib
-        inst.updated_at = utcnow()
-        lifecycle.bump(inst)
-        s.add(inst)
-        return inst
