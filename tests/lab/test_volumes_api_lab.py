@@ -78,6 +78,13 @@ def node_volumes(lab) -> dict[str, dict]:
         return {v["volume_id"]: v for v in r.json()}
 
 
+def wait_node_export(lab, vid: str, exported: bool, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while node_volumes(lab)[vid]["exported"] is not exported:
+        assert time.monotonic() < deadline, f"{vid}: exported is not {exported} on the node"
+        time.sleep(0.3)
+
+
 def wait_volume(cloud, vid: str, state: str, attachment: str | None = None,
                 timeout: float = 90) -> dict:
     deadline, seen = time.monotonic() + timeout, None
@@ -141,12 +148,12 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
     cloud.call("POST", f"/v1/volumes/{vid}/attach",
                json={"instance_id": a["instance_id"], "device": "/dev/sdf"})
     wait_volume(cloud, vid, "in-use", "attached")
-    assert node_volumes(lab)[vid]["exported"] is True
+    wait_node_export(lab, vid, True)
     # The guest's kernel names virtio disks in the order it finds them (vdb here, whatever the
     # target): /dev/disk/by-id is how it finds the volume, as on EC2's NVMe instances.
     dev = by_id_device(cloud, a, key, vid)
     out = guest(cloud, a, key,
-                f"mke2fs -q {dev} && mkdir -p /mnt/v && mount {dev} /mnt/v && "
+                f"mke2fs -q {dev} > /dev/null && mkdir -p /mnt/v && mount {dev} /mnt/v && "
                 "dd if=/dev/urandom of=/mnt/v/data bs=64k count=32 2>/dev/null && "
                 "sha256sum /mnt/v/data && umount /mnt/v && sync")
     digest = out.split()[0]
@@ -154,7 +161,7 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
     cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
     wait_volume(cloud, vid, "available")
     gone_in_guest(cloud, a, key, vid)
-    assert node_volumes(lab)[vid]["exported"] is False
+    wait_node_export(lab, vid, False)  # the node stops serving it right after
 
     cloud.call("POST", f"/v1/volumes/{vid}/attach",
                json={"instance_id": b["instance_id"], "device": "/dev/sdg"})
@@ -354,6 +361,10 @@ def test_fsynced_data_survives_kill9_of_the_guest_qemu(cloud, key, pair):
                    f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && "
                    "sha256sum < /tmp/blk").split()[0]
     os.kill(_guest_qemu_pid(b["instance_id"]), signal.SIGKILL)
+    # A domain that dies under the guest is a crash: the instance reads impaired until its
+    # owner acts (stop, then start), as a failed EC2 instance status check does.
+    cloud.wait(b["instance_id"], "running", "impaired", timeout=120)
+    cloud.action(b["instance_id"], "stop")
     cloud.wait(b["instance_id"], "stopped", timeout=120)
     assert cloud.call("GET", f"/v1/volumes/{vid}")["attachments"][0]["state"] == "attached"
     cloud.action(b["instance_id"], "start")
@@ -391,7 +402,7 @@ def test_delete_on_termination(cloud, key, lab):
     wait_deleted(cloud, drop)
     on_node = node_volumes(lab)
     assert drop not in on_node
-    assert on_node[keep]["exported"] is False
+    wait_node_export(lab, keep, False)
     files = [p.name for p in (lab.state_dir / "storage").rglob(f"{drop}*")]
     assert files == [], files
     cloud.call("DELETE", f"/v1/volumes/{keep}")
