@@ -6,14 +6,19 @@ Per volume, each failure isolated and backed off (the instance work's habits):
 - creating / available / in-use whose `generation` the node has not acknowledged, or whose
   export differs from what it should be: PUT the full VolumeSpec (size_gib in bytes; exported
   while an attachment row exists, except a force-detaching one: a plain detach keeps serving the
-  host until the row is gone, a force detach unexports at once). The answer records the node's
+  host until the row is gone, a force detach unexports at once with `disconnect`, so the node
+  cuts the host off even while its guest still holds the disk). The answer records the node's
   size and export (the source hosts attach), acknowledges the generation, moves creating ->
   available (in-use if attached) and a grow's modification_state modifying -> completed once the
   node's size reaches it. A changed export of an attached volume bumps its instance's spec. A
   permanent refusal of a creating volume -> error; other failures are recorded in
   observed_error and retried.
 - A force-detaching volume whose unexport the node confirmed: its attachment row goes and it is
-  available (the host can no longer reach it, whatever the guest does). Likewise an in-use
+  available (the node closed the host's connection and serves it no more: the host can no
+  longer reach it, whatever the guest does, so the volume may be attached elsewhere without two
+  writers). The guest is left with a dead disk (I/O errors) that its agent keeps trying to
+  unplug (DeviceDetachTimeout, retried); its definition loses the disk at the latest once the
+  instance is stopped. Likewise an in-use
   volume without attachment (its instance was terminated) becomes available once unexported.
 - deleting: DELETE on the node -> deleted (a host still connected: VolumeInUse, retried).
 - deleted rows older than terminated_retention_s are purged.
@@ -66,14 +71,20 @@ class VolumeWork:
 def wants_export(att: VolumeAttachmentRow | None) -> bool:
     """Whether the node should serve the volume: an attachment exists and is not being forced
     off (a plain detach keeps it served until the host let go and the row is gone)."""
-    return att is not None and not (att.state == "detaching" and att.force_detach)
+    return att is not None and not forcing_off(att)
+
+
+def forcing_off(att: VolumeAttachmentRow | None) -> bool:
+    """Whether the host must be cut off: the attachment is being force-detached."""
+    return att is not None and att.state == "detaching" and att.force_detach
 
 
 def desired_spec(vol: Volume, att: VolumeAttachmentRow | None) -> VolumeSpec:
     # The snapshot matters only while the node creates the volume: sent later, a snapshot
     # deleted since would make the node refuse a volume that already exists.
+    exported = wants_export(att)
     return VolumeSpec(volume_id=vol.volume_id, size_bytes=vol.size_gib * GIB,
-                      exported=wants_export(att),
+                      exported=exported, disconnect=not exported and forcing_off(att),
                       from_snapshot=vol.snapshot_id if vol.state == "creating" else None)
 
 
@@ -226,9 +237,8 @@ class VolumeSync:
                            "storage node stopped serving it")
                     vol.state = "available"
                 return
-            if src is None and not w.spec.exported and att.state == "detaching" \
-                    and att.force_detach:
-                finish_detach(s, att, vol, "forced: the storage node stopped serving it")
+            if src is None and not w.spec.exported and forcing_off(att):
+                finish_detach(s, att, vol, "forced: the storage node cut the host off")
                 return
             new_source = (vol.source_host, vol.source_port, vol.source_export)
             if (src is not None and old_source[2] is not None and new_source != old_source

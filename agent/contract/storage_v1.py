@@ -13,7 +13,9 @@ HTTP surface of a storage node (JSON, bearer token = the deployment's agent toke
          creates the volume when missing (empty), grows it when the spec is larger, exports or
          unexports it as `exported` says. Smaller than the volume is 400 InvalidVolumeSize and
          changes nothing; growing while a host is connected, where the backend cannot, is
-         409 VolumeInUse (retryable: it succeeds once the host let go).
+         409 VolumeInUse (retryable: it succeeds once the host let go). Unexporting while a
+         host is connected is 409 VolumeInUse too, unless the spec says `disconnect`: then the
+         node cuts the connected hosts off (a force detach) and stops serving it.
   GET    /v1/volumes/{volume_id}        -> VolumeObserved (404 InvalidVolume.NotFound)
   DELETE /v1/volumes/{volume_id}        -> 204: unexports and deletes it; also when already gone.
          A host still connected answers 409 VolumeInUse and nothing is deleted.
@@ -32,6 +34,12 @@ snapshot_routes.py): crash-consistent, copy-on-write snapshots of volumes, which
   DELETE /v1/snapshots/{snapshot_id}    -> 204; also when already gone. Deleting a volume keeps
          its snapshots.
   A malformed snapshot id is 400 InvalidSnapshotID.Malformed.
+
+Extension "disconnect" (StorageInfo.extensions): VolumeSpec.disconnect, the force detach. With
+exported=False it cuts every connected host off before the export stops (NBD: the node closes
+their connections), so the unexport cannot be refused with VolumeInUse and no host can read or
+write the volume afterwards: it may then be served to another host ("never read-write from
+two"). The cut-off guest sees I/O errors on that disk.
 Errors are {"error": {"code", "message", "retryable"}}, as the host agents answer them.
 """
 from __future__ import annotations
@@ -45,7 +53,7 @@ from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 
 CONTRACT_VERSION = "v1"
 #: Named additive extensions this storage node implements.
-EXTENSIONS: tuple[str, ...] = ("snapshots",)
+EXTENSIONS: tuple[str, ...] = ("snapshots", "disconnect")
 
 VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
 #: EC2 style: "snap-" + 17 lowercase hex (as agent/drivers/volumes.SNAPSHOT_ID_RE).
@@ -85,14 +93,20 @@ class VolumeSpec(_Wire):
     #: Extension "snapshots": create the volume with this snapshot's content (size_bytes at least
     #: the snapshot's). Used only when the volume is created; ignored once it exists.
     from_snapshot: SnapshotId | None = None
+    #: Extension "disconnect": with exported=False, hosts still connected are cut off and the
+    #: export stops anyway (a force detach), instead of 409 VolumeInUse. Ignored when exported.
+    disconnect: bool = False
 
     @model_serializer(mode="wrap")
     def _omit_unset_extension(self, handler: Any) -> dict[str, Any]:
-        """from_snapshot is left out when unset, so a spec without it is exactly the base
-        contract's: a node without extension "snapshots" (extra fields forbidden) accepts it."""
+        """Extension fields are left out when unset (from_snapshot None, disconnect False), so
+        a spec without them is exactly the base contract's: a node without those extensions
+        (extra fields forbidden) accepts it."""
         data = handler(self)
         if data.get("from_snapshot") is None:
             data.pop("from_snapshot", None)
+        if data.get("disconnect") is False:
+            data.pop("disconnect", None)
         return data
 
 

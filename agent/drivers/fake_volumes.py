@@ -5,6 +5,10 @@ It keeps what the real backend keeps apart apart: the persisted desired export s
 and what the serving process serves now (`served`), so a test can `crash()` the "daemon" and
 see ensure() put the exports back. `connect()` / `disconnect()` stand for an NBD client (a
 guest's QEMU) holding an export open; `write()` / `read()` for a client's I/O on an export.
+A forced unexport cuts the connected clients off: they are counted in `cut` until
+each one's disconnect() (its host unplugging the dead disk), which then changes nothing else, so
+a new client of the same volume (attached elsewhere) is not miscounted. The volume's next
+export then has a new name (`fences`), as the contract says.
 
 Data is kept in BLOCK-sized immutable chunks per volume (absent = zeros). A snapshot is a shallow
 copy of the volume's chunk map: it shares every chunk with the volume, and a later write
@@ -18,8 +22,8 @@ import threading
 from agent.drivers.base import NetworkHost, NetworkSource
 from agent.drivers.volumes import (DEFAULT_MAX_SIZE, InvalidVolumeSize, SnapshotAlreadyExists,
                                    SnapshotInfo, SnapshotNotFound, VolumeAlreadyExists,
-                                   VolumeInfo, VolumeInUse, VolumeNotFound, valid_size,
-                                   valid_snapshot_id, valid_volume_id)
+                                   VolumeInfo, VolumeInUse, VolumeNotFound, export_name,
+                                   valid_size, valid_snapshot_id, valid_volume_id)
 
 BLOCK = 64 << 10
 
@@ -36,14 +40,17 @@ class FakeVolumeBackend:
         self.sizes: dict[str, int] = {}
         self.wanted: set[str] = set()  # persisted desired export set
         self.served: set[str] = set()  # what the fake daemon serves now
-        self.clients: dict[str, int] = {}
+        self.clients: dict[str, int] = {}  # volume id -> clients connected now
+        self.cut: dict[str, int] = {}  # volume id -> clients cut off that did not disconnect
+        self.fences: dict[str, int] = {}  # volume id -> forced unexports (its export name)
         self.data: dict[str, dict[int, bytes]] = {}  # volume id -> block index -> BLOCK bytes
         #: snapshot id -> (its info, its chunk map)
         self.snaps: dict[str, tuple[SnapshotInfo, dict[int, bytes]]] = {}
         self._lock = threading.Lock()
 
     def _source(self, volume_id: str) -> NetworkSource:
-        return NetworkSource("nbd", volume_id, (NetworkHost(self.host, self.port),))
+        return NetworkSource("nbd", export_name(volume_id, self.fences.get(volume_id, 0)),
+                             (NetworkHost(self.host, self.port),))
 
     def _existing(self, volume_id: str) -> str:
         valid_volume_id(volume_id)
@@ -92,6 +99,7 @@ class FakeVolumeBackend:
             if volume_id in self.wanted:
                 raise VolumeInUse(f"volume {volume_id} is exported: unexport it first")
             self.sizes.pop(volume_id, None)
+            self.fences.pop(volume_id, None)
             self.data.pop(volume_id, None)  # its snapshots keep their own chunk maps
 
     def export(self, volume_id: str) -> NetworkSource:
@@ -101,11 +109,14 @@ class FakeVolumeBackend:
             self.served.add(volume_id)
             return self._source(volume_id)
 
-    def unexport(self, volume_id: str) -> None:
+    def unexport(self, volume_id: str, *, force: bool = False) -> None:
         valid_volume_id(volume_id)
         with self._lock:
-            if volume_id in self.served and self.clients.get(volume_id):
+            if volume_id in self.served and self.clients.get(volume_id) and not force:
                 raise VolumeInUse(f"volume {volume_id} still has a client connected")
+            if force and (volume_id in self.served or volume_id in self.wanted):
+                self.fences[volume_id] = self.fences.get(volume_id, 0) + 1
+                self._cut_off(volume_id)
             self.wanted.discard(volume_id)
             self.served.discard(volume_id)
 
@@ -191,6 +202,11 @@ class FakeVolumeBackend:
             self.served.clear()
             self.clients.clear()
 
+    def _cut_off(self, volume_id: str) -> None:
+        n = self.clients.pop(volume_id, 0)
+        if n:
+            self.cut[volume_id] = self.cut.get(volume_id, 0) + n
+
     def connect(self, volume_id: str) -> None:
         with self._lock:
             if volume_id not in self.served:
@@ -198,5 +214,9 @@ class FakeVolumeBackend:
             self.clients[volume_id] = self.clients.get(volume_id, 0) + 1
 
     def disconnect(self, volume_id: str) -> None:
+        """A client lets go; one that was cut off already had (nothing else changes)."""
         with self._lock:
+            if self.cut.get(volume_id):
+                self.cut[volume_id] -= 1
+                return
             self.clients[volume_id] = max(0, self.clients.get(volume_id, 0) - 1)

@@ -58,7 +58,8 @@ class VolumeAlreadyExists(DriverError):
 
 
 class VolumeInUse(DriverError):
-    """delete() of an exported volume; unexport() or grow() while a client is connected."""
+    """delete() of an exported volume; unexport() (not forced) or grow() while a client is
+    connected."""
 
     code = "VolumeInUse"
     retryable = False
@@ -86,6 +87,15 @@ def valid_snapshot_id(value: object) -> str:
     if not isinstance(value, str) or not SNAPSHOT_ID_RE.fullmatch(value):
         raise InvalidSnapshotId(f"snapshot id {value!r} is not snap- followed by 17 lowercase hex")
     return value
+
+
+def export_name(volume_id: str, fence: int = 0) -> str:
+    """The NBD export name of a volume whose clients were cut off `fence` times (see
+    VolumeBackend's rules): the volume id, then id + "." + fence."""
+    valid_volume_id(volume_id)
+    if not isinstance(fence, int) or isinstance(fence, bool) or fence < 0:
+        raise ValueError(f"fence {fence!r} is not a whole number >= 0")
+    return volume_id if fence == 0 else f"{volume_id}.{fence}"
 
 
 def valid_volume_id(value: object) -> str:
@@ -137,15 +147,29 @@ class VolumeBackend(Protocol):
       exported. The same size is a no-op; smaller is InvalidVolumeSize and the volume is
       untouched. A missing volume is InvalidVolume.NotFound. While an NBD client is connected it
       is VolumeInUse: qemu 7.2's NBD export takes the resize permission from its node and QEMU's
-      NBD client cannot learn a new size without reconnecting, so growing an attached volume
-      needs the attach path's help (a later step of issue 10).
+      NBD client cannot learn a new size without reconnecting. A hard re-export would make it
+      reconnect, but a client without reconnect-delay (all that libvirt 9.0 can define) fails
+      guest I/O meanwhile: see controller/services/volumes.check_growable for the evidence.
     - export(id) serves the volume, writable, and returns the NetworkSource a host's
-      DomainDisk attaches (NBD: export name = the volume id, one TCP host). Exporting an exported
-      volume is a no-op returning the same source. A missing volume is InvalidVolume.NotFound.
+      DomainDisk attaches (NBD: export name = the volume id, one TCP host; after a forced
+      unexport, see below, export_name(id, n)). Exporting an exported volume is a no-op
+      returning the same source. A missing volume is InvalidVolume.NotFound.
       The export is part of the backend's persisted desired state: it survives restarts of the
       serving process and of the agent (ensure() puts it back).
     - unexport(id) stops serving it; one not exported (or not existing) is a no-op. A client
       still connected makes it VolumeInUse: detach the disk from its guest first.
+    - unexport(id, force=True) (a force detach) first cuts every connected client off (NBD: the
+      server closes their connections), then stops serving it, like unexport(id); it is never
+      VolumeInUse for a client. Once it returns no client can read or write the volume through
+      this backend (the export is gone, the old connections are closed), so it may be exported
+      to another host without two writers ("never read-write from two"). A cut-off guest sees
+      I/O errors on that disk; its host still has to unplug it. Not exported is a no-op.
+      The cut must hold when the volume is exported again: QEMU's NBD client reconnects by
+      itself on its next I/O request (qemu 7.2 does so even with reconnect-delay=0), so every
+      later export of the volume is served under a new name, export_name(id, n) with n the
+      number of forced unexports of the volume while it was exported (persisted like the export
+      set, so also when the serving process was down; reset when the volume is deleted): a
+      cut-off client asks for the old name and finds none.
     - delete(id) removes the volume and its data. A volume already gone is success. An exported
       volume is refused with VolumeInUse (unexport first): a delete never pulls a disk from
       under a running guest.
@@ -191,8 +215,9 @@ class VolumeBackend(Protocol):
     def export(self, volume_id: str) -> NetworkSource:
         """Serve the volume and return where hosts find it; idempotent."""
 
-    def unexport(self, volume_id: str) -> None:
-        """Stop serving the volume; not exported is a no-op."""
+    def unexport(self, volume_id: str, *, force: bool = False) -> None:
+        """Stop serving the volume; not exported is a no-op. force: cut connected clients off
+        first instead of VolumeInUse (see the rules)."""
 
     def volumes(self) -> list[VolumeInfo]:
         """Every volume, sorted by id."""

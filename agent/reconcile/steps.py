@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from agent.contract.v1 import AttachedVolume, InstanceSpec, NicSpec, VolumeAttachment
-from agent.drivers.base import (DomainDisk, DomainNic, DomainPlan, DomainStatus, DriverError,
+from agent.drivers.base import (DeviceDetachTimeout, DomainDisk, DomainNic, DomainPlan,
+                                DomainStatus, DriverError,
                                 Hypervisor, NetworkHost, NetworkSource, Storage)
 from agent.drivers.disks import OWN_TARGETS, ROOT_TARGET, instance_disks
 from agent.drivers.network_base import Network
@@ -384,7 +385,15 @@ class VolumesAttached(Step):
     each also changing the definition) or, while it is shut off, the definition's. The root
     disk and the seed are never touched. A guest that does not release a volume in time raises
     DeviceDetachTimeout (retryable); the target stays in rt.detaching, so a later pass finishes
-    the detach (the definition's copy too) even after the guest let go by itself."""
+    the detach (the definition's copy too) even after the guest let go by itself.
+
+    A held disk blocks nothing else: the other detaches and the attaches still happen, and the
+    first DeviceDetachTimeout is raised at the end (the planner retries with backoff). Only an
+    attach that needs what the held disk has is left for a later pass: its target, or its very
+    source (a volume moving to another target). This matters after a force detach: the storage
+    node cut the host off, the guest may keep the dead disk (I/O errors) for as long as it likes,
+    and the instance must still get other volumes, even this one again from its new export. Once
+    the domain is shut off, the detach only edits the definition, so the disk is gone then."""
 
     name = "volumes-attached"
 
@@ -415,15 +424,29 @@ class VolumesAttached(Step):
         detach, attach, settled = diff
         rt, hv = ctx.rt, ctx.drivers.hypervisor
         rt.detaching = [t for t in rt.detaching if t not in settled]
+        held: list[str] = []
+        first_error: DeviceDetachTimeout | None = None
         for target in detach:  # first: a volume moving to another target frees its source
             if target not in rt.detaching:
                 rt.detaching.append(target)
                 ctx.save()  # write-ahead: a timeout or a crash leaves it to finish later
-            hv.detach_disk(ctx.id, target, timeout=ctx.detach_timeout)
+            try:
+                hv.detach_disk(ctx.id, target, timeout=ctx.detach_timeout)
+            except DeviceDetachTimeout as e:  # the guest holds it: the rest goes on
+                held.append(target)
+                first_error = first_error or e
+                continue
             rt.detaching.remove(target)
             ctx.save()
+        if held:
+            kept = {d.target: d.source for d in extra_disks(ctx.status().disks)
+                    if d.target in held}
+            attach = [d for d in attach
+                      if d.target not in kept and d.source not in kept.values()]
         for disk in attach:
             hv.attach_disk(ctx.id, disk)
+        if first_error is not None:
+            raise first_error
 
 
 def steps_for(ctx: InstanceContext) -> list[Step]:

@@ -174,8 +174,8 @@ def _router() -> APIRouter:
                 backend.grow(volume_id, spec.size_bytes)  # smaller: InvalidVolumeSize
             if spec.exported:
                 backend.export(volume_id)
-            else:
-                backend.unexport(volume_id)
+            else:  # disconnect: a force detach cuts connected hosts off (no VolumeInUse)
+                backend.unexport(volume_id, force=spec.disconnect)
             obs = observe(backend, volume_id)
         if obs is None:  # deleted behind our back between the change and the read
             raise StorageApiError(503, "InvalidVolume.NotFound",

@@ -16,20 +16,29 @@ that still has snapshots moves its file to holders/ (files.py): the snapshots st
 usable, and the space of the volume's last active layer stays allocated until its last snapshot
 is deleted, when the holder file goes. A volume made from a snapshot is a full, sparse copy
 (qemu-img convert), independent of the source from then on.
+
+A forced unexport (a force detach) removes the export in QMP's "hard" mode, which closes the
+clients' connections. QEMU's NBD client reconnects by itself on its guest's next I/O request
+(qemu 7.2 tries once per request even with reconnect-delay=0; seen in the lab: a qemu-io cut
+off this way wrote again as soon as the same export was added back), so each forced unexport
+also moves the volume's fence (fences.json, written before the export goes): every later export
+is served under export_name(id, fence), a name the cut-off client never asks for.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional
 
 from agent.drivers.base import DriverError, NetworkHost, NetworkSource
-from agent.drivers.volumes import (DEFAULT_MAX_SIZE, InvalidVolumeSize, SnapshotAlreadyExists,
+from agent.fsutil import atomic_write
+from agent.drivers.volumes import (DEFAULT_MAX_SIZE, VOLUME_ID_RE, InvalidVolumeSize, SnapshotAlreadyExists,
                                    SnapshotInfo, SnapshotNotFound, VolumeAlreadyExists,
-                                   VolumeInfo, VolumeInUse, VolumeNotFound, valid_size,
-                                   valid_snapshot_id, valid_volume_id)
+                                   VolumeInfo, VolumeInUse, VolumeNotFound, export_name,
+                                   valid_size, valid_snapshot_id, valid_volume_id)
 from agent.qemu_img import QemuImgError
 from agent.storage_node.daemon import StorageDaemon
 from agent.storage_node.files import VolumeFiles, parse_snapshot_name, snapshot_name
@@ -38,6 +47,41 @@ from agent.storage_node.wanted import WantedExports
 from agent.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
+
+
+class Fences:
+    """Volume id -> forced unexports so far (its export name's number), in one JSON file
+    written atomically: {"fences": {id: n}}. Missing means 0."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        raw = data.get("fences", {}) if isinstance(data, dict) else {}
+        good = {v: n for v, n in raw.items() if VOLUME_ID_RE.fullmatch(v)
+                and isinstance(n, int) and not isinstance(n, bool) and n > 0}
+        if len(good) != len(raw):
+            log.warning("%s: ignoring entries that are no volume id and count", self.path)
+        return good
+
+    def _save(self, fences: dict[str, int]) -> None:
+        body = json.dumps({"fences": dict(sorted(fences.items()))}, indent=1).encode() + b"\n"
+        atomic_write(self.path, lambda f: f.write(body))
+
+    def bump(self, volume_id: str) -> int:
+        fences = self.load()
+        fences[volume_id] = fences.get(volume_id, 0) + 1
+        self._save(fences)
+        return fences[volume_id]
+
+    def drop(self, volume_id: str) -> None:
+        fences = self.load()
+        if fences.pop(volume_id, None) is not None:
+            self._save(fences)
 
 
 class _Snap(NamedTuple):
@@ -76,10 +120,16 @@ class NbdBackend:
         self.host = NetworkHost(host, port)
         self.files = VolumeFiles(self.state_dir / "volumes")
         self.wanted = WantedExports(self.state_dir / "exports.json")
+        self.fences = Fences(self.state_dir / "fences.json")
         self._lock = threading.RLock()
 
-    def source(self, volume_id: str) -> NetworkSource:
-        return NetworkSource("nbd", valid_volume_id(volume_id), (self.host,))
+    def source(self, volume_id: str, fences: Optional[dict[str, int]] = None) -> NetworkSource:
+        fences = self.fences.load() if fences is None else fences
+        return NetworkSource("nbd", export_name(volume_id, fences.get(volume_id, 0)),
+                             (self.host,))
+
+    def _export_name(self, volume_id: str) -> str:
+        return export_name(volume_id, self.fences.load().get(volume_id, 0))
 
     def _existing(self, volume_id: str) -> str:
         if not self.files.exists(valid_volume_id(volume_id)):
@@ -140,11 +190,13 @@ class NbdBackend:
             self.daemon.resize(q, volume_id, size_bytes)
         finally:
             if exported:
-                self.daemon.add_export(q, volume_id)
+                self.daemon.add_export(q, volume_id, self._export_name(volume_id))
 
-    def _del_export(self, q: QmpClient, volume_id: str) -> None:
+    def _del_export(self, q: QmpClient, volume_id: str, *, force: bool = False) -> None:
+        """Remove the export: refused (VolumeInUse) while a client is connected, or, forced,
+        cutting the clients off (QMP block-export-del mode "hard" closes their connections)."""
         try:
-            self.daemon.del_export(q, volume_id)
+            self.daemon.del_export(q, volume_id, mode="hard" if force else "safe")
         except QmpError as e:
             if e.code == "QmpCommandFailed" and "in use" in e.desc:
                 raise VolumeInUse(f"volume {volume_id} still has an NBD client connected: "
@@ -162,6 +214,7 @@ class NbdBackend:
                         self.daemon.del_export(q, volume_id)
                     self.daemon.close_volume(q, volume_id)
             self._delete_or_hold(volume_id)
+            self.fences.drop(volume_id)
 
     def export(self, volume_id: str) -> NetworkSource:
         with self._lock, _translated(f"export {volume_id}"):
@@ -170,13 +223,18 @@ class NbdBackend:
             self._reconcile()
             return self.source(volume_id)
 
-    def unexport(self, volume_id: str) -> None:
+    def unexport(self, volume_id: str, *, force: bool = False) -> None:
         valid_volume_id(volume_id)
         with self._lock, _translated(f"unexport {volume_id}"):
             with self._live_qmp() as q:
+                served = q is not None and volume_id in self.daemon.served(q)
+                if force and (served or volume_id in self.wanted.load()):
+                    # First: a crash from here on still fences the next export. Also when the
+                    # daemon is down: its clients reconnect to the old name once it is back.
+                    self.fences.bump(volume_id)
                 if q is not None:
-                    if volume_id in self.daemon.served(q):
-                        self._del_export(q, volume_id)
+                    if served:
+                        self._del_export(q, volume_id, force=force)
                     self.daemon.close_volume(q, volume_id)
             self.wanted.discard(volume_id)
 
@@ -189,7 +247,8 @@ class NbdBackend:
         with self._lock, _translated("list exports"):
             with self._live_qmp() as q:
                 served = self.daemon.served(q) if q is not None else set()
-            return {v: self.source(v) for v in sorted(served)}
+            fences = self.fences.load()
+            return {v: self.source(v, fences) for v in sorted(served)}
 
     def ensure(self) -> None:
         with self._lock, _translated("reconcile exports"):
@@ -305,4 +364,4 @@ class NbdBackend:
             for vid in sorted(wanted - served):
                 if vid not in opened:
                     self.daemon.open_volume(q, vid, self.files.path(vid))
-                self.daemon.add_export(q, vid)
+                self.daemon.add_export(q, vid, self._export_name(vid))

@@ -3,7 +3,8 @@ agent/supervisor.py, in the node's network namespace), its NBD server, and the Q
 backend composes (open/close a volume's block nodes, add/remove its NBD export, resize, list).
 
 Names inside the daemon all derive from the validated volume id: the qcow2 node and the export
-(id and NBD name) are the id itself, the file node is "f-" + id. Nodes are opened with the host
+id are the id itself, the file node is "f-" + id, the NBD name is the id (or, once clients were
+cut off by a forced unexport, the id + "." + a number: backend.py). Nodes are opened with the host
 page cache and flushes honoured (cache.no-flush=false): a write the client was told is flushed
 is on the disk. Nothing here decides which volumes to serve: that is backend.py's.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -148,16 +150,25 @@ class StorageDaemon:
                 q.execute("blockdev-del", {"node-name": node})
 
     @staticmethod
-    def add_export(q: QmpClient, volume_id: str) -> None:
+    def add_export(q: QmpClient, volume_id: str, name: Optional[str] = None) -> None:
+        """Export the open volume (id = node = the volume id) under the NBD name `name`: the
+        volume id, or after forced unexports the id + "." + a number (backend.py's fence)."""
         vid = valid_volume_id(volume_id)
-        q.execute("block-export-add", {"type": "nbd", "id": vid, "node-name": vid, "name": vid,
+        name = vid if name is None else name
+        if name != vid and not re.fullmatch(re.escape(vid) + r"\.[1-9][0-9]{0,8}", name):
+            raise ValueError(f"export name {name!r} is not {vid} or {vid}.<number>")
+        q.execute("block-export-add", {"type": "nbd", "id": vid, "node-name": vid, "name": name,
                                        "writable": True})
 
-    def del_export(self, q: QmpClient, volume_id: str, timeout: float = 5.0) -> None:
-        """Remove the export (safe mode: refused while a client is connected, QmpError) and
-        wait until it is gone, so its node can be closed."""
+    def del_export(self, q: QmpClient, volume_id: str, timeout: float = 5.0, *,
+                   mode: str = "safe") -> None:
+        """Remove the export and wait until it is gone, so its node can be closed. Mode "safe"
+        is refused while a client is connected (QmpError "... is in use"); "hard" (qemu >= 5.2)
+        closes the clients' connections first: they get no more replies from this export."""
         vid = valid_volume_id(volume_id)
-        q.execute("block-export-del", {"id": vid})
+        if mode not in ("safe", "hard"):
+            raise ValueError(f"block-export-del mode {mode!r} is not safe or hard")
+        q.execute("block-export-del", {"id": vid, "mode": mode})
         deadline = time.monotonic() + timeout
         while any(e.get("id") == vid for e in q.execute("query-block-exports") or []):
             if time.monotonic() > deadline:

@@ -297,7 +297,7 @@ def test_detach_keeps_the_export_while_the_guest_holds_the_disk(cloud):
     assert vid not in cloud.backend.served
 
 
-def test_force_detach_unexports_once_the_node_can(cloud):
+def test_force_detach_cuts_the_host_off_even_while_the_guest_holds_the_disk(cloud):
     agent = cloud.add_volume_host("host-1")
     user = cloud.account("alice")
     iid = _running(cloud, user, agent)
@@ -305,23 +305,71 @@ def test_force_detach_unexports_once_the_node_can(cloud):
     agent.held.add(vid)
     user.post(f"/v1/volumes/{vid}/detach", json={})
     cloud.tick()
+    assert cloud.attachment(vid).state == "detaching" and cloud.backend.clients[vid] == 1
     r = user.post(f"/v1/volumes/{vid}/detach", json={"force": True})
     assert r.status_code == 200, r.text
-    cloud.tick()
-    # The NBD backend refuses to unexport a volume a host is connected to: the controller
-    # says so (observed_error) and keeps trying; the attachment stays until it can.
-    row = cloud.volume_row(vid)
-    assert row.observed_error and row.observed_error.startswith("VolumeInUse")
-    assert cloud.attachment(vid).state == "detaching" and vid in cloud.backend.served
-    # The host's QEMU drops its connection (the guest, the host or the network died):
-    agent.disks[iid].pop("vdf")
-    cloud.backend.disconnect(vid)
-    cloud.reconciler.volumes._backoff.clear()
-    cloud.tick()
+    before = cloud.volume_row(vid)
+    stats = cloud.tick()
+    assert stats["errors"] == 0
+    # The node cut the host off (a new generation, acknowledged) and serves it no more: the
+    # attachment is gone and the volume is available, although the guest still holds the disk.
     assert cloud.attachment(vid) is None
-    assert vid not in cloud.backend.served
+    assert vid not in cloud.backend.served and vid not in cloud.backend.wanted
+    assert not cloud.backend.clients.get(vid) and cloud.backend.cut[vid] == 1
     row = cloud.volume_row(vid)
     assert row.state == "available" and row.source_export is None and row.observed_error is None
+    assert row.generation == row.acked_generation == before.generation + 1
+    doc = user.get(f"/v1/volumes/{vid}").json()
+    assert doc["state"] == "available" and doc["attachments"] == []
+    with cloud.app.state.kumo.db.session(notify=False) as s:
+        events = [(e.from_state, e.to_state, e.reason) for e in
+                  s.exec(select(Event).where(Event.resource_id == vid)).all()]
+    assert ("detaching", "detached", "forced: the storage node cut the host off") in events
+    # The host still has the dead disk and keeps trying to unplug it (retryable).
+    cloud.heartbeat(agent)
+    assert agent.disks[iid] == {"vdf": vid}
+    assert agent.observed[iid]["error"].code == "DeviceDetachTimeout"
+    assert cloud.tick()["errors"] == 0  # nothing more for the node: settled
+    assert cloud.volume_row(vid).generation == row.generation
+
+    # Attached elsewhere: served again, under a new export name the cut-off host never asks for.
+    host2 = cloud.add_volume_host("host-2")
+    iid2 = _running(cloud, user, host2)
+    owner = next(a for a in (agent, host2) if iid2 in a.specs)
+    r = user.post(f"/v1/volumes/{vid}/attach", json={"instance_id": iid2, "device": "/dev/sdg"})
+    assert r.status_code == 200, r.text
+    cloud.tick()
+    assert cloud.attachment(vid).state == "attached"
+    [spec_vol] = owner.specs[iid2].volumes
+    assert (spec_vol.volume_id, spec_vol.device) == (vid, "vdg")
+    assert spec_vol.source.export == vid + ".1"
+    assert cloud.backend.clients[vid] == 1
+    # The old guest lets go at last: its host unplugs the dead disk; the new client is untouched.
+    agent.release(vid)
+    cloud.heartbeat(agent)
+    assert agent.disks[iid] == {} and agent.observed[iid]["error"] is None
+    assert cloud.backend.clients[vid] == 1 and cloud.attachment(vid).instance_id == iid2
+    assert user.get(f"/v1/volumes/{vid}").json()["state"] == "in-use"
+
+
+def test_force_detach_spec_asks_the_node_to_disconnect(cloud):
+    """What the node is sent (controller/volume_sync.desired_spec): disconnect only with a
+    force-detaching attachment, and never while the volume should stay exported."""
+    from controller.volume_sync import desired_spec
+    user = cloud.account("alice")
+    vid = _available(cloud, user)
+    vol = cloud.volume_row(vid)
+
+    def row(state, force):
+        return VolumeAttachmentRow(volume_id=vid, instance_id="i-00000000000000001",
+                                   device="/dev/sdf", state=state, force_detach=force)
+    assert (desired_spec(vol, None).exported, desired_spec(vol, None).disconnect) == (False, False)
+    for state in ("attaching", "attached", "detaching"):
+        spec = desired_spec(vol, row(state, False))
+        assert (spec.exported, spec.disconnect) == (True, False)
+    spec = desired_spec(vol, row("detaching", True))
+    assert (spec.exported, spec.disconnect) == (False, True)
+    assert "disconnect" not in desired_spec(vol, row("attached", False)).model_dump(mode="json")
 
 
 def test_attach_and_detach_on_a_stopped_instance(cloud):
@@ -549,3 +597,41 @@ def test_lifecycle_on_postgres(tmp_path, postgres):
         assert c.backend.sizes == {} and c.volume_row(vid).state == "deleted"
     finally:
         c.close()
+
+
+def test_the_host_side_of_a_force_detach(tmp_path):
+    """A real agent (on the fake hypervisor) whose guest holds a volume that left its spec (the
+    storage node cut it off: a dead disk): it reports the retryable DeviceDetachTimeout and keeps
+    trying, still attaches other volumes, even the same volume from its new export name on
+    another target, and once the instance is stopped the disk is gone from its definition."""
+    from agent.drivers.disks import OWN_TARGETS
+    from tests.functional.agent_harness import make_spec, obs, put, running_agent, until, wait_for
+    vol1, vol2 = "vol-" + "1" * 17, "vol-" + "2" * 17
+
+    def vol(vid, device, export=None):
+        return {"volume_id": vid, "device": device,
+                "source": {"protocol": "nbd", "host": "10.9.0.5", "port": 10809,
+                           "export": export or vid}}
+
+    def disks(dom_disks):
+        return {d.target: d.source.name for d in dom_disks if d.target not in OWN_TARGETS}
+
+    with running_agent(tmp_path) as agent:
+        iid = make_spec()["instance_id"]
+        put(agent, make_spec(volumes=[vol(vol1, "vdb")]))
+        until(agent, iid, power="running")
+        agent.hv.hold_device(iid, "vdb")
+        put(agent, make_spec(generation=2))
+        o = wait_for(lambda: (x := obs(agent, iid))["error"] and x)
+        assert o["error"]["code"] == "DeviceDetachTimeout" and o["error"]["retryable"] is True
+        put(agent, make_spec(generation=3, volumes=[vol(vol2, "vdc"),
+                                                    vol(vol1, "vdd", vol1 + ".1")]))
+        wait_for(lambda: set(disks(agent.hv.domains[iid].live.disks)) == {"vdb", "vdc", "vdd"})
+        dom = agent.hv.domains[iid]
+        assert disks(dom.live.disks) == {"vdb": vol1, "vdc": vol2, "vdd": vol1 + ".1"}
+        assert obs(agent, iid)["error"]["code"] == "DeviceDetachTimeout"  # still retried
+        assert dom.starts == 1  # no restart, no crash loop
+        put(agent, make_spec(generation=4, power="stopped",
+                             volumes=[vol(vol2, "vdc"), vol(vol1, "vdd", vol1 + ".1")]))
+        until(agent, iid, power="shutoff", error=None)
+        assert disks(agent.hv.domains[iid].plan.disks) == {"vdc": vol2, "vdd": vol1 + ".1"}

@@ -1,7 +1,9 @@
 """The NBD storage node (agent/storage_node) for real: a qemu-storage-daemon under the
 supervisor inside a private network namespace this test creates (loopback up, a veth pair with
 a test address: nothing in the machine's own namespace), driven over QMP. It runs the
-VolumeBackend contract (tests/unit/volume_contract.py) and then a data path: qemu-io writes and
+VolumeBackend contract (tests/unit/volume_contract.py; its connected clients are qemu-io, whose
+NBD client reconnects by itself, so a forced unexport is checked to hold against that) and then
+a data path: qemu-io writes and
 reads a pattern over NBD from inside the namespace, the volume grows and NBD shows the new size,
 the daemon is killed by its PID and ensure() serves the volume again with its data. Afterwards
 no process, namespace or file is left.
@@ -11,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -81,18 +85,49 @@ def test_contract_on_the_nbd_storage_node(node):
     contract.check_export_lifecycle(backend, V1, V2)
     contract.check_ensure_after_crash(backend, V1, V2, lambda: _kill_daemon(backend, pids))
 
+    contract.check_unexport_while_connected(backend, V1, _connected(ns))
+    contract.check_force_unexport_while_connected(backend, V1, _connected(ns))
+    assert backend.volumes() == [] and backend.exports() == {}
+    assert json.loads((state / "fences.json").read_text()) == {"fences": {}}
+
+
+def _connected(ns: str):
+    """contract.Connected: an interactive qemu-io (QEMU's own NBD client, which reconnects by
+    itself) holding one connection to the export for the `with` block; the probe writes 512
+    bytes through it and reports whether qemu-io said it wrote them."""
     @contextlib.contextmanager
-    def connected(vid):
-        # An interactive qemu-io holds the NBD connection open until its stdin closes.
-        client = subprocess.Popen(["ip", "netns", "exec", ns, "qemu-io", "-f", "raw", _url(vid)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            client.stdin.write(b"read 0 512\n")  # proves the connection is up before we go on
+    def connected(src):
+        url = nbd_url(src.hosts[0].name, src.hosts[0].port, src.name)
+        client = subprocess.Popen(["ip", "netns", "exec", ns, "qemu-io", "-f", "raw", url],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in client.stdout],
+                                  daemon=True)
+        reader.start()
+
+        def run(command: str, success: str) -> bool:
+            assert client.poll() is None, "qemu-io ended"
+            client.stdin.write(command + "\n")
             client.stdin.flush()
-            time.sleep(0.5)
-            assert client.poll() is None
-            yield
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    line = lines.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if success in line:
+                    return True
+                if "failed" in line:
+                    return False
+            raise AssertionError(f"qemu-io did not answer {command!r} within 15 s")
+
+        def works() -> bool:
+            return run("write -P 0x5a 0 512", "wrote 512/512")
+        try:
+            # The connection is up before the check goes on.
+            assert run("read 0 512", "read 512/512"), "qemu-io could not read the export"
+            yield works
         finally:
             client.stdin.close()
             try:
@@ -100,8 +135,8 @@ def test_contract_on_the_nbd_storage_node(node):
             except subprocess.TimeoutExpired:
                 client.kill()
                 client.wait(5)
-    contract.check_unexport_while_connected(backend, V1, connected)
-    assert backend.volumes() == [] and backend.exports() == {}
+            reader.join(5)
+    return connected
 
 
 def test_data_over_nbd_survives_grow_and_a_daemon_restart(node):

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from agent.contract.storage_v1 import StorageInfo, VolumeObserved
+from agent.contract.storage_v1 import StorageInfo, VolumeObserved, VolumeSpec
 from agent.drivers.base import DriverError
 from agent.drivers.fake_volumes import FakeVolumeBackend
 from agent.storage_node.app import create_storage_app
@@ -129,6 +129,39 @@ def test_unexport_with_a_connected_client_is_409(client, backend):
     backend.connect(V1)
     assert err(put(client, V1, exported=False)) == (409, "VolumeInUse", True)
     assert V1 in backend.wanted
+
+
+def test_disconnect_cuts_connected_hosts_off_and_fences_the_next_export(client, backend):
+    first = put(client, V1, exported=True).json()["source"]
+    backend.connect(V1)
+    assert err(put(client, V1, exported=False)) == (409, "VolumeInUse", True)
+    r = put(client, V1, exported=False, disconnect=True)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"volume_id": V1, "size_bytes": 8 * MiB, "exported": False,
+                        "source": None}
+    assert backend.wanted == set() and backend.served == set() and not backend.clients.get(V1)
+    assert put(client, V1, exported=False, disconnect=True).status_code == 200  # a re-send
+    # Exported again (attached elsewhere): under a new name the cut-off host never asks for.
+    again = put(client, V1, exported=True, disconnect=True).json()["source"]  # ignored here
+    assert again["export"] == V1 + ".1" and {**again, "export": V1} == first
+    assert client.get(f"/v1/volumes/{V1}").json()["source"] == again
+    backend.disconnect(V1)  # the cut-off host unplugs its dead disk: changes nothing
+    assert client.get(f"/v1/volumes/{V1}").json()["exported"] is True
+
+
+def test_disconnect_is_left_out_of_the_json_unless_set():
+    """A spec without the extension's fields is exactly the base contract's (old nodes forbid
+    unknown fields)."""
+    base = VolumeSpec(volume_id=V1, size_bytes=MiB, exported=True)
+    assert base.model_dump(mode="json") == {"volume_id": V1, "size_bytes": MiB, "exported": True}
+    forced = VolumeSpec(volume_id=V1, size_bytes=MiB, disconnect=True)
+    assert forced.model_dump(mode="json") == {"volume_id": V1, "size_bytes": MiB,
+                                              "exported": False, "disconnect": True}
+    assert VolumeSpec.model_validate(forced.model_dump(mode="json")) == forced
+
+
+def test_storage_info_lists_the_disconnect_extension(client):
+    assert "disconnect" in client.get("/v1/storage").json()["extensions"]
 
 
 def test_list_is_sorted_and_shows_sources(client):

@@ -45,15 +45,41 @@ def test_ensure_after_crash(fake):
     contract.check_ensure_after_crash(fake, V1, V2, fake.crash)
 
 
-def test_unexport_while_connected(fake):
+def _connected(fake: FakeVolumeBackend):
+    """contract.Connected on the fake: a client of one export name; its connection works while
+    that name is served and the client was not cut off."""
     @contextmanager
-    def connected(vid):
+    def connected(src):
+        vid = src.name.split(".")[0]
         fake.connect(vid)
+        cut_before = fake.cut.get(vid, 0)
+
+        def works():
+            return (fake.exports().get(vid) == src and fake.clients.get(vid, 0) > 0
+                    and fake.cut.get(vid, 0) <= cut_before)
         try:
-            yield
+            yield works
         finally:
             fake.disconnect(vid)
-    contract.check_unexport_while_connected(fake, V1, connected)
+    return connected
+
+
+def test_unexport_while_connected(fake):
+    contract.check_unexport_while_connected(fake, V1, _connected(fake))
+
+
+def test_force_unexport_while_connected(fake):
+    contract.check_force_unexport_while_connected(fake, V1, _connected(fake))
+    assert fake.clients.get(V1, 0) == 0 and fake.cut.get(V1, 0) == 0
+
+
+def test_force_unexport_fences_also_while_the_daemon_is_down(fake):
+    fake.create(V1, MiB)
+    fake.export(V1)
+    fake.connect(V1)
+    fake.crash()  # a client of V1 will reconnect once V1 is served again under its name
+    fake.unexport(V1, force=True)
+    assert fake.export(V1).name == V1 + ".1"
 
 
 def test_ensure_drops_wanted_volumes_without_data(fake):

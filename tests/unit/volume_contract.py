@@ -108,13 +108,17 @@ def check_ensure_after_crash(b, vid: str, other: str, crash: Callable[[], None])
     b.delete(other)
 
 
-def check_unexport_while_connected(b, vid: str,
-                                   connected: Callable[[str], AbstractContextManager]) -> None:
+#: connected(source) holds an NBD client of that export open for the `with` block and yields a
+#: probe: does I/O through that very connection (a write) still work?
+Connected = Callable[[NetworkSource], AbstractContextManager[Callable[[], bool]]]
+
+
+def check_unexport_while_connected(b, vid: str, connected: Connected) -> None:
     """A connected client makes unexport VolumeInUse (the export stays); after it leaves,
     unexport succeeds."""
     b.create(vid, 64 * MiB)
-    b.export(vid)
-    with connected(vid):
+    src = b.export(vid)
+    with connected(src):
         assert _code(lambda: b.unexport(vid)) == "VolumeInUse"
         assert _code(lambda: b.grow(vid, 128 * MiB)) == "VolumeInUse"
         assert vid in b.exports()
@@ -122,6 +126,42 @@ def check_unexport_while_connected(b, vid: str,
     b.unexport(vid)
     assert b.exports() == {}
     b.delete(vid)
+
+
+def check_force_unexport_while_connected(b, vid: str, connected: Connected) -> None:
+    """A forced unexport cuts a connected client off and stops serving, never VolumeInUse; the
+    cut holds when the volume is exported again (under a new name: the old client cannot come
+    back), where a new client works and is cut off the same way; delete starts names afresh."""
+    b.create(vid, 64 * MiB)
+    src = b.export(vid)
+    assert src.name == vid
+    with connected(src) as works:
+        assert works()
+        b.unexport(vid, force=True)
+        assert b.exports() == {} and VolumeInfo(vid, 64 * MiB, False) in b.volumes()
+        assert not works()
+        b.unexport(vid, force=True)  # not exported: a no-op
+        b.unexport(vid)
+        again = b.export(vid)  # attached elsewhere
+        assert again.name != src.name and again.hosts == src.hosts
+        assert b.exports() == {vid: again}
+        assert not works(), "a cut-off client got the volume back when it was exported again"
+        with connected(again) as works2:
+            assert works2()
+            assert _code(lambda: b.unexport(vid)) == "VolumeInUse"
+            assert works2()
+            b.unexport(vid, force=True)
+            assert not works2() and not works()
+            third = b.export(vid)
+            assert len({src.name, again.name, third.name}) == 3
+            assert not works2() and not works()
+            b.unexport(vid)  # nobody is connected to this export: a plain unexport
+    b.delete(vid)
+    b.create(vid, 64 * MiB)  # a new volume under the id: its first name is the id again
+    assert b.export(vid).name == vid
+    b.unexport(vid)
+    b.delete(vid)
+    assert b.exports() == {} and vid not in [v.volume_id for v in b.volumes()]
 
 
 # -- snapshots (capability "snapshots") ---------------------------------------------------------
