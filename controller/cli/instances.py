@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .api import CliError
-from .context import Output, OutputOpt, parse_tags, state
+from .context import IntervalOpt, Output, OutputOpt, TimeoutOpt, list_params, parse_tags, state
 from .output import emit_list, emit_record, note, print_json
 from .wait import RUNNING, STOPPED, TERMINATED, Goal, wait_for
 
@@ -28,9 +28,6 @@ COLUMNS = [
     ("LAUNCHED", "launch_time"),
 ]
 
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to --wait before failing.")]
-IntervalOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.",
-                                            hidden=True)]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the target state.")]
 
 
@@ -38,6 +35,31 @@ def _path(instance_id: str, action: str = "") -> str:
     if "/" in instance_id or not instance_id:
         raise typer.BadParameter(f"invalid instance id {instance_id!r}")
     return f"/v1/instances/{instance_id}" + (f"/{action}" if action else "")
+
+
+def parse_block_device(text: str) -> dict:
+    """--block-device DEVICE=SPEC -> one of the launch's block_device_mappings. SPEC is
+    ':'-separated parts: a size in GiB, a snapshot id (snap-...), `keep` (do not delete the
+    volume when the instance terminates); or `none` (drop the image's mapping of DEVICE).
+    /dev/sda1=20 sizes the root disk; /dev/sdf=10, /dev/sdg=snap-0123...:keep add volumes."""
+    device, sep, spec = text.partition("=")
+    if not sep or not device or not spec:
+        raise typer.BadParameter(f"{text!r}: expected DEVICE=SIZE[:SNAPSHOT][:keep] or "
+                                 "DEVICE=none")
+    if spec == "none":
+        return {"device_name": device, "no_device": True}
+    ebs: dict = {}
+    for part in spec.split(":"):
+        if part.isdigit() and "volume_size_gib" not in ebs:
+            ebs["volume_size_gib"] = int(part)
+        elif part.startswith("snap-") and "snapshot_id" not in ebs:
+            ebs["snapshot_id"] = part
+        elif part == "keep" and "delete_on_termination" not in ebs:
+            ebs["delete_on_termination"] = False
+        else:
+            raise typer.BadParameter(f"{text!r}: {part!r} is not a size, a snapshot id or "
+                                     "`keep` (each at most once)")
+    return {"device_name": device, "ebs": ebs}
 
 
 def _wait(ctx: typer.Context, ids: list[str], goal: Goal, timeout: float,
@@ -72,6 +94,10 @@ def run(ctx: typer.Context,
         security_group: Annotated[Optional[list[str]], typer.Option(
             "--security-group", help="Security group id, repeatable (default: the VPC's "
             "default group).")] = None,
+        block_device: Annotated[Optional[list[str]], typer.Option(
+            "--block-device", help="DEVICE=SIZE[:SNAPSHOT][:keep] or DEVICE=none, repeatable: "
+            "a volume per instance (/dev/sdf=10, /dev/sdg=snap-...:keep), the root size "
+            "(/dev/sda1=20), or drop the image's volume.")] = None,
         wait: WaitOpt = False,
         timeout: TimeoutOpt = 600.0,
         poll_interval: IntervalOpt = 2.0,
@@ -85,6 +111,8 @@ def run(ctx: typer.Context,
         "client_token": client_token, "subnet_id": subnet, "private_ip": private_ip,
         "associate_public_ip": public_ip, "security_group_ids": list(security_group or []),
     }
+    if block_device:
+        body["block_device_mappings"] = [parse_block_device(b) for b in block_device]
     if user_data_file is not None:
         body["user_data"] = base64.b64encode(user_data_file.read_bytes()).decode("ascii")
     reservation = st.api().post("/v1/instances", json=body)
@@ -115,11 +143,7 @@ def list_(ctx: typer.Context,
           output: OutputOpt = None) -> None:
     """List instances, following pagination."""
     st = state(ctx, output)
-    params: dict[str, str] = {}
-    if state_filter:
-        params["state"] = state_filter
-    for k, v in parse_tags(tag).items():
-        params[f"tag:{k}"] = v
+    params = list_params(tag, state=state_filter)
     emit_list(st, st.api().paginate("/v1/instances", params), COLUMNS)
 
 

@@ -38,8 +38,10 @@ class ImagePublic(ImageBase):
     created_at: datetime
     #: The instance a captured image was made from (None: registered or imported).
     source_instance_id: str | None = None
-    #: Volumes the source instance had attached when captured: [{"device", "size_gib"}]
-    #: (recorded only; a launch does not create them yet).
+    #: Volumes the source instance had attached when captured, one snapshot each:
+    #: [{"device", "size_gib", "snapshot_id", "delete_on_termination"}]; a launch from the image
+    #: creates each volume from its snapshot (controller/services/block_devices.py). Entries
+    #: without a snapshot_id (captured before images kept snapshots) are recorded only.
     block_device_mappings: list[dict] = []
     #: Why a capture failed (state "failed").
     state_reason: str | None = None
@@ -78,7 +80,7 @@ class ImageCapture(SQLModel, table=True):
     image_id: str = Field(primary_key=True, foreign_key="image.image_id", max_length=32)
     instance_id: str = Field(max_length=32, index=True)
     no_reboot: bool = False
-    #: start -> stopping -> capture -> copying -> cleanup -> done
+    #: start -> stopping -> capture -> copying -> snapshots -> cleanup -> done
     phase: str = Field(default="start", max_length=16, index=True)
     #: The capture stopped the instance: start it again in cleanup.
     restart: bool = False

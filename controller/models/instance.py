@@ -13,6 +13,8 @@ from sqlalchemy import JSON, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
+from controller.models.block_device import (MAX_MAPPINGS, BlockDeviceMapping,
+                                            InstanceBlockDevice)
 from controller.models.common import ResourceName, TypeName
 
 
@@ -35,6 +37,10 @@ class RunInstancesRequest(BaseModel):
     associate_public_ip: bool | None = None
     #: 1-5 security groups of the subnet's VPC; none: the VPC's default group.
     security_group_ids: list[str] = PField(default_factory=list, max_length=16)
+    #: The root disk's size and volumes to create and attach at launch, one set per instance
+    #: (controller/models/block_device.py); they override the image's for the same device.
+    block_device_mappings: list[BlockDeviceMapping] = PField(default_factory=list,
+                                                             max_length=MAX_MAPPINGS)
 
 
 class ModifyInstanceRequest(BaseModel):
@@ -88,6 +94,8 @@ class InstancePublic(InstanceBase):
     #: The instance's public address (auto-assigned or elastic), if any.
     public_ip: str | None = None
     security_group_ids: list[str] = []
+    #: The instance's volumes (its attachments), in device order; the root disk is not one.
+    block_device_mappings: list[InstanceBlockDevice] = []
 
 
 class RunInstancesResponse(BaseModel):

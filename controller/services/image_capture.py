@@ -9,15 +9,28 @@ it stopped:
             the reconciler carries to the agent) and remember to start it again -> stopping;
             already stopped, or no_reboot -> capture
   stopping  wait until the instance is stopped -> capture
-  capture   POST /v1/instances/{id}/image to its host's agent (allow_running = no_reboot)
+  capture   snapshot each volume attached to the instance (services/snapshots.create, once per
+            capture; right after the stop, or while it runs with no_reboot: crash-consistent)
+            and record them as the image's block_device_mappings, then POST
+            /v1/instances/{id}/image to its host's agent (allow_running = no_reboot)
   copying   poll the agent; when available, download the file into the controller's image
             store, check it as any imported image (qemu-img info, no backing file, size) and
-            verify its sha256 -> the image is available (size, virtual_size, sha256) -> cleanup
+            verify its sha256 (the image's size, virtual_size, sha256) -> snapshots
+  snapshots wait until every snapshot of the mappings is completed (snapshot_sync takes them on
+            the storage node) -> the image is available -> cleanup; a snapshot in error or
+            deleted fails the image. The instance is started again only after this phase, so a
+            snapshot the node has not taken yet never sees writes made after the stop.
   cleanup   DELETE the agent's copy, start the instance again if the capture stopped it -> done
 
 Any failure (the instance terminated meanwhile, the agent's copy failed, a bad download) makes
 the image "failed" with a reason and still goes through cleanup. A deregistered pending image
-is abandoned the same way. Captures past CAPTURE_DEADLINE_S fail.
+is abandoned the same way. Captures past CAPTURE_DEADLINE_S fail. Snapshots the capture took
+stay the owner's (EC2 keeps them too).
+
+block_device_mappings: at create_image, the attached volumes ({device, size_gib}) as a preview;
+from the capture phase on, one {device, size_gib, snapshot_id, delete_on_termination: true} per
+volume snapshotted. A launch from the image creates each volume from its snapshot
+(services/block_devices.py).
 
 With no_reboot the agent reads the disk while the guest runs: the image is crash-consistent at
 best (agent/capture.py explains). The download runs inside the caller's pass (the reconciler's
@@ -38,9 +51,10 @@ from controller.db import Database
 from controller.errors import IncorrectState, KumoError
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models import Host, Image, Instance, Volume, VolumeAttachmentRow
+from controller.models import Host, Image, Instance, Snapshot, Volume, VolumeAttachmentRow
 from controller.models.image import CreateImageRequest, ImageCapture
-from controller.services import images, instances
+from controller.models.snapshot import SnapshotCreate
+from controller.services import images, instances, snapshots, volume_attachments
 from controller.services.accounts import Caller
 from controller.services.image_check import check
 from controller.settings import Settings
@@ -48,6 +62,8 @@ from controller.settings import Settings
 log = logging.getLogger(__name__)
 
 CAPTURE_DEADLINE_S = 4 * 3600
+#: Attachment states whose volume the image gets (a detaching one is leaving the instance).
+SNAPSHOTTED_ATTACHMENTS = ("attaching", "attached")
 #: Instance states an image can be created from (pending and the terminal ones cannot).
 CAPTURABLE = ("running", "stopping", "stopped")
 GONE = ("shutting-down", "terminated")
@@ -211,6 +227,7 @@ def _capture(db, settings, pool, cap, img, inst, host) -> None:
     if not cap.no_reboot and inst.state != "stopped":
         _set_phase(db, cap.image_id, "start")  # started again meanwhile: stop it again
         return
+    _take_snapshots(db, settings, cap, img, inst)
     try:
         _agent(pool, host, inst).start_capture(inst.instance_id, cap.image_id,
                                                allow_running=cap.no_reboot)
@@ -237,14 +254,78 @@ def _copying(db, settings, pool, cap, img, inst, host) -> None:
     facts = _download(settings, client, inst.instance_id, cap.image_id, obs.sha256)
     with db.session() as s:
         row = s.get(Image, cap.image_id)
+        c = s.get(ImageCapture, cap.image_id)
         if row.state != "pending":  # deregistered while downloading
             Path(facts[0]).unlink(missing_ok=True)
+            c.phase = "cleanup"
         else:
             row.path, row.virtual_size, row.size, row.sha256 = facts
+            s.add(row)
+            c.phase = "snapshots"
+        c.updated_at = utcnow()
+        s.add(c)
+
+
+def _snapshot_description(cap: ImageCapture) -> str:
+    return f"Created by CreateImage({cap.instance_id}) for {cap.image_id}"
+
+
+def _take_snapshots(db, settings, cap, img, inst) -> None:
+    """Snapshot every volume attached to the instance, as its owner, and record the image's
+    block_device_mappings; once per capture (a retried capture phase finds them recorded, and a
+    pass that failed half way finds the snapshots it took by their description)."""
+    done = img.block_device_mappings or []
+    if done and all(m.get("snapshot_id") for m in done):
+        return
+    desc = _snapshot_description(cap)
+    with db.session(notify=False) as s:
+        rows = [(a.device, v.volume_id, v.state)
+                for a, v in volume_attachments.attachments_of(s, inst.instance_id)
+                if a.state in SNAPSHOTTED_ATTACHMENTS]
+        taken = {sn.volume_id: sn for sn in s.exec(
+            select(Snapshot).where(Snapshot.description == desc,
+                                   Snapshot.state.not_in(snapshots.GONE)))}
+        s.expunge_all()
+    if any(state == "creating" for _, vid, state in rows if vid not in taken):
+        raise _Wait()  # a volume the storage node has not made yet: nothing to snapshot
+    mappings = []
+    for device, vid, _ in rows:
+        snap = taken.get(vid)
+        if snap is None:
+            try:
+                snap = snapshots.create(db, settings, _owner(inst),
+                                        SnapshotCreate(volume_id=vid, description=desc))
+            except KumoError as e:
+                raise _Fail(f"cannot snapshot {vid} ({device}): {e.code}: {e.message}") from None
+        mappings.append({"device": device, "size_gib": snap.volume_size_gib,
+                         "snapshot_id": snap.snapshot_id, "delete_on_termination": True})
+    with db.session() as s:
+        row = s.get(Image, cap.image_id)
+        row.block_device_mappings = mappings
+        s.add(row)
+
+
+def _snapshots(db, settings, pool, cap, img, inst, host) -> None:
+    ids = [m["snapshot_id"] for m in img.block_device_mappings or [] if m.get("snapshot_id")]
+    states: dict[str, str] = {}
+    if ids:
+        with db.session(notify=False) as s:
+            states = dict(s.exec(select(Snapshot.snapshot_id, Snapshot.state)
+                                 .where(Snapshot.snapshot_id.in_(ids))).all())
+    for sid in ids:
+        if states.get(sid) not in ("pending", "completed"):
+            Path(img.path).unlink(missing_ok=True)
+            raise _Fail(f"snapshot {sid} is {states.get(sid, 'gone')}")
+    if any(states[sid] == "pending" for sid in ids):
+        raise _Wait()
+    with db.session() as s:
+        row = s.get(Image, cap.image_id)
+        if row.state == "pending":
             row.state = "available"
             s.add(row)
             record(s, "image", row.image_id, row.owner_account_id, "pending", "available",
-                   f"captured from {inst.instance_id}")
+                   f"captured from {cap.instance_id}"
+                   + (f" with {len(ids)} volume snapshot(s)" if ids else ""))
         c = s.get(ImageCapture, cap.image_id)
         c.phase, c.updated_at = "cleanup", utcnow()
         s.add(c)
@@ -309,4 +390,4 @@ def _cleanup(db, settings, pool, cap, img, inst, host) -> None:
 
 
 PHASES = {"start": _start, "stopping": _stopping, "capture": _capture, "copying": _copying,
-          "cleanup": _cleanup}
+          "snapshots": _snapshots, "cleanup": _cleanup}

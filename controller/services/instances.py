@@ -25,11 +25,11 @@ from controller.errors import (IncorrectState, InsufficientCapacity, InvalidPara
                                NotFound)
 from controller.ids import new_id, utcnow
 from controller.models import (ClientToken, Host, Instance, InstancePublic, InstanceStatusPublic,
-                               RunInstancesRequest)
+                               RunInstancesRequest, VolumeAttachmentRow)
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
-from controller.services import (images, instance_network, instance_types, key_pairs, lifecycle,
-                                 pagination, vpcs)
+from controller.services import (block_devices, images, instance_network, instance_types,
+                                 key_pairs, lifecycle, pagination, vpcs)
 from controller.services.capacity import GIB, host_states
 from controller.services.pagination import Page, PageRequest
 from controller.services.sg_rules import Limits
@@ -48,16 +48,19 @@ _placement_lock = threading.Lock()
 
 
 def to_public(inst: Instance, public_ip: str | None = None,
-              group_ids: list[str] | None = None) -> InstancePublic:
+              group_ids: list[str] | None = None,
+              attachments: list[VolumeAttachmentRow] | None = None) -> InstancePublic:
     reason = None
     if inst.state_reason_code:
         reason = {"code": inst.state_reason_code, "message": inst.state_reason_message or ""}
     return InstancePublic.model_validate(inst, from_attributes=True, update={
-        "state_reason": reason, "public_ip": public_ip, "security_group_ids": group_ids or []})
+        "state_reason": reason, "public_ip": public_ip, "security_group_ids": group_ids or [],
+        "block_device_mappings": block_devices.describe_rows(attachments or [])})
 
 
 def describe(db: Database, rows: list[Instance]) -> list[InstancePublic]:
-    """Public shapes of `rows`, with their public IPs and groups loaded in two queries."""
+    """Public shapes of `rows`, with their public IPs, groups and volumes loaded in three
+    queries."""
     with db.session() as s:
         return _describe(s, rows)
 
@@ -66,7 +69,13 @@ def _describe(s: Session, rows: list[Instance]) -> list[InstancePublic]:
     ids = [i.instance_id for i in rows]
     pubs = instance_network.public_ips(s, ids)
     groups = instance_network.group_ids(s, ids)
-    return [to_public(i, pubs.get(i.instance_id), groups.get(i.instance_id)) for i in rows]
+    atts: dict[str, list[VolumeAttachmentRow]] = {}
+    if ids:
+        for a in s.exec(select(VolumeAttachmentRow)
+                        .where(VolumeAttachmentRow.instance_id.in_(ids))):
+            atts.setdefault(a.instance_id, []).append(a)
+    return [to_public(i, pubs.get(i.instance_id), groups.get(i.instance_id),
+                      atts.get(i.instance_id)) for i in rows]
 
 
 def _check_tags(tags: dict[str, str]) -> None:
@@ -94,7 +103,10 @@ def _user_data(b64: str | None) -> str:
 
 
 def _request_hash(req: RunInstancesRequest) -> str:
-    doc = req.model_dump(exclude={"client_token"})
+    # Without mappings the hash is what it was before they existed (stored tokens still match).
+    exclude = {"client_token"} | (set() if req.block_device_mappings
+                                  else {"block_device_mappings"})
+    doc = req.model_dump(exclude=exclude)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -154,8 +166,11 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
     ssh_key = None
     if req.key_name is not None:
         ssh_key = key_pairs.get(s, caller.account_id, req.key_name).public_key
+    devices = block_devices.validate(s, settings, caller, req.block_device_mappings, image=image,
+                                     root_disk_gib=req.root_disk_gib)
     image_gib = max(1, math.ceil(image.virtual_size / GIB))
-    root_gib = req.root_disk_gib if req.root_disk_gib is not None else image_gib
+    root_gib = next((g for g in (req.root_disk_gib, devices.root_gib) if g is not None),
+                    image_gib)
     if root_gib * GIB < image.virtual_size:
         raise InvalidParameter(f"root disk {root_gib} GiB is smaller than the image "
                                f"({image.virtual_size} bytes)", code="InvalidBlockDeviceMapping")
@@ -168,6 +183,7 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
     want = Request(vcpus=itype.vcpus, memory_mib=itype.memory_mib, disk_bytes=root_gib * GIB,
                    architecture=image.architecture)
     placement = _place(host_states(s), want, req, settings)
+    block_devices.check_quota(s, settings, caller.account_id, devices, len(placement))
     now = utcnow()
     reservation_id = new_id("r")
     hosts = {h.host_id: h for h in s.exec(select(Host))}
@@ -188,6 +204,7 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
         inst.state = None  # type: ignore[assignment]
         lifecycle.transition(s, inst, "pending", settings, reason="launched", now=now)
         inst.instance_status = "initializing"
+        block_devices.apply(s, devices, inst)
         created.append(inst)
     if req.client_token:
         s.add(ClientToken(account_id=caller.account_id, token=req.client_token,

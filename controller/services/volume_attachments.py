@@ -102,7 +102,8 @@ def release_on_termination(s: Session, inst: Instance) -> None:
         s.delete(att)
         record(s, "volume-attachment", att.volume_id, vol.account_id, att.state, "detached",
                f"{inst.instance_id} terminated")
-        if att.delete_on_termination and vol.state in ("in-use", "available", "error"):
+        if att.delete_on_termination and vol.state in ("creating", "in-use", "available",
+                                                         "error"):
             record(s, "volume", vol.volume_id, vol.account_id, vol.state, "deleting",
                    f"delete on termination of {inst.instance_id}")
             vol.state = "deleting"
