@@ -187,30 +187,12 @@ def storage_node(ns: str, addr: str, cleanup: Cleanup,
     """An NbdBackend serving on addr:PORT inside the new namespace `ns` (loopback up; `wire(ns)`
     connects it further, `unwire()` undoes what wire made outside it). Its daemon is stopped,
     the namespace deleted and the state dir removed on the way out."""
-    from agent.storage_node.backend import NbdBackend
+    from tests.lab.storage_support import backend_in_netns
     state = Path(tempfile.mkdtemp(prefix="kumo-bench-sn-"))
     cleanup.paths.append(state)
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     cleanup.netns.append(ns)
-    backend = None
-    try:
-        ip(ns, "link", "set", "lo", "up")
-        wire(ns)
-        backend = NbdBackend(state, addr, PORT, netns=ns)
+    with backend_in_netns(ns, state, addr, PORT, wire, unwire, cleanup.pids) as backend:
         yield backend
-    finally:
-        try:
-            if backend is not None:
-                pid = backend.daemon.pid()
-                if pid is not None:
-                    cleanup.pids.append(pid)
-                backend.stop()
-        finally:
-            try:
-                unwire()
-            finally:
-                subprocess.run(["ip", "netns", "del", ns], check=False)
-                shutil.rmtree(state, ignore_errors=True)
 
 
 def nbd_virtual_size(ns: str, addr: str, vid: str) -> int:

@@ -20,10 +20,12 @@ transactions; the bookkeeping commits with notify=False.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from agent.contract.storage_v1 import SnapshotSpec
 from controller.db import Database
@@ -79,16 +81,7 @@ def _purge(db: Database, settings: Settings) -> int:
 
 
 def _take(db: Database, storage: StorageClient, snapshot_id: str, volume_id: str) -> bool:
-    try:
-        observed = put_snapshot(storage, SnapshotSpec(snapshot_id=snapshot_id,
-                                                      volume_id=volume_id))
-    except StorageError as exc:
-        _failed(db, snapshot_id, "pending", exc)
-        return False
-    with db.session(notify=False) as s:
-        snap = s.get(Snapshot, snapshot_id)
-        if snap is None or snap.state != "pending":
-            return True  # deleted meanwhile: the next pass deletes it on the node
+    def completed(s, snap: Snapshot, observed) -> None:
         snap.state, snap.progress = "completed", "100%"
         snap.volume_size_gib = max(1, -(-observed.size_bytes // GIB))
         snap.observed_error = None
@@ -96,34 +89,55 @@ def _take(db: Database, storage: StorageClient, snapshot_id: str, volume_id: str
         s.add(snap)
         record(s, "snapshot", snapshot_id, snap.account_id, "pending", "completed",
                f"taken of {volume_id} on the storage node")
-    return True
+
+    # A snapshot deleted meanwhile is left alone: the next pass deletes it on the node.
+    return _call(db, snapshot_id, "pending", completed,
+                 lambda: put_snapshot(storage, SnapshotSpec(snapshot_id=snapshot_id,
+                                                            volume_id=volume_id)))
 
 
 def _delete(db: Database, storage: StorageClient, snapshot_id: str) -> bool:
-    try:
-        delete_snapshot(storage, snapshot_id)
-    except StorageError as exc:
-        _failed(db, snapshot_id, "deleting", exc)
-        return False
-    with db.session(notify=False) as s:
-        snap = s.get(Snapshot, snapshot_id)
-        if snap is None or snap.state != "deleting":
-            return True
+    def deleted(s, snap: Snapshot, _answer) -> None:
         now = utcnow()
         snap.state, snap.deleted_at, snap.updated_at = "deleted", now, now
         snap.observed_error = None
         s.add(snap)
         record(s, "snapshot", snapshot_id, snap.account_id, "deleting", "deleted",
                "deleted on the storage node")
+
+    return _call(db, snapshot_id, "deleting", deleted,
+                 lambda: delete_snapshot(storage, snapshot_id))
+
+
+def _call(db: Database, snapshot_id: str, state: str,
+          done: Callable[[Session, Snapshot, Any], None], call: Callable[[], Any]) -> bool:
+    """Make the storage node `call` for a snapshot in `state` (outside any transaction); its
+    answer goes to `done(session, row, answer)`, a refusal to _failed, each only if the row is
+    still in `state`. False: the node refused."""
+    try:
+        answer = call()
+    except StorageError as exc:
+        _failed(db, snapshot_id, state, exc)
+        return False
+    with db.session(notify=False) as s:
+        snap = _still(s, snapshot_id, state)
+        if snap is not None:
+            done(s, snap, answer)
     return True
+
+
+def _still(s: Session, snapshot_id: str, state: str) -> Snapshot | None:
+    """The row if it is still in `state` (None: changed or gone meanwhile)."""
+    snap = s.get(Snapshot, snapshot_id)
+    return snap if snap is not None and snap.state == state else None
 
 
 def _failed(db: Database, snapshot_id: str, state: str, exc: StorageError) -> None:
     """Record the node's refusal: permanent -> error; retryable -> kept for the next pass."""
     log.warning("snapshot %s (%s): %s", snapshot_id, state, exc)
     with db.session(notify=False) as s:
-        snap = s.get(Snapshot, snapshot_id)
-        if snap is None or snap.state != state:
+        snap = _still(s, snapshot_id, state)
+        if snap is None:
             return
         snap.observed_error = f"{exc.code}: {exc.message}"[:1024]
         snap.updated_at = utcnow()

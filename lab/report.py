@@ -16,6 +16,11 @@ class ProcStatus:
     answering: bool
 
 
+def _serving(proc: ProcStatus | None) -> bool:
+    """A process not started (None) is fine; a started one must be alive and answering."""
+    return proc is None or (proc.alive and proc.answering)
+
+
 @dataclass
 class HostStatus:
     id: str
@@ -29,8 +34,8 @@ class HostStatus:
 
     @property
     def ok(self) -> bool:
-        agent_ok = self.agent is None or (self.agent.alive and self.agent.answering)
-        return self.netns_exists and self.uplink_up and self.libvirtd.answering and agent_ok
+        return (self.netns_exists and self.uplink_up and self.libvirtd.answering
+                and _serving(self.agent))
 
 
 @dataclass
@@ -48,8 +53,7 @@ class StorageStatus:
 
     @property
     def ok(self) -> bool:
-        svc_ok = self.service is None or (self.service.alive and self.service.answering)
-        return self.netns_exists and self.uplink_up and svc_ok
+        return self.netns_exists and self.uplink_up and _serving(self.service)
 
 
 @dataclass
@@ -67,10 +71,9 @@ class LabStatus:
 
     @property
     def ok(self) -> bool:
-        ctl_ok = self.controller is None or (self.controller.alive and self.controller.answering)
         sn_ok = self.storage is None or self.storage.ok
         return (self.exists and self.fabric_ok and self.inet_ok and all(h.ok for h in self.hosts)
-                and ctl_ok and sn_ok)
+                and _serving(self.controller) and sn_ok)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -15,35 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
-import stat
 import sys
 
-import uvicorn
-
+from agent.serving import serve
 from agent.storage_node.app import create_storage_app
 from agent.storage_node.backend import NbdBackend
 from agent.storage_node.settings import StorageSettings
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file left by a previous node, but never a live one or a non-socket."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SystemExit(f"{path} exists and is not a socket")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)
-        return
-    finally:
-        s.close()
-    raise SystemExit(f"another process is listening on {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,25 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                          max_size=settings.max_size)
     app = create_storage_app(backend, node_id=settings.node_id, token=settings.token or None,
                              ensure_interval=settings.ensure_interval)
-    sock = settings.listen_socket()
-    common = dict(log_level="info", lifespan="on", access_log=False)
-    if sock:
-        os.makedirs(os.path.dirname(sock) or "/", exist_ok=True)
-        _clear_stale_socket(sock)
-        config = uvicorn.Config(app, uds=sock, **common)
-    else:
-        host, port = settings.listen_host_port()
-        config = uvicorn.Config(app, host=host, port=port, **common)
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM (graceful shutdown, lifespan stop), then re-raises it with the
-    # handler that was installed before: make that one a normal exit, so a stop is status 0.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.run()
-    finally:
-        if sock and os.path.exists(sock):
-            os.unlink(sock)  # uvicorn leaves it; a stale socket would only confuse clients
-    return 0
+    return serve(app, settings)
 
 
 if __name__ == "__main__":

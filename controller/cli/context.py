@@ -23,6 +23,10 @@ class Output(str, Enum):
 OutputOpt = Annotated[Optional[Output], typer.Option(
     "--output", "-o", help="table (default) or json (the REST API's field names).",
     show_default=False)]
+#: --wait's limits, for commands that can wait.
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to --wait before failing.")]
+IntervalOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.",
+                                            hidden=True)]
 
 
 @dataclass
@@ -75,3 +79,21 @@ def parse_tags(texts: list[str] | None) -> dict[str, str]:
         k, v = parse_tag(t)
         tags[k] = v
     return tags
+
+
+def list_params(tags: list[str] | None, **filters: str | None) -> dict[str, str]:
+    """A list command's query parameters: the filters given (empty ones left out), then
+    tag:KEY=VALUE for each --tag."""
+    params = {k: v for k, v in filters.items() if v}
+    for k, v in parse_tags(tags).items():
+        params[f"tag:{k}"] = v
+    return params
+
+
+def id_path(collection: str, what: str, resource_id: str, action: str = "") -> str:
+    """/v1/<collection>/<id>[/<action>]. Ids go into URL paths: one that would change the path
+    is a usage error ("invalid <what> id")."""
+    if (not resource_id or "/" in resource_id or "?" in resource_id or "#" in resource_id
+            or resource_id in (".", "..")):
+        raise typer.BadParameter(f"invalid {what} id {resource_id!r}")
+    return f"/v1/{collection}/{resource_id}" + (f"/{action}" if action else "")

@@ -72,6 +72,14 @@ def emit_list(st: CliState, items: list[dict], columns: Sequence[Column],
         note("(none)")
 
 
+def emit_one(st: CliState, item: dict, columns: Sequence[Column]) -> None:
+    """One resource in a list's shape: the API's object in JSON, else a one-row table."""
+    if st.output == Output.json:
+        print_json(item)
+    else:
+        emit_list(st, [item], columns)
+
+
 def emit_record(st: CliState, item: Any, fields: Sequence[Column] | None = None) -> None:
     """One resource: the API's object in JSON, else a two-column field/value table."""
     if st.output == Output.json:

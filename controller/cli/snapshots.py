@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .context import Output, OutputOpt, parse_tags, state
-from .output import emit_list, emit_record, note, print_json
+from .context import IntervalOpt, OutputOpt, TimeoutOpt, id_path, list_params, parse_tags, state
+from .output import emit_list, emit_one, emit_record, note
 from .wait import Goal, wait_for
 
 app = typer.Typer(help="Volume snapshots: create, list, delete; make volumes from them.",
@@ -26,9 +26,6 @@ COLUMNS = [
 ]
 
 IdArg = Annotated[str, typer.Argument(help="Snapshot id.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to --wait before failing.")]
-IntervalOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.",
-                                            hidden=True)]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait until the snapshot is completed.")]
 
 
@@ -46,15 +43,8 @@ def _describe(s: dict) -> str:
     return f"{s.get('snapshot_id')}: {s.get('state')} {s.get('progress') or ''}".rstrip()
 
 
-def _seg(value: str) -> str:
-    # Ids go into URL paths: refuse anything that would change the path.
-    if not value or "/" in value or "?" in value or "#" in value or value in (".", ".."):
-        raise typer.BadParameter(f"invalid snapshot id {value!r}")
-    return value
-
-
 def _path(snapshot_id: str, action: str = "") -> str:
-    return f"/v1/snapshots/{_seg(snapshot_id)}" + (f"/{action}" if action else "")
+    return id_path("snapshots", "snapshot", snapshot_id, action)
 
 
 @app.command("create")
@@ -75,10 +65,7 @@ def create(ctx: typer.Context,
                         interval=poll_interval, clock=st.clock, sleep=st.sleep,
                         path="/v1/snapshots/{}", describe=_describe,
                         failed_code="SnapshotFailed")[snap["snapshot_id"]]
-    if st.output == Output.json:
-        print_json(snap)
-    else:
-        emit_list(st, [snap], COLUMNS)
+    emit_one(st, snap, COLUMNS)
 
 
 @app.command("list")
@@ -91,13 +78,7 @@ def list_(ctx: typer.Context,
           output: OutputOpt = None) -> None:
     """List snapshots, following pagination."""
     st = state(ctx, output)
-    params: dict[str, str] = {}
-    if volume:
-        params["volume_id"] = volume
-    if status:
-        params["status"] = status
-    for k, v in parse_tags(tag).items():
-        params[f"tag:{k}"] = v
+    params = list_params(tag, volume_id=volume, status=status)
     emit_list(st, st.api().paginate("/v1/snapshots", params), COLUMNS)
 
 

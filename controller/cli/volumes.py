@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .context import Output, OutputOpt, parse_tags, state
-from .output import emit_list, emit_record, note, print_json
+from .context import IntervalOpt, OutputOpt, TimeoutOpt, id_path, list_params, parse_tags, state
+from .output import emit_list, emit_one, emit_record, note
 from .wait import Goal, wait_for
 
 app = typer.Typer(help="Block volumes: create, attach to instances, grow, delete.",
@@ -36,9 +36,6 @@ ATTACHMENT_COLUMNS = [("VOLUME", "volume_id"), ("INSTANCE", "instance_id"), ("DE
                       ("ATTACHED", "attach_time")]
 
 IdArg = Annotated[str, typer.Argument(help="Volume id.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to --wait before failing.")]
-IntervalOpt = Annotated[float, typer.Option("--poll-interval", help="Seconds between polls.",
-                                            hidden=True)]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the target state.")]
 
 
@@ -63,15 +60,8 @@ def _describe(v: dict) -> str:
     return f"{v.get('volume_id')}: {v.get('state')}{more}"
 
 
-def _seg(value: str) -> str:
-    # Ids go into URL paths: refuse anything that would change the path.
-    if not value or "/" in value or "?" in value or "#" in value or value in (".", ".."):
-        raise typer.BadParameter(f"invalid volume id {value!r}")
-    return value
-
-
 def _path(volume_id: str, action: str = "") -> str:
-    return f"/v1/volumes/{_seg(volume_id)}" + (f"/{action}" if action else "")
+    return id_path("volumes", "volume", volume_id, action)
 
 
 def _wait(ctx: typer.Context, volume_id: str, goal: Goal, timeout: float,
@@ -85,10 +75,16 @@ def _wait(ctx: typer.Context, volume_id: str, goal: Goal, timeout: float,
 
 
 def _show(st, volume: dict) -> None:
-    if st.output == Output.json:
-        print_json(volume)
+    emit_one(st, volume, COLUMNS)
+
+
+def _attachment_answer(ctx: typer.Context, st, volume_id: str, result: dict, goal: Goal,
+                       wait: bool, timeout: float, interval: float) -> None:
+    """What attach and detach print: the attachment, or with --wait the volume once at goal."""
+    if wait:
+        _show(st, _wait(ctx, volume_id, goal, timeout, interval))
     else:
-        emit_list(st, [volume], COLUMNS)
+        emit_record(st, result)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -128,13 +124,7 @@ def list_(ctx: typer.Context,
           output: OutputOpt = None) -> None:
     """List volumes, following pagination."""
     st = state(ctx, output)
-    params: dict[str, str] = {}
-    if status:
-        params["status"] = status
-    if instance:
-        params["attachment_instance_id"] = instance
-    for k, v in parse_tags(tag).items():
-        params[f"tag:{k}"] = v
+    params = list_params(tag, status=status, attachment_instance_id=instance)
     emit_list(st, st.api().paginate("/v1/volumes", params), COLUMNS)
 
 
@@ -170,10 +160,7 @@ def attach(ctx: typer.Context, volume_id: IdArg,
     result = st.api().post(_path(volume_id, "attach"), json={
         "instance_id": instance, "device": device,
         "delete_on_termination": delete_on_termination})
-    if wait:
-        _show(st, _wait(ctx, volume_id, ATTACHED, timeout, poll_interval))
-        return
-    emit_record(st, result)
+    _attachment_answer(ctx, st, volume_id, result, ATTACHED, wait, timeout, poll_interval)
 
 
 @app.command("detach")
@@ -189,10 +176,7 @@ def detach(ctx: typer.Context, volume_id: IdArg,
     st = state(ctx, output)
     result = st.api().post(_path(volume_id, "detach"),
                            json={"force": force, "instance_id": instance})
-    if wait:
-        _show(st, _wait(ctx, volume_id, AVAILABLE, timeout, poll_interval))
-        return
-    emit_record(st, result)
+    _attachment_answer(ctx, st, volume_id, result, AVAILABLE, wait, timeout, poll_interval)
 
 
 @app.command("modify")

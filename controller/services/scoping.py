@@ -16,10 +16,13 @@ from controller.errors import Conflict, NotFound
 T = TypeVar("T")
 
 
-def owned(s: Session, caller, model: type[T], resource_id: str, code: str, what: str) -> T:
-    """The row, if the caller may see it (its own, or any for admins); else `code` (404)."""
+def owned(s: Session, caller, model: type[T], resource_id: str, code: str, what: str,
+          gone: tuple[str, ...] = ()) -> T:
+    """The row, if the caller may see it (its own, or any for admins) and its state is not one
+    of `gone` (deleted rows kept for a while); else `code` (404)."""
     row = s.get(model, resource_id) if resource_id else None
-    if row is None or (row.account_id != caller.account_id and not caller.is_admin):
+    if (row is None or (row.account_id != caller.account_id and not caller.is_admin)
+            or (gone and row.state in gone)):
         raise NotFound(f"{what} {resource_id!r} not found", code=code)
     return row
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import false
 from sqlmodel import Session, select
 
 from controller.db import Database
-from controller.errors import Conflict, IncorrectState, InvalidParameter, NotFound
+from controller.errors import Conflict, IncorrectState
 from controller.events import record
 from controller.ids import new_id, utcnow
-from controller.models.common import TAG_KEY_RE
 from controller.models.snapshot import Snapshot, SnapshotCreate, SnapshotPublic
 from controller.models.volume import Volume
+from controller.services import filters as list_filters
 from controller.services import pagination
 from controller.services import volumes as volume_service
 from controller.services.pagination import Page, PageRequest
@@ -56,10 +55,7 @@ def to_public(snap: Snapshot) -> SnapshotPublic:
 
 def get(s: Session, caller, snapshot_id: str) -> Snapshot:
     """The snapshot, if the caller may see it and it is not deleted; else 404."""
-    snap = owned(s, caller, Snapshot, snapshot_id, NOT_FOUND, "snapshot")
-    if snap.state in GONE:
-        raise NotFound(f"snapshot {snapshot_id!r} not found", code=NOT_FOUND)
-    return snap
+    return owned(s, caller, Snapshot, snapshot_id, NOT_FOUND, "snapshot", gone=GONE)
 
 
 def get_public(db: Database, caller, snapshot_id: str) -> SnapshotPublic:
@@ -84,18 +80,7 @@ class SnapshotFilters:
     def from_filters(cls, filters: Mapping[str, Iterable[str]]) -> "SnapshotFilters":
         """From EC2 filter names (or the REST parameter names) to their values; tag:<key> with
         one value each. Unknown names are InvalidParameterValue (EC2 refuses them too)."""
-        by_rest: dict[str, list[str]] = {}
-        tags: dict[str, str] = {}
-        for name, values in filters.items():
-            values = [v for v in values if v]
-            if name.startswith("tag:"):
-                if values:
-                    tags[name[4:]] = values[-1]
-                continue
-            rest = cls.NAMES.get(name, name if name in cls.NAMES.values() else None)
-            if rest is None:
-                raise InvalidParameter(f"unknown filter {name!r}", code="InvalidParameterValue")
-            by_rest.setdefault(rest, []).extend(values)
+        by_rest, tags = list_filters.parse(cls.NAMES, filters)
         return cls(snapshot_ids=tuple(by_rest.get("snapshot_id", ())),
                    volume_ids=tuple(by_rest.get("volume_id", ())),
                    states=tuple(by_rest.get("status", ())), tags=tags)
@@ -105,29 +90,15 @@ class SnapshotFilters:
         """From REST query parameters (repeatable, each a comma separated list): snapshot_id,
         volume_id, status, tag:<key>=<value>; the paging parameters and anything else are not
         filters."""
-        known = set(cls.NAMES) | set(cls.NAMES.values())
-        grouped: dict[str, list[str]] = {}
-        for k, raw in params:
-            if k.startswith("tag:"):
-                grouped[k] = [raw]
-            elif k in known:
-                grouped.setdefault(k, []).extend(raw.split(","))
-        return cls.from_filters(grouped)
+        return cls.from_filters(list_filters.group_query(cls.NAMES, params))
 
 
 def _filtered(caller, filters: SnapshotFilters):
     q = scoped(select(Snapshot), Snapshot, caller).where(Snapshot.state.not_in(GONE))
-    if filters.snapshot_ids:
-        q = q.where(Snapshot.snapshot_id.in_(filters.snapshot_ids))
-    if filters.volume_ids:
-        q = q.where(Snapshot.volume_id.in_(filters.volume_ids))
-    if filters.states:
-        q = q.where(Snapshot.state.in_(filters.states))
-    if any(not TAG_KEY_RE.fullmatch(k) for k in filters.tags):
-        return q.where(false())  # no snapshot carries such a key; never let it reach a JSON path
-    for k, v in filters.tags.items():
-        q = q.where(Snapshot.tags[k].as_string() == v)
-    return q
+    q = list_filters.where_in(q, (Snapshot.snapshot_id, filters.snapshot_ids),
+                              (Snapshot.volume_id, filters.volume_ids),
+                              (Snapshot.state, filters.states))
+    return list_filters.where_tags(q, Snapshot, filters.tags)
 
 
 def list_page(db: Database, caller, page: PageRequest,

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import false, func
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -37,6 +37,7 @@ from controller.models.snapshot import Snapshot
 from controller.models.volume import (DEVICE_NAME_PATTERN, AttachmentPublic, Volume,
                                       VolumeAttach, VolumeAttachmentRow, VolumeCreate,
                                       VolumeDetach, VolumePublic)
+from controller.services import filters as list_filters
 from controller.services import lifecycle, pagination
 from controller.services.pagination import Page, PageRequest
 from controller.services.scoping import owned, scoped
@@ -125,9 +126,38 @@ def check_size(size_gib: int, settings: Settings) -> None:
 
 
 def check_growable(volume: Volume) -> None:
-    """Growing an attached volume needs the storage backend to resize a live export; the NBD
-    backend cannot (qemu 7.2), so an in-use volume must be detached first. The one place to lift
-    when a backend can (LIVE_GROW_SUPPORTED)."""
+    """Growing an attached volume needs the storage backend to resize a live export and the
+    host's QEMU to learn the new size; with qemu 7.2 + libvirt 9.0 that costs the guest I/O
+    errors, so an in-use volume must be detached first. The one place to lift when a stack can
+    (LIVE_GROW_SUPPORTED).
+
+    Evidence (2026-12-06, qemu 7.2 / libvirt 9.0, scratch qemu-storage-daemon on a unix-socket
+    NBD server, clients `qemu-system-x86_64 -nodefaults -display none -machine none -qmp ...
+    -blockdev driver=nbd,node-name=n,server.type=unix,...,export=g[,reconnect-delay=10]
+    -blockdev driver=raw,node-name=r,file=n`, guest I/O simulated with HMP `qemu-io r "..."`):
+    - Server, client connected: `block_resize` of the export's node -> "Permission conflict on
+      node 'g': permissions 'resize' are both required by an unnamed block device ... and
+      unshared by an unnamed block device"; `block-export-del` (safe) -> "export 'g' still in
+      use". Client `block_resize` r to a larger size -> "Cannot grow NBD nodes".
+    - A hard re-export works on the server: `block-export-del {"mode": "hard"}` (clients cut
+      off), `block_resize` of the node, `block-export-add` under the same name.
+    - A client with reconnect-delay=10 reconnects by itself in the background, its I/O goes on
+      without an error, and its next `block_resize` r to the new size succeeds (the reconnect
+      refreshes the NBD size; data written beyond the old end reads back). This would work.
+    - A client with reconnect-delay=0 (QEMU's default) does not: its first requests after the
+      cut fail, "read failed: Input/output error", even when the export is back already (two
+      failures, then a reconnect and the new size, in one run; four failures in a row and no
+      recovery in another, until a QMP `blockdev-reopen` of the nbd node with unchanged
+      options; changing reconnect-delay by reopen -> "Cannot change the option
+      'reconnect-delay'"). A guest's filesystem would see those as disk errors.
+    - libvirt 9.0 cannot give an NBD disk a reconnect-delay: its schema has no <reconnect> in
+      an NBD <source>; defining one on test:///default drops the element (and
+      VIR_DOMAIN_DEFINE_VALIDATE refuses it), and virDomainBlockResize only issues block_resize
+      on the disk's node (which fails with "Cannot grow NBD nodes" until a reconnect). Kumo's
+      guests are the reconnect-delay=0 case.
+    Lift it once the host's QEMU gets a reconnect-delay for volume disks (a libvirt with
+    <reconnect> for NBD sources) or another backend resizes live (RBD): then the storage node
+    grows an exported volume by a hard re-export and the host calls resize_disk."""
     if volume.state == "in-use" and not LIVE_GROW_SUPPORTED:
         raise UnsupportedOperation(
             f"{volume.volume_id} is attached: growing an attached volume needs live resize "
@@ -171,10 +201,7 @@ def describe(s: Session, rows: list[Volume]) -> list[VolumePublic]:
 
 def get(s: Session, caller, volume_id: str) -> Volume:
     """The volume, if the caller may see it and it is not deleted; else 404."""
-    volume = owned(s, caller, Volume, volume_id, NOT_FOUND, "volume")
-    if volume.state in GONE:
-        raise NotFound(f"volume {volume_id!r} not found", code=NOT_FOUND)
-    return volume
+    return owned(s, caller, Volume, volume_id, NOT_FOUND, "volume", gone=GONE)
 
 
 def get_public(db: Database, caller, volume_id: str) -> VolumePublic:
@@ -203,18 +230,7 @@ class VolumeFilters:
     def from_filters(cls, filters: Mapping[str, Iterable[str]]) -> "VolumeFilters":
         """From EC2 filter names (or the REST parameter names) to their values; tag:<key> with
         one value each. Unknown names are InvalidParameterValue (EC2 refuses them too)."""
-        by_rest: dict[str, list[str]] = {}
-        tags: dict[str, str] = {}
-        for name, values in filters.items():
-            values = [v for v in values if v]
-            if name.startswith("tag:"):
-                if values:
-                    tags[name[4:]] = values[-1]
-                continue
-            rest = cls.NAMES.get(name, name if name in cls.NAMES.values() else None)
-            if rest is None:
-                raise InvalidParameter(f"unknown filter {name!r}", code="InvalidParameterValue")
-            by_rest.setdefault(rest, []).extend(values)
+        by_rest, tags = list_filters.parse(cls.NAMES, filters)
         try:
             sizes = tuple(int(v) for v in by_rest.get("size", ()))
         except ValueError:
@@ -230,36 +246,20 @@ class VolumeFilters:
         """From REST query parameters (repeatable, each a comma separated list): volume_id,
         status, attachment_instance_id, attachment_status, size, tag:<key>=<value>; the paging
         parameters and anything else are not filters."""
-        known = set(cls.NAMES) | set(cls.NAMES.values())
-        grouped: dict[str, list[str]] = {}
-        for k, raw in params:
-            if k.startswith("tag:"):
-                grouped[k] = [raw]
-            elif k in known:
-                grouped.setdefault(k, []).extend(raw.split(","))
-        return cls.from_filters(grouped)
+        return cls.from_filters(list_filters.group_query(cls.NAMES, params))
 
 
 def _filtered(caller, filters: VolumeFilters):
     q = scoped(select(Volume), Volume, caller).where(Volume.state.not_in(GONE))
-    if filters.volume_ids:
-        q = q.where(Volume.volume_id.in_(filters.volume_ids))
-    if filters.states:
-        q = q.where(Volume.state.in_(filters.states))
-    if filters.sizes:
-        q = q.where(Volume.size_gib.in_(filters.sizes))
+    q = list_filters.where_in(q, (Volume.volume_id, filters.volume_ids),
+                              (Volume.state, filters.states), (Volume.size_gib, filters.sizes))
     if filters.attachment_instance_ids or filters.attachment_states:
-        att = select(VolumeAttachmentRow.volume_id)
-        if filters.attachment_instance_ids:
-            att = att.where(VolumeAttachmentRow.instance_id.in_(filters.attachment_instance_ids))
-        if filters.attachment_states:
-            att = att.where(VolumeAttachmentRow.state.in_(filters.attachment_states))
+        att = list_filters.where_in(
+            select(VolumeAttachmentRow.volume_id),
+            (VolumeAttachmentRow.instance_id, filters.attachment_instance_ids),
+            (VolumeAttachmentRow.state, filters.attachment_states))
         q = q.where(Volume.volume_id.in_(att))
-    if any(not TAG_KEY_RE.fullmatch(k) for k in filters.tags):
-        return q.where(false())  # no volume carries such a key; never let it reach a JSON path
-    for k, v in filters.tags.items():
-        q = q.where(Volume.tags[k].as_string() == v)
-    return q
+    return list_filters.where_tags(q, Volume, filters.tags)
 
 
 def list_page(db: Database, caller, page: PageRequest,
@@ -306,9 +306,8 @@ def _replay(s: Session, account_id: str, req: VolumeCreate) -> Volume | None:
 def _snapshot(s: Session, caller, snapshot_id: str) -> Snapshot:
     """The snapshot a new volume is made from: one the caller may see (its own; an admin any),
     not deleted (else 404 InvalidSnapshot.NotFound), and completed (else 409 IncorrectState)."""
-    snap = owned(s, caller, Snapshot, snapshot_id, SNAPSHOT_NOT_FOUND, "snapshot")
-    if snap.state == "deleted":
-        raise NotFound(f"snapshot {snapshot_id!r} not found", code=SNAPSHOT_NOT_FOUND)
+    snap = owned(s, caller, Snapshot, snapshot_id, SNAPSHOT_NOT_FOUND, "snapshot",
+                 gone=("deleted",))
     if snap.state != "completed":
         raise _incorrect_state(f"{snapshot_id} is {snap.state}; volumes are made from completed "
                                "snapshots")

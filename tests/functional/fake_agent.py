@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from pydantic import ValidationError
@@ -286,8 +287,56 @@ class Cloud:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def launch(self, client: TestClient, **body) -> str:
+        """Launch one instance (asserting 201); its id."""
+        r = self.run(client, **body)
+        assert r.status_code == 201, r.text
+        return r.json()["instances"][0]["instance_id"]
+
+    def launch_running(self, client: TestClient, **body) -> str:
+        """Launch one instance and converge until it runs; its id."""
+        iid = self.launch(client, **body)
+        self.converge()
+        assert self.instance(client, iid)["state"] == "running"
+        return iid
+
+    @property
+    def db(self):
+        return self.app.state.kumo.db
+
+    def set_row(self, model, key: str, **values) -> None:
+        """What the reconciler would do: set columns of one row (e.g. move it to another
+        state)."""
+        with self.db.session() as s:
+            row = s.get(model, key)
+            for k, v in values.items():
+                setattr(row, k, v)
+            s.add(row)
+
+    def set_rows(self, query, **values) -> None:
+        """set_row for every row `query` (a select) finds."""
+        with self.db.session() as s:
+            for row in s.exec(query):
+                for k, v in values.items():
+                    setattr(row, k, v)
+                s.add(row)
+
     def close(self) -> None:
         close_app(self.app)
+
+
+def cloud_fixture(image: bool = True, **overrides):
+    """A `cloud` fixture for a test module (`cloud = cloud_fixture(...)`): a Cloud with the
+    settings `overrides`, the kumo-tiny image registered unless image=False, and no host;
+    closed after each test."""
+    @pytest.fixture
+    def cloud(tmp_path):
+        c = Cloud(tmp_path, **overrides)
+        if image:
+            c.image()
+        yield c
+        c.close()
+    return cloud
 
 
 def b64(data: bytes) -> str:

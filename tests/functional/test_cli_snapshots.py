@@ -3,24 +3,19 @@ process, through TestClient): each command, its REST call and status, --wait unt
 sync would set (simulated by the fake sleep), errors as `error: <code>: <message>` with exit 1."""
 from __future__ import annotations
 
-import pytest
 from sqlmodel import select
 
 from controller.models import Snapshot, Volume
-from tests.functional.fake_agent import Cloud
-from tests.functional.test_cli_volumes import Kumo, _set
+from tests.functional.fake_agent import cloud_fixture
+from tests.functional.test_cli_volumes import Kumo
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path, storage_url="unix:/nonexistent")
-    yield c
-    c.close()
+cloud = cloud_fixture(image=False, storage_url="unix:/nonexistent")
 
 
 def _volume(kumo: Kumo, cloud, size: str = "2") -> str:
     vid = kumo("volumes", "create", "--size", size)["volume_id"]
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     return vid
 
 
@@ -39,17 +34,15 @@ def test_snapshot_commands(cloud):
     assert kumo("snapshots", "list", "--tag", "Name=n1")["items"][0]["snapshot_id"] == sid
     assert kumo("snapshots", "show", sid)["progress"] == "0%"
     assert kumo("snapshots", "set-tags", sid, "--tag", "a=1")["tags"] == {"a": "1"}
-    _set(cloud, Snapshot, sid, state="completed", progress="100%")  # the sync's part
+    cloud.set_row(Snapshot, sid, state="completed", progress="100%")  # the sync's part
     # A volume from the snapshot: its size by default, or a larger one.
     new = kumo("volumes", "create", "--snapshot", sid)
     assert (new["snapshot_id"], new["size_gib"]) == (sid, 2)
     assert kumo("volumes", "create", "--snapshot", sid, "--size", "3")["size_gib"] == 3
     r = kumo.invoke("snapshots", "delete", sid)
     assert r.exit_code == 1 and "error: InvalidSnapshot.InUse:" in r.stderr
-    with cloud.app.state.kumo.db.session() as s:  # the node made them
-        for v in s.exec(select(Volume).where(Volume.snapshot_id == sid)):
-            v.state = "available"
-            s.add(v)
+    # the node made them
+    cloud.set_rows(select(Volume).where(Volume.snapshot_id == sid), state="available")
     assert kumo("snapshots", "delete", sid)["state"] == "deleting"
     assert ("DELETE", f"/v1/snapshots/{sid}", 200) in kumo.answers
 
@@ -58,13 +51,7 @@ def test_wait_until_completed(cloud):
     kumo = Kumo(cloud)
     vid = _volume(kumo, cloud)
 
-    def complete():
-        with cloud.app.state.kumo.db.session() as s:
-            for snap in s.exec(select(Snapshot)):
-                snap.state, snap.progress = "completed", "100%"
-                s.add(snap)
-
-    kumo.on_sleep = complete
+    kumo.on_sleep = lambda: cloud.set_rows(select(Snapshot), state="completed", progress="100%")
     snap = kumo("snapshots", "create", "--volume", vid, "--wait")
     assert snap["state"] == "completed" and snap["progress"] == "100%"
     assert kumo.sleeps >= 1
@@ -74,13 +61,8 @@ def test_wait_fails_on_error(cloud):
     kumo = Kumo(cloud)
     vid = _volume(kumo, cloud)
 
-    def fail():
-        with cloud.app.state.kumo.db.session() as s:
-            for snap in s.exec(select(Snapshot)):
-                snap.state, snap.observed_error = "error", "InvalidVolume.NotFound: gone"
-                s.add(snap)
-
-    kumo.on_sleep = fail
+    kumo.on_sleep = lambda: cloud.set_rows(select(Snapshot), state="error",
+                                           observed_error="InvalidVolume.NotFound: gone")
     r = kumo.invoke("snapshots", "create", "--volume", vid, "--wait")
     assert r.exit_code == 1 and "error: SnapshotFailed:" in r.stderr and "gone" in r.stderr
 

@@ -25,14 +25,6 @@ def cloud(tmp_path):
     c.close()
 
 
-def _set(cloud, model, key: str, **values) -> None:
-    with cloud.app.state.kumo.db.session() as s:
-        row = s.get(model, key)
-        for k, v in values.items():
-            setattr(row, k, v)
-        s.add(row)
-
-
 class Kumo:
     """Runs the real CLI against the app; records every answer; `on_sleep` plays the
     reconciler while --wait polls."""
@@ -70,7 +62,7 @@ def _instance(cloud) -> str:
     r = cloud.run(cloud.admin)
     assert r.status_code == 201, r.text
     iid = r.json()["instances"][0]["instance_id"]
-    _set(cloud, Instance, iid, state="running")
+    cloud.set_row(Instance, iid, state="running")
     return iid
 
 
@@ -88,7 +80,7 @@ def test_volume_commands(cloud):
     assert kumo("volumes", "list", "--tag", "Name=data")["items"][0]["volume_id"] == vid
     assert kumo("volumes", "show", vid)["size_gib"] == 4
     assert kumo("volumes", "describe", vid)["size_gib"] == 4
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     grown = kumo("volumes", "modify", vid, "--size", "8")
     assert grown["size_gib"] == 8 and grown["modification_state"] == "modifying"
     assert ("PATCH", f"/v1/volumes/{vid}", 200) in kumo.answers
@@ -99,14 +91,14 @@ def test_volume_commands(cloud):
     assert kumo("volumes", "list", "--instance", iid)["items"][0]["volume_id"] == vid
     det = kumo("volumes", "detach", vid, "--force")
     assert det["state"] == "detaching"
-    with cloud.app.state.kumo.db.session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         assert s.get(VolumeAttachmentRow, vid).force_detach is True
     tagged = kumo("volumes", "set-tags", vid, "--tag", "a=1", "--tag", "b=")
     assert tagged["tags"] == {"a": "1", "b": ""}
     # Detached (the reconciler's part), then deleted.
-    with cloud.app.state.kumo.db.session() as s:
+    with cloud.db.session() as s:
         s.delete(s.get(VolumeAttachmentRow, vid))
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     assert kumo("volumes", "delete", vid)["state"] == "deleting"
     assert ("DELETE", f"/v1/volumes/{vid}", 200) in kumo.answers
 
@@ -140,7 +132,7 @@ def test_table_output(cloud):
 
 def _storage_node_creates(cloud) -> None:
     """What the reconciler does once the storage node created them: creating -> available."""
-    with cloud.app.state.kumo.db.session() as s:
+    with cloud.db.session() as s:
         for v in s.exec(select(Volume).where(Volume.state == "creating")):
             v.state, v.acked_generation = "available", v.generation
             s.add(v)
@@ -153,20 +145,20 @@ def test_wait_for_available_attached_and_detached(cloud):
     vol = kumo("volumes", "create", "--size", "2", "--wait")
     vid = vol["volume_id"]
     assert vol["state"] == "available" and kumo.sleeps == 1
-    kumo.on_sleep = lambda: _set(cloud, VolumeAttachmentRow, vid, state="attached")
+    kumo.on_sleep = lambda: cloud.set_row(VolumeAttachmentRow, vid, state="attached")
     attached = kumo("volumes", "attach", vid, "--instance", iid, "--device", "/dev/sdg",
                     "--wait")
     assert attached["state"] == "in-use" and attached["attachments"][0]["state"] == "attached"
     assert kumo.sleeps == 2
 
     def detached():
-        with cloud.app.state.kumo.db.session() as s:
+        with cloud.db.session() as s:
             s.delete(s.get(VolumeAttachmentRow, vid))
-        _set(cloud, Volume, vid, state="available")
+        cloud.set_row(Volume, vid, state="available")
     kumo.on_sleep = detached
     free = kumo("volumes", "detach", vid, "--wait")
     assert free["state"] == "available" and free["attachments"] == []
-    kumo.on_sleep = lambda: _set(cloud, Volume, vid, modification_state="completed")
+    kumo.on_sleep = lambda: cloud.set_row(Volume, vid, modification_state="completed")
     grown = kumo("volumes", "modify", vid, "--size", "3", "--wait")
     assert grown["size_gib"] == 3 and grown["modification_state"] == "completed"
 
@@ -174,8 +166,8 @@ def test_wait_for_available_attached_and_detached(cloud):
 def test_wait_fails_fast_on_error_and_times_out(cloud):
     kumo = Kumo(cloud)
     vid = kumo("volumes", "create", "--size", "1")["volume_id"]
-    _set(cloud, Volume, vid, state="available")
-    kumo.on_sleep = lambda: _set(cloud, Volume, vid, state="error")
+    cloud.set_row(Volume, vid, state="available")
+    kumo.on_sleep = lambda: cloud.set_row(Volume, vid, state="error")
     r = kumo.invoke("volumes", "modify", vid, "--size", "2", "--wait")
     assert r.exit_code == 1 and "error: VolumeFailed:" in r.stderr
     kumo.on_sleep = lambda: None

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
-from tests.functional.fake_agent import Cloud
+from tests.functional.fake_agent import cloud_fixture
 from tests.functional.vpc_support import default_vpc, err, expect_refused, items, ok
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path)
-    c.image()
-    yield c
-    c.close()
+cloud = cloud_fixture()
 
 
 def two_hosts(cloud):

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from agent.contract.v1 import ErrorInfo
-from tests.functional.fake_agent import Cloud
+from tests.functional.fake_agent import Cloud, cloud_fixture
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path)
-    c.image()
-    yield c
-    c.close()
-
-
-def _launch(cloud, client, **kw) -> str:
-    r = cloud.run(client, **kw)
-    assert r.status_code == 201, r.text
-    return r.json()["instances"][0]["instance_id"]
+cloud = cloud_fixture()
 
 
 def test_launch_runs_and_becomes_ok(cloud):
@@ -61,7 +48,7 @@ def test_launch_runs_and_becomes_ok(cloud):
 def test_stop_start_reboot_modify_terminate(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch(user)
     cloud.converge()
     r = user.patch(f"/v1/instances/{iid}", json={"instance_type": "t3.small"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "IncorrectInstanceState"
@@ -121,7 +108,7 @@ def test_stop_start_reboot_modify_terminate(cloud):
 def test_guest_poweroff_becomes_stopped(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch(user)
     cloud.converge()
     agent.guest_poweroff(iid)
     cloud.heartbeat()
@@ -139,7 +126,7 @@ def test_pending_deadline_fails_launch(tmp_path):
         agent = cloud.add_host("host-1")
         agent.auto_run = False
         user = cloud.account("alice")
-        iid = _launch(cloud, user)
+        iid = cloud.launch(user)
         cloud.tick()
         cloud.heartbeat()
         assert cloud.instance(user, iid)["state"] == "pending"
@@ -159,7 +146,7 @@ def test_permanent_agent_error_fails_launch(cloud):
     agent = cloud.add_host("host-1")
     agent.put_error = ErrorInfo(code="ImageChecksumMismatch", message="bad sha", retryable=False)
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch(user)
     cloud.tick()
     got = cloud.instance(user, iid)
     assert got["state"] == "shutting-down"
@@ -174,7 +161,7 @@ def test_status_deadline_impaired(tmp_path):
         agent = cloud.add_host("host-1")
         agent.auto_boot = False
         user = cloud.account("alice")
-        iid = _launch(cloud, user)
+        iid = cloud.launch(user)
         cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "initializing"
         time.sleep(1.1)
@@ -193,7 +180,7 @@ def test_image_without_marker_is_ok_when_running(cloud):
     agent = cloud.add_host("host-1")
     agent.auto_boot = False
     user = cloud.account("alice")
-    iid = _launch(cloud, user, image="silent")
+    iid = cloud.launch(user, image="silent")
     cloud.tick()
     assert cloud.instance(user, iid)["instance_status"] == "ok"
 
@@ -204,7 +191,7 @@ def test_terminated_is_purged_after_retention(tmp_path):
         cloud.image()
         cloud.add_host("host-1")
         user = cloud.account("alice")
-        iid = _launch(cloud, user)
+        iid = cloud.launch(user)
         cloud.converge()
         user.post(f"/v1/instances/{iid}/terminate")
         cloud.tick()
@@ -226,7 +213,7 @@ def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
         cloud.image()
         agent = cloud.add_host("host-1")
         user = cloud.account("alice")
-        iid = _launch(cloud, user)
+        iid = cloud.launch(user)
         agent.unreachable = True
         stats = cloud.tick()
         assert stats["errors"] == 1
@@ -249,7 +236,7 @@ def test_stop_deadline_sets_reason_and_force_resends(tmp_path):
         cloud.image()
         agent = cloud.add_host("host-1")
         user = cloud.account("alice")
-        iid = _launch(cloud, user)
+        iid = cloud.launch(user)
         cloud.converge()
         agent.unreachable = True
         user.post(f"/v1/instances/{iid}/stop")
@@ -273,11 +260,11 @@ def test_stop_deadline_sets_reason_and_force_resends(tmp_path):
 def test_events_since_filter_and_admin_view(cloud):
     cloud.add_host("host-1")
     user = cloud.account("alice")
-    first = _launch(cloud, user)
+    first = cloud.launch(user)
     events = user.get("/v1/events").json()["items"]
     cut = events[-1]["time"]
     time.sleep(0.01)
-    second = _launch(cloud, user)
+    second = cloud.launch(user)
     later = user.get("/v1/events", params={"since": cut}).json()["items"]
     ids = {e["resource_id"] for e in later}
     assert second in ids and first in ids  # `since` is inclusive of the cut event
@@ -292,7 +279,7 @@ def test_events_since_filter_and_admin_view(cloud):
 def test_shutoff_during_reboot_is_not_a_guest_shutdown(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch(user)
     cloud.converge()
     agent.auto_boot = False
     user.post(f"/v1/instances/{iid}/reboot")

@@ -5,17 +5,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from tests.functional.fake_agent import Cloud
+from tests.functional.fake_agent import Cloud, cloud_fixture
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path, cpu_overcommit=1.0)
-    c.image()
-    yield c
-    c.close()
+cloud = cloud_fixture(cpu_overcommit=1.0)
 
 
 def test_client_token_idempotent(cloud):

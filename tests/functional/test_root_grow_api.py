@@ -4,30 +4,14 @@ or a host without room are refused with a stable code and change nothing. Then t
 (fake drivers): a running domain's disk grows live, a shut-off one's offline."""
 from __future__ import annotations
 
-import pytest
-
 from tests.functional.agent_harness import (make_spec, obs, put, running_agent, until,
                                             wait_for)
-from tests.functional.fake_agent import Cloud
+from tests.functional.fake_agent import cloud_fixture
 
 GIB = 1 << 30
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path)
-    c.image()
-    yield c
-    c.close()
-
-
-def _launch(cloud, client, **kw) -> str:
-    r = cloud.run(client, **kw)
-    assert r.status_code == 201, r.text
-    iid = r.json()["instances"][0]["instance_id"]
-    cloud.converge()
-    assert cloud.instance(client, iid)["state"] == "running"
-    return iid
+cloud = cloud_fixture()
 
 
 def _error(r, status: int, code: str) -> dict:
@@ -44,7 +28,7 @@ def _events(client, iid) -> list[str]:
 def test_grow_a_running_instance(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user, root_disk_gib=2)
+    iid = cloud.launch_running(user, root_disk_gib=2)
     gen = agent.specs[iid].generation
     assert agent.specs[iid].root_disk_bytes == 2 * GIB
     r = user.patch(f"/v1/instances/{iid}", json={"root_disk_gib": 5})
@@ -65,7 +49,7 @@ def test_grow_a_running_instance(cloud):
 def test_grow_a_stopped_instance_and_change_its_type_at_once(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch_running(user)
     before = cloud.instance(user, iid)["root_disk_gib"]
     user.post(f"/v1/instances/{iid}/stop")
     cloud.tick()
@@ -87,7 +71,7 @@ def test_grow_a_stopped_instance_and_change_its_type_at_once(cloud):
 def test_refusals_change_nothing(cloud):
     agent = cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user, root_disk_gib=4)
+    iid = cloud.launch_running(user, root_disk_gib=4)
     gen = agent.specs[iid].generation
     shown = cloud.instance(user, iid)
 
@@ -117,7 +101,7 @@ def test_refusals_change_nothing(cloud):
 def test_no_room_on_the_host_is_refused(cloud):
     agent = cloud.add_host("host-1", disk_bytes=10 * GIB)
     user = cloud.account("alice")
-    iid = _launch(cloud, user, root_disk_gib=4)
+    iid = cloud.launch_running(user, root_disk_gib=4)
     _error(user.patch(f"/v1/instances/{iid}", json={"root_disk_gib": 11}), 503,
            "InsufficientInstanceCapacity")
     assert cloud.instance(user, iid)["root_disk_gib"] == 4
@@ -130,7 +114,7 @@ def test_no_room_on_the_host_is_refused(cloud):
 def test_terminated_and_shutting_down_are_refused(cloud):
     cloud.add_host("host-1")
     user = cloud.account("alice")
-    iid = _launch(cloud, user)
+    iid = cloud.launch_running(user)
     size = cloud.instance(user, iid)["root_disk_gib"]
     assert user.post(f"/v1/instances/{iid}/terminate").json()["state"] == "shutting-down"
     _error(user.patch(f"/v1/instances/{iid}", json={"root_disk_gib": size + 1}), 409,

@@ -25,7 +25,7 @@ from agent.storage_node.app import create_storage_app
 from controller.models import Event, Snapshot, Volume
 from controller.snapshot_sync import sync_snapshots
 from controller.storage import StorageClient
-from tests.functional.fake_agent import AGENT_TOKEN, Cloud
+from tests.functional.fake_agent import AGENT_TOKEN, cloud_fixture
 from tests.functional.vpc_support import err, is_id, ok
 
 GIB = 1 << 30
@@ -33,29 +33,12 @@ STORAGE_URL = "http://storage.test:8790"
 SNAP_MISSING = "snap-00000000000000000"
 
 
-@pytest.fixture
-def cloud(tmp_path):
-    c = Cloud(tmp_path, storage_url=STORAGE_URL, max_volume_gib=100,
-              account_volume_gib_limit=300)
-    yield c
-    c.close()
-
-
-def _db(cloud):
-    return cloud.app.state.kumo.db
-
-
-def _set(cloud, model, key: str, **values) -> None:
-    """What the reconciler would do: move a row to another state."""
-    with _db(cloud).session() as s:
-        row = s.get(model, key)
-        for k, v in values.items():
-            setattr(row, k, v)
-        s.add(row)
+cloud = cloud_fixture(image=False, storage_url=STORAGE_URL, max_volume_gib=100,
+                      account_volume_gib_limit=300)
 
 
 def db_state(cloud) -> dict:
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         snaps = sorted((x.snapshot_id, x.account_id, x.volume_id, x.state, x.progress,
                         x.description, repr(sorted(x.tags.items())), x.updated_at)
                        for x in s.exec(select(Snapshot)))
@@ -75,7 +58,7 @@ def refused(cloud, call, status: int, code: str) -> dict:
 
 def volume(cloud, client, size: int = 10, state: str = "available") -> str:
     vid = ok(client.post("/v1/volumes", json={"size_gib": size}), 201)["volume_id"]
-    _set(cloud, Volume, vid, state=state, acked_generation=1)
+    cloud.set_row(Volume, vid, state=state, acked_generation=1)
     return vid
 
 
@@ -85,12 +68,12 @@ def snapshot(client, vid: str, **body) -> dict:
 
 def completed(cloud, client, vid: str, **body) -> dict:
     snap = snapshot(client, vid, **body)
-    _set(cloud, Snapshot, snap["snapshot_id"], state="completed", progress="100%")
+    cloud.set_row(Snapshot, snap["snapshot_id"], state="completed", progress="100%")
     return ok(client.get(f"/v1/snapshots/{snap['snapshot_id']}"))
 
 
 def snap_row(cloud, sid: str) -> Snapshot | None:
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         return s.get(Snapshot, sid)
 
 
@@ -103,7 +86,7 @@ def test_create_describe_and_event(cloud):
     assert snap == {**snap, "volume_id": vid, "volume_size_gib": 20, "state": "pending",
                     "progress": "0%", "description": "before upgrade", "encrypted": False,
                     "tags": {"Name": "nightly"}, "state_message": None}
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         assert snap["owner_id"] == s.get(Volume, vid).account_id
     assert ok(alice.get(f"/v1/snapshots/{snap['snapshot_id']}")) == snap
     evs = ok(alice.get("/v1/events", params={"resource_id": snap["snapshot_id"]}))["items"]
@@ -139,7 +122,7 @@ def test_create_refusals_change_nothing(cloud):
     for body, status, code in cases:
         refused(cloud, lambda: alice.post("/v1/snapshots", json=body), status, code)
     # Deleted volumes are gone.
-    _set(cloud, Volume, deleting, state="deleted")
+    cloud.set_row(Volume, deleting, state="deleted")
     refused(cloud, lambda: alice.post("/v1/snapshots", json={"volume_id": deleting}), 404,
             "InvalidVolume.NotFound")
 
@@ -210,7 +193,7 @@ def test_delete_and_repeat(cloud):
     assert db_state(cloud) == before
     evs = ok(alice.get("/v1/events", params={"resource_id": sid}))["items"]
     assert [(e["from_state"], e["to_state"]) for e in evs][-1] == ("completed", "deleting")
-    _set(cloud, Snapshot, sid, state="deleted")
+    cloud.set_row(Snapshot, sid, state="deleted")
     for call in (lambda: alice.get(f"/v1/snapshots/{sid}"),
                  lambda: alice.delete(f"/v1/snapshots/{sid}")):
         refused(cloud, call, 404, "InvalidSnapshot.NotFound")
@@ -221,7 +204,7 @@ def test_delete_and_repeat(cloud):
 def test_delete_pending_or_error(cloud, state):
     alice = cloud.account("alice")
     sid = snapshot(alice, volume(cloud, alice))["snapshot_id"]
-    _set(cloud, Snapshot, sid, state=state)
+    cloud.set_row(Snapshot, sid, state=state)
     assert ok(alice.delete(f"/v1/snapshots/{sid}"))["state"] == "deleting"
 
 
@@ -230,7 +213,7 @@ def test_delete_while_a_volume_is_created_from_it_is_409(cloud):
     sid = completed(cloud, alice, volume(cloud, alice))["snapshot_id"]
     new = ok(alice.post("/v1/volumes", json={"snapshot_id": sid}), 201)
     refused(cloud, lambda: alice.delete(f"/v1/snapshots/{sid}"), 409, "InvalidSnapshot.InUse")
-    _set(cloud, Volume, new["volume_id"], state="available")  # the node made it
+    cloud.set_row(Volume, new["volume_id"], state="available")  # the node made it
     assert ok(alice.delete(f"/v1/snapshots/{sid}"))["state"] == "deleting"
 
 
@@ -275,11 +258,11 @@ def test_volume_from_snapshot_refusals_change_nothing(cloud):
     done = completed(cloud, alice, vid)["snapshot_id"]
     pending = snapshot(alice, vid)["snapshot_id"]
     erred = snapshot(alice, vid)["snapshot_id"]
-    _set(cloud, Snapshot, erred, state="error")
+    cloud.set_row(Snapshot, erred, state="error")
     deleting = completed(cloud, alice, vid)["snapshot_id"]
-    _set(cloud, Snapshot, deleting, state="deleting")
+    cloud.set_row(Snapshot, deleting, state="deleting")
     gone = completed(cloud, alice, vid)["snapshot_id"]
-    _set(cloud, Snapshot, gone, state="deleted")
+    cloud.set_row(Snapshot, gone, state="deleted")
     bobs = completed(cloud, bob, volume(cloud, bob, 1))["snapshot_id"]
     cases = [
         ({"snapshot_id": SNAP_MISSING}, 404, "InvalidSnapshot.NotFound"),
@@ -348,7 +331,7 @@ def node_volume(cloud, node: Node, client, size_gib: int = 1) -> str:
 
 
 def sync(cloud, node) -> int:
-    return sync_snapshots(_db(cloud), cloud.settings, node.client)
+    return sync_snapshots(cloud.db, cloud.settings, node.client)
 
 
 def test_sync_takes_shares_and_deletes(cloud, node):
@@ -377,7 +360,7 @@ def test_sync_takes_shares_and_deletes(cloud, node):
     node.client.put_volume(VolumeSpec(volume_id=new["volume_id"], size_bytes=GIB,
                                       exported=True, from_snapshot=sid))
     assert node.backend.read(new["volume_id"], 0, 6) == b"before"
-    _set(cloud, Volume, new["volume_id"], state="available")
+    cloud.set_row(Volume, new["volume_id"], state="available")
     # Delete: deleting -> gone on the node -> deleted (404 for users) -> purged.
     assert ok(alice.delete(f"/v1/snapshots/{sid}"))["state"] == "deleting"
     assert sync(cloud, node) == 0
@@ -386,7 +369,7 @@ def test_sync_takes_shares_and_deletes(cloud, node):
     row = snap_row(cloud, sid)
     assert row.state == "deleted" and row.deleted_at is not None
     assert node.backend.read(new["volume_id"], 0, 6) == b"before"  # the volume keeps its data
-    _set(cloud, Snapshot, sid, deleted_at=row.deleted_at - timedelta(
+    cloud.set_row(Snapshot, sid, deleted_at=row.deleted_at - timedelta(
         seconds=cloud.settings.terminated_retention_s + 1))
     assert sync(cloud, node) == 0
     assert snap_row(cloud, sid) is None
@@ -400,7 +383,7 @@ def test_snapshot_outlives_its_volume(cloud, node):
     assert sync(cloud, node) == 0
     node.backend.unexport(vid)
     node.backend.delete(vid)
-    _set(cloud, Volume, vid, state="deleted")
+    cloud.set_row(Volume, vid, state="deleted")
     snap = ok(alice.get(f"/v1/snapshots/{sid}"))
     assert snap["state"] == "completed" and snap["volume_id"] == vid
     new = ok(alice.post("/v1/volumes", json={"snapshot_id": sid, "size_gib": 2}), 201)
@@ -448,5 +431,5 @@ def test_sync_without_storage_does_nothing(cloud):
     alice = cloud.account("alice")
     snapshot(alice, volume(cloud, alice))
     before = db_state(cloud)
-    assert sync_snapshots(_db(cloud), cloud.settings, None) == 0
+    assert sync_snapshots(cloud.db, cloud.settings, None) == 0
     assert db_state(cloud) == before

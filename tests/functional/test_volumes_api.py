@@ -26,22 +26,9 @@ def cloud(tmp_path):
     c.close()
 
 
-def _db(cloud):
-    return cloud.app.state.kumo.db
-
-
-def _set(cloud, model, key: str, **values) -> None:
-    """What the reconciler would do: move a row to another state."""
-    with _db(cloud).session() as s:
-        row = s.get(model, key)
-        for k, v in values.items():
-            setattr(row, k, v)
-        s.add(row)
-
-
 def db_state(cloud) -> dict:
     """Everything the volume rules write: volumes, attachments, instance generations, events."""
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         vols = sorted((v.volume_id, v.account_id, v.state, v.size_gib, v.generation,
                        v.modification_state, repr(sorted(v.tags.items())), v.updated_at)
                       for v in s.exec(select(Volume)))
@@ -67,7 +54,7 @@ def create(client, size: int = 10, **body) -> dict:
 
 def available(cloud, client, size: int = 10, **body) -> dict:
     vol = create(client, size, **body)
-    _set(cloud, Volume, vol["volume_id"], state="available", acked_generation=1)
+    cloud.set_row(Volume, vol["volume_id"], state="available", acked_generation=1)
     return vol
 
 
@@ -75,17 +62,17 @@ def instance(cloud, client, state: str = "running") -> dict:
     r = cloud.run(client)
     assert r.status_code == 201, r.text
     inst = r.json()["instances"][0]
-    _set(cloud, Instance, inst["instance_id"], state=state)
+    cloud.set_row(Instance, inst["instance_id"], state=state)
     return inst
 
 
 def volume_row(cloud, vid: str) -> Volume:
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         return s.get(Volume, vid)
 
 
 def generation(cloud, iid: str) -> int:
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         return s.get(Instance, iid).generation
 
 
@@ -153,11 +140,11 @@ def test_account_gib_limit(cloud):
     create(alice, 10)  # exactly at the limit
     create(bob, 100)  # another account's limit is its own
     # Deleted volumes stop counting; deleting ones still count.
-    _set(cloud, Volume, a["volume_id"], state="available")
+    cloud.set_row(Volume, a["volume_id"], state="available")
     ok(alice.delete(f"/v1/volumes/{a['volume_id']}"))
     refused(cloud, lambda: alice.post("/v1/volumes", json={"size_gib": 1}), 400,
             "VolumeLimitExceeded")
-    _set(cloud, Volume, a["volume_id"], state="deleted")
+    cloud.set_row(Volume, a["volume_id"], state="deleted")
     create(alice, 100)
 
 
@@ -211,7 +198,7 @@ def test_filters_and_pages(cloud):
     vols = [create(alice, 1 + i % 3, tags={"n": str(i), "team": "a" if i < 4 else "b"})
             for i in range(7)]
     for v in vols[:3]:
-        _set(cloud, Volume, v["volume_id"], state="available")
+        cloud.set_row(Volume, v["volume_id"], state="available")
     ok(attach(alice, vols[0]["volume_id"], inst["instance_id"]))
     ids = [v["volume_id"] for v in vols]
 
@@ -257,26 +244,26 @@ def test_delete_rules(cloud):
     vol = create(alice)
     vid = vol["volume_id"]
     refused(cloud, lambda: alice.delete(f"/v1/volumes/{vid}"), 409, "IncorrectState")  # creating
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     ok(attach(alice, vid, inst["instance_id"]))
     refused(cloud, lambda: alice.delete(f"/v1/volumes/{vid}"), 409, "VolumeInUse")
     # Detached (what the reconciler does when the host let go).
-    with _db(cloud).session() as s:
+    with cloud.db.session() as s:
         s.delete(s.get(VolumeAttachmentRow, vid))
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     before = volume_row(cloud, vid)
     gone = ok(alice.delete(f"/v1/volumes/{vid}"))
     assert gone["state"] == "deleting"
     after = volume_row(cloud, vid)
     assert after.state == "deleting" and after.updated_at > before.updated_at
     refused(cloud, lambda: alice.delete(f"/v1/volumes/{vid}"), 409, "IncorrectState")
-    _set(cloud, Volume, vid, state="deleted")
+    cloud.set_row(Volume, vid, state="deleted")
     refused(cloud, lambda: alice.delete(f"/v1/volumes/{vid}"), 404, "InvalidVolume.NotFound")
     refused(cloud, lambda: alice.get(f"/v1/volumes/{vid}"), 404, "InvalidVolume.NotFound")
     assert ok(alice.get("/v1/volumes"))["items"] == []
     # A volume the storage node refused (error) can be deleted.
     bad = create(alice)["volume_id"]
-    _set(cloud, Volume, bad, state="error")
+    cloud.set_row(Volume, bad, state="error")
     assert ok(alice.delete(f"/v1/volumes/{bad}"))["state"] == "deleting"
 
 
@@ -337,13 +324,13 @@ def test_attach_volume_states(cloud):
     vid = create(alice)["volume_id"]
     refused(cloud, lambda: attach(alice, vid, i1), 409, "IncorrectState")  # creating
     for state in ("deleting", "error"):
-        _set(cloud, Volume, vid, state=state)
+        cloud.set_row(Volume, vid, state=state)
         refused(cloud, lambda: attach(alice, vid, i1), 409, "IncorrectState")
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     ok(attach(alice, vid, i1))
     refused(cloud, lambda: attach(alice, vid, i2, "/dev/sdg"), 409, "VolumeInUse")
     refused(cloud, lambda: attach(alice, vid, i1, "/dev/sdg"), 409, "VolumeInUse")
-    _set(cloud, VolumeAttachmentRow, vid, state="attached")
+    cloud.set_row(VolumeAttachmentRow, vid, state="attached")
     refused(cloud, lambda: attach(alice, vid, i2), 409, "VolumeInUse")
 
 
@@ -389,7 +376,7 @@ def test_detach(cloud):
     detach = lambda **body: alice.post(f"/v1/volumes/{vid}/detach", json=body)  # noqa: E731
     refused(cloud, detach, 409, "IncorrectState")  # not attached
     ok(attach(alice, vid, iid))
-    _set(cloud, VolumeAttachmentRow, vid, state="attached")
+    cloud.set_row(VolumeAttachmentRow, vid, state="attached")
     refused(cloud, lambda: detach(instance_id=other), 400, "InvalidAttachment.NotFound")
     refused(cloud, lambda: detach(force="sure"), 400, "InvalidParameterValue")
     gen = generation(cloud, iid)
@@ -398,7 +385,7 @@ def test_detach(cloud):
     assert d["state"] == "detaching" and d["instance_id"] == iid
     assert generation(cloud, iid) == gen + 1
     assert volume_row(cloud, vid).generation == vol_gen  # the storage node keeps exporting
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         assert s.get(VolumeAttachmentRow, vid).force_detach is False
     # Again: idempotent, nothing changes...
     before = db_state(cloud)
@@ -406,11 +393,11 @@ def test_detach(cloud):
     assert db_state(cloud) == before
     # ... except a force asked for now, which is kept (and pushed).
     assert ok(detach(force=True))["state"] == "detaching"
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         assert s.get(VolumeAttachmentRow, vid).force_detach is True
     assert generation(cloud, iid) == gen + 2
     ok(detach())  # a later unforced detach does not take the force back
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         assert s.get(VolumeAttachmentRow, vid).force_detach is True
 
 
@@ -420,7 +407,7 @@ def test_forced_detach(cloud):
     vid = available(cloud, alice)["volume_id"]
     ok(attach(alice, vid, iid))
     ok(alice.post(f"/v1/volumes/{vid}/detach", json={"force": True}))
-    with _db(cloud).session(notify=False) as s:
+    with cloud.db.session(notify=False) as s:
         row = s.get(VolumeAttachmentRow, vid)
         assert (row.state, row.force_detach) == ("detaching", True)
 
@@ -457,14 +444,14 @@ def test_modify_states(cloud):
     vid = create(alice, 10)["volume_id"]
     grow = lambda: alice.patch(f"/v1/volumes/{vid}", json={"size_gib": 20})  # noqa: E731
     for state in ("creating", "deleting", "error"):
-        _set(cloud, Volume, vid, state=state)
+        cloud.set_row(Volume, vid, state=state)
         refused(cloud, grow, 409, "IncorrectState")
-    _set(cloud, Volume, vid, state="available")
+    cloud.set_row(Volume, vid, state="available")
     ok(attach(alice, vid, iid))
     e = refused(cloud, grow, 400, "UnsupportedOperation")
     assert "detach the volume to grow it" in e["message"]
     assert ok(alice.patch(f"/v1/volumes/{vid}", json={"size_gib": 10}))["size_gib"] == 10
-    _set(cloud, Volume, vid, state="deleted")
+    cloud.set_row(Volume, vid, state="deleted")
     refused(cloud, grow, 404, "InvalidVolume.NotFound")
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from agent.contract.transport import client
 from lab.naming import host_netns
@@ -99,8 +100,30 @@ class CloudUser:
         netns = self.router_netns(inst)
         return wait_ssh(netns, key, inst["private_ip"], command, timeout=timeout)
 
+    def terminate_all(self) -> None:
+        """Terminate every instance of the account that is not terminated yet (no waiting)."""
+        for inst in self.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
+            if inst["state"] != "terminated":
+                self.action(inst["instance_id"], "terminate")
+
     def close(self) -> None:
         self.api.close()
+
+
+def user_fixture(terminate: bool = True):
+    """A module's `cloud` fixture (`cloud = user_fixture()`): the demo account's CloudUser, with
+    SSH and ping let in to its default VPC (allow_admin_access: SSH from the VPC router namespace
+    goes through the security groups); after the module, unless terminate=False, every instance
+    it left terminated so the lab's hosts are empty for the next module."""
+    @pytest.fixture(scope="module")
+    def cloud(lab, tmp_path_factory):
+        user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
+        user.allow_admin_access()
+        yield user
+        if terminate:
+            user.terminate_all()
+        user.close()
+    return cloud
 
 
 def find_router_netns(lab, inst: dict, timeout: float = 30) -> str:

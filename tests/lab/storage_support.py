@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+import pytest
 
 from agent import netns
 from agent.contract import transport
@@ -33,6 +34,7 @@ from agent.supervisor import pid_alive
 from lab import Lab, network, procs, services
 from lab import naming as nm
 from lab.testing import ns_run, unique_prefix
+from lab.testing import skip_reason as lab_skip_reason
 
 
 def skip_reason() -> str | None:
@@ -50,21 +52,20 @@ def ip(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def storage_node(ns: str, addr: str, port: int, wire: Callable[[str], None],
-                 unwire: Callable[[], None] = lambda: None
-                 ) -> Iterator[tuple[NbdBackend, Path, list[int]]]:
-    """(backend, state dir, pids) of an NbdBackend serving on addr:port inside the new namespace
-    `ns`, which `wire(ns)` connects (its loopback is up already); `unwire()` undoes what wire
-    made outside `ns`. Append the PIDs of daemons you kill to `pids`: none may survive."""
-    state = Path(tempfile.mkdtemp(prefix="kumo-nbd-"))
+def backend_in_netns(ns: str, state: Path, addr: str, port: int, wire: Callable[[str], None],
+                     unwire: Callable[[], None], pids: list[int],
+                     **backend_kw) -> Iterator[NbdBackend]:
+    """An NbdBackend (state dir `state`) serving on addr:port inside the new namespace `ns`,
+    which `wire(ns)` connects (its loopback is up already); `unwire()` undoes what wire made
+    outside `ns`. On the way out the daemon's pid is appended to `pids`, the daemon stopped,
+    unwire() run, the namespace deleted and `state` removed; checking that is the caller's."""
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    pids: list[int] = []
     backend = None
     try:
         ip(ns, "link", "set", "lo", "up")
         wire(ns)
-        backend = NbdBackend(state, addr, port, netns=ns, max_size=1 << 30)
-        yield backend, state, pids
+        backend = NbdBackend(state, addr, port, netns=ns, **backend_kw)
+        yield backend
     finally:
         try:
             if backend is not None:
@@ -78,6 +79,20 @@ def storage_node(ns: str, addr: str, port: int, wire: Callable[[str], None],
             finally:
                 subprocess.run(["ip", "netns", "del", ns], check=False)
                 shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def storage_node(ns: str, addr: str, port: int, wire: Callable[[str], None],
+                 unwire: Callable[[], None] = lambda: None
+                 ) -> Iterator[tuple[NbdBackend, Path, list[int]]]:
+    """(backend, state dir, pids) of an NbdBackend serving on addr:port inside the new namespace
+    `ns`, which `wire(ns)` connects (its loopback is up already); `unwire()` undoes what wire
+    made outside `ns`. Append the PIDs of daemons you kill to `pids`: none may survive."""
+    state = Path(tempfile.mkdtemp(prefix="kumo-nbd-"))
+    pids: list[int] = []
+    with backend_in_netns(ns, state, addr, port, wire, unwire, pids,
+                          max_size=1 << 30) as backend:
+        yield backend, state, pids
     assert not [p for p in pids if pid_alive(p)], "a daemon survived"
     assert not netns.is_live(ns) and not os.path.exists(netns.netns_path(ns))
     assert not state.exists()
@@ -122,6 +137,19 @@ def storage_lab(hosts: int) -> Iterator[Lab]:
     pattern = nm.all_netns_pattern(lab.prefix)
     assert not [n for n in network.list_netns() if pattern.match(n)]
     assert not [p for p, t in seen.items() if procs.start_time(p) == t], "a storage process survived"
+
+
+def storage_lab_fixture(hosts: int = 2):
+    """A module's storage-only lab fixture (`slab = storage_lab_fixture()`): storage_lab(hosts)
+    for the whole module, skipped where this machine cannot run one."""
+    @pytest.fixture(scope="module")
+    def slab():
+        reason = skip_reason() or lab_skip_reason()
+        if reason:
+            pytest.skip(reason)
+        with storage_lab(hosts=hosts) as the_lab:
+            yield the_lab
+    return slab
 
 
 def lab_storage_client(lab) -> httpx.Client:

@@ -11,20 +11,12 @@ import time
 import pytest
 
 from lab.services import controller_dir
-from tests.lab.cloud import CloudUser
+from tests.lab.cloud import user_fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cloud(lab, tmp_path_factory):
-    user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
-    user.allow_admin_access()
-    yield user
-    for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
-        if inst["state"] != "terminated":
-            user.action(inst["instance_id"], "terminate")
-    user.close()
+cloud = user_fixture()
 
 
 def _wait_image(cloud, image_id: str, timeout: float = 300) -> dict:

@@ -9,7 +9,7 @@ import time
 import libvirt
 import pytest
 
-from tests.lab.cloud import CloudUser, agent_instance_dir, domains_named, kill9
+from tests.lab.cloud import agent_instance_dir, domains_named, kill9, user_fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -18,16 +18,7 @@ echo "kept by $(hostname)" > /root/kept.txt
 """
 
 
-@pytest.fixture(scope="module")
-def cloud(lab, tmp_path_factory):
-    user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
-    user.allow_admin_access()  # SSH from the VPC router namespace, through the security groups
-    yield user
-    # terminate whatever the tests left, so the lab's hosts are empty for the next module
-    for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
-        if inst["state"] != "terminated":
-            user.action(inst["instance_id"], "terminate")
-    user.close()
+cloud = user_fixture()
 
 
 @pytest.fixture(scope="module")

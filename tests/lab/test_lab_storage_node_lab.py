@@ -27,9 +27,8 @@ from lab import naming as nm
 from lab import procs, services
 from lab import state as lab_state
 from lab.testing import ns_run, ping
-from lab.testing import skip_reason as lab_skip_reason
 from tests.lab.storage_support import (daemon_pid, lab_storage_client, lab_volume, nbd_url,
-                                       qemu_io, skip_reason, storage_lab, volume_file)
+                                       qemu_io, skip_reason, storage_lab_fixture, volume_file)
 
 pytestmark = [pytest.mark.lab]
 
@@ -51,14 +50,8 @@ def session_node(lab):
         yield c
 
 
-@pytest.fixture(scope="module")
-def slab():
-    """A storage-only lab of this module's own (2 hosts)."""
-    reason = skip_reason() or lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with storage_lab(hosts=2) as the_lab:
-        yield the_lab
+#: A storage-only lab of this module's own (2 hosts).
+slab = storage_lab_fixture(hosts=2)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.lab.cloud import CloudUser, agent_instance_dir
+from tests.lab.cloud import agent_instance_dir, user_fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -18,12 +18,7 @@ GIB = 1 << 30
 RESIZED = "resized root filesystem"
 
 
-@pytest.fixture(scope="module")
-def cloud(lab, tmp_path_factory):
-    user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
-    user.allow_admin_access()  # SSH from the VPC router namespace, through the security groups
-    yield user
-    user.close()
+cloud = user_fixture(terminate=False)
 
 
 def _console(cloud, iid: str) -> str:

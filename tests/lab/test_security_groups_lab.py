@@ -106,9 +106,7 @@ def teardown_world(w: World) -> None:
         except Exception as e:  # noqa: BLE001
             errors.append(f"stop {p}: {e}")
     for user in w.users:
-        for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
-            if inst["state"] != "terminated":
-                user.action(inst["instance_id"], "terminate")
+        user.terminate_all()
     for user in w.users:
         for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
             try:

@@ -24,10 +24,9 @@ from agent.drivers.volumes import MiB
 from images.builder import build
 from lab import naming as nm
 from lab.testing import ns_run, ping
-from lab.testing import skip_reason as lab_skip_reason
 from tests.lab.guests import boot, new_instance_id
 from tests.lab.storage_support import (lab_storage_client, lab_volume, nbd_source, nbd_url,
-                                       skip_reason, storage_lab)
+                                       storage_lab_fixture)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -66,13 +65,7 @@ def tiny_image() -> Path:
     return build("kumo-tiny").path
 
 
-@pytest.fixture(scope="module")
-def slab():
-    reason = skip_reason() or lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with storage_lab(hosts=2) as the_lab:
-        yield the_lab
+slab = storage_lab_fixture(hosts=2)
 
 
 def _pattern_sha(pattern: str) -> str:

@@ -35,9 +35,7 @@ def cloud(lab, tmp_path_factory):
     for vol in user.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]:
         for att in vol["attachments"]:
             user.api.post(f"/v1/volumes/{vol['volume_id']}/detach", json={"force": True})
-    for inst in user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]:
-        if inst["state"] != "terminated":
-            user.action(inst["instance_id"], "terminate")
+    user.terminate_all()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         left = [v for v in user.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]
@@ -137,6 +135,39 @@ def gone_in_guest(cloud, inst, key, vid: str, timeout: float = 60) -> None:
           f" [ $i -gt {timeout} ] && exit 1; sleep 1; done", timeout=timeout + 30)
 
 
+def new_volume(cloud, **body) -> str:
+    """A new volume (1 GiB unless body says otherwise), waited for until available."""
+    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1, **body})["volume_id"]
+    wait_volume(cloud, vid, "available")
+    return vid
+
+
+def attach(cloud, vid: str, inst, device: str) -> None:
+    """Attach and wait until the attachment is attached."""
+    cloud.call("POST", f"/v1/volumes/{vid}/attach",
+               json={"instance_id": inst["instance_id"], "device": device})
+    wait_volume(cloud, vid, "in-use", "attached")
+
+
+def detach(cloud, vid: str) -> None:
+    """Detach and wait until the volume is available again."""
+    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
+    wait_volume(cloud, vid, "available")
+
+
+def delete(cloud, vid: str) -> None:
+    """Delete and wait until describe answers 404."""
+    cloud.call("DELETE", f"/v1/volumes/{vid}")
+    wait_deleted(cloud, vid)
+
+
+#: Writes 1 MiB of random blocks to the device {} with fsync; prints their sha256.
+SYNCED_WRITE = ("dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
+                "dd if=/tmp/blk of={} bs=64k conv=fsync 2>/dev/null && sha256sum < /tmp/blk")
+#: Reads those 1 MiB back from the device {}, past the guest's page cache; prints their sha256.
+DIRECT_READ = "dd if={} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum"
+
+
 def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
     a, b = pair
     vol = cloud.call("POST", "/v1/volumes", json={"size_gib": 1, "tags": {"suite": "volumes"}})
@@ -145,9 +176,7 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
     wait_volume(cloud, vid, "available")
     assert node_volumes(lab)[vid]["size_bytes"] == GiB
 
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": a["instance_id"], "device": "/dev/sdf"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    attach(cloud, vid, a, "/dev/sdf")
     wait_node_export(lab, vid, True)
     # The guest's kernel names virtio disks in the order it finds them (vdb here, whatever the
     # target): /dev/disk/by-id is how it finds the volume, as on EC2's NVMe instances.
@@ -158,33 +187,25 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab):
                 "sha256sum /mnt/v/data && umount /mnt/v && sync")
     digest = out.split()[0]
 
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
+    detach(cloud, vid)
     gone_in_guest(cloud, a, key, vid)
     wait_node_export(lab, vid, False)  # the node stops serving it right after
 
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": b["instance_id"], "device": "/dev/sdg"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    attach(cloud, vid, b, "/dev/sdg")
     dev = by_id_device(cloud, b, key, vid)
     out = guest(cloud, b, key, f"mkdir -p /mnt/v && mount {dev} /mnt/v && "
                                "sha256sum /mnt/v/data && umount /mnt/v")
     assert out.split()[0] == digest
 
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
-    cloud.call("DELETE", f"/v1/volumes/{vid}")
-    wait_deleted(cloud, vid)
+    detach(cloud, vid)
+    delete(cloud, vid)
     assert vid not in node_volumes(lab)
 
 
 def test_in_use_volume_refuses_second_attach_and_delete(cloud, key, pair):
     a, b = pair
-    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
-    wait_volume(cloud, vid, "available")
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": a["instance_id"], "device": "/dev/sdh"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    vid = new_volume(cloud)
+    attach(cloud, vid, a, "/dev/sdh")
     r = cloud.api.post(f"/v1/volumes/{vid}/attach",
                        json={"instance_id": b["instance_id"], "device": "/dev/sdh"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "VolumeInUse", r.text
@@ -194,32 +215,25 @@ def test_in_use_volume_refuses_second_attach_and_delete(cloud, key, pair):
     out = guest(cloud, b, key, f"ls /dev/disk/by-id/ 2>/dev/null | grep -c {serial(vid)} || true")
     assert out.strip() == "0"
     by_id_device(cloud, a, key, vid)
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
-    cloud.call("DELETE", f"/v1/volumes/{vid}")
-    wait_deleted(cloud, vid)
+    detach(cloud, vid)
+    delete(cloud, vid)
 
 
 def test_grow_shows_the_new_size_in_the_guest(cloud, key, pair, lab):
     a, _ = pair
-    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
-    wait_volume(cloud, vid, "available")
+    vid = new_volume(cloud)
     cloud.call("PATCH", f"/v1/volumes/{vid}", json={"size_gib": 2})
     deadline = time.monotonic() + 60
     while cloud.call("GET", f"/v1/volumes/{vid}")["modification_state"] != "completed":
         assert time.monotonic() < deadline, "grow not completed"
         time.sleep(0.5)
     assert node_volumes(lab)[vid]["size_bytes"] == 2 * GiB
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": a["instance_id"], "device": "/dev/sdi"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    attach(cloud, vid, a, "/dev/sdi")
     dev = by_id_device(cloud, a, key, vid)
     out = guest(cloud, a, key, f"cat /sys/block/{dev.rsplit('/', 1)[1]}/size")
     assert int(out) * 512 == 2 * GiB
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
-    cloud.call("DELETE", f"/v1/volumes/{vid}")
-    wait_deleted(cloud, vid)
+    detach(cloud, vid)
+    delete(cloud, vid)
 
 
 def wait_snapshot(cloud, sid: str, state: str, timeout: float = 90) -> dict:
@@ -237,14 +251,10 @@ def test_snapshot_keeps_the_old_data_while_the_volume_changes(cloud, key, pair, 
     volume changes; a volume created from the snapshot, attached on the other host, holds the
     old data; the original holds the new."""
     a, b = pair
-    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
-    wait_volume(cloud, vid, "available")
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": a["instance_id"], "device": "/dev/sdl"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    vid = new_volume(cloud)
+    attach(cloud, vid, a, "/dev/sdl")
     dev = by_id_device(cloud, a, key, vid)
-    write = (f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
-             f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && sha256sum < /tmp/blk")
+    write = SYNCED_WRITE.format(dev)
     old = guest(cloud, a, key, write).split()[0]
     sid = cloud.call("POST", "/v1/snapshots", json={"volume_id": vid})["snapshot_id"]
     snap = wait_snapshot(cloud, sid, "completed")
@@ -254,19 +264,15 @@ def test_snapshot_keeps_the_old_data_while_the_volume_changes(cloud, key, pair, 
     copy = cloud.call("POST", "/v1/volumes", json={"snapshot_id": sid})
     assert copy["size_gib"] == 1 and copy["snapshot_id"] == sid
     wait_volume(cloud, copy["volume_id"], "available")
-    cloud.call("POST", f"/v1/volumes/{copy['volume_id']}/attach",
-               json={"instance_id": b["instance_id"], "device": "/dev/sdl"})
-    wait_volume(cloud, copy["volume_id"], "in-use", "attached")
+    attach(cloud, copy["volume_id"], b, "/dev/sdl")
     cdev = by_id_device(cloud, b, key, copy["volume_id"])
-    read = "dd if={} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum"
-    assert guest(cloud, b, key, read.format(cdev)).split()[0] == old
-    assert guest(cloud, a, key, read.format(dev)).split()[0] == new
+    assert guest(cloud, b, key, DIRECT_READ.format(cdev)).split()[0] == old
+    assert guest(cloud, a, key, DIRECT_READ.format(dev)).split()[0] == new
     for v in (vid, copy["volume_id"]):
         cloud.call("POST", f"/v1/volumes/{v}/detach", json={})
     for v in (vid, copy["volume_id"]):
         wait_volume(cloud, v, "available")
-        cloud.call("DELETE", f"/v1/volumes/{v}")
-        wait_deleted(cloud, v)
+        delete(cloud, v)
     # the snapshot outlives its volume, and goes when deleted
     assert cloud.call("GET", f"/v1/snapshots/{sid}")["state"] == "completed"
     cloud.call("DELETE", f"/v1/snapshots/{sid}")
@@ -296,16 +302,10 @@ def test_synced_data_survives_storage_daemon_restart(cloud, key, pair, lab):
     the node's reconcile loop serves it again, and the guest reads its data back (a request
     during the outage may fail; none of the synced data is lost)."""
     a, _ = pair
-    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
-    wait_volume(cloud, vid, "available")
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": a["instance_id"], "device": "/dev/sdj"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    vid = new_volume(cloud)
+    attach(cloud, vid, a, "/dev/sdj")
     dev = by_id_device(cloud, a, key, vid)
-    out = guest(cloud, a, key, f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
-                               f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && "
-                               "sha256sum < /tmp/blk")
-    digest = out.split()[0]
+    digest = guest(cloud, a, key, SYNCED_WRITE.format(dev)).split()[0]
     old = _daemon_pid(lab)
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 60
@@ -325,10 +325,8 @@ def test_synced_data_survives_storage_daemon_restart(cloud, key, pair, lab):
                 f" [ \"${{s%% *}}\" = {digest} ] && echo same && exit 0; i=$((i+1)); sleep 1;"
                 " done; echo differs", timeout=120)
     assert out.strip().endswith("same"), out
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
-    cloud.call("DELETE", f"/v1/volumes/{vid}")
-    wait_deleted(cloud, vid)
+    detach(cloud, vid)
+    delete(cloud, vid)
 
 
 def _guest_qemu_pid(instance_id: str) -> int:
@@ -350,16 +348,10 @@ def test_fsynced_data_survives_kill9_of_the_guest_qemu(cloud, key, pair):
     """cache=none and an fsync that returned: the data is on the storage node, so a hard kill
     of the guest's QEMU loses none of it; the instance starts again with the volume attached."""
     _, b = pair
-    vid = cloud.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
-    wait_volume(cloud, vid, "available")
-    cloud.call("POST", f"/v1/volumes/{vid}/attach",
-               json={"instance_id": b["instance_id"], "device": "/dev/sdk"})
-    wait_volume(cloud, vid, "in-use", "attached")
+    vid = new_volume(cloud)
+    attach(cloud, vid, b, "/dev/sdk")
     dev = by_id_device(cloud, b, key, vid)
-    digest = guest(cloud, b, key,
-                   f"dd if=/dev/urandom of=/tmp/blk bs=64k count=16 2>/dev/null && "
-                   f"dd if=/tmp/blk of={dev} bs=64k conv=fsync 2>/dev/null && "
-                   "sha256sum < /tmp/blk").split()[0]
+    digest = guest(cloud, b, key, SYNCED_WRITE.format(dev)).split()[0]
     os.kill(_guest_qemu_pid(b["instance_id"]), signal.SIGKILL)
     # A domain that dies under the guest is a crash: the instance reads impaired until its
     # owner acts (stop, then start), as a failed EC2 instance status check does.
@@ -370,12 +362,10 @@ def test_fsynced_data_survives_kill9_of_the_guest_qemu(cloud, key, pair):
     cloud.action(b["instance_id"], "start")
     cloud.wait(b["instance_id"], "running", "ok", timeout=240)
     dev = by_id_device(cloud, b, key, vid)
-    out = guest(cloud, b, key, f"dd if={dev} bs=64k count=16 iflag=direct 2>/dev/null | sha256sum")
+    out = guest(cloud, b, key, DIRECT_READ.format(dev))
     assert out.split()[0] == digest
-    cloud.call("POST", f"/v1/volumes/{vid}/detach", json={})
-    wait_volume(cloud, vid, "available")
-    cloud.call("DELETE", f"/v1/volumes/{vid}")
-    wait_deleted(cloud, vid)
+    detach(cloud, vid)
+    delete(cloud, vid)
 
 
 def _exports(lab) -> set[str]:
@@ -405,8 +395,7 @@ def test_delete_on_termination(cloud, key, lab):
     wait_node_export(lab, keep, False)
     files = [p.name for p in (lab.state_dir / "storage").rglob(f"{drop}*")]
     assert files == [], files
-    cloud.call("DELETE", f"/v1/volumes/{keep}")
-    wait_deleted(cloud, keep)
+    delete(cloud, keep)
     assert keep not in node_volumes(lab)
 
 

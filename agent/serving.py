@@ -1,0 +1,67 @@
+"""Serving an agent-side ASGI app under uvicorn, the one way the host agent (`python -m agent`)
+and the storage node (`python -m agent.storage_node`) listen: on a unix socket or host:port.
+
+A socket file left by a previous process is removed first, but never a live one or a
+non-socket; on exit the socket file is removed (uvicorn leaves it, and a stale socket would only
+confuse clients). SIGTERM stops the server gracefully (lifespan stop) and exits with status 0.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import sys
+from typing import Protocol
+
+import uvicorn
+
+
+class Listen(Protocol):
+    """Where to listen (the agent's and the storage node's settings both are one)."""
+
+    def listen_socket(self) -> str | None: ...
+
+    def listen_host_port(self) -> tuple[str, int]: ...
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous process, but never a live one or a non-socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SystemExit(f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    finally:
+        s.close()
+    raise SystemExit(f"another process is listening on {path}")
+
+
+def serve(app, listen: Listen) -> int:
+    """Run `app` until SIGTERM/SIGINT on listen's unix socket, or else its host:port; 0."""
+    sock = listen.listen_socket()
+    common = dict(log_level="info", lifespan="on", access_log=False)
+    if sock:
+        os.makedirs(os.path.dirname(sock) or "/", exist_ok=True)
+        clear_stale_socket(sock)
+        config = uvicorn.Config(app, uds=sock, **common)
+    else:
+        host, port = listen.listen_host_port()
+        config = uvicorn.Config(app, host=host, port=port, **common)
+    server = uvicorn.Server(config)
+    # uvicorn handles SIGTERM (graceful shutdown, lifespan stop), then re-raises it with the
+    # handler that was installed before: make that one a normal exit, so a stop is status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run()
+    finally:
+        if sock and os.path.exists(sock):
+            os.unlink(sock)  # uvicorn leaves it; a stale socket would only confuse clients
+    return 0
