@@ -22,6 +22,7 @@ from controller.db import Database
 from controller.errors import Conflict, IncorrectState
 from controller.events import record
 from controller.ids import new_id, utcnow
+from controller.models.image import Image
 from controller.models.snapshot import Snapshot, SnapshotCreate, SnapshotPublic
 from controller.models.volume import Volume
 from controller.services import filters as list_filters
@@ -150,12 +151,26 @@ def delete(db: Database, caller, snapshot_id: str) -> Snapshot:
         if user is not None:
             raise Conflict(f"{snapshot_id} is in use: volume {user} is being created from it",
                            code=IN_USE)
+        image = _image_using(s, snap)
+        if image is not None:  # EC2 too: deregister the image first
+            raise Conflict(f"{snapshot_id} is in use by image {image}", code=IN_USE)
         frm = snap.state
         snap.state = "deleting"
         snap.updated_at = utcnow()
         s.add(snap)
         record(s, "snapshot", snapshot_id, snap.account_id, frm, "deleting", "user delete")
         return snap
+
+
+def _image_using(s, snap: Snapshot) -> str | None:
+    """A registered image of the snapshot's account whose block device mappings restore from it
+    (launches from it would fail without the snapshot). Mappings live in a JSON column, so the
+    account's images are scanned; accounts hold few images."""
+    for image_id, mappings in s.exec(select(Image.image_id, Image.block_device_mappings).where(
+            Image.owner_account_id == snap.account_id, Image.state != "deregistered")):
+        if any(m.get("snapshot_id") == snap.snapshot_id for m in mappings or []):
+            return image_id
+    return None
 
 
 # -- tags -----------------------------------------------------------------------------------------

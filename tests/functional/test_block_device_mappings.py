@@ -305,5 +305,11 @@ def test_image_capture_snapshots_volumes_and_launches_with_them(tmp_path):
         [bd] = r.json()["instances"][0]["block_device_mappings"]
         new = alice.get(f"/v1/volumes/{bd['volume_id']}").json()
         assert (bd["device_name"], new["snapshot_id"], new["size_gib"]) == ("/dev/xvdf", None, 1)
+        # The image's snapshot stays while the image is registered (EC2 refuses the delete too).
+        r = alice.delete(f"/v1/snapshots/{sid}")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "InvalidSnapshot.InUse", r.text
+        assert alice.get(f"/v1/snapshots/{sid}").json()["state"] == "completed"
+        assert alice.delete(f"/v1/images/{image_id}").status_code == 200
+        assert alice.delete(f"/v1/snapshots/{sid}").json()["state"] == "deleting"
     finally:
         c.close()
