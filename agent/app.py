@@ -6,16 +6,13 @@ settings.driver == "libvirt", so tests and `driver=fake` agents need no libvirt 
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import FileResponse
 
 from agent.capture import CaptureError, Captures, fake_convert
 from agent.console import read_tail
@@ -24,6 +21,7 @@ from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, 
                                HostInfo, InstanceObserved, InstanceSpec, NetworkObserved,
                                NetworkSpec)
 from agent.drivers.base import DriverError
+from agent.http_errors import ApiError, bearer_check, install_error_handlers
 from agent.heartbeat import Heartbeat, host_info
 from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
                                 resolve_underlay)
@@ -36,16 +34,8 @@ from agent.state import StateStore
 log = logging.getLogger(__name__)
 
 
-class AgentApiError(Exception):
-    """An error answered as {"error": {"code", "message", "retryable"}} with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.status, self.code, self.message, self.retryable = status, code, message, retryable
-
-
-def _error_body(code: str, message: str, retryable: bool = False) -> dict:
-    return {"error": {"code": code, "message": message, "retryable": retryable}}
+class AgentApiError(ApiError):
+    """An error of the agent's API (the shared shape: agent/http_errors.py)."""
 
 
 def build_network_service(settings: AgentSettings, dataplane: Any = None) -> NetworkService | None:
@@ -275,32 +265,6 @@ def _router() -> APIRouter:
     return r
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(AgentApiError)
-    async def _api_error(request: Request, exc: AgentApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(_error_body(exc.code, exc.message, exc.retryable), exc.status,
-                            headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{where}: {err.get('msg')}")
-        return JSONResponse(_error_body("InvalidParameterValue", "; ".join(parts)), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
-        return JSONResponse(_error_body(code, str(exc.detail)), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(_error_body("InternalError", f"{type(exc).__name__}: {exc}", True), 500)
-
-
 def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = None,
                network: Any = None, dataplane: Any = None) -> FastAPI:
     """One agent: API + reconcile loop + VPC dataplane service + heartbeat, over
@@ -344,14 +308,8 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
             if callable(close):
                 close()
 
-    def require_token(request: Request) -> None:
-        scheme, _, cred = request.headers.get("authorization", "").partition(" ")
-        if not (settings.token and scheme.lower() == "bearer"
-                and hmac.compare_digest(cred.encode(), settings.token.encode())):
-            raise AgentApiError(401, "AuthFailure", "missing or invalid bearer token")
-
     app = FastAPI(title="kumo-agent", version="v1", lifespan=lifespan,
-                  dependencies=[Depends(require_token)])
+                  dependencies=[Depends(bearer_check(lambda: settings.token))])
     app.state.settings = settings
     app.state.drivers = drivers
     app.state.store = store
@@ -359,6 +317,6 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     app.state.heartbeat = heartbeat
     app.state.network = network_service
     app.state.put_lock = threading.Lock()
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.include_router(_router())
     return app

@@ -13,21 +13,19 @@ controller never hands hosts a source nobody serves.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.contract.storage_v1 import EXTENSIONS, StorageInfo, VolumeObserved, VolumeSpec
 from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 from agent.drivers.base import DriverError, NetworkSource
 from agent.drivers.volumes import VolumeBackend, VolumeInfo
+from agent.http_errors import ApiError, bearer_check, error_body, install_error_handlers
 from agent.storage_node.snapshot_routes import SNAPSHOT_STATUS_OF_CODE, snapshot_router
 
 log = logging.getLogger(__name__)
@@ -44,12 +42,8 @@ STATUS_OF_CODE = {
 }
 
 
-class StorageApiError(Exception):
-    """An error answered as {"error": {"code", "message", "retryable"}} with an HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.status, self.code, self.message, self.retryable = status, code, message, retryable
+class StorageApiError(ApiError):
+    """An error of the storage node's API (the shared shape: agent/http_errors.py)."""
 
     @classmethod
     def from_driver(cls, e: DriverError) -> "StorageApiError":
@@ -58,10 +52,6 @@ class StorageApiError(Exception):
         # although the backend (which cannot know whether anyone will detach) does not.
         retryable = True if e.code == "VolumeInUse" else bool(e.retryable)
         return cls(status, e.code, str(e), retryable)
-
-
-def _error_body(code: str, message: str, retryable: bool = False) -> dict:
-    return {"error": {"code": code, "message": message, "retryable": retryable}}
 
 
 def _volume_id(volume_id: str) -> str:
@@ -194,34 +184,12 @@ def _router() -> APIRouter:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StorageApiError)
-    async def _api_error(request: Request, exc: StorageApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(_error_body(exc.code, exc.message, exc.retryable), exc.status,
-                            headers=headers)
+    install_error_handlers(app)
 
     @app.exception_handler(DriverError)
     async def _driver_error(request: Request, exc: DriverError) -> JSONResponse:
         e = StorageApiError.from_driver(exc)
-        return JSONResponse(_error_body(e.code, e.message, e.retryable), e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:5]:
-            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{where}: {err.get('msg')}")
-        return JSONResponse(_error_body("InvalidParameterValue", "; ".join(parts)), 400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
-        return JSONResponse(_error_body(code, str(exc.detail)), exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(_error_body("InternalError", f"{type(exc).__name__}: {exc}", True), 500)
+        return JSONResponse(error_body(e.code, e.message, e.retryable), e.status)
 
 
 def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | None,
@@ -239,14 +207,8 @@ def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | Non
         finally:
             loop.stop()
 
-    def require_token(request: Request) -> None:
-        scheme, _, cred = request.headers.get("authorization", "").partition(" ")
-        if not (token and scheme.lower() == "bearer"
-                and hmac.compare_digest(cred.encode(), token.encode())):
-            raise StorageApiError(401, "AuthFailure", "missing or invalid bearer token")
-
     app = FastAPI(title="kumo-storage-node", version="v1", lifespan=lifespan,
-                  dependencies=[Depends(require_token)])
+                  dependencies=[Depends(bearer_check(lambda: token))])
     app.state.backend = backend
     app.state.node_id = node_id
     app.state.ensure_loop = loop
