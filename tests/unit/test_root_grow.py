@@ -165,9 +165,9 @@ def test_local_storage_grows_and_reads_the_size_under_a_write_lock(tmp_path):
     assert _virtual_size(path) == 64 << 20
     # A process holding the image open for writing, as a running guest's QEMU does.
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_locked(path)
+        _wait_locked(path, holder)
         assert st.ensure_root_disk(IID, base, 64 << 20) == path  # big enough: no resize
         with pytest.raises(DriverError) as e:
             st.ensure_root_disk(IID, base, 128 << 20)
@@ -183,13 +183,17 @@ def _virtual_size(path: Path) -> int:
     return json.loads(out)["virtual-size"]
 
 
-def _wait_locked(path: Path) -> None:
+def _wait_locked(path: Path, holder: subprocess.Popen) -> None:
+    """Until qemu-img info (without -U) is refused: the holder has the image's write lock.
+    Generous: on a loaded 2-core machine qemu-io can take seconds to start."""
     import time
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True)
         if r.returncode != 0:
             return
+        if holder.poll() is not None:
+            raise AssertionError(f"qemu-io exited {holder.returncode}: {holder.stderr.read()!r}")
         time.sleep(0.05)
     raise AssertionError("qemu-io did not lock the image")
 
