@@ -26,8 +26,10 @@ require_root() {
 }
 
 # Extra packages only the test suite needs: a PostgreSQL server binary for the controller's
-# PostgreSQL tests (they run their own throw-away server on a unix socket).
-KUMO_TEST_DEBIAN_PACKAGES=(postgresql)
+# PostgreSQL tests (they run their own throw-away server on a unix socket), and a single-node
+# Ceph cluster plus QEMU's rbd driver for the RBD volume backend's tests (tests/lab/ceph_support.py
+# starts a scratch cluster inside a namespace of its own).
+KUMO_TEST_DEBIAN_PACKAGES=(postgresql ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra)
 
 ensure_system_packages() {
   local missing=()
