@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -103,7 +104,8 @@ def bridge_mtu(lab, host_id: str, bridge: str) -> int:
 
 
 def kumo_launch(lab, api: Api, poll: float, timeout: float = 180,
-                keep: Keeper | None = None) -> tuple[dict, dict, str]:
+                keep: Keeper | None = None,
+                pin_dir: Path | None = None) -> tuple[dict, dict, str]:
     """One launch through Kumo: (phases in s after POST, the agent's spec, the live XML)."""
     hosts = lab.state_dir / "hosts"
     cached_before = set(hosts.glob("*/agent/images/ami-*.qcow2"))
@@ -142,6 +144,8 @@ def kumo_launch(lab, api: Api, poll: float, timeout: float = 180,
         spec = json.loads((agent / "agent-state" / "specs" / f"{iid}.json").read_text())
         rt = json.loads((agent / "agent-state" / "runtime" / f"{iid}.json").read_text())
         spec["base_image_path"] = rt.get("image_path")
+        if pin_dir is not None:  # before the instance (and with it the cached base) goes
+            spec = pin_base_image(spec, pin_dir)
         spec["bridge_mtu"] = bridge_mtu(lab, host, spec["nics"][0]["bridge"])
         if rt.get("boot_started_at"):
             ph["agent boot_started_at"] = rt["boot_started_at"]
@@ -195,6 +199,22 @@ def show(title: str, runs: list[dict], order: list[str] | None = None) -> None:
         print(f"  {k:44s} {median([v for v in vals if v is not None]):7.3f} | {cells}")
 
 
+def pin_base_image(spec: dict, work: Path) -> dict:
+    """The baseline boots on the base image the Kumo instance used. The agent drops a cached
+    base once no instance on the host uses it (agent/storage.py prune_images), i.e. right after
+    the Kumo instance is terminated: a hard link made while it runs keeps the same file (same
+    inode, so the same bits) for the baseline; a copy where a link cannot be made."""
+    src = Path(spec["base_image_path"])
+    pinned = work / "pinned" / src.name  # the same name: the domains' XML is compared
+    pinned.parent.mkdir(exist_ok=True)
+    if not pinned.exists():
+        try:
+            os.link(src, pinned)
+        except OSError:
+            shutil.copy2(src, pinned)
+    return {**spec, "base_image_path": str(pinned)}
+
+
 def measure(lab, args, work: Path, keep: Keeper | None):
     """The first launch (unless --smoke), then --runs pairs in ABBA order. Returns (first
     launch, kumo runs, plain runs, domain differences, last spec, the baseline NIC's bridge)."""
@@ -206,13 +226,13 @@ def measure(lab, args, work: Path, keep: Keeper | None):
         api = Api(lab)
         cold = None
         if not args.smoke:  # a smoke run's one pair starts with a Kumo launch anyway
-            cold, spec, kumo_xml = kumo_launch(lab, api, args.poll, keep=keep)
+            cold, spec, kumo_xml = kumo_launch(lab, api, args.poll, keep=keep, pin_dir=work)
             show("kumo, first launch (image fetched into the agent's cache unless already there; "
                  "not in the medians)", [cold], KUMO_ORDER)
         for i in range(args.runs):
             for what in (("kumo", "plain") if i % 2 == 0 else ("plain", "kumo")):
                 if what == "kumo":
-                    ph, spec, kumo_xml = kumo_launch(lab, api, args.poll, keep=keep)
+                    ph, spec, kumo_xml = kumo_launch(lab, api, args.poll, keep=keep, pin_dir=work)
                     kumo_runs.append(ph)
                 else:
                     ph, plain_xml = plain_boot(lab, spec, work, bridges, keep=keep)

@@ -14,6 +14,14 @@ repetition and size (1 GiB and 100 GiB, interleaved so load from other jobs hits
   checked over NBD from inside the namespace (`qemu-img info` must show the virtual size).
   Gate: create+export is O(1) in the size (100 GiB median <= 2x the 1 GiB median).
 
+Part 1b, snapshot time vs size (no guest, the same scratch NbdBackend). Three exported volumes,
+data written into each over NBD with qemu-io: 1 GiB with 8 MiB written, 100 GiB with 8 MiB, and
+1 GiB with 256 MiB. Per repetition and volume (interleaved): kumo snapshot (NbdBackend.snapshot:
+QMP blockdev-snapshot-internal-sync on the running daemon, as for an attached volume) and kumo
+delete snapshot; baselines on a closed qcow2 file of equal content: `qemu-img snapshot -c` and a
+full copy (`qemu-img convert -O qcow2`, what a snapshot sharing nothing would cost). Shows the
+time does not grow with the volume's size, only slightly with its allocated data.
+
 Part 2, the data path inside a guest. A kumo-tiny guest (TCG, 1 vCPU, 128 MiB) on lab host h1
 gets three disks attached live (libvirt, as tests/lab/test_volume_moves_lab.py does):
   vdb  an NBD volume, attached as Kumo attaches one (agent.reconcile.steps.volume_disk:
@@ -38,14 +46,27 @@ of them alike; IOPS = requests / summed time, and the latency above the floor is
 Results are medians over the rounds, with the ratio NBD / local. The volume file and the local
 files must show the written bytes allocated afterwards (the writes reached them).
 
+Part 3, attach/detach latency through the controller's API (only with --lab-state of a lab
+that runs its controller and storage node, as the test suite's session lab does; else a
+"skipped: ..." line). One kumo-tiny instance launched through the API with a key pair, a 1 GiB
+volume; per round: POST attach -> the guest sees /dev/disk/by-id/virtio-vol<hex>, POST detach ->
+the link is gone, timed inside the guest (one SSH session per round polls every 50 ms; a line
+sent on it just before the call starts its $EPOCHREALTIME clock, so no SSH connection set-up is
+in the numbers). Baseline, rounds interleaved: a plain kumo-tiny domain (`boot-...`, which the
+agent leaves alone) on the same host, on a bridge of the benchmark's own in the host's
+namespace, with an NBD volume (a scratch storage node of the benchmark's own on the lab
+fabric, as in part 2; the lab's node is the controller's) disk as Kumo attaches one (volume_disk)
+hot-plugged through the libvirt API, timed the same way. The instance is terminated, the volume
+deleted, the key pair, baseline guest, volume and bridge removed, and each checked.
+
 --lab-state DIR: use a running lab (`python -m lab up` or the test suite's session lab) and
 leave it running; otherwise the benchmark brings up a 1-host lab of its own and removes it.
 Everything else it makes (namespaces, veth, daemons, volume files, guest, its files) is removed
 at the end and checked.
 
 Usage: .venv/bin/python bench/bench_volumes.py [--repeat 20] [--rounds 5] [--seq-mib 256]
-       [--rand-ops 500] [--volume-gib 1] [--lab-state DIR] [--own-storage-node] [--no-guest]
-       [--smoke]
+       [--rand-ops 500] [--volume-gib 1] [--snap-repeat 20] [--attach-rounds 10]
+       [--lab-state DIR] [--own-storage-node] [--no-guest] [--no-data-path] [--smoke]
 """
 from __future__ import annotations
 
@@ -238,6 +259,8 @@ def bench_create(prefix: str, args, cleanup: Cleanup) -> bool:
                 r["baseline qemu-img create"].append(timed(lambda: run(
                     ["qemu-img", "create", "-q", "-f", "qcow2", str(f), str(size)])))
                 r["baseline rm"].append(timed(lambda: f.unlink()))
+        snap_ok, snap_report = bench_snapshot(backend, ns, args)
+        ok &= snap_ok
         left = backend.volumes()
         if left or backend.exports():
             ok = False
@@ -264,7 +287,104 @@ def bench_create(prefix: str, args, cleanup: Cleanup) -> bool:
         print(f"{kumo} vs {base} at {large}: {x / y:.2f}x the time "
               f"({(x - y) * 1000:+.1f} ms per volume)")
     args.create_target_ok = target
+    snap_report()
     return ok
+
+
+# -- part 1b: snapshot time vs size -----------------------------------------------------------
+
+def snapshot_id(tag: str) -> str:
+    return "snap-" + (tag + secrets.token_hex(9))[:17]
+
+
+def bench_snapshot(backend, ns: str, args) -> tuple[bool, Callable[[], None]]:
+    """Snapshots on the scratch NbdBackend of part 1, of exported volumes (as an attached volume
+    is snapshotted: QMP blockdev-snapshot-internal-sync on the running daemon). Returns (checks
+    ok, a function printing the results: called after part 1's own)."""
+    small = args.snap_small_mib
+    big = args.snap_big_mib
+    cases = {f"1 GiB, {small} MiB written": (GIB, small),
+             f"100 GiB, {small} MiB written": (100 * GIB, small),
+             f"1 GiB, {big} MiB written": (GIB, big)}
+    names = ["kumo snapshot", "kumo delete snapshot", "baseline qemu-img snapshot -c",
+             "baseline full copy"]
+    res = {label: {n: [] for n in names} for label in cases}
+    base_dir = backend.state_dir / "snap-baseline"
+    base_dir.mkdir()
+    ok = True
+    vids: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    try:
+        for label, (size, mib) in cases.items():
+            vid = vids[label] = volume_id("5")
+            backend.create(vid, size)
+            backend.export(vid)
+            pattern = f"write -P 0x5a 0 {mib}M"
+            run(["ip", "netns", "exec", ns, "qemu-io", "-f", "raw", "-c", pattern,
+                 f"nbd://127.0.0.1:{PORT}/{vid}"], timeout=120)
+            f = files[label] = base_dir / f"{vid}.qcow2"
+            run(["qemu-img", "create", "-q", "-f", "qcow2", str(f), str(size)])
+            run(["qemu-io", "-f", "qcow2", "-c", pattern, str(f)], timeout=120)
+        for i in range(args.snap_repeat):
+            for label in cases:
+                r, vid, f = res[label], vids[label], files[label]
+                sid = snapshot_id(f"{i:04x}")
+                r["kumo snapshot"].append(timed(lambda: backend.snapshot(vid, sid)))
+                if i == 0:
+                    have = {s.snapshot_id: s for s in backend.snapshots()}
+                    good = sid in have and have[sid].volume_id == vid
+                    ok &= good
+                    print(f"[{label}] snapshot {sid} of {vid} listed by the backend: "
+                          f"{'ok' if good else 'NO'}", flush=True)
+                r["kumo delete snapshot"].append(timed(lambda: backend.delete_snapshot(sid)))
+                r["baseline qemu-img snapshot -c"].append(timed(lambda: run(
+                    ["qemu-img", "snapshot", "-c", f"b{i}", str(f)])))
+                run(["qemu-img", "snapshot", "-d", f"b{i}", str(f)])
+                copy = base_dir / "copy.qcow2"
+                r["baseline full copy"].append(timed(lambda: run(
+                    ["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(f), str(copy)],
+                    timeout=600)))
+                copy.unlink()
+        left = backend.snapshots()
+        if left:
+            ok = False
+            print(f"snapshots left on the storage node: {left}")
+    finally:
+        for vid in vids.values():
+            for s in backend.snapshots():
+                if s.volume_id == vid:
+                    backend.delete_snapshot(s.snapshot_id)
+            if backend.files.exists(vid):
+                backend.unexport(vid)
+                backend.delete(vid)
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+    def report() -> None:
+        print(f"\n== snapshot time vs size: NbdBackend in namespace {ns}, volumes exported "
+              "(kumo snapshot = QMP blockdev-snapshot-internal-sync on the running daemon, "
+              "as for an attached volume), data written over NBD with qemu-io; baselines on a "
+              "closed qcow2 file of equal content: `qemu-img snapshot -c` and a full copy "
+              f"(`qemu-img convert -O qcow2`: a snapshot that shares nothing); "
+              f"{args.snap_repeat} per case, cases interleaved")
+        for label in cases:
+            print(f"[{label}]")
+            for name, xs in res[label].items():
+                print(f"  {name:30s} {fmt(xs)}")
+        a, b, c = (res[label] for label in cases)
+        k = "kumo snapshot"
+        for what, x, y, lx, ly in (
+                (f"volume size ({small} MiB written)", a, b, "1 GiB", "100 GiB"),
+                ("data written (1 GiB volume)", a, c, f"{small} MiB", f"{big} MiB")):
+            mx, my = median(x[k]), median(y[k])
+            print(f"kumo snapshot time vs {what}: {lx} {mx * 1000:.1f} ms, {ly} "
+                  f"{my * 1000:.1f} ms, ratio {my / mx:.2f}x")
+        label = list(cases)[2]
+        for base in ("baseline qemu-img snapshot -c", "baseline full copy"):
+            x, y = median(c[k]), median(c[base])
+            print(f"kumo snapshot vs {base} at {label}: {x / y:.2f}x the time "
+                  f"({(x - y) * 1000:+.1f} ms per snapshot)")
+
+    return ok, report
 
 
 # -- part 2: the data path inside a guest -----------------------------------------------------
@@ -494,6 +614,274 @@ def bench_guest(prefix: str, args, cleanup: Cleanup) -> bool:
     return ok
 
 
+# -- part 3: attach / detach latency through the controller's API ----------------------------
+
+#: Run in a guest over one SSH connection per round: on each line read from stdin it starts a
+#: clock (ash's $EPOCHREALTIME) and polls every 50 ms until the volume's by-id link appears,
+#: then (next line) until it is gone, printing the microseconds each took.
+POLLER = r"""L=/dev/disk/by-id/virtio-@SERIAL@
+[ -e $L ] && { echo "busy: $L exists"; exit 1; }
+wait_for() {
+  read go || exit 1
+  t0=$EPOCHREALTIME; i=0
+  while [ $1 -e $L ]; do
+    usleep 50000; i=$((i + 1)); [ $i -gt 1200 ] && { echo "timeout $2"; exit 1; }
+  done
+  t1=$EPOCHREALTIME; echo "$2 us=$((${t1/./} - ${t0/./}))"
+}
+echo ready
+wait_for ! seen
+wait_for "" gone
+"""
+BASE_NET = "10.213.7"  # the baseline guest's link, on a bridge inside the lab host's namespace
+
+
+class Poller:
+    """One SSH session into a guest running POLLER; go() starts its clock, then line() waits for
+    its answer."""
+
+    def __init__(self, netns: str, key: Path, address: str, serial: str):
+        from tests.lab.guests import SSH_OPTS
+        self.p = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "ssh", "-i", str(key), *SSH_OPTS,
+             f"root@{address}", POLLER.replace("@SERIAL@", serial)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buf = b""
+        if self.line(30) != "ready":
+            raise RuntimeError(f"poller in {address} did not start: {self.buf!r}")
+
+    def line(self, timeout: float) -> str:
+        import os
+        import select
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+                raise RuntimeError(f"no answer from the guest's poller in {timeout} s")
+            chunk = os.read(self.p.stdout.fileno(), 4096)
+            if not chunk:
+                raise RuntimeError(f"guest poller ended: {self.buf!r} "
+                                   f"{self.p.stderr.read().decode(errors='replace')[-500:]}")
+            self.buf += chunk
+        out, self.buf = self.buf.split(b"\n", 1)
+        return out.decode().strip()
+
+    def go(self) -> None:
+        self.p.stdin.write(b"go\n")
+        self.p.stdin.flush()
+
+    def seconds(self, what: str, timeout: float = 90) -> float:
+        got = self.line(timeout)
+        m = re.fullmatch(rf"{what} us=(\d+)", got)
+        if not m:
+            raise RuntimeError(f"guest poller: {got!r}, expected {what}")
+        return int(m.group(1)) / 1e6
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.p.stdin.close()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+
+def wait_api(cloud, path: str, done: Callable[[dict], bool], timeout: float = 90) -> dict:
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        seen = cloud.call("GET", path)
+        if done(seen):
+            return seen
+        time.sleep(0.2)
+    raise RuntimeError(f"{path} not as wanted within {timeout} s: {seen}")
+
+
+def controller_lab(lab) -> str | None:
+    """Why part 3 cannot run on this lab, or None when it runs a controller and storage node."""
+    import os
+    if os.environ.get("KUMO_LAB_SERVICES") == "none" or not (lab.state_dir / "demo.key").exists():
+        return "the lab runs without controller and agents"
+    if LabNode.find(lab) is None:
+        return "the lab runs no storage node"
+    return None
+
+
+def bench_attach(prefix: str, args, cleanup: Cleanup) -> bool:
+    if args.lab_state is None or args.no_guest:
+        print("\n== attach / detach through the controller's API\nskipped: part 3 needs "
+              "--lab-state DIR of a running lab with its controller (and not --no-guest)")
+        return True
+    with bench_lab(args.lab_state, hosts=1) as lab:
+        why = controller_lab(lab)
+        if why:
+            print(f"\n== attach / detach through the controller's API\nskipped: {why}")
+            return True
+        # The baseline's volume comes from a scratch storage node of the benchmark's own: the
+        # lab's node is the controller's, which unexports volumes it does not know.
+        wire, unwire = fabric_wiring(lab.prefix)
+        ns = f"{prefix}-sa"
+        with storage_node(ns, SN_ADDR, cleanup, wire, unwire) as backend:
+            return attach_rounds(lab, ScratchNode(backend, ns), args, cleanup)
+
+
+def attach_rounds(lab, node: ScratchNode, args, cleanup: Cleanup) -> bool:
+    from agent.contract.v1 import VolumeAttachment
+    from agent.reconcile.steps import volume_disk
+    from images.builder import build
+    from lab.testing import make_bridge
+    from tests.lab.cloud import CloudUser, find_router_netns
+    from tests.lab.guests import boot, new_instance_id, ssh_keypair, static_network, wait_ssh
+
+    image = build("kumo-tiny", log=lambda *a: None).path
+    work = Path(tempfile.mkdtemp(prefix="kumo-bench-vol-", dir="/var/tmp"))
+    work.chmod(0o755)
+    cleanup.paths.append(work)
+    user = CloudUser(lab, work / "keys")
+    key_name = f"bench-volumes-{secrets.token_hex(3)}"
+    iid = vid = base_vid = guest = bridge_ns = None
+    bridge = "kvbatt" + secrets.token_hex(2)
+    kumo = {"attach": [], "detach": []}
+    base = {"attach": [], "detach": []}
+    ok = True
+    t0 = time.monotonic()
+    try:
+        user.allow_admin_access()
+        key = user.key_pair(key_name)
+        iid = user.run(1, key_name=key_name, tags={"bench": "volumes"})[0]["instance_id"]
+        inst = wait_api(user, f"/v1/instances/{iid}", lambda i: bool(i.get("host_id")), 60)
+        host = inst["host_id"]
+        # The baseline guest: the same image and size on the same host, a plain libvirt domain
+        # (`boot-...`: the agent leaves it alone), reached over a bridge of the benchmark's own.
+        bridge_ns = nm_host_netns(lab, host)
+        make_bridge(bridge_ns, bridge, f"{BASE_NET}.1/24")
+        bkey, pub = ssh_keypair(work / "bkey")
+        mac = "52:54:00:7b:00:02"
+        guest = boot(lab, host, image, work / "guest", instance_id=new_instance_id(),
+                     hostname="bench-att", keys=(pub,), mac=mac, bridge=bridge,
+                     network_config=static_network(mac, f"{BASE_NET}.2/24", f"{BASE_NET}.1"))
+        inst = user.wait(iid, "running", "ok", timeout=300)
+        vid = user.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
+        wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "available")
+        base_vid = volume_id("a")
+        addr, port = node.export(base_vid, GIB)
+        disk = volume_disk(VolumeAttachment.model_validate({
+            "volume_id": base_vid, "device": "vdb",
+            "source": {"host": addr, "port": port, "export": base_vid}}))
+        rns = find_router_netns(lab, inst)
+        for ns, k, a in ((rns, key, inst["private_ip"]), (guest.netns, bkey, f"{BASE_NET}.2")):
+            r = wait_ssh(ns, k, a, "true", timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"no SSH into {a}: {r.stderr}")
+        t_ready = time.monotonic() - t0
+        print(f"\n== attach / detach through the controller's API: instance {iid} (kumo-tiny, "
+              f"t3.nano) on {host} of lab {lab.prefix}, 1 GiB volume {vid}; baseline: a plain "
+              f"kumo-tiny domain {guest.name} on the same host with the same kind of disk (NBD "
+              f"volume {base_vid} on {node.where}, Kumo's volume_disk) hot-plugged with the "
+              "libvirt API (virDomainAttachDeviceFlags / DetachDeviceFlags, live+config); "
+              f"ready {t_ready:.0f} s after launch")
+        print(f"method: per round one SSH session into the guest polls every 50 ms for "
+              f"/dev/disk/by-id/virtio-<serial> on a clock ($EPOCHREALTIME) started by a line "
+              f"sent on that session just before the call; {args.attach_rounds} round(s), "
+              "kumo and baseline rounds interleaved", flush=True)
+        for i in range(args.attach_rounds):
+            p = Poller(rns, key, inst["private_ip"], "vol" + vid[4:])
+            try:
+                p.go()
+                user.call("POST", f"/v1/volumes/{vid}/attach",
+                          json={"instance_id": iid, "device": "/dev/sdf"})
+                kumo["attach"].append(p.seconds("seen"))
+                wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "in-use" and
+                         v["attachments"] and v["attachments"][0]["state"] == "attached")
+                p.go()
+                user.call("POST", f"/v1/volumes/{vid}/detach", json={})
+                kumo["detach"].append(p.seconds("gone"))
+                wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "available")
+            finally:
+                p.close()
+            p = Poller(guest.netns, bkey, f"{BASE_NET}.2", disk.serial)
+            try:
+                p.go()
+                guest.hypervisor.attach_disk(guest.name, disk)
+                base["attach"].append(p.seconds("seen"))
+                p.go()
+                guest.hypervisor.detach_disk(guest.name, disk.target, timeout=60)
+                base["detach"].append(p.seconds("gone"))
+            finally:
+                p.close()
+            print(f"round {i + 1}/{args.attach_rounds}: kumo attach {kumo['attach'][-1]:.3f} s "
+                  f"detach {kumo['detach'][-1]:.3f} s; baseline attach {base['attach'][-1]:.3f} "
+                  f"s detach {base['detach'][-1]:.3f} s", flush=True)
+    finally:
+        ok &= attach_cleanup(user, lab, node, key_name, iid, vid, base_vid, guest, bridge_ns,
+                             bridge)
+        user.close()
+        shutil.rmtree(work, ignore_errors=True)
+    for what in ("attach", "detach"):
+        print(f"  kumo API {what} -> guest sees it   {fmt(kumo[what])}")
+        print(f"  baseline libvirt {what} -> guest   {fmt(base[what])}")
+    for what in ("attach", "detach"):
+        x, y = median(kumo[what]), median(base[what])
+        print(f"kumo {what} vs baseline libvirt {what}: {x / y:.2f}x the time "
+              f"({(x - y) * 1000:+.0f} ms median)")
+    return ok
+
+
+def nm_host_netns(lab, host: str) -> str:
+    from lab.naming import host_netns
+    return host_netns(lab.prefix, host)
+
+
+def attach_cleanup(user, lab, node, key_name, iid, vid, base_vid, guest, bridge_ns, bridge) -> bool:
+    """Terminate the instance, delete the volume, the key pair, the baseline guest, its volume
+    and bridge; check each is gone. Never raises."""
+    from lab.testing import remove_bridge
+    problems = []
+
+    def step(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - report and go on with the rest
+            problems.append(f"{what}: {e}")
+
+    if guest is not None:
+        step("baseline guest", lambda: (guest.destroy(), guest.hypervisor.close()))
+    if base_vid is not None:
+        step("baseline volume", lambda: node.remove(base_vid))
+    if vid is not None:
+        def del_volume() -> None:
+            v = user.call("GET", f"/v1/volumes/{vid}")
+            if v["state"] != "available":
+                user.api.post(f"/v1/volumes/{vid}/detach", json={"force": True})
+                wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "available")
+            user.call("DELETE", f"/v1/volumes/{vid}")
+            deadline = time.monotonic() + 90
+            while user.api.get(f"/v1/volumes/{vid}").status_code != 404:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("still described 90 s after DELETE")
+                time.sleep(0.5)
+        step(f"volume {vid}", del_volume)
+    if iid is not None:
+        def term() -> None:
+            user.action(iid, "terminate")
+            user.wait(iid, "terminated", timeout=120)
+        step(f"instance {iid}", term)
+    step("key pair", lambda: user.call("DELETE", f"/v1/key-pairs/{key_name}"))
+    if bridge_ns is not None:
+        step("bridge", lambda: remove_bridge(bridge_ns, bridge))
+        links = subprocess.run(["ip", "-n", bridge_ns, "-o", "link"], capture_output=True,
+                               text=True).stdout
+        if f" {bridge}:" in links:
+            problems.append(f"bridge {bridge} left in {bridge_ns}")
+    if guest is not None:
+        from tests.lab.cloud import domains_named
+        if domains_named(lab, guest.name):
+            problems.append(f"domain {guest.name} left")
+    print(f"part 3 clean-up: instance {iid} terminated, volume {vid} deleted, baseline guest, "
+          f"volume and bridge removed: {'ok' if not problems else 'NO: ' + '; '.join(problems)}")
+    return not problems
+
+
 def report_guest(console: str, args) -> bool:
     ok = True
     got: dict[tuple[str, str], list[float]] = {}
@@ -549,12 +937,20 @@ def main() -> int:
     ap.add_argument("--lab-state", type=Path, default=None,
                     help="a running lab's state dir (left running); default: a lab of its own")
     ap.add_argument("--no-guest", action="store_true", help="part 1 only (no lab, no guest)")
+    ap.add_argument("--no-data-path", action="store_true",
+                    help="skip part 2 (the data path in a guest)")
     ap.add_argument("--own-storage-node", action="store_true",
                     help="part 2 on a scratch storage node even when the lab runs its own")
+    ap.add_argument("--attach-rounds", type=int, default=10,
+                    help="attach/detach rounds through the API (and baseline) in part 3")
+    ap.add_argument("--snap-repeat", type=int, default=20, help="snapshots per case")
+    ap.add_argument("--snap-small-mib", type=int, default=8, help="MiB written, small case")
+    ap.add_argument("--snap-big-mib", type=int, default=256, help="MiB written, large case")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     if args.smoke:
         args.repeat, args.rounds, args.seq_mib, args.rand_ops = 2, 1, 8, 10
+        args.snap_repeat, args.attach_rounds = 2, 2
         args.guest_timeout = min(args.guest_timeout, 300)
     if args.seq_mib * MIB > args.volume_gib * GIB:
         ap.error("--seq-mib exceeds the volume size")
@@ -565,8 +961,9 @@ def main() -> int:
     args.create_target_ok = False
     try:
         ok = bench_create(prefix, args, cleanup)
-        if not args.no_guest:
+        if not args.no_guest and not args.no_data_path:
             ok &= bench_guest(prefix, args, cleanup)
+        ok &= bench_attach(prefix, args, cleanup)
     finally:
         left = cleanup.leftovers()
     print(f"left behind (namespaces, storage daemons, files): {', '.join(left) or 'nothing'}")

@@ -10,14 +10,16 @@ real runs).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from bench.smoke import run_smoke
 from lab.naming import host_netns
 from lab.testing import ip_json, skip_reason
-from tests.lab.cloud import lab_hosts
+from tests.lab.cloud import CloudUser, lab_hosts
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -112,9 +114,11 @@ def test_bench_vpc_changes_smoke(served_lab):
 
 
 def test_bench_volumes_smoke(lab, root_only):
-    """Part 1 in a scratch namespace of its own; part 2 boots one kumo-tiny guest on the session
-    lab's h1 (libvirtd only: no controller or agent needed) with an NBD volume from a scratch
-    storage node wired into the lab's fabric, and two local qcow2 files."""
+    """Part 1 (create/delete and snapshots) in a scratch namespace of its own; part 2 boots one
+    kumo-tiny guest on the session lab's h1 (libvirtd only: no controller or agent needed) with
+    an NBD volume from a scratch storage node wired into the lab's fabric, and two local qcow2
+    files; part 3, when the session lab runs its controller, launches one instance through the
+    API and times attach/detach in the guest against a plain domain's libvirt hot-plug."""
     import tempfile
 
     import libvirt
@@ -125,14 +129,30 @@ def test_bench_volumes_smoke(lab, root_only):
                 if line.split()[1:2] and line.split()[1].endswith("qemu-storage-daemon")}
 
     def guests() -> set[str]:
-        conn = libvirt.open(lab.libvirt_uri("h1"))
-        try:
-            return {d.name() for d in conn.listAllDomains()}
-        finally:
-            conn.close()
+        names = set()
+        for host in lab_hosts(lab):
+            conn = libvirt.open(lab.libvirt_uri(host))
+            try:
+                names |= {d.name() for d in conn.listAllDomains()}
+            finally:
+                conn.close()
+        return names
+
+    served = (os.environ.get("KUMO_LAB_SERVICES") != "none"
+              and (lab.state_dir / "demo.key").exists())
+    snap_cases = ("1 GiB, 8 MiB written", "100 GiB, 8 MiB written", "1 GiB, 256 MiB written")
+    attach_lines = [
+        rf"^round 2/2: kumo attach {NUM} s detach {NUM} s; baseline attach {NUM} s detach {NUM} s$",
+        *[rf"^  {name} +median +{NUM} ms +p95 +{NUM} ms +min +{NUM} ms +\(n=2\)$" for name in (
+            "kumo API attach -> guest sees it", "baseline libvirt attach -> guest",
+            "kumo API detach -> guest sees it", "baseline libvirt detach -> guest")],
+        rf"^kumo attach vs baseline libvirt attach: {NUM}x the time",
+        rf"^kumo detach vs baseline libvirt detach: {NUM}x the time",
+        r"^part 3 clean-up: instance i-[0-9a-f]+ terminated, volume vol-[0-9a-f]+ deleted, .*: ok$",
+    ] if served else [r"^skipped: the lab runs without controller and agents$"]
 
     before, daemons_before, guests_before = _netns(), daemons(), guests()
-    run_smoke("bench_volumes.py", "--lab-state", str(lab.state_dir), timeout=600, expect=[
+    run_smoke("bench_volumes.py", "--lab-state", str(lab.state_dir), timeout=900, expect=[
         r"^storage daemon start \(first ensure, not in the timings\): " + NUM + " ms$",
         r"^\[1 GiB\] exported volume vol-[0-9a-f]{17}: NBD shows 1073741824 bytes: ok$",
         r"^\[100 GiB\] exported volume vol-[0-9a-f]{17}: NBD shows 107374182400 bytes: ok$",
@@ -143,6 +163,17 @@ def test_bench_volumes_smoke(lab, root_only):
         r"^create\+export O\(1\) in volume size .*: (PASS|FAIL) \(" + NUM + r"x\)$",
         rf"^kumo create\+export vs baseline qemu-img create at 100 GiB: {NUM}x the time",
         rf"^kumo unexport\+delete vs baseline rm at 100 GiB: {NUM}x the time",
+        *[rf"^\[{case}\] snapshot snap-[0-9a-f]{{17}} of vol-[0-9a-f]{{17}} listed by the "
+          r"backend: ok$" for case in snap_cases],
+        *[rf"^  {name} +median +{NUM} ms +p95 +{NUM} ms +min +{NUM} ms +\(n=2\)$"
+          for name in ("kumo snapshot", "kumo delete snapshot", "baseline qemu-img snapshot -c",
+                       "baseline full copy")],
+        rf"^kumo snapshot time vs volume size \(8 MiB written\): 1 GiB {NUM} ms, 100 GiB {NUM} "
+        rf"ms, ratio {NUM}x$",
+        rf"^kumo snapshot time vs data written \(1 GiB volume\): 8 MiB {NUM} ms, 256 MiB {NUM} "
+        rf"ms, ratio {NUM}x$",
+        rf"^kumo snapshot vs baseline qemu-img snapshot -c at 1 GiB, 256 MiB written: {NUM}x",
+        rf"^kumo snapshot vs baseline full copy at 1 GiB, 256 MiB written: {NUM}x",
         (r"^  vdb  NBD volume vol-[0-9a-f]{17} on the (lab's|benchmark's scratch) storage node "
          r".* cache=none"),
         *[rf"^  {row} +{NUM} +{NUM} +{NUM}$" for row in (
@@ -157,6 +188,7 @@ def test_bench_volumes_smoke(lab, root_only):
         r"^volume file on the storage node: .* allocated .*: ok$",
         r"^local file vdc: .*: ok$",
         r"^local file vdd: .*: ok$",
+        *attach_lines,
         r"^left behind \(namespaces, storage daemons, files\): nothing$",
     ])
     assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
@@ -166,5 +198,13 @@ def test_bench_volumes_smoke(lab, root_only):
                          capture_output=True, text=True, check=True).stdout
     assert " p-kvb" not in fab
     assert guests() <= guests_before
+    if served:  # part 3's key pair went with it (its instance and volume: checked by the run)
+        cloud = CloudUser(lab, Path(tempfile.mkdtemp(prefix="kumo-bench-keys-")))
+        try:
+            pairs = cloud.call("GET", "/v1/key-pairs", params={"max_results": 1000})["items"]
+            assert not [k for k in pairs if k["name"].startswith("bench-volumes-")]
+        finally:
+            cloud.close()
+            shutil.rmtree(cloud.key_dir, ignore_errors=True)
     assert not [p for p in os.listdir("/var/tmp") if p.startswith("kumo-bench-vol-")]
     assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("kumo-bench-sn-")]
