@@ -193,3 +193,69 @@ def lab_volume(lab, client: httpx.Client, volume_id: str, size_bytes: int,
         assert client.get(f"/v1/volumes/{volume_id}").status_code == 404
         assert volume_id not in [v["volume_id"] for v in client.get("/v1/volumes").json()]
         assert not volume_file(lab, volume_id).exists()
+
+
+@contextlib.contextmanager
+def qemu_io_session(argv: list[str], *, ended_is_refusal: bool,
+                    failure_words: tuple[str, ...] = ("failed",)) -> Iterator[Callable[[], bool]]:
+    """An interactive qemu-io (`argv`, e.g. `ip netns exec NS qemu-io -f raw URL`) holding its
+    image open for the `with` block: contract.Connected's probe. The yielded `works()` writes
+    512 bytes and says whether qemu-io reported them written; `works.last_words(cmds)` sends
+    commands, ends qemu-io and returns all it printed since. A qemu-io that has ended counts as
+    refusing when `ended_is_refusal` (a client the backend may cut off by ending it), else it
+    fails the test (a probe must not pass because its client died). The first read proves the
+    connection is up before the check goes on."""
+    import queue
+    import threading
+    import time
+    client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in client.stdout], daemon=True)
+    reader.start()
+
+    def run(command: str, success: str) -> bool:
+        if client.poll() is not None:
+            assert ended_is_refusal, "qemu-io ended"
+            return False
+        client.stdin.write(command + "\n")
+        client.stdin.flush()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if ended_is_refusal and client.poll() is not None:
+                    return False
+                continue
+            if success in line:
+                return True
+            if any(w in line.lower() for w in failure_words):
+                return False
+        raise AssertionError(f"qemu-io did not answer {command!r} within 15 s")
+
+    def works() -> bool:
+        return run("write -P 0x5a 0 512", "wrote 512/512")
+
+    def last_words(commands: str) -> str:
+        time.sleep(0.2)
+        while not lines.empty():  # what earlier commands printed
+            lines.get_nowait()
+        client.stdin.write(commands)
+        client.stdin.close()
+        client.wait(15)
+        reader.join(5)
+        return "".join(lines.queue)
+    works.last_words = last_words  # type: ignore[attr-defined]
+    try:
+        assert run("read 0 512", "read 512/512"), "qemu-io could not read the image"
+        yield works
+    finally:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            client.stdin.close()
+        try:
+            client.wait(10)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait(5)
+        reader.join(5)

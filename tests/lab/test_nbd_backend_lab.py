@@ -10,13 +10,10 @@ no process, namespace or file is left.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -25,7 +22,8 @@ from agent import netns
 from agent.drivers.volumes import MiB
 from agent.storage_node.backend import NbdBackend
 from lab.testing import ns_run, unique_prefix
-from tests.lab.storage_support import ip, nbd_url, qemu_io, skip_reason, storage_node
+from tests.lab.storage_support import (ip, nbd_url, qemu_io, qemu_io_session, skip_reason,
+                                      storage_node)
 from tests.unit import volume_contract as contract
 
 pytestmark = [pytest.mark.lab]
@@ -95,47 +93,10 @@ def _connected(ns: str):
     """contract.Connected: an interactive qemu-io (QEMU's own NBD client, which reconnects by
     itself) holding one connection to the export for the `with` block; the probe writes 512
     bytes through it and reports whether qemu-io said it wrote them."""
-    @contextlib.contextmanager
     def connected(src):
         url = nbd_url(src.hosts[0].name, src.hosts[0].port, src.name)
-        client = subprocess.Popen(["ip", "netns", "exec", ns, "qemu-io", "-f", "raw", url],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in client.stdout],
-                                  daemon=True)
-        reader.start()
-
-        def run(command: str, success: str) -> bool:
-            assert client.poll() is None, "qemu-io ended"
-            client.stdin.write(command + "\n")
-            client.stdin.flush()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                try:
-                    line = lines.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if success in line:
-                    return True
-                if "failed" in line:
-                    return False
-            raise AssertionError(f"qemu-io did not answer {command!r} within 15 s")
-
-        def works() -> bool:
-            return run("write -P 0x5a 0 512", "wrote 512/512")
-        try:
-            # The connection is up before the check goes on.
-            assert run("read 0 512", "read 512/512"), "qemu-io could not read the export"
-            yield works
-        finally:
-            client.stdin.close()
-            try:
-                client.wait(5)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                client.wait(5)
-            reader.join(5)
+        return qemu_io_session(["ip", "netns", "exec", ns, "qemu-io", "-f", "raw", url],
+                               ended_is_refusal=False)
     return connected
 
 

@@ -9,12 +9,7 @@ process, namespace or directory is left (checked by ceph_cluster).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
-import subprocess
-import threading
-import time
 
 import pytest
 
@@ -22,6 +17,7 @@ from agent.drivers.base import NetworkHost
 from agent.drivers.volumes import MiB, VolumeInfo
 from agent.storage_node.rbd_backend import RbdBackend
 from tests.lab.ceph_support import MON_V1_PORT, ceph_cluster, skip_reason
+from tests.lab.storage_support import qemu_io_session
 from tests.unit import volume_contract as contract
 from tests.unit.volume_contract import _code
 
@@ -52,61 +48,11 @@ def backend(cluster, tmp_path):
 
 def _connected(cluster):
     """A contract.Connected for RBD: an interactive qemu-io holding the image open."""
-    @contextlib.contextmanager
     def connected(src):
-        client = subprocess.Popen(["ip", "netns", "exec", cluster.ns, "qemu-io", "-f", "raw",
-                                   f"rbd:{src.name}:conf={cluster.conf}"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(x) for x in client.stdout],
-                                  daemon=True)
-        reader.start()
-
-        def run(command: str, success: str) -> bool:
-            if client.poll() is not None:
-                return False
-            client.stdin.write(command + "\n")
-            client.stdin.flush()
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                try:
-                    line = lines.get(timeout=0.2)
-                except queue.Empty:
-                    if client.poll() is not None:
-                        return False
-                    continue
-                if success in line:
-                    return True
-                if "failed" in line or "error" in line.lower():
-                    return False
-            raise AssertionError(f"qemu-io did not answer {command!r} within 15 s")
-
-        def works() -> bool:
-            return run("write -P 0x5a 0 512", "wrote 512/512")
-        def last_words(commands: str) -> str:
-            """Send `commands`, end qemu-io (stdin closed) and return all it printed since."""
-            time.sleep(0.2)
-            while not lines.empty():  # what earlier commands printed
-                lines.get_nowait()
-            client.stdin.write(commands)
-            client.stdin.close()
-            client.wait(15)
-            reader.join(5)
-            return "".join(lines.queue)
-        works.last_words = last_words
-        try:
-            assert run("read 0 512", "read 512/512"), "qemu-io could not read the image"
-            yield works
-        finally:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                client.stdin.close()
-            try:
-                client.wait(10)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                client.wait(5)
-            reader.join(5)
+        # A blocklisted client may end: that is the refusal the force-unexport check expects.
+        return qemu_io_session(["ip", "netns", "exec", cluster.ns, "qemu-io", "-f", "raw",
+                                f"rbd:{src.name}:conf={cluster.conf}"],
+                               ended_is_refusal=True, failure_words=("failed", "error"))
     return connected
 
 
