@@ -70,6 +70,8 @@ class Runtime:
     #: the definition may still hold them after the guest lets go, so the next pass detaches
     #: them again. Written before each detach.
     detaching: list[str] = field(default_factory=list)
+    #: Volume id -> the spec size_bytes its running disk was last seen to have (or grown to).
+    volume_sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Runtime":

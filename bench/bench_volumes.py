@@ -26,7 +26,8 @@ Part 2, the data path inside a guest. A kumo-tiny guest (TCG, 1 vCPU, 128 MiB) o
 gets three disks attached live (libvirt, as tests/lab/test_volume_moves_lab.py does):
   vdb  an NBD volume, attached as Kumo attaches one (agent.reconcile.steps.volume_disk:
        virtio, cache=none), from the lab's own storage node when the lab runs one (lab/naming.py
-       STORAGE_ADDR; the volume is made and exported through its API), else (or with
+       STORAGE_ADDR; the volume is made and exported through its API) when the lab runs
+       no controller (a controller deletes volumes it does not know), else (or with
        --own-storage-node) from a scratch storage node of the benchmark's own wired into the
        lab's fabric (namespace `kvn-bench-<random>-sn`, 100.64.0.251:10809 on the underlay, a
        veth into the fabric bridge, NbdBackend called directly);
@@ -491,7 +492,12 @@ class LabNode:
 
 @contextlib.contextmanager
 def guest_storage(lab, prefix: str, args, cleanup: Cleanup) -> Iterator:
-    node = None if args.own_storage_node else LabNode.find(lab)
+    # A lab running its controller owns its storage node: the controller's volume sync deletes
+    # volumes its database does not know (every ORPHAN_SCAN_S), so a volume made behind its back
+    # could vanish mid-run. Then the benchmark brings its own node (the same NbdBackend).
+    node = None
+    if not args.own_storage_node and controller_lab(lab) is not None:
+        node = LabNode.find(lab)
     if node is not None:
         try:
             yield node

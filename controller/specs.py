@@ -64,7 +64,7 @@ def spec_volumes(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[VolumeA
         src = volume_source(v)
         if a.state in IN_SPEC and src is not None:
             out.append(VolumeAttachment(volume_id=a.volume_id, device=virtio_target(a.device),
-                                        source=src))
+                                        source=src, size_bytes=v.observed_size_bytes or None))
     return sorted(out, key=lambda x: x.device)
 
 

@@ -10,7 +10,8 @@ Per volume, each failure isolated and backed off (the instance work's habits):
   cuts the host off even while its guest still holds the disk). The answer records the node's
   size and export (the source hosts attach), acknowledges the generation, moves creating ->
   available (in-use if attached) and a grow's modification_state modifying -> completed once the
-  node's size reaches it. A changed export of an attached volume bumps its instance's spec. A
+  node's size reaches it. A changed export of an attached volume, or a bigger size (grown while
+  attached: the host grows the guest's disk), bumps its instance's spec. A
   permanent refusal of a creating volume -> error; other failures are recorded in
   observed_error and retried.
 - A force-detaching volume whose unexport the node confirmed: its attachment row goes and it is
@@ -212,6 +213,7 @@ class VolumeSync:
             att = s.get(VolumeAttachmentRow, w.volume_id)
             now = utcnow()
             old_source = (vol.source_host, vol.source_port, vol.source_export)
+            old_size = vol.observed_size_bytes
             src = obs.source if obs.exported else None
             vol.source_host = src.host if src else None
             vol.source_port = src.port if src else None
@@ -241,9 +243,12 @@ class VolumeSync:
                 finish_detach(s, att, vol, "forced: the storage node cut the host off")
                 return
             new_source = (vol.source_host, vol.source_port, vol.source_export)
-            if (src is not None and old_source[2] is not None and new_source != old_source
+            moved = old_source[2] is not None and new_source != old_source
+            # Grown while attached: the host makes the guest see the new size (spec size_bytes).
+            grown = old_size is not None and obs.size_bytes > old_size
+            if (src is not None and (moved or grown)
                     and att.state in ("attaching", "attached")):
-                # The host must reach it elsewhere now: the instance's spec changes.
+                # The host must reach it elsewhere, or see it bigger: the instance's spec changes.
                 inst = s.get(Instance, att.instance_id)
                 if inst is not None and inst.state != "terminated":
                     inst.generation = max(inst.generation, inst.acked_generation) + 1

@@ -162,6 +162,9 @@ class VolumeAttachment(_Wire):
     #: The disk's serial in the guest (/dev/disk/by-id/virtio-<serial>). None: derived from the
     #: volume id, "vol" + its 17 hex digits (the id itself is 21 characters, one too many).
     serial: DiskSerial | None = None
+    #: The volume's size as the storage node serves it. A running guest whose disk is smaller
+    #: gets it grown live (the volume grew while attached). None: whatever the export has.
+    size_bytes: int | None = Field(default=None, ge=1)
 
     @property
     def disk_serial(self) -> str:

@@ -23,6 +23,7 @@ DiskBus = Literal["virtio", "scsi", "sata", "ide"]
 #: Cache modes that never lose a write the guest was told is on disk: each one honours the
 #: guest's flushes (writeback, none) or writes through. "unsafe" ignores flushes and is refused.
 CacheMode = Literal["none", "writethrough", "writeback", "directsync"]
+ErrorPolicy = Literal["stop"]
 CACHE_MODES = frozenset({"none", "writethrough", "writeback", "directsync"})
 FileFormat = Literal["qcow2", "raw"]
 #: Each bus names its disks with its own prefix (and IDE has only four places).
@@ -196,6 +197,10 @@ class DomainDisk:
     serial: str | None = None
     #: None: the hypervisor's default (QEMU writeback honouring flushes). Never "unsafe".
     cache: CacheMode | None = None
+    #: What an I/O error does, for reads and writes alike. None: the hypervisor's default (the
+    #: guest gets the error). "stop": the domain pauses (DomainStatus.io_error) and keeps the
+    #: request for a retry on resume, so a storage outage never reaches the guest's filesystem.
+    error_policy: ErrorPolicy | None = None
     #: Boot priority (1 first). No disk of a plan has one: the domain boots its first hard disk.
     boot_order: int | None = None
 
@@ -213,6 +218,8 @@ class DomainDisk:
             _check_text("disk serial", self.serial, r"[A-Za-z0-9_.-]{1,20}")
         if self.cache is not None and self.cache not in CACHE_MODES:
             raise InvalidDevice(f"cache mode {self.cache!r} is not one of {sorted(CACHE_MODES)}")
+        if self.error_policy not in (None, "stop"):
+            raise InvalidDevice(f"error policy {self.error_policy!r} is not 'stop'")
         if self.boot_order is not None and not (isinstance(self.boot_order, int)
                                                 and self.boot_order >= 1):
             raise InvalidDevice(f"boot order {self.boot_order!r} is not a positive integer")
@@ -260,6 +267,9 @@ class DomainStatus:
     #: The disks attached now, sorted by target: the running guest's when it runs, else the
     #: definition's.
     disks: tuple[DomainDisk, ...] = ()
+    #: Paused because a disk with error_policy "stop" failed a request (a storage outage, a
+    #: volume's export re-made): start() resumes it and QEMU retries the request.
+    io_error: bool = False
 
 
 class Hypervisor(Protocol):
@@ -281,10 +291,12 @@ class Hypervisor(Protocol):
       nothing can pull a PCI device out of a running guest that holds on to it.
     - define(plan) replaces the whole definition: a disk attached here that is not in the plan
       leaves the definition with the next define, so volumes belong in DomainPlan.disks too.
-    - resize_disk grows the disk on `target` of a *running* domain to `size_bytes` at once: the
-      hypervisor grows the image under the guest, which sees the new size without a reboot
-      (its filesystem grows when the guest grows it). It never shrinks: a size at or below the
-      disk's capacity is a no-op. A shut-off or paused domain is DomainNotRunning (its image is
+    - resize_disk grows the disk on `target` of a *running* (or paused) domain to `size_bytes`
+      at once: the hypervisor grows the image under the guest, which sees the new size without
+      a reboot (its filesystem grows when the guest grows it). A network disk's image is grown
+      by its storage first; the hypervisor then makes its client learn the new size. It never
+      shrinks: a size at or below the
+      disk's capacity is a no-op. A shut-off domain is DomainNotRunning (its image is
       grown offline, Storage.ensure_root_disk); no disk on `target` is DeviceNotFound; a size
       that is not a positive multiple of 512 is InvalidParameterValue; a missing domain is
       DomainNotFound. Capability "disk_resize_live".
@@ -330,7 +342,9 @@ class Hypervisor(Protocol):
         """Detach the disk on `target` (e.g. "vdb"), waiting for the guest (see the rules)."""
 
     def resize_disk(self, name: str, target: str, size_bytes: int) -> None:
-        """Grow the running domain's disk on `target` to `size_bytes` (see the rules)."""
+        """Grow the running domain's disk on `target` to `size_bytes` (see the rules). A network
+        disk's source must have that size already (the storage node grew the volume): the
+        driver makes the domain see it."""
 
     def disk_capacity(self, name: str, target: str) -> int:
         """Bytes of the disk on `target` as the domain sees it (see the rules)."""

@@ -3,7 +3,7 @@
 It keeps the Protocol's promises as LibvirtHypervisor does (idempotent deletes, no-op starts of
 running domains, power states, the device rules of agent/drivers/disks.py, counters that start
 from zero with each run and only grow within it, CPU time that advances only while running) and
-adds test handles: crash(), write_console(), fail(), hold_device()/release_device(),
+adds test handles: crash(), pause_on_io_error(), write_console(), fail(), hold_device()/release_device(),
 set_cpu_load(), traffic(), disk_io(), set_disk_size(), `calls`. A detach the guest does not
 answer raises at once what the real driver raises after its timeout: tests never sleep. Disk
 sizes are what the fake was told (set_disk_size) or grew itself (resize_disk); a disk it knows
@@ -44,6 +44,8 @@ class FakeDomain:
     disk_counters: dict[str, DiskCounters] = field(default_factory=dict)
     #: Targets the guest was asked to release and still holds (the unplug stays requested).
     unplugging: set[str] = field(default_factory=set)
+    #: Paused by an I/O error on a disk with error_policy "stop" (power "paused").
+    io_error: bool = False
 
 
 def _without(plan: DomainPlan, target: str) -> DomainPlan:
@@ -100,6 +102,12 @@ class FakeHypervisor:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def pause_on_io_error(self, name: str) -> None:
+        """Test hook: a disk with error_policy "stop" failed a request; QEMU paused the guest."""
+        with self._lock:
+            dom = self._running(name)
+            dom.power, dom.io_error = "paused", True
 
     def crash(self, name: str, power: str = "crashed") -> None:
         """The guest dies by itself (power "crashed" or "shutoff")."""
@@ -178,7 +186,7 @@ class FakeHypervisor:
         dom.disk_counters = {d.target: DiskCounters(d.target) for d in dom.plan.disks}
 
     def _power_off(self, dom: FakeDomain, power: str = "shutoff") -> None:
-        dom.power, dom.live, dom.run_id = power, None, None
+        dom.power, dom.live, dom.run_id, dom.io_error = power, None, None, False
         dom.nic_counters, dom.disk_counters, dom.unplugging = {}, {}, set()
 
     def _unplug(self, dom: FakeDomain, target: str) -> None:
@@ -231,6 +239,9 @@ class FakeHypervisor:
             dom = self._get(name)
             if dom.power == "running":
                 return
+            if dom.power == "paused":  # resumed where it stopped: the same boot
+                dom.power, dom.io_error = "running", False
+                return
             if dom.power == "crashed":
                 raise DriverError(f"domain {name} is crashed; destroy it first",
                                   code="DomainCrashed")
@@ -276,7 +287,8 @@ class FakeHypervisor:
             now = dom.live if dom.live is not None else dom.plan
             return DomainStatus(name=name, power=dom.power, vcpus=now.vcpus,
                                 memory_mib=now.memory_mib,
-                                disks=tuple(sorted(now.disks, key=lambda d: d.target)))
+                                disks=tuple(sorted(now.disks, key=lambda d: d.target)),
+                                io_error=dom.io_error)
 
     def list_domains(self) -> list[DomainStatus]:
         with self._lock:
@@ -316,7 +328,9 @@ class FakeHypervisor:
         with self._lock:
             self._record("resize_disk", name)
             check_disk_size(size_bytes)
-            dom = self._running(name)
+            dom = self._get(name)
+            if dom.power not in ("running", "paused") or dom.live is None:
+                raise DomainNotRunning(f"domain {name} is not running")
             if on_target(dom.live.disks, target) is None:
                 raise DeviceNotFound(f"domain {name} has no disk on {target}")
             if size_bytes > self.disk_sizes.get((name, target), 0):  # grown, never shrunk

@@ -8,7 +8,9 @@ guest's QEMU) holding an export open; `write()` / `read()` for a client's I/O on
 A forced unexport cuts the connected clients off: they are counted in `cut` until
 each one's disconnect() (its host unplugging the dead disk), which then changes nothing else, so
 a new client of the same volume (attached elsewhere) is not miscounted. The volume's next
-export then has a new name (`fences`), as the contract says.
+export then has a new name (`fences`), as the contract says. Growing a volume with clients
+connected cuts them off too (the NBD backend re-makes the export, under the same name): a cut
+client's reconnect() takes it up again, as QEMU's NBD client does on its next request.
 
 Data is kept in BLOCK-sized immutable chunks per volume (absent = zeros). A snapshot is a shallow
 copy of the volume's chunk map: it shares every chunk with the volume, and a later write
@@ -89,8 +91,8 @@ class FakeVolumeBackend:
             if size_bytes < have:
                 raise InvalidVolumeSize(f"volume {volume_id} has {have} bytes: it never "
                                         f"shrinks to {size_bytes}")
-            if size_bytes != have and self.clients.get(volume_id):
-                raise VolumeInUse(f"volume {volume_id} has an NBD client connected")
+            if size_bytes != have:
+                self._cut_off(volume_id)  # an export re-made at the new size, same name
             self.sizes[volume_id] = size_bytes
 
     def delete(self, volume_id: str) -> None:
@@ -212,6 +214,15 @@ class FakeVolumeBackend:
             if volume_id not in self.served:
                 raise VolumeNotFound(f"volume {volume_id} is not exported")
             self.clients[volume_id] = self.clients.get(volume_id, 0) + 1
+
+    def reconnect(self, volume_id: str) -> None:
+        """A client that was cut off connects again to the same export (its new size)."""
+        with self._lock:
+            if volume_id not in self.served:
+                raise VolumeNotFound(f"volume {volume_id} is not exported")
+            if self.cut.get(volume_id):
+                self.cut[volume_id] -= 1
+                self.clients[volume_id] = self.clients.get(volume_id, 0) + 1
 
     def disconnect(self, volume_id: str) -> None:
         """A client lets go; one that was cut off already had (nothing else changes)."""

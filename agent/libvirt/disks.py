@@ -16,8 +16,8 @@ from agent.libvirt.domain import Disk, DiskHost
 
 def to_xml_disk(disk: DomainDisk) -> Disk:
     common = dict(target_dev=disk.target, target_bus=disk.bus, device=disk.device,
-                  cache=disk.cache, readonly=disk.readonly, serial=disk.serial,
-                  boot_order=disk.boot_order)
+                  cache=disk.cache, error_policy=disk.error_policy, readonly=disk.readonly,
+                  serial=disk.serial, boot_order=disk.boot_order)
     src = disk.source
     if isinstance(src, FileSource):
         return Disk(source_file=str(src.path), driver_type=src.format, **common)
@@ -40,7 +40,9 @@ def from_xml_disk(disk: Disk) -> DomainDisk | None:
                 else NetworkHost(name=h.name, port=h.port) for h in disk.source_hosts))
         return DomainDisk(target=disk.target_dev, source=source, device=disk.device,
                           bus=disk.target_bus, readonly=disk.readonly, serial=disk.serial,
-                          cache=disk.cache, boot_order=disk.boot_order)
+                          cache=disk.cache,
+                          error_policy="stop" if disk.error_policy == "stop" else None,
+                          boot_order=disk.boot_order)
     except DriverError:
         return None
 

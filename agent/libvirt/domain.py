@@ -118,6 +118,15 @@ class DiskHost(_Xml):
         return cls(name=el.get("name"), port=int(port) if port else None)
 
 
+def _error_policy(drv: ET.Element | None) -> str | None:
+    """The one policy Kumo sets for writes and reads alike, or None when they differ (a disk
+    Kumo did not define: it then never equals one of Kumo's)."""
+    if drv is None:
+        return None
+    write, read = drv.get("error_policy"), drv.get("rerror_policy")
+    return write if write == read else None
+
+
 @dataclass
 class Disk(_Xml):
     """<disk type='file'> (source_file) or <disk type='network'> (source_protocol, name, hosts)."""
@@ -131,6 +140,9 @@ class Disk(_Xml):
     device: Literal["disk", "cdrom"] = "disk"
     driver_type: str = "qcow2"
     cache: str | None = None
+    #: libvirt's error_policy and rerror_policy together ("stop": pause the guest on an I/O
+    #: error, the request kept for a retry on resume).
+    error_policy: str | None = None
     readonly: bool = False
     serial: str | None = None
     boot_order: int | None = None
@@ -141,6 +153,9 @@ class Disk(_Xml):
         drv = _sub(el, "driver", name="qemu", type=self.driver_type)
         if self.cache:
             drv.set("cache", self.cache)
+        if self.error_policy:
+            drv.set("error_policy", self.error_policy)
+            drv.set("rerror_policy", self.error_policy)
         if network:
             src = _sub(el, "source", protocol=self.source_protocol, name=self.source_name or "")
             for host in self.source_hosts:
@@ -169,6 +184,7 @@ class Disk(_Xml):
                       device=el.get("device", "disk"),
                       driver_type=drv.get("type", "raw") if drv is not None else "raw",
                       cache=drv.get("cache") if drv is not None else None,
+                      error_policy=_error_policy(drv),
                       readonly=el.find("readonly") is not None,
                       serial=el.findtext("serial"),
                       boot_order=int(boot.get("order")) if boot is not None else None)

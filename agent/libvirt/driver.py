@@ -21,7 +21,7 @@ from agent.drivers.base import (DeviceNotFound, DomainDisk, DomainNotFound, Doma
                                 DomainPlan, DomainStatus, DriverError, check_disk_size)
 from agent.drivers.disks import on_target
 from agent.drivers.stats import DomainStats
-from agent.libvirt import devices, stats
+from agent.libvirt import devices, nbd_reconnect, stats
 from agent.libvirt.designer import DEFAULT_EMULATOR, DEFAULT_TCG_CPU_MODEL, design_domain
 from agent.libvirt.disks import from_domain_xml
 from agent.libvirt.domain import KUMO_NS, KumoMetadata
@@ -173,8 +173,14 @@ class LibvirtHypervisor:
     def start(self, name: str) -> None:
         def run(conn: libvirt.virConnect) -> None:
             dom = conn.lookupByName(name)
-            state = dom.state()[0]
-            if state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+            state, reason = dom.state()
+            if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+                # Reconnect the network disks first, so the requests QEMU retries on resume
+                # find them (nbd_reconnect.py); one that still fails pauses the guest again.
+                for node in nbd_reconnect.network_nodes(dom.XMLDesc(0)):
+                    nbd_reconnect.reconnect(dom, node)
+                dom.resume()
+            elif state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
                 dom.resume()
             elif not dom.isActive():
                 dom.create()
@@ -306,7 +312,7 @@ class LibvirtHypervisor:
             if size_bytes <= dom.blockInfo(target)[0]:
                 return  # already that big: never shrink (QEMU would cut the image short)
             try:
-                dom.blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                _block_resize(dom, target, size_bytes, self.poll_interval)
             except libvirt.libvirtError as e:
                 # The domain stopped between the check and the call.
                 if (e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
@@ -412,7 +418,34 @@ class LibvirtHypervisor:
             power = "running" if dom.isActive() else "shutoff"
         return DomainStatus(name=dom.name(), power=power, vcpus=vcpus, memory_mib=max_kib // 1024,
                             disks=tuple(sorted(from_domain_xml(dom.XMLDesc(0)),
-                                               key=lambda d: d.target)))
+                                               key=lambda d: d.target)),
+                            io_error=(state == libvirt.VIR_DOMAIN_PAUSED
+                                      and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR))
+
+
+#: block_resize attempts on a network disk whose client must reconnect to learn the new size.
+NETWORK_RESIZE_ATTEMPTS = 10
+
+
+def _block_resize(dom: libvirt.virDomain, target: str, size_bytes: int,
+                  pause: float) -> None:
+    """virDomainBlockResize; on a network disk whose client still knows the export's old size
+    ("Cannot grow NBD nodes"), reconnect it and try again (nbd_reconnect.py). The storage node
+    may not have grown the export yet: then the last error stands (retryable)."""
+    node = None
+    for attempt in range(NETWORK_RESIZE_ATTEMPTS):
+        try:
+            dom.blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            return
+        except libvirt.libvirtError as e:
+            if "Cannot grow NBD nodes" not in str(e) or attempt == NETWORK_RESIZE_ATTEMPTS - 1:
+                raise
+            node = node or nbd_reconnect.storage_node(dom.XMLDesc(0), target)
+            if node is None:
+                raise
+        nbd_reconnect.reconnect(dom, node)
+        if attempt:
+            time.sleep(pause)
 
 
 def _power_off(dom: libvirt.virDomain) -> None:

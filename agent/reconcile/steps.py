@@ -168,12 +168,14 @@ class InstanceContext:
 
 def volume_disk(v: VolumeAttachment) -> DomainDisk:
     """A volume as a virtio network disk. cache "none": the guest's flushes reach the storage
-    node and no host page cache sits between hosts when the volume moves."""
+    node and no host page cache sits between hosts when the volume moves. Error policy "stop":
+    while the storage node is out of reach (a daemon restart, an export re-made to grow the
+    volume) the guest pauses instead of seeing I/O errors, and ResumedAfterIOError resumes it."""
     src = v.source
     return DomainDisk(target=v.device,
                       source=NetworkSource(src.protocol, src.export,
                                            (NetworkHost(src.host, src.port),)),
-                      bus="virtio", serial=v.disk_serial, cache="none")
+                      bus="virtio", serial=v.disk_serial, cache="none", error_policy="stop")
 
 
 def extra_disks(disks: tuple[DomainDisk, ...]) -> list[DomainDisk]:
@@ -449,7 +451,66 @@ class VolumesAttached(Step):
             raise first_error
 
 
+class VolumesGrown(Step):
+    """Each volume disk of a running (or I/O-error paused) domain is as big as the volume the
+    storage node serves (spec size_bytes): a volume grown while attached grows in the guest
+    without a reboot. The hypervisor's resize_disk makes QEMU's NBD client reconnect to learn
+    the new size (agent/libvirt/nbd_reconnect.py). rt.volume_sizes keeps what was checked, so
+    a pass asks the hypervisor only about volumes whose size changed. A shut-off domain needs
+    nothing: its disks connect afresh, at the export's size, when it starts."""
+
+    name = "volumes-grown"
+
+    def _unchecked(self, ctx: InstanceContext) -> list[VolumeAttachment]:
+        st = ctx.status()
+        if not (st.power == "running" or (st.power == "paused" and st.io_error)):
+            return []
+        present = set(extra_disks(st.disks))
+        return [v for v in ctx.spec.volumes
+                if v.size_bytes is not None and volume_disk(v) in present
+                and ctx.rt.volume_sizes.get(v.volume_id) != v.size_bytes]
+
+    def needed(self, ctx):
+        return bool(self._unchecked(ctx))
+
+    def run(self, ctx):
+        hv = ctx.drivers.hypervisor
+        for v in self._unchecked(ctx):
+            if hv.disk_capacity(ctx.id, v.device) < v.size_bytes:
+                hv.resize_disk(ctx.id, v.device, v.size_bytes)
+            ctx.rt.volume_sizes[v.volume_id] = v.size_bytes
+        wanted = {v.volume_id for v in ctx.spec.volumes}
+        ctx.rt.volume_sizes = {k: s for k, s in ctx.rt.volume_sizes.items() if k in wanted}
+
+    def verify(self, ctx):
+        hv = ctx.drivers.hypervisor
+        return all(hv.disk_capacity(ctx.id, v.device) >= v.size_bytes
+                   for v in ctx.spec.volumes
+                   if v.size_bytes is not None and v.volume_id in ctx.rt.volume_sizes
+                   and v.device in {d.target for d in extra_disks(ctx.status().disks)})
+
+
+class ResumedAfterIOError(Step):
+    """A domain QEMU paused on a volume's I/O error (error policy "stop": the storage node was
+    out of reach) runs again: the hypervisor reconnects its network disks and resumes it, and
+    QEMU retries the requests it held. Should the storage still be away, the guest pauses again
+    and a later pass retries; the guest's filesystem never sees the error."""
+
+    name = "resumed-after-io-error"
+
+    def needed(self, ctx):
+        st = ctx.status()
+        return ctx.spec.power == "running" and st.power == "paused" and st.io_error
+
+    def run(self, ctx):
+        ctx.drivers.hypervisor.start(ctx.id)  # resumes a paused domain: the same boot
+
+    def verify(self, ctx):
+        return ctx.status().power == "running"
+
+
 def steps_for(ctx: InstanceContext) -> list[Step]:
     """Every step, in dependency order; the planner keeps those that are needed."""
     return [ImageCached(), RootDisk(), SeedWritten(), NetworkReady(), DomainDefined(),
-            PoweredOff(), Started(), Rebooted(), VolumesAttached()]
+            PoweredOff(), Started(), Rebooted(), VolumesAttached(), VolumesGrown(),
+            ResumedAfterIOError()]

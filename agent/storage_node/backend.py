@@ -182,10 +182,14 @@ class NbdBackend:
 
     def _grow_open(self, q: QmpClient, volume_id: str, size_bytes: int) -> None:
         """An NBD export takes the resize permission from its node (qemu 7.2), so the export
-        steps aside while the node grows: refused (VolumeInUse) while a client is connected."""
+        steps aside while the node grows: removed hard (a connected host is cut off), the node
+        grown, the export made again under the same name (no fence: the same host may go on).
+        The host's QEMU reconnects and learns the new size when its agent grows the disk
+        (agent/libvirt/nbd_reconnect.py); a guest request in between pauses the guest (error
+        policy "stop") and is retried on resume, so nothing reaches the guest's filesystem."""
         exported = volume_id in self.daemon.served(q)
         if exported:
-            self._del_export(q, volume_id)
+            self._del_export(q, volume_id, force=True)
         try:
             self.daemon.resize(q, volume_id, size_bytes)
         finally:

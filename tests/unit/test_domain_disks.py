@@ -12,6 +12,7 @@ from agent.drivers.base import (DeviceNotHotpluggable, DeviceSourceInUse, Device
                                 DomainDisk, DomainPlan, FileSource, InvalidDevice, NetworkHost,
                                 NetworkSource)
 from agent.drivers.disks import instance_disks, plan_attach, root_disk, seed_cdrom
+from agent.libvirt import nbd_reconnect
 from agent.libvirt.disks import disk_alias, from_domain_xml, from_xml_disk, to_xml_disk
 
 VOL = DomainDisk("vdb", FileSource(Path("/v/vol.qcow2")), serial="vol0000000000000b001")
@@ -47,6 +48,7 @@ NBD = NetworkSource("nbd", "vol-1", (NetworkHost(socket=Path("/run/nbd.sock")),)
     lambda: NetworkHost("h'><x", port=1),
     lambda: NetworkHost(socket=Path("/s"), port=1),
     lambda: NetworkHost(socket=Path("rel.sock")),
+    lambda: DomainDisk("vdb", FileSource(Path("/v/a")), error_policy="ignore"),  # hides errors
 ])
 def test_bad_disks_have_a_stable_code(make):
     with pytest.raises(InvalidDevice) as e:
@@ -140,8 +142,30 @@ def test_disks_read_back_from_live_xml():
     assert disk_alias(LIVE_XML, "vdz") is None
 
 
+def test_error_policy_stop_reads_back_only_when_reads_and_writes_both_stop():
+    both = LIVE_XML.replace("cache='none'/>",
+                            "cache='none' error_policy='stop' rerror_policy='stop'/>")
+    assert from_domain_xml(both)[1].error_policy == "stop"
+    for one in ("error_policy='stop'", "rerror_policy='stop'",
+                "error_policy='stop' rerror_policy='report'"):
+        xml = LIVE_XML.replace("cache='none'/>", f"cache='none' {one}/>")
+        assert from_domain_xml(xml)[1].error_policy is None
+
+
+def test_nbd_reconnect_finds_the_network_disks_block_node():
+    assert nbd_reconnect.storage_node(LIVE_XML, "vdb") == "libvirt-1-storage"
+    assert nbd_reconnect.storage_node(LIVE_XML, "vda") is None  # a file disk
+    assert nbd_reconnect.storage_node(LIVE_XML, "vdz") is None
+    assert nbd_reconnect.storage_node(LIVE_XML.replace(" index='1'", ""), "vdb") is None
+    assert nbd_reconnect.storage_node(LIVE_XML.replace("index='1'", "index='1 x'"), "vdb") is None
+    assert nbd_reconnect.network_nodes(LIVE_XML) == ["libvirt-1-storage"]
+    with pytest.raises(ValueError):
+        nbd_reconnect.poke(None, 'libvirt-1-storage" "write 0 1')  # never reaches the monitor
+
+
 @pytest.mark.parametrize("disk", [
     VOL, DomainDisk("vdc", NBD, readonly=True, boot_order=3, cache="directsync"),
+    DomainDisk("vdc", NBD, serial="vol0000000000000b001", cache="none", error_policy="stop"),
     DomainDisk("vdd", NetworkSource("rbd", "p/i", (NetworkHost("m1", 6789), NetworkHost("m2")))),
     seed_cdrom(Path("/i/seed.iso")),
 ])

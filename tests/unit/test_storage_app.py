@@ -115,13 +115,15 @@ def test_put_grows_and_refuses_to_shrink(client, backend):
     assert backend.sizes[V1] == 32 * MiB and V1 in backend.wanted
 
 
-def test_growing_with_a_connected_client_is_409_retryable(client, backend):
-    put(client, V1, 8 * MiB, exported=True)
+def test_growing_with_a_connected_client_re_makes_the_export_under_its_name(client, backend):
+    first = put(client, V1, 8 * MiB, exported=True).json()["source"]
     backend.connect(V1)
-    assert err(put(client, V1, 16 * MiB, exported=True)) == (409, "VolumeInUse", True)
-    assert backend.sizes[V1] == 8 * MiB
-    backend.disconnect(V1)
-    assert put(client, V1, 16 * MiB, exported=True).json()["size_bytes"] == 16 * MiB
+    r = put(client, V1, 16 * MiB, exported=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["size_bytes"] == 16 * MiB and r.json()["source"] == first
+    assert (backend.clients.get(V1, 0), backend.cut[V1]) == (0, 1)  # cut off: must reconnect
+    backend.reconnect(V1)
+    assert (backend.clients[V1], backend.cut[V1]) == (1, 0)
 
 
 def test_unexport_with_a_connected_client_is_409(client, backend):

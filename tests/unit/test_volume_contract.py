@@ -68,6 +68,11 @@ def test_unexport_while_connected(fake):
     contract.check_unexport_while_connected(fake, V1, _connected(fake))
 
 
+def test_grow_while_connected(fake):
+    contract.check_grow_while_connected(fake, V1, _connected(fake))
+    assert fake.clients.get(V1, 0) == 0 and fake.cut.get(V1, 0) == 0
+
+
 def test_force_unexport_while_connected(fake):
     contract.check_force_unexport_while_connected(fake, V1, _connected(fake))
     assert fake.clients.get(V1, 0) == 0 and fake.cut.get(V1, 0) == 0

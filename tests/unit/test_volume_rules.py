@@ -62,17 +62,17 @@ def _volume(state: str) -> Volume:
                   availability_zone="kumo-1a", created_at=now, updated_at=now)
 
 
-def test_growing_an_attached_volume_is_unsupported():
+def test_an_attached_volume_grows_live():
     volumes.check_growable(_volume("available"))
+    volumes.check_growable(_volume("in-use"))
+
+
+def test_growing_an_attached_volume_on_a_stack_that_cannot(monkeypatch):
+    monkeypatch.setattr(volumes, "LIVE_GROW_SUPPORTED", False)
     with pytest.raises(KumoError) as e:
         volumes.check_growable(_volume("in-use"))
     assert (e.value.code, e.value.status) == ("UnsupportedOperation", 400)
     assert "detach the volume to grow it" in e.value.message
-
-
-def test_growing_an_attached_volume_once_the_backend_can(monkeypatch):
-    monkeypatch.setattr(volumes, "LIVE_GROW_SUPPORTED", True)
-    volumes.check_growable(_volume("in-use"))
 
 
 def test_check_tags():
