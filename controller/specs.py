@@ -44,10 +44,13 @@ def virtio_target(device: str) -> str:
 
 
 def volume_source(vol: Volume) -> VolumeSource | None:
-    """Where hosts attach the volume, as the storage node last reported it (None: not exported)."""
+    """Where hosts attach the volume, as the storage node last reported it (None: not exported).
+    A row without a protocol predates RBD: NBD, on NBD's port unless one was recorded."""
     if not vol.source_host or not vol.source_export:
         return None
-    return VolumeSource(host=vol.source_host, port=vol.source_port or 10809,
+    protocol = vol.source_protocol or "nbd"
+    return VolumeSource(protocol=protocol, host=vol.source_host,
+                        port=vol.source_port or (6789 if protocol == "rbd" else 10809),
                         export=vol.source_export)
 
 

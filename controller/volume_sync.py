@@ -212,12 +212,14 @@ class VolumeSync:
                 return
             att = s.get(VolumeAttachmentRow, w.volume_id)
             now = utcnow()
-            old_source = (vol.source_host, vol.source_port, vol.source_export)
+            old_source = (vol.source_protocol or "nbd", vol.source_host, vol.source_port,
+                          vol.source_export)
             old_size = vol.observed_size_bytes
             src = obs.source if obs.exported else None
             vol.source_host = src.host if src else None
             vol.source_port = src.port if src else None
             vol.source_export = src.export if src else None
+            vol.source_protocol = src.protocol if src else None
             vol.observed_size_bytes = obs.size_bytes
             vol.acked_generation = max(vol.acked_generation, w.generation)
             vol.observed_error = None
@@ -242,8 +244,9 @@ class VolumeSync:
             if src is None and not w.spec.exported and forcing_off(att):
                 finish_detach(s, att, vol, "forced: the storage node cut the host off")
                 return
-            new_source = (vol.source_host, vol.source_port, vol.source_export)
-            moved = old_source[2] is not None and new_source != old_source
+            new_source = (vol.source_protocol or "nbd", vol.source_host, vol.source_port,
+                          vol.source_export)
+            moved = old_source[3] is not None and new_source != old_source
             # Grown while attached: the host makes the guest see the new size (spec size_bytes).
             grown = old_size is not None and obs.size_bytes > old_size
             if (src is not None and (moved or grown)
@@ -264,6 +267,7 @@ class VolumeSync:
                    "storage node deleted it")
             vol.state, vol.deleted_at, vol.updated_at = "deleted", now, now
             vol.source_host = vol.source_port = vol.source_export = None
+            vol.source_protocol = None
             vol.observed_error = None
             s.add(vol)
 

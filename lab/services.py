@@ -130,6 +130,21 @@ def storage_env(state_dir: Path, token: str) -> dict[str, str]:
     }
 
 
+def storage_rbd_env(state_dir: Path, ceph_conf: Path, pool: str,
+                    mon_port: int = 6789) -> dict[str, str]:
+    """What turns storage_env() into a node on Ceph RBD (agent/storage_node/settings.py): a Ceph
+    cluster in the storage namespace whose monitor listens on the node's fabric address (hosts'
+    QEMUs dial it, then the OSD, directly). Its own state dir (its exports.json is not the NBD
+    node's), the same API socket: the controller's URL does not change."""
+    return {
+        "KUMO_STORAGE_BACKEND": "rbd",
+        "KUMO_STORAGE_STATE_DIR": str(storage_dir(state_dir) / "rbd"),
+        "KUMO_STORAGE_CEPH_CONF": str(ceph_conf),
+        "KUMO_STORAGE_RBD_POOL": pool,
+        "KUMO_STORAGE_RBD_MON_HOSTS": f"{nm.STORAGE_ADDR.ip}:{mon_port}",
+    }
+
+
 def storage_argv(python: str) -> list[str]:
     return [python, "-m", "agent.storage_node"]
 

@@ -1,7 +1,8 @@
 """Version 1 of the storage node's wire contract: how the controller drives a storage service.
 
 A storage node keeps Kumo's volumes (agent/drivers/volumes.py is the backend contract behind it)
-and serves them to hosts over the network. The controller owns which volumes exist, how big they
+and serves them to hosts over the network: as NBD exports, or as Ceph RBD images
+(StorageInfo.protocol; every VolumeObserved.source of a node has that protocol). The controller owns which volumes exist, how big they
 are and which are exported (served to hosts); the node owns what really is. Like the host agents'
 contract (v1.py), every request is a full desired state, idempotent, and the answer is what is
 observed after applying it.
@@ -73,8 +74,9 @@ class StorageInfo(_Wire):
     node_id: str
     contract_version: str = CONTRACT_VERSION
     extensions: list[str] = Field(default_factory=list)
-    #: The backend's protocol towards hosts ("nbd"; "rbd" later).
-    protocol: Literal["nbd"] = "nbd"
+    #: The backend's protocol towards hosts: "nbd" (qemu-storage-daemon) or "rbd" (Ceph); every
+    #: VolumeObserved.source of the node has this protocol.
+    protocol: Literal["nbd", "rbd"] = "nbd"
     #: The backend's capabilities (agent/drivers/volumes.py), e.g. "grow_exported".
     capabilities: list[str] = Field(default_factory=list)
     #: How many volumes it keeps, and their provisioned bytes in total.
@@ -116,7 +118,9 @@ class VolumeObserved(_Wire):
     volume_id: VolumeId
     size_bytes: int
     exported: bool
-    #: Where hosts attach it while exported (what InstanceSpec.volumes[].source carries).
+    #: Where hosts attach it while exported (what InstanceSpec.volumes[].source carries): an
+    #: NBD export (host:port of the node, export = the volume id) or an RBD image (host:port of
+    #: a Ceph monitor, export = "pool/volume-id"). Validated as the hosts' contract does.
     source: VolumeSource | None = None
 
 

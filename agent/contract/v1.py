@@ -52,8 +52,9 @@ CONTRACT_VERSION = "v1"
 #:   runs, always in its definition) and InstanceObserved.volumes (what is attached now).
 #:   image-capture: POST/GET/DELETE /v1/instances/{id}/image[/{image_id}[/file]]
 #:   (CaptureRequest, CaptureObserved): the root disk flattened into a standalone qcow2.
+#:   volumes-rbd: VolumeSource.protocol "rbd" (a Ceph RBD image, "pool/image", via a monitor).
 EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
-                               "image-capture")
+                               "image-capture", "volumes-rbd")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -73,7 +74,10 @@ VolumeDevice = Annotated[str, StringConstraints(pattern=r"^vd[b-z]$")]
 #: What virtio-blk shows the guest as the disk's serial (at most 20 characters).
 DiskSerial = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,20}$")]
 #: An NBD export name: letters, digits, dot, underscore, hyphen (e.g. the volume id).
-ExportName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+NBD_EXPORT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ExportName = Annotated[str, StringConstraints(pattern=f"^{NBD_EXPORT_RE.pattern}$")]
+#: An RBD image as "pool/image" (agent/drivers/base.NetworkSource checks the same).
+RBD_IMAGE_RE = re.compile(r"[A-Za-z0-9._-]{1,127}/[A-Za-z0-9._-]{1,127}")
 # One DNS name of RFC 1123 labels (a storage node's host name).
 _DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -130,16 +134,25 @@ class NicSpec(_Wire):
 
 
 class VolumeSource(_Wire):
-    """Where a volume is served (extension volumes): one NBD export on a storage node."""
+    """Where a volume is served (extension volumes): one NBD export on a storage node, or
+    (extension "volumes-rbd") one RBD image of a Ceph cluster, reached through a monitor.
 
-    #: Always "nbd" in v1.
-    protocol: Literal["nbd"] = "nbd"
-    #: The storage node: an IPv4 address or a DNS host name (no ports, no brackets, no spaces).
+    Ceph's auth is not carried: the cluster must allow clients without cephx (auth none), as
+    the lab's does. cephx would need a libvirt secret on every host (docs/ceph-rbd.md); a storage
+    node configured for it refuses to start rather than hand out sources hosts cannot open."""
+
+    #: "nbd" (the default, what every v1 agent understands) or "rbd" (extension volumes-rbd).
+    protocol: Literal["nbd", "rbd"] = "nbd"
+    #: NBD: the storage node. RBD: one Ceph monitor. An IPv4 address or a DNS host name (no
+    #: ports, no brackets, no spaces).
     host: str
-    #: TCP port of the NBD server (10809 is NBD's registered port).
+    #: NBD: TCP port of the NBD server (10809 is NBD's registered port). RBD: the monitor's
+    #: msgr v1 port (6789; 3300 would be msgr v2), always sent explicitly by RBD nodes.
     port: int = Field(default=10809, ge=1, le=65535)
-    #: The export's name on that server (the storage node exports each volume under its id).
-    export: ExportName
+    #: NBD: the export's name on that server (the storage node exports each volume under its
+    #: id). RBD: "pool/image" (each part letters, digits, dot, underscore, hyphen; no namespace,
+    #: no snapshot suffix).
+    export: str = Field(max_length=255)
 
     @field_validator("host")
     @classmethod
@@ -150,6 +163,16 @@ class VolumeSource(_Wire):
         if not _DNS_NAME_RE.match(v):
             raise ValueError(f"{v!r} is neither an IPv4 address nor a DNS host name")
         return v
+
+    @model_validator(mode="after")
+    def _valid_export(self) -> "VolumeSource":
+        # The same rules as agent/drivers/base.NetworkSource applies to the domain's disk, so a
+        # source accepted here never fails later while the domain is built.
+        pattern = RBD_IMAGE_RE if self.protocol == "rbd" else NBD_EXPORT_RE
+        if not pattern.fullmatch(self.export):
+            what = "pool/image" if self.protocol == "rbd" else "an NBD export name"
+            raise ValueError(f"export {self.export!r} is not {what}")
+        return self
 
 
 class VolumeAttachment(_Wire):

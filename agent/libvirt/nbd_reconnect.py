@@ -45,11 +45,13 @@ def storage_node(dom_xml: str, target: str) -> str | None:
 
 
 def network_nodes(dom_xml: str) -> list[str]:
-    """The storage nodes of every network disk of a running domain."""
+    """The storage nodes of every NBD disk of a running domain (an RBD client needs no help:
+    librbd reconnects by itself)."""
     out = []
     for el in ET.fromstring(dom_xml).findall("devices/disk"):
-        t = el.find("target")
-        if el.get("type") == "network" and t is not None:
+        t, src = el.find("target"), el.find("source")
+        if (el.get("type") == "network" and t is not None and src is not None
+                and src.get("protocol") == "nbd"):
             node = storage_node(dom_xml, t.get("dev", ""))
             if node is not None:
                 out.append(node)

@@ -1,8 +1,12 @@
-"""`python -m agent.storage_node`: run one storage node (the storage_v1 HTTP API over the NBD
-backend, and its ensure loop) under uvicorn. Configuration: agent/storage_node/settings.py.
+"""`python -m agent.storage_node`: run one storage node (the storage_v1 HTTP API over the NBD or
+the RBD backend, KUMO_STORAGE_BACKEND, and its ensure loop) under uvicorn. Configuration:
+agent/storage_node/settings.py; the backend is built by backends.py. A configuration hosts could
+not use (e.g. RBD with cephx) ends it at once with exit status 2 and the reason in the log.
 
 It runs inside the storage node's own network namespace (the lab starts it with `ip netns exec`),
 so the qemu-storage-daemon it supervises is started right here, in the same namespace.
+
+On RBD the Ceph cluster is the serving process: it is neither started nor stopped here.
 
 On exit (SIGTERM/SIGINT) the API and the ensure loop stop, but the qemu-storage-daemon is left
 running on purpose: hosts' guests hold their volumes open over NBD, and a restart or upgrade of
@@ -19,7 +23,7 @@ import sys
 
 from agent.serving import serve
 from agent.storage_node.app import create_storage_app
-from agent.storage_node.backend import NbdBackend
+from agent.storage_node.backends import UnsupportedStorageConfig, build_backend
 from agent.storage_node.settings import StorageSettings
 
 
@@ -28,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = StorageSettings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    # netns None: this process already runs in the node's namespace (see the docstring).
-    backend = NbdBackend(settings.state_dir, str(settings.nbd_host), settings.nbd_port,
-                         max_size=settings.max_size)
+    try:
+        backend = build_backend(settings)
+    except UnsupportedStorageConfig as e:
+        logging.getLogger("agent.storage_node").error("not starting: %s", e)
+        return 2
     app = create_storage_app(backend, node_id=settings.node_id, token=settings.token or None,
                              ensure_interval=settings.ensure_interval)
     return serve(app, settings)

@@ -3,8 +3,8 @@ that keeps what the backend serves equal to its persisted desired state.
 
 The app owns only the translation between the wire contract and the backend Protocol
 (agent/drivers/volumes.py): the backend keeps the volumes, the export set and their rules, so the
-same app runs on the NBD backend (the real node, `python -m agent.storage_node`) and on
-FakeVolumeBackend (fast tests). Every request needs the bearer token; errors are answered as
+same app runs on the NBD backend, the RBD backend (the real node, `python -m agent.storage_node`,
+chooses by its settings) and on FakeVolumeBackend (fast tests). Every request needs the bearer token; errors are answered as
 {"error": {"code", "message", "retryable"}}, as the host agents answer them.
 
 Observed `exported` means "served now", not "wanted": after the serving process crashed a volume
@@ -65,13 +65,33 @@ VolumeIdPath = Annotated[str, Depends(_volume_id)]
 
 
 def wire_source(src: NetworkSource) -> VolumeSource:
-    """The backend's NetworkSource as the hosts' contract carries it (NBD over TCP only: a unix
-    socket export is local to the node and means nothing to a host)."""
+    """The backend's NetworkSource as the hosts' contract carries it: NBD over TCP (a unix socket
+    export is local to the node and means nothing to a host), or RBD through its first monitor
+    (the contract carries one; librbd learns the others from it)."""
+    if src.protocol == "rbd":
+        host = src.hosts[0]
+        if host.name is None:
+            raise DriverError(f"RBD image {src.name} has no TCP monitor: hosts cannot attach it",
+                              code="UnsupportedExport", retryable=False)
+        return VolumeSource(protocol="rbd", host=host.name, port=host.port or 6789,
+                            export=src.name)
     if src.protocol != "nbd" or len(src.hosts) != 1 or src.hosts[0].name is None:
         raise DriverError(f"export {src.name} is not NBD over TCP: hosts cannot attach it",
                           code="UnsupportedExport", retryable=False)
     host = src.hosts[0]
     return VolumeSource(host=host.name, port=host.port or 10809, export=src.name)
+
+
+def extensions_of(backend: VolumeBackend) -> list[str]:
+    """The contract's extensions this node offers: "snapshots" only over a backend that keeps
+    snapshots (the RBD backend does not yet), so a controller never relies on routes that
+    would fail."""
+    return [e for e in EXTENSIONS if e != "snapshots" or "snapshots" in backend.capabilities]
+
+
+def backend_protocol(backend: VolumeBackend) -> str:
+    """What the backend serves hosts: "rbd" when it says so in its capabilities, else "nbd"."""
+    return "rbd" if "rbd" in backend.capabilities else "nbd"
 
 
 class EnsureLoop:
@@ -131,8 +151,8 @@ def _router() -> APIRouter:
     def get_storage(request: Request) -> StorageInfo:
         backend = backend_of(request)
         vols = backend.volumes()
-        return StorageInfo(node_id=request.app.state.node_id, extensions=list(EXTENSIONS),
-                           capabilities=sorted(backend.capabilities), volume_count=len(vols),
+        return StorageInfo(node_id=request.app.state.node_id, extensions=extensions_of(backend),
+                           protocol=backend_protocol(backend), capabilities=sorted(backend.capabilities), volume_count=len(vols),
                            provisioned_bytes=sum(v.size_bytes for v in vols))
 
     @r.get("/volumes", response_model=list[VolumeObserved])
@@ -215,5 +235,6 @@ def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | Non
     app.state.put_lock = threading.Lock()
     _install_error_handlers(app)
     app.include_router(_router())
-    app.include_router(snapshot_router(backend, lock=app.state.put_lock))
+    if "snapshots" in backend.capabilities:  # else its routes answer 404 like any unknown one
+        app.include_router(snapshot_router(backend, lock=app.state.put_lock))
     return app

@@ -1,15 +1,21 @@
 """Settings of one storage node, read from the environment (prefix KUMO_STORAGE_).
 
 Owns only configuration: names, defaults and validation. Nothing here touches the machine.
+KUMO_STORAGE_BACKEND chooses the backend: "nbd" (volumes as qcow2 files served by a
+qemu-storage-daemon; needs NBD_HOST) or "rbd" (volumes as images of a Ceph pool; needs
+RBD_MON_HOSTS). agent/storage_node/backends.py builds the one chosen.
 """
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.contract.v1 import VolumeSource  # the one rule for what hosts accept
 from agent.drivers.volumes import DEFAULT_MAX_SIZE
 
 
@@ -27,21 +33,68 @@ class StorageSettings(BaseSettings):
     listen: str = "127.0.0.1:8789"
     #: Shared bearer token (the deployment's agent token). Empty: every request is refused.
     token: str = Field(default="", repr=False)
-    #: The address the NBD server listens on, which is also the address hosts are told to dial
-    #: (VolumeSource.host): so it has no default, a wildcard would be no use to a host.
-    nbd_host: IPv4Address
+    #: Which backend keeps the volumes: "nbd" or "rbd" (see the module's docstring).
+    backend: Literal["nbd", "rbd"] = "nbd"
+    #: NBD: the address the NBD server listens on, which is also the address hosts are told to
+    #: dial (VolumeSource.host): so it has no default, a wildcard would be no use to a host.
+    #: Required with backend "nbd".
+    nbd_host: Optional[IPv4Address] = None
     nbd_port: int = Field(default=10809, ge=1, le=65535)
     #: Seconds between two reconciliations of the served exports with the wanted ones.
     ensure_interval: float = Field(default=5.0, gt=0)
     #: Largest volume accepted, in bytes.
     max_size: int = Field(default=DEFAULT_MAX_SIZE, gt=0)
+    #: RBD: the pool the volumes' images live in (created and `rbd pool init`-ed beforehand).
+    rbd_pool: str = Field(default="kumo", pattern=r"^[A-Za-z0-9._-]{1,127}$")
+    #: RBD: the monitors hosts dial, "addr[:port],..." (port 6789, msgr v1, when left out). The
+    #: first is what VolumeSource carries. Required with backend "rbd".
+    rbd_mon_hosts: str = ""
+    #: RBD: the ceph.conf the node's own rbd/ceph tools read (None: their default,
+    #: /etc/ceph/ceph.conf). Hosts never see it: they get the monitor from VolumeSource.
+    ceph_conf: Optional[Path] = None
+    #: RBD: the Ceph client name the node's tools use (--id; None: "admin").
+    rbd_client_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    #: RBD: the auth hosts' QEMUs would need. Only "none" works: "cephx" needs a libvirt secret
+    #: per host, which Kumo does not manage yet (docs/ceph-rbd.md), so it is refused here.
+    rbd_auth: Literal["none", "cephx"] = "none"
 
     @field_validator("nbd_host")
     @classmethod
-    def _dialable(cls, v: IPv4Address) -> IPv4Address:
-        if v.is_unspecified or v.is_multicast:
+    def _dialable(cls, v: Optional[IPv4Address]) -> Optional[IPv4Address]:
+        if v is not None and (v.is_unspecified or v.is_multicast):
             raise ValueError(f"{v} is not an address hosts can dial")
         return v
+
+    @field_validator("rbd_mon_hosts")
+    @classmethod
+    def _monitors(cls, v: str) -> str:
+        for item in filter(None, (x.strip() for x in v.split(","))):
+            parse_monitor(item)
+        return v
+
+    @field_validator("ceph_conf")
+    @classmethod
+    def _conf_absolute(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is not None and not v.is_absolute():
+            raise ValueError("ceph_conf must be absolute")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "StorageSettings":
+        if self.backend == "nbd" and self.nbd_host is None:
+            raise ValueError("backend nbd needs KUMO_STORAGE_NBD_HOST")
+        if self.backend == "rbd":
+            if not self.monitors():
+                raise ValueError("backend rbd needs KUMO_STORAGE_RBD_MON_HOSTS")
+            if self.rbd_auth == "cephx":
+                raise ValueError("rbd_auth cephx is not supported: hosts' QEMUs would need the "
+                                 "key as a libvirt secret, which Kumo does not manage yet "
+                                 "(docs/ceph-rbd.md); run the cluster with auth none")
+        return self
+
+    def monitors(self) -> list[tuple[str, int]]:
+        """rbd_mon_hosts as (address, port) pairs, in order."""
+        return [parse_monitor(x.strip()) for x in self.rbd_mon_hosts.split(",") if x.strip()]
 
     @field_validator("state_dir")
     @classmethod
@@ -59,3 +112,26 @@ class StorageSettings(BaseSettings):
         if not host or not port.isdigit():
             raise ValueError(f"listen must be unix:/path or host:port: {self.listen!r}")
         return host.strip("[]"), int(port)
+
+
+_MON_RE = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253})(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def parse_monitor(item: str) -> tuple[str, int]:
+    """"addr[:port]" -> (addr, port), port 6789 by default; the address an IPv4 address or a host
+    name that hosts can dial (checked as VolumeSource checks it, which is where it ends up)."""
+    m = _MON_RE.match(item)
+    if m is None:
+        raise ValueError(f"monitor {item!r} is not addr[:port]")
+    port = int(m["port"] or 6789)
+    if not 0 < port < 65536:
+        raise ValueError(f"monitor {item!r}: port not in 1..65535")
+    try:
+        VolumeSource(protocol="rbd", host=m["host"], port=port, export="p/i")
+    except ValueError as e:
+        raise ValueError(f"monitor {item!r} is no address hosts can dial") from e
+    if re.fullmatch(r"[0-9.]+", m["host"]):
+        addr = IPv4Address(m["host"])
+        if addr.is_unspecified or addr.is_multicast:
+            raise ValueError(f"monitor {item!r} is no address hosts can dial")
+    return m["host"], port

@@ -107,7 +107,10 @@ class Volume(SQLModel, table=True):
     observed_size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     source_host: str | None = Field(default=None, max_length=253)
     source_port: int | None = None
-    source_export: str | None = Field(default=None, max_length=128)
+    source_export: str | None = Field(default=None, max_length=255)
+    #: The source's protocol, "nbd" or "rbd" (then export is "pool/image" and host:port a Ceph
+    #: monitor). None means "nbd": rows from before the column existed.
+    source_protocol: str | None = Field(default=None, max_length=8)
     observed_error: str | None = Field(default=None, max_length=1024)
 
 

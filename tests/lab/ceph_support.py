@@ -1,14 +1,18 @@
 """A scratch single-node Ceph cluster for lab tests (docs/ceph-rbd.md): one mon, one mgr and one
-bluestore OSD on a sparse file, bootstrapped by hand (no systemd, no LVM/ceph-volume) inside a
-network namespace this module creates (loopback only, mon on 127.0.0.1:3300/6789 there: nothing
-in the machine's own namespace), in a /tmp/kceph-* directory, auth none (a lab only), pool size 1.
-Every daemon runs in the foreground as our child; on the way out each is stopped by its PID, the
-namespace deleted and the directory removed, and that is checked. About 13 s to HEALTH_OK on the
-2-core lab machines.
+bluestore OSD on a sparse file, bootstrapped by hand (no systemd, no LVM/ceph-volume), in a
+/tmp/kceph-* directory, auth none (a lab only), pool size 1. Two places it can run:
+- a network namespace this module creates (loopback only, mon on 127.0.0.1:3300/6789 there:
+  nothing in the machine's own namespace), deleted again afterwards: ceph_cluster();
+- a lab namespace that exists already, bound to its address there, e.g. the lab storage node's
+  namespace at 100.64.0.250, so the lab hosts' QEMUs reach the mon and the OSD over the lab
+  fabric: ceph_cluster(ns=..., addr=...). That namespace is left as it was found.
+Every daemon runs in the foreground as our child; on the way out each is stopped by its PID and
+the directory removed, and that is checked. About 13 s to HEALTH_OK on the 2-core lab machines.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -41,11 +45,15 @@ def skip_reason() -> str | None:
     return None
 
 
-def _conf(d: Path, fsid: str) -> str:
+def _mon_addrs(addr: str) -> str:
+    return f"[v2:{addr}:3300,v1:{addr}:{MON_V1_PORT}]"
+
+
+def _conf(d: Path, fsid: str, addr: str) -> str:
     return f"""[global]
 fsid = {fsid}
-mon host = [v2:127.0.0.1:3300,v1:127.0.0.1:{MON_V1_PORT}]
-public addr = 127.0.0.1
+mon host = {_mon_addrs(addr)}
+public addr = {addr}
 ms bind ipv6 = false
 auth cluster required = none
 auth service required = none
@@ -84,7 +92,11 @@ class Cluster:
     dir: Path
     pool: str
     conf: Path
+    #: Where the daemons listen, in `ns` (the mon on addr:3300 v2 and addr:6789 v1).
+    addr: str = "127.0.0.1"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: How each daemon was started (to start it again: restart()).
+    argvs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def run(self, *argv: str, timeout: float = 60,
@@ -101,8 +113,34 @@ class Cluster:
         """QEMU's rbd: filename for pool/image with this cluster's conf."""
         return f"rbd:{self.pool}/{image}:conf={self.conf}"
 
+    def restart(self, name: str, timeout: float = 60) -> float:
+        """kill -9 one daemon (by its PID), start it again as before; returns the seconds until
+        the cluster is HEALTH_OK again (a crash, e.g. of the only OSD, then a recovery)."""
+        p = self.procs[name]
+        booted = self._osd_up_from() if name == "osd" else None
+        p.kill()
+        p.wait(20)
+        t0 = time.monotonic()
+        self._daemon(name, *self.argvs[name])
+        if booted is not None:
+            # With one OSD no peer reports it down: the mon's map says "up" all along. The new
+            # process has booted once the map's up_from moved on (a new epoch).
+            self._wait("the restarted OSD booted", lambda: self._osd_up_from() > booted,
+                       t0 + timeout)
+        self._wait(f"HEALTH_OK after restarting {name}",
+                   lambda: self.ceph("health", timeout=30).startswith("HEALTH_OK"),
+                   t0 + timeout)
+        return round(time.monotonic() - t0, 2)
+
+    def _osd_up_from(self) -> int:
+        """The osdmap epoch osd.0 last booted in (0 while it is down)."""
+        dump = json.loads(self.ceph("osd", "dump", "-f", "json", timeout=30))
+        osd = next(o for o in dump["osds"] if o["osd"] == 0)
+        return int(osd["up_from"]) if osd["up"] else 0
+
     def _daemon(self, name: str, *argv: str) -> None:
-        log = open(self.dir / "log" / f"{name}.out", "wb")
+        self.argvs[name] = argv
+        log = open(self.dir / "log" / f"{name}.out", "ab")
         with log:
             self.procs[name] = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, *argv, "-f", "--conf", str(self.conf)],
@@ -133,11 +171,11 @@ def _start(c: Cluster) -> None:
     for sub in ("run", "log", "mon-a", "mgr-x", "osd-0"):
         (d / sub).mkdir()
     fsid = str(uuid.uuid4())
-    c.conf.write_text(_conf(d, fsid))
+    c.conf.write_text(_conf(d, fsid, c.addr))
     subprocess.run(["ceph-authtool", "--create-keyring", str(d / "keyring"), "--gen-key",
                     "-n", "mon.", "--cap", "mon", "allow *"], check=True, capture_output=True)
     subprocess.run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
-                    f"[v2:127.0.0.1:3300,v1:127.0.0.1:{MON_V1_PORT}]", str(d / "monmap")],
+                    _mon_addrs(c.addr), str(d / "monmap")],
                    check=True, capture_output=True)
     c.run("ceph-mon", "--mkfs", "-i", "a", "--monmap", str(d / "monmap"), "--conf", str(c.conf))
     phase("mon_mkfs")
@@ -170,8 +208,9 @@ def _start(c: Cluster) -> None:
     c.timings["total"] = round(time.monotonic() - t0, 2)
 
 
-def _stop(c: Cluster) -> None:
-    """Stop our daemons by PID (osd, mgr, mon), then the namespace and the directory."""
+def _stop(c: Cluster, own_ns: bool = True) -> None:
+    """Stop our daemons by PID (osd, mgr, mon), then the namespace (when we made it) and the
+    directory."""
     for name in ("osd", "mgr", "mon"):
         p = c.procs.get(name)
         if p is None or p.poll() is not None:
@@ -183,28 +222,35 @@ def _stop(c: Cluster) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(10)
-    subprocess.run(["ip", "netns", "del", c.ns], capture_output=True)
+    if own_ns:
+        subprocess.run(["ip", "netns", "del", c.ns], capture_output=True)
     shutil.rmtree(c.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def ceph_cluster(pool: str = "kumo") -> Iterator[Cluster]:
-    """A running single-node cluster with an RBD pool `pool`; gone again afterwards (checked)."""
-    ns = "kcephtest-" + secrets.token_hex(3)
+def ceph_cluster(pool: str = "kumo", ns: str | None = None,
+                 addr: str = "127.0.0.1") -> Iterator[Cluster]:
+    """A running single-node cluster with an RBD pool `pool`; gone again afterwards (checked).
+    `ns` None: in a namespace of its own (loopback, `addr` must stay 127.0.0.1). Else in that
+    existing lab namespace, listening on `addr`, which must be one of its addresses."""
+    own_ns = ns is None
+    ns = ns or "kcephtest-" + secrets.token_hex(3)
     d = Path(tempfile.mkdtemp(prefix="kceph-", dir="/tmp"))
-    c = Cluster(ns=ns, dir=d, pool=pool, conf=d / "ceph.conf")
-    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    c = Cluster(ns=ns, dir=d, pool=pool, conf=d / "ceph.conf", addr=addr)
     try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True,
-                       capture_output=True)
+        if own_ns:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True,
+                           capture_output=True)
         _start(c)
         yield c
     finally:
         pids = [p.pid for p in c.procs.values()]
-        _stop(c)
+        _stop(c, own_ns)
         assert not d.exists(), f"{d} was not removed"
-        assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                        text=True).stdout.split(), f"namespace {ns} left"
+        if own_ns:
+            assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                            text=True).stdout.split(), f"namespace {ns} left"
         for pid in pids:
             assert not _alive(pid), f"ceph pid {pid} left"
 

@@ -159,6 +159,7 @@ def test_nbd_reconnect_finds_the_network_disks_block_node():
     assert nbd_reconnect.storage_node(LIVE_XML.replace(" index='1'", ""), "vdb") is None
     assert nbd_reconnect.storage_node(LIVE_XML.replace("index='1'", "index='1 x'"), "vdb") is None
     assert nbd_reconnect.network_nodes(LIVE_XML) == ["libvirt-1-storage"]
+    assert nbd_reconnect.network_nodes(LIVE_XML.replace("protocol='nbd'", "protocol='rbd'")) == []
     with pytest.raises(ValueError):
         nbd_reconnect.poke(None, 'libvirt-1-storage" "write 0 1')  # never reaches the monitor
 

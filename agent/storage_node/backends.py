@@ -1,0 +1,61 @@
+"""Builds the storage node's VolumeBackend from its settings (KUMO_STORAGE_BACKEND): the NBD
+backend (agent/storage_node/backend.py) or the Ceph RBD one (rbd_backend.py). The app
+(app.py) never knows which: this is the only place that chooses.
+
+RBD with cephx is refused here, loudly, rather than started: the hosts' QEMUs would be handed
+sources they cannot open (a cephx key reaches QEMU only as a libvirt secret on every host,
+which Kumo does not manage yet; docs/ceph-rbd.md). Settings refuse rbd_auth=cephx; a ceph.conf
+that requires cephx of clients is refused the same way, since that is what the hosts would meet.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from agent.drivers.base import NetworkHost
+from agent.drivers.volumes import VolumeBackend
+from agent.storage_node.settings import StorageSettings
+
+
+class UnsupportedStorageConfig(RuntimeError):
+    """The settings ask for something this node cannot serve hosts (e.g. cephx)."""
+
+
+_AUTH_LINE_RE = re.compile(r"^\s*auth[ _](client|cluster)[ _]required\s*=\s*(?P<v>.*)$",
+                           re.IGNORECASE)
+
+
+def conf_requires_cephx(conf_text: str) -> bool:
+    """True when a ceph.conf requires cephx of clients (or the cluster) with no "none" allowed:
+    Ceph's default when the option is missing is "cephx", so a missing line counts too."""
+    values = [m["v"].split("#", 1)[0] for m in map(_AUTH_LINE_RE.match, conf_text.splitlines())
+              if m is not None]
+    if not values:
+        return True
+    return any("none" not in {x.strip() for x in re.split(r"[,; ]+", v)} for v in values)
+
+
+def build_backend(settings: StorageSettings) -> VolumeBackend:
+    """The backend the settings choose. Raises UnsupportedStorageConfig for what hosts could not
+    use; nothing is created on the way (the RBD pool must exist already)."""
+    if settings.backend == "nbd":
+        from agent.storage_node.backend import NbdBackend  # needs qemu-storage-daemon only here
+
+        # netns None: this process already runs in the node's namespace (__main__.py).
+        return NbdBackend(settings.state_dir, str(settings.nbd_host), settings.nbd_port,
+                          max_size=settings.max_size)
+    from agent.storage_node.rbd_backend import RbdBackend
+
+    conf = settings.ceph_conf or Path("/etc/ceph/ceph.conf")
+    try:
+        text = conf.read_text()
+    except OSError as e:
+        raise UnsupportedStorageConfig(f"cannot read the ceph conf {conf}: {e}") from e
+    if conf_requires_cephx(text):
+        raise UnsupportedStorageConfig(
+            f"{conf} requires cephx (or leaves Ceph's default, cephx): hosts' QEMUs would need "
+            "the key as a libvirt secret, which Kumo does not manage yet (docs/ceph-rbd.md); "
+            "set 'auth client required = none' (and cluster/service) on a trusted network")
+    mons = [NetworkHost(host, port) for host, port in settings.monitors()]
+    return RbdBackend(settings.state_dir, settings.rbd_pool, mons, conf=settings.ceph_conf,
+                      client_id=settings.rbd_client_id, max_size=settings.max_size)
