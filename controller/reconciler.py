@@ -251,12 +251,19 @@ class Reconciler:
                     s.add(inst)
                     continue
                 work.append(Work("put", inst.instance_id, host.agent_url, inst.generation, spec))
-        with self._orphans_lock:
-            orphans, self._orphans = self._orphans, {}
-        for host_id, ids in orphans.items():
-            host = host_map.get(host_id)
-            if host is not None:
-                work += [Work("orphan", iid, host.agent_url) for iid in sorted(ids)]
+            with self._orphans_lock:
+                orphans, self._orphans = self._orphans, {}
+            for host_id, ids in orphans.items():
+                host = host_map.get(host_id)
+                if host is None:
+                    continue
+                # A report older than a move back to this host (a start placed the instance
+                # there again since, services/instance_moves.py) is no orphan any more: deleting
+                # it would race the new spec's PUT.
+                mine = set(s.exec(select(Instance.instance_id).where(
+                    Instance.host_id == host_id, Instance.state != "terminated",
+                    Instance.instance_id.in_(ids)))) if ids else set()
+                work += [Work("orphan", iid, host.agent_url) for iid in sorted(ids - mine)]
         return work
 
     @staticmethod

@@ -1,5 +1,7 @@
 """What each host has committed: sums over its non-terminated instances (stopped ones keep their
-disk and their slot, since they restart on the same host). Feeds the scheduler and host views.
+disk and their slot, since a start goes back to the same host while it is usable; one that
+moves takes its slot to the new host with its host_id, services/instance_moves.py). Feeds the
+scheduler and host views.
 """
 from __future__ import annotations
 

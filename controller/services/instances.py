@@ -28,8 +28,8 @@ from controller.models import (ClientToken, Host, Instance, InstancePublic, Inst
                                RunInstancesRequest, VolumeAttachmentRow)
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
-from controller.services import (block_devices, images, instance_network, instance_types,
-                                 key_pairs, lifecycle, pagination, vpcs)
+from controller.services import (block_devices, images, instance_moves, instance_network,
+                                 instance_types, key_pairs, lifecycle, pagination, vpcs)
 from controller.services.capacity import GIB, host_states
 from controller.services.pagination import Page, PageRequest
 from controller.services.sg_rules import Limits
@@ -320,11 +320,18 @@ def stop(db: Database, settings: Settings, caller, instance_id: str, force: bool
 
 
 def start(db: Database, settings: Settings, caller, instance_id: str):
-    with db.session() as s:
+    """Start a stopped instance: on its host when usable and it fits, else on another host the
+    scheduler picks (services/instance_moves.py), in this transaction. No host fits: 503
+    InsufficientInstanceCapacity and nothing changes."""
+    # Under the placement lock: a move consumes capacity on its new host as a launch does.
+    with _placement_lock, db.session() as s:
         inst = get(s, caller, instance_id)
         if inst.state in ("stopping", "shutting-down", "terminated"):
             raise IncorrectState(f"instance {instance_id} is {inst.state}")
         if inst.state == "stopped":
+            target = instance_moves.place_for_start(s, inst, settings)
+            if target is not None:
+                instance_moves.move(s, inst, target)
             lifecycle.transition(s, inst, "pending", settings, reason="user start")
             lifecycle.bump(inst)
         return inst
