@@ -38,8 +38,8 @@ from controller.agents import AgentError, AgentPool, StaleGeneration
 from controller.db import Database
 from controller.ids import utcnow
 from controller.models import ClientToken, Host, Image, Instance, Subnet, Vpc
-from controller.services import (host_networks, hosts, image_capture, images, lifecycle,
-                                 volume_attachments)
+from controller.services import (capture_downloads, host_networks, hosts, image_capture,
+                                 images, lifecycle, volume_attachments)
 from controller.settings import Settings
 from controller.storage import StorageClient
 from controller.snapshot_sync import sync_snapshots
@@ -114,6 +114,7 @@ class Reconciler:
             try:  # images being made from instances, and files of deregistered images
                 image_capture.advance(self.db, self.settings, self.pool)
                 images.sweep_image_files(self.db, self.settings)
+                capture_downloads.sweep_partial_uploads(image_capture.images_dir(self.settings))
             except Exception:
                 log.exception("image capture / image file sweep failed")
                 stats["errors"] += 1

@@ -14,7 +14,7 @@ it stopped:
             and record them as the image's block_device_mappings, then POST
             /v1/instances/{id}/image to its host's agent (allow_running = no_reboot)
   copying   poll the agent; when available, download the file into the controller's image
-            store, check it as any imported image (qemu-img info, no backing file, size) and
+            store (a background thread; later passes collect it), check it as any imported image (qemu-img info, no backing file, size) and
             verify its sha256 (the image's size, virtual_size, sha256) -> snapshots
   snapshots wait until every snapshot of the mappings is completed (snapshot_sync takes them on
             the storage node) -> the image is available -> cleanup; a snapshot in error or
@@ -33,8 +33,8 @@ volume snapshotted. A launch from the image creates each volume from its snapsho
 (services/block_devices.py).
 
 With no_reboot the agent reads the disk while the guest runs: the image is crash-consistent at
-best (agent/capture.py explains). The download runs inside the caller's pass (the reconciler's
-tick); a very large image delays that tick by its transfer time.
+best (agent/capture.py explains). The download runs in the background
+(services/capture_downloads.py), so a large image never holds the reconciler's tick.
 """
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ from controller.ids import new_id, utcnow
 from controller.models import Host, Image, Instance, Snapshot, Volume, VolumeAttachmentRow
 from controller.models.image import CreateImageRequest, ImageCapture
 from controller.models.snapshot import SnapshotCreate
-from controller.services import images, instances, snapshots, volume_attachments
+from controller.services import (capture_downloads, images, instances, snapshots,
+                                 volume_attachments)
 from controller.services.accounts import Caller
 from controller.services.image_check import check
 from controller.settings import Settings
@@ -251,7 +252,13 @@ def _copying(db, settings, pool, cap, img, inst, host) -> None:
         err = obs.error
         raise _Fail(f"agent copy failed: {err.code}: {err.message}" if err else
                     "agent copy failed")
-    facts = _download(settings, client, inst.instance_id, cap.image_id, obs.sha256)
+    # In the background (services/capture_downloads.py): the tick goes on meanwhile.
+    done = capture_downloads.DOWNLOADS.poll(
+        (str(images_dir(settings)), cap.image_id),
+        lambda: _download(settings, client, inst.instance_id, cap.image_id, obs.sha256))
+    if done is None:
+        raise _Wait()
+    facts = done.result()  # a failed download raises here, in this pass (_Fail, _Wait)
     with db.session() as s:
         row = s.get(Image, cap.image_id)
         c = s.get(ImageCapture, cap.image_id)
