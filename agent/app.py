@@ -23,6 +23,7 @@ from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, 
 from agent.drivers.base import DriverError
 from agent.http_errors import ApiError, bearer_check, install_error_handlers
 from agent.heartbeat import Heartbeat, host_info
+from agent.metrics import Sampler
 from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
                                 resolve_underlay)
 from agent.network.service import KERNEL_RESYNC, NetworkService, NetworkSpecRejected
@@ -287,6 +288,7 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
                           instances=reconciler.observed_all,
                           network=network_service.observed if network_service else None)
     reconciler.on_change = heartbeat.kick
+    sampler = Sampler(settings, drivers.hypervisor)
     if network_service is not None:
         network_service.on_change = heartbeat.kick
 
@@ -297,9 +299,11 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
             network_service.start()
         reconciler.start()
         heartbeat.start()
+        sampler.start()
         try:
             yield
         finally:
+            sampler.stop()
             heartbeat.stop()
             reconciler.stop()
             if network_service is not None:
@@ -315,6 +319,7 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.heartbeat = heartbeat
+    app.state.sampler = sampler
     app.state.network = network_service
     app.state.put_lock = threading.Lock()
     install_error_handlers(app)

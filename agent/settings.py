@@ -75,6 +75,13 @@ class AgentSettings(BaseSettings):
     #: User dnsmasq drops privileges to; it must be able to traverse <state_dir>/dhcp.
     dhcp_user: str = Field(default="dnsmasq", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     heartbeat_interval: float = Field(default=2.0, gt=0)
+    #: Seconds between two samples of every running instance (agent/metrics.py); 0 disables
+    #: the sampler. Samples go to the controller's POST /v1/agent/metrics in batches.
+    metrics_interval: float = Field(default=5.0, ge=0)
+    #: Samples buffered while the controller is away; beyond it the oldest are dropped (counted).
+    metrics_buffer_samples: int = Field(default=20000, ge=1)
+    #: Samples per POST at most (bounds one request's size; metrics_v1.MAX_BATCH_SAMPLES).
+    metrics_batch_samples: int = Field(default=500, ge=1, le=1000)
     #: Seconds an ACPI shutdown may take before the domain is powered off.
     shutdown_timeout: float = Field(default=30.0, ge=0)
     #: Level-triggered resync period of the reconcile loop (it is also kicked on every change).

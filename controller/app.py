@@ -16,7 +16,7 @@ from controller import db_migrate
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
-from controller.api import security_groups, snapshots, volumes
+from controller.api import metrics, security_groups, snapshots, volumes
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
@@ -24,6 +24,8 @@ from controller.errors import install_handlers
 from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
+from controller.services import metric_rollup
+from controller.services.metrics import IngestCounters
 from controller.settings import Settings
 from controller.storage import StorageClient
 
@@ -57,9 +59,17 @@ def create_app(settings: Settings | None = None, *,
         task = None
         if settings.reconcile_interval_s > 0:
             task = asyncio.create_task(reconciler.run_forever(), name="kumo-reconciler")
+        upkeep = None
+        if settings.metrics_maintenance_interval_s > 0:
+            upkeep = asyncio.create_task(metric_rollup.run_forever(db, settings),
+                                         name="kumo-metrics-rollup")
         try:
             yield
         finally:
+            if upkeep is not None:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -67,6 +77,7 @@ def create_app(settings: Settings | None = None, *,
 
     app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
+    app.state.metric_counters = IngestCounters()
     install_handlers(app)
 
     # Every operation declares the error statuses it can answer (controller/api/responses.py).
@@ -74,9 +85,10 @@ def create_app(settings: Settings | None = None, *,
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
-              security_groups, volumes, snapshots):
+              security_groups, volumes, snapshots, metrics):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
+    app.include_router(with_errors(metrics.prometheus))
     without_validation_422(app)
 
     @app.get("/healthz", include_in_schema=False)

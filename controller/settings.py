@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     account_volume_gib_limit: int = Field(default=51200, ge=1)
     volumes_per_instance: int = Field(default=24, ge=1, le=25)
 
+    #: Metrics (controller/services/metrics.py): raw samples are kept this long (seconds) and
+    #: answer periods that are multiples of metrics_sample_period_s; older ranges are answered
+    #: from 1-minute rollups, kept metrics_rollup_retention_s.
+    metrics_raw_retention_s: int = Field(default=3 * 3600, ge=60)
+    metrics_rollup_retention_s: int = Field(default=15 * 86400, ge=3600)
+    #: The finest period a statistics request may ask (agents sample every 5 s by default).
+    metrics_sample_period_s: int = Field(default=5, ge=1, le=60)
+    #: Datapoints one statistics request may answer at most (CloudWatch: 1440).
+    metrics_max_datapoints: int = Field(default=1440, ge=1, le=100800)
+    #: Rollup + retention pass period (seconds; 0 disables the loop: tests call it by hand),
+    #: and the rows one pass handles at most (bounded work; a full pass runs again at once).
+    metrics_maintenance_interval_s: float = Field(default=10.0, ge=0)
+    metrics_pass_rows: int = Field(default=5000, ge=10)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -72,3 +72,52 @@ def cpu_utilization(prev: DomainStats, cur: DomainStats) -> float | None:
     if elapsed_ns <= 0 or used_ns < 0:
         return None
     return min(1.0, used_ns / (elapsed_ns * cur.vcpus))
+
+
+@dataclass(frozen=True)
+class CounterDeltas:
+    """What one domain did between two samples of one run (sums over its NICs and disks).
+    Network directions are the guest's: `net_in_*` is what the guest received (rx)."""
+
+    seconds: float
+    net_in_bytes: int
+    net_out_bytes: int
+    net_in_packets: int
+    net_out_packets: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+    disk_read_ops: int
+    disk_write_ops: int
+
+
+def _delta(prev: dict, cur, field: str, key: str) -> int:
+    # A device the previous sample did not have (hot-plugged since) started from zero; a
+    # counter that went down (a re-plugged device) counts from zero again, never negative.
+    before = getattr(prev[getattr(cur, key)], field) if getattr(cur, key) in prev else 0
+    now = getattr(cur, field)
+    return now - before if now >= before else now
+
+
+def counter_deltas(prev: DomainStats, cur: DomainStats) -> CounterDeltas | None:
+    """Traffic and disk I/O between two samples of one run; None across a restart, when not
+    active or when no time elapsed (like cpu_utilization)."""
+    if not _same_run(prev, cur):
+        return None
+    seconds = cur.sampled_at_monotonic - prev.sampled_at_monotonic
+    if seconds <= 0:
+        return None
+    nics = {n.device: n for n in prev.nics}
+    disks = {d.target: d for d in prev.disks}
+
+    def nic(field: str) -> int:
+        return sum(_delta(nics, n, field, "device") for n in cur.nics)
+
+    def disk(field: str) -> int:
+        return sum(_delta(disks, d, field, "target") for d in cur.disks)
+
+    return CounterDeltas(seconds=seconds,
+                         net_in_bytes=nic("rx_bytes"), net_out_bytes=nic("tx_bytes"),
+                         net_in_packets=nic("rx_packets"), net_out_packets=nic("tx_packets"),
+                         disk_read_bytes=disk("read_bytes"), disk_write_bytes=disk("write_bytes"),
+                         disk_read_ops=disk("read_requests"),
+                         disk_write_ops=disk("write_requests"))

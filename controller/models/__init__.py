@@ -10,6 +10,7 @@ from controller.models.instance import (ClientToken, ConsoleOutput, Instance,
                                         InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
                                         RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
+from controller.models.metric import MetricDatum, MetricRollup
 from controller.models.key_pair import (KeyPair, KeyPairCreate, KeyPairCreated, KeyPairDeleted,
                                         KeyPairPublic)
 from controller.models.security_group import (InstanceSecurityGroup, SecurityGroup,
@@ -32,4 +33,5 @@ __all__ = [
     "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule", "AttachmentPublic", "Volume",
     "VolumeAttach", "VolumeAttachmentRow", "VolumeCreate", "VolumeDetach", "VolumeModify",
     "VolumePublic", "Snapshot", "SnapshotCreate", "SnapshotPublic", "SnapshotTags",
+    "MetricDatum", "MetricRollup",
 ]
