@@ -84,8 +84,8 @@ def wire_source(src: NetworkSource) -> VolumeSource:
 
 def extensions_of(backend: VolumeBackend) -> list[str]:
     """The contract's extensions this node offers: "snapshots" only over a backend that keeps
-    snapshots (the RBD backend does not yet), so a controller never relies on routes that
-    would fail."""
+    snapshots (both of Kumo's do; a backend may not), so a controller never relies on routes
+    that would fail."""
     return [e for e in EXTENSIONS if e != "snapshots" or "snapshots" in backend.capabilities]
 
 

@@ -11,26 +11,60 @@ address (`ceph osd blocklist add`), which cuts that client off for good (until t
 entry expires, an hour by default), so the name stays the volume id.
 
 RBD resizes live (librbd tells an open QEMU client the new size), hence "grow_exported" without
-the NBD node's VolumeInUse. Snapshots are not implemented yet (no "snapshots" capability): an
-RBD snapshot belongs to its image, and the contract's "outlives its volume" needs a clone per
-snapshot (see docs/ceph-rbd.md).
+the NBD node's VolumeInUse.
+
+Snapshots ("snapshots") are RBD snapshots, named by their ids: `rbd snap create pool/vol@snap-…`.
+Crash-consistent also while a QEMU has the image open: the request goes to the client holding
+the image's exclusive lock (QEMU's librbd), which notifies quiesce (QEMU registers no handler,
+so that is acknowledged at once), blocks new writes, waits for those in flight and flushes its
+cache, then takes the snapshot and lets writes go on (librbd operation/SnapshotCreateRequest).
+So every write the guest saw complete is in it, every write issued after it is not, and a write
+in flight is wholly one or the other. Metadata only: RADOS clones an object when it is first
+written after the snapshot (copy-on-write per 4 MiB object).
+- A volume from a snapshot is an `rbd clone` in clone format 2 (forced per call: pacific's
+  "auto" picks format 1, which needs `snap protect`, while require_min_compat_client is below
+  mimic, as on a fresh cluster), made under a temporary name, grown to the size asked, and
+  renamed to the volume id as the last step (a create that dies halfway leaves only the
+  temporary image, which the next try removes). It shares the snapshot's data until written.
+- Deleting a snapshot that clones still read from is allowed with format 2: librbd moves it to
+  its trash namespace (renamed, so no longer listed) and removes it with its last clone.
+- Deleting a volume that still has snapshots renames its image to `held.<volume id>.<image
+  id>`, which is no volume id: the volume is gone (its id is free again), its snapshots stay
+  listed and usable, and clones keep their parent (clones refer to the image id, not its name).
+  Deleting the last snapshot of a held image removes the image, with
+  rbd_move_parent_to_trash_on_remove: if clones still read from its (trashed) snapshots, librbd
+  parks it in the RBD trash and removes it with its last clone. ensure() removes held images left
+  without snapshots (a crash between the two steps). The images and snapshots in the pool are
+  the only record: no second index to get out of step.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from agent.drivers.base import DriverError, NetworkHost, NetworkSource
-from agent.drivers.volumes import (DEFAULT_MAX_SIZE, MiB, VOLUME_ID_RE, InvalidVolumeSize,
-                                   VolumeAlreadyExists, VolumeInfo, VolumeInUse, VolumeNotFound,
-                                   valid_size, valid_volume_id)
+from agent.drivers.volumes import (DEFAULT_MAX_SIZE, MiB, SNAPSHOT_ID_RE, VOLUME_ID_RE,
+                                   InvalidVolumeSize, SnapshotAlreadyExists, SnapshotInfo,
+                                   SnapshotNotFound, VolumeAlreadyExists, VolumeInfo, VolumeInUse,
+                                   VolumeNotFound, valid_size, valid_snapshot_id,
+                                   valid_volume_id)
 
 #: Each rbd/ceph call is bounded: a cluster without quorum otherwise hangs for 300 s.
 CALL_TIMEOUT = 30.0
+#: The image of a deleted volume kept for its snapshots: held.<volume id>.<RBD image id>.
+HELD_RE = re.compile(r"held\.(vol-[0-9a-f]{17})\.[0-9a-f]+")
+#: Config for the calls that need it, given per call so no cluster or ceph.conf setting is
+#: assumed: clones in format 2 (no protect; a snapshot with clones can be deleted) ...
+CLONE_FORMAT_2 = ("--rbd_default_clone_format", "2")
+#: ... and an image whose deleted snapshots still feed clones goes to the RBD trash on `rbd rm`
+#: (librbd removes it with its last clone) instead of failing with "has snapshots".
+PARENT_TO_TRASH = ("--rbd_move_parent_to_trash_on_remove", "true")
+_GONE = "No such file or directory"
 
 
 class RbdError(DriverError):
@@ -38,8 +72,23 @@ class RbdError(DriverError):
     retryable = True
 
 
+class _Snap(NamedTuple):
+    """One snapshot and the image it lives in (the volume's, or a held one)."""
+
+    info: SnapshotInfo
+    image: str
+
+
+class _Pool(NamedTuple):
+    """What `rbd ls -l` shows: image name -> (size, RBD image id), and the user snapshots of
+    volumes and held images by id."""
+
+    images: dict[str, tuple[int, str]]
+    snaps: dict[str, _Snap]
+
+
 class RbdBackend:
-    capabilities = frozenset({"rbd", "grow_exported", "persistent_exports"})
+    capabilities = frozenset({"rbd", "grow_exported", "persistent_exports", "snapshots"})
 
     def __init__(self, state_dir: Path, pool: str, mon_hosts: Sequence[NetworkHost], *,
                  conf: Optional[Path] = None, client_id: Optional[str] = None,
@@ -99,6 +148,38 @@ class RbdBackend:
             raise RbdError(f"rbd status {vid} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
         return [w["address"] for w in json.loads(r.stdout).get("watchers", [])]
 
+    def _pool(self) -> _Pool:
+        """One `rbd ls -l` of the pool: every image and its user snapshots (snapshots in
+        librbd's trash namespace are listed by no name of ours)."""
+        out = self._ok("rbd", "ls", "-l", "--format", "json", self.pool)
+        images: dict[str, tuple[int, str]] = {}
+        snaps: dict[str, _Snap] = {}
+        for e in json.loads(out or "[]"):
+            name = e["image"]
+            vid = name if VOLUME_ID_RE.fullmatch(name) else (
+                m[1] if (m := HELD_RE.fullmatch(name)) else None)
+            if "snapshot" not in e:
+                images[name] = (e["size"], e["id"])
+            elif vid is not None and SNAPSHOT_ID_RE.fullmatch(e["snapshot"]):
+                snaps[e["snapshot"]] = _Snap(SnapshotInfo(e["snapshot"], vid, e["size"]), name)
+        return _Pool(images, snaps)
+
+    def _remove(self, image: str) -> None:
+        """`rbd rm` of an image; gone is success. Its deleted snapshots may still feed clones:
+        then librbd parks it in the trash until the last clone goes (PARENT_TO_TRASH)."""
+        r = self._run("rbd", "rm", "--no-progress", *PARENT_TO_TRASH, f"{self.pool}/{image}")
+        if r.returncode != 0 and _GONE not in r.stderr:
+            if "watchers" in r.stderr:
+                raise VolumeInUse(f"image {image} is still open by a client")
+            raise RbdError(f"rbd rm {image} failed: {r.stderr.strip()[-500:]}")
+
+    def _sweep_held(self, pool: _Pool) -> None:
+        """Remove held images that no snapshot needs any more."""
+        needed = {s.image for s in pool.snaps.values()}
+        for image in sorted(pool.images):
+            if HELD_RE.fullmatch(image) and image not in needed:
+                self._remove(image)
+
     # -- persisted wanted-attached set ------------------------------------------------------------
     @property
     def _exports_file(self) -> Path:
@@ -127,10 +208,12 @@ class RbdBackend:
         valid_volume_id(volume_id)
         valid_size(size_bytes, self.max_size)
         if from_snapshot is not None:
-            raise DriverError("this RBD backend has no snapshots yet", code="UnsupportedOperation",
-                              retryable=False)
+            valid_snapshot_id(from_snapshot)
         info = self._info(volume_id)
         if info is None:
+            if from_snapshot is not None:
+                self._clone(volume_id, size_bytes, from_snapshot)
+                return
             r = self._run("rbd", "create", "--size", f"{size_bytes // MiB}M",
                           self._image(volume_id))
             if r.returncode == 0:
@@ -143,6 +226,29 @@ class RbdBackend:
         if info["size"] != size_bytes:
             raise VolumeAlreadyExists(f"volume {volume_id} exists with {info['size']} bytes")
 
+    def _clone(self, volume_id: str, size_bytes: int, snapshot_id: str) -> None:
+        """The volume as a format-2 clone of the snapshot, grown to size_bytes; it appears under
+        its id only when complete (the rename is the last step)."""
+        snap = self._pool().snaps.get(snapshot_id)
+        if snap is None:
+            raise SnapshotNotFound(f"snapshot {snapshot_id} does not exist")
+        if size_bytes < snap.info.size_bytes:
+            raise InvalidVolumeSize(f"snapshot {snapshot_id} has {snap.info.size_bytes} bytes: "
+                                    "a volume from it needs at least that")
+        tmp = f"new.{volume_id}"
+        self._remove(tmp)  # left by a create that died halfway
+        self._ok("rbd", "clone", *CLONE_FORMAT_2, f"{self.pool}/{snap.image}@{snapshot_id}",
+                 self._image(tmp))
+        if size_bytes > snap.info.size_bytes:  # beyond the parent overlap reads as zeros
+            self._ok("rbd", "resize", "--no-progress", "--size", f"{size_bytes // MiB}M",
+                     self._image(tmp))
+        r = self._run("rbd", "rename", self._image(tmp), self._image(volume_id))
+        if r.returncode != 0:
+            self._remove(tmp)
+            if "exists" not in r.stderr:
+                raise RbdError(f"rbd rename to {volume_id} failed: {r.stderr.strip()[-500:]}")
+            self.create(volume_id, size_bytes)  # a concurrent create won: compare sizes
+
     def grow(self, volume_id: str, size_bytes: int) -> None:
         valid_volume_id(volume_id)
         valid_size(size_bytes, self.max_size)
@@ -153,17 +259,24 @@ class RbdBackend:
             raise InvalidVolumeSize(f"volume {volume_id} is {info['size']} bytes; "
                                     f"{size_bytes} would shrink it")
         if size_bytes > info["size"]:  # no --allow-shrink: rbd refuses to shrink by itself
-            self._ok("rbd", "resize", "--size", f"{size_bytes // MiB}M", self._image(volume_id))
+            self._ok("rbd", "resize", "--no-progress", "--size", f"{size_bytes // MiB}M",
+                     self._image(volume_id))
 
     def delete(self, volume_id: str) -> None:
+        """Remove the image, or hide it as held.<id>.<image id> while it has snapshots."""
         valid_volume_id(volume_id)
         if volume_id in self._wanted():
             raise VolumeInUse(f"volume {volume_id} is exported: unexport it first")
-        r = self._run("rbd", "rm", "--no-progress", self._image(volume_id))
-        if r.returncode != 0 and "No such file or directory" not in r.stderr:
-            if "still has watchers" in r.stderr:
-                raise VolumeInUse(f"volume {volume_id} is still open by a client")
-            raise RbdError(f"rbd rm {volume_id} failed: {r.stderr.strip()[-500:]}")
+        pool = self._pool()
+        if volume_id not in pool.images:
+            return
+        if not any(s.image == volume_id for s in pool.snaps.values()):
+            self._remove(volume_id)
+            return
+        if self._watchers(volume_id):
+            raise VolumeInUse(f"volume {volume_id} is still open by a client")
+        held = f"held.{volume_id}.{pool.images[volume_id][1]}"
+        self._ok("rbd", "rename", self._image(volume_id), f"{self.pool}/{held}")
 
     def export(self, volume_id: str) -> NetworkSource:
         valid_volume_id(volume_id)
@@ -188,20 +301,60 @@ class RbdBackend:
         self._save(wanted - {volume_id})
 
     def volumes(self) -> list[VolumeInfo]:
-        out = self._ok("rbd", "ls", "-l", "--format", "json", self.pool)
-        wanted = self._wanted()
-        found = {e["image"]: e["size"] for e in json.loads(out or "[]")
-                 if "snapshot" not in e and VOLUME_ID_RE.fullmatch(e["image"])}
-        return [VolumeInfo(v, found[v], v in wanted) for v in sorted(found)]
+        images, wanted = self._pool().images, self._wanted()
+        return [VolumeInfo(v, images[v][0], v in wanted) for v in sorted(images)
+                if VOLUME_ID_RE.fullmatch(v)]
 
     def exports(self) -> dict[str, NetworkSource]:
         existing = {v.volume_id for v in self.volumes()}
         return {v: self._source(v) for v in sorted(self._wanted() & existing)}
 
     def ensure(self) -> None:
-        """The cluster serves every image by itself: check it answers and forget wanted exports
-        whose image is gone."""
-        existing = {v.volume_id for v in self.volumes()}
+        """The cluster serves every image by itself: check it answers, forget wanted exports
+        whose image is gone and remove held images left without snapshots."""
+        pool = self._pool()
         wanted = self._wanted()
-        if wanted - existing:
-            self._save(wanted & existing)
+        if gone := {v for v in wanted if v not in pool.images}:
+            self._save(wanted - gone)
+        self._sweep_held(pool)
+
+    def snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
+        valid_volume_id(volume_id)
+        valid_snapshot_id(snapshot_id)
+        pool = self._pool()
+        have = pool.snaps.get(snapshot_id)
+        if have is None:
+            if volume_id not in pool.images:
+                raise VolumeNotFound(f"volume {volume_id} does not exist")
+            # Sent to the client holding the exclusive lock, if one does (see the docstring).
+            r = self._run("rbd", "snap", "create", "--no-progress",
+                          f"{self._image(volume_id)}@{snapshot_id}")
+            if r.returncode != 0 and "exists" not in r.stderr:  # exists: a concurrent call
+                if _GONE in r.stderr:
+                    raise VolumeNotFound(f"volume {volume_id} does not exist")
+                raise RbdError(f"rbd snap create {volume_id}@{snapshot_id} failed: "
+                               f"{r.stderr.strip()[-500:]}")
+            have = self._pool().snaps.get(snapshot_id)
+            if have is None:
+                raise RbdError(f"snapshot {snapshot_id} was created and is not listed")
+        if have.info.volume_id != volume_id:
+            raise SnapshotAlreadyExists(f"snapshot {snapshot_id} is one of volume "
+                                        f"{have.info.volume_id}")
+        return have.info
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        valid_snapshot_id(snapshot_id)
+        snap = self._pool().snaps.get(snapshot_id)
+        if snap is None:
+            return
+        # Clones of it keep reading it: librbd moves it to its trash namespace (format 2).
+        r = self._run("rbd", "snap", "rm", "--no-progress",
+                      f"{self.pool}/{snap.image}@{snapshot_id}")
+        if r.returncode != 0 and _GONE not in r.stderr:
+            raise RbdError(f"rbd snap rm {snap.image}@{snapshot_id} failed: "
+                           f"{r.stderr.strip()[-500:]}")
+        if HELD_RE.fullmatch(snap.image):
+            self._sweep_held(self._pool())
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        return [s.info for _, s in sorted(self._pool().snaps.items())]

@@ -20,8 +20,8 @@ MON = ("192.0.2.20", 6789)
 
 
 class FakeRbdBackend(FakeVolumeBackend):
-    """FakeVolumeBackend with RbdBackend's answers: "pool/volume-id" images via a monitor, no
-    snapshots (RbdBackend has none yet)."""
+    """FakeVolumeBackend with RbdBackend's answers: "pool/volume-id" images via a monitor; and
+    without the snapshots capability, to check what a node over such a backend offers."""
 
     capabilities = frozenset({"rbd", "grow_exported", "persistent_exports"})
 
@@ -63,7 +63,7 @@ def test_rbd_source_is_recorded_and_reaches_the_host_spec(cloud):
     assert row.source_export is None and row.source_protocol is None, row
 
 
-def test_storage_info_says_rbd_and_offers_no_snapshots(cloud):
+def test_storage_info_says_rbd_and_a_backend_without_snapshots_offers_none(cloud):
     info = cloud.node.get("/v1/storage", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
     assert info.status_code == 200, info.text
     assert info.json()["protocol"] == "rbd" and "snapshots" not in info.json()["extensions"]

@@ -4,8 +4,12 @@ module creates, loopback only). It runs the shared VolumeBackend checks that hol
 backend (tests/unit/volume_contract.py: bad input, missing volumes, create/grow) and the RBD
 forms of the NBD-shaped ones (export lifecycle, unexport while a client is connected, forced
 unexport), with QEMU's own rbd client (qemu-io) as the connected client; then a data path with
-a live grow. Skips with a clear reason when the ceph packages are not installed. Afterwards no
-process, namespace or directory is left (checked by ceph_cluster).
+a live grow. Snapshots: the shared snapshot checks (capability "snapshots") with qemu-io doing
+the I/O and `rbd du` (RBD's own per-object accounting) as the storage used, then what is RBD's
+own: a snapshot taken while one client holds the image open (its exclusive lock), clones that
+outlive the snapshot and the volume they came from (librbd's trash), a held image left without
+snapshots swept by ensure(). Skips with a clear reason when the ceph packages are not
+installed. Afterwards no process, namespace or directory is left (checked by ceph_cluster).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 
 from agent.drivers.base import NetworkHost
 from agent.drivers.volumes import MiB, VolumeInfo
+from agent.drivers.volumes import SnapshotInfo
 from agent.storage_node.rbd_backend import RbdBackend
 from tests.lab.ceph_support import MON_V1_PORT, ceph_cluster, skip_reason
 from tests.lab.storage_support import qemu_io_session
@@ -25,6 +30,9 @@ pytestmark = [pytest.mark.lab]
 
 V1 = "vol-0000000000000cb01"
 V2 = "vol-0000000000000cb02"
+V3 = "vol-0000000000000cb03"
+S1 = "snap-0000000000000cb01"
+S2 = "snap-0000000000000cb02"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +52,8 @@ def backend(cluster, tmp_path):
     for v in b.volumes():  # whatever a failed check left
         b.unexport(v.volume_id, force=True)
         b.delete(v.volume_id)
+    for s in b.snapshots():
+        b.delete_snapshot(s.snapshot_id)
 
 
 def _connected(cluster):
@@ -149,8 +159,111 @@ def test_data_path_and_qemu_img(backend, cluster):
     assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
     b.unexport(V1)
     b.delete(V1)
-    # Snapshots are not implemented: asking for one fails cleanly and changes nothing.
-    assert "snapshots" not in b.capabilities
-    assert _code(lambda: b.create(V2, 64 * MiB, from_snapshot="snap-0000000000000cb01")) == \
-        "UnsupportedOperation"
     assert b.volumes() == []
+
+
+class RbdIO:
+    """tests/unit/volume_contract.VolumeIO with qemu-io over rbd: (one client per call: it
+    opens the image, takes its exclusive lock, writes, flushes on close) and `rbd du` of the
+    pool (what RBD counts as used: the objects of every image, held ones included, and of
+    every snapshot, from the object maps)."""
+
+    def __init__(self, cluster):
+        self.c = cluster
+
+    def write(self, volume_id, offset, length, pattern):
+        w = self.c.run("qemu-io", "-f", "raw", "-c", f"write -P {pattern} {offset} {length}",
+                       self.c.rbd_url(volume_id), check=False)
+        assert w.returncode == 0 and f"wrote {length}/{length}" in w.stdout, w.stdout + w.stderr
+
+    def holds(self, volume_id, offset, length, pattern):
+        r = self.c.run("qemu-io", "-f", "raw", "-c", f"read -P {pattern} {offset} {length}",
+                       self.c.rbd_url(volume_id), check=False)
+        assert "read" in r.stdout or "verification failed" in r.stdout, r.stdout + r.stderr
+        return r.returncode == 0 and "verification failed" not in r.stdout
+
+    def allocated(self):
+        du = self.c.run("rbd", "--conf", str(self.c.conf), "du", "--format", "json",
+                        "--pool", self.c.pool, check=False)
+        assert du.returncode == 0, du.stderr
+        return json.loads(du.stdout)["total_used_size"]
+
+
+def _pool_listing(cluster) -> tuple[list[str], list[str]]:
+    """(every image name in the pool, every image in its trash)."""
+    rbd = ("rbd", "--conf", str(cluster.conf))
+    ls = json.loads(cluster.run(*rbd, "ls", "--format", "json", cluster.pool).stdout or "[]")
+    trash = json.loads(cluster.run(*rbd, "trash", "ls", "--all", "--format", "json",
+                                   cluster.pool).stdout or "[]")
+    return sorted(ls), sorted(t["name"] for t in trash)
+
+
+def test_snapshot_contract_on_rbd(backend, cluster):
+    b, io = backend, RbdIO(cluster)
+    contract.check_snapshot_bad_input(b, V1, S1)
+    contract.check_snapshot_data(b, io, [V1, V2, V3], [S1, S2])
+    contract.check_snapshots_outlive_their_volume(b, io, V1, V2, S1, S2)
+    contract.check_snapshot_shares_data(b, io, V1, S1)
+    before, after = contract.check_snapshot_while_writing(b, io, V1, V2, S1)
+    assert 3 <= before and after < 40, (before, after)  # taken while the client was writing
+    assert b.volumes() == [] and b.snapshots() == [] and b.exports() == {}
+    assert _pool_listing(cluster) == ([], [])  # nothing held, nothing in the trash
+
+
+def test_rbd_snapshots_open_client_clones_and_trash(backend, cluster):
+    b, io = backend, RbdIO(cluster)
+    b.create(V1, 64 * MiB)
+    src = b.export(V1)
+    # One client holds the image (and its exclusive lock) all along; its write is acknowledged
+    # (qemu-io without -n: QEMU leaves librbd's cache on, which may still hold it): the
+    # snapshot, sent to that client, must flush it first.
+    with _connected(cluster)(src) as works:
+        assert works()  # 0x5a at 0, 512 bytes
+        info = b.snapshot(V1, S1)
+        assert info == SnapshotInfo(S1, V1, 64 * MiB)
+        said = works.last_words("write -P 0x66 0 512\n")
+        assert "wrote 512/512" in said, said
+    b.create(V2, 128 * MiB, from_snapshot=S1)
+    assert io.holds(V2, 0, 512, 0x5a) and io.holds(V1, 0, 512, 0x66)
+    assert io.holds(V2, 64 * MiB, MiB, 0)
+    clone = json.loads(cluster.run("rbd", "--conf", str(cluster.conf), "info", "--format",
+                                   "json", f"{cluster.pool}/{V2}").stdout)
+    assert clone["parent"]["snapshot"] == S1 and clone["parent"]["overlap"] == 64 * MiB, clone
+
+    # An agent restart: everything is read back from the pool.
+    again = RbdBackend(b.state_dir, cluster.pool, b.mon_hosts, conf=cluster.conf,
+                       netns=cluster.ns, max_size=1 << 30)
+    assert again.snapshots() == [info]
+    b.unexport(V1)
+    b.delete(V1)  # has a snapshot: held under another name
+    held = [n for n in _pool_listing(cluster)[0] if n.startswith(f"held.{V1}.")]
+    assert len(held) == 1 and b.snapshots() == [info], _pool_listing(cluster)
+    b.delete_snapshot(S1)  # a clone reads it: librbd trashes it, the held image goes to trash
+    assert b.snapshots() == [] and _pool_listing(cluster) == ([V2], held)
+    assert io.holds(V2, 0, 512, 0x5a)  # the clone still reads through its parent
+    b.delete(V2)  # the last clone: librbd removes the trashed parent with it
+    assert _pool_listing(cluster) == ([], [])
+
+    # A held image left without snapshots (a crash between snap rm and rm) goes at ensure().
+    b.create(V1, 64 * MiB)
+    b.snapshot(V1, S2)
+    b.delete(V1)
+    held = _pool_listing(cluster)[0]
+    cluster.run("rbd", "--conf", str(cluster.conf), "snap", "rm", "--no-progress",
+                f"{cluster.pool}/{held[0]}@{S2}")
+    assert b.snapshots() == [] and b.volumes() == [] and _pool_listing(cluster)[0] == held
+    b.ensure()
+    assert _pool_listing(cluster) == ([], [])
+
+    # A create that died between clone and rename left new.<id>: the next try replaces it.
+    b.create(V1, 64 * MiB)
+    b.snapshot(V1, S1)
+    cluster.run("rbd", "--conf", str(cluster.conf), "clone", "--rbd-default-clone-format",
+                "2", f"{cluster.pool}/{V1}@{S1}", f"{cluster.pool}/new.{V2}")
+    b.create(V2, 96 * MiB, from_snapshot=S1)
+    assert VolumeInfo(V2, 96 * MiB, False) in b.volumes()
+    assert _pool_listing(cluster) == ([V1, V2], [])
+    b.delete(V2)
+    b.delete_snapshot(S1)
+    b.delete(V1)
+    assert _pool_listing(cluster) == ([], [])
