@@ -7,6 +7,7 @@ never like an instance (`i-...`), so the lab's agents leave them alone.
 """
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
@@ -118,3 +119,19 @@ def wait_ssh(netns: str, key: Path, address: str, command: str, timeout: float,
         if r.returncode == 0 or time.monotonic() > deadline:
             return r
         time.sleep(1)
+
+
+def qemu_pid_of(instance_id: str) -> int:
+    """The QEMU process libvirt runs for the instance's domain (`-name guest=<id>,...`)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(
+                a.startswith(f"guest={instance_id},".encode()) for a in argv):
+            return int(d)
+    raise AssertionError(f"no QEMU process for {instance_id}")
+

@@ -11,42 +11,19 @@ files. The host is re-enabled and everything made is removed whatever happens.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import libvirt
 import pytest
 
-from tests.lab.cloud import CloudUser, agent_instance_dir, domains_named
+from tests.lab.cloud import agent_instance_dir, domains_named
 from tests.lab.net_support import admin_api, call
-from tests.lab.test_volumes_api_lab import (attach, by_id_device, delete, detach, guest,
-                                            new_volume, wait_volume)
+from tests.lab.volume_support import (attach, by_id_device, delete, detach, guest, new_volume,
+                                      volume_user_fixture, wait_volume)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-
-@pytest.fixture(scope="module")
-def cloud(lab, tmp_path_factory):
-    if os.environ.get("KUMO_LAB_SERVICES") == "none":
-        pytest.skip("the session lab runs without controller and agents")
-    user = CloudUser(lab, tmp_path_factory.mktemp("keys"))
-    user.allow_admin_access()
-    yield user
-    user.terminate_all()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # volumes left by a failed test: detach, then delete
-        left = user.call("GET", "/v1/volumes", params={"max_results": 1000})["items"]
-        left = [v for v in left if v["tags"].get("suite") == "instance-move"
-                and v["state"] != "deleting"]
-        if not left:
-            break
-        for v in left:
-            if v["attachments"]:
-                user.api.post(f"/v1/volumes/{v['volume_id']}/detach", json={"force": True})
-            elif v["state"] == "available":
-                user.api.delete(f"/v1/volumes/{v['volume_id']}")
-        time.sleep(1)
-    user.close()
+cloud = volume_user_fixture()
 
 
 class Admin:

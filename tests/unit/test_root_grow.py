@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def test_local_storage_grows_and_reads_the_size_under_a_write_lock(tmp_path):
     assert _virtual_size(path) == 64 << 20
     # A process holding the image open for writing, as a running guest's QEMU does.
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_locked(path, holder)
         assert st.ensure_root_disk(IID, base, 64 << 20) == path  # big enough: no resize
@@ -184,18 +185,26 @@ def _virtual_size(path: Path) -> int:
 
 
 def _wait_locked(path: Path, holder: subprocess.Popen) -> None:
-    """Until qemu-img info (without -U) is refused: the holder has the image's write lock.
-    Generous: on a loaded 2-core machine qemu-io can take seconds to start."""
+    """Until the holder has the image open (and so its write lock, taken at open): it answers
+    a read. Not probed with a locking tool: a `qemu-img info` holding its own lock at the wrong
+    moment made the holder's open fail. Generous: on a loaded 2-core machine qemu-io can take
+    seconds to start."""
+    import select
     import time
-    deadline = time.monotonic() + 60
+    holder.stdin.write(b"read 0 512\n")
+    holder.stdin.flush()
+    deadline, seen = time.monotonic() + 60, b""
     while time.monotonic() < deadline:
-        r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True)
-        if r.returncode != 0:
-            return
-        if holder.poll() is not None:
-            raise AssertionError(f"qemu-io exited {holder.returncode}: {holder.stderr.read()!r}")
-        time.sleep(0.05)
-    raise AssertionError("qemu-io did not lock the image")
+        ready, _, _ = select.select([holder.stdout], [], [], 0.5)
+        if ready:
+            chunk = os.read(holder.stdout.fileno(), 4096)
+            seen += chunk
+            if b"read 512/512 bytes" in seen:
+                return
+            if not chunk:
+                break
+    raise AssertionError(f"qemu-io did not open {path}: exit {holder.poll()}, out {seen!r}, "
+                         f"err {holder.stderr.read() if holder.poll() is not None else b''!r}")
 
 
 # -- controller request model and CLI ---------------------------------------------------------
