@@ -57,8 +57,12 @@ in the numbers). Baseline, rounds interleaved: a plain kumo-tiny domain (`boot-.
 agent leaves alone) on the same host, on a bridge of the benchmark's own in the host's
 namespace, with an NBD volume (a scratch storage node of the benchmark's own on the lab
 fabric, as in part 2; the lab's node is the controller's) disk as Kumo attaches one (volume_disk)
-hot-plugged through the libvirt API, timed the same way. The instance is terminated, the volume
-deleted, the key pair, baseline guest, volume and bridge removed, and each checked.
+hot-plugged through the libvirt API, timed the same way. Then live grow, the volume attached:
+per round PATCH +1 GiB -> the guest's /sys/block/<disk>/size changes; baseline: the baseline
+disk grown by hand the way Kumo does it below the API (the storage node re-makes the export at
+the new size, the hypervisor's resize_disk reconnects QEMU's NBD client and blockResizes). The
+instance is terminated, the volume deleted, the key pair, baseline guest, volume and bridge
+removed, and each checked.
 
 --lab-state DIR: use a running lab (`python -m lab up` or the test suite's session lab) and
 leave it running; otherwise the benchmark brings up a 1-host lab of its own and removes it.
@@ -66,7 +70,7 @@ Everything else it makes (namespaces, veth, daemons, volume files, guest, its fi
 at the end and checked.
 
 Usage: .venv/bin/python bench/bench_volumes.py [--repeat 20] [--rounds 5] [--seq-mib 256]
-       [--rand-ops 500] [--volume-gib 1] [--snap-repeat 20] [--attach-rounds 10]
+       [--rand-ops 500] [--volume-gib 1] [--snap-repeat 20] [--attach-rounds 10] [--grow-rounds 5]
        [--lab-state DIR] [--own-storage-node] [--no-guest] [--no-data-path] [--smoke]
 """
 from __future__ import annotations
@@ -639,6 +643,22 @@ echo ready
 wait_for ! seen
 wait_for "" gone
 """
+#: Per "go" line: the time until the disk's size in sysfs changes (a live grow reaching the guest).
+GROW_POLLER = r"""L=/dev/disk/by-id/virtio-@SERIAL@
+i=0
+while [ ! -e $L ]; do
+  usleep 50000; i=$((i + 1)); [ $i -gt 1200 ] && { echo "no $L"; exit 1; }
+done
+S=/sys/block/$(basename $(readlink -f $L))/size
+echo ready
+while s0=$(cat $S) && read go; do
+  t0=$EPOCHREALTIME; i=0
+  while [ $(cat $S) -eq $s0 ]; do
+    usleep 50000; i=$((i + 1)); [ $i -gt 1200 ] && { echo "timeout grown"; exit 1; }
+  done
+  t1=$EPOCHREALTIME; echo "grown us=$((${t1/./} - ${t0/./}))"
+done
+"""
 BASE_NET = "10.213.7"  # the baseline guest's link, on a bridge inside the lab host's namespace
 
 
@@ -646,11 +666,11 @@ class Poller:
     """One SSH session into a guest running POLLER; go() starts its clock, then line() waits for
     its answer."""
 
-    def __init__(self, netns: str, key: Path, address: str, serial: str):
+    def __init__(self, netns: str, key: Path, address: str, serial: str, script: str = POLLER):
         from tests.lab.guests import SSH_OPTS
         self.p = subprocess.Popen(
             ["ip", "netns", "exec", netns, "ssh", "-i", str(key), *SSH_OPTS,
-             f"root@{address}", POLLER.replace("@SERIAL@", serial)],
+             f"root@{address}", script.replace("@SERIAL@", serial)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.buf = b""
         if self.line(30) != "ready":
@@ -747,8 +767,8 @@ def attach_rounds(lab, node: ScratchNode, args, cleanup: Cleanup) -> bool:
     key_name = f"bench-volumes-{secrets.token_hex(3)}"
     iid = vid = base_vid = guest = bridge_ns = None
     bridge = "kvbatt" + secrets.token_hex(2)
-    kumo = {"attach": [], "detach": []}
-    base = {"attach": [], "detach": []}
+    kumo = {"attach": [], "detach": [], "grow": []}
+    base = {"attach": [], "detach": [], "grow": []}
     ok = True
     t0 = time.monotonic()
     try:
@@ -818,19 +838,54 @@ def attach_rounds(lab, node: ScratchNode, args, cleanup: Cleanup) -> bool:
             print(f"round {i + 1}/{args.attach_rounds}: kumo attach {kumo['attach'][-1]:.3f} s "
                   f"detach {kumo['detach'][-1]:.3f} s; baseline attach {base['attach'][-1]:.3f} "
                   f"s detach {base['detach'][-1]:.3f} s", flush=True)
+        grow_rounds(user, node, args, iid, vid, rns, key, inst["private_ip"], guest, bkey,
+                    base_vid, disk, kumo["grow"], base["grow"])
     finally:
         ok &= attach_cleanup(user, lab, node, key_name, iid, vid, base_vid, guest, bridge_ns,
                              bridge)
         user.close()
         shutil.rmtree(work, ignore_errors=True)
-    for what in ("attach", "detach"):
+    for what in ("attach", "detach", "grow"):
         print(f"  kumo API {what} -> guest sees it   {fmt(kumo[what])}")
         print(f"  baseline libvirt {what} -> guest   {fmt(base[what])}")
-    for what in ("attach", "detach"):
+    for what in ("attach", "detach", "grow"):
         x, y = median(kumo[what]), median(base[what])
         print(f"kumo {what} vs baseline libvirt {what}: {x / y:.2f}x the time "
               f"({(x - y) * 1000:+.0f} ms median)")
     return ok
+
+
+def grow_rounds(user, node: ScratchNode, args, iid: str, vid: str, rns: str, key: Path,
+                address: str, guest, bkey: Path, base_vid: str, disk, kumo: list[float],
+                base: list[float]) -> None:
+    """Live grow of an attached volume, API call -> the guest's sysfs size changes, 1 GiB per
+    round; baseline: the same kind of NBD disk in the baseline guest grown by hand, the storage
+    node's grow (NbdBackend: the export re-made at the new size) then the hypervisor's
+    resize_disk (the NBD client's reconnect and virDomainBlockResize), no controller or agent."""
+    user.call("POST", f"/v1/volumes/{vid}/attach", json={"instance_id": iid, "device": "/dev/sdf"})
+    wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "in-use" and
+             v["attachments"] and v["attachments"][0]["state"] == "attached")
+    guest.hypervisor.attach_disk(guest.name, disk)
+    print(f"grow: per round one SSH session polls /sys/block/<disk>/size every 50 ms on a clock "
+          f"started just before the call; {args.grow_rounds} round(s) of +1 GiB each, kumo "
+          "(PATCH /v1/volumes/<id>) and baseline (storage node grow + libvirt resize_disk) "
+          "interleaved", flush=True)
+    kp = Poller(rns, key, address, "vol" + vid[4:], GROW_POLLER)
+    bp = Poller(guest.netns, bkey, f"{BASE_NET}.2", disk.serial, GROW_POLLER)
+    try:
+        for i in range(args.grow_rounds):
+            kp.go()
+            user.call("PATCH", f"/v1/volumes/{vid}", json={"size_gib": 2 + i})
+            kumo.append(kp.seconds("grown"))
+            bp.go()
+            node.backend.grow(base_vid, (2 + i) * GIB)
+            guest.hypervisor.resize_disk(guest.name, disk.target, (2 + i) * GIB)
+            base.append(bp.seconds("grown"))
+            print(f"grow round {i + 1}/{args.grow_rounds}: kumo {kumo[-1]:.3f} s; baseline "
+                  f"{base[-1]:.3f} s", flush=True)
+    finally:
+        kp.close()
+        bp.close()
 
 
 def nm_host_netns(lab, host: str) -> str:
@@ -949,6 +1004,8 @@ def main() -> int:
                     help="part 2 on a scratch storage node even when the lab runs its own")
     ap.add_argument("--attach-rounds", type=int, default=10,
                     help="attach/detach rounds through the API (and baseline) in part 3")
+    ap.add_argument("--grow-rounds", type=int, default=5,
+                    help="live grow rounds (+1 GiB each) of the attached volume in part 3")
     ap.add_argument("--snap-repeat", type=int, default=20, help="snapshots per case")
     ap.add_argument("--snap-small-mib", type=int, default=8, help="MiB written, small case")
     ap.add_argument("--snap-big-mib", type=int, default=256, help="MiB written, large case")
@@ -956,7 +1013,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.repeat, args.rounds, args.seq_mib, args.rand_ops = 2, 1, 8, 10
-        args.snap_repeat, args.attach_rounds = 2, 2
+        args.snap_repeat, args.attach_rounds, args.grow_rounds = 2, 2, 2
         args.guest_timeout = min(args.guest_timeout, 300)
     if args.seq_mib * MIB > args.volume_gib * GIB:
         ap.error("--seq-mib exceeds the volume size")

@@ -145,9 +145,12 @@ def test_bench_volumes_smoke(lab, root_only):
         rf"^round 2/2: kumo attach {NUM} s detach {NUM} s; baseline attach {NUM} s detach {NUM} s$",
         *[rf"^  {name} +median +{NUM} ms +p95 +{NUM} ms +min +{NUM} ms +\(n=2\)$" for name in (
             "kumo API attach -> guest sees it", "baseline libvirt attach -> guest",
-            "kumo API detach -> guest sees it", "baseline libvirt detach -> guest")],
+            "kumo API detach -> guest sees it", "baseline libvirt detach -> guest",
+            "kumo API grow -> guest sees it", "baseline libvirt grow -> guest")],
+        rf"^grow round 2/2: kumo {NUM} s; baseline {NUM} s$",
         rf"^kumo attach vs baseline libvirt attach: {NUM}x the time",
         rf"^kumo detach vs baseline libvirt detach: {NUM}x the time",
+        rf"^kumo grow vs baseline libvirt grow: {NUM}x the time",
         r"^part 3 clean-up: instance i-[0-9a-f]+ terminated, volume vol-[0-9a-f]+ deleted, .*: ok$",
     ] if served else [r"^skipped: the lab runs without controller and agents$"]
 
