@@ -17,6 +17,7 @@ from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api import metrics, security_groups, snapshots, volumes
+from controller.api import autoscaling_groups, launch_templates
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
@@ -24,7 +25,7 @@ from controller.errors import install_handlers
 from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
-from controller.services import metric_rollup
+from controller.services import autoscaling_controller, metric_rollup
 from controller.services.metrics import IngestCounters
 from controller.settings import Settings
 from controller.storage import StorageClient
@@ -63,9 +64,17 @@ def create_app(settings: Settings | None = None, *,
         if settings.metrics_maintenance_interval_s > 0:
             upkeep = asyncio.create_task(metric_rollup.run_forever(db, settings),
                                          name="kumo-metrics-rollup")
+        groups = None
+        if settings.autoscaling_interval_s > 0:
+            groups = asyncio.create_task(autoscaling_controller.run_forever(db, settings),
+                                         name="kumo-autoscaling")
         try:
             yield
         finally:
+            if groups is not None:
+                groups.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await groups
             if upkeep is not None:
                 upkeep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -85,7 +94,7 @@ def create_app(settings: Settings | None = None, *,
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
-              security_groups, volumes, snapshots, metrics):
+              security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
     app.include_router(with_errors(metrics.prometheus))

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     #: and the rows one pass handles at most (bounded work; a full pass runs again at once).
     metrics_maintenance_interval_s: float = Field(default=10.0, ge=0)
     metrics_pass_rows: int = Field(default=5000, ge=10)
+    #: Auto Scaling group controller pass period (seconds; 0 disables the loop: tests call
+    #: it by hand), and the launch retry backoff after failed launches (doubling, capped).
+    autoscaling_interval_s: float = Field(default=2.0, ge=0)
+    autoscaling_backoff_base_s: float = Field(default=10.0, ge=0)
+    autoscaling_backoff_max_s: float = Field(default=300.0, ge=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

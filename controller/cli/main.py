@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import (admin, images, instances, local, metrics, networks, resources, security_groups,
-               snapshots, ssh, volumes)
+from . import (admin, autoscaling, images, instances, local, metrics, networks, resources,
+               security_groups, snapshots, ssh, volumes)
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -70,6 +70,8 @@ app.add_typer(security_groups.app, name="security-groups")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(snapshots.app, name="snapshots")
 app.add_typer(metrics.app, name="metrics")
+app.add_typer(autoscaling.templates, name="launch-templates")
+app.add_typer(autoscaling.groups, name="autoscaling-groups")
 # Options may follow the instance id; the remote command starts after `--` (kumo ssh ID [-- CMD]).
 app.command("ssh")(ssh.ssh)
 app.command("console", help="Print an instance's serial console output.")(instances.console)

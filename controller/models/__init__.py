@@ -2,6 +2,8 @@
 
 Importing this package registers every table on SQLModel.metadata (Alembic's target).
 """
+from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
+from controller.models.launch_template import LaunchTemplate, LaunchTemplateVersion
 from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
 from controller.models.event import Event, EventPublic
 from controller.models.host import Host, HostPublic
@@ -33,5 +35,6 @@ __all__ = [
     "InstanceSecurityGroup", "SecurityGroup", "SecurityGroupRule", "AttachmentPublic", "Volume",
     "VolumeAttach", "VolumeAttachmentRow", "VolumeCreate", "VolumeDetach", "VolumeModify",
     "VolumePublic", "Snapshot", "SnapshotCreate", "SnapshotPublic", "SnapshotTags",
-    "MetricDatum", "MetricRollup",
+    "MetricDatum", "MetricRollup", "AutoScalingGroup", "AutoScalingInstance", "ScalingActivity",
+    "LaunchTemplate", "LaunchTemplateVersion",
 ]

@@ -11,7 +11,7 @@ metrics_sample_period_s); an older one from the 1-minute rollups, plus the raw s
 rollup pass has not reached yet (period: a multiple of 60, start rounded down to the minute).
 Validation follows CloudWatch: MissingParameter, InvalidParameterValue,
 InvalidParameterCombination (400, nothing changed). A dimension resolves to a set of instances
-(`_instances_of`): InstanceId now; an Auto Scaling group's name is one more resolver. Users see
+(`_instances_of`): InstanceId, or AutoScalingGroupName (the group's instances). Users see
 only their own instances' metrics (another account's instance answers no datapoints, as an
 unknown one does); admins see all.
 """
@@ -31,12 +31,13 @@ from controller.db import Database
 from controller.errors import InvalidParameter
 from controller.models.instance import Instance
 from controller.models.metric import MetricDatum, MetricRollup
+from controller.services import autoscaling
 from controller.services.accounts import Caller
 from controller.settings import Settings
 
 NAMESPACES = ("Kumo/EC2", "AWS/EC2")
 STATISTICS = ("SampleCount", "Average", "Sum", "Minimum", "Maximum")
-DIMENSIONS = ("InstanceId",)  # later: "AutoScalingGroupName"
+DIMENSIONS = ("InstanceId", "AutoScalingGroupName")
 #: Samples stamped further than this in the future (agent clock skew) are refused.
 MAX_FUTURE_MS = 300_000
 
@@ -197,14 +198,24 @@ class Bucket:
                 "Minimum": self.minimum, "Maximum": self.maximum}[name]
 
 
-def _scope(stmt, table, caller: Caller, q: StatisticsQuery):
-    """Rows of the query's metric that the caller may see and its dimension names."""
+def _instances_of(s, caller: Caller, q: StatisticsQuery) -> list[str] | None:
+    """The instances the query's dimension names (None: no dimension, every instance)."""
+    if q.dimension is None:
+        return None
+    name, value = q.dimension
+    if name == "AutoScalingGroupName":
+        account = None if caller.is_admin else caller.account_id
+        return autoscaling.group_instance_ids(s, account, value)
+    return [value]
+
+
+def _scope(stmt, table, caller: Caller, q: StatisticsQuery, ids: list[str] | None):
+    """Rows of the query's metric that the caller may see, of the dimension's instances."""
     stmt = stmt.where(table.metric_name == q.metric_name)
     if not caller.is_admin:
         stmt = stmt.where(table.account_id == caller.account_id)
-    if q.dimension is not None:
-        # Dimension -> instances. An Auto Scaling group resolves to its members here.
-        stmt = stmt.where(table.instance_id == q.dimension[1])
+    if ids is not None:
+        stmt = stmt.where(col(table.instance_id).in_(ids))
     return stmt
 
 
@@ -220,19 +231,20 @@ def get_statistics(db: Database, caller: Caller, q: StatisticsQuery) -> dict:
 
     # Integer division on integer milliseconds: the same truncation in SQLite and PostgreSQL.
     with db.session(notify=False) as s:
+        ids = _instances_of(s, caller, q)
         if q.from_rollups:
             r = MetricRollup
             b = ((r.minute - literal(q.start_ms)) // literal(period_ms)).label("b")
             stmt = select(b, func.sum(r.sample_count), func.sum(r.sum), func.min(r.minimum),
                           func.max(r.maximum)).where(r.minute >= q.start_ms, r.minute < q.end_ms)
-            add(s.execute(_scope(stmt, r, caller, q).group_by(b)).all())
+            add(s.execute(_scope(stmt, r, caller, q, ids).group_by(b)).all())
         d = MetricDatum
         b = ((d.ts - literal(q.start_ms)) // literal(period_ms)).label("b")
         stmt = select(b, func.count(), func.sum(d.value), func.min(d.value),
                       func.max(d.value)).where(d.ts >= q.start_ms, d.ts < q.end_ms)
         if q.from_rollups:
             stmt = stmt.where(d.rolled == False)  # noqa: E712  (rolled rows are in the rollups)
-        add(s.execute(_scope(stmt, d, caller, q).group_by(b)).all())
+        add(s.execute(_scope(stmt, d, caller, q, ids).group_by(b)).all())
     unit = METRIC_UNITS[q.metric_name]
     points = []
     for b in sorted(buckets):

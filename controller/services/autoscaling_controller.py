@@ -1,0 +1,338 @@
+"""The Auto Scaling group controller: one level-triggered pass over database state per group.
+
+Each pass, per group (one group's failure never stops the others):
+1. finish launch activities still InProgress (a restart mid-launch): resend the activity's
+   stored request, whose client token (group + activity id) makes `instances run` answer the
+   instance it already made instead of a second one; record the member.
+2. follow Terminating members to terminated (terminate is idempotent; resent after a restart).
+3. judge members against their instances: Pending -> InService once running; a member whose
+   instance is gone or terminated outside the group is unhealthy at once; one stopped,
+   impaired or on a down host once its health check grace period after launch has passed.
+   Unhealthy members are terminated (a replacement follows in step 4).
+4. compare capacity (Pending + InService members + launches in progress) with desired:
+   launch the difference (one activity per instance, spread over the subnets) unless the
+   group is in launch backoff, or terminate the difference by the termination policies
+   (never protected members). Capacity never goes past desired, and desired <= max.
+A failed launch (InsufficientInstanceCapacity, a template whose image went, ...) is a Failed
+activity with the error, and the group's launches wait a doubling backoff before the next try.
+The clock is a parameter (tests drive it); the pass runs every autoscaling_interval_s
+(controller/app.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from sqlmodel import select
+
+from controller.db import Database
+from controller.errors import KumoError, NotFound
+from controller.ids import new_id, utcnow
+from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
+from controller.models.instance import Instance, RunInstancesRequest
+from controller.services import autoscaling, instances, launch_templates
+from controller.services.accounts import Caller
+from controller.services.autoscaling_rules import (Member, backoff_s, choose_victim,
+                                                   launch_subnet)
+from controller.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP_TAG = "aws:autoscaling:groupName"
+_pass_lock = threading.Lock()
+
+
+def _caller(account_id: str) -> Caller:
+    return Caller(account_id=account_id, name="autoscaling", is_admin=False)
+
+
+def client_token(group_id: str, activity_id: str) -> str:
+    """The launch's idempotency token: the same for every resend of one activity."""
+    return f"{group_id}:{activity_id}"
+
+
+def tick(db: Database, settings: Settings, now: datetime | None = None) -> dict:
+    """One pass over every group; -> counters (launched, terminated, failed, errors)."""
+    now = now or utcnow()
+    stats = {"launched": 0, "terminated": 0, "failed": 0, "errors": 0}
+    with _pass_lock:
+        with db.session(notify=False) as s:
+            gids = list(s.exec(select(AutoScalingGroup.group_id)))
+        for gid in gids:
+            try:
+                _pass_group(db, settings, gid, now, stats)
+            except Exception:
+                log.exception("auto scaling pass failed for group %s", gid)
+                stats["errors"] += 1
+    return stats
+
+
+def _pass_group(db: Database, settings: Settings, gid: str, now: datetime, stats: dict) -> None:
+    with db.session(notify=False) as s:
+        pending = list(s.exec(select(ScalingActivity.activity_id).where(
+            ScalingActivity.group_id == gid, ScalingActivity.kind == "launch",
+            ScalingActivity.status_code == "InProgress")))
+    for aid in pending:  # 1
+        _finish_launch(db, settings, aid, now, stats)
+    _follow_terminations(db, settings, gid, now, stats)  # 2
+    _judge_health(db, settings, gid, now, stats)  # 3
+    _converge(db, settings, gid, now, stats)  # 4
+
+
+# -- launches ------------------------------------------------------------------------------------
+def _start_launch(db: Database, g: AutoScalingGroup, subnet_id: str, cause: str,
+                  now: datetime) -> str | None:
+    """Write the launch activity with its exact request (committed before anything launches);
+    a template that no longer resolves is a Failed activity at once. -> activity id or None."""
+    aid = new_id("act")
+    with db.session() as s:
+        act = ScalingActivity(activity_id=aid, group_id=g.group_id, account_id=g.account_id,
+                              kind="launch", description="Launching a new EC2 instance",
+                              cause=cause, start_time=now)
+        try:
+            req, _, version = launch_templates.resolve(s, _caller(g.account_id),
+                                                       g.launch_template_id,
+                                                       g.launch_template_version)
+        except KumoError as e:
+            act.status_code, act.end_time = "Failed", now
+            act.description = ("Launching a new EC2 instance.  Status Reason: "
+                               + e.message)[:255]
+            act.status_message = f"{e.code}: {e.message}"[:1024]
+            s.add(act)
+            _note_failure(s, g.group_id)
+            return None
+        tags = {**req.tags, **g.tags}
+        req = req.model_copy(update={"subnet_id": subnet_id, "tags": tags, "min_count": 1,
+                                     "max_count": 1,
+                                     "client_token": client_token(g.group_id, aid)})
+        act.request = req.model_dump(mode="json")
+        act.launch_template_version = version
+        s.add(act)
+    return aid
+
+
+def _finish_launch(db: Database, settings: Settings, aid: str, now: datetime,
+                   stats: dict) -> None:
+    with db.session(notify=False) as s:
+        act = s.get(ScalingActivity, aid)
+        g = s.get(AutoScalingGroup, act.group_id)
+        req = RunInstancesRequest.model_validate(act.request)
+    try:
+        _, rows = instances.run(db, settings, _caller(act.account_id), req)
+        if not rows:  # a replay long after: its instance ended and was purged meanwhile
+            raise KumoError("the instance this launch made no longer exists",
+                            code="InstanceGone")
+    except KumoError as e:
+        if e.retryable and e.code != "InsufficientInstanceCapacity":
+            # e.g. another process raced us on this client token: the next pass resends it
+            # and gets that launch's answer; marking it Failed could strand its instance.
+            stats["errors"] += 1
+            return
+        with db.session() as s:
+            act = s.get(ScalingActivity, aid)
+            act.status_code, act.end_time = "Failed", now
+            act.description = ("Launching a new EC2 instance.  Status Reason: " + e.message)[:255]
+            act.status_message = f"{e.code}: {e.message}"[:1024]
+            s.add(act)
+            _note_failure(s, act.group_id)
+        stats["failed"] += 1
+        return
+    inst = rows[0]
+    with db.session() as s:
+        act = s.get(ScalingActivity, aid)
+        row = s.get(Instance, inst.instance_id)
+        if row is not None and GROUP_TAG not in row.tags:
+            row.tags = {**row.tags, GROUP_TAG: g.name}
+            s.add(row)
+        if s.get(AutoScalingInstance, inst.instance_id) is None:
+            s.add(AutoScalingInstance(
+                instance_id=inst.instance_id, group_id=g.group_id, account_id=g.account_id,
+                lifecycle_state="Pending", health_status="Healthy",
+                protected_from_scale_in=g.new_instances_protected_from_scale_in,
+                subnet_id=req.subnet_id, launch_template_id=g.launch_template_id,
+                launch_template_version=act.launch_template_version or 0, launched_at=now,
+                launch_activity_id=aid))
+        act.status_code, act.end_time, act.instance_id = "Successful", now, inst.instance_id
+        act.description = f"Launching a new EC2 instance: {inst.instance_id}"
+        s.add(act)
+        grp = s.get(AutoScalingGroup, g.group_id)
+        grp.launch_failures, grp.launch_retry_at = 0, None
+        s.add(grp)
+    stats["launched"] += 1
+
+
+def _note_failure(s, group_id: str) -> None:
+    """Count a failed launch; the pass turns the count into the group's next retry time."""
+    g = s.get(AutoScalingGroup, group_id)
+    g.launch_failures += 1
+    s.add(g)
+
+
+def _apply_backoff(db: Database, settings: Settings, gid: str, now: datetime) -> None:
+    with db.session(notify=False) as s:
+        g = s.get(AutoScalingGroup, gid)
+        if g.launch_failures and (g.launch_retry_at is None or g.launch_retry_at <= now):
+            wait = backoff_s(g.launch_failures, settings.autoscaling_backoff_base_s,
+                             settings.autoscaling_backoff_max_s)
+            g.launch_retry_at = now + timedelta(seconds=wait)
+            s.add(g)
+
+
+# -- terminations --------------------------------------------------------------------------------
+def _start_terminate(db: Database, settings: Settings, m: AutoScalingInstance, cause: str,
+                     now: datetime, stats: dict) -> None:
+    aid = new_id("act")
+    with db.session() as s:
+        row = s.get(AutoScalingInstance, m.instance_id)
+        if row is None or row.lifecycle_state == "Terminating":
+            return
+        row.lifecycle_state, row.terminate_activity_id = "Terminating", aid
+        s.add(row)
+        s.add(ScalingActivity(activity_id=aid, group_id=row.group_id, account_id=row.account_id,
+                              kind="terminate", instance_id=row.instance_id,
+                              description=f"Terminating EC2 instance: {row.instance_id}",
+                              cause=cause, start_time=now))
+    stats["terminated"] += 1
+    _terminate(db, settings, m.account_id, m.instance_id)
+
+
+def _terminate(db: Database, settings: Settings, account_id: str, instance_id: str) -> None:
+    try:
+        instances.terminate(db, settings, _caller(account_id), instance_id)
+    except NotFound:
+        pass  # already purged: nothing left to terminate
+
+
+def _follow_terminations(db: Database, settings: Settings, gid: str, now: datetime,
+                         stats: dict) -> None:
+    with db.session(notify=False) as s:
+        members = list(s.exec(select(AutoScalingInstance).where(
+            AutoScalingInstance.group_id == gid,
+            AutoScalingInstance.lifecycle_state == "Terminating")))
+        states = _instance_states(s, [m.instance_id for m in members])
+    for m in members:
+        state = states.get(m.instance_id)
+        if state not in (None, "terminated"):
+            if state != "shutting-down":
+                _terminate(db, settings, m.account_id, m.instance_id)  # resent after a restart
+            continue
+        with db.session() as s:  # Terminated: the member goes, its activity succeeds
+            row = s.get(AutoScalingInstance, m.instance_id)
+            if row is None:
+                continue
+            act = s.get(ScalingActivity, row.terminate_activity_id or "")
+            if act is not None and act.status_code == "InProgress":
+                act.status_code, act.end_time = "Successful", now
+                s.add(act)
+            s.delete(row)
+
+
+def _instance_states(s, ids: list[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    return dict(s.exec(select(Instance.instance_id, Instance.state)
+                       .where(Instance.instance_id.in_(ids))).all())
+
+
+# -- health --------------------------------------------------------------------------------------
+def unhealthy_reason(inst: Instance | None, in_grace: bool) -> str | None:
+    """Why a member's instance is unhealthy, or None (pure)."""
+    if inst is None or inst.state in ("shutting-down", "terminated"):
+        return "the instance was terminated outside the group"  # never comes back: no grace
+    if in_grace:
+        return None
+    if inst.state in ("stopping", "stopped"):
+        return f"the instance is {inst.state}"
+    if inst.instance_status == "impaired":
+        return "the instance's status check failed (impaired)"
+    if inst.system_status not in ("ok", "initializing"):
+        return f"the instance's system status is {inst.system_status}"
+    return None
+
+
+def _judge_health(db: Database, settings: Settings, gid: str, now: datetime,
+                  stats: dict) -> None:
+    unhealthy = []
+    with db.session(notify=False) as s:
+        g = s.get(AutoScalingGroup, gid)
+        for m in s.exec(select(AutoScalingInstance).where(
+                AutoScalingInstance.group_id == gid,
+                AutoScalingInstance.lifecycle_state.in_(autoscaling.LIVE))):
+            inst = s.get(Instance, m.instance_id)
+            in_grace = now < m.launched_at + timedelta(seconds=g.health_check_grace_period)
+            why = unhealthy_reason(inst, in_grace)
+            if why is not None:
+                unhealthy.append((m, why))
+            elif m.lifecycle_state == "Pending" and inst.state == "running":
+                m.lifecycle_state, m.in_service_at = "InService", now
+                s.add(m)
+    for m, why in unhealthy:
+        with db.session(notify=False) as s:
+            row = s.get(AutoScalingInstance, m.instance_id)
+            row.health_status = "Unhealthy"
+            s.add(row)
+        _start_terminate(db, settings, m, "an instance was taken out of service in response to "
+                         f"a health check: {why}", now, stats)
+
+
+# -- capacity ------------------------------------------------------------------------------------
+def _converge(db: Database, settings: Settings, gid: str, now: datetime, stats: dict) -> None:
+    with db.session(notify=False) as s:
+        g = s.get(AutoScalingGroup, gid)
+        live = list(s.exec(select(AutoScalingInstance).where(
+            AutoScalingInstance.group_id == gid,
+            AutoScalingInstance.lifecycle_state.in_(autoscaling.LIVE))))
+        in_progress = list(s.exec(select(ScalingActivity).where(
+            ScalingActivity.group_id == gid, ScalingActivity.kind == "launch",
+            ScalingActivity.status_code == "InProgress")))
+        left = s.exec(select(AutoScalingInstance.instance_id).where(
+            AutoScalingInstance.group_id == gid)).first()
+        if g.status == autoscaling.DELETING and not left and not in_progress:
+            autoscaling.remove(s, g)
+            return
+    capacity = len(live) + len(in_progress)
+    if capacity < g.desired_capacity:
+        if g.launch_retry_at is not None and now < g.launch_retry_at:
+            return  # backing off after failed launches
+        occupied = [m.subnet_id for m in live] + [a.request.get("subnet_id")
+                                                  for a in in_progress]
+        cause = (f"an instance was started in response to a difference between desired and "
+                 f"actual capacity, increasing the capacity from {capacity} to "
+                 f"{g.desired_capacity}")
+        for _ in range(g.desired_capacity - capacity):
+            subnet = launch_subnet(g.subnet_ids, occupied)
+            aid = _start_launch(db, g, subnet, cause, now)
+            if aid is None:
+                stats["failed"] += 1
+                break
+            before = stats["launched"]
+            _finish_launch(db, settings, aid, now, stats)
+            if stats["launched"] == before:
+                break  # failed: stop this round, back off
+            occupied.append(subnet)
+        _apply_backoff(db, settings, gid, now)
+    elif capacity > g.desired_capacity:
+        force = g.status == autoscaling.DELETING  # a forced delete takes protected ones too
+        members = [Member(m.instance_id, m.subnet_id, m.launch_template_version, m.launched_at,
+                          m.protected_from_scale_in and not force) for m in live]
+        by_id = {m.instance_id: m for m in live}
+        cause = (f"an instance was taken out of service in response to a difference between "
+                 f"desired and actual capacity, shrinking the capacity from {capacity} to "
+                 f"{g.desired_capacity}")
+        for _ in range(capacity - g.desired_capacity):
+            pick = choose_victim(members, g.termination_policies)
+            if pick is None:
+                break  # the rest are protected from scale in
+            members = [m for m in members if m.instance_id != pick.instance_id]
+            _start_terminate(db, settings, by_id[pick.instance_id], cause, now, stats)
+
+
+async def run_forever(db: Database, settings: Settings) -> None:
+    """The controller's group loop: a pass every autoscaling_interval_s."""
+    while True:
+        try:
+            await asyncio.to_thread(tick, db, settings)
+        except Exception:
+            log.exception("auto scaling pass failed")
+        await asyncio.sleep(settings.autoscaling_interval_s)
