@@ -79,6 +79,9 @@ def test_mutations_reach_the_agent_without_waiting_for_the_tick(slow_cloud):
 
         assert c.post(f"/v1/instances/{iid}/stop").status_code == 200
         _wait_for(lambda: agent.specs[iid].power == "stopped", FAST)
+        # The agent has the spec before the controller folds its answer: start is refused
+        # (IncorrectInstanceState) while the instance is still stopping, as on EC2.
+        _wait_for(lambda: cloud.instance(c, iid)["state"] == "stopped", FAST)
         assert c.post(f"/v1/instances/{iid}/start").status_code == 200
         _wait_for(lambda: agent.specs[iid].power == "running", FAST)
         _wait_for(lambda: cloud.instance(c, iid)["state"] == "running", FAST)
