@@ -17,7 +17,7 @@ from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api import metrics, security_groups, snapshots, volumes
-from controller.api import autoscaling_groups, launch_templates
+from controller.api import autoscaling_groups, autoscaling_policies, launch_templates
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None, *,
     for r in (accounts, instance_types, images, key_pairs, instances, hosts, events):
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
-              security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups):
+              security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups,
+              autoscaling_policies):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
     app.include_router(with_errors(metrics.prometheus))

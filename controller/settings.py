@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     autoscaling_interval_s: float = Field(default=2.0, ge=0)
     autoscaling_backoff_base_s: float = Field(default=10.0, ge=0)
     autoscaling_backoff_max_s: float = Field(default=300.0, ge=0)
+    #: Target tracking: the CPU window averaged per evaluation, how long the metric must stay
+    #: below the target's band before a scale in, and how late a missed scheduled action
+    #: occurrence may still fire (older ones are skipped).
+    autoscaling_metric_window_s: float = Field(default=15.0, gt=0)
+    autoscaling_scale_in_period_s: float = Field(default=60.0, ge=0)
+    autoscaling_schedule_grace_s: float = Field(default=300.0, ge=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

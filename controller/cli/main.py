@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from . import (admin, autoscaling, images, instances, local, metrics, networks, resources,
                security_groups, snapshots, ssh, volumes)
+from . import autoscaling_policies  # noqa: F401 (registers its commands on autoscaling.groups)
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 

@@ -3,6 +3,7 @@
 Importing this package registers every table on SQLModel.metadata (Alembic's target).
 """
 from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
+from controller.models.autoscaling_policies import ScalingPolicy, ScheduledAction
 from controller.models.launch_template import LaunchTemplate, LaunchTemplateVersion
 from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
 from controller.models.event import Event, EventPublic

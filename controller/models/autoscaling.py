@@ -184,7 +184,7 @@ class ScalingActivity(SQLModel, table=True):
     activity_id: str = Field(primary_key=True, max_length=32)
     group_id: str = Field(max_length=32)
     account_id: str = Field(max_length=32)
-    #: "launch" or "terminate".
+    #: "launch", "terminate", or "capacity" (a policy or schedule changed desired capacity).
     kind: str = Field(max_length=16)
     status_code: str = Field(default="InProgress", max_length=16, index=True)
     description: str = Field(max_length=255)

@@ -20,6 +20,7 @@ from controller.ids import new_id, utcnow
 from controller.models.autoscaling import (ActivityPublic, AutoScalingGroup, AutoScalingInstance,
                                            GroupCreate, GroupInstancePublic, GroupPublic,
                                            GroupUpdate, LaunchTemplateSpec, ScalingActivity)
+from controller.models.autoscaling_policies import ScalingPolicy, ScheduledAction
 from controller.models.vpc import Subnet
 from controller.services import filters, instances, launch_templates, pagination
 from controller.services.autoscaling_rules import (VALIDATION, check_capacity, check_set_desired,
@@ -167,6 +168,17 @@ def set_desired(s: Session, g: AutoScalingGroup, desired: int, now: datetime | N
     return True
 
 
+def record_change(s: Session, g: AutoScalingGroup, before: int, cause: str,
+                  now: datetime) -> None:
+    """A change of desired capacity by a policy or a schedule, in the activity history (kind
+    "capacity", Successful at once: the launches and terminations follow as their own)."""
+    s.add(ScalingActivity(activity_id=new_id("act"), group_id=g.group_id,
+                          account_id=g.account_id, kind="capacity", status_code="Successful",
+                          description=f"Changing the desired capacity from {before} to "
+                                      f"{g.desired_capacity}", cause=cause[:1024],
+                          start_time=now, end_time=now))
+
+
 def set_desired_capacity(db: Database, caller, name: str, desired: int,
                          honor_cooldown: bool = False) -> GroupPublic:
     with db.session() as s:
@@ -217,6 +229,9 @@ def delete_group(db: Database, caller, name: str, force: bool = False) -> None:
 def remove(s: Session, g: AutoScalingGroup) -> None:
     """Drop an empty group and its history."""
     s.exec(delete(ScalingActivity).where(ScalingActivity.group_id == g.group_id))
+    s.exec(delete(ScalingPolicy).where(ScalingPolicy.group_id == g.group_id))
+    s.exec(delete(ScheduledAction).where(ScheduledAction.group_id == g.group_id))
+    s.flush()  # the group's dependants go before the group (foreign keys)
     s.delete(g)
 
 

@@ -32,7 +32,8 @@ from controller.errors import KumoError, NotFound
 from controller.ids import new_id, utcnow
 from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
 from controller.models.instance import Instance, RunInstancesRequest
-from controller.services import autoscaling, instances, launch_templates
+from controller.services import (autoscaling, instances, launch_templates, scaling_policies,
+                                 scheduled_actions)
 from controller.services.accounts import Caller
 from controller.services.autoscaling_rules import (Member, backoff_s, choose_victim,
                                                    launch_subnet)
@@ -77,6 +78,9 @@ def _pass_group(db: Database, settings: Settings, gid: str, now: datetime, stats
         _finish_launch(db, settings, aid, now, stats)
     _follow_terminations(db, settings, gid, now, stats)  # 2
     _judge_health(db, settings, gid, now, stats)  # 3
+    # Schedules, then target tracking, move desired capacity; step 4 follows it at once.
+    scheduled_actions.evaluate(db, settings, gid, now)
+    scaling_policies.evaluate(db, settings, gid, now)
     _converge(db, settings, gid, now, stats)  # 4
 
 

@@ -1,0 +1,105 @@
+"""Target tracking and a scheduled action with real guests (issue 11, part 3): a group of
+kumo-tiny (1 vCPU), min 1, max 3, with a policy of 50% average CPU (warmup and cooldown 20 s,
+scale-in period 20 s so the test stays bounded). A CPU burner in the guest over SSH (it stops
+by itself) makes the group scale out to 2 instances that become InService; after the burner
+stops the group scales back to 1, with no flapping in between (the policy's changes are exactly
+1 -> 2 -> 1). Then, the policy deleted, a scheduled action every minute starting a few seconds
+ahead and ending 65 s later (one or two occurrences, both setting desired 2) fires.
+Bounded: each wait has its own timeout; the group is force-deleted in the end.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.lab.cloud import user_fixture
+from tests.lab.test_autoscaling_lab import _group, _in_service, _until
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+cloud = user_fixture()
+BURN_S = 30
+# One busy shell loop per vCPU, each ending by itself after BURN_S seconds (guest clock).
+BURNER = ("n=$(grep -c ^processor /proc/cpuinfo); end=$(( $(date +%s) + " + str(BURN_S) + " )); "
+          "for k in $(seq $n); do (while [ $(date +%s) -lt $end ]; do i=0; "
+          "while [ $i -lt 5000 ]; do i=$((i+1)); done; done) & done; wait; echo burned")
+
+
+def _changes(cloud, name: str) -> list[str]:
+    acts = cloud.call("GET", f"/v1/autoscaling-groups/{name}/activities",
+                      params={"max_results": 1000})["items"]
+    return [a["cause"] for a in acts if a["description"].startswith("Changing the desired")]
+
+
+def test_target_tracking_and_schedule(cloud):
+    suffix = uuid.uuid4().hex[:8]
+    name, tname, kname = f"lab-tt-{suffix}", f"lab-tt-lt-{suffix}", f"lab-tt-{suffix}"
+    key = cloud.key_pair(kname)
+    subnet = next(s for s in cloud.call("GET", "/v1/subnets", params={"max_results": 1000})
+                  ["items"] if s.get("default_for_az"))
+    cloud.call("POST", "/v1/launch-templates", expect=201, json={
+        "launch_template_name": tname, "launch_template_data": {
+            "image": "kumo-tiny", "instance_type": "t3.nano", "key_name": kname}})
+    cloud.call("POST", "/v1/autoscaling-groups", expect=201, json={
+        "auto_scaling_group_name": name, "launch_template": {"launch_template_name": tname},
+        "min_size": 1, "max_size": 3, "desired_capacity": 1, "subnet_ids": [subnet["subnet_id"]],
+        "health_check_grace_period": 120, "default_cooldown": 20,
+        "default_instance_warmup": 20})
+    cloud.call("PUT", f"/v1/autoscaling-groups/{name}/policies/cpu50", json={
+        "target_tracking_configuration": {"predefined_metric_specification": {
+            "predefined_metric_type": "ASGAverageCPUUtilization"}, "target_value": 50},
+        "scale_in_period": 20})
+    started = time.monotonic()
+    try:
+        [first] = _in_service(cloud, name, 1, timeout=180)
+        inst = cloud.wait(first["instance_id"], "running", "ok", timeout=180)
+        assert cloud.ssh(inst, key, "true").returncode == 0
+        burn = {}
+        t = threading.Thread(target=lambda: burn.setdefault(
+            "r", cloud.ssh(inst, key, BURNER, timeout=BURN_S + 40)))
+        burn_start = time.monotonic()
+        t.start()
+        _until("scale out to 2", lambda: _group(cloud, name)["desired_capacity"] >= 2, 45)
+        print(f"scale-out decision {time.monotonic() - burn_start:.0f} s after the load step")
+        _in_service(cloud, name, 2, timeout=150)
+        print(f"2 InService {time.monotonic() - burn_start:.0f} s after the load step")
+        t.join(BURN_S + 60)
+        assert burn["r"].returncode == 0 and "burned" in burn["r"].stdout, burn["r"].stderr
+        _in_service(cloud, name, 1, timeout=120)
+        print(f"back to 1 InService {time.monotonic() - burn_start:.0f} s after the load step")
+        changes = _changes(cloud, name)
+        # No flapping: desired rises (a booting instance past its warmup may still burn CPU
+        # and add one more), then falls, and never rises again once it fell.
+        steps = [tuple(int(x) for x in re.search(r"from (\d+) to (\d+)", c).groups())
+                 for c in changes]
+        assert steps[0] == (1, 2) and "above target" in changes[0], changes
+        ups = [s for s in steps if s[1] > s[0]]
+        downs = [s for s in steps if s[1] < s[0]]
+        assert steps == ups + downs and downs and downs[-1][1] == 1, changes
+        assert all("above target" in c for c in changes[:len(ups)]), changes
+        assert all("below target" in c for c in changes[len(ups):]), changes
+
+        cloud.call("DELETE", f"/v1/autoscaling-groups/{name}/policies/cpu50", expect=204)
+        start = datetime.now(timezone.utc) + timedelta(seconds=5)
+        cloud.call("PUT", f"/v1/autoscaling-groups/{name}/scheduled-actions/two", json={
+            "recurrence": "* * * * *", "time_zone": "Europe/Berlin", "desired_capacity": 2,
+            "start_time": start.isoformat(),
+            "end_time": (start + timedelta(seconds=65)).isoformat()})
+        put_at = time.monotonic()
+        _until("scheduled action fired",
+               lambda: _group(cloud, name)["desired_capacity"] == 2, 75)
+        print(f"scheduled action fired {time.monotonic() - put_at:.0f} s after it was put")
+        [a] = cloud.call("GET", f"/v1/autoscaling-groups/{name}/scheduled-actions")
+        assert a["last_occurrence"] is not None
+        assert any("scheduled action two" in c for c in _changes(cloud, name))
+    finally:
+        cloud.call("DELETE", f"/v1/autoscaling-groups/{name}", params={"force": "true"})
+        _until("group deleted", lambda: cloud.api.get(
+            f"/v1/autoscaling-groups/{name}").status_code == 404, 120)
+        cloud.call("DELETE", f"/v1/launch-templates/{tname}", expect=None)
+    print(f"lab test body took {time.monotonic() - started:.0f} s")
