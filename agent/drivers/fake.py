@@ -123,9 +123,11 @@ class FakeStorage:
                 key = (image_id, sha)
                 if key in keep or key in wanted or f"overlay of {path}\n" in overlays:
                     continue
-                path.unlink()
-                self.images.pop(image_id, None)
+                # Recorded before the file goes: a test that waits for the file to vanish
+                # then reads `calls` (another thread) must find the record there.
                 self.calls.append(("prune_image", image_id))
+                self.images.pop(image_id, None)
+                path.unlink()
                 removed.append(key)
             return removed
 

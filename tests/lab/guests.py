@@ -135,3 +135,11 @@ def qemu_pid_of(instance_id: str) -> int:
             return int(d)
     raise AssertionError(f"no QEMU process for {instance_id}")
 
+
+
+def cpu_burner(seconds: int) -> str:
+    """A guest shell command that keeps every vCPU busy for `seconds` (guest clock), ends by
+    itself and prints "burned": one busy loop per processor, so CPUUtilization nears 100%."""
+    return ("n=$(grep -c ^processor /proc/cpuinfo); end=$(( $(date +%s) + " + str(int(seconds))
+            + " )); for k in $(seq $n); do (while [ $(date +%s) -lt $end ]; do i=0; "
+            "while [ $i -lt 5000 ]; do i=$((i+1)); done; done) & done; wait; echo burned")

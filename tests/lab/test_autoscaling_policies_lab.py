@@ -18,16 +18,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.lab.cloud import user_fixture
+from tests.lab.guests import cpu_burner
 from tests.lab.test_autoscaling_lab import _group, _in_service, _until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 cloud = user_fixture()
 BURN_S = 30
-# One busy shell loop per vCPU, each ending by itself after BURN_S seconds (guest clock).
-BURNER = ("n=$(grep -c ^processor /proc/cpuinfo); end=$(( $(date +%s) + " + str(BURN_S) + " )); "
-          "for k in $(seq $n); do (while [ $(date +%s) -lt $end ]; do i=0; "
-          "while [ $i -lt 5000 ]; do i=$((i+1)); done; done) & done; wait; echo burned")
+BURNER = cpu_burner(BURN_S)
 
 
 def _changes(cloud, name: str) -> list[str]:

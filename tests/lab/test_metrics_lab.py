@@ -12,16 +12,14 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.lab.cloud import user_fixture
+from tests.lab.guests import cpu_burner
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 cloud = user_fixture()
 
 BURN_S = 20
-# One busy shell loop per vCPU, each ending by itself after BURN_S seconds (guest clock).
-BURNER = ("n=$(grep -c ^processor /proc/cpuinfo); end=$(( $(date +%s) + " + str(BURN_S) + " )); "
-          "for k in $(seq $n); do (while [ $(date +%s) -lt $end ]; do i=0; "
-          "while [ $i -lt 5000 ]; do i=$((i+1)); done; done) & done; wait; echo burned")
+BURNER = cpu_burner(BURN_S)
 
 
 def _iso(t: float) -> str:
