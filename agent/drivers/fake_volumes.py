@@ -126,6 +126,11 @@ class FakeVolumeBackend:
         with self._lock:
             return [VolumeInfo(v, s, v in self.wanted) for v, s in sorted(self.sizes.items())]
 
+    def volume(self, volume_id: str) -> VolumeInfo | None:
+        with self._lock:
+            size = self.sizes.get(volume_id)
+            return None if size is None else VolumeInfo(volume_id, size, volume_id in self.wanted)
+
     def exports(self) -> dict[str, NetworkSource]:
         with self._lock:
             return {v: self._source(v) for v in sorted(self.served)}

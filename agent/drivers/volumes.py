@@ -222,6 +222,10 @@ class VolumeBackend(Protocol):
     def volumes(self) -> list[VolumeInfo]:
         """Every volume, sorted by id."""
 
+    def volume(self, volume_id: str) -> VolumeInfo | None:
+        """One volume, or None when it does not exist: what volumes() would list for it, read
+        without looking at the others (the node's per-volume requests call it)."""
+
     def exports(self) -> dict[str, NetworkSource]:
         """Volume id -> source of every volume served now."""
 

@@ -144,7 +144,7 @@ def _router() -> APIRouter:
                               source=wire_source(src) if src is not None else None)
 
     def observe(backend: VolumeBackend, volume_id: str) -> VolumeObserved | None:
-        info = next((v for v in backend.volumes() if v.volume_id == volume_id), None)
+        info = backend.volume(volume_id)
         return None if info is None else observed(info, backend.exports())
 
     @r.get("/storage", response_model=StorageInfo)
@@ -176,7 +176,7 @@ def _router() -> APIRouter:
         backend = backend_of(request)
         # One change at a time: "missing -> create, smaller -> grow" compares then acts.
         with request.app.state.put_lock:
-            have = next((v for v in backend.volumes() if v.volume_id == volume_id), None)
+            have = backend.volume(volume_id)
             # Size first: a refused size (smaller) changes nothing, not even the export.
             if have is None:
                 backend.create(volume_id, spec.size_bytes, from_snapshot=spec.from_snapshot)

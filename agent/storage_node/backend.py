@@ -247,6 +247,13 @@ class NbdBackend:
             wanted = self.wanted.load()
             return [VolumeInfo(v, self.files.size(v), v in wanted) for v in self.files.ids()]
 
+    def volume(self, volume_id: str) -> Optional[VolumeInfo]:
+        with self._lock, _translated(f"look up {volume_id}"):
+            if not self.files.exists(valid_volume_id(volume_id)):
+                return None
+            return VolumeInfo(volume_id, self.files.size(volume_id),
+                              volume_id in self.wanted.load())
+
     def exports(self) -> dict[str, NetworkSource]:
         with self._lock, _translated("list exports"):
             with self._live_qmp() as q:

@@ -305,6 +305,11 @@ class RbdBackend:
         return [VolumeInfo(v, images[v][0], v in wanted) for v in sorted(images)
                 if VOLUME_ID_RE.fullmatch(v)]
 
+    def volume(self, volume_id: str) -> VolumeInfo | None:
+        # The pool's listing is one call with every size; no per-image call is cheaper.
+        size = self._pool().images.get(valid_volume_id(volume_id), (None,))[0]
+        return None if size is None else VolumeInfo(volume_id, size, volume_id in self._wanted())
+
     def exports(self) -> dict[str, NetworkSource]:
         existing = {v.volume_id for v in self.volumes()}
         return {v: self._source(v) for v in sorted(self._wanted() & existing)}

@@ -16,7 +16,7 @@ from controller.models import Instance, Volume, VolumeAttachmentRow
 from controller.services import image_capture
 from tests.functional.fake_agent import GIB, Cloud
 from tests.functional.test_image_capture import CapturingAgent
-from tests.functional.test_volume_reconcile import VolumeAgent, VolumeCloud
+from tests.functional.volume_cloud import VolumeAgent, VolumeCloud
 
 
 @pytest.fixture

@@ -19,15 +19,12 @@ from sqlmodel import select
 from controller.ids import utcnow
 from controller.models import Event, Host, Instance
 from tests.functional.fake_agent import GIB
-from tests.functional.test_volume_reconcile import VolumeCloud
+from tests.functional.volume_cloud import volume_cloud
 
 
 @pytest.fixture
 def cloud(tmp_path):
-    c = VolumeCloud(tmp_path)
-    c.image()
-    yield c
-    c.close()
+    yield from volume_cloud(tmp_path)
 
 
 def _stopped_on_h1(cloud, user, **run):

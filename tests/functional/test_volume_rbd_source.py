@@ -14,7 +14,8 @@ from agent.drivers.fake_volumes import FakeVolumeBackend
 from agent.storage_node.app import create_storage_app
 from tests.functional.agent_harness import make_spec, put, running_agent, until
 from tests.functional.fake_agent import AGENT_TOKEN
-from tests.functional.test_volume_reconcile import VolumeCloud, _available, _running
+from tests.functional.test_volume_reconcile import _available, _running
+from tests.functional.volume_cloud import VolumeCloud
 
 MON = ("192.0.2.20", 6789)
 

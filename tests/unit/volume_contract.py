@@ -49,6 +49,7 @@ def check_missing(b, vid: str) -> None:
     b.unexport(vid)
     b.delete(vid)
     assert vid not in [v.volume_id for v in b.volumes()]
+    assert b.volume(vid) is None
     assert vid not in b.exports()
 
 
@@ -63,6 +64,7 @@ def check_create_and_grow(b, vid: str) -> None:
     assert _code(lambda: b.grow(vid, 32 * MiB)) == "InvalidVolumeSize"
     assert _code(lambda: b.grow(vid, 0)) == "InvalidVolumeSize"
     assert VolumeInfo(vid, 96 * MiB, False) in b.volumes()
+    assert b.volume(vid) == VolumeInfo(vid, 96 * MiB, False)  # the one-volume read agrees
     b.delete(vid)
     b.delete(vid)  # already gone: success
     assert vid not in [v.volume_id for v in b.volumes()]
@@ -83,6 +85,7 @@ def check_export_lifecycle(b, vid: str, other: str) -> NetworkSource:
     assert vid in b.exports()
     b.grow(vid, 128 * MiB)
     assert VolumeInfo(vid, 128 * MiB, True) in b.volumes()
+    assert b.volume(vid) == VolumeInfo(vid, 128 * MiB, True)
     assert vid in b.exports()
     b.unexport(vid)
     b.unexport(vid)  # not exported: no-op
