@@ -2,11 +2,9 @@
 migrations, bootstraps the admin account and default instance types, wakes the reconciler on
 every committed change, mounts the routers under /v1 (each operation declaring the error statuses
 it can answer, controller/api/responses.py), installs error handlers, and runs the reconciler
-loop in the lifespan."""
+loop (and the metrics, Auto Scaling and alarm passes) in the lifespan."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from contextlib import asynccontextmanager
 
@@ -17,15 +15,16 @@ from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api import metrics, security_groups, snapshots, volumes
-from controller.api import autoscaling_groups, autoscaling_policies, launch_templates
+from controller.api import alarms, autoscaling_groups, autoscaling_policies, launch_templates
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
 from controller.errors import install_handlers
+from controller.periodic import Loops
 from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
-from controller.services import autoscaling_controller, metric_rollup
+from controller.services import alarm_controller, autoscaling_controller, metric_rollup
 from controller.services.metrics import IngestCounters
 from controller.settings import Settings
 from controller.storage import StorageClient
@@ -57,32 +56,19 @@ def create_app(settings: Settings | None = None, *,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = None
+        loops = Loops()  # each one off when its interval is 0 (tests drive the passes)
         if settings.reconcile_interval_s > 0:
-            task = asyncio.create_task(reconciler.run_forever(), name="kumo-reconciler")
-        upkeep = None
+            loops.start("kumo-reconciler", reconciler.run_forever())
         if settings.metrics_maintenance_interval_s > 0:
-            upkeep = asyncio.create_task(metric_rollup.run_forever(db, settings),
-                                         name="kumo-metrics-rollup")
-        groups = None
+            loops.start("kumo-metrics-rollup", metric_rollup.run_forever(db, settings))
         if settings.autoscaling_interval_s > 0:
-            groups = asyncio.create_task(autoscaling_controller.run_forever(db, settings),
-                                         name="kumo-autoscaling")
+            loops.start("kumo-autoscaling", autoscaling_controller.run_forever(db, settings))
+        if settings.alarm_interval_s > 0:
+            loops.start("kumo-alarms", alarm_controller.run_forever(db, settings))
         try:
             yield
         finally:
-            if groups is not None:
-                groups.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await groups
-            if upkeep is not None:
-                upkeep.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await upkeep
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await loops.stop()
 
     app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
@@ -95,7 +81,7 @@ def create_app(settings: Settings | None = None, *,
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
               security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups,
-              autoscaling_policies):
+              autoscaling_policies, alarms):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
     app.include_router(with_errors(metrics.prometheus))

@@ -1,7 +1,7 @@
 """/v1/autoscaling-groups/{name}/policies and /scheduled-actions: put (create or replace),
-list, get, delete target tracking scaling policies and scheduled actions
+list, get, delete scaling policies (target tracking, step, simple) and scheduled actions
 (controller/services/scaling_policies.py, scheduled_actions.py; the group controller
-evaluates them)."""
+evaluates target tracking and schedules, metric alarms run step and simple policies)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Response

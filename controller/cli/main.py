@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from . import (admin, autoscaling, images, instances, local, metrics, networks, resources,
                security_groups, snapshots, ssh, volumes)
 from . import autoscaling_policies  # noqa: F401 (registers its commands on autoscaling.groups)
+from . import alarms
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -71,6 +72,7 @@ app.add_typer(security_groups.app, name="security-groups")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(snapshots.app, name="snapshots")
 app.add_typer(metrics.app, name="metrics")
+app.add_typer(alarms.app, name="alarms")
 app.add_typer(autoscaling.templates, name="launch-templates")
 app.add_typer(autoscaling.groups, name="autoscaling-groups")
 # Options may follow the instance id; the remote command starts after `--` (kumo ssh ID [-- CMD]).

@@ -18,6 +18,7 @@ from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
 from controller.models.autoscaling import MAX_CAPACITY
+from controller.models.step_policies import AlarmRef, StepAdjustment
 
 PolicyName = PField(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 PREDEFINED_METRICS = ("ASGAverageCPUUtilization",)
@@ -35,8 +36,22 @@ class TargetTrackingConfiguration(BaseModel):
 
 
 class PolicyPut(BaseModel):
+    #: TargetTrackingScaling, StepScaling or SimpleScaling.
     policy_type: str = "TargetTrackingScaling"
-    target_tracking_configuration: TargetTrackingConfiguration
+    #: Target tracking only (required there).
+    target_tracking_configuration: TargetTrackingConfiguration | None = None
+    #: Step and simple scaling (models/step_policies.py): ChangeInCapacity, ExactCapacity or
+    #: PercentChangeInCapacity; min_adjustment_magnitude only with PercentChangeInCapacity.
+    adjustment_type: str | None = None
+    min_adjustment_magnitude: int | None = PField(default=None, ge=1, le=10000)
+    #: Simple scaling: the change and the seconds to wait after it (default: the group's
+    #: default_cooldown).
+    scaling_adjustment: int | None = PField(default=None, ge=-10000, le=10000)
+    cooldown: int | None = PField(default=None, ge=0, le=86400)
+    #: Step scaling: the steps, bounds relative to the alarm threshold (no gaps, no
+    #: overlaps, at most one open bound each side).
+    step_adjustments: list[StepAdjustment] | None = PField(default=None, max_length=20)
+    metric_aggregation_type: str | None = None
     #: Seconds a new instance stays out of the average; default the group's
     #: default_instance_warmup, else its default_cooldown.
     estimated_instance_warmup: int | None = PField(default=None, ge=0, le=3600)
@@ -50,9 +65,17 @@ class PolicyPublic(BaseModel):
     policy_arn: str
     auto_scaling_group_name: str
     policy_type: str
-    target_tracking_configuration: TargetTrackingConfiguration
+    target_tracking_configuration: TargetTrackingConfiguration | None = None
     estimated_instance_warmup: int | None
-    scale_in_period: int | None
+    scale_in_period: int | None = None
+    adjustment_type: str | None = None
+    min_adjustment_magnitude: int | None = None
+    scaling_adjustment: int | None = None
+    cooldown: int | None = None
+    step_adjustments: list[StepAdjustment] | None = None
+    metric_aggregation_type: str | None = None
+    #: The metric alarms whose actions name this policy (EC2's Alarms).
+    alarms: list[AlarmRef] = []
     enabled: bool = True
 
 

@@ -21,6 +21,7 @@ from controller.models.autoscaling import (ActivityPublic, AutoScalingGroup, Aut
                                            GroupCreate, GroupInstancePublic, GroupPublic,
                                            GroupUpdate, LaunchTemplateSpec, ScalingActivity)
 from controller.models.autoscaling_policies import ScalingPolicy, ScheduledAction
+from controller.models.step_policies import StepScalingPolicy
 from controller.models.vpc import Subnet
 from controller.services import filters, instances, launch_templates, pagination
 from controller.services.autoscaling_rules import (VALIDATION, check_capacity, check_set_desired,
@@ -231,6 +232,7 @@ def remove(s: Session, g: AutoScalingGroup) -> None:
     s.exec(delete(ScalingActivity).where(ScalingActivity.group_id == g.group_id))
     s.exec(delete(ScalingPolicy).where(ScalingPolicy.group_id == g.group_id))
     s.exec(delete(ScheduledAction).where(ScheduledAction.group_id == g.group_id))
+    s.exec(delete(StepScalingPolicy).where(StepScalingPolicy.group_id == g.group_id))
     s.flush()  # the group's dependants go before the group (foreign keys)
     s.delete(g)
 

@@ -16,17 +16,23 @@ Each pass, per group (one group's failure never stops the others):
 A failed launch (InsufficientInstanceCapacity, a template whose image went, ...) is a Failed
 activity with the error, and the group's launches wait a doubling backoff before the next try.
 The clock is a parameter (tests drive it); the pass runs every autoscaling_interval_s
-(controller/app.py).
+(controller/app.py). A tick first reads once which groups have work for which step
+(services/autoscaling_survey.py) and runs only those steps: a group in its steady state (no
+policy, nothing due, nothing pending, capacity = desired) costs no statement of its own. Target
+tracking policies (between the schedules and step 4) are evaluated for all groups at once: one
+read per tick, a transaction only for the groups that change (scaling_policies.evaluate_all). A
+group whose pass only evaluated policies or schedules gets step 4 at the end of the tick, and
+only if its desired capacity moved (one read for all of them).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from datetime import datetime, timedelta
 
 from sqlmodel import select
 
+from controller import periodic
 from controller.db import Database
 from controller.errors import KumoError, NotFound
 from controller.ids import new_id, utcnow
@@ -37,6 +43,8 @@ from controller.services import (autoscaling, instances, launch_templates, scali
 from controller.services.accounts import Caller
 from controller.services.autoscaling_rules import (Member, backoff_s, choose_victim,
                                                    launch_subnet)
+# unhealthy_reason: imported here too, where callers have always found it.
+from controller.services.autoscaling_survey import GroupWork, survey, unhealthy_reason
 from controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,28 +68,105 @@ def tick(db: Database, settings: Settings, now: datetime | None = None) -> dict:
     with _pass_lock:
         with db.session(notify=False) as s:
             gids = list(s.exec(select(AutoScalingGroup.group_id)))
+            # One read says which groups have work: most, most of the time, have none.
+            work = survey(s, now)
+        everything = GroupWork(launching=True, terminating=True, judging=True,
+                               schedule_due=True, policies=True, off_capacity=True)
+        work = {gid: work.get(gid) or everything for gid in gids}
+        # Per group, steps 1-3 and schedules; then target tracking for every group at once
+        # (one read: services/scaling_policies.py evaluate_all); then step 4. A group's steps
+        # keep their order; only another group's steps may now run between two of its own,
+        # and groups share nothing the steps read.
+        ran, done = {}, []
         for gid in gids:
             try:
-                _pass_group(db, settings, gid, now, stats)
+                ran[gid] = _steps_before_policies(db, settings, gid, now, stats, work[gid])
+                done.append(gid)
+            except Exception:  # this group's later steps wait for the next pass
+                log.exception("auto scaling pass failed for group %s", gid)
+                stats["errors"] += 1
+        try:
+            failed = set(scaling_policies.evaluate_all(
+                db, settings, [gid for gid in done if work[gid].policies], now))
+        except Exception:  # the batched read: the next pass evaluates again
+            log.exception("auto scaling pass failed evaluating target tracking policies")
+            failed = set()
+            stats["errors"] += 1
+        stats["errors"] += len(failed)
+        evaluated = []
+        for gid in done:
+            if gid in failed:
+                continue
+            w = work[gid]
+            if not (ran[gid] or w.off_capacity):
+                if w.schedule_due or w.policies:
+                    evaluated.append(gid)
+                continue
+            try:
+                _converge(db, settings, gid, now, stats)  # 4
             except Exception:
                 log.exception("auto scaling pass failed for group %s", gid)
                 stats["errors"] += 1
+        _converge_moved(db, settings, evaluated, work, now, stats)
     return stats
 
 
-def _pass_group(db: Database, settings: Settings, gid: str, now: datetime, stats: dict) -> None:
-    with db.session(notify=False) as s:
-        pending = list(s.exec(select(ScalingActivity.activity_id).where(
-            ScalingActivity.group_id == gid, ScalingActivity.kind == "launch",
-            ScalingActivity.status_code == "InProgress")))
-    for aid in pending:  # 1
-        _finish_launch(db, settings, aid, now, stats)
-    _follow_terminations(db, settings, gid, now, stats)  # 2
-    _judge_health(db, settings, gid, now, stats)  # 3
-    # Schedules, then target tracking, move desired capacity; step 4 follows it at once.
-    scheduled_actions.evaluate(db, settings, gid, now)
-    scaling_policies.evaluate(db, settings, gid, now)
-    _converge(db, settings, gid, now, stats)  # 4
+def _steps_before_policies(db: Database, settings: Settings, gid: str, now: datetime,
+                           stats: dict, work: GroupWork) -> bool:
+    """Steps 1-3 and the group's scheduled actions, skipping those the survey found nothing
+    for. Once one step ran, every later one runs too: it may have made their work (a finished
+    launch is a Pending member to judge; a new desired capacity is a difference to converge).
+    -> whether a step ran (then step 4 runs too; otherwise whether to converge is left to
+    _converge_moved)."""
+    ran = work.launching
+    if ran:
+        with db.session(notify=False) as s:
+            pending = list(s.exec(select(ScalingActivity.activity_id).where(
+                ScalingActivity.group_id == gid, ScalingActivity.kind == "launch",
+                ScalingActivity.status_code == "InProgress")))
+        for aid in pending:  # 1
+            _finish_launch(db, settings, aid, now, stats)
+    if ran or work.terminating:
+        _follow_terminations(db, settings, gid, now, stats)  # 2
+        ran = True
+    if ran or work.judging:
+        _judge_health(db, settings, gid, now, stats)  # 3
+        ran = True
+    # Schedules, then target tracking (in tick, for all groups at once), move desired
+    # capacity; step 4 follows in this tick. evaluate() does nothing without due actions.
+    if work.schedule_due:
+        scheduled_actions.evaluate(db, settings, gid, now)
+    return ran
+
+
+def _converge_moved(db: Database, settings: Settings, gids: list[str],
+                    work: dict[str, GroupWork], now: datetime, stats: dict) -> None:
+    """Step 4 for the groups whose pass only evaluated policies or schedules: those whose
+    desired capacity moved off their capacity (as the survey counted it; nothing else of
+    theirs ran since). One read for all of them instead of a converge read per group: most
+    evaluations change nothing."""
+    if not gids:
+        return
+    try:
+        moved = []
+        with db.session(notify=False) as s:
+            for i in range(0, len(gids), 500):  # bounded IN lists
+                for gid, desired, status in s.exec(select(
+                        AutoScalingGroup.group_id, AutoScalingGroup.desired_capacity,
+                        AutoScalingGroup.status).where(
+                        AutoScalingGroup.group_id.in_(gids[i:i + 500]))):
+                    if desired != work[gid].capacity or status == autoscaling.DELETING:
+                        moved.append(gid)
+    except Exception:  # the next pass converges them: log, never stop the loop here
+        log.exception("auto scaling pass failed reading desired capacities")
+        stats["errors"] += 1
+        return
+    for gid in moved:
+        try:
+            _converge(db, settings, gid, now, stats)
+        except Exception:
+            log.exception("auto scaling pass failed for group %s", gid)
+            stats["errors"] += 1
 
 
 # -- launches ------------------------------------------------------------------------------------
@@ -240,19 +325,11 @@ def _instance_states(s, ids: list[str]) -> dict[str, str]:
 
 
 # -- health --------------------------------------------------------------------------------------
-def unhealthy_reason(inst: Instance | None, in_grace: bool) -> str | None:
-    """Why a member's instance is unhealthy, or None (pure)."""
-    if inst is None or inst.state in ("shutting-down", "terminated"):
-        return "the instance was terminated outside the group"  # never comes back: no grace
-    if in_grace:
-        return None
-    if inst.state in ("stopping", "stopped"):
-        return f"the instance is {inst.state}"
-    if inst.instance_status == "impaired":
-        return "the instance's status check failed (impaired)"
-    if inst.system_status not in ("ok", "initializing"):
-        return f"the instance's system status is {inst.system_status}"
-    return None
+def _instances(s, ids: list[str]) -> dict[str, Instance]:
+    if not ids:
+        return {}
+    return {i.instance_id: i for i in s.exec(select(Instance)
+                                             .where(Instance.instance_id.in_(ids)))}
 
 
 def _judge_health(db: Database, settings: Settings, gid: str, now: datetime,
@@ -260,10 +337,12 @@ def _judge_health(db: Database, settings: Settings, gid: str, now: datetime,
     unhealthy = []
     with db.session(notify=False) as s:
         g = s.get(AutoScalingGroup, gid)
-        for m in s.exec(select(AutoScalingInstance).where(
-                AutoScalingInstance.group_id == gid,
-                AutoScalingInstance.lifecycle_state.in_(autoscaling.LIVE))):
-            inst = s.get(Instance, m.instance_id)
+        live = list(s.exec(select(AutoScalingInstance).where(
+            AutoScalingInstance.group_id == gid,
+            AutoScalingInstance.lifecycle_state.in_(autoscaling.LIVE))))
+        insts = _instances(s, [m.instance_id for m in live])  # one query, not one per member
+        for m in live:
+            inst = insts.get(m.instance_id)
             in_grace = now < m.launched_at + timedelta(seconds=g.health_check_grace_period)
             why = unhealthy_reason(inst, in_grace)
             if why is not None:
@@ -334,9 +413,5 @@ def _converge(db: Database, settings: Settings, gid: str, now: datetime, stats: 
 
 async def run_forever(db: Database, settings: Settings) -> None:
     """The controller's group loop: a pass every autoscaling_interval_s."""
-    while True:
-        try:
-            await asyncio.to_thread(tick, db, settings)
-        except Exception:
-            log.exception("auto scaling pass failed")
-        await asyncio.sleep(settings.autoscaling_interval_s)
+    await periodic.every(settings.autoscaling_interval_s, lambda: tick(db, settings),
+                         "auto scaling pass")

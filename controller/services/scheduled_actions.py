@@ -22,7 +22,7 @@ from controller.ids import new_id, utcnow
 from controller.models.autoscaling import AutoScalingGroup, ScalingActivity
 from controller.models.autoscaling_policies import (ScheduledAction, ScheduledActionPublic,
                                                     ScheduledActionPut)
-from controller.services import autoscaling
+from controller.services import autoscaling, group_rows
 from controller.services.autoscaling_rules import VALIDATION, check_capacity
 from controller.services.scaling_rules import (check_cron, check_name, check_zone,
                                                due_occurrence, next_occurrence)
@@ -76,12 +76,9 @@ def put(db: Database, caller, group_name: str, name: str,
     check_name(name, "scheduled action")
     with db.session() as s:
         g = autoscaling.get(s, caller, group_name)
-        a = s.exec(select(ScheduledAction).where(ScheduledAction.group_id == g.group_id,
-                                                 ScheduledAction.name == name)).first()
-        if a is None:
-            a = ScheduledAction(action_id=new_id("sch"), group_id=g.group_id,
-                                account_id=g.account_id, name=name, created_at=now,
-                                recurrence=body.recurrence, time_zone=body.time_zone)
+        a = group_rows.upsert(s, ScheduledAction, g, name, lambda: ScheduledAction(
+            action_id=new_id("sch"), group_id=g.group_id, account_id=g.account_id, name=name,
+            created_at=now, recurrence=body.recurrence, time_zone=body.time_zone))
         a.recurrence, a.time_zone = body.recurrence, body.time_zone
         a.start_time, a.end_time = _aware(body.start_time), _aware(body.end_time)
         a.min_size, a.max_size = body.min_size, body.max_size
@@ -103,8 +100,7 @@ def describe(db: Database, caller, group_name: str) -> list[ScheduledActionPubli
 def delete(db: Database, caller, group_name: str, name: str) -> None:
     with db.session() as s:
         g = autoscaling.get(s, caller, group_name)
-        a = s.exec(select(ScheduledAction).where(ScheduledAction.group_id == g.group_id,
-                                                 ScheduledAction.name == name)).first()
+        a = group_rows.find(s, ScheduledAction, g, name)
         if a is None:
             raise NotFound(f"Scheduled action {name} not found for group {g.name}",
                            code=VALIDATION)

@@ -63,6 +63,19 @@ def template(user, name="web", **data) -> dict:
                                                       "launch_template_data": data}), 201)
 
 
+def cli_with_group(cloud):
+    """A host, a new account's CLI, a template "web" and a group "g1" (min 1, max 3) made
+    through it. -> (kumo, run) as vpc_support.cli_for_new_account gives them."""
+    from tests.functional.vpc_support import cli_for_new_account
+    cloud.add_host("h1")
+    kumo, run = cli_for_new_account(cloud)
+    run("launch-templates", "create", "web", "--image", "kumo-tiny", "--type", "t3.nano")
+    sn = run("subnets", "list")["items"][0]["subnet_id"]
+    run("autoscaling-groups", "create", "g1", "--template", "web", "--subnet", sn,
+        "--min", "1", "--max", "3")
+    return kumo, run
+
+
 def setup_group(cloud, user, *, subnets=2, **group) -> tuple[dict, list[str]]:
     vpc = make_vpc(user)
     sns = [make_subnet(user, vpc["vpc_id"], f"10.0.{i}.0/24")["subnet_id"]

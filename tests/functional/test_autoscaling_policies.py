@@ -21,7 +21,7 @@ from sqlalchemy import insert
 from controller.models.metric import MetricDatum
 from controller.services import autoscaling_controller
 from tests.functional.fake_agent import Cloud
-from tests.functional.test_autoscaling import activities, group, setup_group
+from tests.functional.test_autoscaling import activities, cli_with_group, group, setup_group
 from tests.functional.test_controller_postgres import pg_url, postgres  # noqa: F401 (fixtures)
 from tests.functional.vpc_support import err, ok
 
@@ -252,13 +252,7 @@ def test_missed_occurrences_grace_and_skip(cloud):
 
 def test_cli(cloud):
     """`kumo autoscaling-groups put-policy|policies|...|scheduled-actions` drive the same API."""
-    from tests.functional.vpc_support import cli_for_new_account
-    cloud.add_host("h1")
-    kumo, run = cli_for_new_account(cloud)
-    run("launch-templates", "create", "web", "--image", "kumo-tiny", "--type", "t3.nano")
-    sn = run("subnets", "list")["items"][0]["subnet_id"]
-    run("autoscaling-groups", "create", "g1", "--template", "web", "--subnet", sn,
-        "--min", "1", "--max", "3")
+    kumo, run = cli_with_group(cloud)
     p = run("autoscaling-groups", "put-policy", "g1", "cpu", "--target", "50",
             "--scale-in-period", "20")
     assert (p["target_tracking_configuration"]["target_value"], p["scale_in_period"]) == (50, 20)

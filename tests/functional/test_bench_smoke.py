@@ -59,3 +59,20 @@ def test_bench_root_disk_smoke():
         r"^overlay O\(1\) in image size .*: (PASS|FAIL)",
         r"^kumo overlay vs baseline copy-raw \(convert -S 0\) at 512 MiB: \d+x faster",
     ])
+
+
+def test_bench_autoscaling_smoke():
+    run_smoke("bench_autoscaling.py", timeout=180, expect=[
+        rf"^  kumo tick \(policies \+ schedules\) +median +{NUM} ms .* \d+ SQL statements/tick",
+        r"^  tick result: .*desired capacity unchanged: True \(OK\)$",
+        rf"^  baseline: one SELECT of every group's avg CPU \(sqlite3\) +median +{NUM} ms",
+        rf"^  baseline: same tick, no policies or schedules +median +{NUM} ms",
+        r"^  tick / one-SELECT floor: \d+x; tick / structure-only tick: [0-9.]+x$",
+        r"^target: a 20-group tick within the 2 s interval: (PASS|FAIL)$",
+        rf"^  kumo metrics.ingest +{NUM} s = +{NUM} samples/s",
+        rf"^  baseline plain executemany +{NUM} s = +{NUM} samples/s .*kumo / baseline time",
+        rf"^  metric_rollup.maintain: \d+ raw rows -> \d+ rollup rows .* = {NUM} raw rows/s",
+        rf"^  store: {NUM} bytes per raw row, {NUM} bytes per rollup row",
+        rf"^  10,000 instances after retention .* total {NUM} GiB$",
+        r"^  ingest checks \(nothing rejected, everything rolled up\): OK$",
+    ])

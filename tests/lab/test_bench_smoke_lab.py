@@ -113,6 +113,44 @@ def test_bench_vpc_changes_smoke(served_lab):
     assert not {n for n in _netns() - before if n.startswith("kvn-bench-")}
 
 
+def test_bench_autoscaling_reaction_smoke(served_lab):
+    """One load step in a group's guest on the session lab: the decision, the new member
+    InService, the pipeline floor and the comparison are printed; the group, its launch
+    template, the key pair and the baseline instance are gone afterwards."""
+    import tempfile
+    run_smoke("bench_autoscaling_reaction.py", "--lab-state", str(served_lab.state_dir),
+              "--target", "20",
+              timeout=900, expect=[
+        rf"^baseline launch \(RunInstances kumo-tiny t3.nano, same key\): running {NUM} s, "
+        rf"status ok {NUM} s$",
+        rf"^  scale-out decision {NUM} s after t0 \({NUM} s after the load step",
+        rf"^  new instance i-[0-9a-f]+ InService {NUM} s after t0 \({NUM} s after the load "
+        r"step\)",
+        rf"^  baseline pipeline floor: first CPU sample > {NUM}% visible in /v1/metrics/statistics "
+        rf"{NUM} s after t0$",
+        rf"^  decision: load step -> desired capacity raised +median +{NUM} s +p95 +{NUM} s",
+        rf"^  InService: load step -> new instance InService +median +{NUM} s +p95 +{NUM} s",
+        rf"^decision minus pipeline floor: median -?{NUM} s, p95 -?{NUM} s",
+        rf"^AWS documented minimum, same shape .*: 180 s before a decision; kumo's median "
+        rf"{NUM} s is {NUM}x sooner\. Sources: https://docs\.aws\.amazon\.com/",
+        r"^target: scale-out decision within 15 s of the load step: (PASS|FAIL)",
+        r"^clean-up \(group force-deleted, launch template, key pair, baseline instance\): ok$",
+    ])
+    cloud = CloudUser(served_lab, Path(tempfile.mkdtemp(prefix="kumo-bench-keys-")))
+    try:
+        groups = cloud.call("GET", "/v1/autoscaling-groups", params={"max_results": 1000})
+        assert not [g for g in groups["items"]
+                    if g["auto_scaling_group_name"].startswith("bench-asr-")]
+        templates = cloud.call("GET", "/v1/launch-templates", params={"max_results": 1000})
+        assert not [t for t in templates["items"]
+                    if t["launch_template_name"].startswith("bench-asr-")]
+        pairs = cloud.call("GET", "/v1/key-pairs", params={"max_results": 1000})["items"]
+        assert not [k for k in pairs if k["name"].startswith("bench-asr-")]
+    finally:
+        cloud.close()
+        shutil.rmtree(cloud.key_dir, ignore_errors=True)
+
+
 def test_bench_volumes_smoke(lab, root_only):
     """Part 1 (create/delete and snapshots) in a scratch namespace of its own; part 2 boots one
     kumo-tiny guest on the session lab's h1 (libvirtd only: no controller or agent needed) with

@@ -2,7 +2,9 @@
 default metrics_interval) and push to the controller; a kumo-tiny instance runs a CPU burner
 over SSH for about 20 s (it stops by itself), and the statistics API must show its
 CPUUtilization Maximum well above its idle level during the burn and back down after. Network
-counters must have moved too (the SSH session went through the guest's NIC).
+counters must have moved too (the SSH session went through the guest's NIC). A metric alarm
+put on the instance before the burn (Maximum CPU > 50, or idle + 20 if lower; 10 s periods,
+2 of 2) must reach ALARM during the burn and OK after it, with both transitions in its history.
 """
 from __future__ import annotations
 
@@ -49,6 +51,28 @@ def _window(cloud, iid: str, start: float, end: float, samples: int, timeout: fl
         time.sleep(2)
 
 
+def _alarm_went_and_cleared(cloud, name: str, burn_start: float, burn_end: float) -> None:
+    """The alarm is OK again (waiting up to 30 s more), and its history went to ALARM during
+    the burn (or within one period and the evaluation delay after it) and then back to OK."""
+    deadline = time.monotonic() + 30
+    while cloud.call("GET", f"/v1/alarms/{name}")["state_value"] != "OK":
+        assert time.monotonic() < deadline, cloud.call("GET", f"/v1/alarms/{name}/history")
+        time.sleep(2)
+    hist = cloud.call("GET", f"/v1/alarms/{name}/history",
+                      params={"history_item_type": "StateUpdate"})[::-1]  # oldest first
+    moves = [(h["history_data"]["new_state"],
+              datetime.fromisoformat(h["timestamp"].replace("Z", "+00:00")).timestamp())
+             for h in hist]
+    print(f"alarm transitions {moves}")
+    # (The SSH login before the idle window may alarm too when the idle threshold is low: its
+    # transitions are before the burn and do not count.)
+    during = [at for state, at in moves if state == "ALARM" and
+              burn_start <= at <= burn_end + 20]
+    assert during, (moves, burn_start, burn_end)
+    assert moves[-1][0] == "OK" and moves[-1][1] > during[-1], moves
+    cloud.call("DELETE", f"/v1/alarms/{name}")
+
+
 def test_cpu_burn_shows_in_cpu_utilization(cloud):
     key = cloud.key_pair("metrics-lab")
     [inst] = cloud.run(1, key_name="metrics-lab")
@@ -61,6 +85,13 @@ def test_cpu_burn_shows_in_cpu_utilization(cloud):
     time.sleep(20)
     idle = _window(cloud, iid, idle_start, time.time(), samples=3)
 
+    cloud.call("PUT", "/v1/alarms/metrics-lab-cpu", json={
+        "metric_name": "CPUUtilization", "namespace": "Kumo/EC2",
+        "dimensions": [{"name": "InstanceId", "value": iid}], "statistic": "Maximum",
+        "period": 10, "evaluation_periods": 2, "datapoints_to_alarm": 2,
+        # 50 %, unless this machine's busy TCG vCPU reads lower today (seen: ~42 %, idle ~4 %).
+        "threshold": min(50.0, idle["Maximum"] + 20.0),
+        "comparison_operator": "GreaterThanThreshold"})
     burn_start = time.time()
     r = cloud.ssh(inst, key, BURNER, timeout=BURN_S + 40)
     burn_end = time.time()
@@ -79,6 +110,8 @@ def test_cpu_burn_shows_in_cpu_utilization(cloud):
     assert burn["Maximum"] >= idle["Maximum"] + 25.0, (idle, burn)
     assert after["Maximum"] <= burn["Maximum"] - 25.0, (burn, after)
     assert 0.0 <= idle["Average"] <= 100.0
+
+    _alarm_went_and_cleared(cloud, "metrics-lab-cpu", burn_start, burn_end)
 
     net = _stats(cloud, iid, burn_start - 60, time.time(), metric="NetworkIn",
                  statistics="Sum")
