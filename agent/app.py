@@ -39,7 +39,23 @@ class AgentApiError(ApiError):
     """An error of the agent's API (the shared shape: agent/http_errors.py)."""
 
 
-def build_network_service(settings: AgentSettings, dataplane: Any = None) -> NetworkService | None:
+def _with_metadata(svc: NetworkService, settings: AgentSettings, host_tag: str,
+                   instance_specs: Any) -> NetworkService:
+    """Register the metadata service ("metadata" subsystem) when settings ask for it and the
+    instance specs it serves from are known."""
+    if not settings.metadata or instance_specs is None:
+        return svc
+    from agent.metadata.service import (Documents, MetadataService, PresignedSigner,
+                                        metadata_subsystem)
+    from agent.network import names
+    signer = PresignedSigner()
+    service = MetadataService(Documents(instance_specs, signer).get, signer)
+    svc.register(metadata_subsystem(service, lambda vni: names.router_netns(host_tag, vni)))
+    return svc
+
+
+def build_network_service(settings: AgentSettings, dataplane: Any = None,
+                          instance_specs: Any = None) -> NetworkService | None:
     """The VPC dataplane service (extension vpc-network), or None when network mode is "none"
     and no dataplane is injected. Fake driver: a FakeDataplane, a FakeFirewall, no DHCP
     and a static underlay (KUMO_AGENT_UNDERLAY_IP, else fake_underlay_ip(host_id); device
@@ -72,10 +88,11 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None) -> Net
                               link_up=link_up, **kw)
     if dataplane is not None:  # an injected real Dataplane: its namespace is the host's
         netns = dataplane.netns
-        return NetworkService(
+        return _with_metadata(NetworkService(
             settings.state_dir, dataplane=dataplane,
             underlay=lambda: resolve_underlay(netns, settings.underlay_dev, settings.underlay_ip),
-            link_up=LinkProbe(netns), **real_parts(netns, dataplane.host_tag), **kw)
+            link_up=LinkProbe(netns), **real_parts(netns, dataplane.host_tag), **kw),
+            settings, dataplane.host_tag, instance_specs)
     from agent.network.apply import Dataplane, DataplaneError
     try:
         host = resolve_namespace(settings.netns, settings.host_id, settings.allow_root_netns)
@@ -90,13 +107,14 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None) -> Net
                               link_up=lambda name: False, **kw)
     log.info("VPC dataplane in namespace %s (router namespaces %s-kvr-*)",
              host.netns or "(own)", host.host_tag)
-    return NetworkService(
+    return _with_metadata(NetworkService(
         settings.state_dir,
         dataplane=lambda: Dataplane(host.netns, host_tag=host.host_tag,
                                     allow_own_namespace=host.netns is None,
                                     resync_seconds=KERNEL_RESYNC),
         underlay=lambda: resolve_underlay(host.netns, settings.underlay_dev, settings.underlay_ip),
-        link_up=LinkProbe(host.netns), **real_parts(host.netns, host.host_tag), **kw)
+        link_up=LinkProbe(host.netns), **real_parts(host.netns, host.host_tag), **kw),
+        settings, host.host_tag, instance_specs)
 
 
 def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None,
@@ -276,9 +294,9 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     stopping it leaves guests and their networks as they are.
     """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    network_service = build_network_service(settings, dataplane)
-    drivers = build_drivers(settings, hypervisor, storage, network, network_service)
     store = StateStore(settings.state_dir)
+    network_service = build_network_service(settings, dataplane, store.spec)
+    drivers = build_drivers(settings, hypervisor, storage, network, network_service)
     reconciler = Reconciler(store, drivers, shutdown_timeout=settings.shutdown_timeout,
                             resync_interval=settings.resync_interval,
                             readiness_interval=settings.readiness_interval,

@@ -74,6 +74,9 @@ class AgentSettings(BaseSettings):
     dhcp: bool = True
     #: User dnsmasq drops privileges to; it must be able to traverse <state_dir>/dhcp.
     dhcp_user: str = Field(default="dnsmasq", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    #: The instance metadata service (169.254.169.254:80 in every VPC router namespace,
+    #: agent/metadata/service.py), with a real VPC dataplane only.
+    metadata: bool = True
     heartbeat_interval: float = Field(default=2.0, gt=0)
     #: Seconds between two samples of every running instance (agent/metrics.py); 0 disables
     #: the sampler. Samples go to the controller's POST /v1/agent/metrics in batches.

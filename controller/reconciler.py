@@ -39,6 +39,7 @@ from controller.db import Database
 from controller.ids import utcnow
 from controller.models import ClientToken, Host, Image, Instance, Subnet, Vpc
 from controller.services import (capture_downloads, host_networks, hosts, image_capture,
+                                 instance_metadata,
                                  images, lifecycle, volume_attachments)
 from controller.settings import Settings
 from controller.storage import StorageClient
@@ -244,8 +245,11 @@ class Reconciler:
                     if inst.vpc_id and inst.subnet_id and inst.mac and inst.private_ip:
                         nic = specs.vpc_nic(inst, s.get(Vpc, inst.vpc_id),
                                             s.get(Subnet, inst.subnet_id))
+                    metadata = instance_metadata.wire(s, inst,
+                                                      self.settings.availability_zone,
+                                                      self.settings.state_dir)
                     spec = specs.build(inst, image, host, url, nic,
-                                       specs.spec_volumes(attachments))
+                                       specs.spec_volumes(attachments), metadata)
                 except Exception as exc:  # e.g. an image row gone: fail this instance only
                     log.exception("cannot build spec for %s", inst.instance_id)
                     inst.observed_error = f"SpecError: {exc}"[:1024]

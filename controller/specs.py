@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 
+from agent.contract.metadata_v1 import InstanceMetadata
 from agent.contract.v1 import (ImageRef, InstanceSpec, NicSpec, VolumeAttachment, VolumeSource,
                                vpc_bridge)
 from controller.models import Host, Image, Instance, Subnet, Volume, VolumeAttachmentRow, Vpc
@@ -73,7 +74,8 @@ def spec_volumes(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[VolumeA
 
 def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
           nic: NicSpec | None = None,
-          volumes: list[VolumeAttachment] | None = None) -> InstanceSpec:
+          volumes: list[VolumeAttachment] | None = None,
+          metadata: InstanceMetadata | None = None) -> InstanceSpec:
     nics = [nic] if nic is not None else []
     return InstanceSpec(
         instance_id=inst.instance_id, generation=inst.generation,
@@ -86,4 +88,4 @@ def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
         hostname=inst.hostname or inst.instance_id, user_data_b64=inst.user_data_b64 or "",
         ssh_authorized_keys=[inst.ssh_public_key] if inst.ssh_public_key else [],
         nics=nics, reboot_nonce=inst.reboot_nonce, restart_policy="never",
-        volumes=list(volumes or []))
+        volumes=list(volumes or []), metadata=metadata)

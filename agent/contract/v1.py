@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_validator,
                       model_validator)
 
+from agent.contract.metadata_v1 import InstanceMetadata
 from agent.validators import IFNAME_RE, MAC_RE
 
 CONTRACT_VERSION = "v1"
@@ -53,8 +54,10 @@ CONTRACT_VERSION = "v1"
 #:   image-capture: POST/GET/DELETE /v1/instances/{id}/image[/{image_id}[/file]]
 #:   (CaptureRequest, CaptureObserved): the root disk flattened into a standalone qcow2.
 #:   volumes-rbd: VolumeSource.protocol "rbd" (a Ceph RBD image, "pool/image", via a monitor).
+#:   instance-metadata: InstanceSpec.metadata (agent/contract/metadata_v1.py): the document the
+#:   host's metadata service (169.254.169.254) serves the instance, and its signed identity.
 EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
-                               "image-capture", "volumes-rbd")
+                               "image-capture", "volumes-rbd", "instance-metadata")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -222,6 +225,9 @@ class InstanceSpec(_Wire):
     #: definition always, and hot-plugged into the running guest, or unplugged from it when they
     #: leave the list. Devices, volume ids and sources are unique within a spec.
     volumes: list[VolumeAttachment] = Field(default_factory=list, max_length=16)
+    #: What the metadata service serves this instance (extension instance-metadata); None:
+    #: the instance gets no metadata (the service does not answer it).
+    metadata: InstanceMetadata | None = None
 
     @model_validator(mode="after")
     def _unique_volumes(self) -> InstanceSpec:

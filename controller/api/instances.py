@@ -4,14 +4,15 @@ Every mutation wakes the reconciler when the service's transaction commits (cont
 so its spec reaches the agent at once."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from controller.api.deps import Ctx, CurrentCaller, Page, Paging
 from controller.api.responses import errors
-from controller.models import (ConsoleOutput, InstanceGroupsRequest, InstancePublic,
+from controller.models import (ConsoleOutput, InstanceGroupsRequest, InstanceMetadataOptions,
+                               InstanceMetadataOptionsResponse, InstancePublic,
                                InstanceStatusPublic, ModifyInstanceRequest, RunInstancesRequest,
                                RunInstancesResponse)
-from controller.services import instance_console, instances
+from controller.services import instance_console, instance_metadata, instances
 
 router = APIRouter(tags=["instances"])
 
@@ -86,3 +87,21 @@ def console(instance_id: str, ctx: Ctx, caller: CurrentCaller):
 @router.get("/instances/{instance_id}/status", response_model=InstanceStatusPublic)
 def status(instance_id: str, ctx: Ctx, caller: CurrentCaller):
     return instances.status(ctx.db, caller, instance_id)
+
+
+@router.post("/instances/{instance_id}/metadata-options",
+             response_model=InstanceMetadataOptionsResponse, responses=errors(404, 409))
+def modify_metadata_options(instance_id: str, body: InstanceMetadataOptions, ctx: Ctx,
+                            caller: CurrentCaller):
+    """ModifyInstanceMetadataOptions (controller/services/instance_metadata.py)."""
+    inst, options = instance_metadata.modify(ctx.db, caller, instance_id, body)
+    return InstanceMetadataOptionsResponse(instance_id=inst.instance_id,
+                                           state=instance_metadata.state_of(inst),
+                                           metadata_options=options)
+
+
+@router.get("/metadata/certificate", response_class=Response)
+def metadata_certificate(ctx: Ctx, caller: CurrentCaller):
+    """The certificate (PEM) instance identity documents are signed with."""
+    return Response(instance_metadata.certificate_pem(ctx.settings.state_dir),
+                    media_type="application/x-pem-file")

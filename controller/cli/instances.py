@@ -98,6 +98,14 @@ def run(ctx: typer.Context,
             "--block-device", help="DEVICE=SIZE[:SNAPSHOT][:keep] or DEVICE=none, repeatable: "
             "a volume per instance (/dev/sdf=10, /dev/sdg=snap-...:keep), the root size "
             "(/dev/sda1=20), or drop the image's volume.")] = None,
+        http_tokens: Annotated[Optional[str], typer.Option(
+            "--http-tokens", help="Metadata service: optional|required (default required).")] = None,
+        http_endpoint: Annotated[Optional[str], typer.Option(
+            "--http-endpoint", help="Metadata service: enabled|disabled.")] = None,
+        hop_limit: Annotated[Optional[int], typer.Option(
+            "--http-put-response-hop-limit", help="Metadata token replies' IP TTL (1..64).")] = None,
+        metadata_tags: Annotated[Optional[str], typer.Option(
+            "--instance-metadata-tags", help="Tags in instance metadata: enabled|disabled.")] = None,
         wait: WaitOpt = False,
         timeout: TimeoutOpt = 600.0,
         poll_interval: IntervalOpt = 2.0,
@@ -113,6 +121,9 @@ def run(ctx: typer.Context,
     }
     if block_device:
         body["block_device_mappings"] = [parse_block_device(b) for b in block_device]
+    options = _metadata_options(http_tokens, http_endpoint, hop_limit, metadata_tags)
+    if options:
+        body["metadata_options"] = options
     if user_data_file is not None:
         body["user_data"] = base64.b64encode(user_data_file.read_bytes()).decode("ascii")
     reservation = st.api().post("/v1/instances", json=body)
@@ -235,6 +246,31 @@ def modify(ctx: typer.Context, instance_id: str,
         body["root_disk_gib"] = root_size
     st = state(ctx, output)
     emit_record(st, st.api().patch(_path(instance_id), body))
+
+
+def _metadata_options(tokens, endpoint, hop_limit, tags) -> dict:
+    given = {"http_tokens": tokens, "http_endpoint": endpoint,
+             "http_put_response_hop_limit": hop_limit, "instance_metadata_tags": tags}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@app.command("metadata-options")
+def metadata_options(ctx: typer.Context, instance_id: str,
+                     http_tokens: Annotated[Optional[str], typer.Option(
+                         "--http-tokens", help="optional|required")] = None,
+                     http_endpoint: Annotated[Optional[str], typer.Option(
+                         "--http-endpoint", help="enabled|disabled")] = None,
+                     hop_limit: Annotated[Optional[int], typer.Option(
+                         "--http-put-response-hop-limit", help="1..64")] = None,
+                     metadata_tags: Annotated[Optional[str], typer.Option(
+                         "--instance-metadata-tags", help="enabled|disabled")] = None,
+                     output: OutputOpt = None) -> None:
+    """Change a live instance's metadata service options (ModifyInstanceMetadataOptions)."""
+    body = _metadata_options(http_tokens, http_endpoint, hop_limit, metadata_tags)
+    if not body:
+        raise typer.BadParameter("give at least one option")
+    st = state(ctx, output)
+    emit_record(st, st.api().post(_path(instance_id, "metadata-options"), body))
 
 
 @app.command("set-groups")

@@ -2,8 +2,10 @@
 
 Importing this package registers every table on SQLModel.metadata (Alembic's target).
 """
+from controller.models.alarms import AlarmHistory, MetricAlarm
 from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
 from controller.models.autoscaling_policies import ScalingPolicy, ScheduledAction
+from controller.models.step_policies import StepScalingPolicy
 from controller.models.launch_template import LaunchTemplate, LaunchTemplateVersion
 from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
 from controller.models.event import Event, EventPublic
@@ -11,7 +13,8 @@ from controller.models.host import Host, HostPublic
 from controller.models.image import Image, ImagePublic, ImageRegister
 from controller.models.instance import (ClientToken, ConsoleOutput, Instance,
                                         InstanceGroupsRequest, InstancePublic, InstanceStatusPublic,
-                                        RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest)
+                                        RunInstancesRequest, RunInstancesResponse, ModifyInstanceRequest,
+                                        InstanceMetadataOptions, InstanceMetadataOptionsResponse)
 from controller.models.instance_type import InstanceType, InstanceTypeCreate, InstanceTypePublic
 from controller.models.metric import MetricDatum, MetricRollup
 from controller.models.key_pair import (KeyPair, KeyPairCreate, KeyPairCreated, KeyPairDeleted,
@@ -29,7 +32,8 @@ __all__ = [
     "Account", "AccountCreate", "AccountCreated", "AccountPublic", "Event", "EventPublic", "Host",
     "HostPublic", "Image", "ImagePublic", "ImageRegister", "ClientToken", "ConsoleOutput",
     "Instance", "InstanceGroupsRequest", "InstancePublic", "InstanceStatusPublic",
-    "RunInstancesRequest", "RunInstancesResponse", "ModifyInstanceRequest", "InstanceType",
+    "RunInstancesRequest", "RunInstancesResponse", "ModifyInstanceRequest",
+    "InstanceMetadataOptions", "InstanceMetadataOptionsResponse", "InstanceType",
     "InstanceTypeCreate", "InstanceTypePublic", "KeyPair", "KeyPairCreate", "KeyPairCreated",
     "KeyPairDeleted", "KeyPairPublic", "DefaultVpcMarker", "ElasticIp", "InternetGateway",
     "IpAllocation", "NatGateway", "Route", "RouteTable", "RouteTableAssociation", "Subnet", "Vpc",
@@ -37,5 +41,6 @@ __all__ = [
     "VolumeAttach", "VolumeAttachmentRow", "VolumeCreate", "VolumeDetach", "VolumeModify",
     "VolumePublic", "Snapshot", "SnapshotCreate", "SnapshotPublic", "SnapshotTags",
     "MetricDatum", "MetricRollup", "AutoScalingGroup", "AutoScalingInstance", "ScalingActivity",
-    "LaunchTemplate", "LaunchTemplateVersion",
+    "LaunchTemplate", "LaunchTemplateVersion", "ScalingPolicy", "ScheduledAction",
+    "StepScalingPolicy", "MetricAlarm", "AlarmHistory",
 ]

@@ -6,8 +6,9 @@ accepted. The reconciler pushes whenever they differ.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
 from sqlalchemy import JSON, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -16,6 +17,24 @@ from controller.db import UtcDateTime
 from controller.models.block_device import (MAX_MAPPINGS, BlockDeviceMapping,
                                             InstanceBlockDevice)
 from controller.models.common import ResourceName, TypeName
+
+
+class InstanceMetadataOptions(BaseModel):
+    """EC2's InstanceMetadataOptions (snake_case): how the metadata service (169.254.169.254)
+    answers the instance. At run and in templates unset fields take Kumo's defaults
+    (controller/services/instance_metadata.py: DEFAULTS); in ModifyInstanceMetadataOptions
+    unset fields are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: "required": IMDSv2 only (a GET without a session token answers 401); "optional": v1 too.
+    http_tokens: Literal["optional", "required"] | None = None
+    #: "disabled": the service does not answer the instance at all.
+    http_endpoint: Literal["enabled", "disabled"] | None = None
+    #: The IP TTL of token replies (1..64).
+    http_put_response_hop_limit: int | None = PField(default=None, ge=1, le=64)
+    #: "enabled": the instance's tags are served under meta-data/tags/instance/.
+    instance_metadata_tags: Literal["enabled", "disabled"] | None = None
 
 
 class RunInstancesRequest(BaseModel):
@@ -41,6 +60,8 @@ class RunInstancesRequest(BaseModel):
     #: (controller/models/block_device.py); they override the image's for the same device.
     block_device_mappings: list[BlockDeviceMapping] = PField(default_factory=list,
                                                              max_length=MAX_MAPPINGS)
+    #: The metadata service's options for the new instances; None: the defaults.
+    metadata_options: InstanceMetadataOptions | None = None
 
 
 class ModifyInstanceRequest(BaseModel):
@@ -96,6 +117,17 @@ class InstancePublic(InstanceBase):
     security_group_ids: list[str] = []
     #: The instance's volumes (its attachments), in device order; the root disk is not one.
     block_device_mappings: list[InstanceBlockDevice] = []
+    #: The metadata service's options in effect (every field set).
+    metadata_options: InstanceMetadataOptions | None = None
+
+
+class InstanceMetadataOptionsResponse(BaseModel):
+    """Answer of ModifyInstanceMetadataOptions."""
+
+    instance_id: str
+    #: "pending" until the instance's host has the new options, then "applied".
+    state: Literal["pending", "applied"]
+    metadata_options: InstanceMetadataOptions
 
 
 class RunInstancesResponse(BaseModel):
@@ -126,6 +158,9 @@ class Instance(InstanceBase, table=True):
     state_reason_message: str | None = Field(default=None, max_length=1024)
     user_data_b64: str = Field(default="", max_length=32768)
     ssh_public_key: str | None = Field(default=None, max_length=16384)
+    #: InstanceMetadataOptions as set (every field); None: the defaults (services/
+    #: instance_metadata.py).
+    metadata_options: dict | None = Field(default=None, sa_type=JSON)
     # Desired spec bookkeeping.
     generation: int = 1
     acked_generation: int = 0

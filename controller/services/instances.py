@@ -28,8 +28,8 @@ from controller.models import (ClientToken, Host, Instance, InstancePublic, Inst
                                RunInstancesRequest, VolumeAttachmentRow)
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
-from controller.services import (block_devices, images, instance_moves, instance_network,
-                                 instance_types, key_pairs, lifecycle, pagination, vpcs)
+from controller.services import (block_devices, images, instance_metadata, instance_moves,
+                                 instance_network, instance_types, key_pairs, lifecycle, pagination, vpcs)
 from controller.services.capacity import GIB, host_states
 from controller.services.pagination import Page, PageRequest
 from controller.services.sg_rules import Limits
@@ -55,7 +55,8 @@ def to_public(inst: Instance, public_ip: str | None = None,
         reason = {"code": inst.state_reason_code, "message": inst.state_reason_message or ""}
     return InstancePublic.model_validate(inst, from_attributes=True, update={
         "state_reason": reason, "public_ip": public_ip, "security_group_ids": group_ids or [],
-        "block_device_mappings": block_devices.describe_rows(attachments or [])})
+        "block_device_mappings": block_devices.describe_rows(attachments or []),
+        "metadata_options": instance_metadata.effective(inst)})
 
 
 def describe(db: Database, rows: list[Instance]) -> list[InstancePublic]:
@@ -104,8 +105,9 @@ def _user_data(b64: str | None) -> str:
 
 def _request_hash(req: RunInstancesRequest) -> str:
     # Without mappings the hash is what it was before they existed (stored tokens still match).
-    exclude = {"client_token"} | (set() if req.block_device_mappings
-                                  else {"block_device_mappings"})
+    exclude = ({"client_token"} | (set() if req.block_device_mappings
+                                   else {"block_device_mappings"})
+               | (set() if req.metadata_options is not None else {"metadata_options"}))
     doc = req.model_dump(exclude=exclude)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -177,6 +179,7 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
     if image.min_ram_mib and itype.memory_mib < image.min_ram_mib:
         raise InvalidParameter(f"image needs {image.min_ram_mib} MiB; {itype.name} has "
                                f"{itype.memory_mib}", code="InvalidParameterCombination")
+    metadata_options = instance_metadata.resolve_options(req.metadata_options)
     where = instance_network.resolve(s, caller, req.subnet_id, req.security_group_ids,
                                      req.associate_public_ip,
                                      Limits.from_settings(settings))
@@ -198,7 +201,8 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
             ssh_public_key=ssh_key, user_data_b64=user_data, tags=dict(req.tags),
             state="pending", instance_status="initializing",
             system_status="ok" if host.state == "up" else "host-down", host_id=host_id,
-            client_token=req.client_token, created_at=now, updated_at=now)
+            client_token=req.client_token, metadata_options=dict(metadata_options),
+            created_at=now, updated_at=now)
         instance_network.attach(s, inst, where, settings.public_pool, macs, req.private_ip)
         # Record the launch as None -> pending (with the pending deadline).
         inst.state = None  # type: ignore[assignment]
@@ -374,8 +378,13 @@ def set_security_groups(db: Database, settings: Settings, caller, instance_id: s
             raise IncorrectState(f"instance {instance_id} is {inst.state}")
         if inst.vpc_id is None:
             raise IncorrectState(f"instance {instance_id} is in no VPC")
+        before = instance_network.group_ids(s, [inst.instance_id]).get(inst.instance_id, [])
         new = instance_network.set_groups(s, inst, group_ids,
                                           Limits.from_settings(settings))
+        if sorted(new) != sorted(before):
+            # The instance's metadata lists its groups: its spec carries the new document.
+            lifecycle.bump(inst)
+            s.add(inst)
         record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
                "security groups: " + ", ".join(new))
         return inst
