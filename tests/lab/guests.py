@@ -113,9 +113,13 @@ def ssh(netns: str, key: Path, address: str, command: str, timeout: float = 30,
 
 def wait_ssh(netns: str, key: Path, address: str, command: str, timeout: float,
              user: str = "root") -> subprocess.CompletedProcess:
+    """Retry until the command succeeds or `timeout` passes. Each try may take what is left of
+    the timeout (at least ssh()'s 30 s): a command that runs long by design (a 30 s CPU burner
+    after the login) must not be cut off by the per-try default."""
     deadline = time.monotonic() + timeout
     while True:
-        r = ssh(netns, key, address, command, user=user)
+        r = ssh(netns, key, address, command, user=user,
+                timeout=max(30.0, deadline - time.monotonic()))
         if r.returncode == 0 or time.monotonic() > deadline:
             return r
         time.sleep(1)

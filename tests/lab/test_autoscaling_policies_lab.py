@@ -1,10 +1,12 @@
-"""Target tracking and a scheduled action with real guests (issue 11, part 3): a group of
-kumo-tiny (1 vCPU), min 1, max 3, with a policy of 50% average CPU (warmup and cooldown 20 s,
-scale-in period 20 s so the test stays bounded). A CPU burner in the guest over SSH (it stops
-by itself) makes the group scale out to 2 instances that become InService; after the burner
-stops the group scales back to 1, with no flapping in between (the policy's changes are exactly
-1 -> 2 -> 1). Then, the policy deleted, a scheduled action every minute starting a few seconds
-ahead and ending 65 s later (one or two occurrences, both setting desired 2) fires.
+"""Target tracking, a step policy on an alarm and a scheduled action with real guests (issue 11): a
+group of kumo-tiny (1 vCPU), min 1, max 3, with a policy of 50% average CPU (warmup and cooldown
+20 s, scale-in period 20 s so the test stays bounded). A CPU burner in the guest over SSH (it
+stops by itself) makes the group scale out to 2 instances that become InService; after the
+burner stops the group scales back to 1, with no flapping in between (the policy's changes are
+exactly 1 -> 2 -> 1). Then, the policy deleted, a step policy on a metric alarm of the group's
+CPU scales it out on a second load step (the alarm's action). Then a scheduled action every
+minute starting a few seconds ahead and ending 65 s later (one or two occurrences, both setting
+desired 2) fires.
 Bounded: each wait has its own timeout; the group is force-deleted in the end.
 """
 from __future__ import annotations
@@ -83,6 +85,8 @@ def test_target_tracking_and_schedule(cloud):
         assert all("below target" in c for c in changes[len(ups):]), changes
 
         cloud.call("DELETE", f"/v1/autoscaling-groups/{name}/policies/cpu50", expect=204)
+        _step_policy_on_an_alarm(cloud, name, key)
+
         start = datetime.now(timezone.utc) + timedelta(seconds=5)
         cloud.call("PUT", f"/v1/autoscaling-groups/{name}/scheduled-actions/two", json={
             "recurrence": "* * * * *", "time_zone": "Europe/Berlin", "desired_capacity": 2,
@@ -101,3 +105,45 @@ def test_target_tracking_and_schedule(cloud):
             f"/v1/autoscaling-groups/{name}").status_code == 404, 120)
         cloud.call("DELETE", f"/v1/launch-templates/{tname}", expect=None)
     print(f"lab test body took {time.monotonic() - started:.0f} s")
+
+
+def _step_policy_on_an_alarm(cloud, name: str, key) -> None:
+    """A step policy on an alarm of the group's own CPU (dimension AutoScalingGroupName,
+    Average > 40 over 2 of 2 10 s periods): the same load step in the group's one instance
+    puts the alarm in ALARM, whose action adds one instance that becomes InService. Then the
+    alarm and the policy go and the group is set back to 1 by hand."""
+    alarm = f"{name}-cpu-high"
+    [member] = _in_service(cloud, name, 1, timeout=60)
+    inst = cloud.wait(member["instance_id"], "running", "ok", timeout=180)
+    assert cloud.ssh(inst, key, "true").returncode == 0
+    step = cloud.call("PUT", f"/v1/autoscaling-groups/{name}/policies/step-out", json={
+        "policy_type": "StepScaling", "adjustment_type": "ChangeInCapacity",
+        "step_adjustments": [{"metric_interval_lower_bound": 0, "scaling_adjustment": 1}],
+        "estimated_instance_warmup": 20})
+    time.sleep(10)  # the login's own CPU out of the alarm's periods
+    cloud.call("PUT", f"/v1/alarms/{alarm}", json={
+        "metric_name": "CPUUtilization", "namespace": "Kumo/EC2",
+        "dimensions": [{"name": "AutoScalingGroupName", "value": name}],
+        "statistic": "Average", "period": 10, "evaluation_periods": 2,
+        "datapoints_to_alarm": 2, "threshold": 40,
+        "comparison_operator": "GreaterThanThreshold", "alarm_actions": [step["policy_arn"]]})
+    burn = {}
+    t = threading.Thread(target=lambda: burn.setdefault(
+        "r", cloud.ssh(inst, key, BURNER, timeout=BURN_S + 40)))
+    burn_start = time.monotonic()
+    t.start()
+    try:
+        _until("step scale out to 2", lambda: _group(cloud, name)["desired_capacity"] >= 2, 60)
+        print(f"step policy decision {time.monotonic() - burn_start:.0f} s after the load step")
+    finally:
+        cloud.call("DELETE", f"/v1/alarms/{alarm}", expect=None)
+        cloud.call("DELETE", f"/v1/autoscaling-groups/{name}/policies/step-out", expect=None)
+        t.join(BURN_S + 60)
+    [cause] = [c for c in _changes(cloud, name) if "policy step-out" in c]
+    assert f"alarm {alarm} in state ALARM" in cause and "from 1 to 2" in cause, cause
+    _in_service(cloud, name, 2, timeout=150)
+    print(f"step policy: 2 InService {time.monotonic() - burn_start:.0f} s after the load step")
+    assert burn["r"].returncode == 0 and "burned" in burn["r"].stdout, burn["r"].stderr
+    cloud.call("POST", f"/v1/autoscaling-groups/{name}/desired-capacity",
+               json={"desired_capacity": 1})
+    _in_service(cloud, name, 1, timeout=120)
