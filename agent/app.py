@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from agent.capture import CaptureError, Captures, fake_convert
 from agent.console import read_tail
+from agent.contract import tls
 from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, ConsoleOutput,
                                HostInfo, InstanceObserved, InstanceSpec, NetworkObserved,
@@ -23,6 +24,7 @@ from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, 
 from agent.drivers.base import DriverError
 from agent.http_errors import ApiError, bearer_check, install_error_handlers
 from agent.heartbeat import Heartbeat, host_info
+from agent.identity import AgentIdentity
 from agent.metrics import Sampler
 from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
                                 resolve_underlay)
@@ -47,9 +49,12 @@ def _with_metadata(svc: NetworkService, settings: AgentSettings, host_tag: str,
         return svc
     from agent.metadata.service import (Documents, MetadataService, PresignedSigner,
                                         metadata_subsystem)
+    from agent.metadata.tokens import persistent_secret
     from agent.network import names
     signer = PresignedSigner()
-    service = MetadataService(Documents(instance_specs, signer).get, signer)
+    service = MetadataService(Documents(instance_specs, signer).get, signer,
+                              token_secret=persistent_secret(settings.state_dir /
+                                                             "metadata-token.key"))
     svc.register(metadata_subsystem(service, lambda vni: names.router_netns(host_tag, vni)))
     return svc
 
@@ -118,7 +123,7 @@ def build_network_service(settings: AgentSettings, dataplane: Any = None,
 
 
 def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, network=None,
-                  network_service: NetworkService | None = None) -> Drivers:
+                  network_service: NetworkService | None = None, tls_client=None) -> Drivers:
     """The drivers `settings` ask for; injected ones win. Fake and real drivers render the
     same seed network-config (agent.seed.network_config_v2, Drivers' default)."""
     if settings.driver == "fake":
@@ -136,13 +141,33 @@ def build_drivers(settings: AgentSettings, hypervisor=None, storage=None, networ
             from agent.storage import ImageFetcher, LocalStorage
             # Image URLs may be controller paths (/v1/...): fetch them the way we heartbeat.
             storage = LocalStorage(settings.state_dir, ImageFetcher(
-                token=settings.token or None, controller_url=settings.controller_url))
+                token=None if tls_client is not None else settings.token or None,
+                controller_url=settings.controller_url, tls=tls_client))
     if network is None and network_service is not None:
         # The fake dataplane too: an instance on a VPC bridge waits (NetworkNotReady) until the
         # network document carrying its VPC is applied, exactly as in production.
         from agent.network.driver import VpcNetwork
         network = VpcNetwork(network_service)
     return Drivers(hypervisor=hypervisor, storage=storage, network=network)
+
+
+def controller_only(settings: AgentSettings) -> Callable[[Request], None]:
+    """The API's one authentication dependency: with auth "mtls", the connection's client
+    certificate (chain and expiry checked by TLS against the cloud CA) must be the
+    controller's (SAN `kumo:controller`): 401 AuthFailure without one, 403 NotController for
+    another (a host's); with auth "token", the shared bearer token."""
+    if settings.auth != "mtls":
+        return bearer_check(lambda: settings.token)
+
+    def require_controller(request: Request) -> None:
+        der = tls.peer_certificate(request.scope)
+        if not der:
+            raise AgentApiError(401, "AuthFailure", "a client certificate is required")
+        ident = tls.identity(der)
+        if ident is None or ident.kind != "controller":
+            raise AgentApiError(403, "NotController",
+                                "only the controller's certificate may call this agent")
+    return require_controller
 
 
 def _instance_id(instance_id: str) -> str:
@@ -295,8 +320,11 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(settings.state_dir)
+    identity = AgentIdentity(settings.state_dir, settings.host_id) \
+        if settings.auth == "mtls" else None
+    tls_client = identity.client if identity is not None and identity.exists() else None
     network_service = build_network_service(settings, dataplane, store.spec)
-    drivers = build_drivers(settings, hypervisor, storage, network, network_service)
+    drivers = build_drivers(settings, hypervisor, storage, network, network_service, tls_client)
     reconciler = Reconciler(store, drivers, shutdown_timeout=settings.shutdown_timeout,
                             resync_interval=settings.resync_interval,
                             readiness_interval=settings.readiness_interval,
@@ -304,9 +332,10 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     heartbeat = Heartbeat(settings,
                           host=lambda: host_info(settings, drivers.hypervisor, network_service),
                           instances=reconciler.observed_all,
-                          network=network_service.observed if network_service else None)
+                          network=network_service.observed if network_service else None,
+                          identity=identity)
     reconciler.on_change = heartbeat.kick
-    sampler = Sampler(settings, drivers.hypervisor)
+    sampler = Sampler(settings, drivers.hypervisor, tls=tls_client)
     if network_service is not None:
         network_service.on_change = heartbeat.kick
 
@@ -331,13 +360,14 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
                 close()
 
     app = FastAPI(title="kumo-agent", version="v1", lifespan=lifespan,
-                  dependencies=[Depends(bearer_check(lambda: settings.token))])
+                  dependencies=[Depends(controller_only(settings))])
     app.state.settings = settings
     app.state.drivers = drivers
     app.state.store = store
     app.state.reconciler = reconciler
     app.state.heartbeat = heartbeat
     app.state.sampler = sampler
+    app.state.identity = identity
     app.state.network = network_service
     app.state.put_lock = threading.Lock()
     install_error_handlers(app)

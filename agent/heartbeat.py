@@ -81,8 +81,11 @@ class Heartbeat:
 
     def __init__(self, settings: AgentSettings, host: Callable[[], HostInfo],
                  instances: Callable[[], list[InstanceObserved]],
-                 network: Callable[[], NetworkObserved] | None = None):
+                 network: Callable[[], NetworkObserved] | None = None, identity=None):
+        """`identity`: the host's AgentIdentity (auth "mtls"): heartbeats go over mutual TLS
+        and the certificate is renewed through the same client once renewal is due."""
         self.settings = settings
+        self.identity = identity
         self.host = host
         self.instances = instances
         self.network = network
@@ -119,7 +122,17 @@ class Heartbeat:
                                network=self.network() if self.network is not None else None,
                                sent_at=time.time())
         if self._client is None:
-            self._client = transport.client(self.settings.controller_url, self.settings.token)
+            if self.identity is not None:
+                self._client = transport.client(self.settings.controller_url,
+                                                tls=self.identity.client)
+            else:
+                self._client = transport.client(self.settings.controller_url,
+                                                self.settings.token)
+        if self.identity is not None and self.identity.renewal_due():
+            try:
+                self.identity.renew(self._client)
+            except Exception as e:  # retried at the next heartbeat; the old one still works
+                log.warning("certificate renewal failed: %s", e)
         r = self._client.post("/v1/agent/heartbeat", json=req.model_dump(mode="json"))
         r.raise_for_status()
         return HeartbeatResponse.model_validate(r.json())

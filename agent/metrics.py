@@ -88,7 +88,7 @@ class Sampler:
     """Background sampler and sender of metrics."""
 
     def __init__(self, settings: AgentSettings, hypervisor,
-                 client_factory: Callable[[], httpx.Client] | None = None):
+                 client_factory: Callable[[], httpx.Client] | None = None, tls=None):
         self.settings = settings
         self.hypervisor = hypervisor
         self.buffer = SampleBuffer(settings.metrics_buffer_samples)
@@ -97,8 +97,10 @@ class Sampler:
         self.failures = 0      # POSTs that failed
         self.last_error: str | None = None
         self._last: dict[str, DomainStats] = {}
+        # `tls`: the host's client SSL context (auth "mtls"), else the shared token.
         self._client_factory = client_factory or (lambda: transport.client(
-            settings.controller_url, settings.token, timeout=min(10.0, max(2.0, self.interval))))
+            settings.controller_url, None if tls is not None else settings.token,
+            timeout=min(10.0, max(2.0, self.interval)), tls=tls))
         self._client: httpx.Client | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -44,10 +44,15 @@ def clear_stale_socket(path: str) -> None:
     raise SystemExit(f"another process is listening on {path}")
 
 
-def serve(app, listen: Listen) -> int:
-    """Run `app` until SIGTERM/SIGINT on listen's unix socket, or else its host:port; 0."""
+def serve(app, listen: Listen, tls_context=None) -> int:
+    """Run `app` until SIGTERM/SIGINT on listen's unix socket, or else its host:port; 0.
+    `tls_context`: serve TLS with it (client certificates as it requires; the app sees the
+    peer's, agent/contract/tls.py)."""
     sock = listen.listen_socket()
     common = dict(log_level="info", lifespan="on", access_log=False)
+    if tls_context is not None:
+        from agent.contract.tls import uvicorn_tls
+        common.update(uvicorn_tls(tls_context))
     if sock:
         os.makedirs(os.path.dirname(sock) or "/", exist_ok=True)
         clear_stale_socket(sock)

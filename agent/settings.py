@@ -38,9 +38,23 @@ class AgentSettings(BaseSettings):
     advertise_url: str | None = None
     #: Controller base URL (`unix:/path.sock` or http URL); None disables heartbeats.
     controller_url: str | None = None
-    #: Shared bearer token: required on every request to the agent and sent to the controller.
-    #: Empty means every request is refused (no accidental open agent).
+    #: Shared bearer token (auth "token"): required on every request to the agent and sent to
+    #: the controller. Empty means every request is refused (no accidental open agent).
     token: str = Field(default="", repr=False)
+    #: How agent and controller authenticate each other (docs/security.md): "mtls" = TLS both
+    #: ways with this host's certificate from the cloud CA (<state_dir>/tls/); the API accepts
+    #: only the controller's certificate. "token" = the shared token over plain HTTP (a
+    #: fallback for tests with fake controllers).
+    auth: Literal["mtls", "token"] = "mtls"
+    #: One-time join token (`kumo hosts join-token HOST`): exchanged at start for this host's
+    #: certificate when it has none (auth "mtls").
+    join_token: str = Field(default="", repr=False)
+    #: The controller's API URL the join goes to (not its agent-facing listener, which already
+    #: requires a certificate). None: controller_url.
+    join_url: str | None = None
+    #: sha256 (hex) of the cloud CA certificate's DER the join must answer (`kumo hosts
+    #: join-token` prints it); None: trust what the join URL answers.
+    ca_sha256: str | None = None
     libvirt_uri: str = "qemu:///system"
     hypervisor: Literal["auto", "kvm", "qemu"] = "auto"
     driver: Literal["libvirt", "fake"] = "libvirt"

@@ -54,8 +54,9 @@ class ImageFetcher:
     """
 
     def __init__(self, token: str | None = None, controller_url: str | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, tls=None) -> None:
         self.token = token
+        self.tls = tls  # the host's client SSL context (auth "mtls")
         self.controller_url = controller_url
         self.timeout = timeout
 
@@ -69,10 +70,12 @@ class ImageFetcher:
                 shutil.copyfileobj(src, dest, _CHUNK)
         elif parts.scheme in ("http", "https"):
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            with httpx.Client(timeout=self.timeout, headers=headers) as client:
+            verify = self.tls if self.tls is not None and parts.scheme == "https" else True
+            with httpx.Client(timeout=self.timeout, headers=headers, verify=verify) as client:
                 self._stream(client, url, dest)
         elif not parts.scheme and url.startswith("/") and self.controller_url:
-            with transport.client(self.controller_url, self.token, self.timeout) as client:
+            with transport.client(self.controller_url, self.token, self.timeout,
+                                  tls=self.tls) as client:
                 self._stream(client, url, dest)
         else:
             raise DriverError(f"unsupported image URL {url!r}", code="InvalidImageURL",

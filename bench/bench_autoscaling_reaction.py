@@ -368,37 +368,35 @@ class Bench:
         return [(ts / 1000.0, float(v)) for ts, v in rows]
 
     # -- clean-up ---------------------------------------------------------------------------
+    def _delete(self, path: str) -> None:
+        r = self.cloud.api.delete(path)
+        if r.status_code >= 400 and r.status_code != 404:
+            raise RuntimeError(f"{r.status_code} {r.text}")
+
+    def _delete_group(self) -> None:
+        self.cloud.api.delete(f"/v1/autoscaling-groups/{self.group}", params={"force": "true"})
+        deadline = time.monotonic() + 180
+        while self.cloud.api.get(f"/v1/autoscaling-groups/{self.group}").status_code != 404:
+            if time.monotonic() > deadline:
+                raise RuntimeError("still there after 180 s")
+            time.sleep(1)
+
     def cleanup(self) -> list[str]:
-        """Remove everything the benchmark made; returns what could not be removed."""
-        problems: list[str] = []
+        """Remove everything the benchmark made; returns what could not be removed. A step that
+        fails is reported and the next ones still run."""
+        steps = [(f"launch template {self.template}",
+                  lambda: self._delete(f"/v1/launch-templates/{self.template}")),
+                 (f"baseline instance {self.baseline_iid}", self.terminate_baseline),
+                 (f"key pair {self.key_name}",
+                  lambda: self._delete(f"/v1/key-pairs/{self.key_name}"))]
         if self.group_made:
+            steps.insert(0, (f"group {self.group}", self._delete_group))
+        problems: list[str] = []
+        for what, step in steps:
             try:
-                self.cloud.api.delete(f"/v1/autoscaling-groups/{self.group}",
-                                      params={"force": "true"})
-                deadline = time.monotonic() + 180
-                while self.cloud.api.get(f"/v1/autoscaling-groups/{self.group}").status_code \
-                        != 404:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("still there after 180 s")
-                    time.sleep(1)
+                step()
             except Exception as e:
-                problems.append(f"group {self.group}: {e}")
-        try:
-            r = self.cloud.api.delete(f"/v1/launch-templates/{self.template}")
-            if r.status_code >= 400 and r.status_code != 404:
-                problems.append(f"launch template {self.template}: {r.status_code} {r.text}")
-        except Exception as e:
-            problems.append(f"launch template {self.template}: {e}")
-        try:
-            self.terminate_baseline()
-        except Exception as e:
-            problems.append(f"baseline instance {self.baseline_iid}: {e}")
-        try:
-            r = self.cloud.api.delete(f"/v1/key-pairs/{self.key_name}")
-            if r.status_code >= 400 and r.status_code != 404:
-                problems.append(f"key pair {self.key_name}: {r.status_code} {r.text}")
-        except Exception as e:
-            problems.append(f"key pair {self.key_name}: {e}")
+                problems.append(f"{what}: {e}")
         self.cloud.close()
         return problems
 

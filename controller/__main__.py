@@ -1,5 +1,7 @@
-"""`python -m controller`: serve the app on KUMO_LISTEN and, when KUMO_AGENT_SOCKET is set, the
-same app on that unix socket too, in one process (two uvicorn servers under asyncio.gather).
+"""`python -m controller`: serve the app on KUMO_LISTEN and, when KUMO_AGENT_SOCKET (a unix socket)
+or KUMO_AGENT_LISTEN (host:port) is set, the same app there for agents too (TLS with client
+certificates when KUMO_AGENT_AUTH is mtls), in one process (uvicorn servers under
+asyncio.gather).
 
 Signals are handled here, not by each uvicorn server: one SIGTERM/SIGINT stops both servers
 gracefully and the process exits 0 (a second SIGINT forces the exit).
@@ -14,6 +16,7 @@ import signal
 
 import uvicorn
 
+from agent.contract import tls
 from controller.app import close_app, create_app
 from controller.settings import Settings
 
@@ -29,13 +32,22 @@ async def _serve(settings: Settings) -> None:
     host, port = settings.listen_host_port()
     servers = [_Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                       lifespan="on"))]
+    # The agent-facing listeners: TLS requiring a client certificate from the cloud CA when
+    # agent_auth is "mtls" (docs/security.md); lifespan only on the first server: one
+    # reconciler per process.
+    agent_kw = dict(log_level="info", lifespan="off")
+    if app.state.agent_tls is not None:
+        agent_kw.update(tls.uvicorn_tls(app.state.agent_tls.server))
     sock = str(settings.agent_socket) if settings.agent_socket else None
     if sock:
         settings.agent_socket.parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(sock):
             os.unlink(sock)
-        # Lifespan only on the first server: one reconciler per process.
-        servers.append(_Server(uvicorn.Config(app, uds=sock, log_level="info", lifespan="off")))
+        servers.append(_Server(uvicorn.Config(app, uds=sock, **agent_kw)))
+    if settings.agent_listen:
+        a_host, _, a_port = settings.agent_listen.rpartition(":")
+        servers.append(_Server(uvicorn.Config(app, host=a_host.strip("[]") or "127.0.0.1",
+                                              port=int(a_port), **agent_kw)))
 
     def stop(sig: int) -> None:
         for s in servers:

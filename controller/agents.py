@@ -130,13 +130,20 @@ class AgentClient:
 class AgentPool:
     """One cached client per agent URL (agents move URLs rarely; a changed URL gets a new one)."""
 
-    def __init__(self, token: str | None, timeout: float, http_factory: HttpFactory | None = None):
-        self.token, self.timeout = token, timeout
-        self._factory = http_factory or (lambda url, tok, t: transport.client(url, tok, t))
+    def __init__(self, token: str | None, timeout: float, http_factory: HttpFactory | None = None,
+                 tls=None):
+        """`tls`: a controller.agent_tls.ControllerTls (agent_auth "mtls"): clients present
+        the controller's certificate and trust only the cloud CA; no bearer token is sent."""
+        self.token, self.timeout, self.tls = token, timeout, tls
+        self._factory = http_factory or (
+            lambda url, tok, t: transport.client(url, tok, t,
+                                                 tls=tls.client if tls is not None else None))
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
 
     def for_url(self, url: str) -> AgentClient:
+        if self.tls is not None:
+            self.tls.maybe_refresh()
         with self._lock:
             c = self._clients.get(url)
             if c is None:

@@ -2,7 +2,8 @@
 migrations, bootstraps the admin account and default instance types, wakes the reconciler on
 every committed change, mounts the routers under /v1 (each operation declaring the error statuses
 it can answer, controller/api/responses.py), installs error handlers, and runs the reconciler
-loop (and the metrics, Auto Scaling and alarm passes) in the lifespan."""
+loop (and the metrics, Auto Scaling and alarm passes) in the lifespan, while this process holds
+the leader lease (controller/leadership.py: several controllers may share one database)."""
 from __future__ import annotations
 
 import logging
@@ -11,20 +12,27 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from controller import db_migrate
+from controller.agent_tls import ControllerTls
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
 from controller.api import elastic_ips, internet_gateways, nat_gateways, route_tables, subnets, vpcs
 from controller.api import metrics, security_groups, snapshots, volumes
 from controller.api import alarms, autoscaling_groups, autoscaling_policies, launch_templates
+from controller.api import billing
+from controller.api import admin
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
 from controller.errors import install_handlers
+from controller.controller_registry import Registry
+from controller.lease import Lease, lease_engine, new_controller_id
+from controller.leadership import Elector, Leadership, fence_commit, margin_for
 from controller.periodic import Loops
 from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
 from controller.services import alarm_controller, autoscaling_controller, metric_rollup
+from controller.services import budgets, prices
 from controller.services.metrics import IngestCounters
 from controller.settings import Settings
 from controller.storage import StorageClient
@@ -45,7 +53,12 @@ def create_app(settings: Settings | None = None, *,
     account_service.bootstrap_admin(db, settings.state_dir)
     if settings.seed_instance_types:
         type_service.seed(db)
-    pool = AgentPool(settings.agent_token, settings.agent_timeout_s, agent_http_factory)
+    prices.seed(db)  # every instance type and usage type priced (services/prices.py)
+    # Controller <-> agent mutual TLS (docs/security.md): the cloud CA and the controller's
+    # certificate, made at first start; app.state.agent_tls serves the agent-facing listeners.
+    agent_tls = ControllerTls(settings.state_dir) if settings.agent_auth == "mtls" else None
+    pool = AgentPool(settings.agent_token if agent_tls is None else None,
+                     settings.agent_timeout_s, agent_http_factory, tls=agent_tls)
     storage = (StorageClient(settings.storage_url, settings.agent_token, settings.agent_timeout_s,
                              storage_http_factory) if settings.storage_url else None)
     reconciler = Reconciler(db, settings, pool, storage)
@@ -53,10 +66,15 @@ def create_app(settings: Settings | None = None, *,
     # may change what agents must carry, whoever made it: run a reconciler tick now, not at
     # the next period.
     db.on_change(reconciler.wake)
+    # Several controllers may share the database: only the leader lease's holder runs the
+    # background loops (controller/leadership.py); a loop's commit after its leadership ended
+    # is refused.
+    db.before_commit(fence_commit)
+    controller_id = new_controller_id()
+    lease_db = lease_engine(settings.resolved_database_url())
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        loops = Loops()  # each one off when its interval is 0 (tests drive the passes)
+    def start_loops(loops: Loops) -> None:
+        # each one off when its interval is 0 (tests drive the passes)
         if settings.reconcile_interval_s > 0:
             loops.start("kumo-reconciler", reconciler.run_forever())
         if settings.metrics_maintenance_interval_s > 0:
@@ -65,14 +83,29 @@ def create_app(settings: Settings | None = None, *,
             loops.start("kumo-autoscaling", autoscaling_controller.run_forever(db, settings))
         if settings.alarm_interval_s > 0:
             loops.start("kumo-alarms", alarm_controller.run_forever(db, settings))
+        if settings.budget_interval_s > 0:
+            loops.start("kumo-budgets", budgets.run_forever(db, settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        ttl, renew = settings.leader_lease_ttl_s, settings.leader_renew_interval_s
+        elector = Elector(Lease(lease_db, controller_id, ttl), ttl, margin_for(ttl, renew))
+        registry = Registry(lease_db, controller_id, settings.resolved_api_url())
+        app.state.kumo_leadership = leadership = Leadership(
+            elector, registry, start_loops, renew, lambda: reconciler.last_tick_at)
+        loops = Loops()
+        loops.start("kumo-leadership", leadership.run())
         try:
             yield
         finally:
-            await loops.stop()
+            await loops.stop()  # stops the background loops and releases the lease
 
     app = FastAPI(title="Kumo", version="1", lifespan=lifespan)
     app.state.kumo = AppContext(settings=settings, db=db, pool=pool, reconciler=reconciler)
     app.state.metric_counters = IngestCounters()
+    app.state.kumo_controller_id = controller_id
+    app.state.kumo_lease_engine = lease_db
+    app.state.agent_tls = agent_tls
     install_handlers(app)
 
     # Every operation declares the error statuses it can answer (controller/api/responses.py).
@@ -81,7 +114,7 @@ def create_app(settings: Settings | None = None, *,
         v1.include_router(with_errors(r.router))
     for r in (vpcs, subnets, internet_gateways, route_tables, elastic_ips, nat_gateways,
               security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups,
-              autoscaling_policies, alarms):
+              autoscaling_policies, alarms, billing, admin):
         v1.include_router(with_errors(r.router))
     app.include_router(v1)
     app.include_router(with_errors(metrics.prometheus))
@@ -100,3 +133,4 @@ def close_app(app: FastAPI) -> None:
     ctx.reconciler.close()
     ctx.pool.close()
     ctx.db.dispose()
+    app.state.kumo_lease_engine.dispose()

@@ -137,6 +137,11 @@ class Database:
             except Exception:  # the change is committed: a listener must not undo the answer
                 log.exception("change listener failed")
 
+    def before_commit(self, hook: Callable[[Session], None]) -> None:
+        """Call `hook(session)` before each commit; an exception from it rolls the transaction
+        back (the leader fence of background loops, controller/leadership.py)."""
+        event.listen(self._sessions, "before_commit", hook)
+
     def dispose(self) -> None:
         self.engine.dispose()
 

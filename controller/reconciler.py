@@ -85,6 +85,8 @@ class Reconciler:
         # host id -> NetworkSpec). Ticks run under _tick_lock, so no lock of its own.
         self._networks: tuple[str, float, dict[str, NetworkSpec]] | None = None
         self.network_rebuilds = 0
+        #: When the last tick ended (`kumo admin status` shows the leader's).
+        self.last_tick_at = None
 
     def wake(self) -> None:
         """Run a tick now (thread-safe; a no-op when the background loop is not running)."""
@@ -147,6 +149,7 @@ class Reconciler:
                     stats["deleted"] += 1
                 else:
                     stats["errors"] += 1
+            self.last_tick_at = utcnow()
             return stats
 
     def _deadlines_and_purge(self) -> int:
@@ -245,9 +248,12 @@ class Reconciler:
                     if inst.vpc_id and inst.subnet_id and inst.mac and inst.private_ip:
                         nic = specs.vpc_nic(inst, s.get(Vpc, inst.vpc_id),
                                             s.get(Subnet, inst.subnet_id))
-                    metadata = instance_metadata.wire(s, inst,
-                                                      self.settings.availability_zone,
-                                                      self.settings.state_dir)
+                    # Optional spec fields go only to agents that understand them (an
+                    # older agent refuses unknown fields): see specs.build.
+                    metadata = (instance_metadata.wire(s, inst,
+                                                       self.settings.availability_zone,
+                                                       self.settings.state_dir)
+                                if "instance-metadata" in (host.extensions or []) else None)
                     spec = specs.build(inst, image, host, url, nic,
                                        specs.spec_volumes(attachments), metadata)
                 except Exception as exc:  # e.g. an image row gone: fail this instance only

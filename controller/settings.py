@@ -26,8 +26,17 @@ class Settings(BaseSettings):
     #: URL agents use to reach the controller (image downloads); default derived from
     #: agent_socket (unix:<path>) or listen (http://host:port).
     agent_facing_url: str | None = None
-    #: Shared secret agents present to the controller, and the controller presents to agents.
+    #: Shared secret agents present to the controller, and the controller presents to agents,
+    #: when agent_auth is "token"; the storage node's bearer token in both modes.
     agent_token: str | None = None
+    #: How agents and controller authenticate each other (docs/security.md): "mtls" = TLS with
+    #: certificates from the cloud CA both ways (the agent-facing listeners require one; a host
+    #: acts only as itself); "token" = the shared agent_token over plain HTTP, a fallback for
+    #: tests with fake agents (any host can claim to be any other).
+    agent_auth: Literal["mtls", "token"] = "mtls"
+    #: Optional host:port of a TLS listener for agents on other machines (agent_auth "mtls":
+    #: client certificates required); agent_facing_url then defaults to https://<it>.
+    agent_listen: str | None = None
 
     #: A host whose last heartbeat is older than this is marked down.
     heartbeat_timeout_s: float = 15.0
@@ -111,6 +120,17 @@ class Settings(BaseSettings):
     alarm_max_period_s: int = Field(default=86400, ge=10)
     alarm_max_evaluation_periods: int = Field(default=100, ge=1, le=1440)
     alarm_history_max: int = Field(default=100, ge=10, le=10000)
+    #: Budget pass period (controller/services/budgets.py; seconds; 0 disables the loop: bills
+    #: evaluate budgets too, and tests call evaluate_all by hand).
+    budget_interval_s: float = Field(default=300.0, ge=0)
+    #: Several controllers on one database (controller/leadership.py): the leader lease's
+    #: lifetime and renewal period (seconds; a holder stops its loops one renewal period before
+    #: its lease ends, and another takes over within about TTL + one period of its last renewal),
+    #: and the URL this controller's API is reached at, shown by `kumo admin status`
+    #: (default: http://<listen>, unless its port is 0).
+    leader_lease_ttl_s: float = Field(default=5.0, ge=0.5, le=300)
+    leader_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
+    api_url: str | None = None
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -122,7 +142,15 @@ class Settings(BaseSettings):
             return self.agent_facing_url.rstrip("/")
         if self.agent_socket:
             return f"unix:{self.agent_socket}"
+        if self.agent_listen:
+            return f"https://{self.agent_listen}"
         return f"http://{self.listen}"
+
+    def resolved_api_url(self) -> str | None:
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host, port = self.listen_host_port()
+        return None if port == 0 else f"http://{self.listen}"
 
     def listen_host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

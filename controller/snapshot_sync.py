@@ -32,6 +32,7 @@ from controller.db import Database
 from controller.events import record
 from controller.ids import utcnow
 from controller.models.snapshot import Snapshot
+from controller.services import metering
 from controller.settings import Settings
 from controller.storage import StorageClient, StorageError
 from controller.storage_snapshots import delete_snapshot, put_snapshot
@@ -87,6 +88,7 @@ def _take(db: Database, storage: StorageClient, snapshot_id: str, volume_id: str
         snap.observed_error = None
         snap.updated_at = utcnow()
         s.add(snap)
+        metering.snapshot_completed(s, snap, snap.updated_at)  # stored from now, at its size
         record(s, "snapshot", snapshot_id, snap.account_id, "pending", "completed",
                f"taken of {volume_id} on the storage node")
 

@@ -88,4 +88,8 @@ def build(inst: Instance, image: Image, host: Host, agent_facing_url: str,
         hostname=inst.hostname or inst.instance_id, user_data_b64=inst.user_data_b64 or "",
         ssh_authorized_keys=[inst.ssh_public_key] if inst.ssh_public_key else [],
         nics=nics, reboot_nonce=inst.reboot_nonce, restart_policy="never",
-        volumes=list(volumes or []), metadata=metadata)
+        volumes=list(volumes or []), metadata=metadata,
+        # Without a seed the guest depends on the metadata service: only where the host serves
+        # it and understands the field.
+        nocloud_seed=(inst.nocloud_seed or metadata is None
+                      or "nocloud-optional" not in (host.extensions or [])))

@@ -47,6 +47,7 @@ from controller.db import Database
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Instance, Volume, VolumeAttachmentRow
+from controller.services import metering
 from controller.services.capacity import GIB
 from controller.services.volume_attachments import finish_detach
 from controller.settings import Settings
@@ -283,6 +284,7 @@ class VolumeSync:
                            vol.observed_error)
                     vol.state = "error"
                     vol.updated_at = utcnow()
+                    metering.volume_ended(s, vol, vol.updated_at)  # it never existed
                 s.add(vol)
         except Exception:
             log.exception("could not record storage error for %s", w.volume_id)

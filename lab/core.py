@@ -56,6 +56,8 @@ class Lab:
         # After the controller is up: demo account + cached images (lab/bootstrap.py, if present).
         self.bootstrap = bootstrap
         self.python = python
+        # "mtls" (default) or "token" (KUMO_LAB_AGENT_AUTH): controller <-> agent credentials.
+        self.agent_auth = services.agent_auth()
 
     # ---------- paths
     def host_paths(self, hid: str) -> libvirtd.HostPaths:
@@ -118,6 +120,8 @@ class Lab:
                 self._ensure_controller(s, token)
             if self.start_services == "auto" and services.agent_available():
                 for hid in wanted:
+                    if self.agent_auth == "mtls" and self._controller_alive(s):
+                        self._join_agent(s, hid)
                     self._ensure_agent(s, hid, token)
             self._save(s)
             if self.bootstrap and self._controller_alive(s):
@@ -257,7 +261,8 @@ class Lab:
             services.controller_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
             env = services.controller_env(
                 self.state_dir, s.listen, token,
-                services.storage_url(self.state_dir) if "storage" in s.processes else None)
+                services.storage_url(self.state_dir) if "storage" in s.processes else None,
+                auth=self.agent_auth)
             rec = procs.start("controller", services.controller_argv(self.python), log, env=env,
                               cwd=services.REPO_ROOT)  # fmt: skip
             s.processes["controller"] = rec
@@ -272,7 +277,7 @@ class Lab:
         log = self.host_paths(hid).base / "log" / "agent.log"
         if rec is None or not procs.alive(rec):
             env = services.agent_env(self.state_dir, hid, token, self.libvirt_uri(hid),
-                                      self.prefix)
+                                      self.prefix, auth=self.agent_auth)
             Path(env["KUMO_AGENT_STATE_DIR"]).mkdir(parents=True, exist_ok=True)
             rec = procs.start(name, services.agent_argv(self.python), log, env=env,
                               netns=nm.host_netns(self.prefix, hid), cwd=services.REPO_ROOT,
@@ -304,6 +309,18 @@ class Lab:
             self._save(s)
         services.wait_until(lambda: services.storage_answers(self.state_dir),
                             lambda: procs.alive(rec), "storage node", log)  # fmt: skip
+
+    def _join_agent(self, s: st.LabState, hid: str) -> None:
+        """The host's certificate by the production join (lab/services.py join_agent); an
+        agent running with an older identity is restarted to pick the new one up."""
+        from lab.bootstrap import _admin_key
+
+        key = _admin_key(services.controller_dir(self.state_dir))
+        if services.join_agent(self.state_dir, hid, self.url, key):
+            rec = s.processes.get(f"agent-{hid}")
+            if rec is not None and procs.alive(rec):
+                procs.stop(s.processes.pop(f"agent-{hid}"))
+                self._save(s)
 
     def _bootstrap(self) -> None:
         try:

@@ -78,14 +78,30 @@ def ensure_token(state_dir: Path) -> str:
     return tok
 
 
+def agent_auth() -> str:
+    """How the lab's controller and agents authenticate each other: "mtls" (the default: the
+    production path, docs/security.md) or "token" (KUMO_LAB_AGENT_AUTH=token: the shared
+    token, the old path)."""
+    mode = os.environ.get("KUMO_LAB_AGENT_AUTH", "mtls")
+    if mode not in ("mtls", "token"):
+        raise LabError("InvalidAgentAuth", f"KUMO_LAB_AGENT_AUTH must be mtls or token: {mode!r}")
+    return mode
+
+
+def agent_state_dir(state_dir: Path, hid: str) -> Path:
+    return Path(state_dir) / "hosts" / hid / "agent"
+
+
 def controller_env(state_dir: Path, listen: str, token: str,
-                   storage: str | None = None) -> dict[str, str]:
-    """`storage`: the storage node's URL when the lab runs one (KUMO_STORAGE_URL)."""
+                   storage: str | None = None, auth: str = "mtls") -> dict[str, str]:
+    """`storage`: the storage node's URL when the lab runs one (KUMO_STORAGE_URL). The shared
+    token stays the storage node's credential in both modes."""
     env = {
         "KUMO_STATE_DIR": str(controller_dir(state_dir)),
         "KUMO_LISTEN": listen,
         "KUMO_AGENT_SOCKET": str(controller_socket(state_dir)),
         "KUMO_AGENT_TOKEN": token,
+        "KUMO_AGENT_AUTH": auth,
         "KUMO_PUBLIC_POOL": str(nm.PUBLIC_POOL),
     }
     if storage:
@@ -98,19 +114,69 @@ def controller_argv(python: str) -> list[str]:
 
 
 def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str,
-              prefix: str) -> dict[str, str]:
-    return {
+              prefix: str, auth: str = "mtls") -> dict[str, str]:
+    """With auth "mtls" the agent holds no shared secret: its certificate is in its state dir
+    (join_agent put it there before the agent starts)."""
+    env = {
         "KUMO_AGENT_HOST_ID": hid,
-        "KUMO_AGENT_STATE_DIR": str(Path(state_dir) / "hosts" / hid / "agent"),
+        "KUMO_AGENT_STATE_DIR": str(agent_state_dir(state_dir, hid)),
         "KUMO_AGENT_LISTEN": f"unix:{agent_socket(state_dir, hid)}",
         "KUMO_AGENT_CONTROLLER_URL": f"unix:{controller_socket(state_dir)}",
-        "KUMO_AGENT_TOKEN": token,
+        "KUMO_AGENT_AUTH": auth,
         "KUMO_AGENT_LIBVIRT_URI": libvirt_uri,
         # The VPC dataplane: the host's namespace (it also tags the VPC router namespaces,
         # whose names are machine-wide) and its underlay device on the fabric.
         "KUMO_AGENT_NETNS": nm.host_netns(prefix, hid),
         "KUMO_AGENT_UNDERLAY_DEV": nm.UPLINK,
     }
+    if auth == "token":
+        env["KUMO_AGENT_TOKEN"] = token
+    return env
+
+
+def join_agent(state_dir: Path, hid: str, url: str, admin_key: str) -> bool:
+    """Give host `hid`'s agent its certificate the production way (docs/security.md): an admin
+    join token from the controller's API at `url`, exchanged by the agent's own join code
+    (agent/identity.py: the key is made in the agent's state dir and never sent). Skipped
+    when the agent already holds a usable certificate from this controller's CA. True when
+    it joined now."""
+    from agent.contract.transport import client
+    from agent.identity import AgentIdentity
+
+    ident = AgentIdentity(agent_state_dir(state_dir, hid), hid)
+    ca = controller_dir(state_dir) / "cloud-ca.crt"
+    if ident.usable() and ca.exists() and ident.ca_path.read_bytes() == ca.read_bytes():
+        return False
+    with client(url, admin_key, timeout=30) as api:
+        r = api.post("/v1/hosts/join-tokens", json={"host_id": hid, "ttl_s": 600})
+        if r.status_code >= 400:
+            raise LabError("LabJoinFailed", f"join token for {hid}: HTTP {r.status_code} {r.text}")
+        token = r.json()["token"]
+    ident.join(url, token)
+    return True
+
+
+def controller_tls_client(state_dir: Path, url: str, timeout: float = 10.0):
+    """An httpx client to `url` (an agent's) presenting the lab controller's own certificate:
+    how tests call an agent's API directly in an mtls lab."""
+    from agent.contract import tls, transport
+
+    cdir = controller_dir(state_dir)
+    ctx = tls.client_context((cdir / "cloud-ca.crt").read_bytes(),
+                             str(cdir / "controller-tls.pem"))
+    return transport.client(url, timeout=timeout, tls=ctx)
+
+
+def agent_client(state_dir: Path, hid: str, timeout: float = 10.0):
+    """A client of host `hid`'s agent API as the controller: its certificate (mtls lab) or
+    the shared token (token lab)."""
+    from agent.contract.transport import client
+
+    url = f"unix:{agent_socket(state_dir, hid)}"
+    tok = Path(state_dir) / TOKEN_FILE
+    if (controller_dir(state_dir) / "controller-tls.pem").exists() and agent_auth() == "mtls":
+        return controller_tls_client(state_dir, url, timeout)
+    return client(url, tok.read_text().strip(), timeout=timeout)
 
 
 def agent_argv(python: str) -> list[str]:

@@ -37,7 +37,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_validator,
-                      model_validator)
+                      model_serializer, model_validator)
 
 from agent.contract.metadata_v1 import InstanceMetadata
 from agent.validators import IFNAME_RE, MAC_RE
@@ -56,8 +56,11 @@ CONTRACT_VERSION = "v1"
 #:   volumes-rbd: VolumeSource.protocol "rbd" (a Ceph RBD image, "pool/image", via a monitor).
 #:   instance-metadata: InstanceSpec.metadata (agent/contract/metadata_v1.py): the document the
 #:   host's metadata service (169.254.169.254) serves the instance, and its signed identity.
+#:   nocloud-optional: InstanceSpec.nocloud_seed False (no NoCloud seed ISO: the guest reads
+#:   169.254.169.254 only, as on EC2).
 EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
-                               "image-capture", "volumes-rbd", "instance-metadata")
+                               "image-capture", "volumes-rbd", "instance-metadata",
+                               "nocloud-optional")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -228,6 +231,21 @@ class InstanceSpec(_Wire):
     #: What the metadata service serves this instance (extension instance-metadata); None:
     #: the instance gets no metadata (the service does not answer it).
     metadata: InstanceMetadata | None = None
+    #: A NoCloud seed ISO (cdrom) with the instance's meta-data, user-data and network-config
+    #: (the default), or none (extension nocloud-optional): the guest then reads
+    #: 169.254.169.254 only, as on EC2.
+    nocloud_seed: bool = True
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extensions(self, handler: Any) -> dict[str, Any]:
+        """Extension fields at their defaults are left out, so such a spec is exactly what an
+        agent without those extensions (extra fields forbidden) accepts."""
+        data = handler(self)
+        if data.get("metadata") is None:
+            data.pop("metadata", None)
+        if data.get("nocloud_seed") is True:
+            data.pop("nocloud_seed", None)
+        return data
 
     @model_validator(mode="after")
     def _unique_volumes(self) -> InstanceSpec:

@@ -27,7 +27,11 @@ peer group (member set ``m-<sg>`` then ``l4proto . dport`` / ``type . code`` / `
 packet's cost grows with groups and peer groups, not with rules. Egress chains ``return`` on a
 match (so the destination port's ingress chain still runs); ingress chains ``accept``; both end
 in ``drop``. ``ct state established,related accept`` comes first: removing a rule keeps tracked
-flows (as EC2 does); ``ct state invalid`` is dropped at the top of each port chain.
+flows (as EC2 does); ``ct state invalid`` is dropped at the top of each port chain. Next, new
+TCP connections to the metadata service (169.254.169.254:80, answered by the VPC's router
+namespace on the bridge) are accepted before any group's chain: security groups do not filter
+metadata traffic, as on EC2 (its replies are then established). The source is a port's own
+address (anti-spoofing ran first), which is how the service tells instances apart.
 
 ``Rendered.transaction(existing)`` is what the applier loads: ONE transaction that moves the
 kernel's ``kumo`` tables to this render IN PLACE. It never deletes a table or a base chain that
@@ -45,8 +49,8 @@ as ``Rendered.declarations()`` returns them (the applier passes the last render'
 with ``nft list``).
 
 Limits (by design, for now): IPv4 only (guests' IPv6 is dropped). Traffic between a guest and the
-host itself (bridge address: metadata, DHCP) takes the input/output hooks: anti-spoofed, not
-subject to security groups, as EC2's metadata service. Traffic the host ROUTES into a VPC bridge
+host itself (bridge address: DHCP) takes the input/output hooks: anti-spoofed, not subject to
+security groups. Traffic the host ROUTES into a VPC bridge
 gets the conntrack zone of its input interface (none unless that is a Kumo bridge).
 """
 from __future__ import annotations
@@ -58,6 +62,8 @@ from typing import Any
 
 from agent.firewall.intervals import Box, canonical
 from agent.firewall.model import HostFirewall, Rule, SecurityGroup
+# exempt from security groups (see the docstring); the package's __init__ imports nothing
+from agent.metadata import METADATA_IP, METADATA_PORT
 
 TABLE = "kumo"
 FAMILIES = ("inet", "bridge")
@@ -434,6 +440,8 @@ def render(fw: HostFirewall) -> Rendered:
         zone_map = {"map": {"key": _meta("iifname"), "data": {"set": [[br, z] for br, z in zones]}}}
         b.rule("inet", "zone", [{"mangle": {"key": _ct("zone"), "value": zone_map}}])
     b.rule("inet", "forward", [_match(_ct("state"), ["established", "related"], "in"), {"accept": None}])
+    b.rule("inet", "forward", [_match(_payload("ip", "daddr"), METADATA_IP),
+                               _match(_payload("tcp", "dport"), METADATA_PORT), {"accept": None}])
     b.rule("inet", "forward", [{"vmap": {"key": _cat(_meta("iifname"), _payload("ip", "saddr")),
                                          "data": "@egress"}}])
     b.rule("inet", "forward", [{"vmap": {"key": _cat(_meta("oifname"), _payload("ip", "daddr")),

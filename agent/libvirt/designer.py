@@ -11,9 +11,16 @@ Policy, and why:
 - memballoon none: nothing in Kumo inflates balloons, and it saves a device.
 - taps get stable names derived from the instance id so the network side can find them.
 - <metadata><kumo:instance> carries the instance id and spec generation.
+- SMBIOS as EC2 presents it to guests: the system uuid and serial are the domain's uuid, which
+  starts with "ec2" (derived from the instance id, so a redefined or moved domain keeps it).
+  That is what cloud-init's ds-identify and DataSourceEc2 check to recognise EC2 and read
+  169.254.169.254 (uuid and serial both starting "ec2" and equal). The manufacturer says Kumo.
+  A domain defined before this keeps its libvirt uuid (the driver reuses the existing one), so
+  its guests are not taken for EC2 and go on reading their NoCloud seed.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from agent.drivers.base import DomainPlan
@@ -30,6 +37,7 @@ from agent.libvirt.domain import (
     PtySerial,
     Rng,
     SerialConsole,
+    SysInfo,
     Timer,
 )
 # tap_name lives in a pure module so the network side can use it; re-exported here.
@@ -39,6 +47,16 @@ HypervisorKind = Literal["kvm", "qemu"]
 DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 #: CPU model under TCG; "max" means QEMU's -cpu max (every feature TCG emulates).
 DEFAULT_TCG_CPU_MODEL = "qemu64"
+
+
+SMBIOS_MANUFACTURER = "Kumo"
+SMBIOS_PRODUCT = "Kumo Cloud Instance"
+
+
+def ec2_uuid(instance_id: str) -> str:
+    """The domain uuid of `instance_id`: "ec2" then 29 hex digits of a hash of the id."""
+    digits = "ec2" + hashlib.sha256(instance_id.encode()).hexdigest()[:29]
+    return "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
 
 
 def _cpu(kind: HypervisorKind, tcg_cpu_model: str) -> CPU:
@@ -75,9 +93,11 @@ def design_domain(plan: DomainPlan, kind: HypervisorKind, *,
     return Domain(
         name=plan.name,
         type=kind,
+        uuid=ec2_uuid(plan.name),
+        sysinfo=SysInfo(manufacturer=SMBIOS_MANUFACTURER, product=SMBIOS_PRODUCT),
         memory_kib=plan.memory_mib * 1024,
         vcpus=plan.vcpus,
-        os=OS(arch="x86_64", machine="pc", boot_devs=boot_devs),
+        os=OS(arch="x86_64", machine="pc", boot_devs=boot_devs, smbios_sysinfo=True),
         features=("acpi", "apic"),
         cpu=_cpu(kind, tcg_cpu_model),
         clock=Clock(offset="utc", timers=timers),

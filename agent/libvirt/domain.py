@@ -6,7 +6,7 @@ into element text and attributes, never into string templates, so escaping is El
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 #: Namespace of Kumo's <metadata> child, so the agent recognises its own domains.
@@ -39,12 +39,36 @@ class OS(_Xml):
     machine: str = "pc"
     type: str = "hvm"
     boot_devs: tuple[str, ...] = ("hd",)
+    #: <smbios mode='sysinfo'/>: the guest's SMBIOS tables come from the domain's <sysinfo>.
+    smbios_sysinfo: bool = False
 
     def to_element(self) -> ET.Element:
         el = ET.Element("os")
         _sub(el, "type", self.type, arch=self.arch, machine=self.machine)
         for dev in self.boot_devs:
             _sub(el, "boot", dev=dev)
+        if self.smbios_sysinfo:
+            _sub(el, "smbios", mode="sysinfo")
+        return el
+
+
+@dataclass
+class SysInfo(_Xml):
+    """SMBIOS type 1 (system) strings the guest reads from /sys/class/dmi/id. The system uuid
+    and serial are the domain's uuid (libvirt refuses a sysinfo uuid that differs from it)."""
+
+    manufacturer: str
+    product: str
+    uuid: str | None = None
+
+    def to_element(self) -> ET.Element:
+        el = ET.Element("sysinfo", type="smbios")
+        system = _sub(el, "system")
+        _sub(system, "entry", self.manufacturer, name="manufacturer")
+        _sub(system, "entry", self.product, name="product")
+        if self.uuid:
+            _sub(system, "entry", self.uuid, name="serial")
+            _sub(system, "entry", self.uuid, name="uuid")
         return el
 
 
@@ -306,6 +330,8 @@ class Domain(_Xml):
     emulator: str | None = None
     devices: list[Device] = field(default_factory=list)
     metadata: KumoMetadata | None = None
+    #: SMBIOS system strings; its uuid and serial are filled from `uuid` when rendered.
+    sysinfo: SysInfo | None = None
 
     def to_element(self) -> ET.Element:
         el = ET.Element("domain", type=self.type)
@@ -317,6 +343,8 @@ class Domain(_Xml):
         _sub(el, "memory", str(self.memory_kib), unit="KiB")
         _sub(el, "currentMemory", str(self.memory_kib), unit="KiB")
         _sub(el, "vcpu", str(self.vcpus), placement="static")
+        if self.sysinfo is not None:
+            el.append(replace(self.sysinfo, uuid=self.uuid).to_element())
         el.append(self.os.to_element())
         if self.features:
             feats = _sub(el, "features")

@@ -159,13 +159,13 @@ class LibvirtHypervisor:
                                tcg_cpu_model=self.tcg_cpu_model)
 
         def run(conn: libvirt.virConnect) -> None:
-            # Redefining needs the existing uuid, or libvirt refuses the name as taken.
+            # Redefining needs the existing uuid, or libvirt refuses the name as taken; a new
+            # domain gets the designed one (designer.ec2_uuid).
             try:
                 domain.uuid = conn.lookupByName(plan.name).UUIDString()
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise
-                domain.uuid = None
             conn.defineXML(domain.to_xml())
 
         self._call(f"define {plan.name}", run)

@@ -28,3 +28,7 @@ Minimal use:
                             TokenIssuer(secret), RateLimiter(rate=50, burst=100))
     srv = await server.serve(sock=bound_socket, listener="vpc-...")
 """
+
+#: Where guests reach the service (the router namespace's address on each VPC bridge).
+METADATA_IP = "169.254.169.254"
+METADATA_PORT = 80

@@ -89,6 +89,10 @@ class Limits:
     max_connections_per_instance: int = 16
 
 
+#: Documents whose built tree is kept (a host's instances; past it the cache starts over).
+TREE_CACHE_SIZE = 4096
+
+
 class MetadataServer:
     """Serves the EC2 metadata tree for the instances `resolver` recognises."""
 
@@ -104,6 +108,8 @@ class MetadataServer:
         self._set_ttl = set_ttl
         self._open = 0
         self._open_per_instance: dict[str, int] = {}
+        #: id(document) -> (document, its built tree): see _tree().
+        self._trees: dict[int, tuple[InstanceDocument, tree.Node]] = {}
 
     async def serve(self, host: str | None = None, port: int | None = None, *,
                     sock: socket.socket | None = None,
@@ -138,8 +144,9 @@ class MetadataServer:
         self._open += 1
         self._open_per_instance[key] = self._open_per_instance.get(key, 0) + 1
         try:
-            for _ in range(self._limits.max_requests_per_connection):
-                if not await self._one_request(reader, writer, info):
+            budget = self._limits.max_requests_per_connection
+            for n in range(budget):
+                if not await self._one_request(reader, writer, info, last=n == budget - 1):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             pass
@@ -153,8 +160,10 @@ class MetadataServer:
             writer.close()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           info: ConnectionInfo) -> bool:
-        """Read and answer one request; False when the connection should close."""
+                           info: ConnectionInfo, last: bool = False) -> bool:
+        """Read and answer one request; False when the connection should close. The `last`
+        request a connection may carry is answered with Connection: close, so a client never
+        sends one more into a connection that is closing."""
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
                                           self._limits.read_timeout)
@@ -170,18 +179,19 @@ class MetadataServer:
             await self._send(writer, reply.error(400), False)
             return False
 
+        keep = request.keep_alive and not last
         doc = self._resolver(info)
         if doc is None or doc.metadata_options.http_endpoint == "disabled":
             return False  # silence: see the module docstring
         if not self._limiter.allow(doc.instance_id):
-            await self._send(writer, reply.error(429), request.keep_alive)
-            return request.keep_alive
+            await self._send(writer, reply.error(429), keep)
+            return keep
 
         is_token_path = request.path == tokens.TOKEN_PATH
         if request.method not in ("GET", "PUT") or (request.method == "PUT") != is_token_path:
             await self._send(writer, reply.error(405, (("Allow", "PUT" if is_token_path
-                                                        else "GET"),)), request.keep_alive)
-            return request.keep_alive
+                                                        else "GET"),)), keep)
+            return keep
 
         if request.method == "PUT":
             answer = tokens.put_token(self._issuer, doc.instance_id, request.headers)
@@ -190,19 +200,30 @@ class MetadataServer:
                 self._set_ttl(sock, doc.metadata_options.http_put_response_hop_limit)
                 await self._send(writer, answer, False)
                 return False
-            await self._send(writer, answer, request.keep_alive)
-            return request.keep_alive
+            await self._send(writer, answer, keep)
+            return keep
 
         answer = self._get(doc, request)
-        await self._send(writer, answer, request.keep_alive)
-        return request.keep_alive
+        await self._send(writer, answer, keep)
+        return keep
+
+    def _tree(self, doc: InstanceDocument) -> tree.Node:
+        """The document's built tree, made once per document object (the wiring hands out the
+        same object until the instance's spec changes): building it was a third of a GET's
+        cost (bench/bench_metadata.py). The entry holds the document, so its id is not reused."""
+        hit = self._trees.get(id(doc))
+        if hit is None or hit[0] is not doc:
+            if len(self._trees) >= TREE_CACHE_SIZE:
+                self._trees.clear()
+            hit = self._trees[id(doc)] = (doc, tree.build(doc, self._signer))
+        return hit[1]
 
     def _get(self, doc: InstanceDocument, request: http11.Request) -> Reply:
         decision = tokens.authorize_get(self._issuer, doc.instance_id, doc.metadata_options,
                                         request.headers)
         if isinstance(decision, Reply):
             return decision
-        answer = tree.resolve(doc, request.target, self._signer)
+        answer = tree.resolve(doc, request.target, self._signer, self._tree(doc))
         if decision is not None:  # a valid token: EC2 echoes its remaining lifetime
             answer = Reply(answer.status, answer.body, answer.content_type,
                            answer.headers + (("X-aws-ec2-metadata-token-ttl-seconds",

@@ -29,8 +29,8 @@ agent/network/subsystems.py style): a listener whose namespace is missing, was r
 (another inode) or whose server closed is (re)opened; listeners of VPCs the host no longer
 carries are closed in prepare(), before the dataplane deletes their namespaces.
 
-Tokens: one TokenIssuer with a random secret per agent start (a restarted agent answers old
-tokens 401 and clients ask again, as cloud-init does). Identity: the controller signed each
+Tokens: one TokenIssuer whose secret the wiring passes (the agent's is kept in its state
+directory, so tokens issued before a restart stay valid; tests default to a random one). Identity: the controller signed each
 document (PresignedSigner serves its signature and pkcs7); the key is never on the host.
 """
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ipaddress import IPv4Address
 from typing import Any, Callable, Optional
 
 from agent.contract.v1 import ErrorInfo, InstanceSpec, NetworkSpec
+from agent.metadata import METADATA_IP, METADATA_PORT
 from agent.metadata.document import InstanceDocument
 from agent.metadata.identity import identity_document
 from agent.metadata.ratelimit import RateLimiter
@@ -61,8 +62,6 @@ from agent.network.subsystems import Subsystem
 
 log = logging.getLogger(__name__)
 
-METADATA_IP = "169.254.169.254"
-METADATA_PORT = 80
 CLONE_NEWNET = 0x40000000
 
 
@@ -219,12 +218,13 @@ class MetadataService:
                  signer: PresignedSigner, *,
                  listen: Optional[Callable[[VpcListener], socket.socket]] = None,
                  limiter: Optional[RateLimiter] = None,
-                 set_ttl: Optional[Callable[[socket.socket, int], None]] = None) -> None:
+                 set_ttl: Optional[Callable[[socket.socket, int], None]] = None,
+                 token_secret: Optional[bytes] = None) -> None:
         self._documents = documents
         self._listen = listen or (lambda v: in_netns(
             netns_path(v.netns) if v.netns else None, lambda: router_listener(v.device)))
         kw: dict[str, Any] = {} if set_ttl is None else {"set_ttl": set_ttl}
-        self.server = MetadataServer(self.resolve, signer, TokenIssuer(secrets.token_bytes(32)),
+        self.server = MetadataServer(self.resolve, signer, TokenIssuer(token_secret or secrets.token_bytes(32)),
                                      limiter or RateLimiter(rate=50, burst=100), **kw)
         #: (listener label, source IPv4) -> instance id, from the last NetworkSpec.
         self._ports: dict[tuple[str, str], str] = {}

@@ -8,8 +8,9 @@ Format: base64url (no padding) of 8 bytes of expiry (Unix seconds, big-endian) f
 Nothing is stored per token: a token is valid for the instance it was issued to until it expires,
 on any metadata server of the host that holds the same secret. A token of another instance, an
 expired one, a tampered one or garbage all fail the same way (401) and say nothing about why.
-The secret is the wiring's to choose: random per agent start (tokens die with the process, and
-cloud-init simply asks for a new one on 401) or persisted with the agent's state.
+The secret is the wiring's to choose: the agent keeps one in its state directory
+(persistent_secret), so a token stays valid until its TTL ends even across an agent restart
+(as on EC2); tests may use a random one per process.
 
 Rules (as EC2):
 - PUT /latest/api/token needs X-aws-ec2-metadata-token-ttl-seconds, a decimal 1..21600; missing,
@@ -25,15 +26,18 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import struct
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 from agent.metadata import reply
 from agent.metadata.document import MetadataOptions
 from agent.metadata.reply import Reply
 
+SECRET_BYTES = 32
 TOKEN_PATH = "/latest/api/token"
 TOKEN_HEADER = "x-aws-ec2-metadata-token"
 TTL_HEADER = "x-aws-ec2-metadata-token-ttl-seconds"
@@ -117,3 +121,30 @@ def authorize_get(issuer: TokenIssuer, instance_id: str, options: MetadataOption
     if left is None:
         return reply.error(401)
     return left
+
+
+def persistent_secret(path: Path) -> bytes:
+    """The token secret kept at `path` (owner-only), made on first use. Two agents racing to
+    make it both end up with the one that reached the disk first."""
+    try:
+        data = path.read_bytes()
+        if len(data) == SECRET_BYTES:
+            return data
+        path.unlink()  # truncated by a crash mid-write: tokens issued with it never left
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, os.urandom(SECRET_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process made it first: keep theirs
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()

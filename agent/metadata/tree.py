@@ -155,14 +155,16 @@ def build(doc: InstanceDocument, signer: IdentitySigner) -> Directory:
     return Directory(children, sorted(children))
 
 
-def resolve(doc: InstanceDocument, path: str, signer: IdentitySigner) -> Reply:
-    """Answer a GET of `path` (the request target, query string allowed) for this instance."""
+def resolve(doc: InstanceDocument, path: str, signer: IdentitySigner,
+            root: Node | None = None) -> Reply:
+    """Answer a GET of `path` (the request target, query string allowed) for this instance.
+    `root`: build(doc, signer) made earlier (the server keeps one per document)."""
     segments = [s for s in path.split("?", 1)[0].split("/") if s]
     if not segments:
         return reply.ok(_lines(VERSIONS))
     if segments[0] not in VERSIONS:
         return reply.error(404)
-    node: Node = build(doc, signer)
+    node: Node = root if root is not None else build(doc, signer)
     for segment in segments[1:]:
         if not isinstance(node, Directory) or segment not in node.children:
             return reply.error(404)

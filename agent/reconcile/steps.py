@@ -266,9 +266,15 @@ class SeedWritten(Step):
     name = "seed-written"
 
     def needed(self, ctx):
+        if not ctx.spec.nocloud_seed:  # the guest reads 169.254.169.254 only: no cdrom
+            return ctx.rt.seed_path is not None
         return ctx.rt.seed_key != ctx.seed_key() or not _exists(ctx.rt.seed_path)
 
     def run(self, ctx):
+        if not ctx.spec.nocloud_seed:
+            # The domain loses its cdrom when next defined (its plan no longer lists it).
+            ctx.rt.seed_path = ctx.rt.seed_key = None
+            return
         meta, user_data, netcfg = ctx.seed_inputs()
         path = ctx.drivers.storage.write_seed(ctx.id, meta, user_data, netcfg)
         ctx.rt.seed_path, ctx.rt.seed_key = str(path), ctx.seed_key()

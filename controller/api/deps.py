@@ -1,5 +1,5 @@
 """Annotated FastAPI dependencies: the app context, the authenticated caller (bearer API key),
-the admin check, the agent token check, and list paging parameters (and the Page every list
+the admin check, the agent check (client certificate or shared token), and list paging parameters (and the Page every list
 answers, from services/pagination.py).
 """
 from __future__ import annotations
@@ -10,16 +10,17 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from agent.contract import tls
 from controller.agents import AgentPool
 from controller.db import Database
 from controller.errors import AuthFailure, Unauthorized
 from controller.reconciler import Reconciler
-from controller.services import accounts, pagination
+from controller.services import accounts, host_identity, pagination
 from controller.services.accounts import Caller
 from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
 
-__all__ = ["AUTH_ERRORS", "AdminCaller", "AgentAuth", "AppContext", "Ctx", "CurrentCaller", "Page",
+__all__ = ["AUTH_ERRORS", "AdminCaller", "AgentAuth", "AgentPeer", "AppContext", "Ctx", "CurrentCaller", "Page",
            "Paging"]
 
 
@@ -62,18 +63,35 @@ def _admin(caller: CurrentCaller) -> Caller:
 AdminCaller = Annotated[Caller, Depends(_admin)]
 
 
-def _agent(request: Request, ctx: Ctx) -> None:
+@dataclass(frozen=True)
+class AgentPeer:
+    """The agent a request comes from: the host its client certificate names (agent_auth
+    "mtls"), or None with the shared token (agent_auth "token": any host may claim any id)."""
+    host_id: str | None
+
+    def check_host(self, host_id: str) -> None:
+        """403 HostIdentityMismatch unless the certificate names `host_id`."""
+        if self.host_id is not None and self.host_id != host_id:
+            raise host_identity.HostIdentityMismatch(
+                f"the client certificate is host {self.host_id}'s, not {host_id}'s")
+
+
+def _agent(request: Request, ctx: Ctx) -> AgentPeer:
+    if ctx.settings.agent_auth == "mtls":
+        ident = host_identity.authenticate(ctx.db, tls.peer_certificate(request.scope))
+        return AgentPeer(ident.host_id)
     token = _bearer(request)
     expected = ctx.settings.agent_token
     if not expected or not token or not hmac.compare_digest(token.encode(), expected.encode()):
         raise AuthFailure("invalid agent token")
+    return AgentPeer(None)
 
 
-AgentAuth = Annotated[None, Depends(_agent)]
+AgentAuth = Annotated[AgentPeer, Depends(_agent)]
 
 #: The error statuses each authentication dependency can answer (declared in the OpenAPI
 #: document of every operation that uses it, controller/api/responses.py).
-AUTH_ERRORS = {_caller: (401,), _admin: (401, 403), _agent: (401,)}
+AUTH_ERRORS = {_caller: (401,), _admin: (401, 403), _agent: (401, 403)}
 
 
 MaxResults = Annotated[int, Query(ge=1, le=pagination.MAX_MAX_RESULTS)]

@@ -21,7 +21,8 @@ def _counters(request: Request) -> metrics.IngestCounters:
 
 
 @router.post("/agent/metrics", response_model=MetricsAck)
-def ingest(body: MetricsBatch, ctx: Ctx, _: AgentAuth, request: Request):
+def ingest(body: MetricsBatch, ctx: Ctx, peer: AgentAuth, request: Request):
+    peer.check_host(body.host_id)
     return metrics.ingest(ctx.db, ctx.settings, body, _counters(request))
 
 

@@ -97,6 +97,25 @@ def hosts_enable(ctx: typer.Context, host_id: str, output: OutputOpt = None) -> 
     emit_record(st, st.api().post(f"/v1/hosts/{_segment(host_id)}/enable"))
 
 
+@hosts.command("join-token")
+def hosts_join_token(ctx: typer.Context, host_id: str,
+                     ttl: Annotated[int, typer.Option("--ttl", min=60, max=7 * 86400,
+                                                      help="Seconds it stays usable.")] = 3600,
+                     output: OutputOpt = None) -> None:
+    """A one-time join token for a new host (docs/security.md): give it to the host's agent
+    as KUMO_AGENT_JOIN_TOKEN. Shown once."""
+    st = state(ctx, output)
+    emit_record(st, st.api().post("/v1/hosts/join-tokens",
+                                  json={"host_id": host_id, "ttl_s": ttl}))
+
+
+@hosts.command("remove")
+def hosts_remove(ctx: typer.Context, host_id: str, output: OutputOpt = None) -> None:
+    """Remove a host: revoke its certificates; it is no longer scheduled, sent work or heard."""
+    st = state(ctx, output)
+    emit_record(st, st.api().delete(f"/v1/hosts/{_segment(host_id)}"))
+
+
 @events.command("list")
 def events_list(ctx: typer.Context,
                 resource_id: Annotated[Optional[str], typer.Option("--resource-id")] = None,

@@ -90,6 +90,18 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
 
+    def get_text(self, path: str, **params: Any) -> str:
+        """A GET answered in text (e.g. `format=csv`), with request()'s error handling."""
+        params = {k: v for k, v in params.items() if v is not None}
+        try:
+            resp = self.client.request("GET", path, params=params)
+        except httpx.TransportError as e:
+            raise CliError("ConnectionError",
+                           f"cannot reach the Kumo API at {self.url}: {e}") from e
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        return resp.text
+
     def post(self, path: str, json: Any = None, **params: Any) -> Any:
         return self.request("POST", path, json=json, params=params)
 

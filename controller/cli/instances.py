@@ -106,6 +106,12 @@ def run(ctx: typer.Context,
             "--http-put-response-hop-limit", help="Metadata token replies' IP TTL (1..64).")] = None,
         metadata_tags: Annotated[Optional[str], typer.Option(
             "--instance-metadata-tags", help="Tags in instance metadata: enabled|disabled.")] = None,
+        nocloud_seed: Annotated[Optional[bool], typer.Option(
+            "--nocloud-seed/--no-nocloud-seed", help="A NoCloud seed ISO, or none: the guest "
+            "reads 169.254.169.254 only (default: the image's choice).")] = None,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="Create nothing: show the hourly and monthly price of what would "
+            "be created (POST /v1/instances/estimate).")] = False,
         wait: WaitOpt = False,
         timeout: TimeoutOpt = 600.0,
         poll_interval: IntervalOpt = 2.0,
@@ -124,8 +130,13 @@ def run(ctx: typer.Context,
     options = _metadata_options(http_tokens, http_endpoint, hop_limit, metadata_tags)
     if options:
         body["metadata_options"] = options
+    if nocloud_seed is not None:
+        body["nocloud_seed"] = nocloud_seed
     if user_data_file is not None:
         body["user_data"] = base64.b64encode(user_data_file.read_bytes()).decode("ascii")
+    if dry_run:
+        _show_estimate(st, st.api().post("/v1/instances/estimate", json=body))
+        return
     reservation = st.api().post("/v1/instances", json=body)
     instances = reservation.get("instances", [])
     if wait and instances:
@@ -137,6 +148,17 @@ def run(ctx: typer.Context,
             _show_reservation(st, reservation)  # the ids must not be lost when the wait fails
             raise
     _show_reservation(st, reservation)
+
+
+def _show_estimate(st, est: dict) -> None:
+    if st.output == Output.json:
+        print_json(est)
+        return
+    emit_list(st, est["lines"], [("WHAT", "what"), ("USAGE TYPE", "usage_type"),
+                                 ("RATE", "rate"), ("UNIT", "unit"), ("HOURLY", "hourly"),
+                                 ("MONTHLY", "monthly")],
+              title=f"dry run: {est['hourly']} {est['currency']}/hour, {est['monthly']} "
+                    f"{est['currency']}/month ({est['month_hours']} h)")
 
 
 def _show_reservation(st, reservation: dict) -> None:

@@ -13,7 +13,8 @@ from typer.core import TyperGroup
 from . import (admin, autoscaling, images, instances, local, metrics, networks, resources,
                security_groups, snapshots, ssh, volumes)
 from . import autoscaling_policies  # noqa: F401 (registers its commands on autoscaling.groups)
-from . import alarms
+from . import alarms, billing
+from . import admin_status
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -64,6 +65,7 @@ app.add_typer(admin.types, name="types")
 app.add_typer(admin.hosts, name="hosts")
 app.add_typer(admin.events, name="events")
 app.add_typer(admin.accounts, name="accounts")
+app.add_typer(admin_status.app, name="admin")
 for _name, _sub in (("vpcs", networks.vpcs), ("subnets", networks.subnets), ("igws", networks.igws),
                     ("route-tables", networks.route_tables), ("eips", networks.eips),
                     ("nat-gateways", networks.nat_gateways)):
@@ -73,6 +75,10 @@ app.add_typer(volumes.app, name="volumes")
 app.add_typer(snapshots.app, name="snapshots")
 app.add_typer(metrics.app, name="metrics")
 app.add_typer(alarms.app, name="alarms")
+app.add_typer(billing.prices, name="prices")
+app.add_typer(billing.budget, name="budget")
+app.command("usage")(billing.usage)
+app.command("bill")(billing.bill)
 app.add_typer(autoscaling.templates, name="launch-templates")
 app.add_typer(autoscaling.groups, name="autoscaling-groups")
 # Options may follow the instance id; the remote command starts after `--` (kumo ssh ID [-- CMD]).

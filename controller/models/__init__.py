@@ -7,8 +7,13 @@ from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance,
 from controller.models.autoscaling_policies import ScalingPolicy, ScheduledAction
 from controller.models.step_policies import StepScalingPolicy
 from controller.models.launch_template import LaunchTemplate, LaunchTemplateVersion
+from controller.models.billing import Bill, Budget, Price, UsageInterval
 from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
 from controller.models.event import Event, EventPublic
+from controller.models.controller_lease import ControllerLease, ControllerProcess
+from controller.models.host_identity import (AgentCertificate, AgentCertificateRequest,
+                                            HostCertificate, HostJoinToken, JoinTokenCreate,
+                                            JoinTokenCreated, JoinTokenPublic)
 from controller.models.host import Host, HostPublic
 from controller.models.image import Image, ImagePublic, ImageRegister
 from controller.models.instance import (ClientToken, ConsoleOutput, Instance,
@@ -42,5 +47,8 @@ __all__ = [
     "VolumePublic", "Snapshot", "SnapshotCreate", "SnapshotPublic", "SnapshotTags",
     "MetricDatum", "MetricRollup", "AutoScalingGroup", "AutoScalingInstance", "ScalingActivity",
     "LaunchTemplate", "LaunchTemplateVersion", "ScalingPolicy", "ScheduledAction",
-    "StepScalingPolicy", "MetricAlarm", "AlarmHistory",
+    "StepScalingPolicy", "MetricAlarm", "AlarmHistory", "UsageInterval", "Price", "Bill", "Budget",
+    "ControllerLease", "ControllerProcess",
+    "AgentCertificate", "AgentCertificateRequest", "HostCertificate", "HostJoinToken",
+    "JoinTokenCreate", "JoinTokenCreated", "JoinTokenPublic",
 ]

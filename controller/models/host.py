@@ -20,6 +20,9 @@ class HostBase(SQLModel):
     memory_mib: int
     disk_bytes: int = Field(sa_type=BigInteger)
     versions: dict = Field(default_factory=dict, sa_type=JSON)
+    #: The agent contract's extensions the host's agent implements (from its heartbeats): the
+    #: controller sends a host only the optional spec fields it understands.
+    extensions: list = Field(default_factory=list, sa_type=JSON)
     last_heartbeat: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 

@@ -21,6 +21,9 @@ class ImageBase(SQLModel):
     ready_marker: ReadyMarker | None = Field(default=None, max_length=128)
     min_ram_mib: int = Field(default=0, ge=0, le=1048576)
     description: str | None = Field(default=None, max_length=255)
+    #: Instances of this image get a NoCloud seed ISO unless their launch says otherwise; False:
+    #: the image finds its data at 169.254.169.254 (cloud-init's EC2 datasource), as on EC2.
+    nocloud_seed: bool = True
 
 
 class ImageRegister(ImageBase):

@@ -62,6 +62,9 @@ class RunInstancesRequest(BaseModel):
                                                              max_length=MAX_MAPPINGS)
     #: The metadata service's options for the new instances; None: the defaults.
     metadata_options: InstanceMetadataOptions | None = None
+    #: True: a NoCloud seed ISO (cdrom) besides the metadata service; False: none, the guest
+    #: reads 169.254.169.254 only (as on EC2); None: the image's choice (its nocloud_seed).
+    nocloud_seed: bool | None = None
 
 
 class ModifyInstanceRequest(BaseModel):
@@ -98,6 +101,8 @@ class InstanceBase(SQLModel):
     state: str = Field(default="pending", max_length=16, index=True)
     instance_status: str = Field(default="initializing", max_length=16)
     system_status: str = Field(default="ok", max_length=16)
+    #: Whether the guest gets a NoCloud seed ISO (RunInstancesRequest.nocloud_seed).
+    nocloud_seed: bool = True
     host_id: str | None = Field(default=None, max_length=63, index=True)
     launch_time: datetime | None = Field(default=None, sa_type=UtcDateTime)
     vpc_id: str | None = Field(default=None, max_length=32, index=True)

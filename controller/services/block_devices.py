@@ -36,7 +36,7 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import Image, Instance, Volume, VolumeAttachmentRow
 from controller.models.block_device import BlockDeviceMapping
-from controller.services import volumes
+from controller.services import metering, volumes
 from controller.services.accounts import Caller
 from controller.settings import Settings
 
@@ -199,6 +199,7 @@ def apply(s: Session, plan: Plan, inst: Instance) -> list[Volume]:
                      availability_zone=plan.availability_zone, tags={}, created_at=now,
                      updated_at=now, generation=1, acked_generation=0)
         s.add(vol)
+        metering.volume_sized(s, vol, now)
         made.append(vol)
         source = f" from {p.snapshot_id}" if p.snapshot_id else ""
         record(s, "volume", vol.volume_id, inst.account_id, None, "creating",

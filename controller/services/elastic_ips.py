@@ -25,7 +25,8 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import ElasticIp, Instance
 from controller.models.vpc import AddressAssociate, ElasticIpPublic
-from controller.services import pagination
+from controller.services import metering, pagination
+from controller.services.spec_generation import bump
 from controller.services.pagination import Page, PageRequest
 from controller.services.scoping import owned, scoped
 
@@ -52,8 +53,19 @@ def new_association_id() -> str:
     return new_id("eipassoc")
 
 
+def _republish(s: Session, instance_id: str | None) -> None:
+    """The instance's public address changed: push its spec again, so the metadata service
+    (meta-data/public-ipv4, the network interface's public address) says so at once."""
+    inst = s.get(Instance, instance_id) if instance_id else None
+    if inst is not None and inst.state not in GONE_STATES:
+        bump(inst)
+        s.add(inst)
+
+
 def unlink(s: Session, eip: ElasticIp, reason: str) -> None:
+    _republish(s, eip.instance_id)
     if eip.auto_assigned:  # never an allocation of its own: back to the pool
+        metering.address_released(s, eip)
         s.delete(eip)
         return
     eip.association_id = eip.instance_id = eip.private_ip = None
@@ -115,6 +127,7 @@ def allocate_in(s: Session, account_id: str, pool: str, auto_assigned: bool = Fa
                 s.flush()
         except IntegrityError:
             continue  # taken concurrently: the unique public_ip decided; try the next
+        metering.address_allocated(s, eip, eip.created_at)  # billed idle or in use
         record(s, "elastic-ip", eip.allocation_id, account_id, None, "allocated",
                f"{'auto-assigned' if auto_assigned else 'allocated'} {addr}")
         return eip
@@ -159,6 +172,7 @@ def associate(db: Database, caller, allocation_id: str, body: AddressAssociate) 
         eip.association_id = new_association_id()
         eip.instance_id, eip.private_ip = inst.instance_id, inst.private_ip
         s.add(eip)
+        _republish(s, inst.instance_id)
         record(s, "elastic-ip", allocation_id, eip.account_id, "allocated", "associated",
                f"{eip.public_ip} -> {inst.instance_id} ({inst.private_ip}) {eip.association_id}")
     return eip
@@ -185,6 +199,7 @@ def release(db: Database, caller, allocation_id: str) -> ElasticIpPublic:
                            f"{eip.instance_id or eip.nat_gateway_id}; disassociate it first",
                            code="InvalidIPAddress.InUse")
         out = to_public(eip)
+        metering.address_released(s, eip)
         s.delete(eip)
         record(s, "elastic-ip", allocation_id, eip.account_id, "allocated", "released",
                f"released {eip.public_ip}")

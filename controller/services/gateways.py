@@ -17,7 +17,7 @@ from controller.events import record
 from controller.ids import new_id, utcnow
 from controller.models import ElasticIp, InternetGateway, NatGateway, Vpc
 from controller.models.vpc import InternetGatewayPublic, NatGatewayPublic
-from controller.services import ipam, pagination, route_tables, subnets, vpcs
+from controller.services import ipam, metering, pagination, route_tables, subnets, vpcs
 from controller.services.pagination import Page, PageRequest
 from controller.services.scoping import dependency, owned, scoped
 
@@ -166,6 +166,7 @@ def nat_create(db: Database, caller, subnet_id: str, allocation_id: str) -> NatG
         eip.private_ip = nat.private_ip
         s.add(eip)
         s.add(nat)
+        metering.nat_created(s, nat, nat.created_at)
         record(s, "nat-gateway", nat.nat_gateway_id, nat.account_id, None, "pending",
                f"created in {subnet_id} with {allocation_id}")
         record(s, "elastic-ip", allocation_id, eip.account_id, "allocated", "associated",
@@ -195,6 +196,7 @@ def nat_delete(db: Database, caller, nat_id: str) -> NatGateway:
             record(s, "elastic-ip", eip.allocation_id, eip.account_id, "associated", "allocated",
                    f"NAT gateway {nat_id} deleted")
         nat.state, nat.state_message, nat.deleted_at = "deleted", None, utcnow()
+        metering.nat_deleted(s, nat, nat.deleted_at)
         s.add(nat)
         record(s, "nat-gateway", nat_id, nat.account_id, "deleting", "deleted", "deleted")
     return nat

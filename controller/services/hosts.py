@@ -74,6 +74,13 @@ def _set_system_status(s: Session, host_id: str, status: str) -> None:
         lifecycle.set_system_status(s, inst, status)
 
 
+def _bump_generations(s: Session, host_id: str) -> None:
+    for inst in s.exec(select(Instance).where(Instance.host_id == host_id,
+                                              Instance.state != "terminated")):
+        lifecycle.bump(inst)
+        s.add(inst)
+
+
 def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str]:
     """Record a heartbeat; returns ids the agent runs that the controller does not want (orphans)."""
     now = utcnow()
@@ -100,7 +107,8 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
         fields = dict(agent_url=info.agent_url, hypervisor=info.hypervisor,
                       architecture=info.architecture, vcpus=info.vcpus,
                       memory_mib=info.memory_mib, disk_bytes=info.disk_bytes,
-                      versions=dict(info.versions), contract=info.contract, last_heartbeat=now)
+                      versions=dict(info.versions), contract=info.contract,
+                      extensions=sorted(set(info.extensions)), last_heartbeat=now)
         if info.underlay_ip is not None:
             # A heartbeat without it (an agent still resolving its uplink after a restart) keeps
             # the known address: forgetting it would drop the host from every VPC's forwarding
@@ -111,6 +119,10 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
             s.add(host)
             record(s, "host", info.host_id, None, None, "up", "registered by heartbeat")
         else:
+            if sorted(host.extensions or []) != fields["extensions"]:
+                # The agent was upgraded (or rolled back): rebuild its instances' specs with
+                # what it understands now (e.g. the metadata an older agent had to go without).
+                _bump_generations(s, host.host_id)
             for k, v in fields.items():
                 setattr(host, k, v)
             if host.state != "up":

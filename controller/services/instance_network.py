@@ -16,7 +16,7 @@ from controller.db import delete_all
 from controller.errors import InvalidParameter, NotFound
 from controller.models import (ElasticIp, Instance, InstanceSecurityGroup, SecurityGroup, Subnet,
                                Vpc)
-from controller.services import elastic_ips, ipam, security_group_rows, subnets, vpcs
+from controller.services import elastic_ips, ipam, metering, security_group_rows, subnets, vpcs
 
 #: EC2's code when there is no default VPC to launch into and no subnet was named.
 NO_DEFAULT_VPC = "VPCIdNotSpecified"
@@ -105,6 +105,7 @@ def release(s: Session, inst: Instance) -> None:
     ipam.release_owner(s, inst.instance_id)
     for eip in s.exec(select(ElasticIp).where(ElasticIp.instance_id == inst.instance_id)):
         if eip.auto_assigned:
+            metering.address_released(s, eip)
             s.delete(eip)
         else:
             elastic_ips.unlink(s, eip, f"instance {inst.instance_id} terminated")

@@ -7,7 +7,7 @@ from controller.db import Database
 from controller.errors import Conflict, InvalidParameter, NotFound
 from controller.events import record
 from controller.models import InstanceType, InstanceTypeCreate, InstanceTypePublic
-from controller.services import pagination
+from controller.services import pagination, prices
 from controller.services.pagination import Page, PageRequest
 
 #: Smallest first; the name (the primary key) breaks ties.
@@ -54,6 +54,7 @@ def create(db: Database, req: InstanceTypeCreate) -> InstanceType:
         else:
             t = InstanceType(**req.model_dump())
             s.add(t)
+        prices.add_for_new_type(s, t)  # billed at its hourly_price from now (services/prices.py)
         record(s, "instance-type", t.name, None, None, "available", "created")
     return t
 

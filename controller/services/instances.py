@@ -29,7 +29,8 @@ from controller.models import (ClientToken, Host, Instance, InstancePublic, Inst
 from controller.models.common import TAG_KEY_RE, TAG_VALUE_RE
 from controller.scheduler import NoValidHost, Request, schedule
 from controller.services import (block_devices, images, instance_metadata, instance_moves,
-                                 instance_network, instance_types, key_pairs, lifecycle, pagination, vpcs)
+                                 instance_network, instance_types, key_pairs, lifecycle, metering,
+                                 pagination, vpcs)
 from controller.services.capacity import GIB, host_states
 from controller.services.pagination import Page, PageRequest
 from controller.services.sg_rules import Limits
@@ -107,7 +108,8 @@ def _request_hash(req: RunInstancesRequest) -> str:
     # Without mappings the hash is what it was before they existed (stored tokens still match).
     exclude = ({"client_token"} | (set() if req.block_device_mappings
                                    else {"block_device_mappings"})
-               | (set() if req.metadata_options is not None else {"metadata_options"}))
+               | (set() if req.metadata_options is not None else {"metadata_options"})
+               | (set() if req.nocloud_seed is not None else {"nocloud_seed"}))
     doc = req.model_dump(exclude=exclude)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -202,6 +204,7 @@ def _launch(s: Session, settings: Settings, caller, req: RunInstancesRequest, us
             state="pending", instance_status="initializing",
             system_status="ok" if host.state == "up" else "host-down", host_id=host_id,
             client_token=req.client_token, metadata_options=dict(metadata_options),
+            nocloud_seed=image.nocloud_seed if req.nocloud_seed is None else req.nocloud_seed,
             created_at=now, updated_at=now)
         instance_network.attach(s, inst, where, settings.public_pool, macs, req.private_ip)
         # Record the launch as None -> pending (with the pending deadline).
@@ -435,6 +438,7 @@ def modify(db: Database, settings: Settings, caller, instance_id: str,
             record(s, "instance", inst.instance_id, inst.account_id, inst.state, inst.state,
                    f"root disk {inst.root_disk_gib} -> {new_root} GiB")
             inst.root_disk_gib = new_root
+            metering.root_disk(s, inst)  # the bigger disk is billed from now
         inst.updated_at = utcnow()
         lifecycle.bump(inst)
         s.add(inst)

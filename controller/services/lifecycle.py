@@ -16,7 +16,8 @@ from agent.contract.v1 import InstanceObserved
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Image, Instance
-from controller.services import instance_network, volume_attachments
+from controller.services import instance_network, metering, volume_attachments
+from controller.services.spec_generation import bump  # noqa: F401 - lifecycle.bump, as callers use it
 from controller.settings import Settings
 
 TRANSITIONAL = ("pending", "stopping", "shutting-down")
@@ -58,13 +59,12 @@ def transition(s: Session, inst: Instance, to: str, settings: Settings, *, reaso
         inst.terminated_at = now
         inst.system_status = "not-applicable"
     s.add(inst)
-    record(s, "instance", inst.instance_id, inst.account_id, frm, to,
-           f"{code}: {message}" if code else reason)
-
-
-def bump(inst: Instance) -> None:
-    """The desired spec changed: the reconciler pushes the new generation."""
-    inst.generation = max(inst.generation, inst.acked_generation) + 1
+    event = record(s, "instance", inst.instance_id, inst.account_id, frm, to,
+                   f"{code}: {message}" if code else reason)
+    # Usage intervals open and close in this same transaction (services/metering.py), at the
+    # event's instant: the bill and the event log agree to the microsecond. (`now` may be a
+    # little older: the caller's, taken before other events of the same change.)
+    metering.instance_transition(s, inst, frm, to, event.time)
 
 
 def set_instance_status(s: Session, inst: Instance, status: str, reason: str | None = None) -> None:

@@ -26,7 +26,7 @@ from controller.models.image import Image
 from controller.models.snapshot import Snapshot, SnapshotCreate, SnapshotPublic
 from controller.models.volume import Volume
 from controller.services import filters as list_filters
-from controller.services import pagination
+from controller.services import metering, pagination
 from controller.services import volumes as volume_service
 from controller.services.pagination import Page, PageRequest
 from controller.services.scoping import owned, scoped
@@ -157,6 +157,7 @@ def delete(db: Database, caller, snapshot_id: str) -> Snapshot:
         frm = snap.state
         snap.state = "deleting"
         snap.updated_at = utcnow()
+        metering.snapshot_ended(s, snap, snap.updated_at)
         s.add(snap)
         record(s, "snapshot", snapshot_id, snap.account_id, frm, "deleting", "user delete")
         return snap

@@ -27,6 +27,7 @@ from agent.contract.v1 import InstanceObserved
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Instance, Volume, VolumeAttachmentRow
+from controller.services import metering
 
 
 def attachments_of(s: Session, instance_id: str) -> list[tuple[VolumeAttachmentRow, Volume]]:
@@ -108,6 +109,7 @@ def release_on_termination(s: Session, inst: Instance) -> None:
                    f"delete on termination of {inst.instance_id}")
             vol.state = "deleting"
             vol.updated_at = utcnow()
+            metering.volume_ended(s, vol, vol.updated_at)
             s.add(vol)
         else:
             vol.generation = max(vol.generation, vol.acked_generation) + 1

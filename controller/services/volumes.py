@@ -38,7 +38,7 @@ from controller.models.volume import (DEVICE_NAME_PATTERN, AttachmentPublic, Vol
                                       VolumeAttach, VolumeAttachmentRow, VolumeCreate,
                                       VolumeDetach, VolumePublic)
 from controller.services import filters as list_filters
-from controller.services import lifecycle, pagination
+from controller.services import lifecycle, metering, pagination
 from controller.services.pagination import Page, PageRequest
 from controller.services.scoping import owned, scoped
 from controller.settings import Settings
@@ -338,6 +338,7 @@ def create(db: Database, settings: Settings, caller, req: VolumeCreate) -> Volum
                         client_token=req.client_token, created_at=now, updated_at=now,
                         generation=1, acked_generation=0)
         s.add(volume)
+        metering.volume_sized(s, volume, now)  # provisioned GiB are billed from creation
         source = f" from {req.snapshot_id}" if req.snapshot_id else ""
         record(s, "volume", volume.volume_id, caller.account_id, None, "creating",
                f"created {size_gib} GiB{source}")
@@ -357,6 +358,7 @@ def delete(db: Database, caller, volume_id: str) -> Volume:
             raise _incorrect_state(f"{volume_id} is {volume.state}")
         frm = volume.state
         volume.state = "deleting"
+        metering.volume_ended(s, volume)
         volume.updated_at = utcnow()
         s.add(volume)
         record(s, "volume", volume_id, volume.account_id, frm, "deleting", "user delete")
@@ -478,6 +480,7 @@ def modify(db: Database, settings: Settings, caller, volume_id: str, size_gib: i
         check_growable(volume)
         old = volume.size_gib
         volume.size_gib = size_gib
+        metering.volume_sized(s, volume)  # the new size is billed from now
         volume.modification_state = "modifying"
         volume.updated_at = utcnow()
         _bump(volume)

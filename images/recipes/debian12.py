@@ -14,7 +14,9 @@ from images.steps import run, step
 FILES = PKG_DIR / "files" / "debian-12"
 PACKAGES = ["linux-image-cloud-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "cloud-init",
             "cloud-guest-utils", "fdisk", "openssh-server", "ifupdown", "iproute2", "netbase", "sudo",
-            "procps", "e2fsprogs", "python3-cffi-backend", "isc-dhcp-client", "resolvconf", "ca-certificates"]
+            "procps", "e2fsprogs", "python3-cffi-backend", "isc-dhcp-client", "resolvconf", "ca-certificates",
+            # the firewall tools a real guest has (and the lab NATs a namespace inside the guest)
+            "nftables"]
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"

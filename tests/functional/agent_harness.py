@@ -32,7 +32,7 @@ def make_spec(n: int = 1, **over) -> dict:
 
 
 def settings_for(tmp_path, **over) -> AgentSettings:
-    kw = dict(host_id="test-host", state_dir=tmp_path, token=TOKEN, driver="fake",
+    kw = dict(host_id="test-host", state_dir=tmp_path, token=TOKEN, auth="token", driver="fake",
               resync_interval=0.05, heartbeat_interval=0.2, shutdown_timeout=0.1, max_backoff=0.3)
     kw.update(over)
     return AgentSettings(**kw)

@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from agent.contract.generations import GenerationConflict, is_resend
-from agent.contract.v1 import (ConsoleOutput, ErrorInfo, HeartbeatRequest, HostInfo,
+from agent.contract.v1 import (EXTENSIONS, ConsoleOutput, ErrorInfo, HeartbeatRequest, HostInfo,
                                InstanceObserved, InstanceSpec, NetworkObserved, NetworkSpec)
 from agent.firewall.model import FirewallInputError
 from agent.network.firewall_sync import host_firewall
@@ -60,12 +60,14 @@ class FakeAgent:
                  underlay_ip: str | None = None):
         self.host_id, self.token = host_id, token
         self.url = f"http://{host_id}.agents.test:8788"
-        # underlay_ip: the host speaks the vpc-network extension (PUT /v1/network).
+        # Every extension of this contract, as a current agent (agent/heartbeat.py); underlay_ip:
+        # the host speaks vpc-network (PUT /v1/network).
         self.info = HostInfo(host_id=host_id, agent_url=self.url, hypervisor="qemu",
                              architecture="x86_64", vcpus=vcpus, memory_mib=memory_mib,
                              disk_bytes=disk_bytes, versions={"agent": "fake"},
                              underlay_ip=underlay_ip,
-                             extensions=["vpc-network"] if underlay_ip else [])
+                             extensions=[e for e in EXTENSIONS
+                                         if underlay_ip or e != "vpc-network"])
         self.network: NetworkSpec | None = None
         self.specs: dict[str, InstanceSpec] = {}
         #: Tombstones: instance id -> generation it had when deleted (as agent/state.py keeps).
@@ -220,7 +222,7 @@ class Cloud:
     def __init__(self, tmp_path: Path, **overrides):
         self.tmp = tmp_path
         self.agents: dict[str, FakeAgent] = {}
-        base = dict(state_dir=tmp_path / "controller", agent_token=AGENT_TOKEN,
+        base = dict(state_dir=tmp_path / "controller", agent_token=AGENT_TOKEN, agent_auth="token",
                     reconcile_interval_s=0, agent_facing_url="http://controller.test:8787",
                     heartbeat_timeout_s=30)
         base.update(overrides)

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 SERVER_USER = "postgres"
 _BINDIRS = Path("/usr/lib/postgresql")
 
@@ -194,3 +196,14 @@ def _kill(pid: int) -> None:
             if not _alive(pid):
                 return
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away server for one test module, skipped where none can run. Import it into the
+    module (`from tests.functional.pg import postgres  # noqa: F401 (fixture)`)."""
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(f"PostgreSQL tests need a server and a driver: {reason}")
+    with PostgresServer() as server:
+        yield server

@@ -18,7 +18,7 @@ def test_python_m_agent_serves_on_a_unix_socket_and_stops_on_sigterm(tmp_path):
     sock = tmp_path / "agent.sock"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KUMO_AGENT_HOST_ID": "proc-host",
            "KUMO_AGENT_STATE_DIR": str(tmp_path / "state"), "KUMO_AGENT_LISTEN": f"unix:{sock}",
-           "KUMO_AGENT_TOKEN": "tok", "KUMO_AGENT_DRIVER": "fake",
+           "KUMO_AGENT_TOKEN": "tok", "KUMO_AGENT_AUTH": "token", "KUMO_AGENT_DRIVER": "fake",
            "KUMO_AGENT_CONTROLLER_URL": f"unix:{tmp_path / 'nobody.sock'}"}
     proc = subprocess.Popen([sys.executable, "-m", "agent"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -352,3 +352,16 @@ def test_readiness_is_seen_between_resync_passes(tmp_path):
         until(agent, iid, power="running")
         agent.hv.write_console(iid, f"KUMO-READY instance-id={iid}")
         until(agent, iid, booted=True)  # gives up after 5 s, long before the next resync pass
+
+
+def test_no_nocloud_seed_means_no_cdrom_at_all(agent, tmp_path):
+    """nocloud_seed False (extension nocloud-optional): no seed written, the domain has only its
+    root disk; the guest reads 169.254.169.254 instead."""
+    spec = make_spec(nocloud_seed=False)
+    iid = spec["instance_id"]
+    put(agent, spec)
+    until(agent, iid, power="running")
+    assert [op for op, _ in agent.storage.calls] == ["cached_image", "ensure_root_disk"]
+    assert iid not in agent.storage.seeds
+    plan = agent.hv.domains[iid].plan
+    assert plan.disks == instance_disks(tmp_path / "instances" / iid / "root.qcow2", None)

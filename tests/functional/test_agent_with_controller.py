@@ -24,7 +24,7 @@ class RealAgent:
 
     def __init__(self, tmp_path, host_id: str, stack: ExitStack):
         self.settings = AgentSettings(
-            host_id=host_id, state_dir=tmp_path / host_id, token=fake_agent.AGENT_TOKEN,
+            host_id=host_id, state_dir=tmp_path / host_id, token=fake_agent.AGENT_TOKEN, auth="token",
             driver="fake", advertise_url=f"http://{host_id}.test:8788", resync_interval=0.05,
             shutdown_timeout=0.1, max_backoff=0.3)
         self.url = self.settings.agent_url()

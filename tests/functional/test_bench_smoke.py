@@ -76,3 +76,15 @@ def test_bench_autoscaling_smoke():
         rf"^  10,000 instances after retention .* total {NUM} GiB$",
         r"^  ingest checks \(nothing rejected, everything rolled up\): OK$",
     ])
+
+
+def test_bench_billing_smoke():
+    run_smoke("bench_billing.py", timeout=120, expect=[
+        r"^account bill: 20 instances x 10 transitions in 1 account\(s\): 120 usage intervals",
+        rf"^  kumo bills \(1 bill\(s\)\) +{NUM} s  peak traced +{NUM} MiB",
+        rf"^  baseline SQL SUM +{NUM} s  peak traced +{NUM} MiB",
+        rf"^  kumo / baseline: {NUM}x time",
+        r"^  instance seconds: kumo \d+ baseline \d+: identical$",
+        r"^site bills: 100 instances x 4 transitions in 5 account\(s\)",
+        r"^max RSS \d+ MiB",
+    ])

@@ -292,7 +292,7 @@ def test_instance_json_shape(cloud):
         "root_disk_gib", "key_name", "tags", "state", "state_reason", "instance_status",
         "system_status", "host_id", "launch_time", "private_ip", "mac", "hostname",
         "client_token", "created_at", "updated_at", "vpc_id", "subnet_id", "public_ip",
-        "security_group_ids", "block_device_mappings", "metadata_options"}
+        "security_group_ids", "block_device_mappings", "metadata_options", "nocloud_seed"}
     assert inst["block_device_mappings"] == []
     assert inst["instance_id"].startswith("i-") and len(inst["instance_id"]) == 19
     assert inst["created_at"].endswith("Z")

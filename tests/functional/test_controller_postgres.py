@@ -27,19 +27,12 @@ from tests.functional import (test_controller_api, test_controller_hosts,
                               test_controller_lifecycle, test_controller_placement,
                               test_controller_with_agent)
 from tests.functional.fake_agent import Cloud
-from tests.functional.pg import PostgresServer, why_unavailable
+from tests.functional.pg import postgres  # noqa: F401 (fixture)
 from tests.functional.test_controller_with_agent import procs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(f"PostgreSQL tests need a server and a driver: {reason}")
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

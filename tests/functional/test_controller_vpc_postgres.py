@@ -15,7 +15,7 @@ import pytest
 from tests.functional import (test_controller_security_groups, test_controller_vpc,
                               test_controller_vpc_ips)
 from tests.functional.fake_agent import Cloud
-from tests.functional.pg import PostgresServer, why_unavailable
+from tests.functional.pg import postgres  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 # SQLite-specific (it builds its own SQLite database); test_controller_postgres.py already checks
@@ -24,13 +24,6 @@ _SKIP = {"test_migration_0003_downgrades_and_upgrades",
          "test_migration_0005_gives_existing_vpcs_a_default_group"}
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(f"PostgreSQL tests need a server and a driver: {reason}")
-    with PostgresServer() as server:
-        yield server
 
 
 def _scenarios():

@@ -60,13 +60,13 @@ def test_controller_and_agent_processes(tmp_path, procs):
     image = tmp_path / "tiny.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
     ctl = procs({"KUMO_STATE_DIR": str(tmp_path / "ctl"), "KUMO_LISTEN": "127.0.0.1:0",
-                 "KUMO_AGENT_SOCKET": str(ctl_sock), "KUMO_AGENT_TOKEN": "secret",
+                 "KUMO_AGENT_SOCKET": str(ctl_sock), "KUMO_AGENT_TOKEN": "secret", "KUMO_AGENT_AUTH": "token",
                  "KUMO_RECONCILE_INTERVAL_S": "0.2"}, "controller", tmp_path / "ctl.log")
     _wait(ctl_sock.exists, what="controller socket")
     agent = procs({"KUMO_AGENT_HOST_ID": "host-1", "KUMO_AGENT_STATE_DIR": str(tmp_path / "agent"),
                    "KUMO_AGENT_LISTEN": f"unix:{agent_sock}",
                    "KUMO_AGENT_CONTROLLER_URL": f"unix:{ctl_sock}",
-                   "KUMO_AGENT_TOKEN": "secret", "KUMO_AGENT_DRIVER": "fake",
+                   "KUMO_AGENT_TOKEN": "secret", "KUMO_AGENT_AUTH": "token", "KUMO_AGENT_DRIVER": "fake",
                    "KUMO_AGENT_HEARTBEAT_INTERVAL": "0.3"}, "agent", tmp_path / "agent.log")
     key = (tmp_path / "ctl" / "admin.key").read_text().strip()
     assert oct((tmp_path / "ctl" / "admin.key").stat().st_mode & 0o777) == "0o600"

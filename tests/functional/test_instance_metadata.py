@@ -14,7 +14,7 @@ from agent.metadata.identity import verify_pkcs7_openssl, verify_signature
 from agent.metadata.tree import resolve
 from controller.models import LaunchTemplateVersion
 from controller.services import launch_templates
-from tests.functional.fake_agent import b64
+from tests.functional.fake_agent import b64, make_qcow2
 from tests.functional.vpc_support import cloud, err, ok
 
 __all__ = ["cloud"]
@@ -168,6 +168,10 @@ def test_cli_run_and_modify_metadata_options(cloud):
     inst = out["instances"][0]
     assert inst["metadata_options"]["http_tokens"] == "optional"
     assert inst["metadata_options"]["http_put_response_hop_limit"] == 2
+    assert inst["nocloud_seed"] is True
+    seedless = rec.kumo("instances", "run", "--image", "kumo-tiny", "--type", "t3.nano",
+                        "--no-nocloud-seed")["instances"][0]
+    assert seedless["nocloud_seed"] is False
     got = rec.kumo("instances", "metadata-options", inst["instance_id"],
                    "--http-endpoint", "disabled")
     assert got["metadata_options"]["http_endpoint"] == "disabled"
@@ -188,3 +192,70 @@ def test_security_group_change_reaches_the_document(cloud):
     assert spec.generation > gen
     nic = spec.metadata.document.primary_interface
     assert nic.security_group_ids == [sg["group_id"]] and nic.security_group_names == ["web"]
+
+
+def test_elastic_ip_reaches_the_document_at_once(cloud):
+    alice = cloud.account("alice")
+    iid = cloud.launch_running(alice)
+    auto_ip = cloud.instance(alice, iid)["public_ip"]
+    eip = ok(alice.post("/v1/elastic-ips"), 201)
+    gen = _spec(cloud, iid).generation
+    ok(alice.post(f"/v1/elastic-ips/{eip['allocation_id']}/associate",
+                  json={"instance_id": iid}))
+    cloud.converge()
+    spec = _spec(cloud, iid)
+    assert spec.generation > gen
+    assert str(spec.metadata.document.public_ipv4) == eip["public_ip"] != auto_ip
+    ok(alice.post(f"/v1/elastic-ips/{eip['allocation_id']}/disassociate"))
+    cloud.converge()
+    assert _spec(cloud, iid).metadata.document.public_ipv4 is None
+    assert cloud.instance(alice, iid)["public_ip"] is None
+
+
+def test_nocloud_seed_per_instance_image_and_template(cloud):
+    alice = cloud.account("alice")
+    default = cloud.launch_running(alice)
+    assert cloud.instance(alice, default)["nocloud_seed"] is True
+    assert _spec(cloud, default).nocloud_seed is True
+    seedless = cloud.launch_running(alice, nocloud_seed=False)
+    assert cloud.instance(alice, seedless)["nocloud_seed"] is False
+    assert _spec(cloud, seedless).nocloud_seed is False
+    assert _spec(cloud, seedless).metadata is not None
+    # An image that reads 169.254.169.254 only: its instances get no seed unless they ask.
+    img = ok(cloud.admin.post("/v1/images", json={
+        "name": "ec2-style", "public": True, "nocloud_seed": False,
+        "path": str(make_qcow2(cloud.tmp / "ec2-style.qcow2"))}), 201)
+    assert img["nocloud_seed"] is False
+    by_image = cloud.launch_running(alice, image="ec2-style")
+    assert _spec(cloud, by_image).nocloud_seed is False
+    asked = cloud.launch_running(alice, image="ec2-style", nocloud_seed=True)
+    assert _spec(cloud, asked).nocloud_seed is True
+    body = {"launch_template_name": "seedless", "launch_template_data": {
+        "image": "kumo-tiny", "instance_type": "t3.nano", "nocloud_seed": False}}
+    lt = ok(alice.post("/v1/launch-templates", json=body), 201)
+    v = ok(alice.get(f"/v1/launch-templates/{lt['launch_template_id']}/versions"))["items"][0]
+    assert v["launch_template_data"]["nocloud_seed"] is False
+    err(cloud.run(alice, nocloud_seed="sometimes"), 400, "InvalidParameterValue")
+
+
+def test_an_agent_without_the_extensions_gets_the_base_contract(cloud):
+    """Version skew: a host whose agent predates instance-metadata gets specs without the
+    optional fields (an older agent refuses unknown fields) and with a seed; once its agent
+    advertises the extensions, its instances' specs are rebuilt with them."""
+    agent = next(iter(cloud.agents.values()))
+    full = agent.info.extensions
+    agent.info = agent.info.model_copy(update={"extensions": ["vpc-network"]})
+    cloud.heartbeat()
+    alice = cloud.account("alice")
+    iid = cloud.launch_running(alice, nocloud_seed=False)
+    spec = _spec(cloud, iid)
+    assert spec.metadata is None and spec.nocloud_seed is True
+    wire = spec.model_dump(mode="json")
+    assert "metadata" not in wire and "nocloud_seed" not in wire
+    gen = spec.generation
+    agent.info = agent.info.model_copy(update={"extensions": full})
+    cloud.converge()
+    spec = _spec(cloud, iid)
+    assert spec.generation > gen
+    assert spec.metadata is not None and spec.nocloud_seed is False
+    assert spec.model_dump(mode="json")["nocloud_seed"] is False

@@ -451,14 +451,7 @@ def test_without_storage_service_volume_work_is_skipped(tmp_path):
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres():
-    from tests.functional.pg import PostgresServer, why_unavailable
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(f"PostgreSQL tests need a server and a driver: {reason}")
-    with PostgresServer() as server:
-        yield server
+from tests.functional.pg import postgres  # noqa: E402,F401 (fixture)
 
 
 def _size_column_too_small() -> bool:

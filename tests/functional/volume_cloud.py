@@ -98,7 +98,7 @@ class VolumeCloud(Cloud):
         self.storage_requests: list[tuple[str, str]] = []
         self.tmp = tmp_path
         self.agents = {}
-        base = dict(state_dir=tmp_path / "controller", agent_token=AGENT_TOKEN,
+        base = dict(state_dir=tmp_path / "controller", agent_token=AGENT_TOKEN, agent_auth="token",
                     reconcile_interval_s=0, agent_facing_url="http://controller.test:8787",
                     heartbeat_timeout_s=30, storage_url=STORAGE_URL)
         base.update(overrides)

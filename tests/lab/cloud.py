@@ -126,9 +126,45 @@ def user_fixture(terminate: bool = True):
     return cloud
 
 
+def _vpc_vni(lab, host_id: str, vpc_id: str | None) -> int | None:
+    """The VNI of `vpc_id` in the network document the host's agent accepted (its state file),
+    or None when it has none yet."""
+    import json
+    path = lab.state_dir / "hosts" / host_id / "agent" / "network" / "spec.json"
+    try:
+        vpcs = json.loads(path.read_text()).get("vpcs", [])
+    except (OSError, ValueError):
+        return None
+    return next((v["vni"] for v in vpcs if v.get("vpc_id") == vpc_id), None)
+
+
+def second_account_fixture(name: str):
+    """A module's fixture (`other = second_account_fixture("md-other")`, needing the module's
+    `cloud`): a new account with its own default VPC (172.31.0.0/16 like the demo's), SSH and
+    ping let in to it; its instances are terminated after the module."""
+    @pytest.fixture(scope="module")
+    def other(cloud, tmp_path_factory):
+        admin_key = (cloud.lab.state_dir / "controller" / "admin.key").read_text().strip()
+        with client(cloud.lab.url, admin_key, timeout=30) as admin:
+            r = admin.post("/v1/accounts", json={"name": f"{name}-{int(time.time())}"})
+            assert r.status_code == 201, r.text
+            api_key = r.json()["api_key"]
+        user = CloudUser(cloud.lab, tmp_path_factory.mktemp(f"{name}-keys"))
+        user.api.close()
+        user.api = client(cloud.lab.url, api_key, timeout=30)
+        user.call("GET", "/v1/vpcs")  # makes the default VPC
+        user.allow_admin_access()
+        yield user
+        user.terminate_all()
+        user.close()
+    return other
+
+
 def find_router_netns(lab, inst: dict, timeout: float = 30) -> str:
-    """`<host ns>-kvr-<vni>` whose router interface holds the gateway of inst's subnet (the agent
-    creates it when the instance's network document arrives: wait for it)."""
+    """`<host ns>-kvr-<vni>` of the instance's VPC on its host (the agent creates it when the
+    instance's network document arrives: wait for it). Exact by the VPC's VNI from the agent's
+    accepted document; else the namespace whose router interface holds the gateway of inst's
+    subnet (ambiguous when two VPCs on the host have the same CIDR)."""
     import ipaddress
     import json
     import subprocess
@@ -137,6 +173,15 @@ def find_router_netns(lab, inst: dict, timeout: float = 30) -> str:
     while True:
         names = [line.split()[0] for line in subprocess.run(
             ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines() if line]
+        vni = _vpc_vni(lab, inst["host_id"], inst.get("vpc_id"))
+        if vni is not None:
+            exact = f"{prefix}{vni:06x}"
+            if exact in names:
+                return exact
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no VPC router namespace {exact}: {names}")
+            time.sleep(0.5)
+            continue
         for name in sorted(n for n in names if n.startswith(prefix)):
             out = subprocess.run(["ip", "-n", name, "-j", "addr"], capture_output=True, text=True)
             for link in json.loads(out.stdout or "[]"):
@@ -192,4 +237,5 @@ def kill9(lab, process: str) -> int:
     return pid
 
 
-__all__ = ["CloudUser", "domains_named", "agent_instance_dir", "find_router_netns", "kill9", "ssh"]
+__all__ = ["CloudUser", "domains_named", "agent_instance_dir", "find_router_netns", "kill9", "ssh",
+           "second_account_fixture"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.contract.transport import client
 from agent.network import names
 from lab.naming import INET_SERVER_ADDR, host_netns, inet_netns
-from lab.services import agent_socket
+from lab import services
 from lab.testing import end_process
 from lab.state import LabState
 from tests.lab.cloud import CloudUser
@@ -95,8 +95,7 @@ def ns_links(lab, host_id: str, ns: str) -> list[dict]:
 
 def agent_network(lab, host_id: str) -> dict:
     """The agent's GET /v1/network on `host_id` (its NetworkObserved)."""
-    token = (lab.state_dir / "agent.token").read_text().strip()
-    with client(f"unix:{agent_socket(lab.state_dir, host_id)}", token, timeout=10) as c:
+    with services.agent_client(lab.state_dir, host_id) as c:
         r = c.get("/v1/network")
         r.raise_for_status()
         return r.json()

@@ -78,6 +78,41 @@ def test_bench_firewall_smoke(root_only):
     assert not {n for n in _netns() - before if n.startswith("kfw-")}
 
 
+def test_bench_metadata_smoke(root_only):
+    """The metadata service (the agent's MetadataService) in scratch namespaces of its own
+    (kumo-bmd-<pid>-r/-g): throughput rows for each request kind beside the fixed-200 baseline,
+    and the rate-limit windows; nothing left behind."""
+    before = _netns()
+    row = rf" +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} % +\d+/\d+ +\d+ +\d+ +{NUM}"
+    run_smoke("bench_metadata.py", timeout=300, expect=[
+        r"^namespaces kumo-bmd-\d+-r .* 4 instances, documents",
+        r"^load: 1 client process\(es\) x 2 keep-alive connections",
+        *[rf"^{name}{row}$" for name in (
+            "baseline fixed 200, keep-alive", "baseline fixed 200, new conn per request",
+            "kumo GET instance-id, IMDSv1", "kumo GET instance-id, IMDSv2 token",
+            "kumo PUT /latest/api/token", "kumo GET identity document, token")],
+        rf"^kumo/baseline req/s: IMDSv1 {NUM}x, IMDSv2 {NUM}x, identity {NUM}x "
+        rf"\(vs keep-alive\); token PUT {NUM}x",
+        r"^server CPU per request above the baseline: IMDSv1 \+-?\d+ us, IMDSv2 \+-?\d+ us, "
+        r"identity \+-?\d+ us, token PUT \+-?\d+ us$",
+        r"^wrong answers \(not the source instance's own\): 0$",
+        rf"^    hammering instance: \d+ requests in {NUM} s \({NUM}/s\): served \d+, refused "
+        rf"429 0; server CPU {NUM} us/request",
+        rf"^    hammering instance: \d+ requests .* refused 429 [1-9]\d*; .* the bucket allows "
+        rf"at most 100 \+ 50/s x {NUM} s .*: ok$",
+        *[rf"^    {label} +p50 +{NUM} ms +p99 +{NUM} ms +max +{NUM} ms +success \d+/\d+ "
+          rf"\({NUM} %\)$" for label in (
+              r"alone \(default limit\)", "while one hammers, default limit",
+              "while one hammers, limit out of the way")],
+        r"^checks .*: all ok$",
+        r"^target: the other instances keep 100 % success while one hammers past its limit: "
+        r"(PASS|FAIL)$",
+    ])
+    assert not {n for n in _netns() - before if n.startswith("kumo-bmd-")}
+    ps = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+    assert not [line for line in ps.splitlines() if "bench_metadata.py --client" in line]
+
+
 def test_bench_launch_smoke(served_lab):
     run_smoke("bench_launch.py", "--lab-state", str(served_lab.state_dir), timeout=600, expect=[
         r"^kumo \(warm image cache\) +\(seconds after t=0; median over 1 runs",

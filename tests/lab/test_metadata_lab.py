@@ -22,11 +22,8 @@ from ipaddress import ip_address, ip_network
 import pytest
 from cryptography import x509
 
-from agent.contract.transport import client
 from agent.metadata.identity import verify_pkcs7_openssl, verify_signature
-from lab.naming import host_netns
-from tests.lab.cloud import CloudUser, user_fixture
-from tests.lab.guests import wait_ssh
+from tests.lab.cloud import second_account_fixture, user_fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -137,22 +134,7 @@ def _get(path: str) -> str:
     return f"curl -s -m 3 -H \"X-aws-ec2-metadata-token: $T\" {MD}{path}"
 
 
-@pytest.fixture(scope="module")
-def other(cloud, tmp_path_factory):
-    """A second account (its own default VPC, 172.31.0.0/16 like the demo's)."""
-    admin_key = (cloud.lab.state_dir / "controller" / "admin.key").read_text().strip()
-    with client(cloud.lab.url, admin_key, timeout=30) as admin:
-        r = admin.post("/v1/accounts", json={"name": f"md-other-{int(time.time())}"})
-        assert r.status_code == 201, r.text
-        api_key = r.json()["api_key"]
-    user = CloudUser(cloud.lab, tmp_path_factory.mktemp("other-keys"))
-    user.api.close()
-    user.api = client(cloud.lab.url, api_key, timeout=30)
-    user.call("GET", "/v1/vpcs")  # makes the default VPC
-    user.allow_admin_access()
-    yield user
-    user.terminate_all()
-    user.close()
+other = second_account_fixture("md-other")
 
 
 @pytest.fixture(scope="module")
@@ -227,26 +209,10 @@ def test_two_accounts_same_cidr_each_get_their_own_instance(cloud, other, guests
     net = ip_network("172.31.0.0/16")
     assert ip_address(a["private_ip"]) in net and ip_address(c["private_ip"]) in net
     assert a["vpc_id"] != c["vpc_id"]
-    # With overlapping CIDRs the VPC router namespace holding the subnet's gateway is
-    # ambiguous (find_router_netns takes the first): try the host's router namespaces whose
-    # gateway fits and keep the one where C's key is accepted.
     script = "; ".join([TOKEN, _get("/latest/meta-data/instance-id"), "echo",
                         _get("/latest/meta-data/mac")])
-    prefix = host_netns(other.lab.prefix, c["host_id"]) + "-kvr-"
-    names = sorted(line.split()[0] for line in subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
-        if line.startswith(prefix))
-    outs = []
-    for ns in names:
-        r = wait_ssh(ns, guests["okey"], c["private_ip"], script, timeout=20)
-        outs.append((ns, r.returncode, r.stdout, r.stderr))
-        if r.returncode == 0:
-            lines = r.stdout.split()
-            assert lines[0] == c["instance_id"], r.stdout
-            assert lines[-1] == c["mac"], r.stdout
-            break
-    else:
-        raise AssertionError(f"C not reachable over SSH: {outs}")
+    lines = _sh(other, c, guests["okey"], script).split()
+    assert lines[0] == c["instance_id"] and lines[-1] == c["mac"], lines
     # And A, same CIDR (maybe the same address), still gets its own.
     assert _sh(cloud, a, guests["key"], f"{TOKEN}; {_get('/latest/meta-data/instance-id')}"
                ).strip() == a["instance_id"]

@@ -75,7 +75,7 @@ def _spec():
 
 
 def _agent(tmp_path, url):
-    s = AgentSettings(host_id="hb-host", state_dir=tmp_path, token="tok", driver="fake",
+    s = AgentSettings(host_id="hb-host", state_dir=tmp_path, token="tok", auth="token", driver="fake",
                       controller_url=url, heartbeat_interval=0.3, resync_interval=0.05)
     return create_app(s, FakeHypervisor(), FakeStorage(tmp_path), FakeNetwork())
 

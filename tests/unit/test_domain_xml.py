@@ -16,7 +16,7 @@ import pytest
 from agent.drivers.base import (DomainDisk, DomainNic, DomainNotFound, DomainPlan, DriverError,
                                 FileSource, NetworkHost, NetworkSource)
 from agent.drivers.disks import instance_disks, root_disk
-from agent.libvirt.designer import design_domain, tap_name
+from agent.libvirt.designer import design_domain, ec2_uuid, tap_name
 from agent.libvirt.domain import KUMO_NS, Disk, Domain, KumoMetadata
 from agent.libvirt.driver import LibvirtHypervisor
 
@@ -284,3 +284,27 @@ def test_test_driver_without_hotplug_has_a_stable_code(hv):
     assert e.value.code == "HypervisorUnsupported" and not e.value.retryable
     with pytest.raises(DomainNotFound):
         hv.attach_disk("i-fffffffffffffffff", VOLUMES[0])
+
+
+def test_smbios_says_ec2_as_cloud_init_checks(hv):
+    """cloud-init (ds-identify, DataSourceEc2) takes a guest for EC2 when its SMBIOS system uuid
+    and serial both start with "ec2" and are equal: the domain's uuid is derived from the
+    instance id, and the sysinfo repeats whatever uuid the domain has."""
+    hv.define(_plan())
+    conn = hv._connection()
+    xml = ET.fromstring(conn.lookupByName(IID).XMLDesc(0))
+    uuid = xml.findtext("uuid")
+    assert uuid == ec2_uuid(IID) and uuid.startswith("ec2") and ec2_uuid(IID2) != uuid
+    entries = {e.get("name"): e.text for e in xml.findall("sysinfo[@type='smbios']/system/entry")}
+    assert entries["uuid"] == entries["serial"] == uuid
+    assert entries["manufacturer"] == "Kumo"
+    assert xml.find("os/smbios").get("mode") == "sysinfo"
+    # A domain defined before (another uuid) keeps it; its sysinfo follows it, as libvirt needs.
+    conn.lookupByName(IID).undefine()
+    legacy = design_domain(_plan(), "qemu", emulator=EMU)
+    legacy.uuid = "0f0e0d0c-0b0a-0908-0706-050403020100"
+    conn.defineXML(legacy.to_xml())
+    hv.define(_plan(generation=8))
+    xml = ET.fromstring(conn.lookupByName(IID).XMLDesc(0))
+    assert xml.findtext("uuid") == legacy.uuid
+    assert xml.find("sysinfo/system/entry[@name='serial']").text == legacy.uuid

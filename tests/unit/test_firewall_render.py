@@ -42,7 +42,7 @@ def test_user_text_never_reaches_the_document():
     assert cmds[1] == {"add": {"table": {"family": "inet", "name": "kumo"}}}
     assert cmds[2] == {"delete": {"table": {"family": "inet", "name": "kumo"}}}
     fp = render(basic()).fingerprint()
-    assert fp["rules"]["inet forward"] == 3
+    assert fp["rules"]["inet forward"] == 4  # established, metadata, egress and ingress maps
     assert fp["sets"][f"inet {G1}-in-net-l4"] == 3  # 0/0:22 and 10.1/16:20-30, made disjoint
 
 

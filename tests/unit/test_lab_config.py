@@ -64,16 +64,19 @@ def test_agent_and_controller_environment():
         "KUMO_AGENT_STATE_DIR": "/s/hosts/h2/agent",
         "KUMO_AGENT_LISTEN": "unix:/s/hosts/h2/agent.sock",
         "KUMO_AGENT_CONTROLLER_URL": "unix:/s/controller/agent.sock",
-        "KUMO_AGENT_TOKEN": "tok",
+        "KUMO_AGENT_AUTH": "mtls",  # no shared secret: the host's certificate (join_agent)
         "KUMO_AGENT_LIBVIRT_URI": "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock",
         "KUMO_AGENT_NETNS": "kt-h2",
         "KUMO_AGENT_UNDERLAY_DEV": "uplink0",
     }
+    token_env = sv.agent_env(Path("/s"), "h2", "tok", "qemu:///x", "kt", auth="token")
+    assert (token_env["KUMO_AGENT_AUTH"], token_env["KUMO_AGENT_TOKEN"]) == ("token", "tok")
     assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok") == {
         "KUMO_STATE_DIR": "/s/controller",
         "KUMO_LISTEN": "127.0.0.1:8787",
         "KUMO_AGENT_SOCKET": "/s/controller/agent.sock",
-        "KUMO_AGENT_TOKEN": "tok",
+        "KUMO_AGENT_TOKEN": "tok",  # the storage node's credential
+        "KUMO_AGENT_AUTH": "mtls",
         "KUMO_PUBLIC_POOL": "203.0.113.0/24",
     }
     assert sv.agent_argv("/py") == ["/py", "-m", "agent"]

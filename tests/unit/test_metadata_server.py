@@ -325,8 +325,12 @@ def test_request_budget_per_connection():
     async def main():
         async with Harness(limits=Limits(max_requests_per_connection=2)) as h:
             c = await h.connect(sample())
-            assert (await c.request("GET", "/latest/meta-data/ami-id"))[0] == 200
-            assert (await c.request("GET", "/latest/meta-data/ami-id"))[0] == 200
+            first = await c.request("GET", "/latest/meta-data/ami-id")
+            assert first[0] == 200 and first[1]["connection"] == "keep-alive"
+            # The last one the budget allows says so: the client opens a new connection
+            # instead of sending into one that is closing.
+            last = await c.request("GET", "/latest/meta-data/ami-id")
+            assert last[0] == 200 and last[1]["connection"] == "close"
             assert await c.closed()
             c.close()
     run(main())

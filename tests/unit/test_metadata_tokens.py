@@ -144,3 +144,18 @@ def test_rate_limiter_table_is_bounded():
     for key in "abcdef":
         limiter.allow(key)
     assert len(limiter._buckets) <= 3
+
+
+def test_persistent_secret_survives_a_restart_and_is_private(tmp_path):
+    from agent.metadata.tokens import persistent_secret
+    path = tmp_path / "state" / "metadata-token.key"
+    first = persistent_secret(path)
+    assert len(first) == 32 and path.stat().st_mode & 0o077 == 0
+    assert persistent_secret(path) == first  # the restarted agent: same secret
+    assert persistent_secret(tmp_path / "other.key") != first
+    # A token issued before the restart is accepted after it; one of another host is not.
+    token = TokenIssuer(first).issue(INSTANCE_ID, 60)
+    assert TokenIssuer(persistent_secret(path)).remaining(INSTANCE_ID, token) is not None
+    assert TokenIssuer(persistent_secret(tmp_path / "other.key")).remaining(INSTANCE_ID, token) is None
+    path.write_bytes(b"short")  # torn by a crash: replaced, never used
+    assert len(persistent_secret(path)) == 32 and persistent_secret(path) != first

@@ -1,0 +1,118 @@
+"""Mutual TLS between the controller and the host agents (docs/security.md): the names in the
+cloud CA's certificates, TLS contexts for either side, and how a server learns its peer.
+
+Names (both sides rely on them, so they live in the contract):
+- a host's certificate: subject CN = the host id, SAN URI `kumo:host:<host id>`;
+- the controller's certificate (its client certificate towards agents and the server
+  certificate of its agent-facing listener): CN `kumo-controller`, SAN URI `kumo:controller`.
+
+Hostnames are not checked (`check_hostname` off: agents are reached over unix sockets or
+addresses that change); the chain to the cloud CA is (CERT_REQUIRED both ways), and each
+server checks the peer's SAN URI itself (`identity`).
+
+uvicorn does not hand the client certificate to the app, so servers run with `uvicorn_tls()`:
+an h11 protocol that puts the peer's DER certificate into the ASGI scope (`peer_certificate`).
+"""
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography import x509
+
+HOST_URI_PREFIX = "kumo:host:"
+CONTROLLER_URI = "kumo:controller"
+CONTROLLER_CN = "kumo-controller"
+#: Where the peer's DER certificate is put in the ASGI scope.
+SCOPE_KEY = "kumo.peer_cert"
+
+
+def host_uri(host_id: str) -> str:
+    return HOST_URI_PREFIX + host_id
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate names: kind "host" (with host_id) or "controller"."""
+
+    kind: str
+    host_id: str | None
+    serial: int
+    not_after: datetime
+
+
+def identity(cert: x509.Certificate | bytes) -> Identity | None:
+    """The Kumo identity a certificate (object or DER) carries, None when it carries none or
+    several. The caller has verified the chain (the TLS handshake did)."""
+    if isinstance(cert, bytes):
+        cert = x509.load_der_x509_certificate(cert)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+            if u.startswith("kumo:")]
+    if len(uris) != 1:
+        return None
+    after = cert.not_valid_after_utc
+    if uris[0] == CONTROLLER_URI:
+        return Identity("controller", None, cert.serial_number, after)
+    if uris[0].startswith(HOST_URI_PREFIX):
+        host_id = uris[0][len(HOST_URI_PREFIX):]
+        cns = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        if host_id and cns == [host_id]:
+            return Identity("host", host_id, cert.serial_number, after)
+    return None
+
+
+def _context(purpose: ssl.Purpose, ca_pem: bytes, certfile: str,
+             keyfile: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(purpose, cadata=ca_pem.decode())
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def client_context(ca_pem: bytes, certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A client context presenting `certfile` (key in it or in `keyfile`) and trusting only the
+    cloud CA. Calling load_cert_chain on it again (a renewal) affects new connections."""
+    return _context(ssl.Purpose.SERVER_AUTH, ca_pem, certfile, keyfile)
+
+
+def server_context(ca_pem: bytes, certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server context requiring a client certificate from the cloud CA (expired or
+    foreign ones fail the handshake)."""
+    return _context(ssl.Purpose.CLIENT_AUTH, ca_pem, certfile, keyfile)
+
+
+def peer_certificate(scope: dict) -> bytes | None:
+    """The DER client certificate of the connection serving this request (None: no TLS)."""
+    return scope.get(SCOPE_KEY)
+
+
+def uvicorn_tls(ctx: ssl.SSLContext) -> dict[str, Any]:
+    """uvicorn.Config keyword arguments serving TLS with `ctx` and passing the client
+    certificate to the app (works for TCP and unix-socket servers alike)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class PeerCertProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sslobj = transport.get_extra_info("ssl_object")
+            der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+            inner = self.app
+
+            async def app(scope, receive, send):
+                scope[SCOPE_KEY] = der
+                await inner(scope, receive, send)
+            self.app = app
+
+    return dict(http=PeerCertProtocol, ssl_context_factory=lambda _config, _default: ctx)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

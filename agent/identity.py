@@ -1,0 +1,174 @@
+"""This host's identity towards the controller (docs/security.md): a key made here that never
+leaves the host, the certificate the cloud CA issued for it, and the CA certificate.
+
+Files under `<state_dir>/tls/`: `host.pem` (mode 0600: key + certificate, replaced atomically
+so the pair always matches) and `ca.crt`.
+
+- `join(url, token)`: POST /v1/agent/join on the controller's API with a one-time join token and
+  a CSR (CN = host id, SAN URI `kumo:host:<host id>`); the answer's CA is checked against
+  `ca_sha256` when one is pinned.
+- `renew(client)`: POST /v1/agent/certificate over the current mutual-TLS client with a CSR for a
+  new key; done by the heartbeat loop once a third of the certificate's life is left.
+- `client` / `server`: one SSL context each, reloaded in place after a renewal (new connections
+  present the new certificate).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import ssl
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.contract import tls, transport
+
+log = logging.getLogger(__name__)
+
+
+class IdentityError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(key, host_id: str) -> str:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_id)]))
+           .add_extension(x509.SubjectAlternativeName(
+               [x509.UniformResourceIdentifier(tls.host_uri(host_id))]), critical=False)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _error_of(resp: httpx.Response) -> IdentityError:
+    try:
+        err = resp.json()["error"]
+        return IdentityError(err["code"], err["message"])
+    except Exception:
+        return IdentityError(f"HTTP{resp.status_code}", resp.text[:300])
+
+
+class AgentIdentity:
+    def __init__(self, state_dir: Path, host_id: str):
+        self.dir = Path(state_dir) / "tls"
+        self.host_id = host_id
+        self.pem_path, self.ca_path = self.dir / "host.pem", self.dir / "ca.crt"
+        self._client: ssl.SSLContext | None = None
+        self._server: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    # -- state -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.pem_path.exists() and self.ca_path.exists()
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.pem_path.read_bytes())
+
+    def usable(self, now: datetime | None = None) -> bool:
+        """A certificate for this host id that has not expired."""
+        if not self.exists():
+            return False
+        try:
+            cert = self.certificate()
+        except ValueError:
+            return False
+        ident = tls.identity(cert)
+        now = now or datetime.now(timezone.utc)
+        return ident is not None and ident.host_id == self.host_id and \
+            cert.not_valid_after_utc > now
+
+    def renewal_due(self, now: datetime | None = None) -> bool:
+        """True once a third of the certificate's life is left."""
+        cert = self.certificate()
+        now = now or datetime.now(timezone.utc)
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        return cert.not_valid_after_utc - now <= life / 3
+
+    @property
+    def client(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._client is None:
+                self._client = tls.client_context(self.ca_path.read_bytes(), str(self.pem_path))
+            return self._client
+
+    @property
+    def server(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._server is None:
+                self._server = tls.server_context(self.ca_path.read_bytes(), str(self.pem_path))
+            return self._server
+
+    def _store(self, key, answer: dict, ca_sha256: str | None = None) -> None:
+        cert_pem, ca_pem = answer["certificate"].encode(), answer["ca_certificate"].encode()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        if ca_sha256 and hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest() \
+                != ca_sha256.lower().replace(":", ""):
+            raise IdentityError("CaMismatch", "the controller's CA is not the pinned one")
+        ident = tls.identity(cert)
+        if ident is None or ident.host_id != self.host_id or \
+                cert.public_key().public_numbers() != key.public_key().public_numbers():
+            raise IdentityError("CertificateMismatch", "the controller answered a certificate "
+                                "that is not for this host and key")
+        if self.ca_path.exists() and self.ca_path.read_bytes() != ca_pem and self._client:
+            raise IdentityError("CaMismatch", "the controller's CA changed")
+        _write(self.ca_path, ca_pem, 0o644)
+        _write(self.pem_path, _key_pem(key) + cert_pem, 0o600)
+        with self._lock:
+            for ctx in (self._client, self._server):
+                if ctx is not None:
+                    ctx.load_cert_chain(str(self.pem_path))
+        log.info("certificate %s for host %s, valid until %s", answer.get("serial"),
+                 self.host_id, cert.not_valid_after_utc.isoformat())
+
+    # -- the two ways to a certificate ----------------------------------------------------
+    def join(self, url: str, token: str, ca_sha256: str | None = None,
+             timeout: float = 30.0, http: httpx.Client | None = None) -> None:
+        """Exchange a one-time join token at the controller's API `url` (or over `http`) for a
+        certificate."""
+        key = new_key()
+        body = {"csr": make_csr(key, self.host_id), "join_token": token}
+        if http is not None:
+            resp = http.post("/v1/agent/join", json=body)
+        else:
+            with transport.client(url, timeout=timeout) as c:
+                resp = c.post("/v1/agent/join", json=body)
+        if resp.status_code >= 400:
+            raise _error_of(resp)
+        self._store(key, resp.json(), ca_sha256)
+
+    def renew(self, client: httpx.Client) -> None:
+        """A new key and certificate, asked over `client` (mutual TLS with the current one)."""
+        key = new_key()
+        resp = client.post("/v1/agent/certificate", json={"csr": make_csr(key, self.host_id)})
+        if resp.status_code >= 400:
+            raise _error_of(resp)
+        self._store(key, resp.json())
