@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # README command 1: install everything Kumo needs on a fresh Debian 12 machine (as root) and bring
 # up the all-in-one lab cloud. Safe to run again: it only does what is missing.
+# shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 HOSTS="${KUMO_LAB_HOSTS:-2}"
 
+# shellcheck disable=SC2119  # no extra packages for the lab
 ensure_system_packages
 ensure_venv
 ensure_images kumo-tiny debian-12

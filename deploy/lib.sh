@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared set-up steps for deploy/install.sh and deploy/test.sh (sourced, not run).
 # Idempotent and quick when everything is already there: apt runs only when a package is missing,
 # pip only when pyproject.toml changed since the last install.
@@ -29,7 +30,11 @@ require_root() {
 # PostgreSQL tests (they run their own throw-away server on a unix socket), and a single-node
 # Ceph cluster plus QEMU's rbd driver for the RBD volume backend's tests (tests/lab/ceph_support.py
 # starts a scratch cluster inside a namespace of its own).
+# shellcheck disable=SC2034  # used by deploy/test.sh
 KUMO_TEST_DEBIAN_PACKAGES=(postgresql ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra)
+# The deploy/ checks (tests/unit/test_deploy_files.py): systemd-analyze verify/security on the
+# units (works without systemd as PID 1), shellcheck on the scripts, `ruby -c` on the Vagrantfile.
+KUMO_TEST_DEBIAN_PACKAGES+=(systemd shellcheck ruby)
 
 ensure_system_packages() {
   local missing=()
@@ -70,6 +75,7 @@ ensure_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Kumo and its Python dependencies"
     "$KUMO_VENV/bin/pip" install -q --upgrade pip
+    # shellcheck disable=SC1087  # pip extras, not an array
     "$KUMO_VENV/bin/pip" install -q -e "$KUMO_ROOT[test,postgres]"
     echo "$want" > "$stamp"
   fi
