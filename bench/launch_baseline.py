@@ -138,12 +138,16 @@ _PER_BOOT = {("interface/target", "dev"), ("interface/source", "bridge"), ("cons
 def _shape(xml: str) -> Counter:
     """The live domain XML as a multiset of `path@attr=value` / `path=text` lines; the name,
     uuid, Kumo metadata and per-boot values dropped, file paths cut to their last component
-    (every file of both boots has the same name in its own directory)."""
+    (every file of both boots has the same name in its own directory); the uuid where it is
+    repeated (the SMBIOS system uuid and serial) stands as <uuid>."""
     root = ET.fromstring(xml)
     out: Counter = Counter()
+    uuid = (root.findtext("uuid") or "").strip()
 
     def norm(value: str) -> str:
         value = value.strip()
+        if uuid and value == uuid:
+            return "<uuid>"
         if value.startswith("/dev/pts/"):
             return "<pty>"
         return value.rsplit("/", 1)[-1] if value.startswith("/") else value

@@ -94,6 +94,10 @@ def peer_certificate(scope: dict) -> bytes | None:
     return scope.get(SCOPE_KEY)
 
 
+#: Seconds a TLS server's graceful stop waits for open connections (see uvicorn_tls).
+GRACEFUL_SHUTDOWN_S = 3
+
+
 def uvicorn_tls(ctx: ssl.SSLContext) -> dict[str, Any]:
     """uvicorn.Config keyword arguments serving TLS with `ctx` and passing the client
     certificate to the app (works for TCP and unix-socket servers alike)."""
@@ -111,7 +115,13 @@ def uvicorn_tls(ctx: ssl.SSLContext) -> dict[str, Any]:
                 await inner(scope, receive, send)
             self.app = app
 
-    return dict(http=PeerCertProtocol, ssl_context_factory=lambda _config, _default: ctx)
+    # A graceful stop waits for every connection to close. Over TLS an idle keep-alive
+    # connection in the peer's pool closes only when the peer answers close_notify, which an
+    # idle httpx pool never reads: asyncio then waits its ssl_shutdown_timeout (30 s) per
+    # connection, so a SIGTERM'd agent took 30 s to exit. Requests here are short: give them
+    # GRACEFUL_SHUTDOWN_S, then cancel.
+    return dict(http=PeerCertProtocol, ssl_context_factory=lambda _config, _default: ctx,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 def utcnow() -> datetime:
