@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.contract import tls, transport
+from agent.fsutil import write_file
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ def _key_pem(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _error_of(resp: httpx.Response) -> IdentityError:
@@ -140,8 +131,9 @@ class AgentIdentity:
                                 "that is not for this host and key")
         if self.ca_path.exists() and self.ca_path.read_bytes() != ca_pem and self._client:
             raise IdentityError("CaMismatch", "the controller's CA changed")
-        _write(self.ca_path, ca_pem, 0o644)
-        _write(self.pem_path, _key_pem(key) + cert_pem, 0o600)
+        self.pem_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_file(self.ca_path, ca_pem, 0o644)
+        write_file(self.pem_path, _key_pem(key) + cert_pem, 0o600)
         with self._lock:
             for ctx in (self._client, self._server):
                 if ctx is not None:

@@ -16,7 +16,6 @@ certificate is built here from the host id, never copied from the CSR.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.contract import tls as names
+from agent.fsutil import write_file
 from controller.errors import InvalidParameter
 
 CA_KEY_FILE = "cloud-ca.key"
@@ -43,14 +43,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def key_fingerprint(public_key) -> str:
@@ -195,8 +187,8 @@ def load(state_dir: Path) -> CloudCA:
         else:
             got = CloudCA.generate()
             state_dir.mkdir(parents=True, exist_ok=True)
-            _write(key_path, _key_pem(got.key), 0o600)
-            _write(cert_path, got.cert_pem, 0o644)
+            write_file(key_path, _key_pem(got.key), 0o600)
+            write_file(cert_path, got.cert_pem, 0o644)
         _cas[state_dir] = got
         return got
 
@@ -219,7 +211,7 @@ def controller_certificate(state_dir: Path, now: datetime | None = None) -> Path
                 pass
         key = ec.generate_private_key(ec.SECP256R1())
         issued = ca.sign(key.public_key(), names.CONTROLLER_CN, names.CONTROLLER_URI, now=now)
-        _write(path, _key_pem(key) + issued.pem, 0o600)
+        write_file(path, _key_pem(key) + issued.pem, 0o600)
         return path
 
 

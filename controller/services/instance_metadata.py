@@ -21,7 +21,6 @@ the next spec push (options, groups, volumes, stop/start push one), not at once.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from ipaddress import IPv4Network
@@ -32,6 +31,7 @@ from sqlmodel import Session, select
 from agent.contract.metadata_v1 import (IdentitySigner, InstanceDocument, InstanceMetadata,
                                         MetadataOptions, NetworkInterface, PublicKey,
                                         SignedIdentity, identity_document)
+from agent.fsutil import write_file
 from controller.db import Database
 from controller.errors import IncorrectState, InvalidParameter, NotFound
 from controller.events import record
@@ -126,20 +126,12 @@ def signer(state_dir: Path) -> IdentitySigner:
         else:
             got = IdentitySigner.generate(common_name="Kumo instance identity")
             state_dir.mkdir(parents=True, exist_ok=True)
-            _write(key_path, got.key_pem(), 0o600)
-            _write(cert_path, got.certificate_pem, 0o644)
+            write_file(key_path, got.key_pem(), 0o600)
+            write_file(cert_path, got.certificate_pem, 0o644)
         _signers[state_dir] = got
         return got
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def certificate_pem(state_dir: Path) -> bytes:
