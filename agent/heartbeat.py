@@ -5,6 +5,10 @@ HeartbeatRequest to `<controller_url>/v1/agent/heartbeat`, with the VPC dataplan
 NetworkObserved when the agent has one (extension vpc-network; it carries each network
 subsystem's own status in `subsystems`). An unreachable controller is logged and retried at the
 next tick; the agent keeps reconciling on its own meanwhile.
+
+NAT gateways' byte counters (extension nat-processed) ride in that NetworkObserved only once
+the controller's last answer said it reads them (HeartbeatResponse.nat_processed): a controller
+that predates them would refuse the unknown field.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import httpx
 
 from agent.contract import transport
 from agent.contract.v1 import EXTENSIONS, HeartbeatRequest, HeartbeatResponse, HostInfo
-from agent.contract.v1 import InstanceObserved, NetworkObserved
+from agent.contract.v1 import InstanceObserved, NatProcessed, NetworkObserved
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,8 @@ def host_info(settings: AgentSettings, hypervisor, network=None) -> HostInfo:
         except Exception as e:  # versions are informative; never fail a heartbeat for them
             log.debug("hypervisor versions: %s", e)
     arch = platform.machine() or "x86_64"
-    extensions = [e for e in EXTENSIONS if network is not None or e != "vpc-network"]
+    extensions = [e for e in EXTENSIONS
+                  if network is not None or e not in ("vpc-network", "nat-processed")]
     return HostInfo(host_id=settings.host_id, agent_url=settings.agent_url(),
                     hypervisor=hypervisor.kind, architecture=arch,
                     vcpus=os.cpu_count() or 1, memory_mib=host_memory_mib(),
@@ -81,14 +86,19 @@ class Heartbeat:
 
     def __init__(self, settings: AgentSettings, host: Callable[[], HostInfo],
                  instances: Callable[[], list[InstanceObserved]],
-                 network: Callable[[], NetworkObserved] | None = None, identity=None):
+                 network: Callable[[], NetworkObserved] | None = None, identity=None,
+                 nat_processed: Callable[[], list[NatProcessed]] | None = None):
         """`identity`: the host's AgentIdentity (auth "mtls"): heartbeats go over mutual TLS
-        and the certificate is renewed through the same client once renewal is due."""
+        and the certificate is renewed through the same client once renewal is due.
+        `nat_processed`: the NAT gateways' counters, sent once the controller asks for them."""
         self.settings = settings
         self.identity = identity
         self.host = host
         self.instances = instances
         self.network = network
+        self.nat_processed = nat_processed
+        #: The controller's last answer asked for NAT counters (HeartbeatResponse.nat_processed).
+        self.send_nat = False
         self.interval = settings.heartbeat_interval
         self.sent = 0
         self.failures = 0
@@ -118,8 +128,13 @@ class Heartbeat:
         self._wake.set()
 
     def send_once(self) -> HeartbeatResponse:
-        req = HeartbeatRequest(host=self.host(), instances=self.instances(),
-                               network=self.network() if self.network is not None else None,
+        network = self.network() if self.network is not None else None
+        if network is not None and self.send_nat and self.nat_processed is not None:
+            try:
+                network = network.model_copy(update={"nat_processed": self.nat_processed()})
+            except Exception as e:  # counts are cumulative: the next heartbeat carries them
+                log.warning("NAT gateway counters: %s", e)
+        req = HeartbeatRequest(host=self.host(), instances=self.instances(), network=network,
                                sent_at=time.time())
         if self._client is None:
             if self.identity is not None:
@@ -135,7 +150,9 @@ class Heartbeat:
                 log.warning("certificate renewal failed: %s", e)
         r = self._client.post("/v1/agent/heartbeat", json=req.model_dump(mode="json"))
         r.raise_for_status()
-        return HeartbeatResponse.model_validate(r.json())
+        resp = HeartbeatResponse.model_validate(r.json())
+        self.send_nat = resp.nat_processed
+        return resp
 
     def _main(self) -> None:
         while not self._stop.is_set():

@@ -107,7 +107,9 @@ class AgentIdentity:
     def client(self) -> ssl.SSLContext:
         with self._lock:
             if self._client is None:
-                self._client = tls.client_context(self.ca_path.read_bytes(), str(self.pem_path))
+                # Only the controller: every host's certificate chains to the same CA.
+                self._client = tls.client_context(self.ca_path.read_bytes(), str(self.pem_path),
+                                                  peer_uri=tls.CONTROLLER_URI)
             return self._client
 
     @property

@@ -128,27 +128,42 @@ class AgentClient:
 
 
 class AgentPool:
-    """One cached client per agent URL (agents move URLs rarely; a changed URL gets a new one)."""
+    """One cached client per agent (URL and host id; agents move URLs rarely, a changed URL
+    gets a new client)."""
 
     def __init__(self, token: str | None, timeout: float, http_factory: HttpFactory | None = None,
                  tls=None):
         """`tls`: a controller.agent_tls.ControllerTls (agent_auth "mtls"): clients present
-        the controller's certificate and trust only the cloud CA; no bearer token is sent."""
+        the controller's certificate, trust only the cloud CA and check that the agent's
+        certificate names the host they meant to reach; no bearer token is sent.
+        `http_factory(url, token, timeout)` replaces the transport (tests)."""
         self.token, self.timeout, self.tls = token, timeout, tls
-        self._factory = http_factory or (
-            lambda url, tok, t: transport.client(url, tok, t,
-                                                 tls=tls.client if tls is not None else None))
-        self._clients: dict[str, AgentClient] = {}
+        self._factory = http_factory
+        self._clients: dict[tuple[str, str | None], AgentClient] = {}
         self._lock = threading.Lock()
 
-    def for_url(self, url: str) -> AgentClient:
+    def for_host(self, host) -> AgentClient:
+        """The client for `host` (anything with host_id and agent_url, e.g. a Host row)."""
+        return self.for_url(host.agent_url, host.host_id)
+
+    def for_url(self, url: str, host_id: str | None = None) -> AgentClient:
+        """The client for the agent at `url`; with `host_id` (always, in the controller) an
+        agent whose certificate names another host is refused before a request is sent."""
         if self.tls is not None:
             self.tls.maybe_refresh()
         with self._lock:
-            c = self._clients.get(url)
+            c = self._clients.get((url, host_id))
             if c is None:
-                c = self._clients[url] = AgentClient(self._factory(url, self.token, self.timeout))
+                c = self._clients[(url, host_id)] = AgentClient(self._http(url, host_id))
             return c
+
+    def _http(self, url: str, host_id: str | None) -> httpx.Client:
+        if self._factory is not None:
+            return self._factory(url, self.token, self.timeout)
+        if self.tls is None:
+            return transport.client(url, self.token, self.timeout)
+        ctx = self.tls.client_for(host_id) if host_id is not None else self.tls.client
+        return transport.client(url, None, self.timeout, tls=ctx)
 
     def close(self) -> None:
         with self._lock:

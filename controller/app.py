@@ -20,6 +20,8 @@ from controller.api import metrics, security_groups, snapshots, volumes
 from controller.api import alarms, autoscaling_groups, autoscaling_policies, launch_templates
 from controller.api import billing
 from controller.api import admin
+from controller.api import console as console_api, console_users
+from controller import console
 from controller.api.deps import AppContext
 from controller.api.responses import with_errors, without_validation_422
 from controller.db import Database
@@ -32,7 +34,9 @@ from controller.reconciler import Reconciler
 from controller.services import accounts as account_service
 from controller.services import instance_types as type_service
 from controller.services import alarm_controller, autoscaling_controller, metric_rollup
-from controller.services import budgets, prices
+from controller.ids import utcnow
+from controller.services import budgets, metering_backfill, prices
+from controller.services.console_sessions import SignInThrottle
 from controller.services.metrics import IngestCounters
 from controller.settings import Settings
 from controller.storage import StorageClient
@@ -54,6 +58,11 @@ def create_app(settings: Settings | None = None, *,
     if settings.seed_instance_types:
         type_service.seed(db)
     prices.seed(db)  # every instance type and usage type priced (services/prices.py)
+    with db.session() as s:  # resources billable since before metering (an upgrade)
+        opened = metering_backfill.backfill(s, utcnow())
+    if opened:
+        log.info("metering: opened %d usage intervals for resources from before metering",
+                 opened)
     # Controller <-> agent mutual TLS (docs/security.md): the cloud CA and the controller's
     # certificate, made at first start; app.state.agent_tls serves the agent-facing listeners.
     agent_tls = ControllerTls(settings.state_dir) if settings.agent_auth == "mtls" else None
@@ -106,6 +115,8 @@ def create_app(settings: Settings | None = None, *,
     app.state.kumo_controller_id = controller_id
     app.state.kumo_lease_engine = lease_db
     app.state.agent_tls = agent_tls
+    app.state.console_throttle = SignInThrottle(settings.console_signin_max_failures,
+                                                settings.console_signin_window_s)
     install_handlers(app)
 
     # Every operation declares the error statuses it can answer (controller/api/responses.py).
@@ -116,8 +127,12 @@ def create_app(settings: Settings | None = None, *,
               security_groups, volumes, snapshots, metrics, launch_templates, autoscaling_groups,
               autoscaling_policies, alarms, billing, admin):
         v1.include_router(with_errors(r.router))
+    v1.include_router(with_errors(console_users.router))
     app.include_router(v1)
     app.include_router(with_errors(metrics.prometheus))
+    # The web console (issue 15): its session API, then its static pages at /console/.
+    app.include_router(console_api.router)
+    console.mount(app)
     without_validation_422(app)
 
     @app.get("/healthz", include_in_schema=False)

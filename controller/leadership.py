@@ -41,6 +41,7 @@ overlapping passes would run their transactions one after the other, each re-rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -179,6 +180,7 @@ class Leadership:
             log.info("controller %s leads (epoch %s): background loops started", e.holder, e.epoch)
 
     async def run(self) -> None:
+        step: asyncio.Future | None = None
         try:
             while True:
                 await self.sync()
@@ -186,8 +188,9 @@ class Leadership:
                 # not keep the loops running past it.
                 limit = self.elector.time_left() if self.elector.epoch is not None else \
                     max(self.renew_s, self.elector.ttl_s)
+                step = asyncio.ensure_future(asyncio.to_thread(self._step))
                 try:
-                    await asyncio.wait_for(asyncio.to_thread(self._step), max(limit, 0.01))
+                    await asyncio.wait_for(asyncio.shield(step), max(limit, 0.01))
                 except TimeoutError:
                     log.warning("leader lease step timed out")
                 except Exception:
@@ -201,6 +204,11 @@ class Leadership:
             if self.loops is not None:
                 await self.loops.stop()
                 self.loops = None
+            if step is not None and not step.done():
+                # Cancelling the wait does not stop the thread: a step still running would
+                # beat (put our registry row back) or renew the lease after _leave. Let it end.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(step), self.elector.ttl_s)
             await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:

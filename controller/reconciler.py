@@ -62,6 +62,7 @@ class Work:
     agent_url: str
     generation: int = 0
     spec: InstanceSpec | NetworkSpec | None = None
+    host_id: str | None = None  # whose certificate the agent at agent_url must present
 
 
 class Reconciler:
@@ -192,7 +193,7 @@ class Reconciler:
                     if (spec is not None and host.state == "up"
                             and host.network_acked != spec.generation):
                         work.append(Work("network", host.host_id, host.agent_url,
-                                         spec.generation, spec))
+                                         spec.generation, spec, host.host_id))
             if fresh is not None:  # committed: later ticks may reuse it
                 self._networks = fresh
         except Exception:
@@ -233,7 +234,8 @@ class Reconciler:
                         lifecycle.transition(s, inst, "terminated", self.settings,
                                              reason="never placed on a host")
                     elif host.state == "up":
-                        work.append(Work("delete", inst.instance_id, host.agent_url))
+                        work.append(Work("delete", inst.instance_id, host.agent_url,
+                                         host_id=host.host_id))
                     continue
                 if host is None or host.state != "up" or inst.generation == inst.acked_generation:
                     continue
@@ -261,7 +263,8 @@ class Reconciler:
                     inst.observed_error = f"SpecError: {exc}"[:1024]
                     s.add(inst)
                     continue
-                work.append(Work("put", inst.instance_id, host.agent_url, inst.generation, spec))
+                work.append(Work("put", inst.instance_id, host.agent_url, inst.generation, spec,
+                                 host.host_id))
             with self._orphans_lock:
                 orphans, self._orphans = self._orphans, {}
             for host_id, ids in orphans.items():
@@ -274,7 +277,8 @@ class Reconciler:
                 mine = set(s.exec(select(Instance.instance_id).where(
                     Instance.host_id == host_id, Instance.state != "terminated",
                     Instance.instance_id.in_(ids)))) if ids else set()
-                work += [Work("orphan", iid, host.agent_url) for iid in sorted(ids - mine)]
+                work += [Work("orphan", iid, host.agent_url, host_id=host.host_id)
+                         for iid in sorted(ids - mine)]
         return work
 
     @staticmethod
@@ -302,7 +306,7 @@ class Reconciler:
             elif w.kind == "put":
                 self._push(w)
             else:
-                self.pool.for_url(w.agent_url).delete_instance(w.instance_id)
+                self.pool.for_url(w.agent_url, w.host_id).delete_instance(w.instance_id)
                 if w.kind == "delete":
                     self._deleted(w.instance_id)
             with self._backoff_lock:
@@ -318,7 +322,7 @@ class Reconciler:
         return False, w.kind
 
     def _push(self, w: Work) -> None:
-        client = self.pool.for_url(w.agent_url)
+        client = self.pool.for_url(w.agent_url, w.host_id)
         try:
             obs = client.put_instance(w.spec)
         except StaleGeneration:
@@ -339,7 +343,7 @@ class Reconciler:
             volume_attachments.apply_observed_volumes(s, inst, obs)
 
     def _push_network(self, w: Work) -> None:
-        client = self.pool.for_url(w.agent_url)
+        client = self.pool.for_url(w.agent_url, w.host_id)
         try:
             obs = client.put_network(w.spec)
         except StaleGeneration:

@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     leader_lease_ttl_s: float = Field(default=5.0, ge=0.5, le=300)
     leader_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
     api_url: str | None = None
+    #: Web console sessions (controller/services/console_sessions.py): a session ends after
+    #: this long without a request (idle) and this long after sign-in whatever happens
+    #: (absolute); failed sign-ins per username and client address allowed within the window
+    #: before further attempts are refused (429) until it has passed.
+    console_session_idle_s: float = Field(default=1800.0, gt=0)
+    console_session_max_s: float = Field(default=43200.0, gt=0)
+    console_signin_max_failures: int = Field(default=5, ge=1)
+    console_signin_window_s: float = Field(default=300.0, gt=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

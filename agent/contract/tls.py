@@ -7,8 +7,10 @@ Names (both sides rely on them, so they live in the contract):
   certificate of its agent-facing listener): CN `kumo-controller`, SAN URI `kumo:controller`.
 
 Hostnames are not checked (`check_hostname` off: agents are reached over unix sockets or
-addresses that change); the chain to the cloud CA is (CERT_REQUIRED both ways), and each
-server checks the peer's SAN URI itself (`identity`).
+addresses that change); the chain to the cloud CA is (CERT_REQUIRED both ways), each server
+checks the peer's SAN URI itself (`identity`), and each client checks that the server is the
+peer it meant to reach (`client_context(peer_uri=...)`): the controller for agents, the host
+with that id for the controller.
 
 uvicorn does not hand the client certificate to the app, so servers run with `uvicorn_tls()`:
 an h11 protocol that puts the peer's DER certificate into the ASGI scope (`peer_certificate`).
@@ -77,10 +79,38 @@ def _context(purpose: ssl.Purpose, ca_pem: bytes, certfile: str,
     return ctx
 
 
-def client_context(ca_pem: bytes, certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+class PeerMismatch(ssl.SSLCertVerificationError):
+    """The server's certificate is from the cloud CA but names someone else than expected."""
+
+
+def _peer_checking_socket(peer_uri: str) -> type[ssl.SSLSocket]:
+    class PeerCheckingSocket(ssl.SSLSocket):
+        # Checked right after the handshake, before the client sends a byte of its request: a
+        # spec (user data, keys) must never reach a host that is not the one it is meant for.
+        def do_handshake(self, block: bool = False) -> None:
+            super().do_handshake(block)
+            der = self.getpeercert(binary_form=True)
+            who = identity(der) if der else None
+            named = None if who is None else (
+                CONTROLLER_URI if who.kind == "controller" else host_uri(who.host_id or ""))
+            if named != peer_uri:
+                raise PeerMismatch(f"the server's certificate names {named or 'no Kumo peer'},"
+                                   f" not {peer_uri}")
+    return PeerCheckingSocket
+
+
+def client_context(ca_pem: bytes, certfile: str, keyfile: str | None = None, *,
+                   peer_uri: str | None = None) -> ssl.SSLContext:
     """A client context presenting `certfile` (key in it or in `keyfile`) and trusting only the
-    cloud CA. Calling load_cert_chain on it again (a renewal) affects new connections."""
-    return _context(ssl.Purpose.SERVER_AUTH, ca_pem, certfile, keyfile)
+    cloud CA. Calling load_cert_chain on it again (a renewal) affects new connections.
+
+    `peer_uri` (CONTROLLER_URI or host_uri(id)): the server must also be that peer. Every host
+    holds a certificate from the same CA, so the chain alone would let one host answer for
+    another (or for the controller) once it gets hold of an address."""
+    ctx = _context(ssl.Purpose.SERVER_AUTH, ca_pem, certfile, keyfile)
+    if peer_uri is not None:
+        ctx.sslsocket_class = _peer_checking_socket(peer_uri)
+    return ctx
 
 
 def server_context(ca_pem: bytes, certfile: str, keyfile: str | None = None) -> ssl.SSLContext:

@@ -58,9 +58,13 @@ CONTRACT_VERSION = "v1"
 #:   host's metadata service (169.254.169.254) serves the instance, and its signed identity.
 #:   nocloud-optional: InstanceSpec.nocloud_seed False (no NoCloud seed ISO: the guest reads
 #:   169.254.169.254 only, as on EC2).
+#:   nat-processed: NetworkObserved.nat_processed in heartbeats (cumulative bytes each NAT gateway
+#:   of this host forwarded, for per-GiB billing). Sent only after the controller's
+#:   HeartbeatResponse.nat_processed said it reads them, which it says only to agents that
+#:   advertise this extension: an old controller or an old agent never sees the new fields.
 EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
                                "image-capture", "volumes-rbd", "instance-metadata",
-                               "nocloud-optional")
+                               "nocloud-optional", "nat-processed")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -425,6 +429,17 @@ class SubsystemStatus(_Wire):
     applied_generation: int = 0
 
 
+class NatProcessed(_Wire):
+    """Bytes a NAT gateway of this host forwarded (extension nat-processed): both directions,
+    counted by a named nftables counter in its VPC's router namespace since that counter was
+    created. Cumulative: a value smaller than the last one reported means a new counter (the
+    router namespace or its table was made again), counted from zero."""
+
+    nat_gateway_id: ResourceId
+    #: Bytes forwarded (outbound from the subnets behind it, and their replies) since creation.
+    bytes: int = Field(ge=0)
+
+
 class NetworkObserved(_Wire):
     """How far the host's dataplane is from the accepted NetworkSpec."""
 
@@ -443,6 +458,16 @@ class NetworkObserved(_Wire):
     #: Each subsystem's own status, in the order a pass runs them. Additive: empty from agents
     #: that predate it; a controller that does not need it ignores it.
     subsystems: list[SubsystemStatus] = Field(default_factory=list)
+    #: Each local NAT gateway's byte counter (extension nat-processed); None: not reported (left
+    #: out of the JSON then, so controllers that predate it accept the document).
+    nat_processed: list[NatProcessed] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unreported(self, handler: Any):  # no return type: the schema stays the model's
+        data = handler(self)
+        if data.get("nat_processed") is None:
+            data.pop("nat_processed", None)
+        return data
 
 
 class HostInfo(_Wire):
@@ -475,6 +500,17 @@ class HeartbeatRequest(_Wire):
 class HeartbeatResponse(_Wire):
     #: Seconds until the controller expects the next heartbeat.
     interval: float = 2.0
+    #: The controller reads NetworkObserved.nat_processed (extension nat-processed): set only
+    #: for agents that advertise it, and left out of the JSON when False, so older agents
+    #: (extra fields forbidden) accept the answer.
+    nat_processed: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: Any):  # no return type: the schema stays the model's
+        data = handler(self)
+        if data.get("nat_processed") is False:
+            data.pop("nat_processed", None)
+        return data
 
 
 class ConsoleOutput(_Wire):

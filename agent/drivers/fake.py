@@ -170,7 +170,8 @@ class FakeDataplane:
     .host_records, the same pure function, so a network production cannot render fails here
     too) and keeps them instead of programming them: `last` (the HostNetwork), `records`.
     Test handles: `missing_taps` (taps that "do not exist yet": their bridge-port records fail
-    like a tap libvirt has not created), fail() (the next ensure raises), `ensures`."""
+    like a tap libvirt has not created), fail() (the next ensure raises), `ensures`,
+    `nat_bytes` (what the NAT gateways' counters show)."""
 
     def __init__(self, host_tag: str = "fake") -> None:
         self.host_tag = host_tag
@@ -178,6 +179,8 @@ class FakeDataplane:
         self.records: frozenset = frozenset()  # its kernel records
         self.ensures = 0
         self.missing_taps: set[str] = set()
+        #: NAT gateway id -> bytes its counter shows (nat_counters); tests set it.
+        self.nat_bytes: dict[str, int] = {}
         self.closed = False
         self._faults = Faults()
         self._lock = threading.Lock()
@@ -194,6 +197,14 @@ class FakeDataplane:
             failed = [(r, f"no device {r.dev}") for r in want
                       if isinstance(r, Master) and r.ns == HOST and r.dev in self.missing_taps]
             return FakeEnsureResult(failed=sorted(failed, key=str))
+
+    def nat_counters(self, host) -> dict[str, int]:
+        """Dataplane.nat_counters in memory: `nat_bytes` (set by tests) of the NAT gateways
+        `host` places on this host."""
+        local = {v.nat_gateway.nat_gateway_id for v in host.vpcs if v.nat_gateway is not None
+                 and v.nat_gateway.host_underlay_ip == host.underlay_ip}
+        with self._lock:
+            return {k: v for k, v in self.nat_bytes.items() if k in local}
 
     def bridges(self) -> set[str]:
         """Names of the VPC bridges the last ensure would have created."""

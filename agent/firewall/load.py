@@ -13,7 +13,10 @@ Owns how a rendered transaction reaches the kernel, for the firewall's ``kumo`` 
   transaction that moves the kernel's copy of that table to it IN PLACE: ``add table`` (idempotent),
   ``flush table`` (every rule goes in the next generation, so nothing references a set or chain),
   objects no longer wanted or declared differently deleted, wanted ones (re)declared (idempotent
-  for an unchanged base chain: its hook stays registered), elements and rules added. The kernel
+  for an unchanged base chain: its hook stays registered), elements and rules added. Named
+  counter objects are declared by name only: ``add counter`` on an existing one keeps its value
+  and ``flush table`` leaves objects alone, so a count survives every reload (the NAT
+  gateway's data processed); one no longer rendered is deleted. The kernel
   swaps generations at commit: packets see the old rules or the new ones, never an empty or
   missing base chain. (Deleting and re-adding the table instead registers the new base chains'
   hooks before the commit fills them; the firewall's blink test saw datagrams slip through.)
@@ -238,16 +241,25 @@ def close_backend(backend: Any) -> None:
 
 
 def listing_declarations(objects: list[Json], tables: Tables) -> Declarations:
-    """The chains, sets and maps of ``tables`` in ``nft -j list ruleset`` output, as
+    """The chains, sets, maps and named counters of ``tables`` in ``nft -j list ruleset`` output, as
     ``declared()`` gives a document's (``render.declaration``: the part ``add`` cannot change)."""
     owned = set(tables)
     out: Declarations = {}
     for obj in objects:
         kind, body = next(iter(obj.items()))
-        if kind in ("chain", "set", "map") and isinstance(body, dict) \
+        if kind in _DECLARED and isinstance(body, dict) \
                 and (body.get("family"), body.get("table")) in owned:
-            out[(kind, body["family"], body["name"])] = declaration(kind, body)
+            out[(kind, body["family"], body["name"])] = _declaration(kind, body)
     return out
+
+
+#: Kinds of table objects a load declares (and deletes when no longer rendered).
+_DECLARED = ("chain", "set", "map", "counter")
+
+
+def _declaration(kind: str, body: Json) -> Any:
+    # A counter has nothing ``add`` could not keep: its identity is its name (its value is data).
+    return None if kind == "counter" else declaration(kind, body)
 
 
 def _adds(document: Json) -> list[tuple[str, Json]]:
@@ -261,9 +273,9 @@ def _adds(document: Json) -> list[tuple[str, Json]]:
 
 
 def declared(document: Json) -> Declarations:
-    """Declarations of every chain, set and map a rendered document adds."""
-    return {(kind, body["family"], body["name"]): declaration(kind, body)
-            for kind, body in _adds(document) if kind in ("chain", "set", "map")}
+    """Declarations of every chain, set, map and named counter a rendered document adds."""
+    return {(kind, body["family"], body["name"]): _declaration(kind, body)
+            for kind, body in _adds(document) if kind in _DECLARED}
 
 
 def in_place(document: Json, existing: Optional[Declarations] = None) -> Json:
@@ -280,6 +292,7 @@ def in_place(document: Json, existing: Optional[Declarations] = None) -> Json:
     cmds += [{"add": {"table": t}} for t in tables]
     cmds += [{"flush": {"table": t}} for t in tables]
     cmds += [{"delete": {k[0]: _ref(k, tables)}} for k in stale if k[0] != "chain"]
+    cmds += [{"add": {kind: body}} for kind, body in adds if kind == "counter"]
     for kind, body in adds:
         if kind in ("set", "map"):
             cmds += [{"add": {kind: body}}, {"flush": {kind: _ref((kind, body["family"], body["name"]), tables)}}]

@@ -186,6 +186,28 @@ class Dataplane:
         except FirewallApplyError as e:  # nft refused the NAT table: nothing changed
             result.failed.append((rec, str(e)))
 
+    # -- NAT gateway counters -----------------------------------------------------------------
+    def nat_counters(self, host: HostNetwork,
+                     reader: Optional[Callable[[str], dict[str, int]]] = None) -> dict[str, int]:
+        """{NAT gateway id: bytes forwarded} of the NAT gateways `host` places here, read from
+        their router namespaces' named counters (agent.network.nat). A namespace that cannot be
+        read (not made yet, nft failing) is left out: the counts are cumulative, the next read
+        has everything."""
+        read = reader or nat.read_counters
+        out: dict[str, int] = {}
+        for vpc in host.vpcs:
+            ng = vpc.nat_gateway
+            if ng is None or ng.host_underlay_ip != host.underlay_ip:
+                continue
+            try:
+                found = read(names.router_netns(self.host_tag, vpc.vni))
+            except (FirewallApplyError, OSError, ValueError) as e:
+                log.debug("NAT counters of %s: %s", vpc.vpc_id, e)
+                continue
+            if ng.nat_gateway_id in found:
+                out[ng.nat_gateway_id] = found[ng.nat_gateway_id]
+        return out
+
     # -- teardown --------------------------------------------------------------------------
     def teardown(self, underlay_dev: str) -> EnsureResult:
         """Remove everything Kumo's dataplane owns on this host: router namespaces, owned links,

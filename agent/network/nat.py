@@ -9,6 +9,15 @@ It holds the VPC's whole edge policy towards the outside (the transit link to th
 - a forward filter: from outside only replies and dnat'ed flows enter; towards outside only the
   sources with a public mapping or behind the NAT gateway leave. Nothing else crosses, so a
   private subnet gets nothing from outside and never leaks its private source addresses.
+- the NAT gateway's data processed (per-GiB billing): one named counter object
+  `natgw-<nat gateway id>` fed by two rules at the head of the forward chain, the subnets
+  behind it leaving and the replies (established/related) coming back to them. A named object,
+  not a per-rule counter, because every load flushes and re-adds the rules (a rule's counter
+  would start again at each reload) while `add counter` on an existing object keeps its value
+  and `flush table` leaves objects alone. `read_counters` reads them back (nft -j list). When the
+  gateway leaves this host its counter is no longer fed; it stays until the router namespace
+  goes (or a load rebuilt from the table read back deletes it). Either way the controller's base
+  for (gateway, host) stays right: a kept counter continues, a new one is smaller (a reset).
 
 Rendering (pure, deterministic): `render_nat` gives the whole table as nft JSON `add` commands,
 never text templates. Every value is checked again on its way in, whatever validated it before:
@@ -29,6 +38,7 @@ the same transaction).
 from __future__ import annotations
 
 import json
+import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Iterable, Optional
 
@@ -48,6 +58,19 @@ class NatInputError(ValueError):
     """A value that must not reach nft (not an IPv4 address/prefix, not an interface name)."""
 
     code = "InvalidParameterValue"
+
+
+#: Named counters of NAT gateways: this prefix + the gateway's id (checked by NATGW_ID_RE).
+COUNTER_PREFIX = "natgw-"
+#: The contract's ResourceId: letters, a hyphen, hex digits; nothing nft could read otherwise.
+NATGW_ID_RE = re.compile(r"^[a-z]{1,8}-[0-9a-f]{8,17}$")
+
+
+def counter_name(nat_gateway_id: Any) -> str:
+    """The named counter of a NAT gateway; the id is checked again (it becomes an nft name)."""
+    if not isinstance(nat_gateway_id, str) or not NATGW_ID_RE.match(nat_gateway_id):
+        raise NatInputError(f"not a NAT gateway id: {nat_gateway_id!r}")
+    return COUNTER_PREFIX + nat_gateway_id
 
 
 def _ip(value: Any) -> str:
@@ -138,6 +161,18 @@ def render_nat(vpc: VpcNet, local_nat_gateway: bool) -> dict:
     if behind_nat:
         rule("postrouting", _oif(ku), _addr_set("saddr", behind_nat),
              {"snat": {"addr": _ip(vpc.nat_gateway.public_ip)}})
+    if local_nat_gateway and vpc.nat_gateway is not None:
+        # Declared whenever the gateway is here (even with no subnet routed to it yet), so its
+        # count never restarts when routes come and go. Counting rules first: no verdict, so
+        # the filter below decides as before; inbound only replies (what the gateway forwards).
+        counter = counter_name(vpc.nat_gateway.nat_gateway_id)
+        cmds.insert(1, {"add": {"counter": {"family": FAMILY, "table": names.NFT_TABLE,
+                                            "name": counter}}})
+        if behind_nat:
+            rule("forward", _oif(ku), _addr_set("saddr", behind_nat), {"counter": counter})
+            rule("forward", _iif(ku), _addr_set("daddr", behind_nat),
+                 _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                 {"counter": counter})
     # Why a filter as well as routes: the routes decide where a subnet's traffic goes; the filter
     # guarantees that nothing without a public mapping crosses the edge in either direction.
     rule("forward", _iif(ku), _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
@@ -170,6 +205,33 @@ def load_table(netns: Optional[str], payload: str, backend: Optional[load.Backen
     try:
         load.load_in_place(backend, lambda existing: load.in_place(document, existing),
                            load.declared(document), TABLES)
+    finally:
+        if own:
+            load.close_backend(backend)
+
+
+def counters_in(listing: list[dict]) -> dict[str, int]:
+    """{NAT gateway id: bytes} of the NAT gateway counters in an `nft -j list` output."""
+    out: dict[str, int] = {}
+    for obj in listing:
+        body = obj.get("counter") if isinstance(obj, dict) else None
+        if not isinstance(body, dict) or body.get("family") != FAMILY \
+                or body.get("table") != names.NFT_TABLE:
+            continue
+        name = body.get("name", "")
+        if name.startswith(COUNTER_PREFIX) and NATGW_ID_RE.match(name[len(COUNTER_PREFIX):]):
+            out[name[len(COUNTER_PREFIX):]] = int(body.get("bytes", 0))
+    return out
+
+
+def read_counters(netns: Optional[str], backend: Optional[load.Backend] = None) -> dict[str, int]:
+    """{NAT gateway id: bytes forwarded} read from router namespace `netns` (the nft CLI entered
+    into it unless `backend` is given). Raises load.FirewallApplyError."""
+    own = backend is None
+    if own:
+        backend = load.backend_for(netns)
+    try:
+        return counters_in(backend.list_ruleset())
     finally:
         if own:
             load.close_backend(backend)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from agent.contract.generations import GenerationConflict, is_resend
-from agent.contract.v1 import ErrorInfo, NetworkObserved, NetworkSpec
+from agent.contract.v1 import ErrorInfo, NatProcessed, NetworkObserved, NetworkSpec
 from agent.fsutil import atomic_write
 from agent.firewall.model import FirewallInputError
 from agent.network.apply import DataplaneError
@@ -171,6 +171,22 @@ class NetworkService:
     def observed(self) -> NetworkObserved:
         with self._lock:
             return self._observed
+
+    def nat_processed(self) -> list[NatProcessed]:
+        """Bytes each NAT gateway of this host forwarded (extension nat-processed), read now from
+        the dataplane's counters; empty when there is no spec, underlay or dataplane yet, or the
+        dataplane cannot count (read on demand by heartbeats: no state kept here)."""
+        with self._lock:
+            spec = self._spec
+        u, dp = self._underlay, self._dp
+        counters = getattr(dp, "nat_counters", None)
+        if spec is None or u is None or counters is None:
+            return []
+        try:
+            host = host_network(spec, u.ip, u.dev)
+        except NetworkSpecRejected:
+            return []
+        return [NatProcessed(nat_gateway_id=k, bytes=v) for k, v in sorted(counters(host).items())]
 
     def underlay_ip(self) -> Optional[IPv4Address]:
         u = self._underlay

@@ -1,4 +1,5 @@
-"""Annotated FastAPI dependencies: the app context, the authenticated caller (bearer API key),
+"""Annotated FastAPI dependencies: the app context, the authenticated caller (bearer API key, or
+the web console's session cookie with its CSRF header),
 the admin check, the agent check (client certificate or shared token), and list paging parameters (and the Page every list
 answers, from services/pagination.py).
 """
@@ -15,7 +16,7 @@ from controller.agents import AgentPool
 from controller.db import Database
 from controller.errors import AuthFailure, Unauthorized
 from controller.reconciler import Reconciler
-from controller.services import accounts, host_identity, pagination
+from controller.services import accounts, console_sessions, host_identity, pagination
 from controller.services.accounts import Caller
 from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
@@ -48,7 +49,16 @@ def _bearer(request: Request) -> str | None:
 
 
 def _caller(request: Request, ctx: Ctx) -> Caller:
-    return accounts.authenticate(ctx.db, _bearer(request))
+    key = _bearer(request)
+    cookie = request.cookies.get(console_sessions.COOKIE)
+    if key is None and cookie:
+        # The web console's session cookie stands for the account's key; POST, PUT, PATCH and
+        # DELETE need its CSRF header too (403 InvalidCsrfToken), so another site cannot act
+        # with it (services/console_sessions.py).
+        return console_sessions.resolve(
+            ctx.db, ctx.settings, cookie, method=request.method,
+            csrf_header=request.headers.get(console_sessions.CSRF_HEADER)).caller
+    return accounts.authenticate(ctx.db, key)
 
 
 CurrentCaller = Annotated[Caller, Depends(_caller)]

@@ -18,7 +18,7 @@ router = APIRouter(tags=["hosts"])
 
 @router.get("/hosts", response_model=Page[HostPublic])
 def list_hosts(ctx: Ctx, _: AdminCaller, p: Paging):
-    return hosts.list_page(ctx.db, p)
+    return hosts.list_page(ctx.db, p, ctx.settings)
 
 
 @router.post("/hosts/join-tokens", status_code=201, response_model=JoinTokenCreated)
@@ -28,7 +28,7 @@ def create_join_token(body: JoinTokenCreate, ctx: Ctx, _: AdminCaller):
 
 @router.get("/hosts/{host_id}", response_model=HostPublic)
 def get_host(host_id: str, ctx: Ctx, _: AdminCaller):
-    return hosts.describe(ctx.db, host_id)
+    return hosts.describe(ctx.db, host_id, ctx.settings)
 
 
 @router.delete("/hosts/{host_id}")
@@ -54,7 +54,9 @@ def heartbeat(body: HeartbeatRequest, ctx: Ctx, peer: AgentAuth):
     host_identity.check_not_removed(ctx.db, body.host.host_id)
     orphans = hosts.heartbeat(ctx.db, body, ctx.settings)
     ctx.reconciler.note_orphans(body.host.host_id, orphans)
-    return HeartbeatResponse(interval=ctx.settings.heartbeat_interval_s)
+    # Asked only of agents that advertise it: older ones refuse unknown fields.
+    return HeartbeatResponse(interval=ctx.settings.heartbeat_interval_s,
+                             nat_processed="nat-processed" in body.host.extensions)
 
 
 @router.post("/agent/join", response_model=AgentCertificate, status_code=201,

@@ -17,10 +17,10 @@ def list_types(ctx: Ctx, _: CurrentCaller, p: Paging, include_retired: bool = Fa
 
 @router.post("/instance-types", status_code=201, response_model=InstanceTypePublic)
 def create_type(body: InstanceTypeCreate, ctx: Ctx, _: AdminCaller):
-    return instance_types.to_public(instance_types.create(ctx.db, body))
+    return instance_types.get_public(ctx.db, instance_types.create(ctx.db, body))
 
 
 @router.delete("/instance-types/{name}", response_model=InstanceTypePublic)
 def retire_type(name: str, ctx: Ctx, _: AdminCaller):
     """Answers the type as retired."""
-    return instance_types.to_public(instance_types.retire(ctx.db, name))
+    return instance_types.get_public(ctx.db, instance_types.retire(ctx.db, name))

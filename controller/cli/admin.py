@@ -20,6 +20,9 @@ HOST_COLUMNS = [("HOST", "host_id"), ("STATE", "state"), ("ENABLED", "enabled"),
                 ("VCPUS", lambda h: f"{h.get('vcpus_used')}/{h.get('vcpus')}"),
                 ("MEMORY MIB", lambda h: f"{h.get('memory_mib_used')}/{h.get('memory_mib')}"),
                 ("DISK GIB", lambda h: _gib(h.get("disk_bytes_used"), h.get("disk_bytes"))),
+                ("AGENT", lambda h: (h.get("versions") or {}).get("agent", "-")),
+                ("HEALTH", lambda h: "; ".join([h.get("health", "-")] +
+                                                list(h.get("health_reasons") or []))),
                 ("HEARTBEAT", "last_heartbeat")]
 EVENT_COLUMNS = [("TIME", "time"), ("RESOURCE", "resource_id"), ("TYPE", "resource_type"),
                  ("FROM", "from_state"), ("TO", "to_state"), ("REASON", "reason"),

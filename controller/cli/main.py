@@ -15,6 +15,8 @@ from . import (admin, autoscaling, images, instances, local, metrics, networks, 
 from . import autoscaling_policies  # noqa: F401 (registers its commands on autoscaling.groups)
 from . import alarms, billing
 from . import admin_status
+from . import admin_backup  # noqa: F401 (registers backup/restore on admin_status.app)
+from . import users
 from .api import CliError
 from .context import DEFAULT_URL, CliState, Output, OutputOpt, state
 
@@ -66,6 +68,7 @@ app.add_typer(admin.hosts, name="hosts")
 app.add_typer(admin.events, name="events")
 app.add_typer(admin.accounts, name="accounts")
 app.add_typer(admin_status.app, name="admin")
+app.add_typer(users.app, name="users")
 for _name, _sub in (("vpcs", networks.vpcs), ("subnets", networks.subnets), ("igws", networks.igws),
                     ("route-tables", networks.route_tables), ("eips", networks.eips),
                     ("nat-gateways", networks.nat_gateways)):

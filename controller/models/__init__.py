@@ -9,6 +9,8 @@ from controller.models.step_policies import StepScalingPolicy
 from controller.models.launch_template import LaunchTemplate, LaunchTemplateVersion
 from controller.models.billing import Bill, Budget, Price, UsageInterval
 from controller.models.account import Account, AccountCreate, AccountCreated, AccountPublic
+from controller.models.console import (ConsoleSession, ConsoleUser, ConsoleUserCreate,
+                                      ConsoleUserPublic, SessionPublic, SignInRequest)
 from controller.models.event import Event, EventPublic
 from controller.models.controller_lease import ControllerLease, ControllerProcess
 from controller.models.host_identity import (AgentCertificate, AgentCertificateRequest,
@@ -51,4 +53,6 @@ __all__ = [
     "ControllerLease", "ControllerProcess",
     "AgentCertificate", "AgentCertificateRequest", "HostCertificate", "HostJoinToken",
     "JoinTokenCreate", "JoinTokenCreated", "JoinTokenPublic",
+    "ConsoleSession", "ConsoleUser", "ConsoleUserCreate", "ConsoleUserPublic", "SessionPublic",
+    "SignInRequest",
 ]

@@ -1,5 +1,6 @@
-"""Billing tables: usage intervals (the metering record), the price list, closed monthly bills
-and budgets; and the request bodies of the billing API.
+"""Billing tables: usage intervals (the metering record), metered quantities (NAT gateways'
+bytes processed) with the counters they are read from, the price list, closed monthly bills and
+budgets; and the request bodies of the billing API.
 
 Money is never a float here: rates, amounts and thresholds are decimal strings (parsed with
 controller/services/money.py), so SQLite and PostgreSQL keep exactly what was written.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, Field as PField
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
@@ -37,6 +38,42 @@ class UsageInterval(SQLModel, table=True):
     quantity: int = 1
     started_at: datetime = Field(sa_type=UtcDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class UsageQuantity(SQLModel, table=True):
+    """An amount used, not a time: the bytes a NAT gateway processed (services/nat_metering.py).
+    One row per resource, usage type and bucket; `recorded_at` is the bucket's start: a UTC hour,
+    or the later moment a price of the usage type took effect inside that hour, so a bucket
+    never spans a day or a price change. The counter reports of that stretch add to `quantity`
+    (in the transaction that moves the counter's last value, NatCounter) while it lasts; once
+    its hour is over the row never changes again, so a closed month's bill has final rows."""
+    __tablename__ = "usage_quantity"
+    __table_args__ = (UniqueConstraint("resource_id", "usage_type", "recorded_at",
+                                       name="uq_usage_quantity_bucket"),
+                      Index("ix_usage_quantity_account", "account_id", "recorded_at"),
+                      Index("ix_usage_quantity_recorded", "recorded_at"))
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(max_length=32)
+    resource_id: str = Field(max_length=64)
+    #: nat-gateway
+    kind: str = Field(max_length=16)
+    #: a key of services/money.py USAGE_TYPES that is per byte (nat-gateway-gib)
+    usage_type: str = Field(max_length=32)
+    dimension: str = Field(default="", max_length=40)
+    #: bytes (64-bit: a NAT gateway moves more than 2 GiB an hour)
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    recorded_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class NatCounter(SQLModel, table=True):
+    """The last value of a NAT gateway's byte counter as reported by one host's agent: the
+    base of the next delta. Per host, because a gateway moved to another host starts a new
+    counter there while the old host may still report its own once more."""
+    __tablename__ = "nat_counter"
+    nat_gateway_id: str = Field(primary_key=True, max_length=32)
+    host_id: str = Field(primary_key=True, max_length=63)
+    bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_type=UtcDateTime)
 
 
 class Price(SQLModel, table=True):

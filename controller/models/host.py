@@ -30,6 +30,11 @@ class HostPublic(HostBase):
     vcpus_used: int = 0
     memory_mib_used: int = 0
     disk_bytes_used: int = 0
+    #: "ok", "degraded" or "down", and why (controller/services/host_health.py).
+    health: str = "ok"
+    health_reasons: list[str] = []
+    #: Seconds since its last heartbeat (None: never heard from).
+    heartbeat_age_s: float | None = None
 
 
 class Host(HostBase, table=True):

@@ -18,8 +18,10 @@ from controller.errors import InvalidParameter, NotFound
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Host, HostPublic, Instance
-from controller.services import lifecycle, pagination, volume_attachments
+from controller.services import (host_health, lifecycle, nat_metering, pagination,
+                                 volume_attachments)
 from controller.services.capacity import Usage, usage_by_host
+from controller.services.host_health import HostHealth
 from controller.services.pagination import Page, PageRequest
 from controller.settings import Settings
 
@@ -31,18 +33,29 @@ _PUSH_VISIBILITY_S = 2.0
 _INT_MAX, _BIGINT_MAX = 2**31 - 1, 2**63 - 1
 
 
-def to_public(h: Host, u: Usage | None) -> HostPublic:
+def to_public(h: Host, u: Usage | None, health: HostHealth | None = None) -> HostPublic:
     u = u or Usage()
+    health = health or HostHealth()
     return HostPublic.model_validate(h, from_attributes=True, update={
-        "vcpus_used": u.vcpus, "memory_mib_used": u.memory_mib, "disk_bytes_used": u.disk_bytes})
+        "vcpus_used": u.vcpus, "memory_mib_used": u.memory_mib, "disk_bytes_used": u.disk_bytes,
+        "health": health.health, "health_reasons": health.reasons,
+        "heartbeat_age_s": health.heartbeat_age_s})
 
 
-def list_page(db: Database, page: PageRequest) -> Page[HostPublic]:
-    """Every host with what its instances commit, in host id order."""
+def _publics(s: Session, rows: list[Host], settings: Settings | None) -> list[HostPublic]:
+    used = usage_by_host(s)
+    interval = settings.heartbeat_interval_s if settings is not None else \
+        Settings.model_fields["heartbeat_interval_s"].default
+    health = host_health.assess_all(s, rows, utcnow(), interval)
+    return [to_public(h, used.get(h.host_id), health[h.host_id]) for h in rows]
+
+
+def list_page(db: Database, page: PageRequest,
+              settings: Settings | None = None) -> Page[HostPublic]:
+    """Every host with what its instances commit and its health, in host id order."""
     with db.session() as s:
-        used = usage_by_host(s)
         return pagination.list_page(s, select(Host), ORDER, page,
-                                    lambda rows: [to_public(h, used.get(h.host_id)) for h in rows])
+                                    lambda rows: _publics(s, list(rows), settings))
 
 
 def get(s: Session, host_id: str) -> Host:
@@ -52,9 +65,9 @@ def get(s: Session, host_id: str) -> Host:
     return h
 
 
-def describe(db: Database, host_id: str) -> HostPublic:
+def describe(db: Database, host_id: str, settings: Settings | None = None) -> HostPublic:
     with db.session() as s:
-        return to_public(get(s, host_id), usage_by_host(s).get(host_id))
+        return _publics(s, [get(s, host_id)], settings)[0]
 
 
 def set_enabled(db: Database, host_id: str, enabled: bool) -> HostPublic:
@@ -65,7 +78,7 @@ def set_enabled(db: Database, host_id: str, enabled: bool) -> HostPublic:
             record(s, "host", host_id, None, "enabled" if not enabled else "disabled",
                    "enabled" if enabled else "disabled", "admin")
         s.add(h)
-        return to_public(h, usage_by_host(s).get(host_id))
+        return _publics(s, [h], None)[0]
 
 
 def _set_system_status(s: Session, host_id: str, status: str) -> None:
@@ -99,6 +112,8 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
                (("vcpus", _INT_MAX), ("memory_mib", _INT_MAX), ("disk_bytes", _BIGINT_MAX))]
     numbers += [(f"{o.instance_id} {f}", getattr(o, f), _INT_MAX) for o in hb.instances
                 for f in ("generation", "boot_count")]
+    nat_counts = hb.network.nat_processed if hb.network is not None else None
+    numbers += [(f"{c.nat_gateway_id} bytes", c.bytes, _BIGINT_MAX) for c in nat_counts or ()]
     for what, value, limit in numbers:
         if not 0 <= value <= limit:
             raise InvalidParameter(f"{what} {value} is outside 0..{limit}")
@@ -136,6 +151,8 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
             # it again. (A newer one it accepted is folded in by the reconciler's answer.)
             host.network_acked = 0
             s.add(host)
+        if nat_counts:
+            nat_metering.observe(s, info.host_id, nat_counts, now)
         observed = {o.instance_id: o for o in hb.instances}
         mine = {i.instance_id: i for i in s.exec(
             select(Instance).where(Instance.host_id == info.host_id,

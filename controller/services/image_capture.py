@@ -217,7 +217,7 @@ def _stopping(db, settings, pool, cap, img, inst, host) -> None:
 def _agent(pool: AgentPool, host: Host | None, inst: Instance):
     if host is None:
         raise _Fail(f"instance {inst.instance_id} has no host")
-    return pool.for_url(host.agent_url)
+    return pool.for_host(host)
 
 
 def _agent_error(e: AgentError, what: str) -> Exception:
@@ -388,7 +388,7 @@ def _cleanup(db, settings, pool, cap, img, inst, host) -> None:
         _set_phase(db, cap.image_id, "cleanup", restart=False)
     if inst is not None and host is not None:
         try:
-            pool.for_url(host.agent_url).delete_capture(inst.instance_id, cap.image_id)
+            pool.for_host(host).delete_capture(inst.instance_id, cap.image_id)
         except AgentError as e:
             if e.retryable and inst.state not in GONE:
                 raise _Wait() from None

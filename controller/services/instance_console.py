@@ -22,7 +22,7 @@ def output(db: Database, pool: AgentPool, caller, instance_id: str) -> dict:
     text = ""
     if host is not None and inst.state != "terminated":
         try:
-            text = pool.for_url(host.agent_url).console(instance_id).output
+            text = pool.for_host(host).console(instance_id).output
         except AgentError as exc:
             if exc.status != 404:
                 raise KumoError(f"console unavailable: {exc.code}", code="ServiceUnavailable",

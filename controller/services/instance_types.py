@@ -1,4 +1,8 @@
-"""Instance types: list, create (admin), retire (admin), seed defaults, resolve for launches."""
+"""Instance types: list, create (admin), retire (admin), seed defaults, resolve for launches.
+
+The `hourly_price` shown is the price list's current instance-hours rate of the type (what a run
+starting now is billed, services/prices.py), not the price the type was created with; a type
+without a list entry yet shows the price it was created with."""
 from __future__ import annotations
 
 from sqlmodel import Session, select
@@ -6,7 +10,9 @@ from sqlmodel import Session, select
 from controller.db import Database
 from controller.errors import Conflict, InvalidParameter, NotFound
 from controller.events import record
+from controller.ids import utcnow
 from controller.models import InstanceType, InstanceTypeCreate, InstanceTypePublic
+from controller.models.billing import Price
 from controller.services import pagination, prices
 from controller.services.pagination import Page, PageRequest
 
@@ -28,8 +34,23 @@ def seed(db: Database) -> None:
             s.add(InstanceType(name=name, vcpus=vcpus, memory_mib=mem, hourly_price=price))
 
 
-def to_public(t: InstanceType) -> InstanceTypePublic:
-    return InstanceTypePublic.model_validate(t, from_attributes=True)
+def current_prices(s: Session, names) -> dict[str, float]:
+    """{type name: its instance-hours rate in effect now} for the names that have one."""
+    rows = s.exec(select(Price.dimension, Price.rate).where(
+        Price.usage_type == "instance-hours", Price.dimension.in_(list(names)),
+        Price.effective_at <= utcnow()).order_by(Price.effective_at)).all()
+    return {name: float(rate) for name, rate in rows}  # the latest entry of each name wins
+
+
+def to_public(t: InstanceType, price: float | None = None) -> InstanceTypePublic:
+    out = InstanceTypePublic.model_validate(t, from_attributes=True)
+    return out if price is None else out.model_copy(update={"hourly_price": price})
+
+
+def get_public(db: Database, t: InstanceType) -> InstanceTypePublic:
+    """`t` as answered: with its current list price."""
+    with db.session(notify=False) as s:
+        return to_public(t, current_prices(s, [t.name]).get(t.name))
 
 
 def list_page(db: Database, page: PageRequest,
@@ -38,7 +59,10 @@ def list_page(db: Database, page: PageRequest,
     if not include_retired:
         q = q.where(InstanceType.retired == False)  # noqa: E712
     with db.session() as s:
-        return pagination.list_page(s, q, ORDER, page, lambda rows: [to_public(t) for t in rows])
+        def public(rows):
+            now = current_prices(s, [t.name for t in rows])
+            return [to_public(t, now.get(t.name)) for t in rows]
+        return pagination.list_page(s, q, ORDER, page, public)
 
 
 def create(db: Database, req: InstanceTypeCreate) -> InstanceType:

@@ -7,12 +7,13 @@ change state:
 - instances (services/lifecycle.py `transition`): `instance-hours` of the type it runs as from
   `running` until it leaves running (a type change while stopped bills the new type from the
   next start, because the type is read when the interval opens); its root disk
-  (`volume-gib-month`, kind root-volume) from launch until terminated, re-opened when it grows;
+  (`volume-gib-month`, kind root-volume) from launch until terminated, re-opened when it grows,
+  and not at all when it never reached running (a failed launch, or terminated while pending);
 - volumes: from creation until deleting (or a failed creation), re-opened when they grow;
 - snapshots: from completed until deleting, by their size (`snapshot-gib-month`);
 - public IPv4 addresses, elastic and auto-assigned: from allocation until released;
-- NAT gateways: from creation until deleted. NAT data processing is not metered: the dataplane
-  reports no byte counter to the controller yet.
+- NAT gateways: from creation until deleted. Their data processed (per GiB) is an amount, not
+  a stretch: services/nat_metering.py meters it from the agents' counters.
 """
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def close_interval(s: Session, resource_id: str, usage_type: str, at: datetime) 
         s.add(row)
 
 
+def void_interval(s: Session, resource_id: str, usage_type: str) -> None:
+    """End the open stretch at its own start: nothing of it is charged."""
+    for row in s.exec(select(UsageInterval).where(UsageInterval.resource_id == resource_id,
+                                                  UsageInterval.usage_type == usage_type,
+                                                  UsageInterval.ended_at == None)):  # noqa: E711
+        row.ended_at = row.started_at
+        s.add(row)
+
+
 def instance_transition(s: Session, inst, frm: str | None, to: str, at: datetime) -> None:
     if to == "running" and frm != "running":
         open_interval(s, account_id=inst.account_id, resource_id=inst.instance_id,
@@ -58,6 +68,10 @@ def instance_transition(s: Session, inst, frm: str | None, to: str, at: datetime
         close_interval(s, inst.instance_id, INSTANCE_HOURS, at)
     if frm is None and to == "pending":
         root_disk(s, inst, at)
+    elif frm == "pending" and to == "shutting-down" and inst.launch_time is None:
+        # It never ran (the launch failed, or it was terminated while pending): as on EC2,
+        # nothing is charged for it. The disk's stretch ends where it began.
+        void_interval(s, inst.instance_id, VOLUME)
     elif to == "terminated" and frm != "terminated":
         close_interval(s, inst.instance_id, VOLUME, at)
 

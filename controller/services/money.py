@@ -3,7 +3,8 @@
 - Money is `decimal.Decimal`, never float; stored and answered as decimal strings.
 - Usage is metered to the second. Hourly usage types bill seconds / 3600 hours. GiB-month usage
   types bill GiB x seconds / MONTH_SECONDS, where one billing month is 730 hours (2,628,000 s,
-  AWS's convention: 8760 h / 12), whatever the calendar month's length.
+  AWS's convention: 8760 h / 12), whatever the calendar month's length. Data usage types (NAT
+  gateways' data processed) bill bytes / 2^30: a GiB is 1,073,741,824 bytes, counted exactly.
 - Rounding: each line item's amount is rounded half-up to 0.0001 (`item_amount`); a total is
   the sum of its rounded line items, rounded half-up to 0.01 (`total_amount`). Grouping never
   rounds again, so every grouping of a period adds up to the same total.
@@ -22,6 +23,7 @@ HOUR_SECONDS = 3600
 MONTH_HOURS = 730
 MONTH_SECONDS = MONTH_HOURS * HOUR_SECONDS
 MAX_RATE = Decimal("1000000")
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class UsageType:
     per_gib: bool
     #: the dimension is the instance type's name
     by_instance_type: bool = False
+    #: an amount, not a time: the quantity is bytes and unit_seconds is bytes per unit (a GiB)
+    per_byte: bool = False
 
 
 USAGE_TYPES: dict[str, UsageType] = {
@@ -41,24 +45,31 @@ USAGE_TYPES: dict[str, UsageType] = {
     "snapshot-gib-month": UsageType("GiB-Mo", MONTH_SECONDS, True),
     "public-ipv4-hours": UsageType("Hrs", HOUR_SECONDS, False),
     "nat-gateway-hours": UsageType("Hrs", HOUR_SECONDS, False),
+    "nat-gateway-gib": UsageType("GiB", GIB, False, per_byte=True),
 }
 
 #: The price list every new site starts with (usage type -> rate), besides instance types.
 DEFAULT_RATES = {"volume-gib-month": "0.08", "snapshot-gib-month": "0.05",
-                 "public-ipv4-hours": "0.005", "nat-gateway-hours": "0.045"}
+                 "public-ipv4-hours": "0.005", "nat-gateway-hours": "0.045",
+                 "nat-gateway-gib": "0.045"}
+
+
+def measure(usage_type: str, quantity: int, seconds: int) -> int:
+    """What one unit divides: seconds, GiB x seconds, or bytes (per-byte usage types)."""
+    t = USAGE_TYPES[usage_type]
+    if t.per_byte:
+        return quantity
+    return (quantity if t.per_gib else 1) * seconds
 
 
 def units(usage_type: str, quantity: int, seconds: int) -> Decimal:
-    """Exact billed units (hours, GiB-months) of `seconds` of one interval."""
-    t = USAGE_TYPES[usage_type]
-    gib = quantity if t.per_gib else 1
-    return Decimal(gib * seconds) / Decimal(t.unit_seconds)
+    """Exact billed units (hours, GiB-months, GiB) of one item."""
+    return Decimal(measure(usage_type, quantity, seconds)) / Decimal(USAGE_TYPES[usage_type].unit_seconds)
 
 
 def item_amount(rate: Decimal, usage_type: str, quantity: int, seconds: int) -> Decimal:
     t = USAGE_TYPES[usage_type]
-    gib = quantity if t.per_gib else 1
-    exact = rate * Decimal(gib * seconds) / Decimal(t.unit_seconds)
+    exact = rate * Decimal(measure(usage_type, quantity, seconds)) / Decimal(t.unit_seconds)
     return exact.quantize(ITEM_QUANTUM, rounding=ROUND_HALF_UP)
 
 

@@ -2,9 +2,10 @@
 
 A rate applies from its `effective_at` until the next entry of the same key; a change takes
 effect from its moment on and never rewrites the past, so changes dated before now are refused
-(400 PriceChangeInPast). Admins change it. Instance types' hourly prices live here (the
-`hourly_price` of an instance type is the list price it was created with; `seed` copies it into
-the list once), as do the storage, address and NAT rates (services/money.py DEFAULT_RATES).
+(400 PriceChangeInPast). Admins change it. Instance types' hourly prices live here (an
+instance type's `hourly_price` seeds its entry when it is created; `seed` copies it into the
+list once; the API shows the list's current rate, services/instance_types.py), as do the
+storage, address and NAT rates (services/money.py DEFAULT_RATES).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Usage of an account over any period: load its intervals, price them (services/usage_calc.py),
+"""Usage of an account over any period: load its intervals (and the amounts recorded at an
+instant, usage_quantity: NAT gateways' bytes, read in the same query), price them (services/usage_calc.py),
 group the line items (by resource, usage type or day; or none: the base items) and render them
 as JSON documents or CSV. Also owns reading periods and choosing whose usage a caller sees.
 """
@@ -12,13 +13,13 @@ from itertools import groupby
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from sqlalchemy import or_
+from sqlalchemy import or_, union_all
 from sqlmodel import Session, select
 
 from controller.errors import InvalidParameter, NotFound
 from controller.ids import utcnow
 from controller.models import Account
-from controller.models.billing import UsageInterval
+from controller.models.billing import UsageInterval, UsageQuantity
 from controller.services import money
 from controller.services.prices import Timeline
 from controller.services.usage_calc import MINIMUM_RUN_S, Interval, LineItem, line_items
@@ -76,7 +77,7 @@ def target_account(s: Session, caller, account_id: str | None) -> str:
     return account_id
 
 
-def _query(account_id: str | None, start: datetime, end: datetime):
+def _query(account_id: str | None, start: datetime, end: datetime, by_resource: bool):
     # A closed instance run is billed up to 60 s past its end (usage_calc.py).
     reach = start - timedelta(seconds=MINIMUM_RUN_S)
     q = select(UsageInterval.account_id, UsageInterval.resource_id, UsageInterval.kind,
@@ -84,19 +85,30 @@ def _query(account_id: str | None, start: datetime, end: datetime):
                UsageInterval.started_at, UsageInterval.ended_at).where(
         UsageInterval.started_at < end,
         or_(UsageInterval.ended_at == None, UsageInterval.ended_at > reach))  # noqa: E711
+    # Amounts as intervals of no length (start == end == the instant; usage_calc.py). A second
+    # of slack before `start`: usage_calc decides by whole seconds.
+    u = UsageQuantity
+    q2 = select(u.account_id, u.resource_id, u.kind, u.usage_type, u.dimension, u.quantity,
+                u.recorded_at, u.recorded_at).where(u.recorded_at >= start - timedelta(seconds=1),
+                                                    u.recorded_at < end)
     if account_id is not None:
         q = q.where(UsageInterval.account_id == account_id)
-    return q
+        q2 = q2.where(u.account_id == account_id)
+    # One query, so the database orders both kinds of rows by its own collation: by_account and
+    # stream_items group consecutive rows.
+    both = union_all(q, q2).subquery()
+    out = select(*both.c)
+    if by_resource:
+        out = out.order_by(both.c.account_id, both.c.resource_id)
+    return out
 
 
 def stream(s: Session, account_id: str | None, start: datetime, end: datetime,
            by_resource: bool = False):
-    """Intervals of one account (None: every account) that can reach into [start, end),
-    streamed from the database (ordered by account and resource when `by_resource`)."""
-    q = _query(account_id, start, end)
-    if by_resource:
-        q = q.order_by(UsageInterval.account_id, UsageInterval.resource_id)
-    q = q.execution_options(yield_per=5000)
+    """Intervals of one account (None: every account) that can reach into [start, end), and
+    its recorded amounts inside it, streamed from the database (ordered by account and resource
+    when `by_resource`)."""
+    q = _query(account_id, start, end, by_resource).execution_options(yield_per=5000)
     return (Interval(*row) for row in s.exec(q))
 
 
@@ -120,12 +132,13 @@ def _row(item: LineItem) -> dict:
             "usage_type": item.usage_type, "dimension": item.dimension,
             "day": item.day.isoformat(), "unit": money.USAGE_TYPES[item.usage_type].unit,
             "rate": item.rate, "seconds": item.seconds, "amount": item.amount,
-            "gib": item.quantity, "gib_seconds": _gib_seconds(item)}
+            "gib": None if money.USAGE_TYPES[item.usage_type].per_byte else item.quantity,
+            "gib_seconds": _gib_seconds(item)}
 
 
 def _gib_seconds(item: LineItem) -> int:
-    """What the unit counts: seconds, or GiB x seconds (summed exactly, divided once)."""
-    return item.seconds * (item.quantity if money.USAGE_TYPES[item.usage_type].per_gib else 1)
+    """What the unit counts: seconds, GiB x seconds, or bytes (summed exactly, divided once)."""
+    return money.measure(item.usage_type, item.quantity, item.seconds)
 
 
 _UNIT_SECONDS = {t.unit: t.unit_seconds for t in money.USAGE_TYPES.values()}

@@ -9,6 +9,9 @@ Rules, in the order they apply to one interval:
 2. An open interval ends at `now`; a closed instance-hours interval lasts at least 60 s (EC2's
    minimum per start): [start, max(end, start + 60)).
 3. The interval is clipped to the period, then cut at UTC midnights and at price changes.
+An amount recorded at an instant (a per-byte usage type: a NAT gateway's bytes, whose Interval
+has start == end == the instant, quantity == bytes) belongs to the period, the UTC day and the
+rate of that instant's whole second; a base item sums the bytes of its day and rate.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from controller.services.prices import Timeline
 
 DAY = 86400
 MINIMUM_RUN_S = 60
+PER_BYTE = frozenset(k for k, t in money.USAGE_TYPES.items() if t.per_byte)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,9 @@ def _collect(intervals, prices: Timeline, p0: int, p1: int, t_now: int,
              days: dict[int, date]) -> list[LineItem]:
     items: dict[tuple, LineItem] = {}
     for iv in intervals:
+        if iv.usage_type in PER_BYTE:
+            _add_amount(items, iv, prices, p0, p1, days)
+            continue
         a, b = billed_span(iv, t_now)
         a, b = max(a, p0), min(b, p1)
         while a < b:
@@ -117,3 +124,21 @@ def _collect(intervals, prices: Timeline, p0: int, p1: int, t_now: int,
     for item in items.values():
         item.amount = money.item_amount(item.rate, item.usage_type, item.quantity, item.seconds)
     return list(items.values())
+
+
+def _add_amount(items: dict[tuple, LineItem], iv: Interval, prices: Timeline, p0: int, p1: int,
+                days: dict[int, date]) -> None:
+    """An amount recorded at an instant: into the item of its day and rate (quantity summed)."""
+    a = _sec(iv.start)
+    if not p0 <= a < p1:
+        return
+    rate, _ = prices.at(iv.usage_type, iv.dimension, a)
+    day = days.get(a // DAY)
+    if day is None:
+        day = days[a // DAY] = date.fromordinal(_EPOCH_ORDINAL + a // DAY)
+    key = (iv.account_id, iv.resource_id, iv.usage_type, iv.dimension, 0, rate, day)
+    item = items.get(key)
+    if item is None:
+        item = items[key] = LineItem(iv.account_id, iv.resource_id, iv.kind, iv.usage_type,
+                                     iv.dimension, 0, rate, day)
+    item.quantity += iv.quantity

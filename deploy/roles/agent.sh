@@ -14,14 +14,21 @@ HOST_ID=""
 
 role_usage() {
   cat <<'EOF'
-Usage: deploy/roles/agent.sh --controller-url URL --token-file FILE [options]
+Usage: deploy/roles/agent.sh --controller-url URL (--join-token-file FILE | --token-file FILE) [options]
 Installs a host agent: QEMU/KVM, libvirtd (its `default` NAT network destroyed and disabled),
 nftables, dnsmasq, /opt/kumo/venv, /etc/kumo/agent.env and the kumo-agent service, and joins
-the host to the controller at URL with the shared agent token in FILE (the controller's
-KUMO_AGENT_TOKEN).
+the host to the controller at URL: with a one-time join token (`kumo hosts join-token HOST`;
+mutual TLS with this host's own certificate), or with the shared agent token (plain HTTP).
 
-  --controller-url URL   the controller, e.g. http://10.0.0.10:8787
-  --token-file FILE      a file holding the shared agent token
+  --controller-url URL   the controller's agent-facing URL: https://10.0.0.10:8789 (its
+                         KUMO_AGENT_LISTEN) with a join token, http://10.0.0.10:8787 with a
+                         shared token
+  --join-token-file FILE a file holding a one-time join token: the agent exchanges it for this
+                         host's certificate at its first start (KUMO_AGENT_AUTH=mtls)
+  --join-url URL         the controller's API, where the join goes (e.g. http://10.0.0.10:8787)
+  --ca-sha256 HEX        the cloud CA's sha256 (printed by `kumo hosts join-token`): the join
+                         refuses any other CA
+  --token-file FILE      a file holding the shared agent token (KUMO_AGENT_AUTH=token)
   --host-id ID           this host's id (default for a new file: the short hostname)
   --underlay-dev DEV     the device of the VXLAN underlay and of the public addresses' ARP
                          (default: the device of the default route)
@@ -38,23 +45,33 @@ EOF
 role_option() {
   case "$1" in
     --controller-url) ROLE_SETS+=("KUMO_AGENT_CONTROLLER_URL=$2") ;;
-    --token-file) ROLE_SETS+=("KUMO_AGENT_TOKEN=$(read_secret_file "$2")") ;;
+    --token-file) ROLE_SETS+=("KUMO_AGENT_AUTH=token" "KUMO_AGENT_TOKEN=$(read_secret_file "$2")") ;;
+    --join-token-file)
+      ROLE_SETS+=("KUMO_AGENT_AUTH=mtls" "KUMO_AGENT_JOIN_TOKEN=$(read_secret_file "$2")") ;;
+    --join-url) ROLE_SETS+=("KUMO_AGENT_JOIN_URL=$2") ;;
+    --ca-sha256) ROLE_SETS+=("KUMO_AGENT_CA_SHA256=$2") ;;
     --host-id) HOST_ID="$2" ;;
     --underlay-dev) UNDERLAY_DEV="$2"; ROLE_SETS+=("KUMO_AGENT_UNDERLAY_DEV=$2") ;;
     --underlay-ip) UNDERLAY_IP="$2"; ROLE_SETS+=("KUMO_AGENT_UNDERLAY_IP=$2") ;;
     --listen) LISTEN="$2" ;;
     --advertise-url) ADVERTISE_URL="$2" ;;
     --hypervisor) ROLE_SETS+=("KUMO_AGENT_HYPERVISOR=$2") ;;
-    # JOIN HOOK (issue 14, per-host credentials): today a host joins with the deployment's
-    # shared agent token (--token-file). A one-time join token will be exchanged here for the
-    # host's own credentials (written under /etc/kumo, mode 0600) and KUMO_AGENT_TOKEN dropped.
-    --join-token) die "per-host join tokens are not implemented yet: use --token-file" ;;
     *) return 1 ;;
   esac
 }
 role_parse_args "$@"
 
 # ---- settings this run writes -------------------------------------------------------------------
+# How this host will authenticate once this run is done: an option of this run, else what the
+# file says, else the template's default (mtls).
+effective_auth() {
+  local kv v=""
+  for kv in "${ROLE_SETS[@]+"${ROLE_SETS[@]}"}"; do
+    case "$kv" in KUMO_AGENT_AUTH=*) v="${kv#*=}" ;; esac
+  done
+  [ -n "$v" ] || v="$(env_value agent KUMO_AGENT_AUTH)"
+  printf '%s\n' "${v:-mtls}"
+}
 # The machine's own namespace is the host here.
 ROLE_DEFAULTS+=("KUMO_AGENT_ALLOW_ROOT_NETNS=true")
 if [ -n "$HOST_ID" ]; then
@@ -75,7 +92,9 @@ elif [ -z "$(env_value agent KUMO_AGENT_ADVERTISE_URL)" ]; then
             awk '{split($4, a, "/"); print a[1]; exit}')"
   fi
   [ -n "$addr" ] || addr="$(first_address)"
-  [ -z "$addr" ] || ROLE_DEFAULTS+=("KUMO_AGENT_ADVERTISE_URL=http://$addr:$port")
+  scheme=http
+  [ "$(effective_auth)" = token ] || scheme=https  # mtls: the agent serves TLS on LISTEN
+  [ -z "$addr" ] || ROLE_DEFAULTS+=("KUMO_AGENT_ADVERTISE_URL=$scheme://$addr:$port")
 fi
 
 # --underlay-ip alone: the device holding that address is the underlay device.
@@ -139,8 +158,14 @@ fi
 if [ "$PRINT_CONFIG" = 0 ] && [ -z "$(env_value agent KUMO_AGENT_CONTROLLER_URL)" ]; then
   say "warning: no KUMO_AGENT_CONTROLLER_URL: this host will not join (--controller-url)"
 fi
-if [ "$PRINT_CONFIG" = 0 ] && [ -z "$(env_value agent KUMO_AGENT_TOKEN)" ]; then
+if [ "$PRINT_CONFIG" = 0 ] && [ "$(effective_auth)" = token ] && [ -z "$(env_value agent KUMO_AGENT_TOKEN)" ]; then
   say "warning: no KUMO_AGENT_TOKEN: every request is refused (--token-file)"
+fi
+state_dir="$(env_value agent KUMO_AGENT_STATE_DIR)"
+if [ "$PRINT_CONFIG" = 0 ] && [ "$(effective_auth)" = mtls ] &&
+   [ ! -s "$(target "${state_dir:-/var/lib/kumo/agent}/tls/host.pem")" ] &&
+   [ -z "$(env_value agent KUMO_AGENT_JOIN_TOKEN)" ]; then
+  say "warning: no certificate for this host and no join token: the agent cannot start (--join-token-file)"
 fi
 install_unit kumo-agent.service
 start_unit kumo-agent.service

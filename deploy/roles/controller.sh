@@ -8,6 +8,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 LISTEN=""
 FACING_URL=""
+AGENT_AUTH=""
+AGENT_LISTEN=""
 DATABASE=postgresql     # postgresql (local, Debian's) | sqlite | url
 DATABASE_URL=""
 TOKEN_FILE=""
@@ -19,8 +21,13 @@ Installs the controller: Debian packages (PostgreSQL included), /opt/kumo/venv,
 /etc/kumo/controller.env, the kumo-controller service, and a local PostgreSQL database and role.
 
   --listen HOST:PORT         the API listener (default for a new file: 0.0.0.0:8787)
+  --agent-auth mtls|token    how agents and the controller authenticate each other (default
+                             for a new file: mtls; hosts then join with `kumo hosts join-token`)
+  --agent-listen HOST:PORT   the TLS listener for agents (mtls; default for a new file:
+                             0.0.0.0:8790; the storage node has 8789)
   --agent-facing-url URL     how agents reach the controller (default for a new file:
-                             http://<first address of this host>:<port>)
+                             https://<first address of this host>:<agent port> with mtls,
+                             http://<first address>:<port> with token)
   --database-url URL         an existing database (e.g. PostgreSQL elsewhere); no local server
   --sqlite                   SQLite in the state directory; no PostgreSQL (one controller only)
   --agent-token-file FILE    use this shared agent token instead of generating one
@@ -34,6 +41,10 @@ role_option() {
   case "$1" in
     --listen) LISTEN="$2" ;;
     --agent-facing-url) FACING_URL="$2" ;;
+    --agent-auth)
+      case "$2" in mtls|token) AGENT_AUTH="$2"; ROLE_SETS+=("KUMO_AGENT_AUTH=$2") ;;
+                   *) die "--agent-auth is mtls or token, not $2" ;; esac ;;
+    --agent-listen) AGENT_LISTEN="$2"; ROLE_SETS+=("KUMO_AGENT_LISTEN=$2") ;;
     --database-url) DATABASE=url; DATABASE_URL="$2" ;;
     --agent-token-file) TOKEN_FILE="$2" ;;
     --public-pool) ROLE_SETS+=("KUMO_PUBLIC_POOL=$2") ;;
@@ -52,11 +63,23 @@ role_parse_args "${args[@]+"${args[@]}"}"
 # ---- settings this run writes -------------------------------------------------------------------
 if [ -n "$LISTEN" ]; then ROLE_SETS+=("KUMO_LISTEN=$LISTEN"); else ROLE_DEFAULTS+=("KUMO_LISTEN=0.0.0.0:8787"); fi
 port="${LISTEN:-0.0.0.0:8787}"; port="${port##*:}"
+# mtls (the default): agents on other machines reach a TLS listener of their own.
+auth="${AGENT_AUTH:-$(env_value controller KUMO_AGENT_AUTH)}"
+auth="${auth:-mtls}"
+agent_listen="${AGENT_LISTEN:-$(env_value controller KUMO_AGENT_LISTEN)}"
+if [ "$auth" = mtls ] && [ -z "$agent_listen" ]; then
+  agent_listen=0.0.0.0:8790
+  ROLE_DEFAULTS+=("KUMO_AGENT_LISTEN=$agent_listen")
+fi
 if [ -n "$FACING_URL" ]; then
   ROLE_SETS+=("KUMO_AGENT_FACING_URL=$FACING_URL")
 elif [ -z "$(env_value controller KUMO_AGENT_FACING_URL)" ]; then
   addr="$(first_address)"
-  [ -z "$addr" ] || ROLE_DEFAULTS+=("KUMO_AGENT_FACING_URL=http://$addr:$port")
+  if [ "$auth" = mtls ]; then
+    [ -z "$addr" ] || ROLE_DEFAULTS+=("KUMO_AGENT_FACING_URL=https://$addr:${agent_listen##*:}")
+  else
+    [ -z "$addr" ] || ROLE_DEFAULTS+=("KUMO_AGENT_FACING_URL=http://$addr:$port")
+  fi
 fi
 if [ -z "$(env_value controller KUMO_API_URL)" ]; then
   addr="$(first_address)"

@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from agent.contract.generations import GenerationConflict, is_resend
 from agent.contract.v1 import (EXTENSIONS, ConsoleOutput, ErrorInfo, HeartbeatRequest, HostInfo,
-                               InstanceObserved, InstanceSpec, NetworkObserved, NetworkSpec)
+                               InstanceObserved, InstanceSpec, NatProcessed, NetworkObserved,
+                               NetworkSpec)
 from agent.firewall.model import FirewallInputError
 from agent.network.firewall_sync import host_firewall
 from agent.network.wire import NetworkSpecRejected, host_network
@@ -69,6 +70,10 @@ class FakeAgent:
                              extensions=[e for e in EXTENSIONS
                                          if underlay_ip or e != "vpc-network"])
         self.network: NetworkSpec | None = None
+        #: NAT gateway id -> bytes its counter shows (extension nat-processed; tests set it),
+        #: reported once the controller's heartbeat answer asked (`send_nat`), as a real agent.
+        self.nat_bytes: dict[str, int] = {}
+        self.send_nat = False
         self.specs: dict[str, InstanceSpec] = {}
         #: Tombstones: instance id -> generation it had when deleted (as agent/state.py keeps).
         self.deleted: dict[str, int] = {}
@@ -207,6 +212,9 @@ class FakeAgent:
 
     def heartbeat_request(self) -> HeartbeatRequest:
         net = self.network_obs() if self.info.underlay_ip is not None else None
+        if net is not None and self.send_nat:
+            net = net.model_copy(update={"nat_processed": [
+                NatProcessed(nat_gateway_id=k, bytes=v) for k, v in sorted(self.nat_bytes.items())]})
         return HeartbeatRequest(host=self.info, instances=[self.obs(i) for i in self.specs],
                                 network=net, sent_at=time.time())
 
@@ -262,6 +270,7 @@ class Cloud:
             r = self.agent_client.post("/v1/agent/heartbeat",
                                        json=a.heartbeat_request().model_dump(mode="json"))
             assert r.status_code == 200, r.text
+            a.send_nat = r.json().get("nat_processed", False)
 
     def tick(self) -> dict:
         return self.reconciler.tick()

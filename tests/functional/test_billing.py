@@ -335,3 +335,33 @@ def test_cli_usage_bill_and_dry_run(cloud, clock):
     assert est["dry_run"] is True and est["lines"][0]["hourly"] == "0.0104"
     assert "dry run" in kumo("instances", "run", "--image", "kumo-tiny", "--type", "t3.micro",
                              "--dry-run")
+
+
+def test_a_launch_that_never_ran_is_not_charged(cloud, clock):
+    """As on EC2: an instance whose launch failed (the host refused it for good), or that was
+    terminated while still pending, costs nothing, its root disk included, however long the
+    failure took; an instance that ran is charged for its disk from launch."""
+    from agent.contract.v1 import ErrorInfo
+    key = ok(cloud.admin.post("/v1/accounts", json={"name": "bob"}), 201)["api_key"]
+    bob = cloud.client(key)
+    cloud.agent.put_error = ErrorInfo(code="ImageChecksumMismatch", message="bad sha",
+                                      retryable=False)
+    failed = cloud.launch(bob, associate_public_ip=False)
+    step(cloud, clock, T0)
+    cloud.agent.put_error = None
+    pending = cloud.launch(bob, associate_public_ip=False)
+    ok(bob.post(f"/v1/instances/{pending}/terminate"))  # before any agent saw it
+    clock.set(at(0, 30))  # half an hour while it is torn down
+    step(cloud, clock, at(0, 30))
+    ran = cloud.launch(bob, associate_public_ip=False)
+    step(cloud, clock, at(0, 30))
+    assert cloud.instance(bob, failed)["state"] == "terminated"
+    assert cloud.instance(bob, pending)["state"] == "terminated"
+    assert cloud.instance(bob, ran)["state"] == "running"
+    step(cloud, clock, at(1, 30))
+    doc = ok(bob.get("/v1/usage", params={"start": T0.isoformat(),
+                                          "end": at(2, 0).isoformat()}))
+    charged = {i["resource_id"] for i in doc["items"] if Decimal(i["amount"]) > 0
+               or i.get("seconds")}
+    assert failed not in charged and pending not in charged
+    assert ran in charged

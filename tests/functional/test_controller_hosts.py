@@ -2,6 +2,7 @@
 system status, recovery, agents that lost their specs, orphans, the background reconciler."""
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi.testclient import TestClient
@@ -187,5 +188,42 @@ def test_heartbeat_with_another_contract_is_refused(tmp_path):
         r = cloud.agent_client.post("/v1/agent/heartbeat", json=doc)
         assert r.status_code == 400 and r.json()["error"]["code"] == "UnsupportedContract"
         assert cloud.admin.get("/v1/hosts").json()["items"] == []
+    finally:
+        cloud.close()
+
+
+def test_health_names_what_is_wrong_with_a_host(tmp_path):
+    """GET /v1/hosts says ok, then degraded with the reason (an instance whose agent reports an
+    error; a late heartbeat), then down (controller/services/host_health.py). Time is moved by
+    setting the last heartbeat back, as the clock would: no sleeps, so load cannot skew it."""
+    from datetime import timedelta
+
+    from agent.contract.v1 import ErrorInfo
+    from controller.ids import utcnow
+    from controller.models import Host
+    cloud = Cloud(tmp_path, heartbeat_timeout_s=15.0, heartbeat_interval_s=2.0)
+    try:
+        cloud.image()
+        agent = cloud.add_host("host-1")
+        h = cloud.admin.get("/v1/hosts/host-1").json()
+        assert (h["health"], h["health_reasons"]) == ("ok", [])
+        assert 0 <= h["heartbeat_age_s"] < 6
+        user = cloud.account("alice")
+        agent.put_error = ErrorInfo(code="DiskFull", message="no space", retryable=True)
+        cloud.run(user)
+        cloud.converge()
+        h = cloud.admin.get("/v1/hosts").json()["items"][0]
+        assert h["health"] == "degraded"
+        assert "1 instance reports errors from the agent" in h["health_reasons"]
+        cloud.set_row(Host, "host-1", last_heartbeat=utcnow() - timedelta(seconds=10))
+        h = cloud.admin.get("/v1/hosts/host-1").json()
+        assert h["state"] == "up" and h["health"] == "degraded"
+        late, errors = h["health_reasons"]
+        assert re.fullmatch(r"last heartbeat 1\d\.\d s ago \(expected every 2 s\)", late), h
+        assert errors == "1 instance reports errors from the agent"
+        cloud.set_row(Host, "host-1", last_heartbeat=utcnow() - timedelta(seconds=60))
+        cloud.tick()  # the liveness check marks it down
+        h = cloud.admin.get("/v1/hosts/host-1").json()
+        assert h["health"] == "down" and h["health_reasons"][0].startswith("no heartbeat for 6")
     finally:
         cloud.close()

@@ -136,8 +136,15 @@ def test_bad_options_are_refused(tmp_path):
     r = run_role("controller", "--root", str(tmp_path / "r"), "--no-such-option", "x",
                  check=False)
     assert r.returncode != 0 and "unknown option" in r.stderr
+    # A token never goes on a command line (ps, shell history): only in a file.
     r = run_role("agent", "--root", str(tmp_path / "r"), "--join-token", "abc", check=False)
-    assert r.returncode != 0 and "not implemented" in r.stderr
+    assert r.returncode != 0 and "unknown option" in r.stderr
+    r = run_role("agent", "--root", str(tmp_path / "r"), "--join-token-file",
+                 str(tmp_path / "missing"), check=False)
+    assert r.returncode != 0 and not (tmp_path / "r" / "etc" / "kumo" / "agent.env").exists()
+    r = run_role("controller", "--root", str(tmp_path / "r"), "--agent-auth", "none",
+                 check=False)
+    assert r.returncode != 0 and "mtls or token" in r.stderr
 
 
 @pytest.mark.parametrize("role,cls", [("controller", Settings), ("agent", AgentSettings),
@@ -205,3 +212,88 @@ def test_controller_starts_from_laid_out_config(tmp_path):
             raise
         log.close()
     assert rc == 0
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def test_agent_joins_a_laid_out_controller_over_mutual_tls(tmp_path):
+    """Both roles laid out with their defaults (mutual TLS), then started as their units start
+    them: the agent exchanges the one-time join token from --join-token-file for its own
+    certificate at its first start, heartbeats over mutual TLS to the controller's agent
+    listener, and the host comes up.
+    Everything listens on 127.0.0.1; the agent runs its fake drivers."""
+    api, ctl_agents, agent_port = _free_port(), _free_port(), _free_port()
+    ctl_root, ag_root = tmp_path / "ctl-root", tmp_path / "agent-root"
+    ctl_state, ag_state = tmp_path / "ctl-state", tmp_path / "agent-state"
+    run_role("controller", "--root", str(ctl_root), "--sqlite", "--listen", f"127.0.0.1:{api}",
+             "--agent-listen", f"127.0.0.1:{ctl_agents}", "--agent-facing-url",
+             f"https://127.0.0.1:{ctl_agents}", "--set", f"KUMO_STATE_DIR={ctl_state}")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KUMO_")}
+    ctl_env = {**base, **env_of(ctl_root / "etc" / "kumo" / "controller.env")}
+    assert ctl_env["KUMO_AGENT_AUTH"] == "mtls"
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        logs.append((tmp_path / "controller.log").open("wb"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "controller"], cwd=REPO,
+                                      env=ctl_env, stdout=logs[-1], stderr=subprocess.STDOUT))
+        _wait_http(f"http://127.0.0.1:{api}/healthz", procs[0], tmp_path / "controller.log")
+        admin = httpx.Client(base_url=f"http://127.0.0.1:{api}", headers={
+            "Authorization": f"Bearer {(ctl_state / 'admin.key').read_text().strip()}"})
+        made = admin.post("/v1/hosts/join-tokens", json={"host_id": "h-deploy"})
+        assert made.status_code == 201, made.text
+        token_file = tmp_path / "join-token"
+        token_file.write_text(made.json()["token"] + "\n")
+        token_file.chmod(0o600)
+        run_role("agent", "--root", str(ag_root), "--host-id", "h-deploy",
+                 "--controller-url", f"https://127.0.0.1:{ctl_agents}",
+                 "--join-token-file", str(token_file), "--join-url", f"http://127.0.0.1:{api}",
+                 "--ca-sha256", made.json()["ca_sha256"], "--listen", f"127.0.0.1:{agent_port}",
+                 "--advertise-url", f"https://127.0.0.1:{agent_port}",
+                 "--set", f"KUMO_AGENT_STATE_DIR={ag_state}")
+        ag_file = env_of(ag_root / "etc" / "kumo" / "agent.env")
+        assert (ag_file["KUMO_AGENT_AUTH"], ag_file["KUMO_AGENT_JOIN_TOKEN"]) == \
+            ("mtls", made.json()["token"])
+        # The unit's environment, with the fake drivers: nothing touches this machine's network.
+        ag_env = {**base, **ag_file, "KUMO_AGENT_DRIVER": "fake", "KUMO_AGENT_NETWORK": "fake",
+                  "KUMO_AGENT_ALLOW_ROOT_NETNS": "false"}
+        logs.append((tmp_path / "agent.log").open("wb"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "agent"], cwd=REPO, env=ag_env,
+                                      stdout=logs[-1], stderr=subprocess.STDOUT))
+        deadline, host = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and procs[1].poll() is None:
+            host = admin.get("/v1/hosts/h-deploy").json()
+            if host.get("state") == "up":
+                break
+            time.sleep(0.3)
+        assert host.get("state") == "up", (host, (tmp_path / "agent.log").read_text()[-3000:])
+        pem = ag_state / "tls" / "host.pem"
+        assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+        # The token was for one join: a second agent start with it cannot join again.
+        again = httpx.post(f"http://127.0.0.1:{api}/v1/agent/join",
+                           json={"token": made.json()["token"], "csr": "x"})
+        assert again.status_code in (400, 401), again.text
+    finally:
+        for proc in reversed(procs):
+            assert _stop(proc) == 0
+        for f in logs:
+            f.close()

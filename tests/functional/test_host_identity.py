@@ -23,6 +23,7 @@ from agent.contract import tls, transport
 from agent.contract.v1 import CONTRACT_VERSION
 from agent.identity import AgentIdentity, IdentityError, make_csr, new_key
 from agent.settings import AgentSettings
+from controller.agents import AgentError
 from controller.app import close_app, create_app
 from controller.models import HostJoinToken
 from controller.services import cloud_ca
@@ -221,8 +222,18 @@ def test_agent_accepts_only_the_controllers_certificate(ctl, tmp_path):
     srv = _Thread(agent, sock, agent.state.identity.server)
     try:
         pool = ctl.app.state.kumo.pool
-        assert pool.for_url(f"unix:{sock}").get_network() is not None
+        assert pool.for_url(f"unix:{sock}", "h1").get_network() is not None
+        # The controller meant h2 but reached h1's agent: refused in the handshake.
+        with pytest.raises(AgentError) as e:
+            pool.for_url(f"unix:{sock}", "h2").get_network()
+        assert "names kumo:host:h1, not kumo:host:h2" in str(e.value)
+        # A host's own client talks to the controller only, never to another host's server.
         with transport.client(f"unix:{sock}", tls=h1.client) as c:
+            with pytest.raises(httpx.ConnectError, match="not kumo:controller"):
+                c.get("/v1/host")
+        # And a host's certificate without that check is refused by the agent's server.
+        unpinned = tls.client_context(h1.ca_path.read_bytes(), str(h1.pem_path))
+        with transport.client(f"unix:{sock}", tls=unpinned) as c:
             r = c.get("/v1/host")
             assert (r.status_code, _code(r)) == (403, "NotController")
     finally:

@@ -68,7 +68,15 @@ class CloudUser:
         events = self.call("GET", "/v1/events", params={"resource_id": iid})["items"]
         history = "\n".join(f"  {e['time']} {e['resource_type']} {e['from_state']} -> "
                             f"{e['to_state']}: {e['reason']}" for e in events)
-        raise AssertionError(f"{iid} not {state}/{status} within {timeout} s: {seen}\n{history}")
+        raise AssertionError(f"{iid} not {state}/{status} within {timeout} s: {seen}\n{history}"
+                             f"\nconsole (last 3000 characters):\n{self.console_tail(iid)}")
+
+    def console_tail(self, iid: str, chars: int = 3000) -> str:
+        """The end of the guest's serial console, to tell a hung boot from a missed report."""
+        try:
+            return self.call("GET", f"/v1/instances/{iid}/console")["output"][-chars:]
+        except Exception as e:  # diagnostics only: never hide the real failure
+            return f"(console unavailable: {e})"
 
     def action(self, iid: str, verb: str, **params) -> dict:
         return self.call("POST", f"/v1/instances/{iid}/{verb}", params=params)

@@ -18,6 +18,42 @@ from lab import Lab
 from lab.testing import free_port, make_bridge, ns_run, remove_bridge, skip_reason, unique_prefix
 
 
+#: The session's lab while it is up, for the failure report below.
+_ACTIVE: dict[str, Lab] = {}
+#: Characters of each service log a failed lab test's report shows.
+LOG_TAIL_CHARS = 4000
+
+
+def _log_tails(the_lab: Lab) -> list[tuple[str, str]]:
+    logs = sorted(the_lab.state_dir.glob("controller/*.log")) + \
+        sorted(the_lab.state_dir.glob("hosts/*/log/agent.log")) + \
+        sorted(the_lab.state_dir.glob("storage/*.log"))
+    out = []
+    for path in logs:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(path.stat().st_size - LOG_TAIL_CHARS, 0))
+                out.append((str(path.relative_to(the_lab.state_dir)),
+                            f.read().decode(errors="replace")))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A lab test that failed gets the tails of the lab's controller, agent and storage logs in
+    its report: a failure seen only in CI can then be told apart (a hung guest, a refused push,
+    a crashed service) without re-running it."""
+    outcome = yield
+    report = outcome.get_result()
+    the_lab = _ACTIVE.get("lab")
+    if report.failed and call.when == "call" and the_lab is not None:
+        for name, text in _log_tails(the_lab):
+            report.sections.append((f"lab log {name} (last {LOG_TAIL_CHARS} characters)",
+                                    text))
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = skip_reason()
@@ -35,8 +71,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     )
     try:
         the_lab.up(hosts=2)
+        _ACTIVE["lab"] = the_lab
         yield the_lab
     finally:
+        _ACTIVE.pop("lab", None)
         try:
             the_lab.down()
         finally:

@@ -32,13 +32,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from agent.network import names
 from lab.naming import host_address, host_netns, inet_netns
-from lab.testing import ip_json, ns_run
+from lab.testing import end_process, ip_json, ns_run
 from tests.lab.cloud import CloudUser
 from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, LabWorld, Listener, Vm, admin_api,
                                    agent_network, http_cmd, in_router_ns, ip_, lab_state,
@@ -425,6 +427,75 @@ def test_nat_gateway_gives_private_subnet_egress_only_with_its_route(world):
     took = _wait_listener(world, world.ids["nat_ip"], t0) - t0
     _report(*res, f"route 0.0.0.0/0 -> {world.ids['nat']} added: a3's traffic flows after "
                   f"{took:.3f} s")
+
+
+# An HTTP server in the internet namespace answering every GET with SIZE zero bytes.
+# argv: port size address
+BLOB_SERVER = r"""
+import socket, sys, threading
+port, size = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[3], port)); s.listen(8)
+print("ready", flush=True)
+def serve(c):
+    try:
+        c.recv(4096)
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        left, chunk = size, b"\0" * 65536
+        while left > 0:
+            c.sendall(chunk[:min(left, 65536)]); left -= 65536
+    except OSError:
+        pass
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+GIB = 1 << 30
+
+
+def _nat_gib(user: CloudUser) -> Decimal:
+    """The account's NAT data processed (GiB) from today 00:00 UTC on, as its usage shows it."""
+    day = datetime.now(timezone.utc).date()
+    doc = user.call("GET", "/v1/usage", params={"start": f"{day}T00:00:00Z",
+                                                "end": f"{day + timedelta(days=2)}T00:00:00Z",
+                                                "group_by": "usage_type"})
+    return sum((Decimal(i["quantity"]) for i in doc["items"]
+                if i["usage_type"] == "nat-gateway-gib"), Decimal(0))
+
+
+def test_nat_gateway_data_processed_is_billed_per_gib(world):
+    """Issue 13: a3 (behind the NAT gateway) downloads 4 MiB from the internet namespace; the
+    account's nat-gateway-gib usage grows by at least that (the dataplane's counter -> the
+    agent's heartbeat -> the controller's delta) and by less than 100x that."""
+    a, a3, size = world.users[0], world.vms["a3"], 4 << 20
+    port = 20000 + secrets.randbelow(2000)
+    server = subprocess.Popen(["ip", "netns", "exec", inet_netns(world.lab.prefix), sys.executable,
+                               "-c", BLOB_SERVER, str(port), str(size), INET_SERVER],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        before = _nat_gib(a)
+        t0 = time.time()
+        r = world.sh(a3, f"timeout 60 wget -q -O /dev/null http://{INET_SERVER}:{port}/ && echo OK",
+                     timeout=90)
+        assert r.stdout.strip() == "OK", (r.stdout, r.stderr)
+        fetched = time.time() - t0
+        want = Decimal(size) / GIB
+        deadline, grown = time.monotonic() + CONVERGE, Decimal(0)
+        while time.monotonic() < deadline:
+            grown = _nat_gib(a) - before
+            if grown >= want - Decimal("0.000001"):  # the usage shows GiB to 6 places
+                break
+            time.sleep(0.5)
+        billed = time.time() - t0 - fetched
+        _report(f"NAT data processed: {size} bytes fetched by a3 in {fetched:.2f} s; usage grew by "
+                f"{grown} GiB ({grown / want:.3f}x) {billed:.2f} s later")
+        assert grown >= want - Decimal("0.000001"), f"usage grew by {grown} GiB, not {want}"
+        assert grown < 100 * want
+    finally:
+        end_process(server)
 
 
 def move_eip(world, vm: Vm, reassociate: bool = False) -> float:

@@ -229,3 +229,37 @@ def test_registry_and_admin_status(env):
     rb.beat()
     st = controller_status.status(db, settings, "ctl-b", now=clock.now())
     assert [c.controller_id for c in st.controllers] == ["ctl-b"]
+
+
+def test_a_stop_during_a_step_leaves_after_that_step(env):
+    """Stopping run() while a step's thread is still beating: the thread is not cancelled with
+    the wait, so leaving first would let that beat put the registry row back (a stopped
+    controller listed as alive) and the step renew the released lease. run() lets it end."""
+    import threading
+    db, engine, clock, contender = env
+    a = contender("ctl-a")
+    registry = Registry(engine, "ctl-a", None, clock=clock.now)
+    in_beat, finish = threading.Event(), threading.Event()
+    real_beat = registry.beat
+
+    def slow_beat(*args):
+        in_beat.set()
+        finish.wait(5)
+        real_beat(*args)
+    registry.beat = slow_beat
+    leadership = Leadership(a, registry, lambda loops: None, RENEW)
+
+    async def scenario():
+        task = asyncio.ensure_future(leadership.run())
+        while not in_beat.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        finish.set()  # the beat completes only after the stop began
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    settings = Settings(leader_lease_ttl_s=TTL, leader_renew_interval_s=RENEW)
+    st = controller_status.status(db, settings, "ctl-x", now=clock.now())
+    assert st.controllers == [] and st.leader.controller_id is None

@@ -225,5 +225,5 @@ def test_vagrantfile_ruby_syntax():
 def test_vagrantfile_uses_the_role_commands():
     text = (REPO / "Vagrantfile").read_text()
     for needle in ("deploy/roles/controller.sh", "deploy/roles/agent.sh", "nested = true",
-                   'cpu_mode = "host-passthrough"', "private_network", "JOIN HOOK"):
+                   'cpu_mode = "host-passthrough"', "private_network", "--agent-auth token"):
         assert needle in text, needle

@@ -16,6 +16,7 @@ from tests.unit.test_vpc_net_apply import FakeKernel
 from tests.unit.test_vpc_net_nat import S1, vpc
 
 KU = "ku-00002a"
+NATGW_COUNTER = "natgw-nat-00000000000000001"
 TABLE = {"family": "ip", "name": "kumo_nat"}
 
 
@@ -68,10 +69,10 @@ class FakeBackend:
 def test_whole_table_golden() -> None:
     doc = nat.render_nat(vpc(), True)
     assert verbs(doc) == [
-        ("add", "table", "kumo_nat"),
+        ("add", "table", "kumo_nat"), ("add", "counter", NATGW_COUNTER),
         ("add", "chain", "prerouting"), ("add", "chain", "postrouting"), ("add", "chain", "forward"),
         ("add", "rule", "prerouting"), ("add", "rule", "postrouting"), ("add", "rule", "postrouting"),
-        *[("add", "rule", "forward")] * 5]
+        *[("add", "rule", "forward")] * 7]
     chains = [c["add"]["chain"] for c in doc["nftables"] if "chain" in c["add"]]
     assert [(c["name"], c["type"], c["hook"], c["prio"], c["policy"]) for c in chains] == [
         ("prerouting", "nat", "prerouting", -100, "accept"),
@@ -80,7 +81,13 @@ def test_whole_table_golden() -> None:
     # The forward filter: the boundary of every private subnet, rule by rule.
     fwd = [c["add"]["rule"]["expr"] for c in doc["nftables"]
            if "rule" in c["add"] and c["add"]["rule"]["chain"] == "forward"]
+    behind = {"set": [{"prefix": {"addr": "10.0.2.0", "len": 24}}]}
     assert fwd == [
+        # the NAT gateway's data processed: out from the subnets behind it, and their replies
+        [oif(), saddr(behind), {"counter": NATGW_COUNTER}],
+        [iif(), {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": behind}},
+         {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+         {"counter": NATGW_COUNTER}],
         [iif(), {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
          {"accept": None}],
         [iif(), {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}, {"accept": None}],
@@ -91,10 +98,11 @@ def test_whole_table_golden() -> None:
 
 def test_reload_is_one_in_place_transaction_without_any_delete() -> None:
     tx = json.loads(nat.render_nat_json(vpc(), True))
-    assert verbs(tx)[:6] == [("metainfo", "", ""), ("add", "table", "kumo_nat"), ("flush", "table", "kumo_nat"),
+    assert verbs(tx)[:7] == [("metainfo", "", ""), ("add", "table", "kumo_nat"), ("flush", "table", "kumo_nat"),
+                             ("add", "counter", NATGW_COUNTER),
                              ("add", "chain", "prerouting"), ("add", "chain", "postrouting"),
                              ("add", "chain", "forward")]
-    assert {v for v, _, _ in verbs(tx)[6:]} == {"add"}
+    assert {v for v, _, _ in verbs(tx)[7:]} == {"add"}
     assert not [c for c in tx["nftables"] if "delete" in c]
     # the same rules as the whole table, in the same order, after the flush
     whole = nat.render_nat(vpc(), True)["nftables"]

@@ -1,0 +1,147 @@
+// The console's shell: the hash router (#/, #/signin, #/instances, #/instances/<id>, #/launch),
+// the header, the sign-in page and the dashboard. Each page gets a Page context whose timers
+// (live updates) stop when the user leaves it.
+import { api, currentSession, listAll, loadSession, onSessionChange, signIn, signOut } from './api.js';
+import { clear, errorBox, field, h, money } from './dom.js';
+import { instancePage, instancesPage } from './instances.js';
+import { launchPage } from './launch.js';
+
+const main = document.getElementById('main');
+let page = null;
+
+class Page {
+  constructor() { this.alive = true; this.timers = []; }
+  // Run fn now and every ms while the page is shown (one run at a time).
+  every(ms, fn) {
+    let busy = false;
+    const run = async () => {
+      if (!this.alive || busy) return;
+      busy = true;
+      try { await fn(); } finally { busy = false; }
+    };
+    this.timers.push(setInterval(run, ms));
+    return run();
+  }
+  close() { this.alive = false; this.timers.forEach(clearInterval); }
+}
+
+function go(path) { location.hash = '#' + path; }
+
+async function render() {
+  if (page) page.close();
+  page = new Page();
+  const route = decodeURIComponent(location.hash.replace(/^#/, '')) || '/';
+  if (!currentSession() && route !== '/signin') { go('/signin'); return; }
+  if (currentSession() && route === '/signin') { go('/'); return; }
+  clear(main);
+  main.focus({ preventScroll: true });
+  const parts = route.split('/').filter(Boolean);
+  try {
+    if (route === '/signin') signInPage(main);
+    else if (parts.length === 0) await dashboard(main, page);
+    else if (parts[0] === 'instances' && parts.length === 1) await instancesPage(main, page);
+    else if (parts[0] === 'instances' && parts.length === 2) await instancePage(main, page, parts[1]);
+    else if (parts[0] === 'launch') await launchPage(main, page, go);
+    else clear(main, h('h1', {}, 'Not found'), h('p', {}, 'No such console page.'));
+  } catch (e) {
+    const box = errorBox();
+    clear(main, h('h1', {}, 'Something went wrong'), box);
+    box.show(e);
+  }
+}
+
+function signInPage(root) {
+  document.title = 'Sign in · Kumo';
+  const err = errorBox();
+  const user = h('input', { name: 'username', autocomplete: 'username', autocapitalize: 'none' });
+  const pass = h('input', { name: 'password', type: 'password', autocomplete: 'current-password' });
+  const key = h('input', { name: 'api_key', type: 'password', autocomplete: 'off' });
+  const submit = h('button', { type: 'submit' }, 'Sign in');
+  const form = h('form', { class: 'card signin', 'aria-labelledby': 'signin-title' },
+    h('h1', { id: 'signin-title' }, 'Sign in to Kumo'),
+    field('Username', user), field('Password', pass),
+    h('p', { class: 'or' }, 'or'),
+    field('API key', key, 'Instead of a username and password.'),
+    err, submit);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    err.hide();
+    submit.disabled = true;
+    const creds = key.value ? { api_key: key.value } : { username: user.value, password: pass.value };
+    try {
+      await signIn(creds);
+      go('/');
+    } catch (e) {
+      err.show(e);
+      pass.value = '';
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  clear(root, form);
+  user.focus();
+}
+
+const STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated'];
+
+async function dashboard(root, pg) {
+  document.title = 'Dashboard · Kumo';
+  const counts = h('ul', { class: 'tiles', 'aria-label': 'Instances by state' });
+  const cost = h('p', { class: 'cost', 'aria-live': 'polite' }, '…');
+  const err = errorBox();
+  clear(root, h('h1', {}, 'Dashboard'), err,
+    h('section', { 'aria-labelledby': 'by-state' }, h('h2', { id: 'by-state' }, 'Instances by state'), counts),
+    h('section', { 'aria-labelledby': 'month-cost' }, h('h2', { id: 'month-cost' }, 'This month so far'), cost));
+  if (currentSession().is_admin) {
+    const hosts = h('table', { class: 'list', id: 'hosts' },
+      h('thead', {}, h('tr', {}, ['Host', 'State', 'vCPUs used', 'Memory used (MiB)'].map((t) => h('th', { scope: 'col' }, t)))));
+    root.append(h('section', { 'aria-labelledby': 'cap' }, h('h2', { id: 'cap' }, 'Hosts\' capacity'),
+      h('div', { class: 'scroll' }, hosts)));
+    const hostRow = (x) => h('tr', {},
+      h('td', { 'data-label': 'Host' }, x.host_id),
+      h('td', { 'data-label': 'State' }, `${x.state}${x.enabled ? '' : ' (disabled)'}`),
+      h('td', { 'data-label': 'vCPUs used' }, `${x.vcpus_used} / ${x.vcpus}`),
+      h('td', { 'data-label': 'Memory used (MiB)' }, `${x.memory_mib_used} / ${x.memory_mib}`));
+    listAll('/v1/hosts')
+      .then((items) => hosts.append(h('tbody', {}, items.map(hostRow))))
+      .catch((e) => err.show(e));
+  }
+  const month = new Date().toISOString().slice(0, 7);
+  try {
+    const bill = await api('GET', `/v1/bills/${month}`);
+    clear(cost, h('strong', { id: 'month-total' }, money(bill.total, bill.currency)),
+      ` (${month}, as of ${bill.as_of})`);
+  } catch (e) {
+    clear(cost, 'Not available: ', e.message);
+  }
+  await pg.every(5000, async () => {
+    try {
+      const items = await listAll('/v1/instances');
+      const by = Object.fromEntries(STATES.map((s) => [s, 0]));
+      for (const i of items) by[i.state] = (by[i.state] || 0) + 1;
+      clear(counts, Object.entries(by).map(([s, n]) =>
+        h('li', { class: `tile state-${s}`, 'data-state': s },
+          h('span', { class: 'n' }, String(n)), h('span', { class: 'label' }, s))));
+      err.hide();
+    } catch (e) { err.show(e); }
+  });
+}
+
+async function start() {
+  const top = document.getElementById('top');
+  const who = document.getElementById('who');
+  onSessionChange((s) => {
+    top.hidden = !s;
+    clear(who, s ? `${s.username || 'API key'} @ ${s.account_name}` : '');
+    if (!s && location.hash !== '#/signin') go('/signin');
+  });
+  document.getElementById('signout').addEventListener('click', async () => {
+    await signOut().catch(() => {});
+    go('/signin');
+  });
+  await loadSession().catch(() => {});
+  window.addEventListener('hashchange', render);
+  await render();
+}
+
+start();

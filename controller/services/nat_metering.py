@@ -1,0 +1,74 @@
+"""NAT gateways' data processed (usage type nat-gateway-gib): agents' cumulative byte counters
+(NetworkObserved.nat_processed in heartbeats, extension nat-processed) turned into metered
+amounts, in the transaction that records the heartbeat.
+
+- Deltas: each (gateway, host) keeps the last value seen (models/billing.py NatCounter). The
+  new bytes are value - last; a value smaller than the last one is a new counter (the router
+  namespace or its nft table was made again: agent/network/nat.py), counted from zero, and so
+  is the first value from a host. Counters are cumulative, so a heartbeat lost, or a controller
+  down for an hour, loses nothing: the next report carries it (billed when it arrives).
+- Amounts: the bytes go into the gateway's bucket (models/billing.py UsageQuantity) that starts
+  at the current UTC hour, or at a later price change of nat-gateway-gib inside it, so the rate
+  and the day of a bucket's start hold for all its bytes (services/usage_calc.py).
+- A counter of a gateway the controller does not know is ignored; its bytes are nobody's.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlmodel import Session, select
+
+from controller.models.billing import NatCounter, Price, UsageQuantity
+from controller.models.vpc import NatGateway
+
+NAT_GIB = "nat-gateway-gib"
+
+
+def delta(last: int | None, value: int) -> int:
+    """Bytes new since `last` (None: never seen). A smaller value means a new counter."""
+    if last is None or value < last:
+        return value
+    return value - last
+
+
+def bucket_start(s: Session, now: datetime) -> datetime:
+    """Start of the bucket `now` falls in: its UTC hour, or the last price change inside it."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    change = s.exec(select(func.max(Price.effective_at)).where(
+        Price.usage_type == NAT_GIB, Price.dimension == "", Price.effective_at <= now)).one()
+    return max(hour, change) if change is not None else hour
+
+
+def observe(s: Session, host_id: str, reported, now: datetime) -> int:
+    """Fold one heartbeat's counters (NatProcessed items) in; returns the bytes metered."""
+    total, bucket = 0, None
+    for rep in reported:
+        gw = s.get(NatGateway, rep.nat_gateway_id)
+        if gw is None:
+            continue
+        row = s.get(NatCounter, (rep.nat_gateway_id, host_id))
+        new = delta(row.bytes if row is not None else None, rep.bytes)
+        if row is None:
+            row = NatCounter(nat_gateway_id=rep.nat_gateway_id, host_id=host_id, bytes=rep.bytes,
+                             updated_at=now)
+        else:
+            row.bytes, row.updated_at = rep.bytes, now
+        s.add(row)
+        if new > 0:
+            bucket = bucket or bucket_start(s, now)
+            _add(s, gw, new, bucket)
+            total += new
+    return total
+
+
+def _add(s: Session, gw: NatGateway, nbytes: int, at: datetime) -> None:
+    # An UPDATE that adds in the database, not a read-modify-write: two hosts reporting the
+    # same gateway (a move) never lose each other's bytes.
+    q = UsageQuantity
+    res = s.exec(update(q).where(q.resource_id == gw.nat_gateway_id, q.usage_type == NAT_GIB,
+                                 q.recorded_at == at).values(quantity=q.quantity + nbytes))
+    if res.rowcount == 0:
+        s.add(UsageQuantity(account_id=gw.account_id, resource_id=gw.nat_gateway_id,
+                            kind="nat-gateway", usage_type=NAT_GIB, quantity=nbytes,
+                            recorded_at=at))
