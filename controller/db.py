@@ -97,9 +97,14 @@ class Database:
         self.engine = make_engine(url)
         self._listeners: list[Callable[[], None]] = []
         self._sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
-        event.listen(self._sessions, "before_flush", _note_flush)
-        event.listen(self._sessions, "do_orm_execute", _note_statement)
-        event.listen(self._sessions, "after_commit", self._committed)
+        self._events: list[tuple[str, Callable]] = []
+        self._listen("before_flush", _note_flush)
+        self._listen("do_orm_execute", _note_statement)
+        self._listen("after_commit", self._committed)
+
+    def _listen(self, name: str, fn: Callable) -> None:
+        event.listen(self._sessions, name, fn)
+        self._events.append((name, fn))
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after each commit that wrote something (in the committing thread,
@@ -140,9 +145,16 @@ class Database:
     def before_commit(self, hook: Callable[[Session], None]) -> None:
         """Call `hook(session)` before each commit; an exception from it rolls the transaction
         back (the leader fence of background loops, controller/leadership.py)."""
-        event.listen(self._sessions, "before_commit", hook)
+        self._listen("before_commit", hook)
 
     def dispose(self) -> None:
+        # SQLAlchemy keeps session events in a class-level registry whose entries hold their
+        # listeners strongly, and our listeners hold this Database (and through on_change the
+        # reconciler, the agent pool, the app...): without removing them nothing a Database
+        # reaches is ever freed (the test suite grew by ~9 MiB per app, to 5 GB).
+        for name, fn in self._events:
+            event.remove(self._sessions, name, fn)
+        self._events.clear()
         self.engine.dispose()
 
 

@@ -4,10 +4,12 @@ the agents' heartbeats, and headless Chromium (Debian's /usr/bin/chromium) drive
 Everything started here is stopped by close()."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import uvicorn
 
@@ -57,3 +59,33 @@ class ServedCloud:
             t.join(15)
         self._sock.close()
         self.cloud.close()
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1280, height: int = 900, timeout_ms: int = 15_000) -> Iterator:
+    """A page of a fresh headless Chromium (Debian's; Playwright drives it), closed at the end."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
+
+
+def sign_in(page, base_url: str, *, username: str | None = None, password: str | None = None,
+            api_key: str | None = None) -> None:
+    """Sign in on the console's form (a console user, or an API key) and wait for the
+    dashboard."""
+    from playwright.sync_api import expect
+    page.goto(f"{base_url}/console/")
+    if api_key is not None:
+        page.get_by_label("API key").fill(api_key)
+    else:
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()

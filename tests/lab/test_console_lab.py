@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import CHROMIUM
+from tests.functional.console_browser_support import chromium_page, sign_in
 from tests.lab.cloud import user_fixture
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -22,39 +22,29 @@ cloud = user_fixture()
 
 def test_wizard_launches_kumo_tiny_and_the_page_shows_it_running_ok(cloud):
     key = (cloud.lab.state_dir / "demo.key").read_text().strip()
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(15_000)
-            page.goto(f"{cloud.lab.url}/console/")
-            page.get_by_label("API key").fill(key)
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
-            page.get_by_role("navigation").get_by_role("link", name="Launch instance").click()
-            page.get_by_label("Name", exact=True).fill("console-lab")
-            steps = {2: lambda: page.get_by_label(re.compile("^kumo-tiny")).check(),
-                     3: lambda: page.get_by_label(re.compile("^t3.nano")).check()}
-            for n in range(2, 8):
-                page.get_by_role("button", name="Next").click()
-                expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
-                if n in steps:
-                    steps[n]()
-            expect(page.locator("#monthly")).to_contain_text("per month")
-            page.get_by_role("button", name="Launch instance").click()
-            page.wait_for_url(re.compile(r"#/instances/i-[0-9a-f]{17}$"))
-            iid = page.url.rsplit("/", 1)[1]
-            state = page.locator('#details dd[data-field="State"]')
-            status = page.locator('#details dd[data-field="Instance status"]')
-            expect(state).to_have_text("running", timeout=180_000)
-            expect(status).to_have_text("ok", timeout=180_000)
-            expect(page.locator("#console-output")).to_contain_text(
-                f"KUMO-READY instance-id={iid}", timeout=30_000)
-            assert cloud.instance(iid)["instance_status"] == "ok"
-            terminate = page.get_by_role("button", name=re.compile("Terminate"))
-            terminate.click()
-            page.get_by_role("button", name="Confirm: terminate").click()
-            expect(state).to_have_text(re.compile("shutting-down|terminated"), timeout=30_000)
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        sign_in(page, cloud.lab.url, api_key=key)
+        page.get_by_role("navigation").get_by_role("link", name="Launch instance").click()
+        page.get_by_label("Name", exact=True).fill("console-lab")
+        steps = {2: lambda: page.get_by_label(re.compile("^kumo-tiny")).check(),
+                 3: lambda: page.get_by_label(re.compile("^t3.nano")).check()}
+        for n in range(2, 8):
+            page.get_by_role("button", name="Next").click()
+            expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
+            if n in steps:
+                steps[n]()
+        expect(page.locator("#monthly")).to_contain_text("per month")
+        page.get_by_role("button", name="Launch instance").click()
+        page.wait_for_url(re.compile(r"#/instances/i-[0-9a-f]{17}$"))
+        iid = page.url.rsplit("/", 1)[1]
+        state = page.locator('#details dd[data-field="State"]')
+        status = page.locator('#details dd[data-field="Instance status"]')
+        expect(state).to_have_text("running", timeout=180_000)
+        expect(status).to_have_text("ok", timeout=180_000)
+        expect(page.locator("#console-output")).to_contain_text(
+            f"KUMO-READY instance-id={iid}", timeout=30_000)
+        assert cloud.instance(iid)["instance_status"] == "ok"
+        terminate = page.get_by_role("button", name=re.compile("Terminate"))
+        terminate.click()
+        page.get_by_role("button", name="Confirm: terminate").click()
+        expect(state).to_have_text(re.compile("shutting-down|terminated"), timeout=30_000)

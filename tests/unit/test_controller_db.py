@@ -110,3 +110,26 @@ def test_notify_false_and_a_failing_listener_leave_the_commit_alone(db, calls):
     assert calls == [2]
     with db.session() as s:
         assert s.get(InstanceType, "t3.a") is not None
+
+
+def test_a_disposed_database_and_what_its_listeners_reach_are_freed(tmp_path):
+    """SQLAlchemy holds session event listeners strongly in a class-level registry: dispose()
+    removes ours, or a Database (and the app its on_change listeners reach) lives forever."""
+    import gc
+    import weakref
+
+    class Reached:  # stands for the reconciler/app an on_change listener keeps alive
+        def wake(self) -> None:
+            pass
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    reached = Reached()
+    db.on_change(reached.wake)
+    db.before_commit(lambda s: None)
+    with db.session() as s:
+        s.exec(text("SELECT 1"))
+    refs = weakref.ref(db), weakref.ref(reached)
+    db.dispose()
+    del db, reached
+    gc.collect()
+    assert [r() for r in refs] == [None, None]

@@ -1,9 +1,11 @@
-// The console's shell: the hash router (#/, #/signin, #/instances, #/instances/<id>, #/launch),
+// The console's shell: the hash router (#/, #/signin, #/instances, #/instances/<id>, #/launch,
+// #/security-groups, #/security-groups/<id>),
 // the header, the sign-in page and the dashboard. Each page gets a Page context whose timers
 // (live updates) stop when the user leaves it.
 import { api, currentSession, listAll, loadSession, onSessionChange, signIn, signOut } from './api.js';
 import { clear, errorBox, field, h, money } from './dom.js';
 import { instancePage, instancesPage } from './instances.js';
+import { groupPage, groupsPage } from './groups.js';
 import { launchPage } from './launch.js';
 
 const main = document.getElementById('main');
@@ -42,6 +44,8 @@ async function render() {
     else if (parts[0] === 'instances' && parts.length === 1) await instancesPage(main, page);
     else if (parts[0] === 'instances' && parts.length === 2) await instancePage(main, page, parts[1]);
     else if (parts[0] === 'launch') await launchPage(main, page, go);
+    else if (parts[0] === 'security-groups' && parts.length === 1) await groupsPage(main, page);
+    else if (parts[0] === 'security-groups' && parts.length === 2) await groupPage(main, page, parts[1]);
     else clear(main, h('h1', {}, 'Not found'), h('p', {}, 'No such console page.'));
   } catch (e) {
     const box = errorBox();

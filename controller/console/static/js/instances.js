@@ -1,7 +1,8 @@
 // The instances list (live: polled every 2 s, with a text filter) and one instance's page
-// (details, security groups, volumes, console output, actions). Actions are plain API calls:
+// (details, security groups, volumes, CPU and network charts, console output, actions). Actions are plain API calls:
 // when the API refuses one, its error (code and message) is shown as it came.
 import { api, listAll } from './api.js';
+import { monitoring } from './charts.js';
 import { clear, errorBox, field, h, link, nameOf } from './dom.js';
 
 const COLUMNS = [
@@ -116,12 +117,14 @@ export async function instancePage(root, pg, id) {
     act('Stop', 'stop'), act('Start', 'start'), act('Reboot', 'reboot'),
     act('Terminate', 'terminate', { danger: true, confirm: true }));
   const refreshConsole = h('button', { type: 'button' }, 'Refresh console output');
+  const charts = monitoring(inst.instance_id);
 
   clear(root, h('p', {}, link('/instances', '← Instances')), title, err, notice, actions,
     h('div', { class: 'inline' }, field('Instance type', typeSelect, 'Only while stopped; applies at the next start.'), changeType),
     h('section', { 'aria-labelledby': 'd-h' }, h('h2', { id: 'd-h' }, 'Details'), detailBox),
     h('section', { 'aria-labelledby': 'g-h' }, h('h2', { id: 'g-h' }, 'Security groups'), groups),
     h('section', { 'aria-labelledby': 'v-h' }, h('h2', { id: 'v-h' }, 'Volumes'), volumes),
+    charts.section,
     h('section', { 'aria-labelledby': 'c-h' }, h('h2', { id: 'c-h' }, 'Console output'), refreshConsole, consoleOut));
 
   const groupCache = {};
@@ -152,4 +155,8 @@ export async function instancePage(root, pg, id) {
     try { await refresh(); } catch (e) { if (e.status === 404) { err.show(e); pg.close(); } }
   });
   await pg.every(5000, loadConsole);
+  // Samples come every 5 s and points are per minute: a slower refresh is enough.
+  await pg.every(15000, async () => {
+    try { await charts.refresh(); } catch (e) { /* shown as "No data yet"; the page goes on */ }
+  });
 }
