@@ -41,7 +41,6 @@ overlapping passes would run their transactions one after the other, each re-rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import threading
@@ -188,13 +187,16 @@ class Leadership:
                 # not keep the loops running past it.
                 limit = self.elector.time_left() if self.elector.epoch is not None else \
                     max(self.renew_s, self.elector.ttl_s)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for returns the result when the
+                # task is cancelled just as the step finishes, swallowing the cancellation, and
+                # this loop would never stop (a shutdown hung on it). wait neither swallows it
+                # nor cancels the step (a thread cannot be cancelled anyway).
                 step = asyncio.ensure_future(asyncio.to_thread(self._step))
-                try:
-                    await asyncio.wait_for(asyncio.shield(step), max(limit, 0.01))
-                except TimeoutError:
+                done, _ = await asyncio.wait({step}, timeout=max(limit, 0.01))
+                if not done:
                     log.warning("leader lease step timed out")
-                except Exception:
-                    log.warning("leader lease step failed", exc_info=True)
+                elif step.exception() is not None:
+                    log.warning("leader lease step failed", exc_info=step.exception())
                 await self.sync()
                 pause = self.renew_s
                 if self.elector.epoch is not None:
@@ -207,8 +209,7 @@ class Leadership:
             if step is not None and not step.done():
                 # Cancelling the wait does not stop the thread: a step still running would
                 # beat (put our registry row back) or renew the lease after _leave. Let it end.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(step), self.elector.ttl_s)
+                await asyncio.wait({step}, timeout=self.elector.ttl_s)
             await asyncio.to_thread(self._leave)
 
     def _leave(self) -> None:

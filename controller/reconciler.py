@@ -396,6 +396,10 @@ class Reconciler:
                     await asyncio.wait_for(event.wait(), timeout=interval)
                 except TimeoutError:
                     pass
+                # Python 3.11's wait_for returns instead of raising when the task is cancelled
+                # just as the event is set: honour that cancellation, or a stop waits forever.
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError
         finally:
             self._loop = self._wakeup = None
 
