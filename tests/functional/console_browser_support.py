@@ -17,6 +17,12 @@ from tests.functional.fake_agent import Cloud
 
 CHROMIUM = "/usr/bin/chromium"
 
+try:  # Playwright's expect() waits 5 s by default: too little on a loaded 2-core runner.
+    from playwright.sync_api import expect as _expect
+    _expect.set_options(timeout=15_000)
+except ImportError:  # the tests that need it skip themselves
+    pass
+
 
 class ServedCloud:
     """cloud.app on http://127.0.0.1:<free port>; `converging` on: every 0.2 s one reconciler

@@ -29,12 +29,19 @@ class Page {
 
 function go(path) { location.hash = '#' + path; }
 
+let shown = null;  // what is on screen: signed in or out, and the route
+
 async function render() {
-  if (page) page.close();
-  page = new Page();
   const route = decodeURIComponent(location.hash.replace(/^#/, '')) || '/';
   if (!currentSession() && route !== '/signin') { go('/signin'); return; }
   if (currentSession() && route === '/signin') { go('/'); return; }
+  // The start-up's redirect queues a hashchange that arrives after its page is already shown:
+  // drawing that page again would replace the form under the user's fingers, and its focus.
+  const state = `${currentSession() ? 'in' : 'out'} ${route}`;
+  if (state === shown && page && page.alive) return;
+  shown = state;
+  if (page) page.close();
+  page = new Page();
   clear(main);
   main.focus({ preventScroll: true });
   const parts = route.split('/').filter(Boolean);
