@@ -1,12 +1,16 @@
-// The console's shell: the hash router (#/, #/signin, #/instances, #/instances/<id>, #/launch,
-// #/security-groups, #/security-groups/<id>),
-// the header, the sign-in page and the dashboard. Each page gets a Page context whose timers
+// The console's shell: the hash router (ROUTES below: each area's pages live in their own
+// module), the header, the sign-in page and the dashboard. Each page gets a Page context whose timers
 // (live updates) stop when the user leaves it.
 import { api, currentSession, listAll, loadSession, onSessionChange, signIn, signOut } from './api.js';
 import { clear, errorBox, field, h, money } from './dom.js';
 import { instancePage, instancesPage } from './instances.js';
 import { groupPage, groupsPage } from './groups.js';
 import { launchPage } from './launch.js';
+import { elasticIpsPage, gatewaysPage, routeTablePage, routeTablesPage, subnetsPage, vpcPage, vpcsPage } from './networks.js';
+import { imagePage, imagesPage, snapshotsPage, volumePage, volumesPage } from './storage.js';
+import { scalingGroupPage, scalingGroupsPage } from './scaling.js';
+import { billingPage } from './billing.js';
+import { accountsPage, hostsPage, instanceTypesPage } from './admin.js';
 
 const main = document.getElementById('main');
 let page = null;
@@ -29,6 +33,46 @@ class Page {
 
 function go(path) { location.hash = '#' + path; }
 
+// Route patterns: ':id' matches one (URL-decoded) path segment, passed to the page after
+// (root, page). Each page function draws into root and registers its live updates on page.
+const ROUTES = [
+  ['/instances', instancesPage],
+  ['/instances/:id', instancePage],
+  ['/launch', (root, pg) => launchPage(root, pg, go)],
+  ['/security-groups', groupsPage],
+  ['/security-groups/:id', groupPage],
+  ['/vpcs', vpcsPage],
+  ['/vpcs/:id', vpcPage],
+  ['/subnets', subnetsPage],
+  ['/route-tables', routeTablesPage],
+  ['/route-tables/:id', routeTablePage],
+  ['/gateways', gatewaysPage],
+  ['/elastic-ips', elasticIpsPage],
+  ['/volumes', volumesPage],
+  ['/volumes/:id', volumePage],
+  ['/snapshots', snapshotsPage],
+  ['/images', imagesPage],
+  ['/images/:id', imagePage],
+  ['/autoscaling', scalingGroupsPage],
+  ['/autoscaling/:id', scalingGroupPage],
+  ['/billing', billingPage],
+  ['/admin/hosts', hostsPage],
+  ['/admin/accounts', accountsPage],
+  ['/admin/instance-types', instanceTypesPage],
+];
+
+function match(parts) {
+  for (const [pattern, fn] of ROUTES) {
+    const want = pattern.split('/').filter(Boolean);
+    if (want.length !== parts.length) continue;
+    const args = [];
+    if (want.every((w, i) => (w.startsWith(':') ? (args.push(parts[i]), true) : w === parts[i]))) {
+      return [fn, args];
+    }
+  }
+  return [null, []];
+}
+
 let shown = null;  // what is on screen: signed in or out, and the route
 
 async function render() {
@@ -44,16 +88,16 @@ async function render() {
   page = new Page();
   clear(main);
   main.focus({ preventScroll: true });
-  const parts = route.split('/').filter(Boolean);
+  // Segments are decoded one by one: an id holding '%2F' stays one segment.
+  const parts = location.hash.replace(/^#/, '').split('/').filter(Boolean).map(decodeURIComponent);
   try {
     if (route === '/signin') signInPage(main);
     else if (parts.length === 0) await dashboard(main, page);
-    else if (parts[0] === 'instances' && parts.length === 1) await instancesPage(main, page);
-    else if (parts[0] === 'instances' && parts.length === 2) await instancePage(main, page, parts[1]);
-    else if (parts[0] === 'launch') await launchPage(main, page, go);
-    else if (parts[0] === 'security-groups' && parts.length === 1) await groupsPage(main, page);
-    else if (parts[0] === 'security-groups' && parts.length === 2) await groupPage(main, page, parts[1]);
-    else clear(main, h('h1', {}, 'Not found'), h('p', {}, 'No such console page.'));
+    else {
+      const [fn, args] = match(parts);
+      if (fn) await fn(main, page, ...args);
+      else clear(main, h('h1', {}, 'Not found'), h('p', {}, 'No such console page.'));
+    }
   } catch (e) {
     const box = errorBox();
     clear(main, h('h1', {}, 'Something went wrong'), box);
@@ -143,6 +187,7 @@ async function start() {
   const who = document.getElementById('who');
   onSessionChange((s) => {
     top.hidden = !s;
+    document.getElementById('admin-nav').hidden = !(s && s.is_admin);
     clear(who, s ? `${s.username || 'API key'} @ ${s.account_name}` : '');
     if (!s && location.hash !== '#/signin') go('/signin');
   });
