@@ -132,7 +132,9 @@ def delete_policy(ctx: typer.Context, name: GroupArg, policy: NameArg,
 
 @groups.command("put-scheduled-action")
 def put_action(ctx: typer.Context, name: GroupArg, action: NameArg,
-               recurrence: Annotated[str, typer.Option("--recurrence", help="5-field cron.")],
+               recurrence: Annotated[Optional[str], typer.Option(
+                   "--recurrence", help="5-field cron; without it the action runs once, at "
+                                        "--start-time.")] = None,
                time_zone: Annotated[str, typer.Option("--time-zone")] = "Etc/UTC",
                start: Annotated[Optional[str], typer.Option("--start-time")] = None,
                end: Annotated[Optional[str], typer.Option("--end-time")] = None,
@@ -140,7 +142,8 @@ def put_action(ctx: typer.Context, name: GroupArg, action: NameArg,
                max_size: Annotated[Optional[int], typer.Option("--max", min=0)] = None,
                desired: Annotated[Optional[int], typer.Option("--desired", min=0)] = None,
                output: OutputOpt = None) -> None:
-    """Create or replace a scheduled action (sets min / max / desired at each occurrence)."""
+    """Create or replace a scheduled action (sets min / max / desired at each occurrence, or
+    once at --start-time when there is no --recurrence)."""
     _put(ctx, output, name, f"scheduled-actions/{action}", {
         "recurrence": recurrence, "time_zone": time_zone, "start_time": start,
         "end_time": end, "min_size": min_size, "max_size": max_size,

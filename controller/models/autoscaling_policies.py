@@ -80,8 +80,9 @@ class PolicyPublic(BaseModel):
 
 
 class ScheduledActionPut(BaseModel):
-    #: Five-field cron expression, evaluated in time_zone.
-    recurrence: str = PField(min_length=1, max_length=255)
+    #: Five-field cron expression, evaluated in time_zone. None (or absent): a one-time action
+    #: that fires once at start_time (then required, in the future) and is then deleted.
+    recurrence: str | None = PField(default=None, min_length=1, max_length=255)
     #: IANA time zone name; default UTC.
     time_zone: str = PField(default="Etc/UTC", min_length=1, max_length=64)
     start_time: datetime | None = None
@@ -95,7 +96,8 @@ class ScheduledActionPublic(BaseModel):
     scheduled_action_name: str
     scheduled_action_arn: str
     auto_scaling_group_name: str
-    recurrence: str
+    #: None: a one-time action (fires at start_time, then is deleted).
+    recurrence: str | None
     time_zone: str
     start_time: datetime | None
     end_time: datetime | None
@@ -132,6 +134,7 @@ class ScheduledAction(SQLModel, table=True):
     group_id: str = Field(foreign_key="autoscaling_group.group_id", max_length=32, index=True)
     account_id: str = Field(max_length=32)
     name: str = Field(max_length=255)
+    #: The cron; "" for a one-time action (fires at start_time; the column stays NOT NULL).
     recurrence: str = Field(max_length=255)
     time_zone: str = Field(max_length=64)
     start_time: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field as PField
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
@@ -11,7 +12,8 @@ from controller.db import UtcDateTime
 
 class JoinTokenCreate(SQLModel):
     #: The host id the token joins (its certificate will name it).
-    host_id: str = Field(max_length=63, regex=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    # pydantic's own Field: SQLModel's `regex=` is silently ignored under pydantic 2.
+    host_id: str = PField(max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     #: Seconds the token stays usable (default 1 hour, at most 7 days).
     ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
 

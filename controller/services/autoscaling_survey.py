@@ -76,6 +76,8 @@ def schedule_due(a, now: datetime) -> bool:
     whether one exists, not which. An expression that cannot be evaluated counts as due, so
     evaluate() meets it (and reports it) as before."""
     done_until = a.last_occurrence or a.created_at
+    if not a.recurrence:  # a one-time action (recurrence ""): its start is its one occurrence
+        return a.start_time is not None and done_until < a.start_time <= now
     lo = max(done_until, a.start_time - timedelta(microseconds=1)) if a.start_time else done_until
     hi = min(now, a.end_time) if a.end_time else now
     if hi <= lo:

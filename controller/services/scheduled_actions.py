@@ -9,6 +9,11 @@ once, and is recorded. An occurrence missed while the controller was down fires 
 comes back if it is at most autoscaling_schedule_grace_s old; an older one is recorded as
 skipped (an activity says so) and does nothing: a stale schedule must not override what
 happened since. Occurrences before the action was created never fire.
+
+One-time actions (EC2's StartTime without Recurrence; stored with recurrence ""): the one
+occurrence is start_time, which must be in the future when put. When it is due it fires (or is
+skipped, or fails, as above) and the action is deleted in the same transaction, as EC2 deletes
+a one-time action once it has run; the activity it leaves is its record.
 """
 from __future__ import annotations
 
@@ -38,10 +43,13 @@ def _aware(t: datetime | None) -> datetime | None:
 def _public(g: AutoScalingGroup, a: ScheduledAction, now: datetime) -> ScheduledActionPublic:
     # The first occurrence at or after start (inclusive, as due_occurrence) or after now.
     after = max(now, a.start_time - timedelta(microseconds=1)) if a.start_time else now
-    try:
-        nxt = next_occurrence(a.recurrence, a.time_zone, after)
-    except (OverflowError, ValueError):  # past the calendar's end (a start in year 9999)
-        nxt = None
+    if not a.recurrence:  # one-time: its start (a row exists only until it has run)
+        nxt = a.start_time
+    else:
+        try:
+            nxt = next_occurrence(a.recurrence, a.time_zone, after)
+        except (OverflowError, ValueError):  # past the calendar's end (a start in year 9999)
+            nxt = None
     if nxt is not None and a.end_time is not None and nxt > a.end_time:
         nxt = None
     return ScheduledActionPublic(
@@ -49,15 +57,26 @@ def _public(g: AutoScalingGroup, a: ScheduledAction, now: datetime) -> Scheduled
         scheduled_action_arn=f"arn:kumo:autoscaling::{g.account_id}:scheduledUpdateGroupAction:"
                              f"{a.action_id}:autoScalingGroupName/{g.name}:"
                              f"scheduledActionName/{a.name}",
-        recurrence=a.recurrence, time_zone=a.time_zone, start_time=a.start_time,
+        recurrence=a.recurrence or None, time_zone=a.time_zone, start_time=a.start_time,
         end_time=a.end_time, min_size=a.min_size, max_size=a.max_size,
         desired_capacity=a.desired_capacity, next_occurrence=nxt,
         last_occurrence=a.last_occurrence)
 
 
-def _check(body: ScheduledActionPut) -> None:
-    check_cron(body.recurrence)
+def _check(body: ScheduledActionPut, now: datetime) -> None:
+    if body.recurrence is not None:
+        check_cron(body.recurrence)
     check_zone(body.time_zone)
+    if body.recurrence is None:  # one-time (EC2: StartTime without Recurrence)
+        start = _aware(body.start_time)
+        if start is None:
+            raise InvalidParameter("A scheduled action needs a recurrence or a start time",
+                                   code=VALIDATION)
+        if start <= now:
+            raise InvalidParameter("Given start time is in the past", code=VALIDATION)
+        if body.end_time is not None:
+            raise InvalidParameter("An end time is only valid with a recurrence",
+                                   code=VALIDATION)
     if body.min_size is None and body.max_size is None and body.desired_capacity is None:
         raise InvalidParameter("At least one of min_size, max_size and desired_capacity must "
                                "be given", code=VALIDATION)
@@ -71,15 +90,15 @@ def _check(body: ScheduledActionPut) -> None:
 def put(db: Database, caller, group_name: str, name: str,
         body: ScheduledActionPut) -> ScheduledActionPublic:
     """Create or replace (EC2 PutScheduledUpdateGroupAction)."""
-    _check(body)
     now = utcnow()
+    _check(body, now)
     check_name(name, "scheduled action")
     with db.session() as s:
         g = autoscaling.get(s, caller, group_name)
         a = group_rows.upsert(s, ScheduledAction, g, name, lambda: ScheduledAction(
             action_id=new_id("sch"), group_id=g.group_id, account_id=g.account_id, name=name,
-            created_at=now, recurrence=body.recurrence, time_zone=body.time_zone))
-        a.recurrence, a.time_zone = body.recurrence, body.time_zone
+            created_at=now, recurrence=body.recurrence or "", time_zone=body.time_zone))
+        a.recurrence, a.time_zone = body.recurrence or "", body.time_zone
         a.start_time, a.end_time = _aware(body.start_time), _aware(body.end_time)
         a.min_size, a.max_size = body.min_size, body.max_size
         a.desired_capacity = body.desired_capacity
@@ -135,13 +154,20 @@ def evaluate(db: Database, settings: Settings, gid: str, now: datetime) -> None:
             g = s.get(AutoScalingGroup, gid)
             if a is None or g is None or g.status == autoscaling.DELETING:
                 continue
-            occ = due_occurrence(a.recurrence, a.time_zone,
-                                 done_until=a.last_occurrence or a.created_at, now=now,
-                                 start=a.start_time, end=a.end_time)
+            done_until = a.last_occurrence or a.created_at
+            if not a.recurrence:  # one-time: due once its start has come; then it goes
+                occ = a.start_time if a.start_time and done_until < a.start_time <= now \
+                    else None
+            else:
+                occ = due_occurrence(a.recurrence, a.time_zone, done_until=done_until,
+                                     now=now, start=a.start_time, end=a.end_time)
             if occ is None:
                 continue
-            a.last_occurrence = occ
-            s.add(a)
+            if a.recurrence:
+                a.last_occurrence = occ
+                s.add(a)
+            else:
+                s.delete(a)  # with the change below, in this one transaction
             late = (now - occ).total_seconds()
             if late > settings.autoscaling_schedule_grace_s:
                 s.add(ScalingActivity(

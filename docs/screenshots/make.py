@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.functional.console_browser_support import CHROMIUM, ServedCloud  # noqa: E402
+from tests.functional.console_browser_support import ServedCloud, launch_chromium  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WIDTHS = (390, 1280)
@@ -86,8 +86,7 @@ def shoot(out: Path, pages: tuple[str, ...], widths: tuple[int, ...]) -> list[Pa
         served, iid, gid = make_cloud(Path(tmp))
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                            args=["--no-sandbox", "--disable-gpu"])
+                browser = launch_chromium(p)
                 try:
                     for width in widths:
                         ctx = browser.new_context(viewport={"width": width, "height": 900})

@@ -28,8 +28,9 @@ class ServedCloud:
     """cloud.app on http://127.0.0.1:<free port>; `converging` on: every 0.2 s one reconciler
     tick and every agent's heartbeat (under `lock`, which tests hold to change the cloud)."""
 
-    def __init__(self, tmp: Path, **overrides):
-        self.cloud = Cloud(tmp, **overrides)
+    def __init__(self, tmp: Path, *, cloud_class: type[Cloud] = Cloud, **overrides):
+        # cloud_class: e.g. tests/functional/volume_cloud.py's VolumeCloud, for a storage node.
+        self.cloud = cloud_class(tmp, **overrides)
         self.lock = threading.RLock()
         self.converging = threading.Event()
         self._stop = threading.Event()
@@ -67,13 +68,24 @@ class ServedCloud:
         self.cloud.close()
 
 
+#: Chromium's flags, here only: no sandbox (the tests run as root, where Chromium's sandbox
+#: refuses to start) and no GPU (headless machines have none).
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu")
+
+
+def launch_chromium(playwright):
+    """Debian's headless Chromium started by a Playwright (sync) instance: the one launcher of
+    the browser tests and the screenshot command. The caller closes the browser."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                      args=list(CHROMIUM_ARGS))
+
+
 @contextlib.contextmanager
 def chromium_page(width: int = 1280, height: int = 900, timeout_ms: int = 15_000) -> Iterator:
     """A page of a fresh headless Chromium (Debian's; Playwright drives it), closed at the end."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(timeout_ms)

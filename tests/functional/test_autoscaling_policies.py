@@ -176,6 +176,11 @@ def test_bad_input_changes_nothing(cloud):
                 {"min_size": 3, "max_size": 2, "desired_capacity": None},
                 {"desired_capacity": None}):
         err(user.put(url, json={**sched, **bad}), 400, "ValidationError")
+    # One-time actions (no recurrence): a start time is needed, in the future, and no end.
+    once = {"desired_capacity": 2, "start_time": "2099-01-01T00:00:00Z"}
+    for bad in ({"start_time": None}, {"start_time": "2020-01-01T00:00:00Z"},
+                {"end_time": "2099-01-02T00:00:00Z"}):
+        err(user.put(url, json={**once, **bad}), 400, "ValidationError")
     assert ok(user.get("/v1/autoscaling-groups/g1/scheduled-actions")) == []
     err(user.delete(url), 404, "ValidationError")
     err(user.delete("/v1/autoscaling-groups/g1/policies/p"), 404, "ValidationError")
@@ -250,6 +255,39 @@ def test_missed_occurrences_grace_and_skip(cloud):
     assert user.delete("/v1/autoscaling-groups/g1/scheduled-actions/hourly").status_code == 204
 
 
+def test_one_time_action_fires_once_and_is_deleted(cloud):
+    """EC2's StartTime without Recurrence: nothing before the start, fires at the first pass
+    after it (once, however many passes), then the action is gone; a late one beyond the grace
+    is skipped (a Cancelled activity) and gone too."""
+    cloud.add_host("h1", vcpus=64, memory_mib=262144)
+    user = cloud.account("alice")
+    setup_group(cloud, user, min_size=0, max_size=5, desired_capacity=0)
+    url = "/v1/autoscaling-groups/g1/scheduled-actions/"
+    a = ok(user.put(url + "once", json={"desired_capacity": 2,
+                                        "start_time": "2027-03-22T12:10:00Z"}))
+    assert a["recurrence"] is None and a["next_occurrence"].startswith("2027-03-22T12:10")
+    ok(user.put(url + "late", json={"desired_capacity": 4, "time_zone": "Europe/Berlin",
+                                    "start_time": "2027-03-22T12:20:00Z"}))
+    clock = Clock()  # 12:00
+    step(cloud, clock, 300, agents=False)  # 12:05: before the start
+    assert group(user)["desired_capacity"] == 0
+    assert len(ok(user.get(url[:-1]))) == 2
+    step(cloud, clock, 360, agents=False)  # 12:11: fires
+    autoscaling_controller.tick(cloud.db, cloud.settings, clock.now)  # again: nothing more
+    assert group(user)["desired_capacity"] == 2
+    fired = [x for x in activities(user) if "scheduled action once" in x["cause"]]
+    assert len(fired) == 1 and fired[0]["cause"].startswith("At 2027-03-22T12:10:00Z")
+    assert [x["scheduled_action_name"] for x in ok(user.get(url[:-1]))] == ["late"]
+    # Down from 12:11 to 12:30: "late" (12:20) is 10 min late, beyond the 300 s grace.
+    step(cloud, clock, 19 * 60, agents=False)
+    assert group(user)["desired_capacity"] == 2
+    assert any(x["status_code"] == "Cancelled" and "late" in x["description"]
+               for x in activities(user))
+    assert ok(user.get(url[:-1])) == []
+    step(cloud, clock, 3600, agents=False)
+    assert group(user)["desired_capacity"] == 2
+
+
 def test_cli(cloud):
     """`kumo autoscaling-groups put-policy|policies|...|scheduled-actions` drive the same API."""
     kumo, run = cli_with_group(cloud)
@@ -266,6 +304,12 @@ def test_cli(cloud):
     r = kumo("autoscaling-groups", "put-scheduled-action", "g1", "x", "--recurrence", "0 0 *",
              "--desired", "1")
     assert r.exit_code != 0 and "ValidationError" in r.output
+    once = run("autoscaling-groups", "put-scheduled-action", "g1", "once", "--start-time",
+               "2099-01-01T00:00:00Z", "--desired", "2")
+    assert (once["recurrence"], once["next_occurrence"][:10]) == (None, "2099-01-01")
+    r = kumo("autoscaling-groups", "put-scheduled-action", "g1", "y", "--desired", "1")
+    assert r.exit_code != 0 and "ValidationError" in r.output  # neither recurrence nor start
+    assert kumo("autoscaling-groups", "delete-scheduled-action", "g1", "once").exit_code == 0
     assert len(run("autoscaling-groups", "scheduled-actions", "g1")["items"]) == 1
     assert kumo("autoscaling-groups", "delete-scheduled-action", "g1", "wd").exit_code == 0
     assert kumo("autoscaling-groups", "delete-policy", "g1", "cpu").exit_code == 0

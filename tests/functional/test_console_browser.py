@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import CHROMIUM, ServedCloud
+from tests.functional.console_browser_support import ServedCloud, launch_chromium
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -45,8 +45,7 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu"])
+        b = launch_chromium(p)
         yield b
         b.close()
 

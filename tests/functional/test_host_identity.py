@@ -118,6 +118,10 @@ def test_join_token_is_one_time_and_expires(ctl):
     old = ctl.api.post("/v1/agent/join", json={"csr": make_csr(new_key(), "h2"),
                                                "join_token": tok2["token"]})
     assert (old.status_code, _code(old)) == (401, "JoinTokenExpired")
+    # A host id that could not name a certificate or a host is refused, and makes no token.
+    for bad_id in ("Bad_Host", "-h", "h" * 64, "h1;rm"):
+        r = ctl.api.post("/v1/hosts/join-tokens", json={"host_id": bad_id})
+        assert (r.status_code, _code(r)) == (400, "InvalidParameterValue"), (bad_id, r.text)
     # Only the hash is stored; a non-admin cannot make tokens.
     with ctl.app.state.kumo.db.session() as s:
         assert tok2["token"].split(".")[1] not in s.get(HostJoinToken, tok2["token_id"]) \

@@ -468,7 +468,7 @@ def _nat_gib(user: CloudUser) -> Decimal:
 def test_nat_gateway_data_processed_is_billed_per_gib(world):
     """Issue 13: a3 (behind the NAT gateway) downloads 4 MiB from the internet namespace; the
     account's nat-gateway-gib usage grows by at least that (the dataplane's counter -> the
-    agent's heartbeat -> the controller's delta) and by less than 100x that."""
+    agent's heartbeat -> the controller's delta) and by at most 1.2x that."""
     a, a3, size = world.users[0], world.vms["a3"], 4 << 20
     port = 20000 + secrets.randbelow(2000)
     server = subprocess.Popen(["ip", "netns", "exec", inet_netns(world.lab.prefix), sys.executable,
@@ -490,10 +490,20 @@ def test_nat_gateway_data_processed_is_billed_per_gib(world):
                 break
             time.sleep(0.5)
         billed = time.time() - t0 - fetched
+        # A counter that lagged past the first crossing would show in the next heartbeat (2 s):
+        # read once more after it, so the upper bound sees everything the download caused.
+        time.sleep(2.5)
+        grown = _nat_gib(a) - before
         _report(f"NAT data processed: {size} bytes fetched by a3 in {fetched:.2f} s; usage grew by "
                 f"{grown} GiB ({grown / want:.3f}x) {billed:.2f} s later")
+        # Both ways: at least the payload, and at most 1.2x it. The extra is the packets' own
+        # IP/TCP headers (at most ~3.6% on the wire: 52 bytes per 1448-byte segment; less as
+        # counted, since the host's counters see GRO-merged segments), the HTTP request and
+        # headers, the ACKs the other way, handshakes and ARP: measured 1.002x. 20% leaves room
+        # for retransmissions under TCG, while a double count (both directions or both NAT
+        # hooks counted: 2x) or other traffic leaking into the counter fails.
         assert grown >= want - Decimal("0.000001"), f"usage grew by {grown} GiB, not {want}"
-        assert grown < 100 * want
+        assert grown <= Decimal("1.2") * want, f"usage grew by {grown} GiB, > 1.2x {want}"
     finally:
         end_process(server)
 

@@ -42,6 +42,17 @@ def test_schedule_precheck_agrees_with_due_occurrence(expr, zone, window):
             last = occ  # as evaluate() records it
 
 
+def test_one_time_action_is_due_once_its_start_has_come():
+    """recurrence "" (one-time): due from its start on, until evaluate() deletes it; never
+    before it, nor when its start is at or before the last handled instant (put after it)."""
+    start = T0 + timedelta(hours=1)
+    a = _action("", "Europe/Paris", T0, start)
+    assert not schedule_due(a, start - timedelta(seconds=1))
+    assert schedule_due(a, start) and schedule_due(a, start + timedelta(days=1))
+    assert not schedule_due(_action("", "Etc/UTC", start, start), start + timedelta(hours=1))
+    assert not schedule_due(_action("", "Etc/UTC", T0, None), T0 + timedelta(days=1))
+
+
 def test_schedule_without_last_occurrence_counts_from_creation():
     a = _action("0 * * * *", "Etc/UTC", None)
     assert schedule_due(a, a.created_at + timedelta(minutes=59)) is False

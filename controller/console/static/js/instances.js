@@ -1,9 +1,12 @@
 // The instances list (live: polled every 2 s, with a text filter) and one instance's page
-// (details, security groups, volumes, CPU and network charts, console output, actions). Actions are plain API calls:
-// when the API refuses one, its error (code and message) is shown as it came.
+// (details, security groups, volumes, CPU and network charts, console output, actions: stop,
+// start, reboot, terminate, change type, create image, attach a volume, change security groups).
+// Actions are plain API calls: when the API refuses one, its error (code and message) is shown
+// as it came.
 import { api, listAll } from './api.js';
 import { monitoring } from './charts.js';
 import { clear, errorBox, field, h, link, nameOf } from './dom.js';
+import { DEVICES } from './storage.js';
 
 const COLUMNS = [
   ['Instance', (i) => link(`/instances/${i.instance_id}`, i.instance_id)],
@@ -59,7 +62,7 @@ function details(i) {
     ['Reason', i.state_reason ? `${i.state_reason.code}: ${i.state_reason.message}` : ''],
     ['Instance status', i.instance_status], ['System status', i.system_status],
     ['Type', `${i.instance_type} (${i.vcpus} vCPU, ${i.memory_mib} MiB)`],
-    ['Image', i.image_id], ['Key pair', i.key_name || ''], ['Root disk', `${i.root_disk_gib} GiB`],
+    ['Image', link(`/images/${i.image_id}`, i.image_id)], ['Key pair', i.key_name || ''], ['Root disk', `${i.root_disk_gib} GiB`],
     ['VPC', i.vpc_id || ''], ['Subnet', i.subnet_id || ''], ['Private IP', i.private_ip || ''],
     ['Public IP', i.public_ip || ''], ['Host', i.host_id || ''], ['Launched', i.launch_time || ''],
   ];
@@ -99,9 +102,11 @@ export async function instancePage(root, pg, id) {
       b.textContent = label;
       b.disabled = true;
       try {
-        await (opts.run ? opts.run() : api('POST', `/v1/instances/${enc}/${path}`));
+        // run() may answer a function that writes its own notice once the page is refreshed.
+        const after = await (opts.run ? opts.run() : api('POST', `/v1/instances/${enc}/${path}`));
         clear(notice, `${label}: requested.`);
         await refresh();
+        if (typeof after === 'function') after();
       } catch (e) {
         err.show(e);
       } finally {
@@ -116,14 +121,83 @@ export async function instancePage(root, pg, id) {
   const actions = h('div', { class: 'actions', role: 'group', 'aria-label': 'Instance actions' },
     act('Stop', 'stop'), act('Start', 'start'), act('Reboot', 'reboot'),
     act('Terminate', 'terminate', { danger: true, confirm: true }));
+
+  // Create image: the API answers the new (pending) image at once; its page follows the capture.
+  const imgName = h('input', { name: 'image_name', maxlength: '128' });
+  const imgDesc = h('input', { name: 'image_description', maxlength: '255' });
+  const noReboot = h('input', { type: 'checkbox', name: 'no_reboot', id: 'no-reboot' });
+  const createImage = act('Create image', null, {
+    run: async () => {
+      const body = { name: imgName.value, no_reboot: noReboot.checked };
+      if (imgDesc.value) body.description = imgDesc.value;
+      const img = await api('POST', `/v1/instances/${enc}/image`, body);
+      imgName.value = '';
+      imgDesc.value = '';
+      return () => clear(notice, 'Image ', link(`/images/${img.image_id}`, img.image_id), ` (${img.name}) is being created.`);
+    },
+  });
+  const imageBox = h('section', { 'aria-labelledby': 'ci-h', id: 'create-image' }, h('h2', { id: 'ci-h' }, 'Create image'),
+    h('div', { class: 'inline' }, field('Image name', imgName), field('Image description', imgDesc),
+      h('div', { class: 'field check' }, noReboot, h('label', { for: 'no-reboot' }, 'No reboot (copy while it runs)')), createImage));
+
+  // Attach a volume: the account's available volumes (the API decides the rest: the
+  // instance's state, the device, the per-instance limit) on a device this instance leaves free.
+  const volSel = h('select', { name: 'volume_id' });
+  const devSel = h('select', { name: 'device' });
+  const attachVolume = act('Attach volume', null, {
+    run: async () => {
+      await api('POST', `/v1/volumes/${encodeURIComponent(volSel.value)}/attach`,
+        { instance_id: inst.instance_id, device: devSel.value });
+      const what = `${volSel.value} as ${devSel.value}`;
+      return () => clear(notice, `Attach volume: attaching ${what}.`);
+    },
+  });
+  const attachRow = h('div', { class: 'inline' }, field('Volume', volSel, 'Available volumes of this account.'),
+    field('Device', devSel), attachVolume);
+  const noVolume = h('p', { hidden: true }, 'No available volume to attach: create one on the ', link('/volumes', 'Volumes'), ' page.');
+  async function loadVolumeChoices() {
+    const avail = await listAll('/v1/volumes', { status: 'available' }).catch(() => []);
+    attachRow.hidden = !avail.length;
+    noVolume.hidden = !!avail.length;
+    const keep = volSel.value;
+    clear(volSel, avail.length ? avail.map((v) => h('option', { value: v.volume_id, selected: v.volume_id === keep },
+      `${v.volume_id}${nameOf(v) ? ` (${nameOf(v)})` : ''} · ${v.size_gib} GiB`)) : h('option', { value: '' }, 'No available volume'));
+    const used = new Set((inst.block_device_mappings || []).map((b) => (b.device_name || '').slice(-1)));
+    const keepDev = devSel.value;
+    clear(devSel, DEVICES.filter((d) => !used.has(d.slice(-1))).map((d) => h('option', { value: d, selected: d === keepDev }, d)));
+  }
+
+  // Change security groups: checkboxes of the VPC's groups, the current ones checked; one PUT.
+  const groupChoices = h('fieldset', { class: 'choices', id: 'group-choices' }, h('legend', {}, 'Security groups of the VPC'));
+  const changeGroups = act('Change security groups', null, {
+    run: async () => {
+      const ids = [...groupChoices.querySelectorAll('input:checked')].map((c) => c.value);
+      await api('PUT', `/v1/instances/${enc}/security-groups`, { security_group_ids: ids });
+      return () => { clear(notice, 'Security groups changed.'); drawGroupChoices(); };
+    },
+  });
+  async function drawGroupChoices() {
+    const vpcGroups = inst.vpc_id ? await listAll('/v1/security-groups', { vpc_id: inst.vpc_id }).catch(() => []) : [];
+    clear(groupChoices, h('legend', {}, 'Security groups of the VPC'),
+      vpcGroups.length ? vpcGroups.map((g) => {
+        const cid = `isg-${g.group_id}`;
+        return h('div', { class: 'choice' },
+          h('input', { type: 'checkbox', id: cid, value: g.group_id, checked: inst.security_group_ids.includes(g.group_id) }),
+          h('label', { for: cid }, h('span', { class: 'main' }, g.group_name),
+            h('span', { class: 'hint' }, `${g.group_id}${g.description ? ` · ${g.description}` : ''}`)));
+      }) : h('p', {}, 'The instance is in no VPC.'));
+  }
   const refreshConsole = h('button', { type: 'button' }, 'Refresh console output');
   const charts = monitoring(inst.instance_id);
 
   clear(root, h('p', {}, link('/instances', '← Instances')), title, err, notice, actions,
     h('div', { class: 'inline' }, field('Instance type', typeSelect, 'Only while stopped; applies at the next start.'), changeType),
     h('section', { 'aria-labelledby': 'd-h' }, h('h2', { id: 'd-h' }, 'Details'), detailBox),
-    h('section', { 'aria-labelledby': 'g-h' }, h('h2', { id: 'g-h' }, 'Security groups'), groups),
-    h('section', { 'aria-labelledby': 'v-h' }, h('h2', { id: 'v-h' }, 'Volumes'), volumes),
+    h('section', { 'aria-labelledby': 'g-h' }, h('h2', { id: 'g-h' }, 'Security groups'), groups,
+      groupChoices, h('div', { class: 'actions' }, changeGroups)),
+    h('section', { 'aria-labelledby': 'v-h' }, h('h2', { id: 'v-h' }, 'Volumes'), volumes,
+      attachRow, noVolume),
+    imageBox,
     charts.section,
     h('section', { 'aria-labelledby': 'c-h' }, h('h2', { id: 'c-h' }, 'Console output'), refreshConsole, consoleOut));
 
@@ -139,8 +213,10 @@ export async function instancePage(root, pg, id) {
     clear(groups, gs.length ? gs.map((g) => h('li', {}, h('code', {}, g.group_id), ' ',
       g.group_name || '', g.description ? ` — ${g.description}` : '')) : h('li', {}, 'None'));
     const vols = inst.block_device_mappings || [];
-    clear(volumes, vols.length ? vols.map((v) => h('li', {}, h('code', {}, v.device_name || v.device || ''), ' ',
-      v.volume_id || '', v.status ? ` (${v.status})` : '')) : h('li', {}, 'None besides the root disk'));
+    clear(volumes, vols.length ? vols.map((v) => h('li', { 'data-volume-id': v.volume_id }, h('code', {}, v.device_name), ' ',
+      link(`/volumes/${v.volume_id}`, v.volume_id), ` (${v.status})`)) : h('li', {}, 'None besides the root disk'));
+    // The choices follow the instance's devices and the account's volumes, unless in use.
+    if (document.activeElement !== volSel && document.activeElement !== devSel) await loadVolumeChoices();
   }
   async function loadConsole() {
     try {
@@ -151,6 +227,7 @@ export async function instancePage(root, pg, id) {
     }
   }
   refreshConsole.addEventListener('click', loadConsole);
+  await drawGroupChoices();
   await pg.every(3000, async () => {
     try { await refresh(); } catch (e) { if (e.status === 404) { err.show(e); pg.close(); } }
   });
