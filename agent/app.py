@@ -334,7 +334,8 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
                           instances=reconciler.observed_all,
                           network=network_service.observed if network_service else None,
                           identity=identity,
-                          nat_processed=network_service.nat_processed if network_service else None)
+                          nat_processed=network_service.nat_processed if network_service else None,
+                          nat_delivered=network_service.nat_delivered if network_service else None)
     reconciler.on_change = heartbeat.kick
     sampler = Sampler(settings, drivers.hypervisor, tls=tls_client)
     if network_service is not None:

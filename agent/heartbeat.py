@@ -8,7 +8,8 @@ next tick; the agent keeps reconciling on its own meanwhile.
 
 NAT gateways' byte counters (extension nat-processed) ride in that NetworkObserved only once
 the controller's last answer said it reads them (HeartbeatResponse.nat_processed): a controller
-that predates them would refuse the unknown field.
+that predates them would refuse the unknown field. They include the final counts of gateways
+that left the host; a 2xx answer is their acknowledgement (nat_delivered).
 """
 from __future__ import annotations
 
@@ -87,16 +88,21 @@ class Heartbeat:
     def __init__(self, settings: AgentSettings, host: Callable[[], HostInfo],
                  instances: Callable[[], list[InstanceObserved]],
                  network: Callable[[], NetworkObserved] | None = None, identity=None,
-                 nat_processed: Callable[[], list[NatProcessed]] | None = None):
+                 nat_processed: Callable[[], list[NatProcessed]] | None = None,
+                 nat_delivered: Callable[[list[NatProcessed]], None] | None = None):
         """`identity`: the host's AgentIdentity (auth "mtls"): heartbeats go over mutual TLS
         and the certificate is renewed through the same client once renewal is due.
-        `nat_processed`: the NAT gateways' counters, sent once the controller asks for them."""
+        `nat_processed`: the NAT gateways' counters, sent once the controller asks for them.
+        `nat_delivered`: told which counters a heartbeat carried once the controller answered
+        it with 2xx (it recorded them in that transaction): final counts of gateways that left
+        are dropped after a few deliveries (agent.network.nat_finals)."""
         self.settings = settings
         self.identity = identity
         self.host = host
         self.instances = instances
         self.network = network
         self.nat_processed = nat_processed
+        self.nat_delivered = nat_delivered
         #: The controller's last answer asked for NAT counters (HeartbeatResponse.nat_processed).
         self.send_nat = False
         self.interval = settings.heartbeat_interval
@@ -129,9 +135,12 @@ class Heartbeat:
 
     def send_once(self) -> HeartbeatResponse:
         network = self.network() if self.network is not None else None
+        sent_nat: list[NatProcessed] = []
         if network is not None and self.send_nat and self.nat_processed is not None:
             try:
-                network = network.model_copy(update={"nat_processed": self.nat_processed()})
+                items = self.nat_processed()
+                network = network.model_copy(update={"nat_processed": items})
+                sent_nat = items
             except Exception as e:  # counts are cumulative: the next heartbeat carries them
                 log.warning("NAT gateway counters: %s", e)
         req = HeartbeatRequest(host=self.host(), instances=self.instances(), network=network,
@@ -152,6 +161,11 @@ class Heartbeat:
         r.raise_for_status()
         resp = HeartbeatResponse.model_validate(r.json())
         self.send_nat = resp.nat_processed
+        if sent_nat and self.nat_delivered is not None:
+            try:
+                self.nat_delivered(sent_nat)
+            except Exception as e:  # kept: sent again, which bills nothing twice
+                log.warning("NAT counters delivered: %s", e)
         return resp
 
     def _main(self) -> None:

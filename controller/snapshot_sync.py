@@ -5,7 +5,8 @@ taken before the volume goes).
 
 Per snapshot, each failure isolated (one never stops the others):
 - pending: PUT SnapshotSpec on the node (idempotent) -> completed, progress 100%, the volume's
-  size as the node took it. A permanent refusal (the volume is gone from the node, ...) -> error
+  size as the node took it and the bytes it stores (billed by them: services/metering.py).
+  A permanent refusal (the volume is gone from the node, ...) -> error
   with observed_error; a retryable one (node unreachable, ...) is recorded in observed_error and
   retried on the next tick.
 - deleting: DELETE on the node (already gone is success) -> deleted, deleted_at. A permanent
@@ -85,10 +86,11 @@ def _take(db: Database, storage: StorageClient, snapshot_id: str, volume_id: str
     def completed(s, snap: Snapshot, observed) -> None:
         snap.state, snap.progress = "completed", "100%"
         snap.volume_size_gib = max(1, -(-observed.size_bytes // GIB))
+        snap.stored_bytes = observed.stored_bytes  # billed by it (None: by the volume's size)
         snap.observed_error = None
         snap.updated_at = utcnow()
         s.add(snap)
-        metering.snapshot_completed(s, snap, snap.updated_at)  # stored from now, at its size
+        metering.snapshot_completed(s, snap, snap.updated_at)  # billed from now, as stored
         record(s, "snapshot", snapshot_id, snap.account_id, "pending", "completed",
                f"taken of {volume_id} on the storage node")
 

@@ -36,6 +36,12 @@ snapshot_routes.py): crash-consistent, copy-on-write snapshots of volumes, which
          its snapshots.
   A malformed snapshot id is 400 InvalidSnapshotID.Malformed.
 
+Extension "snapshot-stored-bytes" (with "snapshots"; issue 13, billing):
+SnapshotObserved.stored_bytes, what the snapshot really stores, in the answer of
+PUT /v1/snapshots/{snapshot_id} (listings leave it out: measuring costs a tool run per
+snapshot). A node without it answers no such field; the controller then bills the volume's size.
+Upgrade controllers before nodes: an older controller refuses the unknown field.
+
 Extension "disconnect" (StorageInfo.extensions): VolumeSpec.disconnect, the force detach. With
 exported=False it cuts every connected host off before the export stops (NBD: the node closes
 their connections), so the unexport cannot be refused with VolumeInUse and no host can read or
@@ -54,7 +60,7 @@ from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 
 CONTRACT_VERSION = "v1"
 #: Named additive extensions this storage node implements.
-EXTENSIONS: tuple[str, ...] = ("snapshots", "disconnect")
+EXTENSIONS: tuple[str, ...] = ("snapshots", "disconnect", "snapshot-stored-bytes")
 
 VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
 #: EC2 style: "snap-" + 17 lowercase hex (as agent/drivers/volumes.SNAPSHOT_ID_RE).
@@ -141,3 +147,16 @@ class SnapshotObserved(_Wire):
     volume_id: VolumeId
     #: The volume's size when the snapshot was taken: a volume made from it is at least this big.
     size_bytes: int
+    #: Extension "snapshot-stored-bytes": the bytes the snapshot stores (NBD: `qemu-img measure`
+    #: of it; RBD: `rbd du`), measured when PUT answers; None (left out) in listings and from
+    #: nodes without the extension.
+    stored_bytes: int | None = Field(default=None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unmeasured(self, handler: Any) -> dict[str, Any]:
+        """stored_bytes is left out when None, so an answer without it is exactly the
+        extension-less contract's (what a controller from before it accepts)."""
+        data = handler(self)
+        if data.get("stored_bytes") is None:
+            data.pop("stored_bytes", None)
+        return data

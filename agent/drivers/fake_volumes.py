@@ -151,8 +151,12 @@ class FakeVolumeBackend:
                                                 f"{info.volume_id}")
                 return info
             self._existing(volume_id)
-            info = SnapshotInfo(snapshot_id, volume_id, self.sizes[volume_id])
-            self.snaps[snapshot_id] = (info, dict(self.data.get(volume_id, {})))
+            chunks = dict(self.data.get(volume_id, {}))
+            # Stored: the chunks written to the volume so far (a chunk is BLOCK bytes; never
+            # written is zeros and stores nothing), as the real nodes measure allocated data.
+            info = SnapshotInfo(snapshot_id, volume_id, self.sizes[volume_id],
+                                stored_bytes=BLOCK * len(chunks))
+            self.snaps[snapshot_id] = (info, chunks)
             return info
 
     def delete_snapshot(self, snapshot_id: str) -> None:

@@ -15,8 +15,8 @@ Snapshot ids are validated here like volume ids (valid_snapshot_id).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Optional, Protocol
 
 from agent.drivers.base import DriverError, NetworkSource
 
@@ -128,11 +128,20 @@ class VolumeInfo:
 @dataclass(frozen=True)
 class SnapshotInfo:
     """One snapshot: the volume it was taken of (which may since have been deleted) and that
-    volume's size at that moment (a volume made from it is at least that big)."""
+    volume's size at that moment (a volume made from it is at least that big).
+
+    `stored_bytes`: what the snapshot really stores, for billing (issue 13): measured by
+    snapshot() when it answers (taken now or already there); snapshots() listings may leave it
+    None (the NBD and RBD nodes do: measuring every snapshot each time costs one tool run each). NBD: the
+    bytes a copy of the snapshot needs (`qemu-img measure -l`: its allocated clusters plus
+    qcow2 metadata); RBD: `rbd du`'s used size of the snapshot (fast-diff: what it added over
+    the image's previous snapshot); the fake: its distinct written chunks. A measurement, not
+    part of the snapshot's identity: left out of equality."""
 
     snapshot_id: str
     volume_id: str
     size_bytes: int
+    stored_bytes: Optional[int] = field(default=None, compare=False)
 
 
 class VolumeBackend(Protocol):
@@ -233,7 +242,8 @@ class VolumeBackend(Protocol):
         """Make what is served match the persisted desired state."""
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
-        """Take a crash-consistent snapshot of the volume; idempotent (see the rules)."""
+        """Take a crash-consistent snapshot of the volume; idempotent (see the rules). The
+        answer carries stored_bytes, measured now (SnapshotInfo)."""
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete the snapshot; gone is success."""

@@ -8,6 +8,16 @@ change is diffed against the last applied state, which makes a one-port change o
 move a few milliseconds of work instead of a full read (see bench/RESULTS.md, dataplane).
 One record failing does not stop the others (e.g. a tap libvirt has not created yet); the
 failures are returned (EnsureResult.failed) and retried by the next ensure().
+
+NAT gateways' last counts (issue 13): a NAT gateway's counter is read one last time when the
+dataplane stops feeding it, and handed to `on_nat_final` ({gateway id: bytes}; the
+NetworkService persists it in agent.network.nat_finals and reports it until delivered) before
+the counter can go: (1) right after a NAT table load of a router namespace, every counter there
+of a gateway this host no longer holds (the load removed its counting rules, so the value is
+exact) is read, handed over, then deleted; (2) before a router namespace is removed (ensure or
+teardown), its forward chain is sealed (counters stop, nothing crosses), then its counters are
+read and handed over. A failed read is logged; the namespace goes anyway (never block a
+teardown on billing).
 """
 from __future__ import annotations
 
@@ -54,6 +64,13 @@ class EnsureResult:
                                  f"{len(self.failed)} dataplane changes failed, first: {rec}: {detail}")
 
 
+def local_nat_gateways(host: HostNetwork) -> frozenset:
+    """Ids of the NAT gateways `host` places on this host."""
+    return frozenset(v.nat_gateway.nat_gateway_id for v in host.vpcs
+                     if v.nat_gateway is not None
+                     and v.nat_gateway.host_underlay_ip == host.underlay_ip)
+
+
 class Dataplane:
     """The VPC dataplane of one host.
 
@@ -65,7 +82,8 @@ class Dataplane:
     def __init__(self, netns: Optional[str], host_tag: Optional[str] = None,
                  allow_own_namespace: bool = False, resync_seconds: float = 30.0,
                  kernel: Optional[Kernel] = None,
-                 nat_loader: Optional[Callable[[Optional[str], str], None]] = None):
+                 nat_loader: Optional[Callable[[Optional[str], str], None]] = None,
+                 nat_io: Optional[nat.CounterIO] = None):
         if netns is None and not allow_own_namespace:
             raise DataplaneError("RootNamespaceRefused",
                                  "refusing to program this process's own namespace")
@@ -76,6 +94,11 @@ class Dataplane:
         # NAT tables go through the agent's one nft loader (in place, atomic: agent.network.nat);
         # an injected kernel (tests) receives them as records unless a loader is injected too.
         self.nat_loader = nat_loader if nat_loader is not None or kernel is not None else nat.load_table
+        #: Reads/seals/drops NAT counters for final values (None: no final values, e.g. tests
+        #: with an injected kernel and no nat_io).
+        self.nat_io = nat_io if nat_io is not None or kernel is not None else nat.CounterIO()
+        #: Called with {gateway id: bytes} final counters (must persist them before returning).
+        self.on_nat_final: Optional[Callable[[dict[str, int]], None]] = None
         #: Last payload loaded per namespace: nft tables and sysctls are write-only state.
         self._applied: set[Record] = set()
         #: Desired records of the last ensure that applied without failure, and when the kernel
@@ -124,7 +147,10 @@ class Dataplane:
             observed = self._last
         plan = diff(want, observed)
         result = EnsureResult(plan)
+        self._local_nat = local_nat_gateways(host)
         for rec in plan.remove:
+            if isinstance(rec, Netns):
+                self._final_counts(rec.name, seal=True)
             self._do(rec, add=False, result=result)
         # Sysctls of one namespace in one process.
         sysctls: dict[str, list[Sysctl]] = {}
@@ -177,6 +203,8 @@ class Dataplane:
                     self._applied = {r for r in self._applied
                                      if not (isinstance(r, NftTable) and r.ns == rec.ns)}
                     self._applied.add(rec)
+                    if rec.ns != HOST:
+                        self._final_counts(rec.ns, seal=False)
             else:
                 self.kernel.remove(rec)
                 if isinstance(rec, Netns):
@@ -187,6 +215,36 @@ class Dataplane:
             result.failed.append((rec, str(e)))
 
     # -- NAT gateway counters -----------------------------------------------------------------
+    _local_nat: frozenset = frozenset()
+
+    def _final_counts(self, netns: str, seal: bool) -> None:
+        """Hand the counters in `netns` of gateways not held here (self._local_nat) to
+        on_nat_final (see the module docstring). seal: the namespace is about to be removed."""
+        io, sink = self.nat_io, self.on_nat_final
+        if io is None or sink is None:
+            return
+        if seal:
+            try:
+                io.seal(netns)
+            except (FirewallApplyError, OSError) as e:  # no NAT table there: nothing to count
+                log.debug("sealing %s: %s", netns, e)
+        try:
+            found = io.read(netns)
+        except (FirewallApplyError, OSError, ValueError) as e:
+            log.warning("final NAT counters of %s unread: %s", netns, e)
+            return
+        gone = {k: v for k, v in found.items() if seal or k not in self._local_nat}
+        if not gone:
+            return
+        sink(gone)  # persisted: the counters may go now
+        log.info("final NAT counters of %s: %s", netns, gone)
+        if not seal:
+            try:
+                io.drop(netns, gone)
+            except (FirewallApplyError, OSError, ValueError) as e:
+                # Read again at the next load: the same value, which bills nothing twice.
+                log.warning("stale NAT counters of %s kept: %s", netns, e)
+
     def nat_counters(self, host: HostNetwork,
                      reader: Optional[Callable[[str], dict[str, int]]] = None) -> dict[str, int]:
         """{NAT gateway id: bytes forwarded} of the NAT gateways `host` places here, read from
@@ -220,6 +278,8 @@ class Dataplane:
         plan = diff(keep, observed)
         result = EnsureResult(plan)
         for rec in plan.remove:
+            if isinstance(rec, Netns):
+                self._final_counts(rec.name, seal=True)
             self._do(rec, add=False, result=result)
         self._applied = {r for r in self._applied if r.ns == HOST}
         self._last = None

@@ -18,6 +18,17 @@ It holds the VPC's whole edge policy towards the outside (the transit link to th
   gateway leaves this host its counter is no longer fed; it stays until the router namespace
   goes (or a load rebuilt from the table read back deletes it). Either way the controller's base
   for (gateway, host) stays right: a kept counter continues, a new one is smaller (a reset).
+- A gateway's last count (issue 13: bytes after the last heartbeat of a gateway deleted or moved
+  away): the dataplane (agent.network.apply) reads the counters of a router namespace right
+  after a load that stopped feeding a gateway's counter (the in-place load removes its counting
+  rules; the named object stays), so the read is exact, then deletes the counter objects it
+  read (drop_counters_document). Before removing a router namespace it seals the forward chain
+  first (seal_document: counters stop, nothing forwarded), then reads. The read cannot be in
+  the same transaction as the delete (nft's counter reads are netlink gets outside the commit
+  batch), hence "stop feeding, then read, then delete": nothing is forwarded uncounted.
+  Residual: a load the kernel refused (the table changed by hand) is rebuilt from the table
+  read back and deletes stale counters in its transaction; their bytes since the last heartbeat
+  are then lost (that path is for hand-made drift only).
 
 Rendering (pure, deterministic): `render_nat` gives the whole table as nft JSON `add` commands,
 never text templates. Every value is checked again on its way in, whatever validated it before:
@@ -235,6 +246,55 @@ def read_counters(netns: Optional[str], backend: Optional[load.Backend] = None) 
     finally:
         if own:
             load.close_backend(backend)
+
+
+def seal_document() -> dict:
+    """ONE transaction for a router namespace about to be removed: the forward chain loses its
+    rules (the counting ones with them) and drops everything. Its counters stop moving, so the
+    value read next is the last one (no window between the read and the namespace's end), and
+    nothing crosses unfiltered meanwhile (the chain is never empty of a verdict: the flush and
+    the drop commit together). The VPC is leaving this host: its traffic has nowhere to go."""
+    chain = {"family": FAMILY, "table": names.NFT_TABLE, "name": "forward"}
+    return {"nftables": [{"flush": {"chain": chain}},
+                         {"add": {"rule": {**chain, "chain": "forward", "expr": [{"drop": None}]}}}]}
+
+
+def drop_counters_document(nat_gateway_ids: Iterable[str]) -> dict:
+    """ONE transaction deleting the named counters of these gateways (read for the last time:
+    no rule references them any more). Ids are checked again (counter_name)."""
+    return {"nftables": [{"delete": {"counter": {"family": FAMILY, "table": names.NFT_TABLE,
+                                                 "name": counter_name(i)}}}
+                         for i in sorted(nat_gateway_ids)]}
+
+
+class CounterIO:
+    """The nft calls the dataplane makes around a NAT gateway's last read (final counters,
+    agent.network.nat_finals): read, seal (seal_document) and drop (drop_counters_document),
+    each in router namespace `netns` through the nft CLI entered into it, or through `backend`
+    (tests). Each raises load.FirewallApplyError or OSError."""
+
+    def __init__(self, backend: Optional[load.Backend] = None):
+        self.backend = backend
+
+    def _run(self, netns: Optional[str], fn: Any) -> Any:
+        if self.backend is not None:
+            return fn(self.backend)
+        backend = load.backend_for(netns)
+        try:
+            return fn(backend)
+        finally:
+            load.close_backend(backend)
+
+    def read(self, netns: Optional[str]) -> dict[str, int]:
+        return self._run(netns, lambda b: counters_in(b.list_ruleset()))
+
+    def seal(self, netns: Optional[str]) -> None:
+        self._run(netns, lambda b: b.load(seal_document()))
+
+    def drop(self, netns: Optional[str], nat_gateway_ids: Iterable[str]) -> None:
+        doc = drop_counters_document(nat_gateway_ids)
+        if doc["nftables"]:
+            self._run(netns, lambda b: b.load(doc))
 
 
 def delete_table_json() -> str:

@@ -56,6 +56,7 @@ from agent.network.subsystems import PassContext, Subsystem, dhcp_subsystem, fir
 from agent.network.wire import (NetworkSpecRejected, combine_errors, failure_info, host_network,
                                 model_port_id, nic_index)
 from agent.network.host import Underlay, UnderlayError
+from agent.network.nat_finals import NatFinals
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class NetworkService:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._spec: Optional[NetworkSpec] = self._load()
+        #: Last counts of NAT gateways that left this host, reported until delivered (issue 13).
+        self.nat_finals = NatFinals(state_dir, clock=clock)
+        self._hook_finals(self._dp)
         self._observed = NetworkObserved(generation=self._spec.generation if self._spec else 0)
         #: The pass's subsystems, in the order it runs them (register() adds more).
         self.subsystems: list[Subsystem] = []
@@ -173,20 +177,33 @@ class NetworkService:
             return self._observed
 
     def nat_processed(self) -> list[NatProcessed]:
-        """Bytes each NAT gateway of this host forwarded (extension nat-processed), read now from
-        the dataplane's counters; empty when there is no spec, underlay or dataplane yet, or the
-        dataplane cannot count (read on demand by heartbeats: no state kept here)."""
+        """Bytes each NAT gateway of this host forwarded (extension nat-processed): the live
+        counters read now from the dataplane (none when there is no spec, underlay or dataplane
+        yet, or the dataplane cannot count) merged with the final counts of gateways that left
+        (agent.network.nat_finals: pending until nat_delivered says the controller has them)."""
         with self._lock:
             spec = self._spec
         u, dp = self._underlay, self._dp
         counters = getattr(dp, "nat_counters", None)
-        if spec is None or u is None or counters is None:
-            return []
-        try:
-            host = host_network(spec, u.ip, u.dev)
-        except NetworkSpecRejected:
-            return []
-        return [NatProcessed(nat_gateway_id=k, bytes=v) for k, v in sorted(counters(host).items())]
+        live: dict[str, int] = {}
+        if spec is not None and u is not None and counters is not None:
+            try:
+                live = counters(host_network(spec, u.ip, u.dev))
+            except NetworkSpecRejected:
+                pass
+        merged = self.nat_finals.merge(live)
+        return [NatProcessed(nat_gateway_id=k, bytes=v) for k, v in sorted(merged.items())]
+
+    def nat_delivered(self, sent: list[NatProcessed]) -> None:
+        """The controller answered (2xx) a heartbeat that carried `sent`: count the finals in
+        it as delivered once more (dropped after nat_finals.DELIVERIES)."""
+        self.nat_finals.delivered((x.nat_gateway_id, x.bytes) for x in sent)
+
+    def _hook_finals(self, dp: Any) -> None:
+        # The real Dataplane reads a gateway's last count when it stops feeding it; it must be
+        # persisted before the counter goes (fakes have no such hook).
+        if dp is not None and hasattr(dp, "on_nat_final"):
+            dp.on_nat_final = self.nat_finals.record
 
     def underlay_ip(self) -> Optional[IPv4Address]:
         u = self._underlay
@@ -297,6 +314,7 @@ class NetworkService:
     def _dataplane(self) -> Any:
         if self._dp is None:
             self._dp = self._factory()
+            self._hook_finals(self._dp)
         return self._dp
 
     def run_once(self) -> bool:

@@ -83,10 +83,11 @@ def wire_source(src: NetworkSource) -> VolumeSource:
 
 
 def extensions_of(backend: VolumeBackend) -> list[str]:
-    """The contract's extensions this node offers: "snapshots" only over a backend that keeps
-    snapshots (both of Kumo's do; a backend may not), so a controller never relies on routes
+    """The contract's extensions this node offers: "snapshots" (and "snapshot-stored-bytes")
+    only over a backend that keeps snapshots (both of Kumo's do; a backend may not), so a controller never relies on routes
     that would fail."""
-    return [e for e in EXTENSIONS if e != "snapshots" or "snapshots" in backend.capabilities]
+    snaps = "snapshots" in backend.capabilities
+    return [e for e in EXTENSIONS if snaps or e not in ("snapshots", "snapshot-stored-bytes")]
 
 
 def backend_protocol(backend: VolumeBackend) -> str:

@@ -10,7 +10,8 @@ supervisor become DriverErrors with stable codes here, at the driver boundary.
 Snapshots are qcow2 internal snapshots in the volume's file (files.py names them): taken through
 QMP (blockdev-snapshot-internal-sync) when the daemon has the volume open, with qemu-img when
 not. Crash-consistent and copy-on-write by construction: a snapshot shares its clusters with the
-volume, and the volume's later writes go to new clusters. The files are the only record of which
+volume, and the volume's later writes go to new clusters. snapshot() answers what the snapshot
+stores (stored_bytes, for billing), measured with qemu-img on the spot. The files are the only record of which
 snapshots exist (restart-safe: there is no second index to get out of step). Deleting a volume
 that still has snapshots moves its file to holders/ (files.py): the snapshots stay listed and
 usable, and the space of the volume's last active layer stays allocated until its last snapshot
@@ -274,18 +275,27 @@ class NbdBackend:
                 if have.info.volume_id != volume_id:
                     raise SnapshotAlreadyExists(f"snapshot {snapshot_id} is one of volume "
                                                 f"{have.info.volume_id}")
-                return have.info
+                return self._measured(have.info, have.path, have.name)
             self._existing(volume_id)
+            path = self.files.path(volume_id)
             with self._live_qmp() as q:
                 opened = self.daemon.open_nodes(q) if q is not None else {}
                 if volume_id in opened:  # exported: clients may be writing
                     size = opened[volume_id]
-                    self.daemon.snapshot_internal(q, volume_id, snapshot_name(snapshot_id, size))
-                    return SnapshotInfo(snapshot_id, volume_id, size)
+                    name = snapshot_name(snapshot_id, size)
+                    self.daemon.snapshot_internal(q, volume_id, name)
+                    return self._measured(SnapshotInfo(snapshot_id, volume_id, size), path, name)
             size = self.files.size(volume_id)
-            self.files.snapshot_create(self.files.path(volume_id),
-                                       snapshot_name(snapshot_id, size))
-            return SnapshotInfo(snapshot_id, volume_id, size)
+            name = snapshot_name(snapshot_id, size)
+            self.files.snapshot_create(path, name)
+            return self._measured(SnapshotInfo(snapshot_id, volume_id, size), path, name)
+
+    def _measured(self, info: SnapshotInfo, path: Path, name: str) -> SnapshotInfo:
+        """`info` with what the snapshot stores (files.py snapshot_stored_bytes; works while
+        the daemon holds the file open). Measured on every answer, not kept: the files are the
+        only record, and the measure costs one qemu-img run of a few ms."""
+        return SnapshotInfo(info.snapshot_id, info.volume_id, info.size_bytes,
+                            stored_bytes=self.files.snapshot_stored_bytes(path, name))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         valid_snapshot_id(snapshot_id)

@@ -5,13 +5,15 @@ half-made file that looks like a volume.
 
 Snapshots are qcow2 internal snapshots inside the volume's own file, named
 "<snapshot id>:<size in bytes>" (qcow2 keeps no size a tool can read back, and a volume can grow
-after its snapshot). A deleted volume whose file still holds snapshots is moved to
+after its snapshot). What a snapshot stores (for billing) is measured with `qemu-img measure -l`
+(snapshot_stored_bytes). A deleted volume whose file still holds snapshots is moved to
 `<dir>/../holders/<volume id>.<a snapshot id>.qcow2` (a rename: atomic), out of sight of the
 volume listing, until its last snapshot is deleted.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from pathlib import Path
@@ -41,6 +43,19 @@ def parse_snapshot_name(name: object) -> Optional[tuple[str, int]]:
 def _image_opts(path: Path) -> str:
     """--image-opts for a qcow2 file: the format is never probed (',' doubled as QEMU wants)."""
     return "driver=qcow2,file.driver=file,file.filename=" + str(path).replace(",", ",,")
+
+
+def parse_measure(text: str) -> int:
+    """The bytes of `qemu-img measure --output=json`'s "required": what a qcow2 copy of the
+    measured image (here: one snapshot) needs, i.e. its allocated data plus qcow2 metadata."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise qemu_img.QemuImgError(f"qemu-img measure printed no JSON: {e}") from e
+    required = data.get("required") if isinstance(data, dict) else None
+    if isinstance(required, bool) or not isinstance(required, int) or required < 0:
+        raise qemu_img.QemuImgError(f"qemu-img measure gave no byte count: {text[:200]!r}")
+    return required
 
 
 class VolumeFiles:
@@ -112,6 +127,19 @@ class VolumeFiles:
         """An internal snapshot of a file no process holds open."""
         qemu_img._run([qemu_img.QEMU_IMG, "snapshot", "-q", "--image-opts", "-c", name,
                        _image_opts(Path(qemu_img._abs(path)))], 60.0)
+
+    @staticmethod
+    def snapshot_stored_bytes(path: Path, name: str, *, timeout: float = 60.0) -> int:
+        """The bytes snapshot `name` of `path` stores: `qemu-img measure -O qcow2 -l` (a walk
+        of the snapshot's L1/L2 tables, no data read; ~5 ms for a 1 GiB volume). The file may
+        be open in the daemon, even with clients writing: file.locking=off, as `-U` elsewhere
+        (measure has no -U), and safe for the same reason as create_from_snapshot's read: a
+        snapshot's clusters are never rewritten while it exists."""
+        opts = _image_opts(Path(qemu_img._abs(path))) + ",file.locking=off"
+        proc = qemu_img._run([qemu_img.QEMU_IMG, "measure", "--output=json", "-O", "qcow2",
+                              "-l", "snapshot.name=" + name.replace(",", ",,"),
+                              "--image-opts", opts], timeout)
+        return parse_measure(proc.stdout)
 
     @staticmethod
     def snapshot_delete(path: Path, name: str) -> None:

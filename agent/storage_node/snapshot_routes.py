@@ -30,7 +30,7 @@ SNAPSHOT_STATUS_OF_CODE = {
 
 def observed(info: SnapshotInfo) -> SnapshotObserved:
     return SnapshotObserved(snapshot_id=info.snapshot_id, volume_id=info.volume_id,
-                            size_bytes=info.size_bytes)
+                            size_bytes=info.size_bytes, stored_bytes=info.stored_bytes)
 
 
 def snapshot_router(backend: VolumeBackend,

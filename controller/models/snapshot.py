@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pydantic import BaseModel
 from pydantic import Field as PField
-from sqlalchemy import JSON, Index
+from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
 from controller.db import UtcDateTime
@@ -53,6 +53,11 @@ class SnapshotPublic(BaseModel):
     tags: dict[str, str] = {}
     #: Why the snapshot is in state error (the storage node's answer).
     state_message: str | None = None
+    #: The bytes the snapshot stores on the storage node, as it measured them when the snapshot
+    #: completed; it is billed by them (services/metering.py). null while pending, and for
+    #: snapshots completed before stored sizes were measured (those are billed by
+    #: volume_size_gib).
+    stored_bytes: int | None = None
 
 
 # -- table ----------------------------------------------------------------------------------
@@ -74,3 +79,7 @@ class Snapshot(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UtcDateTime)
     deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     observed_error: str | None = Field(default=None, max_length=1024)
+    #: What the storage node measured the snapshot to store when it completed (migration
+    #: 0025); NULL before that, and for rows completed before the measure existed.
+    stored_bytes: int | None = Field(default=None,
+                                     sa_column=Column(BigInteger, nullable=True))

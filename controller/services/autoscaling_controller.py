@@ -38,8 +38,8 @@ from controller.errors import KumoError, NotFound
 from controller.ids import new_id, utcnow
 from controller.models.autoscaling import AutoScalingGroup, AutoScalingInstance, ScalingActivity
 from controller.models.instance import Instance, RunInstancesRequest
-from controller.services import (autoscaling, instances, launch_templates, scaling_policies,
-                                 scheduled_actions)
+from controller.services import (autoscaling, group_metrics, instances, launch_templates,
+                                 scaling_policies, scheduled_actions)
 from controller.services.accounts import Caller
 from controller.services.autoscaling_rules import (Member, backoff_s, choose_victim,
                                                    launch_subnet)
@@ -108,6 +108,11 @@ def tick(db: Database, settings: Settings, now: datetime | None = None) -> dict:
                 log.exception("auto scaling pass failed for group %s", gid)
                 stats["errors"] += 1
         _converge_moved(db, settings, evaluated, work, now, stats)
+        try:  # the groups' capacity metrics (services/group_metrics.py), once a period
+            group_metrics.record(db, now)
+        except Exception:
+            log.exception("auto scaling pass failed recording group metrics")
+            stats["errors"] += 1
     return stats
 
 

@@ -10,7 +10,8 @@ change state:
   (`volume-gib-month`, kind root-volume) from launch until terminated, re-opened when it grows,
   and not at all when it never reached running (a failed launch, or terminated while pending);
 - volumes: from creation until deleting (or a failed creation), re-opened when they grow;
-- snapshots: from completed until deleting, by their size (`snapshot-gib-month`);
+- snapshots: from completed until deleting, by what they store (`snapshot-gib-month`, GiB from
+  the storage node's stored_bytes, rounded up; see snapshot_gib);
 - public IPv4 addresses, elastic and auto-assigned: from allocation until released;
 - NAT gateways: from creation until deleted. Their data processed (per GiB) is an amount, not
   a stretch: services/nat_metering.py meters it from the agents' counters.
@@ -18,6 +19,7 @@ change state:
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
 
 from sqlmodel import Session, select
 
@@ -95,9 +97,24 @@ def volume_ended(s: Session, vol, at: datetime | None = None) -> None:
     close_interval(s, vol.volume_id, VOLUME, at or utcnow())
 
 
+GIB = Decimal(1 << 30)
+
+
+def snapshot_gib(snap) -> int:
+    """The GiB a snapshot is billed for: what it stores (stored_bytes, as the storage node
+    measured it when the snapshot completed) / 2**30, rounded UP to a whole GiB, because
+    usage_interval.quantity is an integer column (a snapshot storing 8 MiB bills 1 GiB, one
+    storing 3.2 GiB bills 4; one storing nothing bills 0). A snapshot without a measure
+    (completed before stored sizes existed, or by a node without the extension
+    "snapshot-stored-bytes") keeps being billed by its volume's size, volume_size_gib."""
+    if snap.stored_bytes is None:
+        return snap.volume_size_gib
+    return int((Decimal(snap.stored_bytes) / GIB).to_integral_value(rounding=ROUND_CEILING))
+
+
 def snapshot_completed(s: Session, snap, at: datetime | None = None) -> None:
     open_interval(s, account_id=snap.account_id, resource_id=snap.snapshot_id, kind="snapshot",
-                  usage_type=SNAPSHOT, at=at or utcnow(), quantity=snap.volume_size_gib)
+                  usage_type=SNAPSHOT, at=at or utcnow(), quantity=snapshot_gib(snap))
 
 
 def snapshot_ended(s: Session, snap, at: datetime | None = None) -> None:

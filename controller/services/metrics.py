@@ -31,7 +31,7 @@ from controller.db import Database
 from controller.errors import InvalidParameter
 from controller.models.instance import Instance
 from controller.models.metric import MetricDatum, MetricRollup
-from controller.services import autoscaling
+from controller.services import autoscaling, group_metrics
 from controller.services.accounts import Caller
 from controller.settings import Settings
 
@@ -104,6 +104,8 @@ class StatisticsQuery:
     period_s: int
     statistics: tuple[str, ...]
     from_rollups: bool
+    #: A group metric (namespace AWS/AutoScaling): rows keyed by the group's id.
+    group_metric: bool = False
 
 
 def _missing(name: str) -> InvalidParameter:
@@ -131,9 +133,11 @@ def parse_query(settings: Settings, *, namespace: str | None, metric_name: str |
                         ("StartTime", start_time), ("EndTime", end_time), ("Period", period)):
         if value is None or value == "":
             raise _missing(name)
-    if namespace not in NAMESPACES:
-        raise InvalidParameter(f"unknown namespace {namespace!r}: use one of {', '.join(NAMESPACES)}")
-    if metric_name not in METRIC_UNITS:
+    group_metric = namespace == group_metrics.NAMESPACE
+    if namespace not in NAMESPACES and not group_metric:
+        raise InvalidParameter(f"unknown namespace {namespace!r}: use one of "
+                               f"{', '.join(NAMESPACES + (group_metrics.NAMESPACE,))}")
+    if metric_name not in (group_metrics.GROUP_METRIC_UNITS if group_metric else METRIC_UNITS):
         raise InvalidParameter(f"unknown metric {metric_name!r} in {namespace}")
     stats = [x.strip() for item in (statistics or []) for x in item.split(",") if x.strip()]
     if not stats:
@@ -153,6 +157,8 @@ def parse_query(settings: Settings, *, namespace: str | None, metric_name: str |
         dims.append((name, value))
     if len(dims) > 1:
         raise _combination("at most one dimension per request")
+    if group_metric and [n for n, _ in dims] != [group_metrics.DIMENSION]:
+        raise _combination(f"{namespace} metrics need the dimension {group_metrics.DIMENSION}")
     if period < 1:
         raise InvalidParameter("the parameter Period must be a positive number of seconds")
     start_ms, end_ms = _epoch_ms(start_time), _epoch_ms(end_time)
@@ -174,7 +180,7 @@ def parse_query(settings: Settings, *, namespace: str | None, metric_name: str |
                            f"limit of {settings.metrics_max_datapoints}: widen the Period or "
                            "narrow the range")
     return StatisticsQuery(metric_name, dims[0] if dims else None, start_ms, end_ms, period,
-                           tuple(dict.fromkeys(stats)), from_rollups)
+                           tuple(dict.fromkeys(stats)), from_rollups, group_metric)
 
 
 @dataclass
@@ -203,6 +209,8 @@ def _instances_of(s, caller: Caller, q: StatisticsQuery) -> list[str] | None:
     if q.dimension is None:
         return None
     name, value = q.dimension
+    if q.group_metric:  # group metrics' rows are keyed by the group's id
+        return group_metrics.group_ids(s, None if caller.is_admin else caller.account_id, value)
     if name == "AutoScalingGroupName":
         account = None if caller.is_admin else caller.account_id
         return autoscaling.group_instance_ids(s, account, value)
@@ -245,7 +253,7 @@ def get_statistics(db: Database, caller: Caller, q: StatisticsQuery) -> dict:
         if q.from_rollups:
             stmt = stmt.where(d.rolled == False)  # noqa: E712  (rolled rows are in the rollups)
         add(s.execute(_scope(stmt, d, caller, q, ids).group_by(b)).all())
-    unit = METRIC_UNITS[q.metric_name]
+    unit = (group_metrics.GROUP_METRIC_UNITS if q.group_metric else METRIC_UNITS)[q.metric_name]
     points = []
     for b in sorted(buckets):
         at = datetime.fromtimestamp((q.start_ms + b * period_ms) / 1000, tz=timezone.utc)

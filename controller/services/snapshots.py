@@ -51,7 +51,8 @@ def to_public(snap: Snapshot) -> SnapshotPublic:
         volume_size_gib=snap.volume_size_gib, state=snap.state, progress=snap.progress,
         description=snap.description or "", owner_id=snap.account_id,
         start_time=snap.start_time, tags=dict(snap.tags or {}),
-        state_message=snap.observed_error if snap.state == "error" else None)
+        state_message=snap.observed_error if snap.state == "error" else None,
+        stored_bytes=snap.stored_bytes)
 
 
 def get(s: Session, caller, snapshot_id: str) -> Snapshot:

@@ -81,17 +81,44 @@ def launch_chromium(playwright):
 
 
 @contextlib.contextmanager
-def chromium_page(width: int = 1280, height: int = 900, timeout_ms: int = 15_000) -> Iterator:
-    """A page of a fresh headless Chromium (Debian's; Playwright drives it), closed at the end."""
+def chromium() -> Iterator:
+    """A fresh headless Chromium (Debian's; Playwright drives it), closed at the end: one per
+    test module is enough (pages get their own contexts: cookies are not shared)."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = launch_chromium(p)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(timeout_ms)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def browser_page(browser, width: int = 1280, height: int = 900, timeout_ms: int = 15_000,
+                 **context_args) -> Iterator:
+    """A page in a new context of `browser`, watched: a dialog (user text run as script would
+    open one: alert()) is dismissed and, like any uncaught script error or CSP violation,
+    fails the test when the page closes."""
+    ctx = browser.new_context(viewport={"width": width, "height": height}, **context_args)
+    page = ctx.new_page()
+    page.set_default_timeout(timeout_ms)
+    dialogs: list[str] = []
+    errors: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        yield page
+    finally:
+        ctx.close()
+    assert not dialogs, f"a dialog opened (did user text run as script?): {dialogs}"
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1280, height: int = 900, timeout_ms: int = 15_000) -> Iterator:
+    """A watched page (browser_page) of a fresh headless Chromium, closed at the end."""
+    with chromium() as browser, browser_page(browser, width, height, timeout_ms) as page:
+        yield page
 
 
 def sign_in(page, base_url: str, *, username: str | None = None, password: str | None = None,

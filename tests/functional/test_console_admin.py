@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from controller.models import InstanceType
-from tests.functional.console_browser_support import ServedCloud, launch_chromium, sign_in
+from tests.functional.console_browser_support import ServedCloud, browser_page, chromium, sign_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -32,22 +32,14 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, served):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    ctx.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(browser, timeout_ms=15_000) as pg:
+        yield pg
 
 
 def _said(r) -> str:

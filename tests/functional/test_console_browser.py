@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, launch_chromium
+from tests.functional.console_browser_support import ServedCloud, browser_page, chromium
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -44,25 +44,14 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, served):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    pg = ctx.new_page()
-    pg.set_default_timeout(10_000)
-    dialogs: list[str] = []
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    ctx.close()
-    assert not dialogs, f"a dialog opened (script ran?): {dialogs}"
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(browser, timeout_ms=10_000, accept_downloads=True) as pg:
+        yield pg
 
 
 def sign_in(pg, served, username="webuser", password=PASSWORD, *, ok=True):

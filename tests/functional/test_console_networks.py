@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, launch_chromium
+from tests.functional.console_browser_support import (ServedCloud, browser_page, chromium,
+                                                           sign_in)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -38,30 +39,15 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, served):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15_000)
-    dialogs: list[str] = []
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(f"{served.url}/console/")
-    pg.get_by_label("Username").fill("netuser")
-    pg.get_by_label("Password").fill(PASSWORD)
-    pg.get_by_role("button", name="Sign in").click()
-    playwright_api.expect(pg.get_by_role("heading", name="Dashboard")).to_be_visible()
-    yield pg
-    ctx.close()
-    assert not dialogs, f"a dialog opened (script ran?): {dialogs}"
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(browser, timeout_ms=15_000) as pg:
+        sign_in(pg, served.url, username="netuser", password=PASSWORD)
+        yield pg
 
 
 def _get(served, path: str, **params) -> list[dict]:

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, launch_chromium, sign_in
+from tests.functional.console_browser_support import ServedCloud, browser_page, chromium, sign_in
 from tests.functional.fake_agent import make_qcow2
 from tests.functional.volume_cloud import VolumeCloud
 
@@ -48,22 +48,14 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
 def page(browser, served):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15_000)
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    ctx.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with browser_page(browser, timeout_ms=15_000) as pg:
+        yield pg
 
 
 def _next(page, n: int) -> None:

@@ -186,6 +186,14 @@ def test_snapshot_contract_on_the_nbd_storage_node(node):
     assert os.listdir(state / "volumes") == []
 
 
+def test_snapshot_stored_bytes_on_the_nbd_storage_node(node):
+    """What a snapshot stores (qemu-img measure), taken through QMP while the daemon serves the
+    volume and with qemu-img while not: 8 MiB written to a 1 GiB volume store 8-16 MiB."""
+    backend, ns, state, pids = node
+    contract.check_snapshot_stored_bytes(backend, LabIO(ns, state), V1, V2, S1, S2)
+    assert backend.volumes() == [] and backend.snapshots() == []
+
+
 def test_snapshots_survive_a_daemon_restart_and_a_new_backend(node):
     """The files are the only record: a killed daemon, a new backend on the same state dir and
     a deleted volume's holder all still list and serve the snapshots."""

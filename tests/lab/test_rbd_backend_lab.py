@@ -210,6 +210,12 @@ def test_snapshot_contract_on_rbd(backend, cluster):
     assert _pool_listing(cluster) == ([], [])  # nothing held, nothing in the trash
 
 
+def test_snapshot_stored_bytes_on_rbd(backend, cluster):
+    """`rbd du` of a snapshot: 8 MiB written to a 1 GiB image (two 4 MiB objects) store 8 MiB."""
+    contract.check_snapshot_stored_bytes(backend, RbdIO(cluster), V1, V2, S1, S2)
+    assert backend.volumes() == [] and backend.snapshots() == []
+
+
 def test_rbd_snapshots_open_client_clones_and_trash(backend, cluster):
     b, io = backend, RbdIO(cluster)
     b.create(V1, 64 * MiB)

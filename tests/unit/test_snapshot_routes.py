@@ -72,7 +72,9 @@ def test_snapshot_lifecycle(client, backend):
     r = put(client, S2, V1)
     assert r.status_code == 200
     s2 = SnapshotObserved.model_validate(r.json())
-    assert s2 == SnapshotObserved(snapshot_id=S2, volume_id=V1, size_bytes=8 * MiB)
+    # stored: the one 64 KiB chunk written (the fake's measure; extension snapshot-stored-bytes)
+    assert s2 == SnapshotObserved(snapshot_id=S2, volume_id=V1, size_bytes=8 * MiB,
+                                  stored_bytes=64 << 10)
     assert put(client, S2, V1).json() == r.json()  # the same again: the same answer
     assert err(put(client, S2, V2)) == (400, "IdempotentParameterMismatch")
     r1 = put(client, S1, V2)

@@ -131,6 +131,14 @@ def test_snapshot_while_writing(fake):
     contract.check_snapshot_while_writing(fake, FakeIO(fake), V1, V2, S1)
 
 
+def test_snapshot_stored_bytes(fake):
+    contract.check_snapshot_stored_bytes(fake, FakeIO(fake), V1, V2, S1, S2)
+    fake.create(V1, MiB)
+    fake.export(V1)
+    fake.write(V1, 0, b"x" * (64 << 10))  # the fake stores exactly the chunks written
+    assert fake.snapshot(V1, S1).stored_bytes == 64 << 10
+
+
 def test_fake_io_needs_an_export(fake):
     fake.create(V1, MiB)
     with pytest.raises(Exception):
