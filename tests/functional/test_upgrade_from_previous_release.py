@@ -3,17 +3,25 @@ release wrote (tests/data/upgrade/release-0016, made by that release's own API w
 tests/data/upgrade/make_fixture.py) is opened by this release, which migrates it at start
 (0016 -> head), and then everything the users had is there, means what it meant, and works
 with what this release added.
+
+On SQLite (the fixture as written) and on PostgreSQL, production's database: there the
+release-0016 database is built for real (`_release_0016_on_postgres`): the migrations up to 0016
+(unchanged since that release) make its schema, every row of the fixture is copied in, and the
+controller then upgrades it at start exactly as it upgrades the SQLite file.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import shutil
+import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import JSON, Boolean, DateTime, MetaData, make_url, null, text
 from sqlmodel import select
 
 from controller import db_migrate
@@ -22,12 +30,14 @@ from controller.ids import utcnow
 from controller.models.billing import UsageInterval
 from controller.services import metering_backfill
 from tests.functional.fake_agent import Cloud
+from tests.functional.pg import postgres
 
+_FIXTURES = (postgres,)  # pytest finds `postgres` by its name in this module
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "upgrade" / "release-0016"
 
 
-@pytest.fixture(scope="module")
-def upgraded(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def upgraded(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("upgrade")
     state = tmp / "controller"
     state.mkdir()
@@ -35,14 +45,100 @@ def upgraded(tmp_path_factory):
         shutil.copyfileobj(src, dst)
     shutil.copy(FIXTURE / "admin.key", state / "admin.key")
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    db = Database(f"sqlite:///{state / 'kumo.db'}")
+    url = f"sqlite:///{state / 'kumo.db'}"
+    server = None
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres")  # skips where no server can run
+        sqlite_file = tmp / "release-0016.db"
+        (state / "kumo.db").rename(sqlite_file)  # the controller must not find it
+        url = server.create_database("kumo_upgrade")
+        _release_0016_on_postgres(sqlite_file, url, expected["release_head"])
+    db = Database(url)
+    assert db.engine.dialect.name == request.param
     assert _revision(db) == expected["release_head"]
     db.dispose()
-    cloud = Cloud(tmp)  # create_app migrates to this release's head
+    # create_app migrates to this release's head
+    cloud = Cloud(tmp, **({"database_url": url} if server else {}))
     try:
+        assert cloud.db.engine.dialect.name == request.param
         yield cloud, expected
     finally:
         cloud.close()
+        if server is not None:
+            _drop_database(server, url)
+
+
+def _release_0016_on_postgres(sqlite_file: Path, url: str, release_head: str) -> None:
+    """Make on an empty PostgreSQL database what release 0016 would have had there: its schema
+    by this repository's migrations up to `release_head` (files 0001-0016 are those of the
+    release, unedited since), then every row of the release's SQLite database, table by table
+    in foreign-key order, with SQLite's storage turned into PostgreSQL's types (0/1 booleans,
+    ISO datetime text, JSON text), and each id sequence moved past the ids copied."""
+    db = Database(url)
+    try:
+        cfg = db_migrate.alembic_config(db.url)
+        with db.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, release_head)
+            conn.commit()
+        meta = MetaData()
+        meta.reflect(db.engine)
+        src = sqlite3.connect(sqlite_file)
+        try:
+            assert src.execute("SELECT version_num FROM alembic_version").fetchall() == \
+                [(release_head,)]
+            src_tables = {r[0] for r in src.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'")}
+            # Same schema at the release's head on both: every table and column has a home.
+            assert src_tables == set(meta.tables), src_tables ^ set(meta.tables)
+            copied = 0
+            with db.engine.connect() as conn:
+                for table in meta.sorted_tables:
+                    if table.name == "alembic_version":  # written by the migrations above
+                        continue
+                    cur = src.execute(f'SELECT * FROM "{table.name}"')
+                    names = [d[0] for d in cur.description]
+                    assert set(names) == set(table.columns.keys()), table.name
+                    rows = [{n: _to_pg(table.columns[n].type, v) for n, v in zip(names, row)}
+                            for row in cur]
+                    if rows:
+                        conn.execute(table.insert(), rows)
+                        copied += len(rows)
+                    for col in table.primary_key.columns:
+                        seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                           {"t": table.name, "c": col.name}).scalar()
+                        if seq:  # the next id the database hands out follows the copied ones
+                            conn.execute(text(
+                                f'SELECT setval(:s, COALESCE((SELECT MAX("{col.name}") '
+                                f'FROM "{table.name}"), 0) + 1, false)'), {"s": seq})
+                conn.commit()
+            assert copied > 100  # the fixture's ~130 rows, not an empty schema
+        finally:
+            src.close()
+    finally:
+        db.dispose()
+
+
+def _to_pg(type_, value):
+    if value is None:  # SQL NULL stays NULL (a JSON column would otherwise store JSON null)
+        return null() if isinstance(type_, JSON) else None
+    if isinstance(type_, Boolean):
+        return bool(value)
+    if isinstance(type_, DateTime):
+        value = datetime.fromisoformat(value) if isinstance(value, str) else value
+        # UtcDateTime keeps naive UTC; a zoned column would get the zone written out.
+        return value.replace(tzinfo=timezone.utc) if type_.timezone else value
+    if isinstance(type_, JSON):
+        return json.loads(value)
+    return value
+
+
+def _drop_database(server, url: str) -> None:
+    from psycopg import sql
+    name = make_url(url).database
+    with server.connect(autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _revision(db) -> str:
