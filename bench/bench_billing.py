@@ -5,6 +5,11 @@ database; time and peak memory, against a baseline measured in the same run on t
 one plain SQL SUM of the clipped seconds times the rate (the floor of reading the rows once,
 with no per-day items, price timeline or rounding).
 
+The account's open bill is read three ways: computed from every interval (`cached=False`, the
+reference), then the first and second reads with its settled days kept between reads
+(services/open_bills.py); all three documents must be identical. The start-up metering
+backfill (services/metering_backfill.py) is timed over the account's instances too.
+
     .venv/bin/python bench/bench_billing.py            # 10,000 x 100 transitions; 100,000 site
     .venv/bin/python bench/bench_billing.py --smoke    # tiny sizes (the test suite runs this)
 
@@ -32,9 +37,10 @@ from sqlalchemy import insert, text  # noqa: E402
 from bench.common import machine_note  # noqa: E402
 from controller import db_migrate  # noqa: E402
 from controller.db import Database  # noqa: E402
-from controller.models import Account  # noqa: E402
+from controller.models import Account, Instance  # noqa: E402
 from controller.models.billing import UsageInterval  # noqa: E402
-from controller.services import bills, instance_types, prices  # noqa: E402
+from controller.services import (bills, instance_types, metering_backfill,  # noqa: E402
+                                 open_bills, prices)
 
 MONTH = "2026-11"
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -124,15 +130,38 @@ def scenario(title: str, accounts: int, instances: int, transitions: int, one: b
         admin = SimpleNamespace(account_id="admin", name="admin", is_admin=True)
         if one:
             acct = "acct-00000"
-            k_time, k_peak, doc = measure(lambda: bills.get(db, admin, MONTH, acct, now=NOW))
+            k_time, k_peak, doc = measure(lambda: bills.get(db, admin, MONTH, acct, now=NOW,
+                                                            cached=False))
             docs = [doc]
+            open_bills.clear()
+            t = time.perf_counter()
+            first = bills.get(db, admin, MONTH, acct, now=NOW)
+            first_time = time.perf_counter() - t
+            t = time.perf_counter()
+            second = bills.get(db, admin, MONTH, acct, now=NOW)
+            second_time = time.perf_counter() - t
+            # The first read after a midnight: the kept days end a day earlier, and the day
+            # just ended is added to them (not the month recomputed).
+            open_bills.clear()
+            bills.get(db, admin, MONTH, acct, now=NOW - timedelta(days=1))
+            t = time.perf_counter()
+            next_day = bills.get(db, admin, MONTH, acct, now=NOW)
+            next_day_time = time.perf_counter() - t
             b_time, b_peak, (b_amount, b_secs) = measure(lambda: baseline(db, acct))
         else:
             k_time, k_peak, docs = measure(lambda: bills.list_month(db, admin, MONTH, now=NOW))
             b_time, b_peak, (b_amount, b_secs) = measure(lambda: baseline(db, None))
         total = sum(float(d["total"]) for d in docs)
         print(f"  kumo bills ({len(docs)} bill(s))      {k_time:8.2f} s  peak traced "
-              f"{k_peak:8.1f} MiB  total {total:.2f}")
+              f"{k_peak:8.1f} MiB  total {total:.2f} (uncached: every interval)")
+        if one:
+            same = first == doc and second == doc and next_day == doc
+            print(f"  open bill, settled days kept: first read {first_time:8.2f} s, second read "
+                  f"{second_time:8.2f} s ({k_time / max(second_time, 1e-9):.0f}x faster than "
+                  f"uncached), first read after a midnight {next_day_time:8.2f} s: "
+                  f"{'identical' if same else 'DIFFERENT'}")
+            if not same:
+                raise SystemExit("cached open bill differs from the uncached computation")
         print(f"  baseline SQL SUM          {b_time:8.2f} s  peak traced {b_peak:8.1f} MiB  "
               f"total {b_amount:.2f} (unrounded)")
         print(f"  kumo / baseline: {k_time / max(b_time, 1e-9):.1f}x time")
@@ -140,7 +169,32 @@ def scenario(title: str, accounts: int, instances: int, transitions: int, one: b
                             if ln["usage_type"] == "instance-hours")
         print(f"  instance seconds: kumo {instance_secs} baseline {int(b_secs)}: "
               f"{'identical' if instance_secs == int(b_secs) else 'DIFFERENT'}")
+        if one:
+            backfill(db, accounts, instances)
         db.dispose()
+
+
+def backfill(db: Database, accounts: int, instances: int) -> None:
+    """The start-up backfill with every instance running and metered (nothing to open): what
+    every controller start pays."""
+    naive = NOW.replace(tzinfo=None)
+    with db.engine.begin() as conn:
+        conn.execute(insert(Instance.__table__), [
+            dict(instance_id=f"i-{i:017x}", reservation_id=f"r-{i:017x}", image_id="ami-bench",
+                 instance_type="t3.micro", vcpus=2, memory_mib=1024, root_disk_gib=8,
+                 state="running", created_at=naive, updated_at=naive,
+                 account_id=f"acct-{i % accounts:05d}") for i in range(instances)])
+        # The runs' last stretch is open (the rows above all ended).
+        conn.execute(text("UPDATE usage_interval SET ended_at = NULL WHERE id IN (SELECT MAX(id) "
+                          "FROM usage_interval WHERE usage_type = 'instance-hours' "
+                          "GROUP BY resource_id)"))
+    with db.session(notify=False) as s:
+        t = time.perf_counter()
+        opened = metering_backfill.backfill(s, NOW)
+        took = time.perf_counter() - t
+        s.rollback()
+    print(f"  metering backfill at start-up ({instances} running instances): {took:8.2f} s, "
+          f"opened {opened}")
 
 
 def main() -> int:

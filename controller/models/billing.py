@@ -16,7 +16,19 @@ from sqlmodel import Field, SQLModel
 from controller.db import UtcDateTime
 
 
-class UsageInterval(SQLModel, table=True):
+class UsageFields(SQLModel):
+    """What a usage row is of (the columns usage_interval and usage_quantity share; no table)."""
+    account_id: str = Field(max_length=32)
+    resource_id: str = Field(max_length=64)
+    #: instance, root-volume, volume, snapshot, public-ip, nat-gateway
+    kind: str = Field(max_length=16)
+    #: a key of services/money.py USAGE_TYPES
+    usage_type: str = Field(max_length=32)
+    #: the price list's dimension: the instance type for instance-hours, else ""
+    dimension: str = Field(default="", max_length=40)
+
+
+class UsageInterval(UsageFields, table=True):
     """One metered stretch of a resource: opened in the transaction that made it billable (an
     instance reaching running, a volume created, an address allocated...), closed (`ended_at`
     set once, never changed again) in the transaction that ended it. Only these two writes ever
@@ -26,40 +38,26 @@ class UsageInterval(SQLModel, table=True):
                       Index("ix_usage_interval_open", "resource_id", "usage_type", "ended_at"),
                       Index("ix_usage_interval_started", "started_at"))
     id: int | None = Field(default=None, primary_key=True)
-    account_id: str = Field(max_length=32)
-    resource_id: str = Field(max_length=64)
-    #: instance, root-volume, volume, snapshot, public-ip, nat-gateway
-    kind: str = Field(max_length=16)
-    #: a key of services/money.py USAGE_TYPES
-    usage_type: str = Field(max_length=32)
-    #: the price list's dimension: the instance type for instance-hours, else ""
-    dimension: str = Field(default="", max_length=40)
     #: GiB for the *-gib-month usage types, 1 for the hourly ones
     quantity: int = 1
     started_at: datetime = Field(sa_type=UtcDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
-class UsageQuantity(SQLModel, table=True):
+class UsageQuantity(UsageFields, table=True):
     """An amount used, not a time: the bytes a NAT gateway processed (services/nat_metering.py).
     One row per resource, usage type and bucket; `recorded_at` is the bucket's start: a UTC hour,
     or the later moment a price of the usage type took effect inside that hour, so a bucket
     never spans a day or a price change. The counter reports of that stretch add to `quantity`
     (in the transaction that moves the counter's last value, NatCounter) while it lasts; once
-    its hour is over the row never changes again, so a closed month's bill has final rows."""
+    its hour is over the row never changes again, so a closed month's bill has final rows.
+    Its kind is nat-gateway and its usage type per byte (nat-gateway-gib)."""
     __tablename__ = "usage_quantity"
     __table_args__ = (UniqueConstraint("resource_id", "usage_type", "recorded_at",
                                        name="uq_usage_quantity_bucket"),
                       Index("ix_usage_quantity_account", "account_id", "recorded_at"),
                       Index("ix_usage_quantity_recorded", "recorded_at"))
     id: int | None = Field(default=None, primary_key=True)
-    account_id: str = Field(max_length=32)
-    resource_id: str = Field(max_length=64)
-    #: nat-gateway
-    kind: str = Field(max_length=16)
-    #: a key of services/money.py USAGE_TYPES that is per byte (nat-gateway-gib)
-    usage_type: str = Field(max_length=32)
-    dimension: str = Field(default="", max_length=40)
     #: bytes (64-bit: a NAT gateway moves more than 2 GiB an hour)
     quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
     recorded_at: datetime = Field(sa_type=UtcDateTime)

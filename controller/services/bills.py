@@ -1,13 +1,14 @@
 """Monthly bills (UTC calendar months). The running month's bill is open: an estimate to date,
-recomputed on every read. Once the month has ended (plus CLOSE_GRACE, so transitions committed
-a moment after midnight by a pass that began before it are in), the first read closes it: the
-document is computed once and stored (models/billing.py Bill) and answered as stored ever
-after, so no later price change or correction alters a closed bill.
+recomputed on every read (its settled days kept between reads, services/open_bills.py, with
+the same answer). Once the month has ended (plus CLOSE_GRACE, so transitions committed a moment
+after midnight by a pass that began before it are in), the first read closes it: the document
+is computed once and stored (models/billing.py Bill) and answered as stored ever after, so no
+later price change or correction alters a closed bill.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -19,10 +20,10 @@ from controller.errors import InvalidParameter
 from controller.ids import utcnow
 from controller.models import Account
 from controller.models.billing import Bill
-from controller.services import budgets, money, usage
+from controller.services import budgets, money, open_bills, usage
 from controller.services.usage import month_bounds
 from controller.services.prices import Timeline
-from controller.services.usage_calc import LineItem, stream_items
+from controller.services.usage_calc import stream_items
 
 CLOSE_GRACE = timedelta(minutes=10)
 
@@ -34,10 +35,16 @@ def _checked_month(month: str, now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _document(s: Session, account_id: str, month: str, items: Iterable[LineItem],
-              now: datetime, closing: bool) -> dict:
+_TYPE_ORDER = {t: i for i, t in enumerate(money.USAGE_TYPES)}
+
+
+def _document(s: Session, account_id: str, month: str, rows: dict, now: datetime,
+              closing: bool) -> dict:
+    """`rows`: usage.accumulate(items, "usage_type"). Lines in usage-type order (as listed in
+    money.USAGE_TYPES), then by dimension: never the order the database returned rows in."""
     start, end = month_bounds(month)
-    lines = usage.group(items, "usage_type")  # one pass: items may be a stream
+    lines = usage.public_rows(sorted(rows.values(), key=lambda r: (_TYPE_ORDER[r["usage_type"]],
+                                                                   r["dimension"])))
     # The lines' amounts are exact sums of the rounded items: their sum is the items' sum.
     total = money.total_amount(Decimal(ln["amount"]) for ln in lines)
     return {"account_id": account_id, "month": month, "status": "closed" if closing else "open",
@@ -52,15 +59,16 @@ def _json_safe(info: dict | None) -> dict | None:
     return info
 
 
-def _bill(s: Session, account_id: str, month: str, items: Iterable[LineItem],
+def _bill(s: Session, account_id: str, month: str, rows: Callable[[bool], dict],
           now: datetime) -> dict:
-    """The stored bill if closed; else compute it (and store it if its month is over)."""
+    """The stored bill if closed; else compute it (`rows(closing)`), and store it if its month
+    is over."""
     stored = s.get(Bill, (account_id, month))
     if stored is not None:
         return json.loads(stored.document)
     _, end = month_bounds(month)
     closing = now >= end + CLOSE_GRACE
-    doc = _document(s, account_id, month, items, now, closing)
+    doc = _document(s, account_id, month, rows(closing), now, closing)
     if closing:
         s.add(Bill(account_id=account_id, month=month, total=doc["total"], closed_at=now,
                    document=json.dumps(doc, sort_keys=True)))
@@ -68,19 +76,23 @@ def _bill(s: Session, account_id: str, month: str, items: Iterable[LineItem],
 
 
 def get(db: Database, caller, month: str, account_id: str | None = None,
-        now: datetime | None = None) -> dict:
-    """GET /v1/bills/{month}: the caller's bill (admins: any account's; others' are 404)."""
+        now: datetime | None = None, cached: bool = True) -> dict:
+    """GET /v1/bills/{month}: the caller's bill (admins: any account's; others' are 404).
+    An open bill keeps its settled days between reads (open_bills.py); `cached=False`
+    computes it from every interval (the reference the cache must equal)."""
     now = now or utcnow()
     start, end = _checked_month(month, now)
+
+    def rows(s: Session, acct: str, closing: bool) -> dict:
+        if cached and not closing:
+            return open_bills.rows(db, s, acct, month, start, end, now, CLOSE_GRACE)
+        return open_bills.fresh(s, acct, start, end, now, Timeline.load(s))
+
     for attempt in (1, 2):
         try:
             with db.session(notify=False) as s:
                 acct = usage.target_account(s, caller, account_id)
-                if s.get(Bill, (acct, month)) is not None:
-                    return _bill(s, acct, month, [], now)
-                items = stream_items(usage.stream(s, acct, start, end, by_resource=True),
-                                     Timeline.load(s), start, end, now)
-                return _bill(s, acct, month, items, now)
+                return _bill(s, acct, month, lambda closing: rows(s, acct, closing), now)
         except IntegrityError:  # another request closed it first: answer what it stored
             if attempt == 2:
                 raise
@@ -103,5 +115,6 @@ def list_month(db: Database, caller, month: str, now: datetime | None = None) ->
             # One account's line items at a time: memory stays that of the largest account.
             for acct, intervals in usage.by_account(s, start, end):
                 items = [] if acct in closed else stream_items(intervals, prices, start, end, now)
-                docs[acct] = _bill(s, acct, month, items, now)
-        return [docs.get(a) or _bill(s, a, month, [], now) for a in accounts]
+                docs[acct] = _bill(s, acct, month,
+                                   lambda _closing: usage.accumulate(items, "usage_type"), now)
+        return [docs.get(a) or _bill(s, a, month, lambda _closing: {}, now) for a in accounts]

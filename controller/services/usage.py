@@ -1,6 +1,7 @@
 """Usage of an account over any period: load its intervals (and the amounts recorded at an
-instant, usage_quantity: NAT gateways' bytes, read in the same query), price them (services/usage_calc.py),
-group the line items (by resource, usage type or day; or none: the base items) and render them
+instant, usage_quantity: NAT gateways' bytes, read in the same query), price them
+(services/usage_calc.py), group the line items (by resource, usage type or day; or none: the
+base items; `accumulate` and `merge_rows` let a bill add groups computed apart) and render them
 as JSON documents or CSV. Also owns reading periods and choosing whose usage a caller sees.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from itertools import groupby
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from sqlalchemy import or_, union_all
+from sqlalchemy import Integer, literal, or_, union_all
 from sqlmodel import Session, select
 
 from controller.errors import InvalidParameter, NotFound
@@ -22,7 +23,8 @@ from controller.models import Account
 from controller.models.billing import UsageInterval, UsageQuantity
 from controller.services import money
 from controller.services.prices import Timeline
-from controller.services.usage_calc import MINIMUM_RUN_S, Interval, LineItem, line_items
+from controller.services.usage_calc import (MINIMUM_RUN_S, Interval, LineItem, line_items,
+                                           pick_rate)
 
 GROUPINGS = ("none", "resource", "usage_type", "day")
 CSV_FIELDS = ("account_id", "resource_id", "kind", "usage_type", "dimension", "day", "quantity",
@@ -82,15 +84,15 @@ def _query(account_id: str | None, start: datetime, end: datetime, by_resource: 
     reach = start - timedelta(seconds=MINIMUM_RUN_S)
     q = select(UsageInterval.account_id, UsageInterval.resource_id, UsageInterval.kind,
                UsageInterval.usage_type, UsageInterval.dimension, UsageInterval.quantity,
-               UsageInterval.started_at, UsageInterval.ended_at).where(
+               UsageInterval.started_at, UsageInterval.ended_at, UsageInterval.id).where(
         UsageInterval.started_at < end,
         or_(UsageInterval.ended_at == None, UsageInterval.ended_at > reach))  # noqa: E711
     # Amounts as intervals of no length (start == end == the instant; usage_calc.py). A second
     # of slack before `start`: usage_calc decides by whole seconds.
     u = UsageQuantity
     q2 = select(u.account_id, u.resource_id, u.kind, u.usage_type, u.dimension, u.quantity,
-                u.recorded_at, u.recorded_at).where(u.recorded_at >= start - timedelta(seconds=1),
-                                                    u.recorded_at < end)
+                u.recorded_at, u.recorded_at, literal(None, Integer)).where(
+        u.recorded_at >= start - timedelta(seconds=1), u.recorded_at < end)
     if account_id is not None:
         q = q.where(UsageInterval.account_id == account_id)
         q2 = q2.where(u.account_id == account_id)
@@ -157,9 +159,17 @@ def group(items: Iterable[LineItem], by: str) -> list[dict]:
     """Rows of `items` summed per `by` (amounts are the rounded items' sums, never re-rounded);
     a field that differs inside a group is null."""
     check_grouping(by)
-    keys = _KEYS[by]
-    if keys is None:
+    if _KEYS[by] is None:
         return [_public(_row(item)) for item in items]
+    return [_public(r) for r in accumulate(items, by).values()]
+
+
+_SHARED = ("account_id", "resource_id", "kind", "usage_type", "dimension", "unit")
+
+
+def accumulate(items: Iterable[LineItem], by: str) -> dict[tuple, dict]:
+    """The groups of `group` before rendering (key -> internal row)."""
+    keys = _KEYS[by]
     rows: dict[tuple, dict] = {}
     for item in items:
         k = tuple(getattr(item, f) for f in keys)
@@ -170,16 +180,42 @@ def group(items: Iterable[LineItem], by: str) -> list[dict]:
         g["seconds"] += item.seconds
         g["gib_seconds"] += _gib_seconds(item)
         g["amount"] += item.amount
-        for f in ("account_id", "resource_id", "kind", "usage_type", "dimension", "rate"):
+        for f in ("account_id", "resource_id", "kind", "usage_type", "dimension"):
             if g[f] is not None and g[f] != getattr(item, f):
                 g[f] = None
+        if g["rate"] is not None and g["rate"] is not item.rate:
+            g["rate"] = pick_rate(g["rate"], item.rate)
         if g["day"] is not None and g["day"] != item.day.isoformat():
             g["day"] = None
         if g["gib"] is not None and g["gib"] != item.quantity:
             g["gib"] = None
         if g["unit"] is not None and g["unit"] != money.USAGE_TYPES[item.usage_type].unit:
             g["unit"] = None
-    return [_public(r) for r in rows.values()]
+    return rows
+
+
+def merge_rows(a: dict[tuple, dict], b: dict[tuple, dict]) -> dict[tuple, dict]:
+    """Two `accumulate` results of disjoint item sets grouped by usage type, as one: what
+    accumulating both sets at once gives (sums add; a field stays where both agree), in the
+    order of `a` then `b`'s new keys. Neither argument is changed."""
+    out = {k: dict(r) for k, r in a.items()}
+    for k, r in b.items():
+        g = out.get(k)
+        if g is None:
+            out[k] = dict(r)
+            continue
+        for f in ("seconds", "gib_seconds", "amount"):
+            g[f] += r[f]
+        for f in _SHARED + ("day", "gib"):
+            if g[f] != r[f]:
+                g[f] = None
+        g["rate"] = None if g["rate"] is None or r["rate"] is None else pick_rate(g["rate"],
+                                                                                  r["rate"])
+    return out
+
+
+def public_rows(rows: Iterable[dict]) -> list[dict]:
+    return [_public(r) for r in rows]
 
 
 def _public(r: dict) -> dict:

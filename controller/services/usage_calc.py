@@ -39,6 +39,18 @@ class Interval:
     quantity: int
     start: datetime
     end: datetime | None
+    #: the usage_interval row's id (None for recorded amounts): the open bill's cache
+    #: (services/open_bills.py) re-reads the rows it keeps by id
+    id: int | None = None
+
+
+def pick_rate(a: Decimal, b: Decimal) -> Decimal | None:
+    """None when the rates differ; of two equal rates written differently ("0.1", "0.10"), the
+    one with fewer decimal places, whichever came first: an item's or a line's rate never
+    depends on the order the database returned the rows in."""
+    if a != b:
+        return None
+    return max(a, b, key=lambda d: (d.as_tuple().exponent, str(d)))
 
 
 @dataclass(slots=True)
@@ -96,6 +108,12 @@ def stream_items(intervals, prices: Timeline, start: datetime, end: datetime,
         yield from _collect(ivs, prices, p0, p1, t_now, days)
 
 
+def unordered_items(intervals, prices: Timeline, start: datetime, end: datetime,
+                    now: datetime) -> list[LineItem]:
+    """The same items as line_items, in no particular order (any interval order)."""
+    return _collect(intervals, prices, _sec(start), _sec(end), _sec(now), {})
+
+
 def _collect(intervals, prices: Timeline, p0: int, p1: int, t_now: int,
              days: dict[int, date]) -> list[LineItem]:
     items: dict[tuple, LineItem] = {}
@@ -119,6 +137,8 @@ def _collect(intervals, prices: Timeline, p0: int, p1: int, t_now: int,
             if item is None:
                 item = items[key] = LineItem(iv.account_id, iv.resource_id, iv.kind,
                                              iv.usage_type, iv.dimension, iv.quantity, rate, day)
+            elif item.rate is not rate:  # an equal rate of another price entry
+                item.rate = pick_rate(item.rate, rate)
             item.seconds += cut - a
             a = cut
     for item in items.values():
@@ -141,4 +161,6 @@ def _add_amount(items: dict[tuple, LineItem], iv: Interval, prices: Timeline, p0
     if item is None:
         item = items[key] = LineItem(iv.account_id, iv.resource_id, iv.kind, iv.usage_type,
                                      iv.dimension, 0, rate, day)
+    elif item.rate is not rate:
+        item.rate = pick_rate(item.rate, rate)
     item.quantity += iv.quantity

@@ -82,9 +82,12 @@ def test_bench_billing_smoke():
     run_smoke("bench_billing.py", timeout=120, expect=[
         r"^account bill: 20 instances x 10 transitions in 1 account\(s\): 120 usage intervals",
         rf"^  kumo bills \(1 bill\(s\)\) +{NUM} s  peak traced +{NUM} MiB",
+        rf"^  open bill, settled days kept: first read +{NUM} s, second read +{NUM} s .*: "
+        r"identical$",
         rf"^  baseline SQL SUM +{NUM} s  peak traced +{NUM} MiB",
         rf"^  kumo / baseline: {NUM}x time",
         r"^  instance seconds: kumo \d+ baseline \d+: identical$",
+        rf"^  metering backfill at start-up \(20 running instances\): +{NUM} s, opened 0$",
         r"^site bills: 100 instances x 4 transitions in 5 account\(s\)",
         r"^max RSS \d+ MiB",
     ])
