@@ -251,7 +251,7 @@ def test_backfill_opens_only_the_missing_intervals(db):
         # One measured by its node (3 GiB + 1 byte stored: billed 4), one from before stored
         # sizes (billed by its volume's size).
         conn.execute(insert(Snapshot.__table__), [
-            dict(snap, snapshot_id="snap-1"),
+            dict(snap, snapshot_id="snap-1", stored_bytes=None),
             dict(snap, snapshot_id="snap-2", stored_bytes=3 * 2**30 + 1)])
         conn.execute(insert(ElasticIp.__table__), [dict(allocation_id="eipalloc-1",
                                                         account_id=ACCT, public_ip="192.0.2.1",
