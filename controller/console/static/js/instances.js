@@ -1,6 +1,7 @@
-// The instances list (live: polled every 2 s, with a text filter) and one instance's page
-// (details, security groups, volumes, CPU and network charts, console output, actions: stop,
-// start, reboot, terminate, change type, create image, attach a volume, change security groups).
+// The instances list (live: polled every 2 s, with a text filter and a state filter) and one
+// instance's page (details, security groups, volumes, CPU and network charts, console output,
+// actions: stop, start, reboot, terminate, change type, create image, attach a volume, change
+// security groups).
 // Actions are plain API calls: when the API refuses one, its error (code and message) is shown
 // as it came.
 import { api, listAll } from './api.js';
@@ -27,9 +28,14 @@ function matches(i, text) {
   return text.toLowerCase().split(/\s+/).filter(Boolean).every((w) => hay.includes(w));
 }
 
+const STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated'];
+
 export async function instancesPage(root, pg) {
   document.title = 'Instances · Kumo';
   const filter = h('input', { type: 'search', name: 'filter', placeholder: 'id, name, state, IP, host…' });
+  // The state filter is exact ("stopped" only), where words of the text filter match anywhere.
+  const stateSel = h('select', { name: 'state' }, h('option', { value: '' }, 'All states'),
+    STATES.map((st) => h('option', { value: st }, st)));
   const body = h('tbody');
   const count = h('p', { class: 'count', 'aria-live': 'polite' });
   const err = errorBox();
@@ -38,14 +44,17 @@ export async function instancesPage(root, pg) {
     h('thead', {}, h('tr', {}, COLUMNS.map(([t]) => h('th', { scope: 'col' }, t)))), body);
   let items = [];
   const draw = () => {
-    const shown = items.filter((i) => matches(i, filter.value.trim()));
+    const shown = items.filter((i) => (!stateSel.value || i.state === stateSel.value)
+      && matches(i, filter.value.trim()));
     clear(body, shown.map((i) => h('tr', { 'data-instance-id': i.instance_id },
       COLUMNS.map(([t, cell]) => h('td', { 'data-label': t }, cell(i))))));
     clear(count, `${shown.length} of ${items.length} instances`);
   };
   filter.addEventListener('input', draw);
+  stateSel.addEventListener('change', draw);
   clear(root, h('div', { class: 'bar' }, h('h1', {}, 'Instances'), link('/launch', 'Launch instance')),
-    field('Filter', filter), err, count, h('div', { class: 'scroll' }, table));
+    h('div', { class: 'inline' }, field('Filter', filter), field('State', stateSel)),
+    err, count, h('div', { class: 'scroll' }, table));
   await pg.every(2000, async () => {
     try {
       items = await listAll('/v1/instances');

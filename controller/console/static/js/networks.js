@@ -60,12 +60,17 @@ function onSubmit(form, button, err, run) {
 }
 
 // Live redraws every ms; a redraw would drop a half-confirmed delete, so none runs while one is
-// armed. A failing redraw after the first is shown in err rather than thrown into a timer.
+// armed. A failing redraw after the first is shown in err rather than thrown into a timer; a
+// failing first one (e.g. another account's VPC: 404) replaces the page, so its timers stop too.
 function live(pg, container, ms, draw, err) {
   let first = true;
   return pg.every(ms, async () => {
     if (container.querySelector('[data-armed]')) return;
-    if (first) { first = false; await draw(); return; }
+    if (first) {
+      first = false;
+      try { await draw(); } catch (e) { pg.close(); throw e; }
+      return;
+    }
     try { await draw(); } catch (e) { err.show(e); }
   });
 }
