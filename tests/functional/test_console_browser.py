@@ -192,17 +192,22 @@ def test_a_refused_launch_shows_the_api_message_verbatim(page, served):
 
 
 def test_phone_width_lists_instances_as_cards(browser, served):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
-    pg = ctx.new_page()
-    try:
+    expect = playwright_api.expect
+    with browser_page(browser, 390, 844, is_mobile=True) as pg:
         sign_in(pg, served)
-        pg.goto(f"{served.url}/console/#/instances")
+        # The nav is folded behind Menu; it opens, takes the user there, and folds again.
+        nav_link = pg.get_by_role("navigation").get_by_role("link", name="Instances")
+        expect(nav_link).to_be_hidden()
+        menu = pg.get_by_role("button", name="Menu")
+        expect(menu).to_have_attribute("aria-expanded", "false")
+        menu.click()
+        expect(menu).to_have_attribute("aria-expanded", "true")
+        nav_link.click()
+        expect(nav_link).to_be_hidden()
         first = pg.locator("table#instances tbody tr").first
-        playwright_api.expect(first).to_be_visible()
+        expect(first).to_be_visible()
         # One column: no horizontal scrolling of the page at 390 px.
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390
-    finally:
-        ctx.close()
 
 
 def test_keyboard_sign_in_and_admin_sees_hosts_capacity(page, served):

@@ -191,6 +191,14 @@ async function start() {
     clear(who, s ? `${s.username || 'API key'} @ ${s.account_name}` : '');
     if (!s && location.hash !== '#/signin') go('/signin');
   });
+  // Phones: the nav folds behind a Menu button (style.css), and folds again after each move.
+  const menu = document.getElementById('menu');
+  const setMenu = (open) => {
+    menu.setAttribute('aria-expanded', String(open));
+    document.getElementById('main-nav').classList.toggle('open', open);
+  };
+  menu.addEventListener('click', () => setMenu(menu.getAttribute('aria-expanded') !== 'true'));
+  window.addEventListener('hashchange', () => setMenu(false));
   document.getElementById('signout').addEventListener('click', async () => {
     await signOut().catch(() => {});
     go('/signin');
