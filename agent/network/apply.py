@@ -12,20 +12,23 @@ failures are returned (EnsureResult.failed) and retried by the next ensure().
 NAT gateways' last counts (issue 13): a NAT gateway's counter is read one last time when the
 dataplane stops feeding it, and handed to `on_nat_final` ({gateway id: bytes}; the
 NetworkService persists it in agent.network.nat_finals and reports it until delivered) before
-the counter can go: (1) right after a NAT table load of a router namespace, every counter there
-of a gateway this host no longer holds (the load removed its counting rules, so the value is
-exact) is read, handed over, then deleted; (2) before a router namespace is removed (ensure or
+the counter can go: (1) right after a NAT table load of a router namespace that dropped a
+gateway's counter from the table (or whose previous table is unknown: agent start), every
+counter there of a gateway this host no longer holds (the load removed its counting rules, so
+the value is exact) is read, handed over, then deleted; (2) before a router namespace is removed (ensure or
 teardown), its forward chain is sealed (counters stop, nothing crosses), then its counters are
 read and handed over. A failed read is logged; the namespace goes anyway (never block a
 teardown on billing).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from agent.firewall import load
 from agent.firewall.load import FirewallApplyError
 from agent.network import names, nat
 from agent.network.desired import host_records
@@ -62,6 +65,14 @@ class EnsureResult:
             rec, detail = self.failed[0]
             raise DataplaneError("DataplaneApplyFailed",
                                  f"{len(self.failed)} dataplane changes failed, first: {rec}: {detail}")
+
+
+def _counters(payload: str) -> set[str]:
+    """Names of the named counters a NAT table payload declares."""
+    try:
+        return {name for kind, _f, name in load.declared(json.loads(payload)) if kind == "counter"}
+    except (ValueError, KeyError, TypeError):
+        return {"?"}  # unparsable: read to be safe
 
 
 def local_nat_gateways(host: HostNetwork) -> frozenset:
@@ -200,10 +211,15 @@ class Dataplane:
                 else:
                     self.kernel.add(rec)
                 if isinstance(rec, NftTable):
+                    old = [r for r in self._applied if isinstance(r, NftTable) and r.ns == rec.ns]
                     self._applied = {r for r in self._applied
                                      if not (isinstance(r, NftTable) and r.ns == rec.ns)}
                     self._applied.add(rec)
-                    if rec.ns != HOST:
+                    # A read only when a counter may have stopped being fed: a gateway's counter
+                    # left the table, or nothing is known of what was loaded before (agent
+                    # start, namespace made again): an elastic IP move pays no nft read.
+                    if rec.ns != HOST and (not old or _counters(old[0].payload)
+                                           - _counters(rec.payload)):
                         self._final_counts(rec.ns, seal=False)
             else:
                 self.kernel.remove(rec)

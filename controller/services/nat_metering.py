@@ -11,6 +11,16 @@ amounts, in the transaction that records the heartbeat.
   at the current UTC hour, or at a later price change of nat-gateway-gib inside it, so the rate
   and the day of a bucket's start hold for all its bytes (services/usage_calc.py).
 - A counter of a gateway the controller does not know is ignored; its bytes are nobody's.
+- A deleted gateway's last bytes (issue 13): the agent reads a gateway's counter one last time
+  when it stops feeding it (gateway deleted or moved away, router namespace torn down) and
+  reports that final value in its next heartbeats until they are answered
+  (agent/network/nat_finals.py). It is just the counter's last cumulative value, so the same
+  delta rule bills it once, however often it is repeated and across a controller restart (the
+  last value is in NatCounter). Deleted gateways keep their row (state "deleted"), so it is
+  billed to the gateway. Its hourly interval has ended; the bytes belong to its last period, so
+  they go into the bucket of the deletion instant (rate and day then), not of the report,
+  unless that is in an earlier UTC month than the report (a past month's bill is not changed
+  behind its back: the current bucket then).
 """
 from __future__ import annotations
 
@@ -40,6 +50,18 @@ def bucket_start(s: Session, now: datetime) -> datetime:
     return max(hour, change) if change is not None else hour
 
 
+def _bucket_for(s: Session, gw: NatGateway, now: datetime, current: datetime | None) -> datetime:
+    """The bucket of `gw`'s new bytes reported at `now` (`current`: the report's bucket, if
+    computed): the deletion instant's bucket for a deleted gateway (see the docstring)."""
+    ended = gw.deleted_at
+    if ended is not None:
+        if ended.tzinfo is None:  # SQLite hands datetimes back naive (they are UTC)
+            ended = ended.replace(tzinfo=now.tzinfo)
+        if ended <= now and (ended.year, ended.month) == (now.year, now.month):
+            return bucket_start(s, ended)
+    return current or bucket_start(s, now)
+
+
 def observe(s: Session, host_id: str, reported, now: datetime) -> int:
     """Fold one heartbeat's counters (NatProcessed items) in; returns the bytes metered."""
     total, bucket = 0, None
@@ -56,8 +78,11 @@ def observe(s: Session, host_id: str, reported, now: datetime) -> int:
             row.bytes, row.updated_at = rep.bytes, now
         s.add(row)
         if new > 0:
-            bucket = bucket or bucket_start(s, now)
-            _add(s, gw, new, bucket)
+            if gw.deleted_at is not None:
+                _add(s, gw, new, _bucket_for(s, gw, now, bucket))
+            else:
+                bucket = bucket or bucket_start(s, now)
+                _add(s, gw, new, bucket)
             total += new
     return total
 

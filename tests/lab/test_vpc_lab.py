@@ -508,6 +508,47 @@ def test_nat_gateway_data_processed_is_billed_per_gib(world):
         end_process(server)
 
 
+def test_nat_gateway_deleted_right_after_traffic_bills_its_last_bytes(world):
+    """Issue 13, the gap at deletion: a3 downloads 4 MiB through the NAT gateway and the gateway
+    is deleted at once (usually before the agent's next heartbeat, 2 s): the agent reads the
+    counter's final value when it removes the gateway and reports it after, so the usage still
+    grows by at least the payload. A new gateway (same elastic IP) is made for the later tests."""
+    a, a3, size = world.users[0], world.vms["a3"], 4 << 20
+    port = 20000 + secrets.randbelow(2000)
+    server = subprocess.Popen(["ip", "netns", "exec", inet_netns(world.lab.prefix), sys.executable,
+                               "-c", BLOB_SERVER, str(port), str(size), INET_SERVER],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        before = _nat_gib(a)
+        r = world.sh(a3, f"timeout 60 wget -q -O /dev/null http://{INET_SERVER}:{port}/ && echo OK",
+                     timeout=90)
+        assert r.stdout.strip() == "OK", (r.stdout, r.stderr)
+        t0 = time.time()
+        a.call("DELETE", f"/v1/nat-gateways/{world.ids['nat']}")
+        want = Decimal(size) / GIB
+        deadline, grown = time.monotonic() + CONVERGE, Decimal(0)
+        while time.monotonic() < deadline:
+            grown = _nat_gib(a) - before
+            if grown >= want - Decimal("0.000001"):
+                break
+            time.sleep(0.5)
+        _report(f"NAT gateway deleted {time.time() - t0:.2f} s before its usage grew by "
+                f"{grown} GiB for {size} bytes fetched ({grown / want:.3f}x)")
+        assert grown >= want - Decimal("0.000001"), f"usage grew by {grown} GiB, not {want}"
+        assert grown <= Decimal("1.2") * want, f"usage grew by {grown} GiB, > 1.2x {want}"
+    finally:
+        end_process(server)
+        # A new gateway on the same elastic IP and the private route to it (the later tests).
+        set_nat_route(world, present=False)
+        nat = a.call("POST", "/v1/nat-gateways", json={"subnet_id": world.ids["sn_pub"],
+                                                       "allocation_id": world.ids["nat_eip"]})
+        world.ids["nat"] = nat["nat_gateway_id"]
+        set_nat_route(world, present=True)
+    out = world.sh_until(a3, http_cmd(INET_SERVER, world.listener.port), lambda o: o.strip())
+    assert out.strip() == world.ids["nat_ip"], f"a3 left as {out.strip()}, not the new NAT gateway"
+
+
 def move_eip(world, vm: Vm, reassociate: bool = False) -> float:
     """Associate the elastic IP with vm; seconds from the API call to its HTTP answer from the
     internet naming vm (a prober already running before the call)."""
