@@ -80,6 +80,6 @@ class Snapshot(SQLModel, table=True):
     deleted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     observed_error: str | None = Field(default=None, max_length=1024)
     #: What the storage node measured the snapshot to store when it completed (migration
-    #: 0025); NULL before that, and for rows completed before the measure existed.
+    #: 0023); NULL before that, and for rows completed before the measure existed.
     stored_bytes: int | None = Field(default=None,
                                      sa_column=Column(BigInteger, nullable=True))

@@ -1,4 +1,4 @@
-"""Migration 0025 (Snapshot.stored_bytes, issue 13): snapshots from before it keep their rows
+"""Migration 0023 (Snapshot.stored_bytes, issue 13): snapshots from before it keep their rows
 with stored_bytes NULL, which bills them by their volume's size as before (metering.snapshot_gib);
 a measured size fits 64 bits; the downgrade drops the column and keeps the rows."""
 from __future__ import annotations
@@ -24,10 +24,10 @@ def _to(db: Database, rev: str, down: bool = False) -> None:
         conn.commit()
 
 
-def test_0025_adds_a_nullable_stored_bytes_and_keeps_old_snapshots(tmp_path):
+def test_0023_adds_a_nullable_stored_bytes_and_keeps_old_snapshots(tmp_path):
     db = Database(f"sqlite:///{tmp_path}/m.db")
     before = ScriptDirectory.from_config(db_migrate.alembic_config(db.url)) \
-        .get_revision("0025").down_revision
+        .get_revision("0023").down_revision
     _to(db, before)
     with db.engine.begin() as c:
         c.execute(text("INSERT INTO account (account_id, name, is_admin, api_key_hash, created_at) "

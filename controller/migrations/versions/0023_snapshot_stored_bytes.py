@@ -3,7 +3,7 @@ store when it completed (issue 13: snapshots are billed by their stored size, no
 volume's). Additive: a nullable 64-bit column; rows from before keep NULL, and are billed by
 volume_size_gib as they were (controller/services/metering.py).
 
-Revision ID: 0025
+Revision ID: 0023
 Revises: 0022
 Create Date: 2026-12-06 17:00:00
 """
@@ -11,7 +11,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0025'
+revision = '0023'
 down_revision = '0022'
 branch_labels = None
 depends_on = None
