@@ -11,17 +11,23 @@ and two `python -m agent` processes with the fake driver heartbeating to the las
 2. Takeover: --kills times, SIGKILL the leader, poll the survivor's /v1/admin/status every
    20 ms until it leads; time from the kill to that answer (median, p95, max), then start a
    new controller in place of the killed one and wait until it is registered.
+3. Wake-up of the leader by a write through the other controller (controller/change_feed.py):
+   --wake-launches launches, one at a time at random moments, through the controller that does
+   NOT lead; time from its 201 until an agent has the instance (the leader's reconciler PUT
+   it), with the change feed off (periodic tick only, KUMO_CHANGE_FEED=false) and on, both
+   at --wake-interval (KUMO_RECONCILE_INTERVAL_S, default 1 s, the production default).
 Lease settings are the defaults (TTL 5 s, renewal every 1 s) unless --ttl/--renew say.
 The numbers are reported, not judged; the checks (every launch answered 201, the takeover's
 epoch one higher each time) decide the exit status.
 
 Usage: .venv/bin/python bench/bench_failover.py [--requests 400] [--clients 8] [--kills 10]
-       [--ttl 5] [--renew 1] [--smoke]
+       [--ttl 5] [--renew 1] [--wake-launches 20] [--wake-interval 1] [--smoke]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -90,7 +96,7 @@ class Cloud:
         self.ctl: dict[Path, subprocess.Popen] = {}
         self.n = 0
 
-    def start_controller(self) -> Path:
+    def start_controller(self, extra: dict | None = None) -> Path:
         from agent.contract import transport
         self.n += 1
         sock = self.tmp / f"{self.name}-c{self.n}.sock"
@@ -100,7 +106,8 @@ class Cloud:
             "KUMO_AGENT_TOKEN": "secret", "KUMO_AGENT_AUTH": "token", "KUMO_CPU_OVERCOMMIT": "1000",
             "KUMO_HEARTBEAT_TIMEOUT_S": "60", "KUMO_LOG_LEVEL": "WARNING",
             "KUMO_LEADER_LEASE_TTL_S": str(self.ttl),
-            "KUMO_LEADER_RENEW_INTERVAL_S": str(self.renew)}, f"{self.name}-c{self.n}.log")
+            "KUMO_LEADER_RENEW_INTERVAL_S": str(self.renew), **(extra or {})},
+            f"{self.name}-c{self.n}.log")
         wait(sock.exists, 60, f"controller {sock.name}")
         wait(lambda: transport.client(f"unix:{sock}").get("/healthz").status_code == 200, 30,
              "healthz")
@@ -202,6 +209,44 @@ def takeovers(pg, procs, tmp, image, args) -> tuple[list[float], bool]:
     return times, ok
 
 
+def wake_latency(pg, procs, tmp, image, args, feed: bool) -> list[float]:
+    """Seconds from the non-leader's 201 to the instance on an agent, per launch."""
+    from agent.contract import transport
+    name = f"wake-{'feed' if feed else 'tick'}"
+    cloud = Cloud(pg, procs, tmp, name, args.ttl, args.renew)
+    extra = {"KUMO_RECONCILE_INTERVAL_S": str(args.wake_interval),
+             "KUMO_CHANGE_FEED": "true" if feed else "false"}
+    socks = [cloud.start_controller(extra), cloud.start_controller(extra)]
+    cloud.start_agents(socks[-1])
+    apis = cloud.clients()
+    agents = [transport.client(f"unix:{tmp / f'{name}-{h}.sock'}", "secret", timeout=5)
+              for h in ("host-1", "host-2")]
+    try:
+        wait(lambda: len(apis[-1].get("/v1/hosts").json()["items"]) == 2, 60, "hosts")
+        r = apis[0].post("/v1/images", json={"name": "kumo-tiny", "path": str(image), "public": True})
+        assert r.status_code == 201, r.text
+        r = apis[0].post("/v1/instance-types", json={"name": TYPE, "vcpus": 1, "memory_mib": 64})
+        assert r.status_code == 201, r.text
+        st = wait(lambda: (lambda s: s if s["leader"]["controller_id"] else None)(
+            apis[0].get("/v1/admin/status").json()), 30, "a leader")
+        other = next(a for a in apis
+                     if a.get("/v1/admin/status").json()["answered_by"] != st["leader"]["controller_id"])
+        times = []
+        for _ in range(args.wake_launches):
+            time.sleep(random.uniform(0, args.wake_interval))  # not in step with the ticks
+            r = other.post("/v1/instances", json={"image": "kumo-tiny", "instance_type": TYPE})
+            assert r.status_code == 201, r.text
+            t = time.monotonic()
+            iid = r.json()["instances"][0]["instance_id"]
+            wait(lambda: any(iid in {o["instance_id"] for o in a.get("/v1/instances").json()}
+                             for a in agents), args.wake_interval + 30, "the PUT", every=0.005)
+            times.append(time.monotonic() - t)
+        return times
+    finally:
+        for c in apis + agents:
+            c.close()
+
+
 def report(name: str, res: dict) -> None:
     for kind, xs in res["lat"].items():
         rate = len(xs) / res["wall"] if res["wall"] else float("nan")
@@ -216,11 +261,14 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--ttl", type=float, default=5.0)
     ap.add_argument("--renew", type=float, default=1.0)
+    ap.add_argument("--wake-launches", type=int, default=20)
+    ap.add_argument("--wake-interval", type=float, default=1.0)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     if args.smoke:
         args.requests, args.clients, args.kills = 10, 2, 2
         args.ttl, args.renew = 2.0, 0.5
+        args.wake_launches = 3
 
     sys.path.insert(0, str(ROOT))
     from tests.functional.pg import PostgresServer, why_unavailable
@@ -260,6 +308,13 @@ def main() -> int:
         print(f"{'takeover':>15} n={len(times)}  median {median(times) * 1000:.0f} ms  "
               f"p95 {percentile(times, 95) * 1000:.0f} ms  max {max(times) * 1000:.0f} ms "
               f"(lease TTL {args.ttl * 1000:.0f} ms)")
+        for feed in (False, True):
+            xs = wake_latency(pg, procs, tmp, image, args, feed)
+            what = "change feed" if feed else "periodic tick"
+            print(f"{'wake':>15} {what:<13} n={len(xs)}  median {median(xs) * 1000:.0f} ms  "
+                  f"p95 {percentile(xs, 95) * 1000:.0f} ms  max {max(xs) * 1000:.0f} ms "
+                  f"(non-leader 201 -> agent has it; reconcile interval {args.wake_interval} s)",
+                  flush=True)
     finally:
         procs.stop_all()
         pg.stop()

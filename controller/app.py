@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from controller import db_migrate
+from controller import change_feed, db_migrate
 from controller.agent_tls import ControllerTls
 from controller.agents import AgentPool, HttpFactory
 from controller.api import accounts, events, hosts, images, instance_types, instances, key_pairs
@@ -81,11 +81,18 @@ def create_app(settings: Settings | None = None, *,
     db.before_commit(fence_commit)
     controller_id = new_controller_id()
     lease_db = lease_engine(settings.resolved_database_url())
+    # A commit on any controller wakes the leader's reconciler (controller/change_feed.py).
+    feed = settings.change_feed and change_feed.is_postgres(settings.resolved_database_url())
+    if feed:
+        db.notify_on_commit(change_feed.CHANNEL, controller_id)
 
     def start_loops(loops: Loops) -> None:
         # each one off when its interval is 0 (tests drive the passes)
         if settings.reconcile_interval_s > 0:
             loops.start("kumo-reconciler", reconciler.run_forever())
+            if feed:
+                loops.start("kumo-change-feed", change_feed.listen(
+                    settings.resolved_database_url(), reconciler.wake, controller_id))
         if settings.metrics_maintenance_interval_s > 0:
             loops.start("kumo-metrics-rollup", metric_rollup.run_forever(db, settings))
         if settings.autoscaling_interval_s > 0:

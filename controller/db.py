@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.types import DateTime, TypeDecorator
@@ -141,6 +141,23 @@ class Database:
                 listener()
             except Exception:  # the change is committed: a listener must not undo the answer
                 log.exception("change listener failed")
+
+    def notify_on_commit(self, channel: str, payload: str) -> None:
+        """PostgreSQL only: in each transaction whose commit calls the change listeners (it
+        wrote and is not notify=False), `pg_notify(channel, payload)` just before COMMIT, so
+        other controllers hear of it exactly when it commits and never for a rollback
+        (controller/change_feed.py)."""
+        if self.engine.dialect.name != "postgresql":
+            return
+
+        def _notify(session: Session) -> None:
+            if session.in_nested_transaction() or not session.info.get(_NOTIFY):
+                return
+            session.flush()  # before_commit runs before the commit's own flush: note its writes
+            if session.info.get(_WROTE):
+                session.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+        self._listen("before_commit", _notify)
 
     def before_commit(self, hook: Callable[[Session], None]) -> None:
         """Call `hook(session)` before each commit; an exception from it rolls the transaction

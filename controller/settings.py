@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     #: (default: http://<listen>, unless its port is 0).
     leader_lease_ttl_s: float = Field(default=5.0, ge=0.5, le=300)
     leader_renew_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: PostgreSQL: a commit on any controller wakes the leader's reconciler through LISTEN/
+    #: NOTIFY (controller/change_feed.py); off, it waits for the leader's next periodic tick.
+    change_feed: bool = True
     api_url: str | None = None
     #: Web console sessions (controller/services/console_sessions.py): a session ends after
     #: this long without a request (idle) and this long after sign-in whatever happens
