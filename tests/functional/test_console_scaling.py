@@ -3,7 +3,9 @@ scaling.js): create a group from the form, follow it to InService on its page, t
 history as the API has it, desired capacity refused above max (the API's error verbatim) and then
 set (a new launch activity), the capacity chart drawn from the group controller's recorded
 metrics (its points equal GET /v1/metrics/statistics), scheduled actions added, refused and
-deleted, the list's live row, and a member's link to its instance page."""
+deleted, the list's live row, and a member's link to its instance page; then (a second group)
+a target tracking policy refused (target 150) and saved from the form (equal to the API's) and
+deleted, and the group's deletion refused while it has an instance and forced on request."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -180,3 +182,88 @@ def test_group_pages_capacity_chart_and_activity(served):
         first = _group(served)["instances"][0]["instance_id"]
         page.get_by_role("link", name=first).click()
         expect(page.get_by_role("heading", name=first)).to_be_visible()
+
+
+def test_policies_and_group_delete(served):
+    """Target tracking policies put and deleted from the group's page (equal to the API's; a
+    refused target shown verbatim), then the group deleted: refused while it has instances,
+    forced on request, back to the list."""
+    expect = playwright_api.expect
+    api = served.account
+    base = "/v1/autoscaling-groups/ops-asg"
+    [tmpl] = ok(api.get("/v1/launch-templates"))["items"]
+    ok(api.post("/v1/autoscaling-groups", json={
+        "auto_scaling_group_name": "ops-asg",
+        "launch_template": {"launch_template_id": tmpl["launch_template_id"], "version": "$Default"},
+        "min_size": 1, "max_size": 2, "subnet_ids": [served.subnet]}), 201)
+    with chromium_page() as page:
+        sign_in(page, served.url, username="scaler", password=PASSWORD)
+        page.goto(f"{served.url}/console/#/autoscaling/ops-asg")
+        expect(page.get_by_role("heading", name="Auto Scaling group ops-asg")).to_be_visible()
+        form = page.locator("#policy-form")
+
+        # Refused: a target above 100; the API's error verbatim, no policy made.
+        form.get_by_label("Policy name").fill("cpu-50")
+        form.get_by_label("Target value (%)").fill("150")
+        form.get_by_role("button", name="Save policy").click()
+        bad = api.put(f"{base}/policies/cpu-50", json={
+            "policy_type": "TargetTrackingScaling", "target_tracking_configuration": {
+                "predefined_metric_specification": {"predefined_metric_type": "ASGAverageCPUUtilization"},
+                "target_value": 150, "disable_scale_in": False},
+            "estimated_instance_warmup": None, "scale_in_period": None})
+        assert bad.status_code == 400, bad.text
+        e = bad.json()["error"]
+        expect(form.get_by_role("alert")).to_have_text(f'{e["code"]}: {e["message"]}')
+        assert ok(api.get(f"{base}/policies")) == []
+
+        # Saved: the page's policy is the API's.
+        form.get_by_label("Target value (%)").fill("50")
+        form.get_by_label("Disable scale-in").check()
+        form.get_by_label("Instance warm-up (s)").fill("30")
+        form.get_by_label("Scale-in period (s)").fill("120")
+        form.get_by_role("button", name="Save policy").click()
+        expect(page.get_by_role("status")).to_have_text("Scaling policy cpu-50 saved.")
+        expect(form.get_by_role("alert")).to_be_hidden()
+        [p] = ok(api.get(f"{base}/policies"))
+        assert (p["policy_name"], p["policy_type"], p["estimated_instance_warmup"],
+                p["scale_in_period"]) == ("cpu-50", "TargetTrackingScaling", 30, 120)
+        assert p["target_tracking_configuration"] == {
+            "predefined_metric_specification": {"predefined_metric_type": "ASGAverageCPUUtilization"},
+            "target_value": 50.0, "disable_scale_in": True}
+        row = page.locator('#policies tr[data-key="cpu-50"]')
+        expect(row.locator('td[data-label="Configuration"]')).to_have_text(
+            "ASGAverageCPUUtilization at 50 (no scale-in)")
+        expect(row.locator('td[data-label="Warm-up"]')).to_have_text("30 s")
+        expect(row.locator('td[data-label="Scale-in period"]')).to_have_text("120 s")
+
+        # Deleted.
+        page.get_by_role("button", name="Delete policy cpu-50").click()
+        expect(page.get_by_text("No scaling policies.")).to_be_visible()
+        assert ok(api.get(f"{base}/policies")) == []
+
+        # Delete the group: the first click only arms; without force the API refuses (it has
+        # instances), shown verbatim, the group stays.
+        expect(page.locator("#members tbody tr")).to_have_count(1, timeout=30_000)
+        refused = api.delete(base)
+        assert refused.status_code == 409, refused.text
+        e = refused.json()["error"]
+        box = page.locator("#delete-group")
+        box.get_by_role("button", name="Delete group").click()
+        expect(box.get_by_role("button", name="Confirm: delete group")).to_be_visible()
+        box.get_by_role("button", name="Confirm: delete group").click()
+        expect(box.get_by_role("alert")).to_have_text(f'{e["code"]}: {e["message"]}')
+        g = _group(served, "ops-asg")
+        assert len(g["instances"]) == 1 and g["desired_capacity"] == 1
+        assert g["status"] != "Delete in progress"
+
+        # Forced: back on the list, and the group goes (its instances terminated).
+        box.get_by_label("Also terminate its instances (force)").check()
+        box.get_by_role("button", name="Delete group").click()
+        box.get_by_role("button", name="Confirm: delete group").click()
+        expect(page.get_by_role("heading", name="Auto Scaling groups")).to_be_visible()
+        gone = api.get(base)
+        assert gone.status_code == 404 or gone.json()["status"] == "Delete in progress", gone.text
+        # The live list (loaded once its count shows) drops the row when the group is gone.
+        expect(page.locator("p.count")).to_contain_text("groups")
+        expect(page.locator('#scaling-groups tr[data-group="ops-asg"]')).to_have_count(0, timeout=30_000)
+        assert api.get(base).status_code == 404

@@ -1,8 +1,9 @@
 // Auto Scaling: the groups list (live) with the create form, and one group's page: details,
 // desired capacity, members, capacity over time (the group controller's AWS/AutoScaling
 // metrics from GET /v1/metrics/statistics, drawn with the vendored uPlot, with the same points
-// as a table), activity history, scaling policies and scheduled actions. Every change is one
-// API call; a refusal is shown as the API said it.
+// as a table), activity history, target tracking scaling policies (put, delete), scheduled
+// actions, and deleting the group (a second click confirms; forced only when asked). Every
+// change is one API call; a refusal is shown as the API said it.
 import uPlot from '../vendor/uplot-1.6.32/uPlot.esm.js';
 import { api, listAll } from './api.js';
 import { clear, errorBox, field, h, link } from './dom.js';
@@ -226,8 +227,17 @@ function policyText(p) {
 }
 const POLICY_COLS = [
   ['Policy', (p) => p.policy_name], ['Type', (p) => p.policy_type], ['Configuration', policyText],
+  ['Warm-up', (p) => (p.estimated_instance_warmup === null || p.estimated_instance_warmup === undefined ? '–' : `${p.estimated_instance_warmup} s`)],
+  ['Scale-in period', (p) => (p.scale_in_period === null || p.scale_in_period === undefined ? '–' : `${p.scale_in_period} s`)],
   ['Alarms', (p) => (p.alarms || []).map((a) => a.alarm_name).join(', ') || '–'],
 ];
+
+// A number field sent as typed: the API, not the page, says what is wrong with it.
+function numberOrText(input) {
+  const v = input.value.trim();
+  if (v === '') return null;
+  return Number.isFinite(Number(v)) ? Number(v) : v;
+}
 
 export async function scalingGroupPage(root, pg, name) {
   const base = `/v1/autoscaling-groups/${enc(name)}`;
@@ -294,6 +304,80 @@ export async function scalingGroupPage(root, pg, name) {
     } catch (e) { actErr.show(e); } finally { addAction.disabled = false; }
   });
 
+  // Target tracking policies: PUT .../policies/{name} creates or replaces one (the API's only
+  // predefined metric is the group's average CPU).
+  const polErr = errorBox();
+  const polName = h('input', { name: 'policy_name', autocomplete: 'off' });
+  const metric = h('select', { name: 'predefined_metric_type' },
+    h('option', { value: 'ASGAverageCPUUtilization' }, 'Average CPU utilization (ASGAverageCPUUtilization)'));
+  const target = h('input', { type: 'number', name: 'target_value', min: '0', max: '100', step: 'any', value: '50' });
+  const noScaleIn = h('input', { type: 'checkbox', name: 'disable_scale_in', id: 'pol-no-scale-in' });
+  const warmup = h('input', { type: 'number', name: 'estimated_instance_warmup', min: '0', max: '3600', step: '1' });
+  const scaleInPeriod = h('input', { type: 'number', name: 'scale_in_period', min: '0', max: '3600', step: '1' });
+  const savePolicy = h('button', { type: 'submit' }, 'Save policy');
+  const policyForm = // novalidate: a target out of range goes to the API, which says why (not the browser's bubble).
+    h('form', { class: 'form', id: 'policy-form', 'aria-labelledby': 'sp-new-h', novalidate: true },
+    h('h3', { id: 'sp-new-h' }, 'Target tracking policy'), polErr,
+    h('p', { class: 'hint' }, 'Saving under an existing name replaces that policy.'),
+    field('Policy name', polName), field('Metric', metric),
+    field('Target value (%)', target, 'Above 0, at most 100'),
+    h('div', { class: 'field check' }, noScaleIn, h('label', { for: 'pol-no-scale-in' }, 'Disable scale-in')),
+    h('div', { class: 'inline' }, field('Instance warm-up (s)', warmup, 'Empty: the group\'s default'),
+      field('Scale-in period (s)', scaleInPeriod, 'Empty: the controller\'s default')),
+    savePolicy);
+  policyForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    polErr.hide();
+    savePolicy.disabled = true;
+    const pname = polName.value.trim();
+    try {
+      await api('PUT', `${base}/policies/${enc(pname)}`, {
+        policy_type: 'TargetTrackingScaling',
+        target_tracking_configuration: {
+          predefined_metric_specification: { predefined_metric_type: metric.value },
+          target_value: numberOrText(target), disable_scale_in: noScaleIn.checked,
+        },
+        estimated_instance_warmup: numberOrText(warmup), scale_in_period: numberOrText(scaleInPeriod),
+      });
+      clear(notice, `Scaling policy ${pname} saved.`);
+      await refresh();
+    } catch (e) { polErr.show(e); } finally { savePolicy.disabled = false; }
+  });
+  const deletePolicy = (p) => {
+    const b = h('button', { type: 'button', class: 'danger', 'aria-label': `Delete policy ${p.policy_name}` }, 'Delete');
+    b.addEventListener('click', async () => {
+      polErr.hide();
+      b.disabled = true;
+      try {
+        await api('DELETE', `${base}/policies/${enc(p.policy_name)}`);
+        clear(notice, `Scaling policy ${p.policy_name} deleted.`);
+        await refresh();
+      } catch (e) { polErr.show(e); b.disabled = false; }
+    });
+    return b;
+  };
+
+  // Delete the group: the first click arms, the second deletes. Without "force" the API refuses
+  // a group that still has instances (ResourceInUse), and that refusal is shown.
+  const delErr = errorBox();
+  const force = h('input', { type: 'checkbox', name: 'force', id: 'group-force' });
+  const delGroup = h('button', { type: 'button', class: 'danger' }, 'Delete group');
+  const disarm = () => { delete delGroup.dataset.armed; delGroup.textContent = 'Delete group'; };
+  force.addEventListener('change', disarm);
+  delGroup.addEventListener('click', async () => {
+    delErr.hide();
+    if (!delGroup.dataset.armed) { delGroup.dataset.armed = '1'; delGroup.textContent = 'Confirm: delete group'; return; }
+    disarm();
+    delGroup.disabled = true;
+    try {
+      await api('DELETE', force.checked ? `${base}?force=true` : base);
+      location.hash = '#/autoscaling';
+    } catch (e) { delErr.show(e); } finally { delGroup.disabled = false; }
+  });
+  const deleteBox = h('section', { 'aria-labelledby': 'del-h', id: 'delete-group' }, h('h2', { id: 'del-h' }, 'Delete group'), delErr,
+    h('div', { class: 'field check' }, force, h('label', { for: 'group-force' }, 'Also terminate its instances (force)')),
+    h('div', { class: 'actions' }, delGroup));
+
   const section = (id, title, ...content) => h('section', { 'aria-labelledby': id }, h('h2', { id }, title), ...content);
   clear(root, h('p', {}, link('/autoscaling', '← Auto Scaling groups')),
     h('h1', {}, `Auto Scaling group ${g.auto_scaling_group_name}`), err, notice,
@@ -302,8 +386,9 @@ export async function scalingGroupPage(root, pg, name) {
     section('i-h', 'Instances', members),
     section('c-h', 'Capacity over time', chart.box),
     section('a-h', 'Activity history', activities),
-    section('p-h', 'Scaling policies', policies),
-    section('s-h', 'Scheduled actions', actions, actionForm));
+    section('p-h', 'Scaling policies', policies, policyForm),
+    section('s-h', 'Scheduled actions', actions, actionForm),
+    deleteBox);
 
   async function refreshActions() {
     const list = await api('GET', `${base}/scheduled-actions`);
@@ -337,7 +422,7 @@ export async function scalingGroupPage(root, pg, name) {
     clear(activities, acts.length ? tableOf('activities', 'Activity history', ACTIVITY_COLS, acts, (a) => a.activity_id)
       : h('p', { id: 'activities' }, 'No activities yet.'));
     const pols = await api('GET', `${base}/policies`);
-    clear(policies, pols.length ? tableOf('policies', 'Scaling policies', POLICY_COLS, pols, (p) => p.policy_name)
+    clear(policies, pols.length ? tableOf('policies', 'Scaling policies', [...POLICY_COLS, ['', deletePolicy]], pols, (p) => p.policy_name)
       : h('p', { id: 'policies' }, 'No scaling policies.'));
   }
 

@@ -1,5 +1,6 @@
 // Storage and images: volumes (list with a create form; one volume's page: attach to an
-// instance, detach, grow, snapshot, delete), snapshots (list: create a volume from one, delete)
+// instance, detach, grow, snapshot, edit tags, delete), snapshots (list: create a volume from
+// one, edit its tags, delete)
 // and images (list filtered all / public / owned by me; one image's page: details, launch
 // permission of one's own images, deregister, a link to the launch wizard). Every change is one
 // /v1 call; what the API refuses is shown as it said it, and the page keeps what it had.
@@ -44,6 +45,36 @@ function changed(holder, items) {
   if (holder.sig === sig) return false;
   holder.sig = sig;
   return true;
+}
+
+// A tag editor: the Name tag, one key/value row per other tag and an empty row for a new one.
+// Saving sends the whole set in one PUT .../tags (the API replaces all tags); an empty Name or an
+// empty key drops that tag. Keys and values go as typed: the API says what it refuses.
+let tagUid = 0;
+function tagEditor(tags, err, save, { aria = 'Save tags' } = {}) {
+  const n = ++tagUid;
+  const name = h('input', { name: 'tag_name', maxlength: '256', autocomplete: 'off', value: tags.Name || '' });
+  const rows = [...Object.entries(tags).filter(([k]) => k !== 'Name'), ['', '']].map(([k, val], i) => {
+    const key = h('input', { name: `tag_key_${i}`, maxlength: '128', autocomplete: 'off', value: k });
+    const value = h('input', { name: `tag_value_${i}`, maxlength: '256', autocomplete: 'off', value: val });
+    return { key, value, el: h('div', { class: 'inline tag-row' },
+      field(k ? `Tag ${i + 1} key` : 'New tag key', key, k ? 'Empty: remove this tag' : null),
+      field(k ? `Tag ${i + 1} value` : 'New tag value', value)) };
+  });
+  const submit = button('Save tags', err, async () => {
+    const out = {};
+    if (name.value !== '') out.Name = name.value;
+    for (const r of rows) if (r.key.value !== '') out[r.key.value] = r.value.value;
+    await save(out);
+  }, { aria });
+  const form = h('form', { class: 'tag-editor', 'data-editor': String(n) },
+    field('Name', name), rows.map((r) => r.el), h('div', { class: 'actions' }, submit));
+  // A submit button, so Enter in any field saves (the browser clicks it); the page never reloads.
+  submit.type = 'submit';
+  form.addEventListener('submit', (ev) => ev.preventDefault());
+  // Edited and not saved: a live refresh must not redraw it under the user's hands.
+  form.addEventListener('input', () => { form.dataset.dirty = '1'; });
+  return form;
 }
 
 function attachedTo(v) {
@@ -172,6 +203,22 @@ export async function volumePage(root, pg, id) {
     location.hash = '#/volumes';
   }, { danger: true, confirm: true });
 
+  // Tags: redrawn from the volume when they change elsewhere, unless being edited here.
+  const tagErr = errorBox();
+  const tagBox = h('div');
+  let tagsShown = null;
+  const drawTags = (force) => {
+    const sig = JSON.stringify(v.tags || {});
+    const open = tagBox.firstChild;
+    if (!force && (sig === tagsShown || (open && open.dataset.dirty))) return;
+    tagsShown = sig;
+    clear(tagBox, tagEditor(v.tags || {}, tagErr, async (tags) => {
+      v = await api('PUT', `/v1/volumes/${enc}/tags`, { tags });
+      drawTags(true);
+      await done('Tags saved.');
+    }));
+  };
+
   clear(root, h('p', {}, link('/volumes', '← Volumes')), title, err, notice,
     h('section', { 'aria-labelledby': 'd-h' }, h('h2', { id: 'd-h' }, 'Details'), detailBox),
     attachBox, detachBox,
@@ -179,6 +226,7 @@ export async function volumePage(root, pg, id) {
       h('div', { class: 'inline' }, field('New size (GiB)', newSize, 'Volumes only grow.'), grow)),
     h('section', { 'aria-labelledby': 's-h' }, h('h2', { id: 's-h' }, 'Snapshot'),
       h('div', { class: 'inline' }, field('Snapshot description', snapDesc), snapshot)),
+    h('section', { 'aria-labelledby': 't-h', id: 'tags' }, h('h2', { id: 't-h' }, 'Tags'), tagErr, tagBox),
     h('div', { class: 'actions' }, del));
 
   async function loadInstances() {
@@ -195,6 +243,7 @@ export async function volumePage(root, pg, id) {
     v = await api('GET', `/v1/volumes/${enc}`);
     clear(title, nameOf(v) ? `${nameOf(v)} (${v.volume_id})` : v.volume_id);
     clear(detailBox, volumeDetails(v));
+    drawTags(false);
     const attached = (v.attachments || []).length > 0;
     attachBox.hidden = attached;
     detachBox.hidden = !attached;
@@ -216,7 +265,7 @@ export async function snapshotsPage(root, pg) {
     h('p', { class: 'hint' }, 'Snapshots are taken from a volume\'s page.'), err, notice,
     h('div', { class: 'scroll' }, h('table', { class: 'list', id: 'snapshots' },
       h('caption', { class: 'sr-only' }, 'Snapshots'),
-      head(['Snapshot', 'Volume', 'Size (GiB)', 'Stored', 'State', 'Progress', 'Description', 'Started', '']), body)));
+      head(['Snapshot', 'Name', 'Volume', 'Size (GiB)', 'Stored', 'State', 'Progress', 'Description', 'Started', '']), body)));
   const shown = {};
   const row = (s) => {
     const mk = button('Create volume', err, async () => {
@@ -229,8 +278,16 @@ export async function snapshotsPage(root, pg) {
       clear(notice, `Deleting ${s.snapshot_id}.`);
       await load();
     }, { danger: true, confirm: true, aria: `Delete ${s.snapshot_id}` });
+    // Its tags behind a disclosure; one PUT /v1/snapshots/{id}/tags saves them.
+    const tags = h('details', { class: 'tags' }, h('summary', { 'aria-label': `Edit tags of ${s.snapshot_id}` }, 'Edit tags'),
+      tagEditor(s.tags || {}, err, async (t) => {
+        await api('PUT', `/v1/snapshots/${encodeURIComponent(s.snapshot_id)}/tags`, { tags: t });
+        clear(notice, `Tags of ${s.snapshot_id} saved.`);
+        await load(true);
+      }, { aria: `Save tags of ${s.snapshot_id}` }));
     return h('tr', { 'data-snapshot-id': s.snapshot_id },
       cell('Snapshot', h('code', {}, s.snapshot_id)),
+      cell('Name', h('span', { class: 'name' }, nameOf(s) || '–'), tags),
       cell('Volume', link(`/volumes/${s.volume_id}`, s.volume_id)),
       cell('Size (GiB)', String(s.volume_size_gib)),
       // What it stores on the node (billed by it), once measured; older snapshots have none.
@@ -241,10 +298,13 @@ export async function snapshotsPage(root, pg) {
       cell('Started', when(s.start_time)),
       h('td', { class: 'cell-action' }, h('div', { class: 'actions' }, mk, del)));
   };
-  async function load() {
+  // force: after a save here. Otherwise a redraw waits while a tag editor is open (it would
+  // close it and drop what was typed).
+  async function load(force = false) {
     const items = await listAll('/v1/snapshots');
-    if (!pg.alive || !changed(shown, items)) return;
-    clear(body, items.length ? items.map(row) : h('tr', {}, h('td', { colspan: '9', class: 'cell-action' }, 'No snapshots')));
+    if (!pg.alive || (!force && body.querySelector('details[open]'))) return;
+    if (!changed(shown, items) && !force) return;  // (changed() first: it records what is shown)
+    clear(body, items.length ? items.map(row) : h('tr', {}, h('td', { colspan: '10', class: 'cell-action' }, 'No snapshots')));
   }
   await pg.every(3000, async () => { try { await load(); } catch (e) { err.show(e); } });
 }
