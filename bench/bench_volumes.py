@@ -407,6 +407,13 @@ def fabric_wiring(prefix: str):
            str(nm.FABRIC_MTU), "up")
         ip(ns, "link", "set", nm.UPLINK, "mtu", str(nm.FABRIC_MTU), "up")
         ip(ns, "addr", "add", f"{SN_ADDR}/{nm.FABRIC_NET.prefixlen}", "dev", nm.UPLINK)
+        # SN_ADDR now has a new MAC: part 2's node had it a minute ago, and a host's neighbor
+        # entry for it can still be REACHABLE with the old MAC. A first NBD connect from there
+        # then lost its SYNs until that entry expired and sat in TCP's backoff (one baseline
+        # attach was seen to take 70 s); the entries are dropped so the next use resolves anew.
+        hosts = {nm.host_netns(prefix, h) for h in nm.host_ids(nm.MAX_HOSTS)} & netns_list()
+        for host in sorted(hosts):
+            ip(host, "neigh", "flush", "to", SN_ADDR, check=False)
 
     def unwire() -> None:
         ip(fab, "link", "del", SN_FABRIC_PORT, check=False)

@@ -39,17 +39,31 @@ def _running_stretches(events: list[dict], end: datetime) -> list[tuple[datetime
     return out
 
 
+def _instance_events(cloud, iid: str) -> list[dict]:
+    """The instance's state events, oldest first (the API lists in insertion order)."""
+    events = cloud.call("GET", "/v1/events", params={"resource_id": iid,
+                                                    "max_results": 1000})["items"]
+    return [e for e in events if e["resource_type"] == "instance"]
+
+
 def test_line_items_match_the_event_history_to_the_second(cloud):
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
     inst = cloud.run(instance_type="t3.nano")[0]
     iid = inst["instance_id"]
-    cloud.wait(iid, "running", timeout=180)
-    time.sleep(3)  # a short first run: billed as EC2's 60 s minimum
+    # A short first run, billed as EC2's 60 s minimum. Stopped once the guest has booted (status
+    # ok): a guest still booting ignores the ACPI power button, and the stop would wait out the
+    # agent's whole shutdown_timeout (30 s) before forcing it off.
+    cloud.wait(iid, "running", "ok", timeout=180)
     cloud.action(iid, "stop")
     cloud.wait(iid, "stopped", timeout=180)
     cloud.action(iid, "start")
     cloud.wait(iid, "running", timeout=180)
-    time.sleep(65)  # a second run longer than the minimum: billed as it ran
+    # A second run longer than the minimum, billed as it ran: terminated 61 s after the event
+    # that began it (the time billing counts from), not a fixed sleep after we saw it.
+    began = _t([e for e in _instance_events(cloud, iid)
+                if e["to_state"] == "running"][-1]["time"])
+    time.sleep(max(0.0, (began + timedelta(seconds=61) - datetime.now(timezone.utc))
+                   .total_seconds()))
     cloud.action(iid, "terminate")
     cloud.wait(iid, "terminated", timeout=180)
     end = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=5)

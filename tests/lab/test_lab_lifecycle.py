@@ -9,6 +9,7 @@ All packets stay inside the lab's namespaces.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,27 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 HOSTS = ["h1", "h2"]
 
+#: A copy of the qemu capabilities cache the first lab up of this module made (lab.libvirtd
+#: caps_dir). Later labs of the module get it before their libvirtd starts, as up itself seeds a
+#: second host from the first: the ~8 s cold probe is proved by that first up (and the session
+#: lab's), not repeated by each. libvirt re-validates the copy and re-probes when it is stale.
+_CAPS: dict[str, Path] = {}
+
+
+def _save_caps(lab: Lab, where: Path) -> None:
+    src = lv.caps_dir(lab.host_paths("h1"))
+    if "dir" not in _CAPS and lv.has_caps_cache(lab.host_paths("h1")):
+        shutil.copytree(src, where / "qemu-caps")
+        _CAPS["dir"] = where / "qemu-caps"
+
+
+def _seed_caps(lab: Lab) -> None:
+    if "dir" in _CAPS:
+        dst = lv.caps_dir(lab.host_paths("h1"))
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in _CAPS["dir"].glob("*.xml"):
+            shutil.copy2(f, dst / f.name)
+
 
 @pytest.fixture(scope="module")
 def life(tmp_path_factory):
@@ -43,6 +65,7 @@ def life(tmp_path_factory):
         t = time.monotonic()
         info["status"] = lab.up(hosts=2)
         info["t"]["up"] = time.monotonic() - t
+        _save_caps(lab, tmp_path_factory.mktemp("lifecycle-caps"))
         yield info
     finally:
         lab.down()
@@ -274,13 +297,16 @@ def test_down_with_services_waits_for_the_controller_and_agents(tmp_path):
     lab = Lab(tmp_path / "lab", prefix=unique_prefix(), listen=f"127.0.0.1:{free_port()}",
               bootstrap=False)
     try:
+        _seed_caps(lab)
         _in_own_process(lab, "up(1)")
         assert lab.status().ok, lab.status().to_text()
+        _save_caps(lab, tmp_path)
         started = _lab_processes(lab)
         names = set(lab_state.load(lab.state_dir).processes)
         assert {"controller", "agent-h1", "libvirtd-h1"} <= names
         _in_own_process(lab, "down()")
         assert not _left_behind(lab, started)
+        _seed_caps(lab)  # a file in the state dir: no process, nothing of the last life
         _in_own_process(lab, "up(1)")  # at once: nothing of the last life is in the way
         assert lab.status().ok, lab.status().to_text()
         again = _lab_processes(lab)

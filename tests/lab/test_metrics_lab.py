@@ -21,6 +21,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 cloud = user_fixture()
 
 BURN_S = 20
+# The idle and after windows: three 5 s samples (the agent's default metrics_interval).
+WINDOW_S = 15
 BURNER = cpu_burner(BURN_S)
 
 
@@ -48,7 +50,7 @@ def _window(cloud, iid: str, start: float, end: float, samples: int, timeout: fl
         if points and points[0]["SampleCount"] >= samples:
             return points[0]
         assert time.monotonic() < deadline, f"no {samples} samples in {start}..{end}: {points}"
-        time.sleep(2)
+        time.sleep(1)
 
 
 def _alarm_went_and_cleared(cloud, name: str, burn_start: float, burn_end: float) -> None:
@@ -57,7 +59,7 @@ def _alarm_went_and_cleared(cloud, name: str, burn_start: float, burn_end: float
     deadline = time.monotonic() + 30
     while cloud.call("GET", f"/v1/alarms/{name}")["state_value"] != "OK":
         assert time.monotonic() < deadline, cloud.call("GET", f"/v1/alarms/{name}/history")
-        time.sleep(2)
+        time.sleep(1)
     hist = cloud.call("GET", f"/v1/alarms/{name}/history",
                       params={"history_item_type": "StateUpdate"})[::-1]  # oldest first
     moves = [(h["history_data"]["new_state"],
@@ -82,7 +84,7 @@ def test_cpu_burn_shows_in_cpu_utilization(cloud):
 
     time.sleep(5)  # the login's own CPU out of the idle window
     idle_start = time.time()
-    time.sleep(20)
+    time.sleep(WINDOW_S)
     idle = _window(cloud, iid, idle_start, time.time(), samples=3)
 
     cloud.call("PUT", "/v1/alarms/metrics-lab-cpu", json={
@@ -99,9 +101,11 @@ def test_cpu_burn_shows_in_cpu_utilization(cloud):
     # Skip the first and last 5 s: samples there mix idle and busy time.
     burn = _window(cloud, iid, burn_start + 5, burn_end - 5, samples=1)
 
-    time.sleep(10)  # the burner is over; let the guest settle
+    # The burner is over: one sample period later no sample mixes busy time in any more (as
+    # the 5 s skipped at the burn window's edges).
+    time.sleep(5)
     after_start = time.time()
-    time.sleep(20)
+    time.sleep(WINDOW_S)
     after = _window(cloud, iid, after_start, time.time(), samples=3)
 
     print(f"idle {idle}\nburn {burn}\nafter {after}")
