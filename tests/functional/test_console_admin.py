@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from controller.models import InstanceType
-from tests.functional.console_browser_support import ServedCloud, browser_page, chromium, sign_in
+from tests.functional.console_browser_support import ServedCloud, sign_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -28,18 +28,6 @@ def served(tmp_path_factory):
     s.converging.set()  # heartbeats keep the hosts up
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, served):
-    with browser_page(browser, timeout_ms=15_000) as pg:
-        yield pg
 
 
 def _said(r) -> str:

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, browser_page, chromium
+from tests.functional.console_browser_support import ServedCloud, browser_page
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -40,12 +40,6 @@ def served(tmp_path_factory):
         assert r.status_code == 201, r.text
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, browser_page, chromium, sign_in
+from tests.functional.console_browser_support import ServedCloud, sign_in
 from tests.functional.test_console_storage import StoreAgent
 from tests.functional.volume_cloud import VolumeCloud
 from tests.functional.vpc_support import ok
@@ -105,20 +105,6 @@ def served(tmp_path_factory):
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser):
-    """A watched page in its own context (browser_page: a dialog, e.g. alert() run from user
-    text, or a script error fails the test)."""
-    with browser_page(browser) as pg:
-        yield pg
 
 
 def _a_ids(served) -> list[str]:
@@ -388,6 +374,14 @@ def test_markup_is_shown_verbatim_or_refused(served, page):
     expect(page.locator("#ingress-rules tbody tr", has_text="10.0.0.0/8")).to_contain_text(ENCODED)
     shown_verbatim(f"/vpcs/{a['vpc']}", f'#vpc-sgs-t a[href="#/security-groups/{gid}"]', ENCODED, 2)
     shown_verbatim(f"/instances/{a['instance']}", f'#groups :text("{gid}")', ENCODED, 2)
+    # What a guest prints on its serial console is the guest's to choose: markup there too.
+    with served.lock:
+        for agent in served.cloud.agents.values():
+            if a["instance"] in agent.consoles:
+                agent.consoles[a["instance"]] += f"login: {RAW}\n"
+    page.goto(f"{served.url}/console/#/instances/{a['instance']}")
+    expect(page.locator("#console-output")).to_contain_text(f"login: {RAW}")
+    assert page.evaluate("() => document.querySelectorAll('[onerror], img').length") == 0
     # The launch wizard: image descriptions (step 2), the VPC's groups (step 5).
     _wizard_to(page, served.url, 2)
     expect(main).to_contain_text(RAW)

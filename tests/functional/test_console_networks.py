@@ -11,8 +11,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import (ServedCloud, browser_page, chromium,
-                                                           sign_in)
+from tests.functional.console_browser_support import ServedCloud, browser_page, sign_in
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -35,12 +34,6 @@ def served(tmp_path_factory):
     s.state = {}
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, browser_page, chromium, sign_in
+from tests.functional.console_browser_support import ServedCloud, sign_in
 from tests.functional.fake_agent import make_qcow2
 from tests.functional.volume_cloud import VolumeCloud
 
@@ -44,18 +44,6 @@ def served(tmp_path_factory):
     s.converging.set()
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser, served):
-    with browser_page(browser, timeout_ms=15_000) as pg:
-        yield pg
 
 
 def _next(page, n: int) -> None:
