@@ -81,7 +81,7 @@ async def listen(url: str, wake: Callable[[], None], own_id: str, *,
             if conn is not None:
                 try:
                     await asyncio.shield(conn.close())
-                except BaseException:  # closing a broken connection: nothing more to do
-                    pass
+                except Exception:  # closing a broken connection: nothing more to do
+                    pass  # (a cancel arriving here propagates: the task must stop when told)
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_backoff_s)
