@@ -27,7 +27,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.functional.console_browser_support import ServedCloud, sign_in
-from tests.functional.test_console_storage import StoreAgent
+from tests.functional.test_console_storage import add_store_host
 from tests.functional.volume_cloud import VolumeCloud
 from tests.functional.vpc_support import ok
 
@@ -53,10 +53,7 @@ def served(tmp_path_factory):
     try:
         with s.lock:
             c = s.cloud
-            c.image()
-            agent = StoreAgent("host-1", tmp / "agent", c.backend)
-            c.agents[agent.url] = agent
-            c.heartbeat(agent)
+            add_store_host(s, tmp)
             s.a, s.b = {}, {}
             for who, name, user in ((s.a, "alpha", "alice"), (s.b, "bravo", "bob")):
                 key = _made(c.admin.post("/v1/accounts", json={"name": name}))["api_key"]

@@ -35,6 +35,16 @@ class StoreAgent(CapturingAgent, VolumeAgent):
         self.info = self.info.model_copy(update={"extensions": list(EXTENSIONS)})
 
 
+def add_store_host(served: ServedCloud, tmp) -> None:
+    """The public kumo-tiny image and one StoreAgent host (volumes, snapshots, image captures)
+    in a served VolumeCloud (call with served.lock held)."""
+    c = served.cloud
+    c.image()
+    agent = StoreAgent("host-1", tmp / "agent", c.backend)
+    c.agents[agent.url] = agent
+    c.heartbeat(agent)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console-storage")
@@ -42,10 +52,7 @@ def served(tmp_path_factory):
     try:
         with s.lock:
             c = s.cloud
-            c.image()
-            agent = StoreAgent("host-1", tmp / "agent", c.backend)
-            c.agents[agent.url] = agent
-            c.heartbeat(agent)
+            add_store_host(s, tmp)
             key = c.admin.post("/v1/accounts", json={"name": "store"}).json()["api_key"]
             s.account = c.client(key)
             s.account_id = s.account.get("/v1/account").json()["account_id"]

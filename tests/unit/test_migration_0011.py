@@ -3,21 +3,12 @@ protocol reads as nbd), RBD's longer "pool/image" exports fit, and the downgrade
 sources rather than leave them to readers that would take them for NBD exports."""
 from __future__ import annotations
 
-from alembic import command
 from sqlalchemy import inspect, text
 
-from controller import db_migrate
 from controller.db import Database
+from tests.unit.migration_support import migrate_to as _to
 
 VID = "vol-0123456789abcdef0"
-
-
-def _to(db: Database, rev: str, down: bool = False) -> None:
-    cfg = db_migrate.alembic_config(db.url)
-    with db.engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, rev)
-        conn.commit()
 
 
 def test_0011_adds_a_nullable_protocol_and_keeps_old_rows(tmp_path):

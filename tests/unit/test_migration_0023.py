@@ -5,23 +5,15 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from controller import db_migrate
 from controller.db import Database
+from tests.unit.migration_support import migrate_to as _to
 from controller.services.metering import snapshot_gib
 
 SID = "snap-0123456789abcdef0"
-
-
-def _to(db: Database, rev: str, down: bool = False) -> None:
-    cfg = db_migrate.alembic_config(db.url)
-    with db.engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, rev)
-        conn.commit()
 
 
 def test_0023_adds_a_nullable_stored_bytes_and_keeps_old_snapshots(tmp_path):
