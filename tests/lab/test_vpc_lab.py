@@ -22,6 +22,7 @@ attempt to fail. Timings (API call -> effective) are printed, never asserted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -465,30 +466,51 @@ def _nat_gib(user: CloudUser) -> Decimal:
                 if i["usage_type"] == "nat-gateway-gib"), Decimal(0))
 
 
-def test_nat_gateway_data_processed_is_billed_per_gib(world):
-    """Issue 13: a3 (behind the NAT gateway) downloads 4 MiB from the internet namespace; the
-    account's nat-gateway-gib usage grows by at least that (the dataplane's counter -> the
-    agent's heartbeat -> the controller's delta) and by at most 1.2x that."""
-    a, a3, size = world.users[0], world.vms["a3"], 4 << 20
+@contextlib.contextmanager
+def _blob_server(world, size: int):
+    """A server in the lab's internet namespace answering every GET with `size` bytes; yields
+    its port and ends it after."""
     port = 20000 + secrets.randbelow(2000)
     server = subprocess.Popen(["ip", "netns", "exec", inet_netns(world.lab.prefix), sys.executable,
                                "-c", BLOB_SERVER, str(port), str(size), INET_SERVER],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready", server.stderr.read()
+        yield port
+    finally:
+        end_process(server)
+
+
+def _fetch_through_nat(world, vm: Vm, port: int) -> None:
+    r = world.sh(vm, f"timeout 60 wget -q -O /dev/null http://{INET_SERVER}:{port}/ && echo OK",
+                 timeout=90)
+    assert r.stdout.strip() == "OK", (r.stdout, r.stderr)
+
+
+def _nat_gib_grown_to(user: CloudUser, before: Decimal, want: Decimal) -> Decimal:
+    """How much the account's nat-gateway-gib usage grew past `before`: polled until it reached
+    `want` (the usage shows GiB to 6 places) or CONVERGE passed."""
+    deadline, grown = time.monotonic() + CONVERGE, Decimal(0)
+    while time.monotonic() < deadline:
+        grown = _nat_gib(user) - before
+        if grown >= want - Decimal("0.000001"):
+            break
+        time.sleep(0.5)
+    return grown
+
+
+def test_nat_gateway_data_processed_is_billed_per_gib(world):
+    """Issue 13: a3 (behind the NAT gateway) downloads 4 MiB from the internet namespace; the
+    account's nat-gateway-gib usage grows by at least that (the dataplane's counter -> the
+    agent's heartbeat -> the controller's delta) and by at most 1.2x that."""
+    a, a3, size = world.users[0], world.vms["a3"], 4 << 20
+    with _blob_server(world, size) as port:
         before = _nat_gib(a)
         t0 = time.time()
-        r = world.sh(a3, f"timeout 60 wget -q -O /dev/null http://{INET_SERVER}:{port}/ && echo OK",
-                     timeout=90)
-        assert r.stdout.strip() == "OK", (r.stdout, r.stderr)
+        _fetch_through_nat(world, a3, port)
         fetched = time.time() - t0
         want = Decimal(size) / GIB
-        deadline, grown = time.monotonic() + CONVERGE, Decimal(0)
-        while time.monotonic() < deadline:
-            grown = _nat_gib(a) - before
-            if grown >= want - Decimal("0.000001"):  # the usage shows GiB to 6 places
-                break
-            time.sleep(0.5)
+        grown = _nat_gib_grown_to(a, before, want)
         billed = time.time() - t0 - fetched
         # A counter that lagged past the first crossing would show in the next heartbeat (2 s):
         # read once more after it, so the upper bound sees everything the download caused.
@@ -504,8 +526,6 @@ def test_nat_gateway_data_processed_is_billed_per_gib(world):
         # hooks counted: 2x) or other traffic leaking into the counter fails.
         assert grown >= want - Decimal("0.000001"), f"usage grew by {grown} GiB, not {want}"
         assert grown <= Decimal("1.2") * want, f"usage grew by {grown} GiB, > 1.2x {want}"
-    finally:
-        end_process(server)
 
 
 def test_nat_gateway_deleted_right_after_traffic_bills_its_last_bytes(world):
@@ -514,31 +534,19 @@ def test_nat_gateway_deleted_right_after_traffic_bills_its_last_bytes(world):
     counter's final value when it removes the gateway and reports it after, so the usage still
     grows by at least the payload. A new gateway (same elastic IP) is made for the later tests."""
     a, a3, size = world.users[0], world.vms["a3"], 4 << 20
-    port = 20000 + secrets.randbelow(2000)
-    server = subprocess.Popen(["ip", "netns", "exec", inet_netns(world.lab.prefix), sys.executable,
-                               "-c", BLOB_SERVER, str(port), str(size), INET_SERVER],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert server.stdout.readline().strip() == "ready", server.stderr.read()
-        before = _nat_gib(a)
-        r = world.sh(a3, f"timeout 60 wget -q -O /dev/null http://{INET_SERVER}:{port}/ && echo OK",
-                     timeout=90)
-        assert r.stdout.strip() == "OK", (r.stdout, r.stderr)
-        t0 = time.time()
-        a.call("DELETE", f"/v1/nat-gateways/{world.ids['nat']}")
+        with _blob_server(world, size) as port:
+            before = _nat_gib(a)
+            _fetch_through_nat(world, a3, port)
+            t0 = time.time()
+            a.call("DELETE", f"/v1/nat-gateways/{world.ids['nat']}")
         want = Decimal(size) / GIB
-        deadline, grown = time.monotonic() + CONVERGE, Decimal(0)
-        while time.monotonic() < deadline:
-            grown = _nat_gib(a) - before
-            if grown >= want - Decimal("0.000001"):
-                break
-            time.sleep(0.5)
+        grown = _nat_gib_grown_to(a, before, want)
         _report(f"NAT gateway deleted {time.time() - t0:.2f} s before its usage grew by "
                 f"{grown} GiB for {size} bytes fetched ({grown / want:.3f}x)")
         assert grown >= want - Decimal("0.000001"), f"usage grew by {grown} GiB, not {want}"
         assert grown <= Decimal("1.2") * want, f"usage grew by {grown} GiB, > 1.2x {want}"
     finally:
-        end_process(server)
         # A new gateway on the same elastic IP and the private route to it (the later tests).
         set_nat_route(world, present=False)
         nat = a.call("POST", "/v1/nat-gateways", json={"subnet_id": world.ids["sn_pub"],
