@@ -157,17 +157,22 @@ def load(clients, n_requests: int, n_threads: int) -> dict:
     return {"lat": lat, "wall": wall, "failures": failures}
 
 
+def seed(apis, image) -> None:
+    """Wait for both agents' hosts, then register the image and the benchmark's type."""
+    wait(lambda: len(apis[-1].get("/v1/hosts").json()["items"]) == 2, 60, "hosts")
+    r = apis[0].post("/v1/images", json={"name": "kumo-tiny", "path": str(image), "public": True})
+    assert r.status_code == 201, r.text
+    r = apis[0].post("/v1/instance-types", json={"name": TYPE, "vcpus": 1, "memory_mib": 64})
+    assert r.status_code == 201, r.text
+
+
 def throughput(pg, procs, tmp, name, controllers, image, args) -> dict:
     cloud = Cloud(pg, procs, tmp, name, args.ttl, args.renew)
     socks = [cloud.start_controller() for _ in range(controllers)]
     cloud.start_agents(socks[-1])
     apis = cloud.clients()
     try:
-        wait(lambda: len(apis[-1].get("/v1/hosts").json()["items"]) == 2, 60, "hosts")
-        r = apis[0].post("/v1/images", json={"name": "kumo-tiny", "path": str(image), "public": True})
-        assert r.status_code == 201, r.text
-        r = apis[0].post("/v1/instance-types", json={"name": TYPE, "vcpus": 1, "memory_mib": 64})
-        assert r.status_code == 201, r.text
+        seed(apis, image)
         return load(apis, args.requests, args.clients)
     finally:
         for a in apis:
@@ -222,11 +227,7 @@ def wake_latency(pg, procs, tmp, image, args, feed: bool) -> list[float]:
     agents = [transport.client(f"unix:{tmp / f'{name}-{h}.sock'}", "secret", timeout=5)
               for h in ("host-1", "host-2")]
     try:
-        wait(lambda: len(apis[-1].get("/v1/hosts").json()["items"]) == 2, 60, "hosts")
-        r = apis[0].post("/v1/images", json={"name": "kumo-tiny", "path": str(image), "public": True})
-        assert r.status_code == 201, r.text
-        r = apis[0].post("/v1/instance-types", json={"name": TYPE, "vcpus": 1, "memory_mib": 64})
-        assert r.status_code == 201, r.text
+        seed(apis, image)
         st = wait(lambda: (lambda s: s if s["leader"]["controller_id"] else None)(
             apis[0].get("/v1/admin/status").json()), 30, "a leader")
         other = next(a for a in apis

@@ -28,8 +28,10 @@ HERE = Path(__file__).resolve().parent
 WIDTHS = (390, 1280)
 PASSWORD = "screenshots-password-1"
 # Pages drawn from the demo cloud below; each waits for its own data before the picture.
-PAGES = ("signin", "dashboard", "instances", "instance", "launch", "group", "vpcs", "subnets",
-         "images", "billing")
+# The list pages: route, and a text the page shows once its data is in.
+LIST_PAGES = {"vpcs": ("/vpcs", "172.31.0.0/16"), "subnets": ("/subnets", "172.31.0.0/20"),
+              "images": ("/images", "kumo-tiny"), "billing": ("/billing", "Monthly limit (USD)")}
+PAGES = ("signin", "dashboard", "instances", "instance", "launch", "group", *LIST_PAGES)
 
 
 def make_cloud(tmp: Path) -> tuple[ServedCloud, str, str]:
@@ -123,22 +125,11 @@ def shoot(out: Path, pages: tuple[str, ...], widths: tuple[int, ...]) -> list[Pa
                             page.goto(f"{served.url}/console/#/security-groups/{gid}")
                             expect(page.locator("#ingress-rules tbody tr")).to_have_count(3)
                             written.append(_save(page, out, "group", width))
-                        if "vpcs" in pages:
-                            page.goto(f"{served.url}/console/#/vpcs")
-                            expect(page.get_by_text("172.31.0.0/16").first).to_be_visible()
-                            written.append(_save(page, out, "vpcs", width))
-                        if "subnets" in pages:
-                            page.goto(f"{served.url}/console/#/subnets")
-                            expect(page.get_by_text("172.31.0.0/20").first).to_be_visible()
-                            written.append(_save(page, out, "subnets", width))
-                        if "images" in pages:
-                            page.goto(f"{served.url}/console/#/images")
-                            expect(page.get_by_text("kumo-tiny").first).to_be_visible()
-                            written.append(_save(page, out, "images", width))
-                        if "billing" in pages:
-                            page.goto(f"{served.url}/console/#/billing")
-                            expect(page.get_by_role("heading", name="Billing")).to_be_visible()
-                            written.append(_save(page, out, "billing", width))
+                        for name, (route, ready) in LIST_PAGES.items():
+                            if name in pages:
+                                page.goto(f"{served.url}/console/#{route}")
+                                expect(page.get_by_text(ready).first).to_be_visible()
+                                written.append(_save(page, out, name, width))
                         if "launch" in pages:
                             page.goto(f"{served.url}/console/#/launch")
                             expect(page.get_by_label("Name", exact=True)).to_be_visible()

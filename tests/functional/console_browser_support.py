@@ -134,3 +134,10 @@ def sign_in(page, base_url: str, *, username: str | None = None, password: str |
         page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+
+
+def wizard_step(page, n: int, button: str = "Next") -> None:
+    """Move the launch wizard one step with `button` and wait until it shows step n of 7."""
+    from playwright.sync_api import expect
+    page.get_by_role("button", name=button).click()
+    expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, browser_page
+from tests.functional.console_browser_support import ServedCloud, browser_page, wizard_step
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -155,8 +155,7 @@ def test_instance_page_console_output_and_a_refused_action(page, served):
 
 def _walk(page, button: str, steps) -> None:
     for n in steps:
-        page.get_by_role("button", name=button).click()
-        playwright_api.expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
+        wizard_step(page, n, button)
 
 
 def test_a_refused_launch_shows_the_api_message_verbatim(page, served):

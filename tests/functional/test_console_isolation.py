@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, sign_in
+from tests.functional.console_browser_support import ServedCloud, sign_in, wizard_step
 from tests.functional.test_console_storage import add_store_host
 from tests.functional.volume_cloud import VolumeCloud
 from tests.functional.vpc_support import ok
@@ -159,15 +159,10 @@ def _wizard_to(page, base_url: str, step: int) -> None:
     """The launch wizard opened and walked with Next to `step` (2: images, 5: network)."""
     page.goto(f"{base_url}/console/#/launch")
     page.get_by_label("Name", exact=True).fill("probe")
-    _next(page, 2)
+    wizard_step(page, 2)
     page.get_by_label(re.compile("^kumo-tiny")).check()
     for n in range(3, step + 1):
-        _next(page, n)
-
-
-def _next(page, n: int) -> None:
-    page.get_by_role("button", name="Next").click()
-    playwright_api.expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
+        wizard_step(page, n)
 
 
 def _leaks(text: str, ids: list[str]) -> list[str]:
@@ -228,7 +223,7 @@ def test_other_accounts_pages_and_changes_are_404(served, page):
     _wizard_to(page, served.url, 2)
     assert not _leaks(_body_text(page), _a_ids(served)), _leaks(_body_text(page), _a_ids(served))
     for step in range(3, 6):
-        _next(page, step)
+        wizard_step(page, step)
     expect(page.locator("#main")).to_contain_text(b["default_group"])
     assert not _leaks(_body_text(page), _a_ids(served)), _leaks(_body_text(page), _a_ids(served))
     # The Auto Scaling form offers B's templates only.
@@ -383,7 +378,7 @@ def test_markup_is_shown_verbatim_or_refused(served, page):
     _wizard_to(page, served.url, 2)
     expect(main).to_contain_text(RAW)
     for step in range(3, 6):
-        _next(page, step)
+        wizard_step(page, step)
     expect(main).to_contain_text(ENCODED)
     assert page.evaluate("() => document.querySelectorAll('[onerror], img').length") == 0
 

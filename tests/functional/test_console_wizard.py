@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.functional.console_browser_support import ServedCloud, sign_in
+from tests.functional.console_browser_support import ServedCloud, sign_in, wizard_step
 from tests.functional.fake_agent import make_qcow2
 from tests.functional.volume_cloud import VolumeCloud
 
@@ -46,20 +46,15 @@ def served(tmp_path_factory):
     s.close()
 
 
-def _next(page, n: int) -> None:
-    page.get_by_role("button", name="Next").click()
-    playwright_api.expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
-
-
 def _to_network_step(page, served, name: str) -> None:
     sign_in(page, served.url, username="wizuser", password=PASSWORD)
     page.goto(f"{served.url}/console/#/launch")
     page.get_by_label("Name", exact=True).fill(name)
-    _next(page, 2)
+    wizard_step(page, 2)
     page.get_by_label(re.compile("^kumo-tiny")).check()
-    _next(page, 3)
-    _next(page, 4)
-    _next(page, 5)
+    wizard_step(page, 3)
+    wizard_step(page, 4)
+    wizard_step(page, 5)
 
 
 def test_image_filter_inline_group_and_an_extra_volume(page, served):
@@ -67,7 +62,7 @@ def test_image_filter_inline_group_and_an_extra_volume(page, served):
     sign_in(page, served.url, username="wizuser", password=PASSWORD)
     page.goto(f"{served.url}/console/#/launch")
     page.get_by_label("Name", exact=True).fill("wiz-1")
-    _next(page, 2)
+    wizard_step(page, 2)
     images = page.get_by_role("group", name="Machine image")
     expect(images.get_by_role("radio")).to_have_count(2)
     page.get_by_label("My images").check()
@@ -80,10 +75,10 @@ def test_image_filter_inline_group_and_an_extra_volume(page, served):
     page.get_by_label("All", exact=True).check()
     expect(images.get_by_role("radio")).to_have_count(2)
     page.get_by_label(re.compile("^kumo-tiny")).check()
-    _next(page, 3)
+    wizard_step(page, 3)
     page.get_by_label(re.compile("^t3.nano")).check()
-    _next(page, 4)
-    _next(page, 5)
+    wizard_step(page, 4)
+    wizard_step(page, 5)
 
     # A new group with the SSH preset from one network; HTTP and HTTPS are offered too.
     page.get_by_label("Create a new security group").check()
@@ -93,12 +88,12 @@ def test_image_filter_inline_group_and_an_extra_volume(page, served):
     expect(page.get_by_label("HTTPS (443)")).not_to_be_checked()
     expect(page.get_by_label("SSH (22)")).to_be_checked()
     page.get_by_label("Source CIDR").fill("203.0.113.0/24")
-    _next(page, 6)
+    wizard_step(page, 6)
 
     page.get_by_role("button", name="Add volume").click()
     expect(page.get_by_label("Volume 1 device")).to_have_value("/dev/sdf")
     page.get_by_label("Volume 1 size (GiB)").fill("3")
-    _next(page, 7)
+    wizard_step(page, 7)
     expect(page.locator("dl.details")).to_contain_text("new group wiz-ssh (ssh from 203.0.113.0/24)")
     expect(page.locator("dl.details")).to_contain_text("3 GiB, deleted on termination")
     line = page.locator("#estimate-lines tr", has_text="volume /dev/sdf 3 GiB")
@@ -134,8 +129,8 @@ def test_a_refused_inline_group_launches_nothing(page, served):
     page.get_by_label("Create a new security group").check()
     page.get_by_label("New group name").fill("wiz-bad")
     page.get_by_label("Source CIDR").fill("10.1.2.3/8")  # host bits set
-    _next(page, 6)
-    _next(page, 7)
+    wizard_step(page, 6)
+    wizard_step(page, 7)
     page.get_by_role("button", name="Launch instance").click()
     # What the API answers for that rule (on a scratch group, removed again).
     scratch = served.account.post("/v1/security-groups", json={"group_name": "scratch"}).json()
@@ -155,8 +150,8 @@ def test_a_refused_inline_group_launches_nothing(page, served):
     page.get_by_role("button", name="Back").click()
     page.get_by_role("button", name="Back").click()
     page.get_by_label("Source CIDR").fill("10.0.0.0/8")
-    _next(page, 6)
-    _next(page, 7)
+    wizard_step(page, 6)
+    wizard_step(page, 7)
     page.get_by_role("button", name="Launch instance").click()
     page.wait_for_url(re.compile(r"#/instances/i-[0-9a-f]{17}$"))
     iid = page.url.rsplit("/", 1)[1]

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.functional.console_browser_support import chromium_page, sign_in
+from tests.functional.console_browser_support import chromium_page, sign_in, wizard_step
 from tests.lab.cloud import user_fixture
 from tests.lab.net_support import CONVERGE, WINDOW
 from tests.lab.sg_support import Stream, inet_argv
@@ -111,8 +111,7 @@ def test_wizard_launch_rule_editor_packets_chart_and_terminate(cloud):
                      5: lambda: (page.get_by_label("Auto-assign public IP").select_option("yes"),
                                  page.get_by_label(re.compile(f"^{gname}")).check())}
             for n in range(2, 8):
-                page.get_by_role("button", name="Next").click()
-                expect(page.locator("#step-title")).to_contain_text(f"Step {n} of 7")
+                wizard_step(page, n)
                 if n in steps:
                     steps[n]()
             expect(page.locator("#monthly")).to_contain_text("per month")
