@@ -18,7 +18,9 @@ a database that already has Kumo's tables unless `force`, checks every member's 
 then loads the database (SQLite file, or `pg_restore --clean`), writes the secrets (0600) and
 reports image files it cannot find. The controller then starts as usual: it migrates a backup
 of an older release, and the agents, which kept their guests, reconcile to it (an instance the
-backup does not know is an orphan and goes; a newer spec generation on a host is superseded).
+backup does not know is an orphan and goes; a newer spec generation on a host is superseded;
+every host's network document is pushed again, so security group rules and ports made after
+the backup leave the hosts: _renegotiate_networks).
 """
 from __future__ import annotations
 
@@ -170,6 +172,27 @@ def _has_kumo_tables(url: str) -> bool:
         engine.dispose()
 
 
+def _renegotiate_networks(url: str) -> None:
+    """Make every host's network document due again in the restored database.
+
+    A host may have accepted documents after the backup (a security group rule, a port added):
+    its generation is then above the one the backup recorded as acknowledged, and with nothing
+    to push the restored controller would leave that newer firewall and dataplane in place.
+    Unacknowledged, the document is pushed at the first tick; the agent answers StaleGeneration
+    and the reconciler moves past the agent's generation (controller/reconciler.py
+    _push_network), so the host ends with the backup's rules. (Instance specs need nothing:
+    heartbeats report their generations and a newer one is superseded.)"""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            insp = inspect(conn)
+            if insp.has_table("host") and "network_acked" in {
+                    c["name"] for c in insp.get_columns("host")}:
+                conn.execute(text("UPDATE host SET network_acked = 0"))
+    finally:
+        engine.dispose()
+
+
 def restore(settings: Settings, backup: Path, *, force: bool = False) -> RestoreReport:
     """Put `backup` onto the (stopped or never started) controller `settings` describe."""
     url, state = settings.resolved_database_url(), Path(settings.state_dir)
@@ -222,6 +245,7 @@ def restore(settings: Settings, backup: Path, *, force: bool = False) -> Restore
             _run([_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
                   "--no-privileges", "--exit-on-error", "--dbname", _libpq_url(url),
                   str(staged("kumo.pgdump"))])
+        _renegotiate_networks(url)
         report = RestoreReport(database=manifest["database"], revision=manifest["revision"])
         for name in wanted:
             if name.startswith("state/"):

@@ -354,6 +354,9 @@ class Reconciler:
                 if host is not None and current.generation >= host.network_generation:
                     host.network_generation = current.generation + 1
                     s.add(host)
+            # The kept documents carry the old generation: rebuild them at the next tick
+            # (not after NETWORK_FULL_REBUILD_S) so the host gets the restored network at once.
+            self._networks = None
             raise
         with self.db.session(notify=False) as s:
             host = s.get(Host, w.instance_id)

@@ -30,8 +30,9 @@ require_root() {
 # PostgreSQL tests (they run their own throw-away server on a unix socket), and a single-node
 # Ceph cluster plus QEMU's rbd driver for the RBD volume backend's tests (tests/lab/ceph_support.py
 # starts a scratch cluster inside a namespace of its own).
+# pgbouncer: the change feed's test behind a connection pooler (tests/functional/test_change_feed_pgbouncer.py).
 # shellcheck disable=SC2034  # used by deploy/test.sh
-KUMO_TEST_DEBIAN_PACKAGES=(postgresql ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra)
+KUMO_TEST_DEBIAN_PACKAGES=(postgresql pgbouncer ceph-mon ceph-osd ceph-mgr ceph-common qemu-block-extra)
 # The deploy/ checks (tests/unit/test_deploy_files.py): systemd-analyze verify/security on the
 # units (works without systemd as PID 1), shellcheck on the scripts, `ruby -c` on the Vagrantfile.
 KUMO_TEST_DEBIAN_PACKAGES+=(systemd shellcheck ruby)

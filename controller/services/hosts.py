@@ -151,6 +151,12 @@ def heartbeat(db: Database, hb: HeartbeatRequest, settings: Settings) -> set[str
             # it again. (A newer one it accepted is folded in by the reconciler's answer.)
             host.network_acked = 0
             s.add(host)
+        elif net is not None and net.generation > host.network_generation:
+            # The agent holds a document newer than any this database made (a database restored
+            # without `kumo admin restore`, e.g. point-in-time recovery): push, so the refusal
+            # moves the generation past the agent's and the host gets this database's network.
+            host.network_acked = 0
+            s.add(host)
         if nat_counts:
             nat_metering.observe(s, info.host_id, nat_counts, now)
         observed = {o.instance_id: o for o in hb.instances}
