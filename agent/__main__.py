@@ -1,6 +1,7 @@
 """`python -m agent`: run one host agent (HTTP API + reconcile loop + heartbeat) under uvicorn.
 
-Listens on KUMO_AGENT_LISTEN (`unix:/path.sock` or `host:port`), over mutual TLS with the host's
+Listens on KUMO_AGENT_LISTEN (`unix:/path.sock` or `host:port`), and on the host-local unix
+socket KUMO_AGENT_LOCAL_SOCKET too when set, over mutual TLS with the host's
 certificate (KUMO_AGENT_AUTH=mtls, the default; a host without one joins first with
 KUMO_AGENT_JOIN_TOKEN, docs/security.md). SIGTERM/SIGINT stop the
 server; the lifespan stops the loop between steps and leaves every guest as it is.
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     app = create_app(settings)
     identity = app.state.identity  # its server context is the one renewals reload
-    return serve(app, settings, identity.server if identity is not None else None)
+    local = str(settings.local_socket) if settings.local_socket else None
+    return serve(app, settings, identity.server if identity is not None else None, local)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Serving an agent-side ASGI app under uvicorn, the one way the host agent (`python -m agent`)
-and the storage node (`python -m agent.storage_node`) listen: on a unix socket or host:port.
+and the storage node (`python -m agent.storage_node`) listen: on a unix socket or host:port,
+optionally with a host-local unix socket next to it serving the same app (one event loop).
 
 A socket file left by a previous process is removed first, but never a live one or a
 non-socket; on exit the socket file is removed (uvicorn leaves it, and a stale socket would only
@@ -7,6 +8,8 @@ confuse clients). SIGTERM stops the server gracefully (lifespan stop) and exits 
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -44,10 +47,11 @@ def clear_stale_socket(path: str) -> None:
     raise SystemExit(f"another process is listening on {path}")
 
 
-def serve(app, listen: Listen, tls_context=None) -> int:
+def serve(app, listen: Listen, tls_context=None, local_socket: str | None = None) -> int:
     """Run `app` until SIGTERM/SIGINT on listen's unix socket, or else its host:port; 0.
     `tls_context`: serve TLS with it (client certificates as it requires; the app sees the
-    peer's, agent/contract/tls.py)."""
+    peer's, agent/contract/tls.py). `local_socket`: a unix socket serving the same app the same
+    way too (host-local administration next to a TCP listener)."""
     sock = listen.listen_socket()
     common = dict(log_level="info", lifespan="on", access_log=False)
     if tls_context is not None:
@@ -60,6 +64,16 @@ def serve(app, listen: Listen, tls_context=None) -> int:
     else:
         host, port = listen.listen_host_port()
         config = uvicorn.Config(app, host=host, port=port, **common)
+    if local_socket:
+        os.makedirs(os.path.dirname(local_socket) or "/", exist_ok=True)
+        clear_stale_socket(local_socket)
+        local = uvicorn.Config(app, uds=local_socket, **{**common, "lifespan": "off"})
+        try:
+            return _serve_all([config, local])
+        finally:
+            for path in (sock, local_socket):
+                if path and os.path.exists(path):
+                    os.unlink(path)
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM (graceful shutdown, lifespan stop), then re-raises it with the
     # handler that was installed before: make that one a normal exit, so a stop is status 0.
@@ -70,3 +84,43 @@ def serve(app, listen: Listen, tls_context=None) -> int:
         if sock and os.path.exists(sock):
             os.unlink(sock)  # uvicorn leaves it; a stale socket would only confuse clients
     return 0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield  # _serve_all owns the process's signal handling
+
+
+def _serve_all(configs: list[uvicorn.Config]) -> int:
+    """Several uvicorn servers of one app in one event loop (the first runs the lifespan: one
+    reconcile loop per process). One SIGTERM/SIGINT stops them all gracefully (a second SIGINT
+    forces the exit); when one stops for any reason (a failed bind or lifespan start), so do the
+    others, and the process exits with status 0 only after a requested stop."""
+    servers = [_Server(c) for c in configs]
+    stopped = {"by_signal": False}
+
+    def stop(sig: int, _frame=None) -> None:
+        stopped["by_signal"] = True
+        for s in servers:
+            if s.should_exit and sig == signal.SIGINT:
+                s.force_exit = True
+            s.should_exit = True
+
+    async def one(server: _Server) -> None:
+        try:
+            await server.serve()
+        finally:
+            for s in servers:
+                s.should_exit = True
+
+    async def run() -> None:
+        # Plain handlers, as uvicorn's own: not loop.add_signal_handler, whose wakeup fd a
+        # forked child shares (pyroute2 forks helpers into namespaces and ends them with
+        # SIGTERM: the child's copy of the handler would write it into our event loop).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+        await asyncio.gather(*(one(s) for s in servers))
+
+    asyncio.run(run())
+    return 0 if stopped["by_signal"] or all(s.started for s in servers) else 1

@@ -36,6 +36,10 @@ class AgentSettings(BaseSettings):
     listen: str = "127.0.0.1:8788"
     #: URL the controller uses to reach us; default derived from `listen`.
     advertise_url: str | None = None
+    #: An extra host-local unix socket (absolute path) serving the same API with the same
+    #: authentication, for local administration next to a TCP `listen` (the lab: tools in the
+    #: machine's root namespace cannot reach a host's fabric address). None: no extra socket.
+    local_socket: Path | None = None
     #: Controller base URL (`unix:/path.sock` or http URL); None disables heartbeats.
     controller_url: str | None = None
     #: Shared bearer token (auth "token"): required on every request to the agent and sent to
@@ -124,6 +128,13 @@ class AgentSettings(BaseSettings):
         # Both end up in `ip netns exec NAME` / netlink: no option-like or odd names.
         if v is not None and not _NAME_RE.match(v):
             raise ValueError("must be letters, digits, '_', '.', '-' (not starting with '-')")
+        return v
+
+    @field_validator("local_socket")
+    @classmethod
+    def _local_socket(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError("local_socket must be an absolute path")
         return v
 
     @field_validator("listen")

@@ -1,4 +1,5 @@
-"""`python -m controller`: serve the app on KUMO_LISTEN and, when KUMO_AGENT_SOCKET (a unix socket)
+"""`python -m controller`: serve the app on KUMO_LISTEN (or on the inherited listening socket
+KUMO_LISTEN_FD) and, when KUMO_AGENT_SOCKET (a unix socket)
 or KUMO_AGENT_LISTEN (host:port) is set, the same app there for agents too (TLS with client
 certificates when KUMO_AGENT_AUTH is mtls), in one process (uvicorn servers under
 asyncio.gather).
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 
 import uvicorn
 
@@ -32,6 +34,9 @@ async def _serve(settings: Settings) -> None:
     host, port = settings.listen_host_port()
     servers = [_Server(uvicorn.Config(app, host=host, port=port, log_level="info",
                                       lifespan="on"))]
+    # The API's inherited socket (family and address detected from the descriptor).
+    api_sockets = [socket.socket(fileno=settings.listen_fd)] if settings.listen_fd is not None \
+        else None
     # The agent-facing listeners: TLS requiring a client certificate from the cloud CA when
     # agent_auth is "mtls" (docs/security.md); lifespan only on the first server: one
     # reconciler per process.
@@ -59,7 +64,8 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
     try:
-        await asyncio.gather(*(s.serve() for s in servers))
+        await asyncio.gather(servers[0].serve(sockets=api_sockets),
+                             *(s.serve() for s in servers[1:]))
     finally:
         close_app(app)
         if sock and os.path.exists(sock):

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: host:port of the user-facing HTTP listener.
     listen: str = "127.0.0.1:8787"
+    #: An inherited, already listening socket to serve the user-facing API on instead of
+    #: binding `listen` (which then only names it, e.g. for api_url): how the lab runs the
+    #: controller inside its own network namespace while users reach it on the root namespace's
+    #: loopback (a socket keeps the namespace it was created in).
+    listen_fd: int | None = Field(default=None, ge=0)
     #: Optional unix socket path serving the same app (agents in lab namespaces use it).
     agent_socket: Path | None = None
     #: URL agents use to reach the controller (image downloads); default derived from
@@ -76,6 +81,10 @@ class Settings(BaseSettings):
     #: The storage node's API (agent/contract/storage_v1.py): unix:<path> or http(s)://host:port.
     #: None: no storage service, and creating a volume is refused (StorageUnavailable).
     storage_url: str | None = None
+    #: Talk to the storage node's API over mutual TLS (docs/security.md "Storage access"): the
+    #: controller's certificate from the cloud CA, the node's checked to be a storage node's;
+    #: the token is then not sent. Off: the bearer token (agent_token).
+    storage_mtls: bool = False
     #: The availability zone volumes and instances are in (one per controller for now).
     availability_zone: str = "kumo-1a"
     #: Volume limits: size of one volume (GiB; EC2's standard volumes go to 1 TiB, gp3 to 16 TiB),

@@ -107,6 +107,9 @@ class Lab:
             s.note_netns(nm.storage_netns(self.prefix))
             self._save(s)
             network.ensure_storage(self.prefix)
+            s.note_netns(nm.ctl_netns(self.prefix))
+            self._save(s)
+            network.ensure_ctl(self.prefix)
             self._start_libvirtds(s, wanted)
             token = services.ensure_token(self.state_dir)
             # The storage node before the controller: the controller is told where it is.
@@ -145,7 +148,7 @@ class Lab:
             return out
         if "controller" in s.processes:
             out.controller = self._proc_status(
-                s.processes["controller"], lambda: services.controller_answers(self.state_dir, self.listen)
+                s.processes["controller"], lambda: services.controller_answers(self.prefix, self.listen)
             )
         out.hosts = [self._host_status(s, hid) for hid in s.hosts]
         if nm.storage_netns(self.prefix) in s.netns:
@@ -183,6 +186,8 @@ class Lab:
             procs.kill_netns_processes(nm.storage_netns(self.prefix))
             network.remove_storage(self.prefix)
             s.sockets.pop("storage", None)
+            procs.kill_netns_processes(nm.ctl_netns(self.prefix))
+            network.remove_ctl(self.prefix)
             for hid in sorted(hosts, key=nm.host_number):
                 self._remove_host(s, hid)
             for name in sorted(set(s.netns) | set(found)):
@@ -255,20 +260,34 @@ class Lab:
         libvirtd.remove_default_network(paths.uri)
 
     def _ensure_controller(self, s: st.LabState, token: str) -> None:
+        """The controller runs inside the ctl namespace (agents reach it across the fabric) and
+        serves users on a socket bound here, in the root namespace's loopback, and inherited:
+        nothing links the root namespace to the lab. One left in a ctl namespace that was
+        deleted and re-created serves no agent: it is replaced."""
+        ns = nm.ctl_netns(self.prefix)
         rec = s.processes.get("controller")
+        if rec is not None and procs.alive(rec) and rec.pid not in procs.netns_pids(ns):
+            procs.stop(s.processes.pop("controller"))
+            self._save(s)
+            rec = None
         log = services.controller_dir(self.state_dir) / "controller.log"
         if rec is None or not procs.alive(rec):
             services.controller_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
-            env = services.controller_env(
-                self.state_dir, s.listen, token,
-                services.storage_url(self.state_dir) if "storage" in s.processes else None,
-                auth=self.agent_auth)
-            rec = procs.start("controller", services.controller_argv(self.python), log, env=env,
-                              cwd=services.REPO_ROOT)  # fmt: skip
+            api = services.bind_listen(s.listen)
+            try:
+                env = services.controller_env(
+                    self.state_dir, s.listen, token,
+                    services.storage_url(self.state_dir) if "storage" in s.processes else None,
+                    auth=self.agent_auth, listen_fd=api.fileno())
+                rec = procs.start("controller", services.controller_argv(self.python), log,
+                                  env=env, netns=ns, cwd=services.REPO_ROOT, share_mounts=True,
+                                  pass_fds=(api.fileno(),))  # fmt: skip
+            finally:
+                api.close()  # the controller holds its own copy
             s.processes["controller"] = rec
-            s.sockets["controller"] = str(services.controller_socket(self.state_dir))
+            s.sockets.pop("controller", None)  # labs before issue 14: its unix socket
             self._save(s)
-        services.wait_until(lambda: services.controller_answers(self.state_dir, s.listen),
+        services.wait_until(lambda: services.controller_answers(self.prefix, s.listen),
                             lambda: procs.alive(rec), "controller", log)  # fmt: skip
 
     def _ensure_agent(self, s: st.LabState, hid: str, token: str) -> None:
@@ -285,7 +304,7 @@ class Lab:
             s.processes[name] = rec
             s.sockets[name] = str(services.agent_socket(self.state_dir, hid))
             self._save(s)
-        services.wait_until(lambda: services.agent_answers(self.state_dir, hid),
+        services.wait_until(lambda: services.agent_answers(self.state_dir, self.prefix, hid),
                             lambda: procs.alive(rec), f"agent {hid}", log)  # fmt: skip
 
     def _ensure_storage(self, s: st.LabState, token: str) -> None:
@@ -301,6 +320,15 @@ class Lab:
             procs.end(procs.netns_mates(rec) or [rec])
         if rec is None or not procs.alive(rec):
             services.storage_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
+            tls_dir = services.storage_dir(self.state_dir) / "tls"
+            if libvirtd.nbd_tls_enabled() and not (tls_dir / "server-cert.pem").exists():
+                # Per-host NBD over TLS (docs/security.md "Storage access"): the node's server
+                # certificate from the lab controller's cloud CA (made now if the controller
+                # has not run yet: it loads the same files), issued once, as an admin would.
+                from controller.services.cloud_ca import storage_node_files
+
+                storage_node_files(services.controller_dir(self.state_dir), "sn1",
+                                   [str(nm.STORAGE_ADDR.ip)], tls_dir)
             rec = procs.start("storage", services.storage_argv(self.python), log,
                               env=services.storage_env(self.state_dir, token), netns=ns,
                               cwd=services.REPO_ROOT)  # fmt: skip
@@ -372,7 +400,8 @@ class Lab:
             uplink_up=bool(uplink and uplink["up"] and addr in uplink["addresses"]),
             libvirt_uri=uri,
             libvirtd=lv,
-            agent=self._proc_status(agent, lambda: services.agent_answers(self.state_dir, hid)) if agent else None,
+            agent=self._proc_status(agent, lambda: services.agent_answers(self.state_dir, self.prefix, hid))
+            if agent else None,
         )
 
     def _storage_status(self, s: st.LabState) -> StorageStatus:

@@ -38,6 +38,14 @@ STORAGE_NBD_PORT = 10809  # NBD's registered port
 STORAGE_FABRIC_PORT = "p-sn"  # its uplink's end on the fabric bridge
 STORAGE_MAC = "02:4b:4c:00:00:fa"
 UPLINK = "uplink0"  # the uplink inside each host namespace and inside the internet namespace
+# The controller (issue 14): its own namespace on the fabric, so agents and controller talk as in
+# production, mutual TLS over TCP across the fabric. Its API for users stays on the root
+# namespace's loopback (a socket bound there and handed to it: lab/core.py).
+CTL_ADDR = ipaddress.ip_interface(f"100.64.0.2/{FABRIC_NET.prefixlen}")
+CTL_AGENT_PORT = 8789  # the controller's agent-facing listener (KUMO_AGENT_LISTEN)
+CTL_FABRIC_PORT = "p-ctl"
+CTL_MAC = "02:4b:4c:00:00:fc"
+AGENT_PORT = 8788  # each agent's API on its host's fabric address (agent/settings.py's default)
 
 
 def validate_prefix(prefix: str) -> str:
@@ -81,11 +89,25 @@ def storage_netns(prefix: str) -> str:
     return _checked(f"{validate_prefix(prefix)}-sn")
 
 
+def ctl_netns(prefix: str) -> str:
+    return _checked(f"{validate_prefix(prefix)}-ctl")
+
+
+def controller_agent_listen() -> str:
+    """HOST:PORT of the controller's agent-facing listener on the fabric."""
+    return f"{CTL_ADDR.ip}:{CTL_AGENT_PORT}"
+
+
+def agent_listen(hid: str) -> str:
+    """HOST:PORT of host `hid`'s agent API on the fabric."""
+    return f"{host_address(hid).ip}:{AGENT_PORT}"
+
+
 def all_netns_pattern(prefix: str) -> re.Pattern[str]:
     """Matches every namespace name this prefix's lab may have created (for cleanup scans)."""
     p = re.escape(validate_prefix(prefix))
     # hN-kvr-<vni>: the VPC router namespaces a host's agent creates (agent.network.names).
-    return re.compile(rf"^{p}-(fab|inet|sn|h[1-9][0-9]?(-kvr-[0-9a-f]{{6}})?)$")
+    return re.compile(rf"^{p}-(fab|inet|sn|ctl|h[1-9][0-9]?(-kvr-[0-9a-f]{{6}})?)$")
 
 
 def fabric_port(hid: str) -> str:

@@ -1,15 +1,19 @@
 """The lab's wiring, all through pyroute2 and all inside lab namespaces: the fabric namespace with its
-bridge, the internet namespace, and each host's uplink veth. Nothing here ever touches the root
+bridge, the internet namespace, the controller's and the storage node's namespaces, and each host's
+uplink veth; and how this process acts inside a lab namespace without leaving its own (call_in). Nothing here ever touches the root
 namespace: every veth is created inside the fabric namespace with its peer placed straight into the
 target lab namespace.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
 import subprocess
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -17,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from lab import naming as nm
 
 NETNS_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 def exists(name: str) -> bool:
@@ -155,12 +160,89 @@ def ensure_host(prefix: str, hid: str) -> None:
 def ensure_storage(prefix: str) -> None:
     """The storage node's namespace: uplink0 on the fabric bridge at STORAGE_ADDR. No default route:
     it only serves the hosts, which are on-link, and has no business reaching anything else."""
-    name = nm.storage_netns(prefix)
+    _ensure_fabric_member(prefix, nm.storage_netns(prefix), nm.STORAGE_FABRIC_PORT,
+                          nm.STORAGE_MAC, nm.STORAGE_ADDR)
+
+
+def ensure_ctl(prefix: str) -> None:
+    """The controller's namespace: uplink0 on the fabric bridge at CTL_ADDR. No default route:
+    it talks only to the hosts (on-link); its users reach it through a socket bound in the root
+    namespace's loopback (lab/core.py), never through a link."""
+    _ensure_fabric_member(prefix, nm.ctl_netns(prefix), nm.CTL_FABRIC_PORT, nm.CTL_MAC,
+                          nm.CTL_ADDR)
+
+
+def _ensure_fabric_member(prefix: str, name: str, port: str, mac: str, addr) -> None:
+    """Namespace `name` with uplink0 on the fabric bridge (its end there: `port`) at `addr`."""
     ensure_netns(name)
-    _ensure_uplink(prefix, nm.STORAGE_FABRIC_PORT, name, nm.STORAGE_MAC)
-    addr = nm.STORAGE_ADDR
+    _ensure_uplink(prefix, port, name, mac)
     with opened(name) as ns:
         _ensure_addr(ns, nm.UPLINK, str(addr.ip), addr.network.prefixlen)
+
+
+def remove_ctl(prefix: str) -> None:
+    fab = nm.fabric_netns(prefix)
+    if exists(fab):
+        with opened(fab) as f:
+            _delete_link(f, nm.CTL_FABRIC_PORT)
+    remove_netns(nm.ctl_netns(prefix))
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def call_in(name: str, fn: Callable[..., T], *args) -> T:
+    """fn(*args) run by a short-lived thread that entered lab namespace `name` first (setns
+    changes only the calling thread's network namespace), its result or exception handed back:
+    every socket it opens, directly or through a client library, is made in that namespace and
+    keeps it. This process never leaves its own namespace, and the root one gets nothing."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns {name}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            out["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, name=f"netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def socket_in(name: str, family: int = socket.AF_INET,
+              kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside lab namespace `name` (a socket keeps the namespace it was made
+    in): readiness checks and tests probe the fabric with it."""
+    return call_in(name, socket.socket, family, kind)
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def tcp_answers(name: str, host: str, port: int, timeout: float = 0.5) -> bool:
+    """Something accepts TCP connections at host:port as seen from inside namespace `name`."""
+    if not exists(name):
+        return False
+    s = socket_in(name)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def remove_storage(prefix: str) -> None:

@@ -85,6 +85,7 @@ def start(
     netns: str | None = None,
     cwd: Path | None = None,
     share_mounts: bool = False,
+    pass_fds: tuple[int, ...] = (),
 ) -> ProcRecord:
     """Start argv in the background (own session, stdin from /dev/null, output appended to log).
 
@@ -92,7 +93,9 @@ def start(
     the PID of the command itself. `ip netns exec` also gives it a private mount namespace (to
     remount /sys); share_mounts=True uses `nsenter --net` instead, keeping the machine's mount
     namespace: an agent creates its VPC router namespaces by bind-mounting them under /run/netns,
-    and those mounts must outlive it (a restarted agent, `lab down` and tests must see them)."""
+    and those mounts must outlive it (a restarted agent, `lab down` and tests must see them).
+    pass_fds: descriptors the command inherits under the same numbers (e.g. a listening socket
+    bound in the root namespace); every other one is closed."""
     if netns and share_mounts:
         prefix = ["nsenter", f"--net=/run/netns/{netns}", "--"]
     else:
@@ -113,6 +116,7 @@ def start(
             cwd=str(cwd) if cwd else None,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     st = start_time(p.pid)
     return ProcRecord(name=name, pid=p.pid, start_time=st or 0, argv=full, log=str(log), netns=netns)

@@ -3,7 +3,8 @@ joined with a one-time token heartbeats; once its host is removed (certificates 
 refused and stays removed; an agent whose certificate comes from another CA never gets in.
 
 The extra agents run `python -m agent` with the fake driver and no network (nothing is touched)
-inside a lab host namespace, reaching the controller over its unix socket as the lab's agents do.
+inside a lab host namespace, reaching the controller across the fabric (TLS over TCP) as the lab's
+agents do; the test's own calls to that listener are made from inside that namespace too.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from agent.contract.v1 import CONTRACT_VERSION
 from agent.identity import AgentIdentity, _key_pem, new_key
 from controller.services.cloud_ca import CloudCA
 from lab import naming as nm
-from lab import services
+from lab import network, services
 from lab.testing import end_process
 from tests.lab.net_support import admin_api, call
 
@@ -33,7 +34,7 @@ def _start_agent(lab, host_id: str, state: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUMO_")}
     env.update({"KUMO_AGENT_HOST_ID": host_id, "KUMO_AGENT_STATE_DIR": str(state),
                 "KUMO_AGENT_LISTEN": f"unix:{state / 'agent.sock'}",
-                "KUMO_AGENT_CONTROLLER_URL": f"unix:{services.controller_socket(lab.state_dir)}",
+                "KUMO_AGENT_CONTROLLER_URL": services.controller_agent_url(),
                 "KUMO_AGENT_AUTH": "mtls", "KUMO_AGENT_DRIVER": "fake",
                 "KUMO_AGENT_NETWORK": "none", "KUMO_AGENT_METRICS_INTERVAL": "0",
                 "KUMO_AGENT_HEARTBEAT_INTERVAL": "0.5", "PYTHONPATH": str(services.REPO_ROOT)})
@@ -60,7 +61,8 @@ def _wait(pred, timeout: float, what: str):
 
 def test_revoked_agent_is_refused_and_foreign_ca_cannot_connect(lab, tmp_path):
     tmp_path.chmod(0o755)
-    ctl_url = f"unix:{services.controller_socket(lab.state_dir)}"
+    ctl_url = services.controller_agent_url()
+    h1 = nm.host_netns(lab.prefix, "h1")
     with admin_api(lab) as api:
         # A real agent joined with a one-time token (the production join code).
         state = tmp_path / "hz1"
@@ -78,13 +80,15 @@ def test_revoked_agent_is_refused_and_foreign_ca_cannot_connect(lab, tmp_path):
             assert after["state"] == "removed"
             assert after["last_heartbeat"] == first["last_heartbeat"]
             assert proc.poll() is None  # still trying: refused, not crashed
-            with transport.client(ctl_url, tls=ident.client) as c:
-                r = c.post("/v1/agent/heartbeat", json={"host": {
-                    "host_id": "hz1", "agent_url": "unix:/x", "hypervisor": "qemu",
-                    "architecture": "x86_64", "vcpus": 1, "memory_mib": 1, "disk_bytes": 1,
-                    "contract": CONTRACT_VERSION, "extensions": [], "versions": {}},
-                    "instances": [], "sent_at": time.time()})
-                assert (r.status_code, r.json()["error"]["code"]) == (401, "CertificateRevoked")
+            def heartbeat():
+                with transport.client(ctl_url, tls=ident.client) as c:
+                    return c.post("/v1/agent/heartbeat", json={"host": {
+                        "host_id": "hz1", "agent_url": "unix:/x", "hypervisor": "qemu",
+                        "architecture": "x86_64", "vcpus": 1, "memory_mib": 1,
+                        "disk_bytes": 1, "contract": CONTRACT_VERSION, "extensions": [],
+                        "versions": {}}, "instances": [], "sent_at": time.time()})
+            r = network.call_in(h1, heartbeat)
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "CertificateRevoked")
         finally:
             end_process(proc)
 
@@ -107,9 +111,12 @@ def test_revoked_agent_is_refused_and_foreign_ca_cannot_connect(lab, tmp_path):
             forged = tls.client_context(
                 (services.controller_dir(lab.state_dir) / "cloud-ca.crt").read_bytes(),
                 str(state2 / "tls" / "host.pem"))
-            with transport.client(ctl_url, tls=forged) as c:
-                with pytest.raises(httpx.HTTPError):
+
+            def healthz():
+                with transport.client(ctl_url, tls=forged) as c:
                     c.get("/healthz").raise_for_status()
+            with pytest.raises(httpx.HTTPError):
+                network.call_in(h1, healthz)
         finally:
             end_process(proc2)
 

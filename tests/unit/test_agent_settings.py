@@ -45,3 +45,12 @@ def test_host_facts(tmp_path):
     assert host_memory_mib(meminfo) == 24684544 // 1024
     assert host_memory_mib(tmp_path / "missing") == 0
     assert disk_bytes(tmp_path) > 0
+
+
+def test_local_socket_is_an_absolute_path_or_none(tmp_path):
+    assert AgentSettings(host_id="h").local_socket is None
+    s = AgentSettings(host_id="h", listen="100.64.0.11:8788", local_socket=tmp_path / "a.sock")
+    assert s.local_socket == tmp_path / "a.sock"
+    assert s.agent_url() == "http://100.64.0.11:8788"  # the TCP listener is what is advertised
+    with pytest.raises(ValidationError):
+        AgentSettings(host_id="h", local_socket="relative.sock")

@@ -44,15 +44,15 @@ def test_bad_host_ids(hid):
 
 def test_cleanup_pattern_matches_only_this_prefix():
     pat = nm.all_netns_pattern("kt1")
-    assert all(pat.match(n) for n in ["kt1-fab", "kt1-inet", "kt1-h1", "kt1-h99",
+    assert all(pat.match(n) for n in ["kt1-fab", "kt1-inet", "kt1-ctl", "kt1-h1", "kt1-h99",
                                       "kt1-h2-kvr-00000a"])
     assert not pat.match("kt1-h2-kvr-zz")
     assert not any(pat.match(n) for n in ["kt12-h1", "kt1-h0", "kt1-h100", "xkt1-fab", "kt1-fabric", "kumo-h1"])
 
 
 def test_uplink_macs_are_fixed_unique_and_locally_administered():
-    macs = {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC}
-    assert len(macs) == 100
+    macs = {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC, nm.STORAGE_MAC, nm.CTL_MAC}
+    assert len(macs) == 102
     assert all(int(m.split(":")[0], 16) & 0b10 and not int(m.split(":")[0], 16) & 1 for m in macs)
 
 
@@ -66,3 +66,12 @@ def test_storage_node_names_and_address():
     assert nm.STORAGE_ADDR.ip not in taken
     assert nm.STORAGE_MAC not in {nm.uplink_mac(h) for h in nm.host_ids(99)} | {nm.INET_MAC}
     assert len(nm.STORAGE_FABRIC_PORT) <= 15
+
+
+def test_controller_namespace_and_fabric_listeners():
+    assert nm.ctl_netns("kt1") == "kt1-ctl" and len(nm.ctl_netns("kt1a2b3c")) <= 15
+    assert nm.controller_agent_listen() == "100.64.0.2:8789"
+    assert nm.agent_listen("h1") == "100.64.0.11:8788" and nm.agent_listen("h99") == "100.64.0.109:8788"
+    # The controller's address is no one else's: not the internet's, a host's or the storage node's.
+    others = {nm.INET_FABRIC_ADDR, nm.STORAGE_ADDR.ip} | {nm.host_address(h).ip for h in nm.host_ids(99)}
+    assert nm.CTL_ADDR.ip not in others and nm.CTL_ADDR.network == nm.FABRIC_NET
