@@ -160,13 +160,9 @@ def controller_only(settings: AgentSettings) -> Callable[[Request], None]:
         return bearer_check(lambda: settings.token)
 
     def require_controller(request: Request) -> None:
-        der = tls.peer_certificate(request.scope)
-        if not der:
-            raise AgentApiError(401, "AuthFailure", "a client certificate is required")
-        ident = tls.identity(der)
-        if ident is None or ident.kind != "controller":
-            raise AgentApiError(403, "NotController",
-                                "only the controller's certificate may call this agent")
+        refused = tls.controller_refusal(request.scope, "this agent")
+        if refused:
+            raise AgentApiError(*refused)
     return require_controller
 
 

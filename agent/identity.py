@@ -11,11 +11,17 @@ so the pair always matches) and `ca.crt`.
   new key; done by the heartbeat loop once a third of the certificate's life is left.
 - `client` / `server`: one SSL context each, reloaded in place after a renewal (new connections
   present the new certificate).
+- `nbd_dir` (`<state_dir>/tls/nbd/`): the same key, certificate and CA as the files QEMU's NBD
+  client reads (ca-cert.pem, client-cert.pem, client-key.pem): libvirt's qemu.conf points
+  `nbd_tls_x509_cert_dir` there, so this host's QEMUs dial storage nodes with its own
+  certificate (docs/security.md "Storage access"). Rewritten with every new certificate, and
+  brought up to date when the contexts are first loaded (an identity stored before).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import ssl
 import threading
 from datetime import datetime, timezone
@@ -59,6 +65,19 @@ def _key_pem(key) -> bytes:
 
 
 
+def _qemu_gid() -> int | None:
+    """The group libvirt runs QEMU with on Debian (libvirt-qemu), when it exists and this
+    process may give files to it (root); None otherwise."""
+    import grp
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return grp.getgrnam("libvirt-qemu").gr_gid
+    except KeyError:
+        return None
+
+
 def _error_of(resp: httpx.Response) -> IdentityError:
     try:
         err = resp.json()["error"]
@@ -72,6 +91,7 @@ class AgentIdentity:
         self.dir = Path(state_dir) / "tls"
         self.host_id = host_id
         self.pem_path, self.ca_path = self.dir / "host.pem", self.dir / "ca.crt"
+        self.nbd_dir = self.dir / "nbd"
         self._client: ssl.SSLContext | None = None
         self._server: ssl.SSLContext | None = None
         self._lock = threading.Lock()
@@ -107,6 +127,7 @@ class AgentIdentity:
     def client(self) -> ssl.SSLContext:
         with self._lock:
             if self._client is None:
+                self.write_nbd_files()
                 # Only the controller: every host's certificate chains to the same CA.
                 self._client = tls.client_context(self.ca_path.read_bytes(), str(self.pem_path),
                                                   peer_uri=tls.CONTROLLER_URI)
@@ -118,6 +139,39 @@ class AgentIdentity:
             if self._server is None:
                 self._server = tls.server_context(self.ca_path.read_bytes(), str(self.pem_path))
             return self._server
+
+    def write_nbd_files(self) -> bool:
+        """Copy the identity into nbd_dir in QEMU's names when they differ; True if written."""
+        if not self.exists():
+            return False
+        pem, ca_pem = self.pem_path.read_bytes(), self.ca_path.read_bytes()
+        key = serialization.load_pem_private_key(pem, None)
+        cert_pem = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.PEM)
+        want = {"ca-cert.pem": (ca_pem, 0o644), "client-cert.pem": (cert_pem, 0o644),
+                "client-key.pem": (_key_pem(key), 0o600)}
+        try:
+            same = all((self.nbd_dir / n).read_bytes() == data for n, (data, _) in want.items())
+        except OSError:
+            same = False
+        if same:
+            return False
+        # QEMU reads them as the user libvirt runs it as: Debian's libvirt-qemu, whose group
+        # gets read access (the key 0640, the directory 0750); root and nobody else otherwise.
+        gid = _qemu_gid()
+        self.nbd_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if gid is not None:
+            os.chown(self.nbd_dir, -1, gid)
+            self.nbd_dir.chmod(0o750)
+            self.dir.chmod(0o711)  # QEMU passes through tls/ (no listing; host.pem stays 0600)
+        # The key last: QEMU reads the three when it makes a TLS object, and a key that does
+        # not match the certificate fails loudly, never silently as another host.
+        for name in ("ca-cert.pem", "client-cert.pem", "client-key.pem"):
+            data, mode = want[name]
+            path = self.nbd_dir / name
+            write_file(path, data, mode if gid is None else mode | 0o040)
+            if gid is not None:
+                os.chown(path, -1, gid)
+        return True
 
     def _store(self, key, answer: dict, ca_sha256: str | None = None) -> None:
         cert_pem, ca_pem = answer["certificate"].encode(), answer["ca_certificate"].encode()
@@ -136,6 +190,7 @@ class AgentIdentity:
         self.pem_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_file(self.ca_path, ca_pem, 0o644)
         write_file(self.pem_path, _key_pem(key) + cert_pem, 0o600)
+        self.write_nbd_files()
         with self._lock:
             for ctx in (self._client, self._server):
                 if ctx is not None:

@@ -4,6 +4,8 @@ context (towards agents) and one server context (its agent-facing listeners), bo
 
 Towards agents, `client_for(host_id)` gives a context per host that also checks the agent's
 certificate names that host (a host holds a certificate from the same CA as every other one).
+Towards the storage node's API, `storage_client` checks the server is a storage node (SAN
+`kumo:storage:<node id>`; docs/security.md "Storage access").
 
 `maybe_refresh()` (called by the agent pool, at most every REFRESH_EVERY_S) re-issues the
 controller's certificate when a third of its life is left and loads it into every context in
@@ -31,6 +33,8 @@ class ControllerTls:
         self.client = tls.client_context(self.ca_pem, str(self.path))
         self.server = tls.server_context(self.ca_pem, str(self.path))
         self._per_host: dict[str, ssl.SSLContext] = {}
+        self.storage_client = tls.client_context(self.ca_pem, str(self.path),
+                                                 peer_uri=tls.ANY_STORAGE)
         self._checked = time.monotonic()
         self._lock = threading.Lock()
 
@@ -51,5 +55,6 @@ class ControllerTls:
             before = self.path.stat().st_mtime_ns
             cloud_ca.controller_certificate(self.state_dir)
             if self.path.stat().st_mtime_ns != before:
-                for ctx in (self.client, self.server, *self._per_host.values()):
+                for ctx in (self.client, self.server, self.storage_client,
+                            *self._per_host.values()):
                     ctx.load_cert_chain(str(self.path))

@@ -68,8 +68,14 @@ def create_app(settings: Settings | None = None, *,
     agent_tls = ControllerTls(settings.state_dir) if settings.agent_auth == "mtls" else None
     pool = AgentPool(settings.agent_token if agent_tls is None else None,
                      settings.agent_timeout_s, agent_http_factory, tls=agent_tls)
+    # The storage node's API over mutual TLS when it serves one (docs/security.md "Storage
+    # access"): the controller's own certificate, and the node's checked to be a storage node's.
+    storage_tls = None
+    if settings.storage_url and settings.storage_mtls:
+        storage_tls = (agent_tls or ControllerTls(settings.state_dir)).storage_client
     storage = (StorageClient(settings.storage_url, settings.agent_token, settings.agent_timeout_s,
-                             storage_http_factory) if settings.storage_url else None)
+                             storage_http_factory, tls=storage_tls)
+               if settings.storage_url else None)
     reconciler = Reconciler(db, settings, pool, storage)
     # Any committed change (an instance action, a route, an elastic IP, a security group...)
     # may change what agents must carry, whoever made it: run a reconciler tick now, not at

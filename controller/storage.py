@@ -7,6 +7,7 @@ volume already gone is success; tests inject an http factory that routes to an i
 """
 from __future__ import annotations
 
+import ssl
 from typing import Callable
 
 import httpx
@@ -40,12 +41,17 @@ def _raise_for(resp: httpx.Response) -> None:
 
 class StorageClient:
     """One storage node. `http_factory(url, token, timeout) -> httpx.Client` (default:
-    agent.contract.transport, which understands unix:<path> URLs and sends the bearer token)."""
+    agent.contract.transport, which understands unix:<path> URLs and sends the bearer token).
+    `tls`: mutual TLS instead of the token (docs/security.md "Storage access"): the
+    controller's client context that also checks the server is a storage node
+    (controller/agent_tls.py storage_client); the token is then not sent."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 10.0,
-                 http_factory: HttpFactory | None = None):
+                 http_factory: HttpFactory | None = None, tls: ssl.SSLContext | None = None):
         self.url = url
-        factory = http_factory or (lambda u, tok, t: transport.client(u, tok, t))
+        if tls is not None:
+            token = None
+        factory = http_factory or (lambda u, tok, t: transport.client(u, tok, t, tls=tls))
         self.http = factory(url, token, timeout)
 
     def _call(self, method: str, path: str, **kw) -> httpx.Response:

@@ -21,6 +21,12 @@ Per volume, each failure isolated and backed off (the instance work's habits):
   unplug (DeviceDetachTimeout, retried); its definition loses the disk at the latest once the
   instance is stopped. Likewise an in-use
   volume without attachment (its instance was terminated) becomes available once unexported.
+- The host an export is for (VolumeSpec.host, extension "export-host"; docs/security.md
+  "Storage access"): the attached instance's host. A node with per-host TLS serves the export to
+  that host's certificate only, so when the instance moves to another host the export must move
+  too: the host last acknowledged per volume is kept here (in memory: after a restart every
+  attached volume is pushed once more, an idempotent PUT), and a different one is pushed. The
+  node answers the new host's source (its own port), which bumps the instance's spec.
 - deleting: DELETE on the node -> deleted (a host still connected: VolumeInUse, retried).
 - deleted rows older than terminated_retention_s are purged.
 - At most every ORPHAN_SCAN_S: volumes the node keeps that the database does not (or has as
@@ -47,6 +53,8 @@ from controller.db import Database
 from controller.events import record
 from controller.ids import utcnow
 from controller.models import Instance, Volume, VolumeAttachmentRow
+
+_UNKNOWN = object()
 from controller.services import metering
 from controller.services.capacity import GIB
 from controller.services.volume_attachments import finish_detach
@@ -81,13 +89,16 @@ def forcing_off(att: VolumeAttachmentRow | None) -> bool:
     return att is not None and att.state == "detaching" and att.force_detach
 
 
-def desired_spec(vol: Volume, att: VolumeAttachmentRow | None) -> VolumeSpec:
+def desired_spec(vol: Volume, att: VolumeAttachmentRow | None,
+                 host: str | None = None) -> VolumeSpec:
+    """`host`: the attached instance's host (sent only with an export)."""
     # The snapshot matters only while the node creates the volume: sent later, a snapshot
     # deleted since would make the node refuse a volume that already exists.
     exported = wants_export(att)
     return VolumeSpec(volume_id=vol.volume_id, size_bytes=vol.size_gib * GIB,
                       exported=exported, disconnect=not exported and forcing_off(att),
-                      from_snapshot=vol.snapshot_id if vol.state == "creating" else None)
+                      from_snapshot=vol.snapshot_id if vol.state == "creating" else None,
+                      host=host if exported else None)
 
 
 def needs_push(vol: Volume, att: VolumeAttachmentRow | None) -> bool:
@@ -103,6 +114,8 @@ class VolumeSync:
         self._lock = threading.Lock()
         self._last_scan: float | None = None
         self.orphan_scan_s = ORPHAN_SCAN_S
+        #: Volume id -> the host its export was last acknowledged for (None: no host sent).
+        self._export_host: dict[str, str | None] = {}
 
     # -- one pass ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -146,20 +159,25 @@ class VolumeSync:
         att = VolumeAttachmentRow
         want = and_(att.volume_id.is_not(None),
                     or_(att.state != "detaching", att.force_detach == False))  # noqa: E712
-        q = (select(Volume, att)
+        # Every exported one too: whether its host changed is checked below, in Python.
+        q = (select(Volume, att, Instance.host_id)
              .join(att, att.volume_id == Volume.volume_id, isouter=True)
+             .join(Instance, Instance.instance_id == att.instance_id, isouter=True)
              .where(or_(Volume.state == "deleting",
                         and_(Volume.state.in_(PUSHED),
-                             or_(Volume.generation != Volume.acked_generation,
-                                 and_(want, Volume.source_export.is_(None)),
+                             or_(Volume.generation != Volume.acked_generation, want,
                                  and_(not_(want), Volume.source_export.is_not(None)))))))
         work = []
         with self.db.session(notify=False) as s:
-            for vol, row in s.exec(q):
+            for vol, row, host in s.exec(q):
                 if vol.state == "deleting":
                     work.append(VolumeWork("delete", vol.volume_id))
                     continue
-                if not needs_push(vol, row):
+                moved = False
+                if wants_export(row) and vol.source_export is not None:
+                    with self._lock:
+                        moved = self._export_host.get(vol.volume_id, _UNKNOWN) != host
+                if not (moved or needs_push(vol, row)):
                     continue
                 if vol.generation == vol.acked_generation:
                     # The export should change although nothing bumped it (a force detach, an
@@ -167,7 +185,7 @@ class VolumeSync:
                     vol.generation += 1
                     s.add(vol)
                 work.append(VolumeWork("put", vol.volume_id, vol.generation,
-                                       desired_spec(vol, row)))
+                                       desired_spec(vol, row, host)))
         return work
 
     @staticmethod
@@ -190,7 +208,13 @@ class VolumeSync:
     def _do(self, w: VolumeWork) -> bool:
         try:
             if w.kind == "put":
-                self._applied(w, self.storage.put_volume(w.spec))
+                obs = self.storage.put_volume(w.spec)
+                with self._lock:
+                    if obs.exported:
+                        self._export_host[w.volume_id] = w.spec.host
+                    else:
+                        self._export_host.pop(w.volume_id, None)
+                self._applied(w, obs)
             else:
                 self.storage.delete_volume(w.volume_id)
                 self._deleted(w.volume_id)

@@ -19,6 +19,7 @@ define it. /run is first covered by a private tmpfs (inside the private mount na
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -66,6 +67,26 @@ QEMU_CONF = {
 }
 
 
+def nbd_tls_enabled() -> bool:
+    """Whether the lab's storage node serves NBD over TLS, per host (KUMO_LAB_STORAGE_TLS=1;
+    docs/security.md "Storage access"): then every host's qemu.conf says nbd_tls = 1, so its
+    QEMUs dial NBD with the host's own certificate (the agent keeps it in nbd_tls_dir), and the
+    node's API takes only the controller's certificate. Off by default for now: the shared
+    lab's volume tests still call the node as the token-holding controller
+    (tests/lab/test_nbd_tls_lab.py runs a lab of its own with it on)."""
+    mode = os.environ.get("KUMO_LAB_STORAGE_TLS", "0")
+    if mode not in ("0", "1"):
+        raise LabError("InvalidStorageTls", f"KUMO_LAB_STORAGE_TLS must be 0 or 1: {mode!r}")
+    return mode == "1"
+
+
+def qemu_conf(paths: "HostPaths") -> dict[str, object]:
+    """QEMU_CONF plus where the host's NBD client certificate is (the agent's identity,
+    agent/identity.py nbd_dir) and whether NBD disks use TLS by default."""
+    return {**QEMU_CONF, "nbd_tls": nbd_tls_enabled(),
+            "nbd_tls_x509_cert_dir": str(paths.nbd_tls_dir)}
+
+
 @dataclass(frozen=True)
 class HostPaths:
     base: Path
@@ -89,6 +110,12 @@ class HostPaths:
     @property
     def conf(self) -> Path:
         return self.libvirt_root / "etc" / "libvirtd.conf"
+
+    @property
+    def nbd_tls_dir(self) -> Path:
+        """The agent's identity in QEMU's names (agent state dir = base/agent, as
+        lab/services.py agent_state_dir; agent/identity.py writes it)."""
+        return self.base / "agent" / "tls" / "nbd"
 
     @property
     def log(self) -> Path:
@@ -146,8 +173,11 @@ def prepare(paths: HostPaths) -> None:
     for d in (paths.sock_dir, paths.log.parent, paths.libvirt_root / "etc" / "qemu" / "networks"):
         d.mkdir(parents=True, exist_ok=True)
     paths.sock_dir.chmod(0o700)
+    # libvirtd refuses to start with nbd_tls on and the directory missing; the agent fills it
+    # once it has joined (before that no volume can be attached to it anyway).
+    paths.nbd_tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.conf.write_text(render_conf(libvirtd_conf(paths)))
-    (paths.conf.parent / "qemu.conf").write_text(render_conf(QEMU_CONF))
+    (paths.conf.parent / "qemu.conf").write_text(render_conf(qemu_conf(paths)))
 
 
 def command(paths: HostPaths, libvirtd: str = "/usr/sbin/libvirtd") -> list[str]:

@@ -1,7 +1,11 @@
-"""The lab's long-running Kumo processes: the controller (root namespace, 127.0.0.1 + a unix socket
-for agents), one agent per host (inside its host namespace) and the storage node (inside the storage
-namespace, API on a unix socket). Pure builders of their commands and environments, the per-lab
-agent token, and the readiness checks `up` waits on.
+"""The lab's long-running Kumo processes: the controller (in its own namespace on the fabric:
+agents reach it at CTL_ADDR:CTL_AGENT_PORT, users at 127.0.0.1 through a socket the lab binds in
+the root namespace and hands over), one agent per host (inside its host namespace: its API on the
+host's fabric address, plus a host-local unix socket for local administration) and the storage
+node (inside the storage namespace, API on a unix socket). Controller <-> agent traffic is the
+production transport: TLS over TCP across the fabric, client certificates both ways (mtls; plain
+HTTP with the shared token in the token mode). Pure builders of their commands and environments,
+the per-lab agent token, and the readiness checks `up` waits on.
 
 They are only started when their code exists (`controller/__main__.py`, `agent/__main__.py`,
 `agent/storage_node/__main__.py`), so the lab is usable while those packages are still being written.
@@ -16,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lab import naming as nm
+from lab import naming as nm, network
 from lab.errors import LabError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +43,24 @@ def controller_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "controller"
 
 
-def controller_socket(state_dir: Path) -> Path:
-    return controller_dir(state_dir) / "agent.sock"
-
-
 def agent_socket(state_dir: Path, hid: str) -> Path:
+    """Host `hid`'s agent's host-local unix socket (local administration: tests and lab tools in
+    the root namespace; the same API and TLS as its fabric listener)."""
     return Path(state_dir) / "hosts" / hid / "agent.sock"
+
+
+def _scheme(auth: str) -> str:
+    return "https" if auth == "mtls" else "http"
+
+
+def controller_agent_url(auth: str = "mtls") -> str:
+    """The controller's agent-facing URL on the fabric (what agents dial)."""
+    return f"{_scheme(auth)}://{nm.controller_agent_listen()}"
+
+
+def agent_url(hid: str, auth: str = "mtls") -> str:
+    """Host `hid`'s agent API on the fabric (what the controller dials, learnt by heartbeat)."""
+    return f"{_scheme(auth)}://{nm.agent_listen(hid)}"
 
 
 def storage_dir(state_dir: Path) -> Path:
@@ -93,19 +109,29 @@ def agent_state_dir(state_dir: Path, hid: str) -> Path:
 
 
 def controller_env(state_dir: Path, listen: str, token: str,
-                   storage: str | None = None, auth: str = "mtls") -> dict[str, str]:
+                   storage: str | None = None, auth: str = "mtls",
+                   listen_fd: int | None = None) -> dict[str, str]:
     """`storage`: the storage node's URL when the lab runs one (KUMO_STORAGE_URL). The shared
-    token stays the storage node's credential in both modes."""
+    token stays the storage node's credential in both modes. `listen_fd`: the users' API socket
+    (`listen`, bound by the lab in the root namespace) the controller inherits and serves."""
     env = {
         "KUMO_STATE_DIR": str(controller_dir(state_dir)),
         "KUMO_LISTEN": listen,
-        "KUMO_AGENT_SOCKET": str(controller_socket(state_dir)),
+        # Agents' listener on the fabric: TLS requiring a host certificate (mtls).
+        "KUMO_AGENT_LISTEN": nm.controller_agent_listen(),
+        "KUMO_AGENT_FACING_URL": controller_agent_url(auth),
         "KUMO_AGENT_TOKEN": token,
         "KUMO_AGENT_AUTH": auth,
         "KUMO_PUBLIC_POOL": str(nm.PUBLIC_POOL),
     }
+    if listen_fd is not None:
+        env["KUMO_LISTEN_FD"] = str(listen_fd)
     if storage:
         env["KUMO_STORAGE_URL"] = storage
+        from lab import libvirtd  # the node's API is mutual TLS when its NBD is
+
+        if libvirtd.nbd_tls_enabled():
+            env["KUMO_STORAGE_MTLS"] = "true"
     return env
 
 
@@ -120,8 +146,12 @@ def agent_env(state_dir: Path, hid: str, token: str, libvirt_uri: str,
     env = {
         "KUMO_AGENT_HOST_ID": hid,
         "KUMO_AGENT_STATE_DIR": str(agent_state_dir(state_dir, hid)),
-        "KUMO_AGENT_LISTEN": f"unix:{agent_socket(state_dir, hid)}",
-        "KUMO_AGENT_CONTROLLER_URL": f"unix:{controller_socket(state_dir)}",
+        # The API on the host's fabric address (what the controller dials) and a host-local
+        # unix socket for local administration; the controller across the fabric.
+        "KUMO_AGENT_LISTEN": nm.agent_listen(hid),
+        "KUMO_AGENT_ADVERTISE_URL": agent_url(hid, auth),
+        "KUMO_AGENT_LOCAL_SOCKET": str(agent_socket(state_dir, hid)),
+        "KUMO_AGENT_CONTROLLER_URL": controller_agent_url(auth),
         "KUMO_AGENT_AUTH": auth,
         "KUMO_AGENT_LIBVIRT_URI": libvirt_uri,
         # The VPC dataplane: the host's namespace (it also tags the VPC router namespaces,
@@ -186,6 +216,8 @@ def agent_argv(python: str) -> list[str]:
 def storage_env(state_dir: Path, token: str) -> dict[str, str]:
     """The storage node runs inside the storage namespace: its NBD server listens on the node's
     fabric address, which is also what hosts are told to dial."""
+    from lab import libvirtd  # qemu.conf's nbd_tls and the node's TLS go together
+
     return {
         "KUMO_STORAGE_NODE_ID": "sn1",
         "KUMO_STORAGE_STATE_DIR": str(storage_dir(state_dir)),
@@ -193,6 +225,12 @@ def storage_env(state_dir: Path, token: str) -> dict[str, str]:
         "KUMO_STORAGE_TOKEN": token,
         "KUMO_STORAGE_NBD_HOST": str(nm.STORAGE_ADDR.ip),
         "KUMO_STORAGE_NBD_PORT": str(nm.STORAGE_NBD_PORT),
+        # Per-host NBD over TLS and the API over mutual TLS (KUMO_LAB_STORAGE_TLS=1):
+        # lab/core.py _ensure_storage issues the node's certificate from the lab controller's
+        # cloud CA into this directory.
+        **({"KUMO_STORAGE_NBD_TLS_DIR": str(storage_dir(state_dir) / "tls"),
+            "KUMO_STORAGE_API_TLS_DIR": str(storage_dir(state_dir) / "tls")}
+           if libvirtd.nbd_tls_enabled() else {}),
     }
 
 
@@ -243,12 +281,37 @@ def _tcp_answers(listen: str) -> bool:
         return False
 
 
-def controller_answers(state_dir: Path, listen: str) -> bool:
-    return _tcp_answers(listen) and _unix_answers(controller_socket(state_dir))
+def bind_listen(listen: str) -> socket.socket:
+    """The users' API socket, bound and listening in this process's namespace (the root one):
+    the controller, running in its lab namespace, inherits it (a socket keeps the namespace it
+    was created in), so users reach it at 127.0.0.1 while nothing links the root namespace to
+    the lab."""
+    host, port = split_listen(listen)
+    s = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET,
+                      socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host.strip("[]"), port))
+        s.listen(2048)
+    except OSError as e:
+        s.close()
+        raise LabError("LabListenFailed", f"cannot listen on {listen}: {e}") from e
+    return s
 
 
-def agent_answers(state_dir: Path, hid: str) -> bool:
-    return _unix_answers(agent_socket(state_dir, hid))
+def controller_answers(prefix: str, listen: str) -> bool:
+    """Both of the controller's listeners accept: the users' API (root namespace) and the
+    agents' one, as seen from the controller's namespace on the fabric."""
+    host, port = split_listen(nm.controller_agent_listen())
+    return _tcp_answers(listen) and network.tcp_answers(nm.ctl_netns(prefix), host, port)
+
+
+def agent_answers(state_dir: Path, prefix: str, hid: str) -> bool:
+    """Both of the agent's listeners accept: its host-local socket, and its fabric address as
+    seen from the controller's namespace (the path the controller's calls take)."""
+    host, port = split_listen(nm.agent_listen(hid))
+    return (_unix_answers(agent_socket(state_dir, hid))
+            and network.tcp_answers(nm.ctl_netns(prefix), host, port))
 
 
 def storage_answers(state_dir: Path) -> bool:

@@ -47,6 +47,14 @@ exported=False it cuts every connected host off before the export stops (NBD: th
 their connections), so the unexport cannot be refused with VolumeInUse and no host can read or
 write the volume afterwards: it may then be served to another host ("never read-write from
 two"). The cut-off guest sees I/O errors on that disk.
+
+Extension "export-host" (issue 14, docs/security.md "Storage access"): VolumeSpec.host, the host
+the volume's attachment is for. A node serving NBD over TLS per host opens the export only to
+that host's certificate (CN = the host id): exported for another host, the export moves (and
+the source's port changes: each host has its own NBD server). Such a node refuses an export
+without a host (400 HostRequired); a node serving every host alike ignores it. The field is
+left out when unset; when set, an older node refuses it (extra fields are forbidden): upgrade
+nodes before controllers.
 Errors are {"error": {"code", "message", "retryable"}}, as the host agents answer them.
 """
 from __future__ import annotations
@@ -60,7 +68,10 @@ from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 
 CONTRACT_VERSION = "v1"
 #: Named additive extensions this storage node implements.
-EXTENSIONS: tuple[str, ...] = ("snapshots", "disconnect", "snapshot-stored-bytes")
+EXTENSIONS: tuple[str, ...] = ("snapshots", "disconnect", "snapshot-stored-bytes",
+                               "export-host")
+#: A host id (the CN of its certificate from the cloud CA).
+HOST_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 VolumeId = Annotated[str, StringConstraints(pattern=VOLUME_ID_RE.pattern)]
 #: EC2 style: "snap-" + 17 lowercase hex (as agent/drivers/volumes.SNAPSHOT_ID_RE).
@@ -104,6 +115,9 @@ class VolumeSpec(_Wire):
     #: Extension "disconnect": with exported=False, hosts still connected are cut off and the
     #: export stops anyway (a force detach), instead of 409 VolumeInUse. Ignored when exported.
     disconnect: bool = False
+    #: Extension "export-host": the host the attachment is for (with exported), whom a node
+    #: with per-host TLS serves it to, and no other.
+    host: Annotated[str, StringConstraints(pattern=HOST_ID_RE.pattern)] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset_extension(self, handler: Any) -> dict[str, Any]:
@@ -115,6 +129,8 @@ class VolumeSpec(_Wire):
             data.pop("from_snapshot", None)
         if data.get("disconnect") is False:
             data.pop("disconnect", None)
+        if data.get("host") is None:
+            data.pop("host", None)
         return data
 
 

@@ -31,18 +31,47 @@ CONTROLLER_CN = "kumo-controller"
 SCOPE_KEY = "kumo.peer_cert"
 
 
+#: A storage node's certificate (docs/security.md "Storage access"): CN `kumo-storage-<node id>`,
+#: SAN URI `kumo:storage:<node id>` plus the IP addresses hosts dial (QEMU's NBD client checks
+#: the server's name against the address it dials). identity() says kind "storage": it is no
+#: host and no controller, so it opens nothing on agents or the controller; the controller's
+#: storage client checks the node's API presents it (peer_uri ANY_STORAGE).
+STORAGE_URI_PREFIX = "kumo:storage:"
+#: client_context(peer_uri=ANY_STORAGE): the server must be a storage node (any node id).
+ANY_STORAGE = STORAGE_URI_PREFIX + "*"
+
+
 def host_uri(host_id: str) -> str:
     return HOST_URI_PREFIX + host_id
 
 
+def storage_uri(node_id: str) -> str:
+    return STORAGE_URI_PREFIX + node_id
+
+
+def nbd_client_dn(host_id: str) -> str:
+    """The distinguished name of a host's certificate as QEMU (GnuTLS) prints it: what a
+    storage node's per-host NBD server admits."""
+    return f"CN={host_id}"
+
+
 @dataclass(frozen=True)
 class Identity:
-    """Who a certificate names: kind "host" (with host_id) or "controller"."""
+    """Who a certificate names: kind "host" (with host_id), "controller" or "storage" (with
+    node_id)."""
 
     kind: str
     host_id: str | None
     serial: int
     not_after: datetime
+    node_id: str | None = None
+
+    def uri(self) -> str:
+        if self.kind == "controller":
+            return CONTROLLER_URI
+        if self.kind == "storage":
+            return storage_uri(self.node_id or "")
+        return host_uri(self.host_id or "")
 
 
 def identity(cert: x509.Certificate | bytes) -> Identity | None:
@@ -61,6 +90,12 @@ def identity(cert: x509.Certificate | bytes) -> Identity | None:
     after = cert.not_valid_after_utc
     if uris[0] == CONTROLLER_URI:
         return Identity("controller", None, cert.serial_number, after)
+    if uris[0].startswith(STORAGE_URI_PREFIX):
+        node_id = uris[0][len(STORAGE_URI_PREFIX):]
+        cns = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        if node_id and cns == ["kumo-storage-" + node_id]:
+            return Identity("storage", None, cert.serial_number, after, node_id)
+        return None
     if uris[0].startswith(HOST_URI_PREFIX):
         host_id = uris[0][len(HOST_URI_PREFIX):]
         cns = [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
@@ -91,8 +126,9 @@ def _peer_checking_socket(peer_uri: str) -> type[ssl.SSLSocket]:
             super().do_handshake(block)
             der = self.getpeercert(binary_form=True)
             who = identity(der) if der else None
-            named = None if who is None else (
-                CONTROLLER_URI if who.kind == "controller" else host_uri(who.host_id or ""))
+            named = None if who is None else who.uri()
+            if peer_uri == ANY_STORAGE and who is not None and who.kind == "storage":
+                return
             if named != peer_uri:
                 raise PeerMismatch(f"the server's certificate names {named or 'no Kumo peer'},"
                                    f" not {peer_uri}")
@@ -104,7 +140,8 @@ def client_context(ca_pem: bytes, certfile: str, keyfile: str | None = None, *,
     """A client context presenting `certfile` (key in it or in `keyfile`) and trusting only the
     cloud CA. Calling load_cert_chain on it again (a renewal) affects new connections.
 
-    `peer_uri` (CONTROLLER_URI or host_uri(id)): the server must also be that peer. Every host
+    `peer_uri` (CONTROLLER_URI, host_uri(id) or ANY_STORAGE): the server must also be that
+    peer. Every host
     holds a certificate from the same CA, so the chain alone would let one host answer for
     another (or for the controller) once it gets hold of an address."""
     ctx = _context(ssl.Purpose.SERVER_AUTH, ca_pem, certfile, keyfile)
@@ -126,6 +163,19 @@ def peer_certificate(scope: dict) -> bytes | None:
 
 #: Seconds a TLS server's graceful stop waits for open connections (see uvicorn_tls).
 GRACEFUL_SHUTDOWN_S = 3
+
+
+def controller_refusal(scope: dict, what: str) -> tuple[int, str, str] | None:
+    """Why a request on a mutual-TLS listener that only the controller may call is refused
+    (status, stable code, message), None when its client certificate is the controller's.
+    `what` names the listener's owner in the message ("this agent", "this storage node")."""
+    der = peer_certificate(scope)
+    if not der:
+        return 401, "AuthFailure", "a client certificate is required"
+    who = identity(der)
+    if who is None or who.kind != "controller":
+        return 403, "NotController", f"only the controller's certificate may call {what}"
+    return None
 
 
 def uvicorn_tls(ctx: ssl.SSLContext) -> dict[str, Any]:

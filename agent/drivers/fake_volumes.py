@@ -20,6 +20,7 @@ counts each distinct chunk once).
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 from agent.drivers.base import NetworkHost, NetworkSource
 from agent.drivers.volumes import (DEFAULT_MAX_SIZE, InvalidVolumeSize, SnapshotAlreadyExists,
@@ -104,7 +105,7 @@ class FakeVolumeBackend:
             self.fences.pop(volume_id, None)
             self.data.pop(volume_id, None)  # its snapshots keep their own chunk maps
 
-    def export(self, volume_id: str) -> NetworkSource:
+    def export(self, volume_id: str, host: Optional[str] = None) -> NetworkSource:
         with self._lock:
             self._existing(volume_id)
             self.wanted.add(volume_id)

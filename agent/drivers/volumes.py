@@ -221,8 +221,10 @@ class VolumeBackend(Protocol):
     def delete(self, volume_id: str) -> None:
         """Delete the volume; gone is success, exported is VolumeInUse."""
 
-    def export(self, volume_id: str) -> NetworkSource:
-        """Serve the volume and return where hosts find it; idempotent."""
+    def export(self, volume_id: str, host: Optional[str] = None) -> NetworkSource:
+        """Serve the volume and return where hosts find it; idempotent. `host`: the host the
+        attachment is for; a backend that serves per host (NBD over per-host TLS) serves it
+        to that host only, others ignore it."""
 
     def unexport(self, volume_id: str, *, force: bool = False) -> None:
         """Stop serving the volume; not exported is a no-op. force: cut connected clients off

@@ -1,5 +1,6 @@
 """`python -m agent.storage_node`: run one storage node (the storage_v1 HTTP API over the NBD or
-the RBD backend, KUMO_STORAGE_BACKEND, and its ensure loop) under uvicorn. Configuration:
+the RBD backend, KUMO_STORAGE_BACKEND, and its ensure loop) under uvicorn, over mutual TLS with
+the node's certificate when KUMO_STORAGE_API_TLS_DIR is set. Configuration:
 agent/storage_node/settings.py; the backend is built by backends.py. A configuration hosts could
 not use (e.g. RBD with cephx) ends it at once with exit status 2 and the reason in the log.
 
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 
+from agent.contract import tls
 from agent.serving import serve
 from agent.storage_node.app import create_storage_app
 from agent.storage_node.backends import UnsupportedStorageConfig, build_backend
@@ -37,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedStorageConfig as e:
         logging.getLogger("agent.storage_node").error("not starting: %s", e)
         return 2
+    ctx = None
+    if settings.api_tls_dir is not None:  # mutual TLS: the controller's certificate only
+        d = settings.api_tls_dir
+        ctx = tls.server_context((d / "ca-cert.pem").read_bytes(), str(d / "server-cert.pem"),
+                                 str(d / "server-key.pem"))
     app = create_storage_app(backend, node_id=settings.node_id, token=settings.token or None,
-                             ensure_interval=settings.ensure_interval)
-    return serve(app, settings)
+                             ensure_interval=settings.ensure_interval,
+                             auth="token" if ctx is None else "mtls")
+    return serve(app, settings, tls_context=ctx)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ that keeps what the backend serves equal to its persisted desired state.
 The app owns only the translation between the wire contract and the backend Protocol
 (agent/drivers/volumes.py): the backend keeps the volumes, the export set and their rules, so the
 same app runs on the NBD backend, the RBD backend (the real node, `python -m agent.storage_node`,
-chooses by its settings) and on FakeVolumeBackend (fast tests). Every request needs the bearer token; errors are answered as
+chooses by its settings) and on FakeVolumeBackend (fast tests). Every request needs the bearer
+token, or with auth "mtls" the controller's client certificate from the cloud CA (the TLS
+listener checks the chain; here the certificate must name the controller); errors are answered as
 {"error": {"code", "message", "retryable"}}, as the host agents answer them.
 
 Observed `exported` means "served now", not "wanted": after the serving process crashed a volume
@@ -21,6 +23,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from agent.contract import tls
 from agent.contract.storage_v1 import EXTENSIONS, StorageInfo, VolumeObserved, VolumeSpec
 from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 from agent.drivers.base import DriverError, NetworkSource
@@ -38,6 +41,8 @@ STATUS_OF_CODE = {
     "IdempotentParameterMismatch": 400,
     "InvalidVolume.NotFound": 404,
     "VolumeInUse": 409,
+    "HostRequired": 400,
+    "InvalidParameterValue": 400,
     **SNAPSHOT_STATUS_OF_CODE,
 }
 
@@ -184,7 +189,10 @@ def _router() -> APIRouter:
             elif spec.size_bytes != have.size_bytes:
                 backend.grow(volume_id, spec.size_bytes)  # smaller: InvalidVolumeSize
             if spec.exported:
-                backend.export(volume_id)
+                if spec.host is not None:  # extension export-host: per-host TLS nodes need it
+                    backend.export(volume_id, host=spec.host)
+                else:
+                    backend.export(volume_id)
             else:  # disconnect: a force detach cuts connected hosts off (no VolumeInUse)
                 backend.unexport(volume_id, force=spec.disconnect)
             obs = observe(backend, volume_id)
@@ -213,11 +221,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(e.code, e.message, e.retryable), e.status)
 
 
+def controller_only(request: Request) -> None:
+    """With auth "mtls": the connection's client certificate must be the controller's (401
+    AuthFailure without one, 403 NotController for a host's or anyone else's)."""
+    refused = tls.controller_refusal(request.scope, "this storage node")
+    if refused:
+        raise StorageApiError(*refused)
+
+
 def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | None,
-                       ensure_interval: float = 5.0) -> FastAPI:
+                       ensure_interval: float = 5.0, auth: str = "token") -> FastAPI:
     """The storage node's API over `backend`. The ensure loop runs while the app does (started
-    and stopped by its lifespan). `token` None or empty refuses every request: a node is never
-    open by accident."""
+    and stopped by its lifespan). Auth "token": `token` None or empty refuses every request (a
+    node is never open by accident); "mtls": the controller's certificate (serve it over TLS
+    with agent/contract/tls.uvicorn_tls, which hands the app the peer's certificate)."""
+    if auth not in ("token", "mtls"):
+        raise ValueError(f"auth {auth!r} is not token or mtls")
     loop = EnsureLoop(backend, ensure_interval)
 
     @asynccontextmanager
@@ -229,7 +248,8 @@ def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | Non
             loop.stop()
 
     app = FastAPI(title="kumo-storage-node", version="v1", lifespan=lifespan,
-                  dependencies=[Depends(bearer_check(lambda: token))])
+                  dependencies=[Depends(controller_only if auth == "mtls"
+                                        else bearer_check(lambda: token))])
     app.state.backend = backend
     app.state.node_id = node_id
     app.state.ensure_loop = loop

@@ -18,6 +18,15 @@ usable, and the space of the volume's last active layer stays allocated until it
 is deleted, when the holder file goes. A volume made from a snapshot is a full, sparse copy
 (qemu-img convert), independent of the source from then on.
 
+Per-host TLS (`tls_dir` given; docs/security.md "Storage access"): an export opens only for the
+host its attachment is for. QEMU's tls-authz belongs to an NBD server, not to an export, and one
+daemon runs one NBD server, so each host gets its own daemon (state under hosts/<host id>/, its
+own port from hosts.json) whose server admits only that host's certificate (DN "CN=<host id>",
+the cloud CA's name for it), and each export lives in the daemon of its attachment's host:
+exported for another host, a volume is closed in the old daemon and opened in the new one. The
+old host's connection, if any, holds the file (qcow2 lock): the move waits (retryable) until it
+is gone. Without `tls_dir` one plain daemon serves every host, as before.
+
 A forced unexport (a force detach) removes the export in QMP's "hard" mode, which closes the
 clients' connections. QEMU's NBD client reconnects by itself on its guest's next I/O request
 (qemu 7.2 tries once per request even with reconnect-delay=0; seen in the lab: a qemu-io cut
@@ -41,10 +50,10 @@ from agent.drivers.volumes import (DEFAULT_MAX_SIZE, VOLUME_ID_RE, InvalidVolume
                                    VolumeInfo, VolumeInUse, VolumeNotFound, export_name,
                                    valid_size, valid_snapshot_id, valid_volume_id)
 from agent.qemu_img import QemuImgError
-from agent.storage_node.daemon import StorageDaemon
+from agent.storage_node.daemon import NbdTls, StorageDaemon
 from agent.storage_node.files import VolumeFiles, parse_snapshot_name, snapshot_name
 from agent.storage_node.qmp import QmpClient, QmpError
-from agent.storage_node.wanted import WantedExports
+from agent.storage_node.wanted import HOST_ID_RE, WantedExports
 from agent.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
@@ -85,6 +94,39 @@ class Fences:
             self._save(fences)
 
 
+class HostPorts:
+    """Host id -> the TCP port of that host's NBD server, in one JSON file written atomically:
+    {"ports": {host: port}}. A port, once given, stays the host's (hosts dial what the
+    controller recorded)."""
+
+    def __init__(self, path: Path, first: int):
+        self.path, self.first = Path(path), first
+
+    def load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        raw = data.get("ports", {}) if isinstance(data, dict) else {}
+        return {h: p for h, p in raw.items() if isinstance(h, str) and HOST_ID_RE.fullmatch(h)
+                and isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536}
+
+    def port(self, host: str) -> int:
+        ports = self.load()
+        if host not in ports:
+            used = set(ports.values())
+            port = self.first
+            while port in used:
+                port += 1
+            if port > 65535:
+                raise DriverError("no TCP port left for another host's NBD server",
+                                  code="StorageDaemonNoPort", retryable=False)
+            ports[host] = port
+            body = json.dumps({"ports": dict(sorted(ports.items()))}, indent=1).encode() + b"\n"
+            atomic_write(self.path, lambda f: f.write(body))
+        return ports[host]
+
+
 class _Snap(NamedTuple):
     """Where one snapshot lives: its file, its qcow2 name, and whether that file is a holder."""
 
@@ -114,20 +156,75 @@ class NbdBackend:
     capabilities = frozenset({"nbd", "grow_exported", "persistent_exports", "snapshots"})
 
     def __init__(self, state_dir: Path, host: str, port: int, *, netns: Optional[str] = None,
-                 max_size: int = DEFAULT_MAX_SIZE, daemon: Optional[StorageDaemon] = None):
+                 max_size: int = DEFAULT_MAX_SIZE, daemon: Optional[StorageDaemon] = None,
+                 tls_dir: Optional[Path] = None):
         self.state_dir = Path(state_dir)
         self.max_size = max_size
-        self.daemon = daemon or StorageDaemon(self.state_dir, host, port, netns=netns)
+        self.netns = netns
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        # Per-host TLS: no shared daemon at all (every export is some host's); else the one.
+        self.daemon = None if self.tls_dir is not None else (
+            daemon or StorageDaemon(self.state_dir, host, port, netns=netns))
         self.host = NetworkHost(host, port)
+        self.ports = HostPorts(self.state_dir / "hosts.json", port)
+        self._host_daemons: dict[str, StorageDaemon] = {}
         self.files = VolumeFiles(self.state_dir / "volumes")
         self.wanted = WantedExports(self.state_dir / "exports.json")
         self.fences = Fences(self.state_dir / "fences.json")
         self._lock = threading.RLock()
 
-    def source(self, volume_id: str, fences: Optional[dict[str, int]] = None) -> NetworkSource:
+    def source(self, volume_id: str, fences: Optional[dict[str, int]] = None,
+               host: str = "") -> NetworkSource:
         fences = self.fences.load() if fences is None else fences
-        return NetworkSource("nbd", export_name(volume_id, fences.get(volume_id, 0)),
-                             (self.host,))
+        where = self.host if self.tls_dir is None else NetworkHost(self.host.name,
+                                                                   self.ports.port(host))
+        return NetworkSource("nbd", export_name(volume_id, fences.get(volume_id, 0)), (where,))
+
+    # -- daemons ------------------------------------------------------------------------------
+    def daemon_for(self, host: str) -> StorageDaemon:
+        """The daemon serving `host`'s exports (the one daemon without per-host TLS)."""
+        if self.tls_dir is None:
+            return self.daemon
+        if not HOST_ID_RE.fullmatch(host):
+            raise DriverError(f"host {host!r} is not a host id", code="InvalidParameterValue",
+                              retryable=False)
+        d = self._host_daemons.get(host)
+        if d is None:
+            d = StorageDaemon(self.state_dir / "hosts" / host, self.host.name,
+                              self.ports.port(host), netns=self.netns,
+                              tls=NbdTls(self.tls_dir, f"CN={host}"))
+            self._host_daemons[host] = d
+        return d
+
+    def daemon_pids(self) -> list[int]:
+        """The pids of every daemon running now (for tests and status)."""
+        return [p for h in self._hosts() if (p := self.daemon_for(h).pid()) is not None]
+
+    def _hosts(self) -> list[str]:
+        """Every host with a daemon (running or to run): "" alone without per-host TLS."""
+        return [""] if self.tls_dir is None else sorted(self.ports.load())
+
+    @contextlib.contextmanager
+    def _live(self) -> Iterator[list[tuple[str, StorageDaemon, QmpClient]]]:
+        """(host, daemon, QMP) of every daemon that runs now."""
+        with contextlib.ExitStack() as stack:
+            out = []
+            for h in self._hosts():
+                d = self.daemon_for(h)
+                if d.pid() is not None:
+                    out.append((h, d, stack.enter_context(d.qmp())))
+            yield out
+
+    @contextlib.contextmanager
+    def _holding(self, volume_id: str) -> Iterator[tuple[Optional[StorageDaemon],
+                                                          Optional[QmpClient]]]:
+        """(daemon, QMP) of the running daemon that has the volume open, or (None, None)."""
+        with self._live() as live:
+            for _, d, q in live:
+                if volume_id in d.open_nodes(q):
+                    yield d, q
+                    return
+            yield None, None
 
     def _export_name(self, volume_id: str) -> str:
         return export_name(volume_id, self.fences.load().get(volume_id, 0))
@@ -136,12 +233,6 @@ class NbdBackend:
         if not self.files.exists(valid_volume_id(volume_id)):
             raise VolumeNotFound(f"volume {volume_id} does not exist")
         return volume_id
-
-    def _live_qmp(self) -> contextlib.AbstractContextManager[Optional[QmpClient]]:
-        """QMP to the daemon when it runs; None when it does not (nothing is open then)."""
-        if self.daemon.pid() is None:
-            return contextlib.nullcontext(None)
-        return self.daemon.qmp()
 
     # -- the Protocol -----------------------------------------------------------------------
     def create(self, volume_id: str, size_bytes: int, from_snapshot: Optional[str] = None) -> None:
@@ -175,33 +266,35 @@ class NbdBackend:
                                         f"shrinks to {size_bytes}")
             if size_bytes == have:
                 return
-            with self._live_qmp() as q:
-                if q is not None and volume_id in self.daemon.open_nodes(q):
-                    self._grow_open(q, volume_id, size_bytes)
+            with self._holding(volume_id) as (d, q):
+                if d is not None:
+                    self._grow_open(d, q, volume_id, size_bytes)
                     return
             self.files.resize(volume_id, size_bytes)
 
-    def _grow_open(self, q: QmpClient, volume_id: str, size_bytes: int) -> None:
+    def _grow_open(self, d: StorageDaemon, q: QmpClient, volume_id: str,
+                   size_bytes: int) -> None:
         """An NBD export takes the resize permission from its node (qemu 7.2), so the export
         steps aside while the node grows: removed hard (a connected host is cut off), the node
         grown, the export made again under the same name (no fence: the same host may go on).
         The host's QEMU reconnects and learns the new size when its agent grows the disk
         (agent/libvirt/nbd_reconnect.py); a guest request in between pauses the guest (error
         policy "stop") and is retried on resume, so nothing reaches the guest's filesystem."""
-        exported = volume_id in self.daemon.served(q)
+        exported = volume_id in d.served(q)
         if exported:
-            self._del_export(q, volume_id, force=True)
+            self._del_export(d, q, volume_id, force=True)
         try:
-            self.daemon.resize(q, volume_id, size_bytes)
+            d.resize(q, volume_id, size_bytes)
         finally:
             if exported:
-                self.daemon.add_export(q, volume_id, self._export_name(volume_id))
+                d.add_export(q, volume_id, self._export_name(volume_id))
 
-    def _del_export(self, q: QmpClient, volume_id: str, *, force: bool = False) -> None:
+    def _del_export(self, d: StorageDaemon, q: QmpClient, volume_id: str, *,
+                    force: bool = False) -> None:
         """Remove the export: refused (VolumeInUse) while a client is connected, or, forced,
         cutting the clients off (QMP block-export-del mode "hard" closes their connections)."""
         try:
-            self.daemon.del_export(q, volume_id, mode="hard" if force else "safe")
+            d.del_export(q, volume_id, mode="hard" if force else "safe")
         except QmpError as e:
             if e.code == "QmpCommandFailed" and "in use" in e.desc:
                 raise VolumeInUse(f"volume {volume_id} still has an NBD client connected: "
@@ -213,34 +306,45 @@ class NbdBackend:
         with self._lock, _translated(f"delete {volume_id}"):
             if volume_id in self.wanted.load():
                 raise VolumeInUse(f"volume {volume_id} is exported: unexport it first")
-            with self._live_qmp() as q:
-                if q is not None:  # a node left open by an interrupted export
-                    if volume_id in self.daemon.served(q):
-                        self.daemon.del_export(q, volume_id)
-                    self.daemon.close_volume(q, volume_id)
+            with self._live() as live:
+                for _, d, q in live:  # a node left open by an interrupted export
+                    if volume_id in d.served(q):
+                        d.del_export(q, volume_id)
+                    d.close_volume(q, volume_id)
             self._delete_or_hold(volume_id)
             self.fences.drop(volume_id)
 
-    def export(self, volume_id: str) -> NetworkSource:
+    def export(self, volume_id: str, host: Optional[str] = None) -> NetworkSource:
+        """Serve the volume; with per-host TLS only to `host` (required then: HostRequired),
+        without it to every host (`host` ignored)."""
+        if self.tls_dir is None:
+            host = ""
+        elif not host:
+            raise DriverError(f"export {volume_id}: this node serves each volume to one host "
+                              "only (per-host TLS): say which", code="HostRequired",
+                              retryable=False)
+        elif not HOST_ID_RE.fullmatch(host):
+            raise DriverError(f"host {host!r} is not a host id", code="InvalidParameterValue",
+                              retryable=False)
         with self._lock, _translated(f"export {volume_id}"):
             self._existing(volume_id)
-            self.wanted.add(volume_id)  # first: a crash from here on is repaired by ensure()
+            self.wanted.add(volume_id, host)  # first: a crash from here on is repaired by ensure()
             self._reconcile()
-            return self.source(volume_id)
+            return self.source(volume_id, host=host)
 
     def unexport(self, volume_id: str, *, force: bool = False) -> None:
         valid_volume_id(volume_id)
         with self._lock, _translated(f"unexport {volume_id}"):
-            with self._live_qmp() as q:
-                served = q is not None and volume_id in self.daemon.served(q)
-                if force and (served or volume_id in self.wanted.load()):
+            with self._live() as live:
+                serving = [(d, q) for _, d, q in live if volume_id in d.served(q)]
+                if force and (serving or volume_id in self.wanted.load()):
                     # First: a crash from here on still fences the next export. Also when the
                     # daemon is down: its clients reconnect to the old name once it is back.
                     self.fences.bump(volume_id)
-                if q is not None:
-                    if served:
-                        self._del_export(q, volume_id, force=force)
-                    self.daemon.close_volume(q, volume_id)
+                for d, q in serving:
+                    self._del_export(d, q, volume_id, force=force)
+                for _, d, q in live:
+                    d.close_volume(q, volume_id)
             self.wanted.discard(volume_id)
 
     def volumes(self) -> list[VolumeInfo]:
@@ -257,10 +361,10 @@ class NbdBackend:
 
     def exports(self) -> dict[str, NetworkSource]:
         with self._lock, _translated("list exports"):
-            with self._live_qmp() as q:
-                served = self.daemon.served(q) if q is not None else set()
+            with self._live() as live:
+                served = {v: h for h, d, q in live for v in d.served(q)}
             fences = self.fences.load()
-            return {v: self.source(v, fences) for v in sorted(served)}
+            return {v: self.source(v, fences, served[v]) for v in sorted(served)}
 
     def ensure(self) -> None:
         with self._lock, _translated("reconcile exports"):
@@ -278,12 +382,11 @@ class NbdBackend:
                 return self._measured(have.info, have.path, have.name)
             self._existing(volume_id)
             path = self.files.path(volume_id)
-            with self._live_qmp() as q:
-                opened = self.daemon.open_nodes(q) if q is not None else {}
-                if volume_id in opened:  # exported: clients may be writing
-                    size = opened[volume_id]
+            with self._holding(volume_id) as (d, q):
+                if d is not None:  # exported: clients may be writing
+                    size = d.open_nodes(q)[volume_id]
                     name = snapshot_name(snapshot_id, size)
-                    self.daemon.snapshot_internal(q, volume_id, name)
+                    d.snapshot_internal(q, volume_id, name)
                     return self._measured(SnapshotInfo(snapshot_id, volume_id, size), path, name)
             size = self.files.size(volume_id)
             name = snapshot_name(snapshot_id, size)
@@ -305,9 +408,9 @@ class NbdBackend:
                 return
             vid = snap.info.volume_id
             if not snap.held:
-                with self._live_qmp() as q:
-                    if q is not None and vid in self.daemon.open_nodes(q):
-                        self.daemon.delete_snapshot_internal(q, vid, snap.name)
+                with self._holding(vid) as (d, q):
+                    if d is not None:
+                        d.delete_snapshot_internal(q, vid, snap.name)
                         return
             self.files.snapshot_delete(snap.path, snap.name)
             if snap.held:
@@ -359,30 +462,56 @@ class NbdBackend:
     def stop(self) -> bool:
         """Stop the daemon (exports stay wanted: the next ensure() serves them again)."""
         with self._lock:
-            return self.daemon.stop()
+            stopped = [self.daemon_for(h).stop() for h in self._hosts()]
+            return any(stopped)
 
     def _reconcile(self) -> None:
+        """Every daemon serves exactly its host's wanted exports: first each stops serving and
+        closes what is no longer its own (so a volume moving between hosts' daemons is free to
+        open), then each opens and exports what it lacks. A volume that cannot be served yet
+        (its old host still holds it) does not stop the others: the first error is raised at
+        the end."""
         self.files.drop_partial()
-        wanted = self.wanted.load()
+        wanted = self.wanted.load_hosts()
         gone = {v for v in wanted if not self.files.exists(v)}
         if gone:
             log.warning("volumes %s are wanted exported but have no file: dropped", sorted(gone))
-            wanted -= gone
+            wanted = {v: h for v, h in wanted.items() if v not in gone}
             self.wanted.save(wanted)
-        how = self.daemon.ensure_running()
-        if how != "running":
-            log.info("storage daemon %s", how)
-        with self.daemon.qmp() as q:
-            served = self.daemon.served(q)
-            for vid in sorted(served - wanted):
-                try:
-                    self.daemon.del_export(q, vid)
-                except QmpError as e:  # a client still holds it: next pass
-                    log.warning("cannot remove unwanted export %s yet: %s", vid, e)
-            opened = self.daemon.open_nodes(q)
-            for vid in sorted(set(opened) - wanted - self.daemon.served(q)):
-                self.daemon.close_volume(q, vid)
-            for vid in sorted(wanted - served):
-                if vid not in opened:
-                    self.daemon.open_volume(q, vid, self.files.path(vid))
-                self.daemon.add_export(q, vid, self._export_name(vid))
+        if self.tls_dir is None:
+            wanted = {v: "" for v in wanted}
+        elif hostless := sorted(v for v, h in wanted.items() if not h):
+            # Wanted before per-host TLS was turned on: served to nobody until the controller
+            # says whose it is (it pushes every attached volume again when it starts).
+            log.warning("volumes %s are wanted exported for no host: not served", hostless)
+            wanted = {v: h for v, h in wanted.items() if h}
+        hosts = sorted(set(self._hosts()) | set(wanted.values()))
+        mine = {h: {v for v, w in wanted.items() if w == h} for h in hosts}
+        for h in hosts:  # daemons of hosts without exports run too: ensure() restarts them
+            how = self.daemon_for(h).ensure_running()
+            if how != "running":
+                log.info("storage daemon %s %s", h or "", how)
+        first: Optional[Exception] = None
+        with self._live() as live:
+            for h, d, q in live:
+                served = d.served(q)
+                for vid in sorted(served - mine.get(h, set())):
+                    try:
+                        d.del_export(q, vid)
+                    except QmpError as e:  # a client still holds it: next pass
+                        log.warning("cannot remove unwanted export %s yet: %s", vid, e)
+                opened = d.open_nodes(q)
+                for vid in sorted(set(opened) - mine.get(h, set()) - d.served(q)):
+                    d.close_volume(q, vid)
+            for h, d, q in live:
+                served, opened = d.served(q), d.open_nodes(q)
+                for vid in sorted(mine.get(h, set()) - served):
+                    try:
+                        if vid not in opened:
+                            d.open_volume(q, vid, self.files.path(vid))
+                        d.add_export(q, vid, self._export_name(vid))
+                    except QmpError as e:
+                        log.warning("cannot serve %s to host %s yet: %s", vid, h or "*", e)
+                        first = first or e
+        if first is not None:
+            raise first

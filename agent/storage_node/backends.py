@@ -43,7 +43,7 @@ def build_backend(settings: StorageSettings) -> VolumeBackend:
 
         # netns None: this process already runs in the node's namespace (__main__.py).
         return NbdBackend(settings.state_dir, str(settings.nbd_host), settings.nbd_port,
-                          max_size=settings.max_size)
+                          max_size=settings.max_size, tls_dir=settings.nbd_tls_dir)
     from agent.storage_node.rbd_backend import RbdBackend
 
     conf = settings.ceph_conf or Path("/etc/ceph/ceph.conf")

@@ -4,7 +4,11 @@ backend composes (open/close a volume's block nodes, add/remove its NBD export, 
 
 Names inside the daemon all derive from the validated volume id: the qcow2 node and the export
 id are the id itself, the file node is "f-" + id, the NBD name is the id (or, once clients were
-cut off by a forced unexport, the id + "." + a number: backend.py). Nodes are opened with the host
+cut off by a forced unexport, the id + "." + a number: backend.py). With `tls` (NbdTls) the NBD
+server takes only TLS clients whose certificate the cloud CA signed AND whose distinguished name
+is exactly the one admitted (QEMU's tls-creds-x509 with verify-peer=on, and an authz-simple
+object as the server's tls-authz): one daemon serves one host (backend.py, docs/security.md
+"Storage access"). Nodes are opened with the host
 page cache and flushes honoured (cache.no-flush=false): a write the client was told is flushed
 is on the disk. Nothing here decides which volumes to serve: that is backend.py's.
 """
@@ -15,7 +19,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 from agent.drivers.base import NetworkHost
 from agent.drivers.volumes import VOLUME_ID_RE, valid_volume_id
@@ -28,6 +32,15 @@ PROGRAM = "qemu-storage-daemon"
 #: Never anything that ignores flushes (no-flush=true is QEMU's "unsafe").
 CACHE = {"direct": False, "no-flush": False}
 _UNIX_PATH_MAX = 107
+
+
+class NbdTls(NamedTuple):
+    """TLS for the daemon's NBD server: `creds_dir` holds ca-cert.pem, server-cert.pem and
+    server-key.pem (QEMU's names); only a client certificate with distinguished name
+    `client_dn` (as GnuTLS prints it, e.g. "CN=h1") is let in."""
+
+    creds_dir: Path
+    client_dn: str
 
 
 def file_node(volume_id: str) -> str:
@@ -47,8 +60,10 @@ class StorageDaemon:
     """One supervised qemu-storage-daemon with an NBD server on host:port in `netns`."""
 
     def __init__(self, state_dir: Path, host: str, port: int, *, netns: Optional[str] = None,
-                 start_timeout: float = 10.0, qmp_timeout: float = 10.0):
+                 start_timeout: float = 10.0, qmp_timeout: float = 10.0,
+                 tls: Optional[NbdTls] = None):
         self.state_dir = _safe_dir(Path(state_dir))
+        self.tls = tls
         self.listen = NetworkHost(host, port)  # validates both
         if port is None:
             raise ValueError("the NBD server needs a port")
@@ -58,6 +73,14 @@ class StorageDaemon:
         self.qmp_timeout = qmp_timeout
         argv = (PROGRAM, "--chardev", f"socket,id=qmp0,path={self.qmp_path},server=on,wait=off",
                 "--monitor", "chardev=qmp0", "--pidfile", str(self.state_dir / "qsd.pid"))
+        if tls is not None:
+            if not re.fullmatch(r"CN=[a-z0-9][a-z0-9-]{0,62}", tls.client_dn):
+                raise ValueError(f"client DN {tls.client_dn!r} is not CN=<host id>")
+            # verify-peer=on: a client without a certificate of this CA never gets past the
+            # handshake; the authz then admits only the one host's certificate.
+            argv += ("--object", "tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir="
+                     + str(_safe_dir(Path(tls.creds_dir))),
+                     "--object", f"authz-simple,id=authz0,identity={tls.client_dn}")
         # The daemon writes its pid file after its monitor is listening: the readiness signal.
         self.child = Supervised(ChildSpec(
             name=f"qemu-storage-daemon in {netns or 'this namespace'}", argv=argv,
@@ -109,8 +132,11 @@ class StorageDaemon:
     def start_nbd_server(self, q: QmpClient) -> None:
         """Start the NBD server; one already running is fine (QMP has no query for it)."""
         addr = {"type": "inet", "data": {"host": self.listen.name, "port": str(self.listen.port)}}
+        args: dict = {"addr": addr}
+        if self.tls is not None:
+            args.update({"tls-creds": "tls0", "tls-authz": "authz0"})
         try:
-            q.execute("nbd-server-start", {"addr": addr})
+            q.execute("nbd-server-start", args)
         except QmpError as e:
             if "already running" not in e.desc:
                 raise

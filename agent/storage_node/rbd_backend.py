@@ -299,7 +299,9 @@ class RbdBackend:
         held = f"held.{volume_id}.{pool.images[volume_id][1]}"
         self._ok("rbd", "rename", self._image(volume_id), f"{self.pool}/{held}")
 
-    def export(self, volume_id: str) -> NetworkSource:
+    def export(self, volume_id: str, host: Optional[str] = None) -> NetworkSource:
+        # `host` is not used yet: per-host cephx users are not implemented (docs/security.md
+        # "Storage access"); every host with the cluster's access reaches every image.
         valid_volume_id(volume_id)
         wanted = self._wanted()
         if volume_id not in wanted:

@@ -32,7 +32,13 @@ class StorageSettings(BaseSettings):
     #: Where the HTTP API listens: `unix:/path.sock` or `host:port`.
     listen: str = "127.0.0.1:8789"
     #: Shared bearer token (the deployment's agent token). Empty: every request is refused.
+    #: Not used with api_tls_dir.
     token: str = Field(default="", repr=False)
+    #: The API over mutual TLS (docs/security.md "Storage access"): a directory with the cloud
+    #: CA's certificate and this node's (ca-cert.pem, server-cert.pem, server-key.pem: the same
+    #: files as nbd_tls_dir). Set: only a client presenting the controller's certificate from
+    #: that CA is served, and the token is ignored. None: the bearer token over plain HTTP.
+    api_tls_dir: Optional[Path] = None
     #: Which backend keeps the volumes: "nbd" or "rbd" (see the module's docstring).
     backend: Literal["nbd", "rbd"] = "nbd"
     #: NBD: the address the NBD server listens on, which is also the address hosts are told to
@@ -40,6 +46,14 @@ class StorageSettings(BaseSettings):
     #: Required with backend "nbd".
     nbd_host: Optional[IPv4Address] = None
     nbd_port: int = Field(default=10809, ge=1, le=65535)
+    #: NBD over TLS, per host (docs/security.md "Storage access"): a directory with the cloud
+    #: CA's certificate and this node's server certificate and key, as QEMU names them
+    #: (ca-cert.pem, server-cert.pem, server-key.pem; `python -m controller.storage_node_cert`
+    #: issues them). Set: every host gets its own NBD server on nbd_port, nbd_port + 1, ...
+    #: that admits only that host's certificate, and each export opens on the server of the
+    #: host its attachment is for. None: one plain NBD server that any host on the fabric can
+    #: open (a trusted storage network only).
+    nbd_tls_dir: Optional[Path] = None
     #: Seconds between two reconciliations of the served exports with the wanted ones.
     ensure_interval: float = Field(default=5.0, gt=0)
     #: Largest volume accepted, in bytes.
@@ -70,6 +84,19 @@ class StorageSettings(BaseSettings):
     def _monitors(cls, v: str) -> str:
         for item in filter(None, (x.strip() for x in v.split(","))):
             parse_monitor(item)
+        return v
+
+    @field_validator("nbd_tls_dir", "api_tls_dir")
+    @classmethod
+    def _tls_dir(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is None:
+            return v
+        if not v.is_absolute():
+            raise ValueError(f"{v} must be absolute")
+        missing = [n for n in ("ca-cert.pem", "server-cert.pem", "server-key.pem")
+                   if not (v / n).is_file()]
+        if missing:
+            raise ValueError(f"{v} lacks {', '.join(missing)}")
         return v
 
     @field_validator("ceph_conf")

@@ -12,10 +12,17 @@ them; docs/security.md).
 the key), a key of an accepted kind that is not the CA's or the controller's, and a subject that
 names exactly the expected host (CN = host id; SAN, when present, only `kumo:host:<id>`). The
 certificate is built here from the host id, never copied from the CSR.
+
+`storage_node_files` issues a storage node's server certificate (CN `kumo-storage-<node id>`,
+SAN URI `kumo:storage:<node id>` and the IP addresses hosts dial its NBD servers on) with a key
+made for it, and writes the three files QEMU's tls-creds-x509 reads (docs/security.md
+"Storage access").
 """
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -98,8 +105,9 @@ class CloudCA:
         return cls(key, cert)
 
     def sign(self, public_key, common_name: str, uri: str, days: float = HOST_CERT_DAYS,
-             now: datetime | None = None) -> Issued:
-        """A leaf certificate for `public_key` (client and server auth) naming `uri`."""
+             now: datetime | None = None, ips: tuple = ()) -> Issued:
+        """A leaf certificate for `public_key` (client and server auth) naming `uri` (and the
+        IP addresses `ips`, for a server dialled by address)."""
         now = now or _now()
         not_before, not_after = now - _BACKDATE, now + timedelta(days=days)
         serial = x509.random_serial_number()
@@ -115,8 +123,9 @@ class CloudCA:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
                                                       ExtendedKeyUsageOID.SERVER_AUTH]),
                                critical=False)
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
-                               critical=False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(uri)]
+                    + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]), critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.key.public_key()), critical=False)
                 .sign(self.key, hashes.SHA256()))
@@ -217,3 +226,36 @@ def controller_certificate(state_dir: Path, now: datetime | None = None) -> Path
 
 def controller_not_after(path: Path) -> datetime:
     return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+#: Lifetime of a storage node's certificate: issued by an admin, not renewed automatically.
+STORAGE_CERT_DAYS = 365
+_NODE_ID_RE = r"[a-z0-9][a-z0-9-]{0,62}"
+
+
+def storage_node_files(state_dir: Path, node_id: str, addresses: list[str], out_dir: Path,
+                       days: float = STORAGE_CERT_DAYS, now: datetime | None = None) -> Issued:
+    """A new key and a server certificate for storage node `node_id`, reachable at `addresses`
+    (IPv4/IPv6 literals), written into `out_dir` as ca-cert.pem, server-cert.pem and
+    server-key.pem (0600): what KUMO_STORAGE_NBD_TLS_DIR (and KUMO_STORAGE_API_TLS_DIR) point
+    at. identity() calls it kind "storage": no agent or controller takes it as a client."""
+    if not re.fullmatch(_NODE_ID_RE, node_id):
+        raise InvalidParameter(f"storage node id {node_id!r} is not [a-z0-9-]",
+                               code="InvalidParameterValue")
+    try:
+        ips = tuple(str(ipaddress.ip_address(a)) for a in addresses)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc), code="InvalidParameterValue") from None
+    if not ips:
+        raise InvalidParameter("a storage node needs the address hosts dial",
+                               code="MissingParameter")
+    ca = load(state_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca.sign(key.public_key(), f"kumo-storage-{node_id}", names.storage_uri(node_id),
+                     days, now, ips=ips)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_file(out_dir / "ca-cert.pem", ca.cert_pem, 0o644)
+    write_file(out_dir / "server-key.pem", _key_pem(key), 0o600)
+    write_file(out_dir / "server-cert.pem", issued.pem, 0o644)
+    return issued

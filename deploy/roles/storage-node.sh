@@ -22,6 +22,9 @@ http://<this host>:8789 (deploy/roles/controller.sh --storage-url URL).
   --node-id ID        the node's name (default sn1)
   --listen HOST:PORT  the storage API listener (default for a new file: 0.0.0.0:8789)
   --backend nbd|rbd   (rbd: also --set KUMO_STORAGE_RBD_MON_HOSTS=...; docs/ceph-rbd.md)
+  --tls-dir DIR       this node's certificate from the cloud CA (python -m
+                      controller.storage_node_cert): NBD over TLS per host and the API over
+                      mutual TLS (docs/security.md "Storage access"); no token needed then
 EOF
   common_usage
 }
@@ -33,6 +36,7 @@ role_option() {
     --node-id) ROLE_SETS+=("KUMO_STORAGE_NODE_ID=$2") ;;
     --listen) LISTEN="$2" ;;
     --backend) ROLE_SETS+=("KUMO_STORAGE_BACKEND=$2") ;;
+    --tls-dir) ROLE_SETS+=("KUMO_STORAGE_NBD_TLS_DIR=$2" "KUMO_STORAGE_API_TLS_DIR=$2") ;;
     *) return 1 ;;
   esac
 }
@@ -55,7 +59,8 @@ install_unit kumo-storage-node.service
 if [ -n "$ROOT" ] && [ "$PRINT_CONFIG" = 0 ]; then
   mkdir -p "$(target /var/lib/kumo/storage)"
 fi
-if [ "$PRINT_CONFIG" = 0 ] && [ -z "$(env_value storage-node KUMO_STORAGE_TOKEN)" ]; then
+if [ "$PRINT_CONFIG" = 0 ] && [ -z "$(env_value storage-node KUMO_STORAGE_TOKEN)" ] \
+    && [ -z "$(env_value storage-node KUMO_STORAGE_API_TLS_DIR)" ]; then
   say "warning: no KUMO_STORAGE_TOKEN: every request is refused (--token-file)"
 fi
 start_unit kumo-storage-node.service

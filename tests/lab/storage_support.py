@@ -69,9 +69,7 @@ def backend_in_netns(ns: str, state: Path, addr: str, port: int, wire: Callable[
     finally:
         try:
             if backend is not None:
-                pid = backend.daemon.pid()
-                if pid is not None:
-                    pids.append(pid)
+                pids.extend(backend.daemon_pids())
                 backend.stop()
         finally:
             try:
@@ -118,7 +116,7 @@ def storage_lab(hosts: int) -> Iterator[Lab]:
     seen: dict[int, int] = {}  # pid -> start time of every node and daemon this lab ran
 
     def note() -> None:
-        for pid in (lab.status().storage.service.pid, daemon_pid(lab)):
+        for pid in (lab.status().storage.service.pid, *daemon_pids(lab)):
             t = procs.start_time(pid) if pid else None
             if t is not None:
                 seen[pid] = t
@@ -153,7 +151,20 @@ def storage_lab_fixture(hosts: int = 2):
 
 
 def lab_storage_client(lab) -> httpx.Client:
-    """A client for the lab's storage node API (storage_v1), with the lab's agent token."""
+    """A client for the lab's storage node API (storage_v1): with the lab's agent token, or,
+    when the node serves its API over mutual TLS (KUMO_LAB_STORAGE_TLS=1), with the lab
+    controller's certificate (made now, as the controller would, when it has not run)."""
+    from lab import libvirtd
+
+    if libvirtd.nbd_tls_enabled():
+        from agent.contract import tls
+        from controller.services import cloud_ca
+
+        cdir = services.controller_dir(lab.state_dir)
+        ctx = tls.client_context(cloud_ca.load(cdir).cert_pem,
+                                 str(cloud_ca.controller_certificate(cdir)),
+                                 peer_uri=tls.ANY_STORAGE)
+        return transport.client(services.storage_url(lab.state_dir), timeout=30, tls=ctx)
     token = services.ensure_token(lab.state_dir)
     return transport.client(services.storage_url(lab.state_dir), token, timeout=30)
 
@@ -168,6 +179,16 @@ def daemon_pid(lab) -> int | None:
         return int((services.storage_dir(lab.state_dir) / "qsd.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def daemon_pids(lab) -> list[int]:
+    """daemon_pid, and the pids of the per-host daemons (hosts/<host id>/qsd.pid) of a node
+    serving NBD over TLS per host."""
+    out = [p] if (p := daemon_pid(lab)) is not None else []
+    for f in sorted((services.storage_dir(lab.state_dir) / "hosts").glob("*/qsd.pid")):
+        with contextlib.suppress(ValueError, OSError):
+            out.append(int(f.read_text().strip()))
+    return out
 
 
 def nbd_source(obs: VolumeObserved) -> NetworkSource:

@@ -1,5 +1,6 @@
 """Per-host libvirtd configuration and commands, services' environments (pure)."""
 
+import socket
 import stat
 from pathlib import Path
 
@@ -62,8 +63,12 @@ def test_agent_and_controller_environment():
     assert env == {
         "KUMO_AGENT_HOST_ID": "h2",
         "KUMO_AGENT_STATE_DIR": "/s/hosts/h2/agent",
-        "KUMO_AGENT_LISTEN": "unix:/s/hosts/h2/agent.sock",
-        "KUMO_AGENT_CONTROLLER_URL": "unix:/s/controller/agent.sock",
+        # The API on the host's fabric address, the controller across the fabric (TLS), and a
+        # host-local socket for local administration.
+        "KUMO_AGENT_LISTEN": "100.64.0.12:8788",
+        "KUMO_AGENT_ADVERTISE_URL": "https://100.64.0.12:8788",
+        "KUMO_AGENT_LOCAL_SOCKET": "/s/hosts/h2/agent.sock",
+        "KUMO_AGENT_CONTROLLER_URL": "https://100.64.0.2:8789",
         "KUMO_AGENT_AUTH": "mtls",  # no shared secret: the host's certificate (join_agent)
         "KUMO_AGENT_LIBVIRT_URI": "qemu:///system?socket=/s/hosts/h2/run/libvirt-sock",
         "KUMO_AGENT_NETNS": "kt-h2",
@@ -71,14 +76,22 @@ def test_agent_and_controller_environment():
     }
     token_env = sv.agent_env(Path("/s"), "h2", "tok", "qemu:///x", "kt", auth="token")
     assert (token_env["KUMO_AGENT_AUTH"], token_env["KUMO_AGENT_TOKEN"]) == ("token", "tok")
-    assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok") == {
+    # The token mode: the same fabric transport, plain HTTP.
+    assert (token_env["KUMO_AGENT_CONTROLLER_URL"], token_env["KUMO_AGENT_ADVERTISE_URL"]) == (
+        "http://100.64.0.2:8789", "http://100.64.0.12:8788")
+    assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", listen_fd=7) == {
         "KUMO_STATE_DIR": "/s/controller",
         "KUMO_LISTEN": "127.0.0.1:8787",
-        "KUMO_AGENT_SOCKET": "/s/controller/agent.sock",
+        "KUMO_LISTEN_FD": "7",  # the API socket the lab bound in the root namespace
+        "KUMO_AGENT_LISTEN": "100.64.0.2:8789",
+        "KUMO_AGENT_FACING_URL": "https://100.64.0.2:8789",
         "KUMO_AGENT_TOKEN": "tok",  # the storage node's credential
         "KUMO_AGENT_AUTH": "mtls",
         "KUMO_PUBLIC_POOL": "203.0.113.0/24",
     }
+    assert "KUMO_LISTEN_FD" not in sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok")
+    assert sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", auth="token")[
+        "KUMO_AGENT_FACING_URL"] == "http://100.64.0.2:8789"
     assert sv.agent_argv("/py") == ["/py", "-m", "agent"]
 
 
@@ -89,8 +102,8 @@ def test_token_is_generated_once_and_private(tmp_path):
     assert stat.S_IMODE((tmp_path / "agent.token").stat().st_mode) == 0o600
 
 
-def test_storage_node_environment():
-    assert sv.storage_env(Path("/s"), "tok") == {
+def test_storage_node_environment(monkeypatch):
+    plain = {
         "KUMO_STORAGE_NODE_ID": "sn1",
         "KUMO_STORAGE_STATE_DIR": "/s/storage",
         "KUMO_STORAGE_LISTEN": "unix:/s/storage/storage.sock",
@@ -98,7 +111,31 @@ def test_storage_node_environment():
         "KUMO_STORAGE_NBD_HOST": "100.64.0.250",
         "KUMO_STORAGE_NBD_PORT": "10809",
     }
-    assert sv.storage_argv("/py") == ["/py", "-m", "agent.storage_node"]
+    # Per-host NBD over TLS and the API over mutual TLS, the controller told so.
+    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "1")
+    assert sv.storage_env(Path("/s"), "tok") == {
+        **plain, "KUMO_STORAGE_NBD_TLS_DIR": "/s/storage/tls",
+        "KUMO_STORAGE_API_TLS_DIR": "/s/storage/tls"}
     env = sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", sv.storage_url(Path("/s")))
     assert env["KUMO_STORAGE_URL"] == "unix:/s/storage/storage.sock"
+    assert env["KUMO_STORAGE_MTLS"] == "true"
+    monkeypatch.delenv("KUMO_LAB_STORAGE_TLS", raising=False)  # the default: plain
+    assert sv.storage_env(Path("/s"), "tok") == plain
+    env = sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", sv.storage_url(Path("/s")))
+    assert "KUMO_STORAGE_MTLS" not in env
+    assert sv.storage_argv("/py") == ["/py", "-m", "agent.storage_node"]
     assert sv.storage_available()
+
+
+def test_bind_listen_gives_a_listening_socket_and_refuses_a_taken_address():
+    from lab.testing import free_port
+
+    s = sv.bind_listen(f"127.0.0.1:{free_port()}")
+    try:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+        taken = "127.0.0.1:%d" % s.getsockname()[1]
+        with pytest.raises(LabError) as e:
+            sv.bind_listen(taken)
+        assert e.value.code == "LabListenFailed"
+    finally:
+        s.close()

@@ -17,6 +17,7 @@ from lab.storage_restart import restart_storage
 
 
 def test_rbd_env_is_an_rbd_node_on_the_fabric_address(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "0")  # (TLS settings want their files to exist)
     env = {**services.storage_env(tmp_path, "tok"),
            **services.storage_rbd_env(tmp_path, Path("/tmp/kceph-x/ceph.conf"), "kumo")}
     for k, v in env.items():
