@@ -112,6 +112,10 @@ disable_libvirt_default_network() {
   if have_systemd; then
     systemctl enable --quiet libvirtd.service
     [ "$NO_START" = 1 ] || systemctl start libvirtd.service
+  else
+    # offline enable (Debian's package enables it too); nothing can start it here
+    systemctl enable --quiet libvirtd.service 2>/dev/null || true
+    [ -S /run/libvirt/libvirt-sock ] || systemd_note "libvirtd.service (and virtlogd.service)"
   fi
   if [ -S /run/libvirt/libvirt-sock ]; then
     virsh -c qemu:///system net-autostart default --disable >/dev/null 2>&1 || true

@@ -211,16 +211,27 @@ install_unit() {
     return 0
   fi
   install_file "$KUMO_DEPLOY/systemd/$unit" "$dest" 0644
-  if [ -n "$ROOT" ] || ! have_systemd; then
-    # what `systemctl enable` does, without a running systemd
+  if [ -z "$ROOT" ] && have_systemd; then
+    systemctl daemon-reload
+    systemctl enable --quiet "$unit"
+  elif [ -z "$ROOT" ] && command -v systemctl >/dev/null && systemctl enable --quiet "$unit" 2>/dev/null; then
+    # no running systemd (a chroot, a container, an image being built): systemctl enables
+    # offline, from the unit files alone; the unit starts at the next boot
+    :
+  else
+    # what `systemctl enable` does, without systemctl (or under --root)
     local wants
     wants="$(target /etc/systemd/system/multi-user.target.wants)"
     mkdir -p "$wants"
     ln -sfn "/etc/systemd/system/$unit" "$wants/$unit"
-  else
-    systemctl daemon-reload
-    systemctl enable --quiet "$unit"
   fi
+}
+
+# systemd_note UNIT: on a machine where systemd is not PID 1, say what was (not) done.
+systemd_note() {
+  say "systemd is not running here (PID 1 is $(cat /proc/1/comm 2>/dev/null || echo unknown)):" \
+      "$1 is installed and enabled, not started; it starts at the next boot under systemd," \
+      "or start it as its unit says (ExecStart=, User=, EnvironmentFile=)"
 }
 
 # start_unit UNIT: start it, or restart it when this run changed what it runs.
@@ -232,7 +243,7 @@ start_unit() {
     return 0
   fi
   if ! have_systemd; then
-    say "systemd is not running here: $unit is installed and enabled, not started"
+    systemd_note "$unit"
     return 0
   fi
   if systemctl is-active --quiet "$unit" && [ "$ROLE_CHANGED" = 1 ]; then

@@ -112,6 +112,9 @@ ensure_postgresql() {
     systemctl enable --quiet postgresql
     systemctl start postgresql
   else
+    # no systemd as PID 1 (a chroot, a container): Debian's own cluster control starts it now;
+    # postgresql.service stays enabled for the next boot
+    systemctl enable --quiet postgresql 2>/dev/null || true
     local v c
     while read -r v c _; do
       pg_ctlcluster "$v" "$c" status >/dev/null 2>&1 || pg_ctlcluster "$v" "$c" start
