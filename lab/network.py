@@ -181,11 +181,16 @@ def _ensure_fabric_member(prefix: str, name: str, port: str, mac: str, addr) -> 
 
 
 def remove_ctl(prefix: str) -> None:
+    _remove_fabric_member(prefix, nm.ctl_netns(prefix), nm.CTL_FABRIC_PORT)
+
+
+def _remove_fabric_member(prefix: str, name: str, port: str) -> None:
+    """Namespace `name` and its uplink's end (`port`) on the fabric bridge."""
     fab = nm.fabric_netns(prefix)
     if exists(fab):
         with opened(fab) as f:
-            _delete_link(f, nm.CTL_FABRIC_PORT)
-    remove_netns(nm.ctl_netns(prefix))
+            _delete_link(f, port)
+    remove_netns(name)
 
 
 _CLONE_NEWNET = 0x40000000
@@ -246,11 +251,7 @@ def tcp_answers(name: str, host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def remove_storage(prefix: str) -> None:
-    fab = nm.fabric_netns(prefix)
-    if exists(fab):
-        with opened(fab) as f:
-            _delete_link(f, nm.STORAGE_FABRIC_PORT)
-    remove_netns(nm.storage_netns(prefix))
+    _remove_fabric_member(prefix, nm.storage_netns(prefix), nm.STORAGE_FABRIC_PORT)
 
 
 def remove_host(prefix: str, hid: str) -> None:
