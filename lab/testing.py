@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from lab import naming as nm
@@ -38,6 +39,19 @@ def skip_reason() -> str | None:
     except ImportError:
         return "libvirt-python missing"
     return None
+
+
+def until(pred, timeout: float, what: str, every: float = 0.5):
+    """pred()'s first truthy value, asked every `every` seconds; AssertionError naming `what`
+    once `timeout` seconds have passed without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(every)
 
 
 def unique_prefix() -> str:

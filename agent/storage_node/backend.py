@@ -59,6 +59,17 @@ from agent.supervisor import SupervisorError
 log = logging.getLogger(__name__)
 
 
+def _json_map(path: Path, key: str) -> dict:
+    """The map under `key` in the JSON file at `path` ({} when the file is missing or holds
+    no such map); the caller checks its entries."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    raw = data.get(key, {}) if isinstance(data, dict) else {}
+    return raw if isinstance(raw, dict) else {}
+
+
 class Fences:
     """Volume id -> forced unexports so far (its export name's number), in one JSON file
     written atomically: {"fences": {id: n}}. Missing means 0."""
@@ -67,11 +78,7 @@ class Fences:
         self.path = Path(path)
 
     def load(self) -> dict[str, int]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        raw = data.get("fences", {}) if isinstance(data, dict) else {}
+        raw = _json_map(self.path, "fences")
         good = {v: n for v, n in raw.items() if VOLUME_ID_RE.fullmatch(v)
                 and isinstance(n, int) and not isinstance(n, bool) and n > 0}
         if len(good) != len(raw):
@@ -103,11 +110,7 @@ class HostPorts:
         self.path, self.first = Path(path), first
 
     def load(self) -> dict[str, int]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        raw = data.get("ports", {}) if isinstance(data, dict) else {}
+        raw = _json_map(self.path, "ports")
         return {h: p for h, p in raw.items() if isinstance(h, str) and HOST_ID_RE.fullmatch(h)
                 and isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536}
 

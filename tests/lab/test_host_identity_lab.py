@@ -23,7 +23,7 @@ from agent.identity import AgentIdentity, _key_pem, new_key
 from controller.services.cloud_ca import CloudCA
 from lab import naming as nm
 from lab import network, services
-from lab.testing import end_process
+from lab.testing import end_process, until
 from tests.lab.net_support import admin_api, call
 
 pytestmark = pytest.mark.skipif(services.agent_auth() != "mtls",
@@ -49,16 +49,6 @@ def _host(api, host_id: str) -> dict | None:
     return r.json() if r.status_code == 200 else None
 
 
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what}")
-
-
 def test_revoked_agent_is_refused_and_foreign_ca_cannot_connect(lab, tmp_path):
     tmp_path.chmod(0o755)
     ctl_url = services.controller_agent_url()
@@ -71,7 +61,7 @@ def test_revoked_agent_is_refused_and_foreign_ca_cannot_connect(lab, tmp_path):
         ident.join(lab.url, tok["token"], ca_sha256=tok["ca_sha256"])
         proc = _start_agent(lab, "hz1", state)
         try:
-            _wait(lambda: (_host(api, "hz1") or {}).get("state") == "up", 30, "hz1 up")
+            until(lambda: (_host(api, "hz1") or {}).get("state") == "up", 30, "hz1 up")
             removed = call(api, "DELETE", "/v1/hosts/hz1")
             assert removed["revoked_serials"]
             first = _host(api, "hz1")

@@ -31,6 +31,7 @@ import pytest
 from agent.contract.transport import client
 from lab import services
 from lab.state import LabState
+from lab.testing import until
 from tests.lab.cloud import domains_named, kill9, user_fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -107,17 +108,6 @@ def _ruleset_has_mark(lab, hid: str) -> bool:
     return str(MARK_PORT) in out
 
 
-def _until(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(every)
-
-
 def _agent_certificates(lab, hosts: list[str]) -> dict[str, bytes]:
     """Each host agent's certificate (its state dir's tls/host.pem, agent/identity.py)."""
     return {hid: (lab.state_dir / "hosts" / hid / "agent" / "tls" / "host.pem").read_bytes()
@@ -154,7 +144,7 @@ def test_restore_onto_a_fresh_controller_agents_reconcile(lab, cloud, key, tmp_p
     cloud.call("POST", f"/v1/security-groups/{group['group_id']}/ingress", json={"rules": [
         {"protocol": "tcp", "from_port": MARK_PORT, "to_port": MARK_PORT,
          "cidr_ipv4": "198.51.100.0/24"}]})
-    _until(lambda: _ruleset_has_mark(lab, a["host_id"]), 60,
+    until(lambda: _ruleset_has_mark(lab, a["host_id"]), 60,
            "the after-backup rule in A's host's nftables (positive control)")
     assert domains_named(lab, b["instance_id"]) == {b["host_id"]: libvirt.VIR_DOMAIN_RUNNING}
     certificates = _agent_certificates(lab, hosts)
@@ -195,16 +185,16 @@ def test_restore_onto_a_fresh_controller_agents_reconcile(lab, cloud, key, tmp_p
             hid in seen and seen[hid]["health"] == "ok"
             and seen[hid]["heartbeat_age_s"] is not None
             and seen[hid]["heartbeat_age_s"] < since for hid in hosts)
-    _until(healthy, 60, "every host heartbeats to the restored controller")
+    until(healthy, 60, "every host heartbeats to the restored controller")
 
     # B is an orphan to the restored controller: its agent removes it.
-    _until(lambda: not domains_named(lab, b["instance_id"]), 120,
+    until(lambda: not domains_named(lab, b["instance_id"]), 120,
            f"{b['instance_id']}'s domain removed from {b['host_id']}")
     took_b = time.monotonic() - started
     # The host held a newer network document than the backup's: the restored controller's
     # first push is refused as stale and it moves past the host's generation (the rebuilt
     # document reaches the host within the reconciler's full-rebuild period, 60 s).
-    _until(lambda: not _ruleset_has_mark(lab, a["host_id"]), 150,
+    until(lambda: not _ruleset_has_mark(lab, a["host_id"]), 150,
            "the after-backup rule gone from A's host's nftables")
     took_rule = time.monotonic() - started
     cloud.call("GET", f"/v1/instances/{b['instance_id']}", expect=404)
@@ -221,5 +211,5 @@ def test_restore_onto_a_fresh_controller_agents_reconcile(lab, cloud, key, tmp_p
     # Leave the hosts empty for the next module.
     cloud.action(a["instance_id"], "terminate")
     cloud.wait(a["instance_id"], "terminated", timeout=120)
-    _until(lambda: not domains_named(lab, a["instance_id"]), 60, "A's domain removed")
+    until(lambda: not domains_named(lab, a["instance_id"]), 60, "A's domain removed")
     admin.close()
