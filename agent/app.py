@@ -23,7 +23,7 @@ from agent.contract.v1 import (INSTANCE_ID_RE, CaptureObserved, CaptureRequest, 
                                NetworkSpec)
 from agent.drivers.base import DriverError
 from agent.http_errors import ApiError, bearer_check, install_error_handlers
-from agent.heartbeat import Heartbeat, host_info
+from agent.heartbeat import Heartbeat, VersionsCache, host_info
 from agent.identity import AgentIdentity
 from agent.metrics import Sampler
 from agent.network.host import (LinkProbe, Underlay, fake_underlay_ip, resolve_namespace,
@@ -325,8 +325,11 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
                             resync_interval=settings.resync_interval,
                             readiness_interval=settings.readiness_interval,
                             max_backoff=settings.max_backoff, workers=settings.reconcile_workers)
+    # The heartbeat never waits for libvirt's versions (agent/heartbeat.py: VersionsCache).
+    hypervisor_versions = VersionsCache(drivers.hypervisor)
     heartbeat = Heartbeat(settings,
-                          host=lambda: host_info(settings, drivers.hypervisor, network_service),
+                          host=lambda: host_info(settings, drivers.hypervisor, network_service,
+                                                 hypervisor_versions),
                           instances=reconciler.observed_all,
                           network=network_service.observed if network_service else None,
                           identity=identity,

@@ -10,6 +10,15 @@ NAT gateways' byte counters (extension nat-processed) ride in that NetworkObserv
 the controller's last answer said it reads them (HeartbeatResponse.nat_processed): a controller
 that predates them would refuse the unknown field. They include the final counts of gateways
 that left the host; a 2xx answer is their acknowledgement (nat_delivered).
+
+A heartbeat never waits on a slow hypervisor call. What it reports (host facts, instances,
+network) is gathered in a thread of its own (Latest); the sender waits at most COLLECT_WAIT for
+it and otherwise sends the newest observation that finished, so the controller keeps seeing the
+host up while libvirt is busy. Measured on a freshly deployed host: libvirtd answers every call
+that needs QEMU's capabilities only after probing QEMU (seconds each, and at every call while
+its capability cache is invalid), and the reconciler's define/start calls queue behind the same
+probes; heartbeats that asked libvirt inline paused for 8-20 s at a time. The hypervisor's
+versions (HostInfo.versions) are likewise read in the background and cached (VersionsCache).
 """
 from __future__ import annotations
 
@@ -33,6 +42,93 @@ log = logging.getLogger(__name__)
 
 #: Minimum seconds between two heartbeats.
 MIN_GAP = 0.2
+#: Seconds a heartbeat waits for a fresh observation before it sends the newest finished one.
+COLLECT_WAIT = 1.0
+#: Seconds the hypervisor's versions are reused before they are read again (in the background).
+VERSIONS_MAX_AGE = 300.0
+
+_NOTHING = object()
+
+
+class Latest:
+    """The newest result of `fn`, computed in a thread of its own so that a caller waits only
+    as long as it chooses to. At most one run is in flight; a run that outlives its caller's
+    wait still finishes and serves the next get()."""
+
+    def __init__(self, fn: Callable[[], object], name: str):
+        self._fn = fn
+        self.name = name
+        self._cv = threading.Condition()
+        self._value: object = _NOTHING
+        self._at = 0.0  # monotonic time the newest value was computed
+        self._error: BaseException | None = None
+        self._running = False
+        self._started = 0.0
+        self._runs = 0  # finished runs
+
+    def get(self, wait: float, max_age: float = 0.0):
+        """A result no older than `max_age` if there is one; otherwise start a run (unless one
+        is in flight) and wait for it until `wait` s after that run started (a run already
+        slow is not waited for again). A run that finishes in time gives its result (or
+        raises its error); one that does not leaves the newest earlier result, and
+        TimeoutError when there never was one."""
+        with self._cv:
+            now = time.monotonic()
+            if self._value is not _NOTHING and now - self._at <= max_age:
+                return self._value
+            if not self._running:
+                self._running, self._started = True, now
+                threading.Thread(target=self._run, name=f"kumo-{self.name}", daemon=True).start()
+            target = self._runs + 1
+            if self._cv.wait_for(lambda: self._runs >= target,
+                                 timeout=max(self._started + wait - now, 0.0)):
+                if self._error is not None:
+                    raise self._error
+                return self._value
+            if self._value is _NOTHING:
+                raise TimeoutError(f"{self.name}: no result yet (running for "
+                                   f"{now - self._started:.1f} s)")
+            return self._value
+
+    @property
+    def busy_for(self) -> float:
+        """Seconds the run in flight has taken so far (0 when none is)."""
+        with self._cv:
+            return time.monotonic() - self._started if self._running else 0.0
+
+    def _run(self) -> None:
+        value: object = _NOTHING
+        error: BaseException | None = None
+        try:
+            value = self._fn()
+        except Exception as e:  # handed to the caller that waits for this run
+            error = e
+        with self._cv:
+            self._runs += 1
+            self._running = False
+            self._error = error
+            if error is None:
+                self._value, self._at = value, time.monotonic()
+            self._cv.notify_all()
+
+
+class VersionsCache:
+    """hypervisor.versions() for HostInfo.versions without ever waiting for it: the last read
+    (empty until the first one finishes), read again in the background every VERSIONS_MAX_AGE.
+    libvirt answers getVersion only once QEMU's capabilities are probed."""
+
+    def __init__(self, hypervisor):
+        getter = getattr(hypervisor, "versions", None)
+        self._latest = Latest(getter, "hypervisor-versions") if callable(getter) else None
+
+    def __call__(self) -> dict[str, str]:
+        if self._latest is None:
+            return {}
+        try:
+            return self._latest.get(wait=0.0, max_age=VERSIONS_MAX_AGE)
+        except Exception as e:  # versions are informative; never fail a heartbeat for them
+            log.debug("hypervisor versions: %s", e)
+            return {}
 
 
 def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -61,11 +157,14 @@ def agent_version() -> str:
         return "0+unknown"
 
 
-def host_info(settings: AgentSettings, hypervisor, network=None) -> HostInfo:
+def host_info(settings: AgentSettings, hypervisor, network=None,
+              hypervisor_versions: Callable[[], dict[str, str]] | None = None) -> HostInfo:
     """HostInfo of this host, measured now. `network` is the NetworkService (extension
-    vpc-network: underlay_ip), None when the agent runs without a VPC dataplane."""
+    vpc-network: underlay_ip), None when the agent runs without a VPC dataplane.
+    `hypervisor_versions`: where the hypervisor's versions come from (a VersionsCache, so
+    that the heartbeat never waits on libvirt); None asks the hypervisor now."""
     versions = {"agent": agent_version()}
-    getter = getattr(hypervisor, "versions", None)
+    getter = hypervisor_versions or getattr(hypervisor, "versions", None)
     if callable(getter):
         try:
             versions.update({k: str(v) for k, v in getter().items()})
@@ -113,6 +212,8 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
+        self._observation = Latest(self._observe, "heartbeat-observe")
+        self._stalled = False
 
     def start(self) -> None:
         if not self.settings.controller_url:
@@ -133,8 +234,19 @@ class Heartbeat:
         """Send one now (an observed state changed)."""
         self._wake.set()
 
-    def send_once(self) -> HeartbeatResponse:
+    def _observe(self) -> tuple[HostInfo, list[InstanceObserved], NetworkObserved | None]:
+        """What a heartbeat reports, gathered now (in Latest's thread: it may ask libvirt)."""
         network = self.network() if self.network is not None else None
+        return self.host(), self.instances(), network
+
+    def send_once(self) -> HeartbeatResponse:
+        # The newest observation; never a wait of more than COLLECT_WAIT on a slow call.
+        host, instances, network = self._observation.get(wait=COLLECT_WAIT)
+        busy = self._observation.busy_for
+        if busy > COLLECT_WAIT and not self._stalled:  # once per stall
+            log.warning("observing the host is slow (%.1f s so far, e.g. libvirt probing "
+                        "QEMU): heartbeats carry the last observation meanwhile", busy)
+        self._stalled = busy > COLLECT_WAIT
         sent_nat: list[NatProcessed] = []
         if network is not None and self.send_nat and self.nat_processed is not None:
             try:
@@ -143,7 +255,7 @@ class Heartbeat:
                 sent_nat = items
             except Exception as e:  # counts are cumulative: the next heartbeat carries them
                 log.warning("NAT gateway counters: %s", e)
-        req = HeartbeatRequest(host=self.host(), instances=self.instances(), network=network,
+        req = HeartbeatRequest(host=host, instances=instances, network=network,
                                sent_at=time.time())
         if self._client is None:
             if self.identity is not None:

@@ -143,6 +143,14 @@ kvm_report() {
   else
     say "no vmx/svm or no /dev/kvm: guests run under QEMU's TCG emulation (slow); docs/deploy.md"
   fi
+  # libvirtd runs QEMU as libvirt-qemu. When /dev/kvm exists but that user cannot open it (no
+  # udev rule giving it group kvm, mode 0660: containers, hand-made /dev), libvirt finds its
+  # QEMU capability cache stale at every call ("KVM was enabled when probing ... but it is not
+  # available now") and probes QEMU again, seconds each time: every launch takes minutes.
+  if [ -e /dev/kvm ] && id libvirt-qemu >/dev/null 2>&1 &&
+     ! runuser -u libvirt-qemu -- test -r /dev/kvm -a -w /dev/kvm 2>/dev/null; then
+    say "warning: /dev/kvm is not usable by libvirt-qemu (udev normally makes it root:kvm 0660): libvirtd re-probes QEMU at every call; give it group kvm, mode 0660"
+  fi
 }
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,25 @@ class Root:
         if f"\t{self.hostname}\n" not in text:
             hosts.write_text(text + f"127.0.1.1\t{self.hostname}\n")
 
+    @property
+    def kvm_node(self) -> Path:
+        """This root's /dev/kvm (outside the root; bind-mounted over the machine's)."""
+        return self.work / "dev-kvm"
+
+    def udev_kvm(self) -> None:
+        """Give this root a /dev/kvm as udev gives it on a Debian host: root:kvm, mode 0660
+        (50-udev-default.rules), with the root's own kvm group. The machine's is root-only
+        (no udev here): libvirt-qemu could not open it, and libvirtd then finds its QEMU
+        capabilities stale at every call and probes QEMU again, ~4 s each (a launch took two
+        minutes). The node goes over the machine's only inside the root's mount namespaces."""
+        if not Path("/dev/kvm").is_char_device() or self.kvm_node.exists():
+            return
+        _, gid = _ids(self, "root", "kvm")
+        st = os.stat("/dev/kvm")
+        os.mknod(self.kvm_node, 0o660 | stat.S_IFCHR, st.st_rdev)
+        os.chown(self.kvm_node, 0, gid)
+        self.kvm_node.chmod(0o660)
+
     def umount(self) -> None:
         for _ in range(5):  # lazily: processes may still hold it for a moment
             if not os.path.ismount(self.merged):
@@ -99,6 +119,8 @@ class Root:
                  f"mount --rbind /dev {m}/dev && mkdir -p {m}{SRC_IN_ROOT} && "
                  f"mount --bind {src} {m}{SRC_IN_ROOT} && "
                  f"mount -o remount,bind,ro {m}{SRC_IN_ROOT}")
+        if self.kvm_node.is_char_device():  # udev_kvm()
+            setup += f" && mount --bind {shlex.quote(str(self.kvm_node))} {m}/dev/kvm"
         # pivot_root, not a bare chroot: the root must be the mount namespace's own root, as on
         # a machine, because libvirt enters the mount namespaces it makes for each QEMU (setns
         # resets the root to the namespace's: a chroot would be escaped there).

@@ -1,45 +1,59 @@
 """The deploy role scripts, for real, on a clean Debian 12 (issue 14, "Tests").
 
-One mmdebstrap'd minbase bookworm root is shared (read-only, overlayfs) by two roots of their own:
-deploy/roles/controller.sh runs in one, deploy/roles/agent.sh in the other, each inside its own
-lab network namespace (the controller's at 100.64.0.2, the agent's host h1 at 100.64.0.11 on a
-fabric of its own prefix) with only a registry proxy to download through: apt-get, the kumo user,
+One mmdebstrap'd minbase bookworm root is shared (read-only, overlayfs) by three roots of their
+own: deploy/roles/controller.sh runs in one, deploy/roles/agent.sh in each of the two others,
+each inside its own lab network namespace (the controller's at 100.64.0.2, the agents' hosts h1
+and h2 at 100.64.0.11 and .12 on a fabric of its own prefix) with only a registry proxy to
+download through: apt-get, the kumo user,
 /opt/kumo/venv (pip install of this checkout), the PostgreSQL cluster, role and database, the
 libvirt set-up, the systemd units installed and enabled. PID 1 is not systemd here, so the roles
 start PostgreSQL themselves (pg_ctlcluster) and say the services must be started; the test then
 starts each one exactly as its installed unit file says (tests/lab/deploy_support.py).
 
-The agent joins with a one-time join token over mutual TLS, and a kumo-tiny instance launched on
-it is reached on its public IP from the lab's internet namespace on the port its security group
-opens, and not on another one.
+Each agent joins with a one-time join token of its own over mutual TLS. A kumo-tiny instance
+launched on the deployed cloud is reached on its public IP from the lab's internet namespace on
+the port its security group opens, and not on another one; two instances of one VPC, one on each
+host, reach each other over the hosts' VXLAN (ping and HTTP between the guests, both ways) and
+each answers on its public IP.
+
+The hosts' /dev/kvm is given udev's owner and mode (deploy_support.Root.udev_kvm): with the
+machine's root-only one, libvirtd re-probed QEMU at every call and a launch took two minutes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from agent.contract.transport import client
+from agent.network import names
 from lab import network as net
 from lab import naming as nm
 from lab.testing import skip_reason
 from tests.lab import deploy_support as ds
+from tests.lab.cloud import CloudUser
+from tests.lab.guests import SSH_OPTS
+from tests.lab.net_support import (CONVERGE, LabWorld, Vm, http_cmd, ip_, launch_placed,
+                                   ping_cmd)
 from tests.lab.registry_proxy import RegistryProxy
-from tests.lab.net_support import CONVERGE
-from tests.lab.test_vpc_lab import assert_inet_blocked, inet_probe
+from tests.lab.test_vpc_lab import assert_inet_blocked, inet_probe, open_group
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 CTL_ADDR = str(nm.CTL_ADDR.ip)  # the controller's namespace on the fabric (lab/network.py ensure_ctl)
 HOST = "h1"
+HOSTS = ("h1", "h2")
 API = f"http://{CTL_ADDR}:8787"
 AGENT_FACING = f"https://{CTL_ADDR}:8790"
 IMAGE_IN_ROOT = "/var/lib/kumo/images/kumo-tiny.qcow2"
@@ -66,32 +80,38 @@ def _wait(check, what: str, timeout: float, alive=lambda: True):
 
 
 class Deployment:
-    """The two roots, their network, the proxy, the API forwarder, timings and logs."""
+    """The three roots, their network, the proxy, the API forwarder, timings and logs."""
 
     def __init__(self, work: Path, prefix: str):
         self.work, self.prefix = work, prefix
         self.base = work / "base"
         self.ctl_ns = nm.ctl_netns(prefix)
-        self.host_ns = nm.host_netns(prefix, HOST)
         self.ctl = ds.Root(self.base, work / "controller", self.ctl_ns, hostname="kumo-ctl")
-        self.agent = ds.Root(self.base, work / "agent", self.host_ns, hostname=HOST)
+        #: host id -> its root (the first one's work dir keeps its old name, "agent")
+        self.agents = {h: ds.Root(self.base, work / ("agent" if h == HOST else f"agent-{h}"),
+                                  nm.host_netns(prefix, h), hostname=h) for h in HOSTS}
+        self.agent = self.agents[HOST]
+        self.agent_procs: dict[str, subprocess.Popen] = {}
         self.proxy = RegistryProxy()
         self.api_sock = work / "api.sock"
         self.forwarder: subprocess.Popen | None = None
         self.times: dict[str, float] = {}
-        self.join: dict = {}
+        self.join: dict = {}  # the first host's join token answer
+        self.joins: dict[str, dict] = {}
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    # -- network: a fabric of our own prefix, the internet, the controller and one host --------
+    # -- network: a fabric of our own prefix, the internet, the controller and the hosts -------
     def network_up(self) -> None:
         net.ensure_fabric(self.prefix)
         net.ensure_inet(self.prefix)
         net.ensure_ctl(self.prefix)  # the controller's namespace, as the shared lab's
-        net.ensure_host(self.prefix, HOST)
+        for h in HOSTS:
+            net.ensure_host(self.prefix, h)
 
     def network_down(self) -> None:
-        net.remove_host(self.prefix, HOST)
+        for h in HOSTS:
+            net.remove_host(self.prefix, h)
         net.remove_ctl(self.prefix)
         for name in (nm.inet_netns(self.prefix), nm.fabric_netns(self.prefix)):
             net.remove_netns(name)
@@ -120,10 +140,35 @@ class Deployment:
 
     def role(self, root: ds.Root, name: str, *args: str) -> None:
         t0 = time.monotonic()
+        label = name if root in (self.ctl, self.agent) else f"{name}-{root.hostname}"
         root.run(["bash", f"{ds.SRC_IN_ROOT}/deploy/roles/{name}.sh", *args],
-                 self.logs / f"role-{name}.log", timeout=900, env=ds.download_env(root))
-        self.times[f"role {name}" + (" (again)" if f"role {name}" in self.times else "")] = \
+                 self.logs / f"role-{label}.log", timeout=900, env=ds.download_env(root))
+        self.times[f"role {label}" + (" (again)" if f"role {label}" in self.times else "")] = \
             time.monotonic() - t0
+
+    def join_host(self, api, h: str) -> None:
+        """A one-time join token for host `h`, and its role run again with it."""
+        self.joins[h] = _call(api, "POST", "/v1/hosts/join-tokens", 201,
+                              json={"host_id": h, "ttl_s": 600})
+        root = self.agents[h]
+        root.udev_kvm()  # what udev does on a real host (deploy_support.Root.udev_kvm)
+        token_file = root.path("/root/kumo-join-token")
+        token_file.write_text(self.joins[h]["token"] + "\n")
+        token_file.chmod(0o600)
+        # The role again, now with the join token (idempotent: nothing is reinstalled).
+        self.role(root, "agent", "--host-id", h, "--controller-url", AGENT_FACING,
+                  "--join-token-file", "/root/kumo-join-token", "--join-url", API,
+                  "--ca-sha256", self.joins[h]["ca_sha256"])
+
+    def start_host(self, h: str) -> None:
+        """libvirtd (virtlogd) and the agent of host `h`, as their units say."""
+        root = self.agents[h]
+        for unit in ("virtlogd.service", "libvirtd.service"):
+            ds.start_unit(root, unit, self.logs / f"{h}-{unit}.log")
+        _wait(lambda: root.path("/run/libvirt/libvirt-sock").exists(), f"{h}'s libvirtd socket",
+              60)
+        log = "kumo-agent.log" if h == HOST else f"kumo-agent-{h}.log"
+        self.agent_procs[h] = ds.start_unit(root, "kumo-agent.service", self.logs / log)
 
 
 def _parallel(*fns) -> None:
@@ -148,13 +193,15 @@ def _deploy(d: Deployment) -> None:
     d.times["mmdebstrap"] = ds.build_base(d.base, log=lambda m: None)
     d.network_up()
     d.ctl.mount()
-    d.agent.mount()
     d.proxy.listen_in(d.ctl_ns)
-    d.proxy.listen_in(d.host_ns)
-    # Both roles at once, each in its root and namespace. The agent has no join token yet (the
-    # controller is not up): the role installs everything and warns it cannot start.
+    for h, root in d.agents.items():
+        root.mount()
+        d.proxy.listen_in(root.netns)
+    # Every role at once, each in its root and namespace. The agents have no join token yet
+    # (the controller is not up): the role installs everything and warns it cannot start.
     _parallel(lambda: d.role(d.ctl, "controller"),
-              lambda: d.role(d.agent, "agent", "--host-id", HOST, "--no-start"))
+              *[lambda h=h, root=root: d.role(root, "agent", "--host-id", h, "--no-start")
+                for h, root in d.agents.items()])
     # The controller, as kumo-controller.service says, on the PostgreSQL the role set up.
     ctl = ds.start_unit(d.ctl, "kumo-controller.service", d.logs / "kumo-controller.log")
     _wait(lambda: d.ctl.path("/var/lib/kumo/controller/admin.key").exists(),
@@ -162,39 +209,42 @@ def _deploy(d: Deployment) -> None:
     d.start_forwarder()
     key = d.admin_key()
     with d.api(key) as api:
-        d.join = _call(api, "POST", "/v1/hosts/join-tokens", 201,
-                       json={"host_id": HOST, "ttl_s": 600})
-    token_file = d.agent.path("/root/kumo-join-token")
-    token_file.write_text(d.join["token"] + "\n")
-    token_file.chmod(0o600)
-    # The role again, now with the join token (idempotent: nothing is reinstalled).
-    d.role(d.agent, "agent", "--host-id", HOST, "--controller-url", AGENT_FACING,
-           "--join-token-file", "/root/kumo-join-token", "--join-url", API,
-           "--ca-sha256", d.join["ca_sha256"])
+        _parallel(*[lambda h=h: d.join_host(api, h) for h in HOSTS])
+    d.join = d.joins[HOST]
     # Nothing downloads from here on: the services run with no way out of the lab at all.
     d.proxy.close()
-    for unit in ("virtlogd.service", "libvirtd.service"):
-        ds.start_unit(d.agent, unit, d.logs / f"{unit}.log")
-    _wait(lambda: d.agent.path("/run/libvirt/libvirt-sock").exists(), "libvirtd's socket", 60)
-    agent = ds.start_unit(d.agent, "kumo-agent.service", d.logs / "kumo-agent.log")
+    for h in HOSTS:
+        d.start_host(h)
+    t_up = time.monotonic()
     with d.api(key) as api:
-        _wait(lambda: any(h["host_id"] == HOST and h["state"] == "up"
-                          for h in _call(api, "GET", "/v1/hosts")["items"]),
-              f"host {HOST} up at the controller", 120, alive=lambda: agent.poll() is None)
+        _wait(lambda: {h["host_id"] for h in _call(api, "GET", "/v1/hosts")["items"]
+                       if h["state"] == "up"} >= set(HOSTS),
+              f"hosts {HOSTS} up at the controller", 120,
+              alive=lambda: all(p.poll() is None for p in d.agent_procs.values()))
+    d.times["agents up"] = time.monotonic() - t_up
     d.times["deploy total"] = time.monotonic() - t_all
 
 
 def _teardown(d: Deployment) -> list[str]:
     problems = []
-    for root in (d.agent, d.ctl):
+
+    def stop(root: ds.Root) -> None:
         left = ds.stop_root(root)
         if left:
             problems.append(f"processes still running in {root.merged}: {left}")
+    _parallel(*[lambda root=root: stop(root) for root in (*d.agents.values(), d.ctl)])
     if d.forwarder is not None:
         ds.end_pids([d.forwarder.pid])
         d.forwarder.wait(timeout=10)
     d.proxy.close()
-    for root in (d.agent, d.ctl):
+    keep = os.environ.get("KUMO_DEPLOY_KEEP_LOGS")  # a directory: the logs outlive the run
+    if keep:
+        shutil.copytree(d.logs, keep, dirs_exist_ok=True)
+        for h, root in d.agents.items():
+            if root.path("/var/log/libvirt").is_dir():
+                shutil.copytree(root.path("/var/log/libvirt"), Path(keep) / f"{h}-libvirt",
+                                dirs_exist_ok=True)
+    for root in (*d.agents.values(), d.ctl):
         root.umount()
     d.network_down()
     shutil.rmtree(d.work, ignore_errors=True)
@@ -265,14 +315,23 @@ def test_roles_installed_everything_for_real(deployed):
     assert not d.proxy.refused, d.proxy.refused
 
 
-def test_agent_joined_over_mutual_tls(deployed):
+def test_agents_joined_over_mutual_tls_each_with_its_own_certificate(deployed):
     d = deployed
-    assert d.agent.path("/var/lib/kumo/agent/tls/host.pem").stat().st_size > 0
-    env = ds.parse_env_file(d.agent.path("/etc/kumo/agent.env").read_text())
-    assert env["KUMO_AGENT_AUTH"] == "mtls" and env["KUMO_AGENT_CONTROLLER_URL"] == AGENT_FACING
+    from cryptography import x509
+    for hid, root in d.agents.items():
+        cert = x509.load_pem_x509_certificate(
+            root.path("/var/lib/kumo/agent/tls/host.pem").read_bytes())
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+        assert uris == [f"kumo:host:{hid}"], uris
+        env = ds.parse_env_file(root.path("/etc/kumo/agent.env").read_text())
+        assert env["KUMO_AGENT_AUTH"] == "mtls" and env["KUMO_AGENT_HOST_ID"] == hid
+        assert env["KUMO_AGENT_CONTROLLER_URL"] == AGENT_FACING
     with d.api(d.admin_key()) as api:
-        (h,) = [h for h in _call(api, "GET", "/v1/hosts")["items"] if h["host_id"] == HOST]
-        assert h["state"] == "up" and h["health"] == "ok", h
+        hosts = {h["host_id"]: h for h in _call(api, "GET", "/v1/hosts")["items"]}
+        for hid in HOSTS:
+            assert hosts[hid]["state"] == "up" and hosts[hid]["health"] == "ok", hosts[hid]
     # The agents' TLS listener refuses a client without a certificate from the cloud CA ...
     inet = nm.inet_netns(d.prefix)
     r = subprocess.run(["ip", "netns", "exec", inet, "curl", "-sk", "-m", "5", "-o", "/dev/null",
@@ -287,7 +346,10 @@ def test_agent_joined_over_mutual_tls(deployed):
     assert r.status_code == 409 and "JoinTokenUsed" in r.text, (r.status_code, r.text)
 
 
-def test_instance_on_the_deployed_agent_reached_only_where_its_group_allows(deployed):
+@pytest.fixture(scope="module")
+def tenant(deployed):
+    """kumo-tiny registered (a file in the controller's root) and an account of the deployed
+    cloud; `lab` is what tests/lab's CloudUser needs (the API's URL, the account's key)."""
     d = deployed
     from images.builder import cached_manifest
     m = cached_manifest("kumo-tiny")
@@ -303,7 +365,17 @@ def test_instance_on_the_deployed_agent_reached_only_where_its_group_allows(depl
             "architecture": m.architecture, "ready_marker": m.ready_marker,
             "min_ram_mib": m.min_ram_mib, "description": "deploy test"})
         acct = _call(admin, "POST", "/v1/accounts", json={"name": "deploytest"})
-    with d.api(acct["api_key"]) as user:
+    state = d.work / "tenant"
+    state.mkdir()
+    (state / "demo.key").write_text(acct["api_key"] + "\n")  # CloudUser's account
+    (state / "demo.key").chmod(0o600)
+    return SimpleNamespace(key=acct["api_key"], lab=SimpleNamespace(
+        prefix=d.prefix, url=f"unix:{d.api_sock}", state_dir=state))
+
+
+def test_instance_on_the_deployed_agent_reached_only_where_its_group_allows(deployed, tenant):
+    d = deployed
+    with d.api(tenant.key) as user:
         (inst,) = _call(user, "POST", "/v1/instances", json={
             "image": "kumo-tiny", "instance_type": "t3.nano", "min_count": 1,
             "max_count": 1})["instances"]
@@ -314,7 +386,7 @@ def test_instance_on_the_deployed_agent_reached_only_where_its_group_allows(depl
                                  i["instance_status"] == "ok" else None)(
                 _call(user, "GET", f"/v1/instances/{iid}")), f"{iid} running/ok", 300)
             d.times["instance running/ok"] = time.monotonic() - t0
-            assert got["host_id"] == HOST and got["public_ip"], got
+            assert got["host_id"] in HOSTS and got["public_ip"], got
             ip = got["public_ip"]
             (sg,) = got["security_group_ids"]
             _call(user, "POST", f"/v1/security-groups/{sg}/ingress", json={"rules": [
@@ -331,3 +403,89 @@ def test_instance_on_the_deployed_agent_reached_only_where_its_group_allows(depl
             _call(user, "POST", f"/v1/instances/{iid}/terminate")
             _wait(lambda: _call(user, "GET", f"/v1/instances/{iid}")["state"] == "terminated",
                   f"{iid} terminated", 120)
+
+
+# ---- two hosts: one VPC across them ------------------------------------------------------------
+
+@dataclass
+class DeployedWorld(LabWorld):
+    """tests/lab's LabWorld on the deployed hosts. A VPC's router namespace has its `ip netns`
+    name only inside the agent's own mount namespace (the agent runs in its root): it is entered
+    by path, /proc/<agent pid>/root/run/netns/<name>, found by its router MAC as LabWorld does."""
+
+    deployment: Deployment | None = None
+
+    def router_ns(self, host_id: str, vpc_id: str, timeout: float = CONVERGE) -> str:
+        key = (host_id, vpc_id)
+        if key in self._rns:
+            return self._rns[key]
+        netns_dir = Path(f"/proc/{self.deployment.agent_procs[host_id].pid}/root/run/netns")
+        mac = names.router_mac(vpc_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            for ns in sorted(netns_dir.glob(names.router_netns_prefix(host_id) + "*")):
+                r = subprocess.run(["nsenter", f"--net={ns}", "ip", "-j", "link"],
+                                   capture_output=True, text=True, timeout=30)
+                if r.returncode == 0 and any(link.get("address") == mac
+                                             for link in json.loads(r.stdout or "[]")):
+                    self._rns[key] = str(ns)
+                    return str(ns)
+            assert time.monotonic() < deadline, f"no router namespace of {vpc_id} on {host_id}"
+            time.sleep(0.5)
+
+    def sh(self, vm: Vm, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """SSH into the guest from its VPC's router namespace on its own host."""
+        ns = self.router_ns(vm.host, vm.d["vpc_id"])
+        return subprocess.run(["nsenter", f"--net={ns}", "ssh", "-i", str(vm.key), *SSH_OPTS,
+                               f"root@{ip_(vm.ip)}", command],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _vxlan_packets(d: Deployment, host_id: str) -> int:
+    """Packets the host's VXLAN devices received and sent (its namespace: the agent's own)."""
+    r = subprocess.run(["ip", "netns", "exec", nm.host_netns(d.prefix, host_id), "ip", "-j",
+                        "-s", "link", "show", "type", "vxlan"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return sum(link["stats64"]["rx"]["packets"] + link["stats64"]["tx"]["packets"]
+               for link in json.loads(r.stdout or "[]"))
+
+
+def test_one_vpc_across_the_two_deployed_hosts(deployed, tenant, tmp_path):
+    """Two instances of the account's default VPC, one per host (placed by disabling the other
+    host while launching, booted in parallel): ping and HTTP between the guests both ways go
+    over the hosts' VXLAN on the fabric; each answers the internet on its public IP."""
+    d = deployed
+    user = CloudUser(tenant.lab, tmp_path / "keys")
+    w = DeployedWorld(lab=tenant.lab, admin=d.api(d.admin_key()), deployment=d)
+    w.users.append(user)
+    t0 = time.monotonic()
+    try:
+        key = user.key_pair("deploy-vpc")
+        sg = open_group(user, None, "deploy-vpc-open")
+        launch_placed(w, [(h, user, key, h, dict(security_group_ids=[sg])) for h in HOSTS])
+        d.times["two guests running/ok"] = time.monotonic() - t0
+        a, b = (w.vms[h] for h in HOSTS)
+        assert (a.host, b.host) == HOSTS and a.d["vpc_id"] == b.d["vpc_id"], (a.d, b.d)
+        before = {h: _vxlan_packets(d, h) for h in HOSTS}
+        for x, y in ((a, b), (b, a)):
+            out = w.sh_until(x, f"{ping_cmd(y.ip)} >/dev/null && echo PING-OK; {http_cmd(y.ip)}",
+                             lambda o, y=y: "PING-OK" in o and y.id in o)
+            assert out.split() == ["PING-OK", y.id], out
+        d.times["guests reached each other"] = time.monotonic() - t0
+        # ... and their packets went through both hosts' VXLAN devices
+        after = {h: _vxlan_packets(d, h) for h in HOSTS}
+        assert all(after[h] > before[h] for h in HOSTS), (before, after)
+        lab = SimpleNamespace(prefix=d.prefix)
+        for vm in (a, b):
+            assert vm.d["public_ip"], vm.d
+            res = inet_probe(lab, vm.d["public_ip"], duration=CONVERGE, stop=f"match:{vm.id}")
+            assert res[-1]["body"] == vm.id, res[-3:]
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{d.tails()}") from e
+    finally:
+        user.terminate_all()
+        for vm in w.vms.values():
+            user.wait(vm.id, "terminated", timeout=120)
+        user.close()
+        w.admin.close()
