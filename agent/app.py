@@ -6,6 +6,7 @@ settings.driver == "libvirt", so tests and `driver=fake` agents need no libvirt 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -340,25 +341,35 @@ def create_app(settings: AgentSettings, hypervisor: Any = None, storage: Any = N
     if network_service is not None:
         network_service.on_change = heartbeat.kick
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    def start_all() -> None:
         # The dataplane first: instances' NICs join bridges it creates.
         if network_service is not None:
             network_service.start()
         reconciler.start()
         heartbeat.start()
         sampler.start()
+
+    def stop_all() -> None:
+        sampler.stop()
+        heartbeat.stop()
+        reconciler.stop()
+        if network_service is not None:
+            network_service.stop()
+        close = getattr(drivers.hypervisor, "close", None)
+        if callable(close):
+            close()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Off the event loop's thread: starting and stopping touch netlink and libvirt, and
+        # pyroute2's synchronous IPRoute runs an asyncio loop of its own, which cannot run
+        # inside uvicorn's ("This event loop is already running": the underlay was then
+        # unknown until the network thread's first pass).
+        await asyncio.to_thread(start_all)
         try:
             yield
         finally:
-            sampler.stop()
-            heartbeat.stop()
-            reconciler.stop()
-            if network_service is not None:
-                network_service.stop()
-            close = getattr(drivers.hypervisor, "close", None)
-            if callable(close):
-                close()
+            await asyncio.to_thread(stop_all)
 
     app = FastAPI(title="kumo-agent", version="v1", lifespan=lifespan,
                   dependencies=[Depends(controller_only(settings))])

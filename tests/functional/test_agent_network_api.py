@@ -279,3 +279,32 @@ def test_firewall_can_be_turned_off(tmp_path):
         assert client.app_.state.network.firewall is None
         assert client.put("/v1/network", json=sg_doc(1)).status_code == 200
         wait_for(lambda: net(client)["applied_generation"] == 1)
+
+
+def test_the_agent_starts_and_stops_its_loops_off_the_event_loop(tmp_path, monkeypatch):
+    """Starting the dataplane reads netlink, and pyroute2's synchronous IPRoute runs an asyncio
+    loop of its own: inside uvicorn's running loop it fails ("This event loop is already
+    running") and the first heartbeat went without the underlay. So the lifespan runs every
+    start and stop in a worker thread."""
+    import asyncio
+
+    from agent.network.service import NetworkService
+    seen: dict[str, bool] = {}
+
+    def in_loop_thread() -> bool:
+        try:
+            asyncio.get_running_loop()
+            return True
+        except RuntimeError:
+            return False
+
+    for name in ("start", "stop"):
+        original = getattr(NetworkService, name)
+
+        def spy(self, *a, _name=name, _original=original, **kw):
+            seen[_name] = in_loop_thread()
+            return _original(self, *a, **kw)
+        monkeypatch.setattr(NetworkService, name, spy)
+    with agent_app(tmp_path, dataplane=FakeDataplane()):
+        pass
+    assert seen == {"start": False, "stop": False}
