@@ -5,11 +5,10 @@ optionally with a host-local unix socket next to it serving the same app (one ev
 A socket file left by a previous process is removed first, but never a live one or a
 non-socket; on exit the socket file is removed (uvicorn leaves it, and a stale socket would only
 confuse clients). SIGTERM stops the server gracefully (lifespan stop) and exits with status 0.
+Several listeners run under agent/contract/serving.py's serve_all, shared with the controller.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -18,6 +17,8 @@ import sys
 from typing import Protocol
 
 import uvicorn
+
+from agent.contract.serving import serve_all
 
 
 class Listen(Protocol):
@@ -69,7 +70,7 @@ def serve(app, listen: Listen, tls_context=None, local_socket: str | None = None
         clear_stale_socket(local_socket)
         local = uvicorn.Config(app, uds=local_socket, **{**common, "lifespan": "off"})
         try:
-            return _serve_all([config, local])
+            return serve_all([config, local])
         finally:
             for path in (sock, local_socket):
                 if path and os.path.exists(path):
@@ -84,43 +85,3 @@ def serve(app, listen: Listen, tls_context=None, local_socket: str | None = None
         if sock and os.path.exists(sock):
             os.unlink(sock)  # uvicorn leaves it; a stale socket would only confuse clients
     return 0
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield  # _serve_all owns the process's signal handling
-
-
-def _serve_all(configs: list[uvicorn.Config]) -> int:
-    """Several uvicorn servers of one app in one event loop (the first runs the lifespan: one
-    reconcile loop per process). One SIGTERM/SIGINT stops them all gracefully (a second SIGINT
-    forces the exit); when one stops for any reason (a failed bind or lifespan start), so do the
-    others, and the process exits with status 0 only after a requested stop."""
-    servers = [_Server(c) for c in configs]
-    stopped = {"by_signal": False}
-
-    def stop(sig: int, _frame=None) -> None:
-        stopped["by_signal"] = True
-        for s in servers:
-            if s.should_exit and sig == signal.SIGINT:
-                s.force_exit = True
-            s.should_exit = True
-
-    async def one(server: _Server) -> None:
-        try:
-            await server.serve()
-        finally:
-            for s in servers:
-                s.should_exit = True
-
-    async def run() -> None:
-        # Plain handlers, as uvicorn's own: not loop.add_signal_handler, whose wakeup fd a
-        # forked child shares (pyroute2 forks helpers into namespaces and ends them with
-        # SIGTERM: the child's copy of the handler would write it into our event loop).
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, stop)
-        await asyncio.gather(*(one(s) for s in servers))
-
-    asyncio.run(run())
-    return 0 if stopped["by_signal"] or all(s.started for s in servers) else 1

@@ -1,42 +1,36 @@
 """`python -m controller`: serve the app on KUMO_LISTEN (or on the inherited listening socket
 KUMO_LISTEN_FD) and, when KUMO_AGENT_SOCKET (a unix socket)
 or KUMO_AGENT_LISTEN (host:port) is set, the same app there for agents too (TLS with client
-certificates when KUMO_AGENT_AUTH is mtls), in one process (uvicorn servers under
-asyncio.gather).
+certificates when KUMO_AGENT_AUTH is mtls), in one process.
 
-Signals are handled here, not by each uvicorn server: one SIGTERM/SIGINT stops both servers
-gracefully and the process exits 0 (a second SIGINT forces the exit).
+The servers run under agent/contract/serving.py's serve_all, the loop the agent and the storage
+node use too: one SIGTERM/SIGINT stops every server gracefully and the process exits 0 (a second
+SIGINT forces the exit); its plain signal handlers are the safe kind (see there).
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
+import sys
 
 import uvicorn
 
 from agent.contract import tls
+from agent.contract.serving import serve_all
 from controller.app import close_app, create_app
 from controller.settings import Settings
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield  # _serve owns the process's signal handling
-
-
-async def _serve(settings: Settings) -> None:
+def serve(settings: Settings) -> int:
+    """Build the app, serve it on every configured listener until stopped; the exit status."""
     app = create_app(settings)
     host, port = settings.listen_host_port()
-    servers = [_Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                      lifespan="on"))]
-    # The API's inherited socket (family and address detected from the descriptor).
-    api_sockets = [socket.socket(fileno=settings.listen_fd)] if settings.listen_fd is not None \
-        else None
+    configs = [uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")]
+    # The API's inherited socket (family and address detected from the descriptor: uvicorn's
+    # own fd= would take it for a unix socket).
+    sockets = [[socket.socket(fileno=settings.listen_fd)] if settings.listen_fd is not None
+               else None]
     # The agent-facing listeners: TLS requiring a client certificate from the cloud CA when
     # agent_auth is "mtls" (docs/security.md); lifespan only on the first server: one
     # reconciler per process.
@@ -44,28 +38,17 @@ async def _serve(settings: Settings) -> None:
     if app.state.agent_tls is not None:
         agent_kw.update(tls.uvicorn_tls(app.state.agent_tls.server))
     sock = str(settings.agent_socket) if settings.agent_socket else None
-    if sock:
-        settings.agent_socket.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.exists(sock):
-            os.unlink(sock)
-        servers.append(_Server(uvicorn.Config(app, uds=sock, **agent_kw)))
-    if settings.agent_listen:
-        a_host, _, a_port = settings.agent_listen.rpartition(":")
-        servers.append(_Server(uvicorn.Config(app, host=a_host.strip("[]") or "127.0.0.1",
-                                              port=int(a_port), **agent_kw)))
-
-    def stop(sig: int) -> None:
-        for s in servers:
-            if s.should_exit and sig == signal.SIGINT:
-                s.force_exit = True
-            s.should_exit = True
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
     try:
-        await asyncio.gather(servers[0].serve(sockets=api_sockets),
-                             *(s.serve() for s in servers[1:]))
+        if sock:
+            settings.agent_socket.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.exists(sock):
+                os.unlink(sock)
+            configs.append(uvicorn.Config(app, uds=sock, **agent_kw))
+        if settings.agent_listen:
+            a_host, _, a_port = settings.agent_listen.rpartition(":")
+            configs.append(uvicorn.Config(app, host=a_host.strip("[]") or "127.0.0.1",
+                                          port=int(a_port), **agent_kw))
+        return serve_all(configs, sockets)
     finally:
         close_app(app)
         if sock and os.path.exists(sock):
@@ -75,7 +58,7 @@ async def _serve(settings: Settings) -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("KUMO_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(Settings()))
+    sys.exit(serve(Settings()))
 
 
 if __name__ == "__main__":
