@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine
@@ -50,6 +50,21 @@ class UtcDateTime(TypeDecorator):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
+def pooler_safe_connect_args(url: str) -> dict:
+    """Connection arguments that keep a PostgreSQL engine working behind PgBouncer in any pool
+    mode (docs/operations.md "PgBouncer"): psycopg's automatic server-side prepared statements
+    off (`prepare_threshold=None`). psycopg prepares a statement on a connection after its 5th
+    execution there; behind transaction pooling the next transaction may run on another server
+    connection, which does not know it ("prepared statement "_pg3_0" does not exist"), and
+    PgBouncer before 1.21 (Debian 12 has 1.18) cannot track them. Off always, not behind a
+    setting: a forgotten setting would fail only under load, and Kumo's statements are short
+    and run one transaction at a time (the advisory lock below), so re-planning them costs
+    little. Nothing for other drivers (SQLite, psycopg2 have no such parameter)."""
+    if make_url(url).get_dialect().driver == "psycopg":
+        return {"prepare_threshold": None}
+    return {}
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
@@ -76,7 +91,8 @@ def make_engine(url: str) -> Engine:
         return engine
     # READ COMMITTED whatever the server's default: each statement then sees what committed
     # before it, which the lock below (and FOR UPDATE on hosts) relies on.
-    engine = create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
+    engine = create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED",
+                           connect_args=pooler_safe_connect_args(url))
     if engine.dialect.name == "postgresql":
         @event.listens_for(engine, "begin")
         def _pg_begin(conn):

@@ -16,9 +16,9 @@ Why a lease row and not a PostgreSQL advisory lock:
 Every operation is one conditional UPDATE (compare-and-set) in its own short transaction, on an
 engine of its own: on PostgreSQL it does NOT take the application's global transaction lock
 (controller/db.py), so a renewal never waits behind a long API transaction, and its statements
-time out (2 s) well within the lease's TTL. Two contenders racing for an expired lease both
-UPDATE ... WHERE epoch = <what they read>: the row lock orders them, the second's WHERE no longer
-matches, and exactly one wins.
+time out (2 s, `SET LOCAL` in each transaction: PgBouncer-safe) well within the lease's TTL.
+Two contenders racing for an expired lease both UPDATE ... WHERE epoch = <what they read>: the
+row lock orders them, the second's WHERE no longer matches, and exactly one wins.
 
 Time: `expires_at` is written from the holder's wall clock and compared with a contender's
 wall clock, so controllers' clocks must agree (NTP) within the holder's safety margin
@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import create_engine
 
-from controller.db import make_engine
+from controller.db import make_engine, pooler_safe_connect_args
 from controller.ids import utcnow
 from controller.models.controller_lease import LEADER_LEASE, ControllerLease
 
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 _NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _T = ControllerLease.__table__
+#: statement_timeout and lock_timeout of every lease transaction on PostgreSQL (ms): well
+#: within the lease's TTL, so a renewal stuck on the database fails in time.
+STATEMENT_TIMEOUT_MS = 2000
 
 
 def new_controller_id() -> str:
@@ -60,11 +63,21 @@ def lease_engine(url: str) -> Engine:
     docstring). SQLite keeps the app's engine settings (WAL, busy timeout, BEGIN IMMEDIATE)."""
     if url.startswith("sqlite"):
         return make_engine(url)
-    connect_args = {}
-    if url.startswith("postgresql"):
-        connect_args = {"options": "-c statement_timeout=2000 -c lock_timeout=2000"}
-    return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True,
-                         isolation_level="READ COMMITTED", connect_args=connect_args)
+    engine = create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True,
+                           isolation_level="READ COMMITTED",
+                           connect_args=pooler_safe_connect_args(url))
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "begin")
+        def _timeouts(conn):
+            # Per transaction (SET LOCAL), not in the `options` startup parameter: PgBouncer
+            # refuses that one, and behind transaction pooling a session setting would stay on
+            # whichever server connection ran it. Every lease operation is one transaction
+            # (reads too: SQLAlchemy begins one on first execute), so each gets both timeouts.
+            # set_config(..., true) is SET LOCAL: both in one round trip.
+            conn.exec_driver_sql(
+                f"SELECT set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', true), "
+                f"set_config('lock_timeout', '{STATEMENT_TIMEOUT_MS}', true)")
+    return engine
 
 
 @dataclass(frozen=True)

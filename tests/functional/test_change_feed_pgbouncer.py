@@ -69,9 +69,8 @@ pool_mode = {self.pool_mode}
 default_pool_size = 40
 max_client_conn = 200
 logfile = {self.dir}/pgbouncer.log
-; The leader lease's engine sets statement/lock timeouts in the `options` startup parameter,
-; which PgBouncer 1.18 refuses unless told to ignore it (docs/operations.md).
-ignore_startup_parameters = options
+; No ignore_startup_parameters: Kumo's engines send no `options` (PgBouncer 1.18 refuses it);
+; tests/functional/test_lease_pgbouncer.py checks that a client sending one is refused here.
 pidfile =
 """)
         if os.geteuid() == 0:
