@@ -21,6 +21,7 @@ from agent.drivers.disks import instance_disks
 from agent.hypervisor_choice import choose_hypervisor
 from agent.libvirt.driver import LibvirtHypervisor
 from lab.naming import host_netns
+from lab.testing import until
 
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
@@ -55,15 +56,12 @@ class Guest:
 
     def wait_console(self, pattern: str, timeout: float) -> re.Match:
         """Wait for a regex on the serial console; fail with the console's tail otherwise."""
-        deadline = time.monotonic() + timeout
         rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            m = rx.search(self.console_text())
-            if m:
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name}: {pattern!r} not on the console within {timeout} s;"
-                             f" tail:\n{self.console_text()[-3000:]}")
+        try:
+            return until(lambda: rx.search(self.console_text()), timeout,
+                         f"{self.name}: {pattern!r} on the console", every=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; tail:\n{self.console_text()[-3000:]}") from None
 
     def destroy(self) -> None:
         self.hypervisor.undefine(self.name)

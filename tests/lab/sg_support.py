@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.naming import host_netns, inet_netns
-from lab.testing import end_process
+from lab.testing import end_process, until
 from tests.lab.net_support import (WINDOW, LabWorld, Vm, agent_network, in_router_ns,
                                    ip_, lab_state)
 from tests.lab.guests import SSH_OPTS
@@ -214,14 +214,16 @@ def flood_result(s: Stream, timeout: float = 120) -> dict:
 def stop_agent(lab, host_id: str, sig: int = signal.SIGKILL) -> int:
     pid = lab_state(lab).processes[f"agent-{host_id}"].pid
     os.kill(pid, sig)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+
+    def exited() -> bool:
+        if not Path(f"/proc/{pid}").exists():
+            return True
         try:
-            os.waitpid(pid, os.WNOHANG)
+            os.waitpid(pid, os.WNOHANG)  # reaps it when it is our child
         except ChildProcessError:
             pass
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), f"agent {pid} did not exit on signal {sig}"
+        return False
+    until(exited, 30, f"agent {pid} exits on signal {sig}", every=0.05)
     return pid
 
 

@@ -33,7 +33,7 @@ from agent.network.host import resolve_underlay
 from agent.network.service import NetworkService
 from agent.contract.v1 import NetworkSpec
 from agent.settings import AgentSettings
-from lab.testing import end_process
+from lab.testing import end_process, until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -61,15 +61,6 @@ def links(ns: str) -> dict[str, dict]:
 
 def netns_list() -> list[str]:
     return [line.split(" ")[0] for line in run("ip", "netns", "list").stdout.splitlines() if line]
-
-
-def wait_for(fn, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > end:
-            return v
-        time.sleep(0.05)
 
 
 def rule(n: int, direction: str = "ingress", **kw) -> dict:
@@ -210,14 +201,15 @@ def test_network_service_on_the_real_dataplane(state_dir, minilab):
         assert str(svc.underlay_ip()) == UPLINK_IP
         assert not svc.bridge_ready(kb)
         svc.accept(spec(1))
-        assert wait_for(lambda: svc.observed().applied_generation == 1), svc.observed()
+        until(lambda: svc.observed().applied_generation == 1, 10,
+              "network generation 1 applied", every=0.05)
         assert svc.observed().failed == 0 and svc.observed().error is None
         ls = links(host)
         assert kb in ls and kx in ls and "UP" in ls[kb]["flags"]
         assert ls[tap].get("master") == kb
         assert rns in netns_list()
         assert svc.bridge_ready(kb)
-        assert wait_for(lambda: ping(guest, ROUTER_IP), 5), "guest cannot reach its router"
+        until(lambda: ping(guest, ROUTER_IP), 5, "guest reaches its router", every=0.05)
         first = svc.dhcp.pids()
         pids.update(first.values())
         assert list(first) == [VNI]
@@ -233,15 +225,17 @@ def test_network_service_on_the_real_dataplane(state_dir, minilab):
     assert svc.spec() == spec(1)
     svc.start()
     try:
-        assert wait_for(lambda: svc.observed().applied_generation == 1)
+        until(lambda: svc.observed().applied_generation == 1, 10,
+              "network generation 1 applied", every=0.05)
         ls = links(host)
         assert kb in ls and ls[tap].get("master") == kb
-        assert wait_for(lambda: ping(guest, ROUTER_IP), 5)
+        until(lambda: ping(guest, ROUTER_IP), 5, "guest reaches its router", every=0.05)
         assert svc.dhcp.pids() == first  # the running dnsmasq was adopted, not restarted
 
         # An empty spec removes everything Kumo owns here; the guest's tap stays (libvirt's).
         svc.accept(spec(2, with_vpc=False))
-        assert wait_for(lambda: svc.observed().applied_generation == 2), svc.observed()
+        until(lambda: svc.observed().applied_generation == 2, 10,
+              "network generation 2 applied", every=0.05)
         ls = links(host)
         assert not [n for n in ls if n.startswith(("kb-", "kx-", "kq-", "kt-", "kg-"))]
         assert tap in ls and ls[tap].get("master") is None
@@ -273,12 +267,14 @@ def test_security_groups_and_dhcp_on_the_real_dataplane(state_dir, minilab2):
     svc.start()
     try:
         svc.accept(spec(1, second_guest=True))
-        assert wait_for(lambda: svc.observed().applied_generation == 1), svc.observed()
+        until(lambda: svc.observed().applied_generation == 1, 10,
+              "network generation 1 applied", every=0.05)
         pids.update(svc.dhcp.pids().values())
         assert svc.observed().error is None
         assert {("inet", "kumo"), ("bridge", "kumo")} <= nft_tables(host)
         # The network works (egress is open, replies are tracked): guests reach their router.
-        assert wait_for(lambda: ping(g1, ROUTER_IP) and ping(g2, ROUTER_IP), 5)
+        until(lambda: ping(g1, ROUTER_IP) and ping(g2, ROUTER_IP), 5,
+              "both guests reach their router", every=0.05)
         # Only tcp/22 may come in: no ping between the guests, for whole 3 s windows.
         assert not ping_window(g1, GUEST2_IP, 3)
         assert not ping_window(g2, GUEST_IP, 3)
@@ -286,7 +282,8 @@ def test_security_groups_and_dhcp_on_the_real_dataplane(state_dir, minilab2):
         # Someone flushes the host's ruleset: the tables come back within seconds, still closed.
         run("ip", "netns", "exec", host, "nft", "flush", "ruleset")
         t0 = time.monotonic()
-        assert wait_for(lambda: {("inet", "kumo"), ("bridge", "kumo")} <= nft_tables(host), 3)
+        until(lambda: {("inet", "kumo"), ("bridge", "kumo")} <= nft_tables(host), 3,
+              "both kumo nft tables restored", every=0.05)
         restored = time.monotonic() - t0
         assert restored < 3, restored
         assert not ping_window(g1, GUEST2_IP, 3)
@@ -312,7 +309,8 @@ def test_security_groups_and_dhcp_on_the_real_dataplane(state_dir, minilab2):
         print(f"firewall restored {restored:.2f} s after the flush, ping opened {opened:.2f} s "
               "after the PUT")
         assert ping(g1, GUEST2_IP) and ping(g2, GUEST_IP)
-        assert wait_for(lambda: svc.observed().applied_generation == 2)
+        until(lambda: svc.observed().applied_generation == 2, 10,
+              "network generation 2 applied", every=0.05)
 
         # DHCP: the guest gets its fixed address from the VPC router's dnsmasq.
         out = run("ip", "netns", "exec", g1, "busybox", "udhcpc", "-i", "eth0", "-n", "-q",
@@ -322,7 +320,8 @@ def test_security_groups_and_dhcp_on_the_real_dataplane(state_dir, minilab2):
 
         # The end: an empty spec stops the DHCP server and removes the router namespace.
         svc.accept(spec(3, with_vpc=False))
-        assert wait_for(lambda: svc.observed().applied_generation == 3), svc.observed()
+        until(lambda: svc.observed().applied_generation == 3, 10,
+              "network generation 3 applied", every=0.05)
         assert svc.dhcp.pids() == {} and rns not in netns_list()
         assert not [p for p in pids if alive(p)]
     finally:
@@ -531,14 +530,15 @@ def test_restarted_agent_adopts_the_dataplane_nat_leg_included(state_dir):
             # The first agent builds everything from an accepted spec.
             svc.start()
             svc.accept(nat_spec(1))
-            assert wait_for(lambda: svc.observed().applied_generation == 1), svc.observed()
+            until(lambda: svc.observed().applied_generation == 1, 10,
+                  "network generation 1 applied", every=0.05)
             assert svc.observed().failed == 0 and svc.observed().error is None
             dnsmasq = svc.dhcp.pids()
             pids.update(dnsmasq.values())
-            assert wait_for(lambda: ping(g1, NATGW_PRIVATE), 5), "no path through kg/kn"
-            assert wait_for(lambda: ping(g2, INET_SERVER), 5), "no path through the NAT gateway"
-            assert wait_for(lambda: ping(g1, INET_SERVER), 5), "no path through the igw"
-            assert wait_for(lambda: ping(inet, NG1_PUBLIC), 5), "public IP unreachable"
+            until(lambda: ping(g1, NATGW_PRIVATE), 5, "a path through kg/kn", every=0.05)
+            until(lambda: ping(g2, INET_SERVER), 5, "a path through the NAT gateway", every=0.05)
+            until(lambda: ping(g1, INET_SERVER), 5, "a path through the igw", every=0.05)
+            until(lambda: ping(inet, NG1_PUBLIC), 5, "the public IP reachable", every=0.05)
         finally:
             pids.update(svc.dhcp.pids().values())
             svc.stop()  # like a killed agent: the dataplane stays as it is
@@ -587,8 +587,8 @@ def test_restarted_agent_adopts_the_dataplane_nat_leg_included(state_dir):
                 assert svc.spec() == nat_spec(1)
                 svc.start()
                 try:
-                    assert wait_for(lambda: svc.observed().applied_generation == 1
-                                    and rec.results), svc.observed()
+                    until(lambda: svc.observed().applied_generation == 1 and rec.results,
+                          10, "network generation 1 applied and recorded", every=0.05)
                     assert svc.observed().error is None, svc.observed()
                     assert svc.dhcp.pids() == dnsmasq  # adopted, not restarted
                     for res in rec.results:
@@ -617,7 +617,8 @@ def test_restarted_agent_adopts_the_dataplane_nat_leg_included(state_dir):
             svc.start()
             try:
                 svc.accept(nat_spec(2, with_vpc=False))
-                assert wait_for(lambda: svc.observed().applied_generation == 2), svc.observed()
+                until(lambda: svc.observed().applied_generation == 2, 10,
+                      "network generation 2 applied", every=0.05)
             finally:
                 pids.update(svc.dhcp.pids().values())
                 svc.stop()

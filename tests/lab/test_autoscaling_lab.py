@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from tests.lab.cloud import agent_instance_dir, domains_named, lab_hosts, user_fixture
+from lab.testing import until
 from tests.lab.guests import qemu_pid_of
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -27,17 +28,6 @@ def _group(cloud, name: str) -> dict:
     return cloud.call("GET", f"/v1/autoscaling-groups/{name}")
 
 
-def _until(what: str, probe, timeout: float):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"{what} not within {timeout} s: {last!r}")
-
-
 def _in_service(cloud, name: str, count: int, timeout: float = 150) -> list[dict]:
     """Exactly `count` members, all InService on running instances."""
     def probe():
@@ -46,15 +36,17 @@ def _in_service(cloud, name: str, count: int, timeout: float = 150) -> list[dict
                                             for m in members)
               and all(cloud.instance(m["instance_id"])["state"] == "running" for m in members))
         return members if ok else None
-    return _until(f"{count} InService", probe, timeout)
+    return until(probe, timeout, f"{count} InService", every=1)
 
 
 def _gone(cloud, iid: str, timeout: float = 60) -> None:
     """Terminated, and nothing of it left on any host: no domain, no agent files."""
-    _until(f"{iid} terminated", lambda: cloud.instance(iid)["state"] == "terminated", timeout)
-    _until(f"{iid} domain removed", lambda: not domains_named(cloud.lab, iid), 30)
-    _until(f"{iid} agent files removed", lambda: not any(
-        agent_instance_dir(cloud.lab, h, iid).exists() for h in lab_hosts(cloud.lab)), 30)
+    until(lambda: cloud.instance(iid)["state"] == "terminated", timeout, f"{iid} terminated",
+          every=1)
+    until(lambda: not domains_named(cloud.lab, iid), 30, f"{iid} domain removed", every=1)
+    until(lambda: not any(agent_instance_dir(cloud.lab, h, iid).exists()
+                          for h in lab_hosts(cloud.lab)), 30, f"{iid} agent files removed",
+          every=1)
 
 
 def test_group_scales_replaces_and_deletes(cloud):
@@ -83,9 +75,9 @@ def test_group_scales_replaces_and_deletes(cloud):
         pid = qemu_pid_of(iid)
         os.kill(pid, signal.SIGKILL)  # only this guest's QEMU
         killed = time.monotonic()
-        [replacement] = _until("a replacement InService", lambda: [
+        [replacement] = until(lambda: [
             m for m in _in_service(cloud, name, 1, timeout=150)
-            if m["instance_id"] != iid] or None, 160)
+            if m["instance_id"] != iid] or None, 160, "a replacement InService", every=1)
         print(f"replacement InService {time.monotonic() - killed:.0f} s after the kill")
         _gone(cloud, iid)
         acts = cloud.call("GET", f"/v1/autoscaling-groups/{name}/activities",
@@ -96,8 +88,8 @@ def test_group_scales_replaces_and_deletes(cloud):
         assert _group(cloud, name)["desired_capacity"] == 1
     finally:
         cloud.call("DELETE", f"/v1/autoscaling-groups/{name}", params={"force": "true"})
-        _until("group deleted", lambda: cloud.api.get(
-            f"/v1/autoscaling-groups/{name}").status_code == 404, 90)
+        until(lambda: cloud.api.get(f"/v1/autoscaling-groups/{name}").status_code == 404, 90,
+              "group deleted", every=1)
         cloud.call("DELETE", f"/v1/launch-templates/{tname}", expect=None)
     for iid_ in (dropped, iid, replacement["instance_id"]):
         _gone(cloud, iid_)

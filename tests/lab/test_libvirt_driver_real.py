@@ -26,6 +26,7 @@ from agent.drivers.disks import instance_disks
 from agent.libvirt.designer import tap_name
 from agent.seed import meta_data
 from agent.storage import LocalStorage
+from lab.testing import until
 from tests.unit import hypervisor_contract as contract
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -115,15 +116,15 @@ class PrivateLibvirtd:
         log.close()
         import libvirt
         libvirt.registerErrorHandler(lambda *_: None, None)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             assert self.proc.poll() is None, (self.base / "libvirtd.log").read_text()[-2000:]
             try:
                 libvirt.open(self.uri).close()
-                return
+                return True
             except libvirt.libvirtError:
-                time.sleep(0.1)
-        raise AssertionError("private libvirtd did not answer in 60 s")
+                return False
+        until(answers, 60, "the private libvirtd answers", every=0.1)
 
     def qemu_pids(self) -> list[int]:
         pids = []
@@ -171,13 +172,12 @@ def libvirtd(tmp_path):
 
 
 def _wait_console(path: Path, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(MARK) >= count:
-            return
-        time.sleep(0.1)
-    text = path.read_bytes()[-500:] if path.exists() else b"<no console log>"
-    raise AssertionError(f"marker #{count} not seen in {timeout}s: {text!r}")
+    try:
+        until(lambda: path.exists() and path.read_bytes().count(MARK) >= count, timeout,
+              f"marker #{count} on the console", every=0.1)
+    except AssertionError as e:
+        text = path.read_bytes()[-500:] if path.exists() else b"<no console log>"
+        raise AssertionError(f"{e}: {text!r}") from None
 
 
 def _boot_sector_image(tmp_path: Path) -> tuple[Path, str]:
@@ -317,15 +317,17 @@ def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
         hv.define(plan)
         t0 = time.monotonic()
         hv.start(iid)
-        deadline = t0 + 90
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if console.exists() and marker in console.read_bytes():
-                break
+                return True
             assert hv.status(iid).power == "running"
-            time.sleep(0.25)
-        else:
+            return False
+        try:
+            until(ready, 90, f"{marker!r} on the console", every=0.25)
+        except AssertionError as e:
             tail = console.read_bytes()[-1500:] if console.exists() else b""
-            raise AssertionError(f"no {marker!r} in 90 s; console tail: {tail!r}")
+            raise AssertionError(f"{e}; console tail: {tail!r}") from None
         print(f"kumo-tiny ready in {time.monotonic() - t0:.1f}s")
     finally:
         try:
@@ -419,15 +421,14 @@ def test_kumo_tiny_sees_a_hot_plugged_volume_come_and_go(libvirtd, tmp_path):
     hv = LibvirtHypervisor(libvirtd.uri, "qemu", poll_interval=0.1)
 
     def console_after(offset: int, needle: str, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def end_of_needle() -> int | None:
             text = console.read_bytes().decode(errors="replace") if console.exists() else ""
             at = text.find(needle, offset)
-            if at >= 0:
-                return at + len(needle)
-            time.sleep(0.25)
-        raise AssertionError(f"no {needle!r} on the console in {timeout} s; tail: "
-                             f"{console.read_bytes()[-1500:]!r}")
+            return at + len(needle) if at >= 0 else None
+        try:
+            return until(end_of_needle, timeout, f"{needle!r} on the console", every=0.25)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; tail: {console.read_bytes()[-1500:]!r}") from None
 
     try:
         hv.define(plan)

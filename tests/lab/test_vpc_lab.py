@@ -41,7 +41,7 @@ import pytest
 
 from agent.network import names
 from lab.naming import host_address, host_netns, inet_netns
-from lab.testing import end_process, ip_json, ns_run
+from lab.testing import end_process, ip_json, ns_run, until
 from tests.lab.cloud import CloudUser
 from tests.lab.net_support import (CONVERGE, INET_SERVER, WINDOW, LabWorld, Listener, Vm, admin_api,
                                    agent_network, http_cmd, in_router_ns, ip_, lab_state,
@@ -388,13 +388,11 @@ def _guest_loop_until_ok(world, vm: Vm, probe: str, tries: int = 300) -> None:
 
 
 def _wait_listener(world, source: str, since: float, timeout: float = CONVERGE) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def first_hit() -> float | None:
         hits = [t for t, peer in world.listener.entries(since) if peer == source]
-        if hits:
-            return hits[0]
-        time.sleep(0.05)
-    raise AssertionError(f"nothing from {source} reached the listener within {timeout} s")
+        return hits[0] if hits else None
+    return until(first_hit, timeout, f"something from {source} reaches the listener",
+                 every=0.05)
 
 
 def set_nat_route(world, present: bool) -> float:
@@ -604,14 +602,16 @@ def _host_links(lab, host_id: str) -> dict[str, int]:
 def _stop_agent(lab, host_id: str, sig: int) -> None:
     pid = lab_state(lab).processes[f"agent-{host_id}"].pid
     os.kill(pid, sig)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+
+    def exited() -> bool:
+        if not Path(f"/proc/{pid}").exists():
+            return True
         try:
-            os.waitpid(pid, os.WNOHANG)
+            os.waitpid(pid, os.WNOHANG)  # reaps it when it is our child
         except ChildProcessError:
             pass
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), f"agent {pid} did not exit on signal {sig}"
+        return False
+    until(exited, 30, f"agent {pid} exits on signal {sig}", every=0.05)
 
 
 def _read_until(world, vm: Vm, path: str, marker: str, timeout: float = 90) -> str:
