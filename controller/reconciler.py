@@ -257,7 +257,10 @@ class Reconciler:
                                                        self.settings.state_dir)
                                 if "instance-metadata" in (host.extensions or []) else None)
                     spec = specs.build(inst, image, host, url, nic,
-                                       specs.spec_volumes(attachments), metadata)
+                                       specs.spec_volumes(
+                                           attachments,
+                                           "volumes-rbd-cephx" in (host.extensions or [])),
+                                       metadata)
                 except Exception as exc:  # e.g. an image row gone: fail this instance only
                     log.exception("cannot build spec for %s", inst.instance_id)
                     inst.observed_error = f"SpecError: {exc}"[:1024]

@@ -44,15 +44,21 @@ def virtio_target(device: str) -> str:
     return "vd" + device[-1]
 
 
-def volume_source(vol: Volume) -> VolumeSource | None:
+def volume_source(vol: Volume, cephx: bool = True) -> VolumeSource | None:
     """Where hosts attach the volume, as the storage node last reported it (None: not exported).
-    A row without a protocol predates RBD: NBD, on NBD's port unless one was recorded."""
+    A row without a protocol predates RBD: NBD, on NBD's port unless one was recorded.
+    `cephx`: whether the host understands extension volumes-rbd-cephx; an older agent refuses
+    the unknown fields, so it gets the source without the Ceph user and key (and cannot open a
+    cephx volume: upgrade agents before turning cephx on, docs/ceph-rbd.md)."""
     if not vol.source_host or not vol.source_export:
         return None
     protocol = vol.source_protocol or "nbd"
+    auth = ({"auth_user": vol.source_auth_user, "auth_key": vol.source_auth_key}
+            if cephx and protocol == "rbd" and vol.source_auth_user and vol.source_auth_key
+            else {})
     return VolumeSource(protocol=protocol, host=vol.source_host,
                         port=vol.source_port or (6789 if protocol == "rbd" else 10809),
-                        export=vol.source_export)
+                        export=vol.source_export, **auth)
 
 
 def volumes_pending(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[str]:
@@ -61,11 +67,13 @@ def volumes_pending(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[str]
     return sorted(a.volume_id for a, v in rows if a.state in IN_SPEC and volume_source(v) is None)
 
 
-def spec_volumes(rows: list[tuple[VolumeAttachmentRow, Volume]]) -> list[VolumeAttachment]:
-    """The spec's volumes: attaching and attached ones with an export, sorted by device."""
+def spec_volumes(rows: list[tuple[VolumeAttachmentRow, Volume]],
+                 cephx: bool = False) -> list[VolumeAttachment]:
+    """The spec's volumes: attaching and attached ones with an export, sorted by device.
+    `cephx`: the host lists extension volumes-rbd-cephx (see volume_source)."""
     out = []
     for a, v in rows:
-        src = volume_source(v)
+        src = volume_source(v, cephx)
         if a.state in IN_SPEC and src is not None:
             out.append(VolumeAttachment(volume_id=a.volume_id, device=virtio_target(a.device),
                                         source=src, size_bytes=v.observed_size_bytes or None))

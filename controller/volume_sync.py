@@ -84,6 +84,14 @@ def wants_export(att: VolumeAttachmentRow | None) -> bool:
     return att is not None and not forcing_off(att)
 
 
+def source_key(vol: Volume) -> tuple:
+    """What identifies where and as whom the host opens the volume: a change of it (an export
+    moved, or with cephx re-exported to another host's Ceph user at the same monitor) changes
+    the instance's spec."""
+    return (vol.source_protocol or "nbd", vol.source_host, vol.source_port, vol.source_export,
+            vol.source_auth_user, vol.source_auth_key)
+
+
 def forcing_off(att: VolumeAttachmentRow | None) -> bool:
     """Whether the host must be cut off: the attachment is being force-detached."""
     return att is not None and att.state == "detaching" and att.force_detach
@@ -237,14 +245,15 @@ class VolumeSync:
                 return
             att = s.get(VolumeAttachmentRow, w.volume_id)
             now = utcnow()
-            old_source = (vol.source_protocol or "nbd", vol.source_host, vol.source_port,
-                          vol.source_export)
+            old_source = source_key(vol)
             old_size = vol.observed_size_bytes
             src = obs.source if obs.exported else None
             vol.source_host = src.host if src else None
             vol.source_port = src.port if src else None
             vol.source_export = src.export if src else None
             vol.source_protocol = src.protocol if src else None
+            vol.source_auth_user = src.auth_user if src else None
+            vol.source_auth_key = src.auth_key if src else None
             vol.observed_size_bytes = obs.size_bytes
             vol.acked_generation = max(vol.acked_generation, w.generation)
             vol.observed_error = None
@@ -269,8 +278,7 @@ class VolumeSync:
             if src is None and not w.spec.exported and forcing_off(att):
                 finish_detach(s, att, vol, "forced: the storage node cut the host off")
                 return
-            new_source = (vol.source_protocol or "nbd", vol.source_host, vol.source_port,
-                          vol.source_export)
+            new_source = source_key(vol)
             moved = old_source[3] is not None and new_source != old_source
             # Grown while attached: the host makes the guest see the new size (spec size_bytes).
             grown = old_size is not None and obs.size_bytes > old_size
@@ -293,6 +301,7 @@ class VolumeSync:
             vol.state, vol.deleted_at, vol.updated_at = "deleted", now, now
             vol.source_host = vol.source_port = vol.source_export = None
             vol.source_protocol = None
+            vol.source_auth_user = vol.source_auth_key = None
             vol.observed_error = None
             s.add(vol)
 

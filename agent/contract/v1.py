@@ -32,6 +32,7 @@ The agent pushes HeartbeatRequest to the controller's POST /v1/agent/heartbeat.
 """
 from __future__ import annotations
 
+import base64
 import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Annotated, Any, Literal
@@ -54,6 +55,9 @@ CONTRACT_VERSION = "v1"
 #:   image-capture: POST/GET/DELETE /v1/instances/{id}/image[/{image_id}[/file]]
 #:   (CaptureRequest, CaptureObserved): the root disk flattened into a standalone qcow2.
 #:   volumes-rbd: VolumeSource.protocol "rbd" (a Ceph RBD image, "pool/image", via a monitor).
+#:   volumes-rbd-cephx: VolumeSource.auth_user and auth_key (the host's own Ceph user and key,
+#:   kept as a libvirt secret; the disk authenticates as that user). Send them only to agents
+#:   that list it: an older agent refuses the unknown fields.
 #:   instance-metadata: InstanceSpec.metadata (agent/contract/metadata_v1.py): the document the
 #:   host's metadata service (169.254.169.254) serves the instance, and its signed identity.
 #:   nocloud-optional: InstanceSpec.nocloud_seed False (no NoCloud seed ISO: the guest reads
@@ -64,7 +68,7 @@ CONTRACT_VERSION = "v1"
 #:   advertise this extension: an old controller or an old agent never sees the new fields.
 EXTENSIONS: tuple[str, ...] = ("vpc-network", "security-groups", "network-subsystems", "volumes",
                                "image-capture", "volumes-rbd", "instance-metadata",
-                               "nocloud-optional", "nat-processed")
+                               "nocloud-optional", "nat-processed", "volumes-rbd-cephx")
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{17}$")
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{17}$")]
@@ -88,6 +92,21 @@ NBD_EXPORT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ExportName = Annotated[str, StringConstraints(pattern=f"^{NBD_EXPORT_RE.pattern}$")]
 #: An RBD image as "pool/image" (agent/drivers/base.NetworkSource checks the same).
 RBD_IMAGE_RE = re.compile(r"[A-Za-z0-9._-]{1,127}/[A-Za-z0-9._-]{1,127}")
+#: A Ceph user's id (client.<id>): what libvirt's <auth username> and QEMU's id= take.
+CEPH_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: A cephx key as Ceph prints it: base64 of 28 bytes (type, created, length, 16-byte secret).
+CEPH_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{38}==$")
+
+
+def valid_ceph_key(key: str) -> bool:
+    """True for a cephx key: 28 bytes of base64 whose type is AES (1) and whose secret is 16
+    bytes (what `ceph auth get-key` prints and libvirt's ceph secret holds decoded)."""
+    if not CEPH_KEY_RE.fullmatch(key):
+        return False
+    raw = base64.b64decode(key, validate=True)
+    return len(raw) == 28 and raw[0:2] == b"\x01\x00" and raw[10:12] == b"\x10\x00"
+
+
 # One DNS name of RFC 1123 labels (a storage node's host name).
 _DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -147,9 +166,13 @@ class VolumeSource(_Wire):
     """Where a volume is served (extension volumes): one NBD export on a storage node, or
     (extension "volumes-rbd") one RBD image of a Ceph cluster, reached through a monitor.
 
-    Ceph's auth is not carried: the cluster must allow clients without cephx (auth none), as
-    the lab's does. cephx would need a libvirt secret on every host (docs/ceph-rbd.md); a storage
-    node configured for it refuses to start rather than hand out sources hosts cannot open."""
+    RBD with cephx (extension "volumes-rbd-cephx", docs/security.md "Storage access"): the
+    storage node keeps one Ceph user per host whose caps list exactly the images exported to
+    that host, and the source carries that user and its key. The agent keeps the key as a
+    private libvirt secret (agent/libvirt/ceph_secret.py) and the disk names the user. The key
+    travels only in the spec of the host it belongs to, over the agent's mutual TLS; it is
+    never logged (left out of repr). Without them the cluster must allow clients without
+    cephx (auth none)."""
 
     #: "nbd" (the default, what every v1 agent understands) or "rbd" (extension volumes-rbd).
     protocol: Literal["nbd", "rbd"] = "nbd"
@@ -163,6 +186,14 @@ class VolumeSource(_Wire):
     #: id). RBD: "pool/image" (each part letters, digits, dot, underscore, hyphen; no namespace,
     #: no snapshot suffix).
     export: str = Field(max_length=255)
+    #: Extension "volumes-rbd-cephx", RBD only: the Ceph user (its id, without "client.") the
+    #: host's QEMU authenticates as, e.g. "kumo-host-h1": the one whose caps list this host's
+    #: images. None (left out): no cephx.
+    auth_user: Annotated[str, StringConstraints(pattern=CEPH_USER_RE.pattern)] | None = None
+    #: Extension "volumes-rbd-cephx": that user's cephx key as Ceph prints it (base64 of the
+    #: 28-byte key blob, e.g. "AQ...=="). Given with auth_user, and only then.
+    auth_key: Annotated[str, StringConstraints(pattern=CEPH_KEY_RE.pattern)] | None = Field(
+        default=None, repr=False)
 
     @field_validator("host")
     @classmethod
@@ -182,7 +213,23 @@ class VolumeSource(_Wire):
         if not pattern.fullmatch(self.export):
             what = "pool/image" if self.protocol == "rbd" else "an NBD export name"
             raise ValueError(f"export {self.export!r} is not {what}")
+        if (self.auth_user is None) != (self.auth_key is None):
+            raise ValueError("auth_user and auth_key come together")
+        if self.auth_user is not None and self.protocol != "rbd":
+            raise ValueError("auth_user/auth_key are for RBD sources only")
+        if self.auth_key is not None and not valid_ceph_key(self.auth_key):
+            raise ValueError("auth_key is not a cephx key")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_auth(self, handler: Any) -> dict[str, Any]:
+        """auth_user/auth_key are left out when None, so a source without cephx is exactly the
+        one agents without "volumes-rbd-cephx" (extra fields forbidden) accept."""
+        data = handler(self)
+        for k in ("auth_user", "auth_key"):
+            if data.get(k) is None:
+                data.pop(k, None)
+        return data
 
 
 class VolumeAttachment(_Wire):

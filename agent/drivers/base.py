@@ -160,13 +160,30 @@ class NetworkHost:
 
 
 @dataclass(frozen=True)
+class CephAuth:
+    """The Ceph user an RBD disk authenticates as (cephx). `key` is its secret: the hypervisor
+    keeps it (libvirt: a private secret) and never shows it, so a disk read back from the
+    hypervisor has the user only; the key takes no part in comparisons."""
+
+    username: str
+    key: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_text("Ceph user", self.username, r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        if self.key:
+            _check_text("cephx key", self.key, r"[A-Za-z0-9+/]{38}==")
+
+
+@dataclass(frozen=True)
 class NetworkSource:
     """A disk served over the network, always raw bytes (the format lives on the storage side):
-    NBD (`name` is the export, one host) or RBD (`name` is "pool/image", one host per monitor)."""
+    NBD (`name` is the export, one host) or RBD (`name` is "pool/image", one host per monitor;
+    `auth`: the cephx user, None without cephx)."""
 
     protocol: Literal["nbd", "rbd"]
     name: str
     hosts: tuple[NetworkHost, ...]
+    auth: CephAuth | None = None
 
     def __post_init__(self) -> None:
         if self.protocol == "nbd":
@@ -181,6 +198,9 @@ class NetworkSource:
             raise InvalidDevice(f"network disk protocol {self.protocol!r} is not nbd or rbd")
         if not all(isinstance(h, NetworkHost) for h in self.hosts):
             raise InvalidDevice("network disk hosts must be NetworkHost values")
+        if self.auth is not None and (self.protocol != "rbd"
+                                      or not isinstance(self.auth, CephAuth)):
+            raise InvalidDevice("only an RBD disk has a Ceph user (a CephAuth)")
 
 
 @dataclass(frozen=True)

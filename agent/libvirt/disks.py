@@ -9,8 +9,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from agent.drivers.base import (DomainDisk, DriverError, FileSource, NetworkHost,
+from agent.drivers.base import (CephAuth, DomainDisk, DriverError, FileSource, NetworkHost,
                                 NetworkSource)
+from agent.libvirt.ceph_secret import secret_uuid
 from agent.libvirt.domain import Disk, DiskHost
 
 
@@ -23,8 +24,10 @@ def to_xml_disk(disk: DomainDisk) -> Disk:
         return Disk(source_file=str(src.path), driver_type=src.format, **common)
     hosts = tuple(DiskHost(socket=str(h.socket)) if h.socket is not None
                   else DiskHost(name=h.name, port=h.port) for h in src.hosts)
+    auth = dict(auth_username=src.auth.username,
+                auth_secret_uuid=secret_uuid(src.auth.username)) if src.auth else {}
     return Disk(source_protocol=src.protocol, source_name=src.name, source_hosts=hosts,
-                driver_type="raw", **common)
+                driver_type="raw", **auth, **common)
 
 
 def from_xml_disk(disk: Disk) -> DomainDisk | None:
@@ -35,9 +38,11 @@ def from_xml_disk(disk: Disk) -> DomainDisk | None:
             source: FileSource | NetworkSource = FileSource(Path(disk.source_file or ""),
                                                             disk.driver_type)
         else:
+            # The key stays in libvirt's secret: the disk read back names the user only.
             source = NetworkSource(disk.source_protocol, disk.source_name or "", tuple(
                 NetworkHost(socket=Path(h.socket)) if h.socket is not None
-                else NetworkHost(name=h.name, port=h.port) for h in disk.source_hosts))
+                else NetworkHost(name=h.name, port=h.port) for h in disk.source_hosts),
+                CephAuth(disk.auth_username) if disk.auth_username is not None else None)
         return DomainDisk(target=disk.target_dev, source=source, device=disk.device,
                           bus=disk.target_bus, readonly=disk.readonly, serial=disk.serial,
                           cache=disk.cache,

@@ -170,6 +170,10 @@ class Disk(_Xml):
     readonly: bool = False
     serial: str | None = None
     boot_order: int | None = None
+    #: A network disk's <auth>: the Ceph user (username) and the UUID of the libvirt secret
+    #: holding its key (<secret type='ceph'>); None without cephx.
+    auth_username: str | None = None
+    auth_secret_uuid: str | None = None
 
     def to_element(self) -> ET.Element:
         network = self.source_protocol is not None
@@ -184,6 +188,10 @@ class Disk(_Xml):
             src = _sub(el, "source", protocol=self.source_protocol, name=self.source_name or "")
             for host in self.source_hosts:
                 src.append(host.to_element())
+            if self.auth_username is not None:
+                # Inside <source> (libvirt >= 3.9), where libvirt also keeps it.
+                auth = _sub(src, "auth", username=self.auth_username)
+                _sub(auth, "secret", type="ceph", uuid=self.auth_secret_uuid or "")
         else:
             _sub(el, "source", file=self.source_file or "")
         _sub(el, "target", dev=self.target_dev, bus=self.target_bus)
@@ -216,8 +224,14 @@ class Disk(_Xml):
             if src.get("file") is None:
                 return None
             return cls(source_file=src.get("file"), **common)
+        # <auth> may sit in <source> or (libvirt's older place) directly in <disk>.
+        auth = src.find("auth")
+        auth = auth if auth is not None else el.find("auth")
+        secret = auth.find("secret") if auth is not None else None
         return cls(source_protocol=src.get("protocol"), source_name=src.get("name"),
                    source_hosts=tuple(DiskHost.from_element(h) for h in src.findall("host")),
+                   auth_username=auth.get("username") if auth is not None else None,
+                   auth_secret_uuid=secret.get("uuid") if secret is not None else None,
                    **common)
 
 

@@ -21,7 +21,7 @@ from agent.drivers.base import (DeviceNotFound, DomainDisk, DomainNotFound, Doma
                                 DomainPlan, DomainStatus, DriverError, check_disk_size)
 from agent.drivers.disks import on_target
 from agent.drivers.stats import DomainStats
-from agent.libvirt import devices, nbd_reconnect, stats
+from agent.libvirt import ceph_secret, devices, nbd_reconnect, stats
 from agent.libvirt.designer import DEFAULT_EMULATOR, DEFAULT_TCG_CPU_MODEL, design_domain
 from agent.libvirt.disks import from_domain_xml
 from agent.libvirt.domain import KUMO_NS, KumoMetadata
@@ -166,6 +166,7 @@ class LibvirtHypervisor:
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise
+            ceph_secret.ensure_for(conn, plan.disks)  # the keys of its RBD disks with cephx
             conn.defineXML(domain.to_xml())
 
         self._call(f"define {plan.name}", run)
@@ -283,8 +284,11 @@ class LibvirtHypervisor:
         return self._call("list domains", run)
 
     def attach_disk(self, name: str, disk: DomainDisk) -> None:
-        self._call(f"attach {disk.target} to {name}",
-                   lambda conn: devices.attach(conn.lookupByName(name), disk))
+        def run(conn: libvirt.virConnect) -> None:
+            ceph_secret.ensure_for(conn, [disk])
+            devices.attach(conn.lookupByName(name), disk)
+
+        self._call(f"attach {disk.target} to {name}", run)
 
     def detach_disk(self, name: str, target: str, *, force: bool = False,
                     timeout: float = 10.0) -> None:

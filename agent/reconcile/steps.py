@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent.contract.v1 import AttachedVolume, InstanceSpec, NicSpec, VolumeAttachment
-from agent.drivers.base import (DeviceDetachTimeout, DomainDisk, DomainNic, DomainPlan,
+from agent.drivers.base import (CephAuth, DeviceDetachTimeout, DomainDisk, DomainNic, DomainPlan,
                                 DomainStatus, DriverError,
                                 Hypervisor, NetworkHost, NetworkSource, Storage)
 from agent.drivers.disks import OWN_TARGETS, ROOT_TARGET, instance_disks
@@ -172,9 +172,10 @@ def volume_disk(v: VolumeAttachment) -> DomainDisk:
     while the storage node is out of reach (a daemon restart, an export re-made to grow the
     volume) the guest pauses instead of seeing I/O errors, and ResumedAfterIOError resumes it."""
     src = v.source
+    auth = CephAuth(src.auth_user, src.auth_key or "") if src.auth_user is not None else None
     return DomainDisk(target=v.device,
                       source=NetworkSource(src.protocol, src.export,
-                                           (NetworkHost(src.host, src.port),)),
+                                           (NetworkHost(src.host, src.port),), auth),
                       bus="virtio", serial=v.disk_serial, cache="none", error_policy="stop")
 
 

@@ -2,10 +2,9 @@
 backend (agent/storage_node/backend.py) or the Ceph RBD one (rbd_backend.py). The app
 (app.py) never knows which: this is the only place that chooses.
 
-RBD with cephx is refused here, loudly, rather than started: the hosts' QEMUs would be handed
-sources they cannot open (a cephx key reaches QEMU only as a libvirt secret on every host,
-which Kumo does not manage yet; docs/ceph-rbd.md). Settings refuse rbd_auth=cephx; a ceph.conf
-that requires cephx of clients is refused the same way, since that is what the hosts would meet.
+RBD with rbd_auth "cephx" keeps one Ceph user per host (agent/storage_node/rbd_cephx.py). With
+rbd_auth "none", a ceph.conf that requires cephx of clients is refused, loudly, rather than
+started: the hosts' QEMUs would be handed sources without a key that they cannot open.
 """
 from __future__ import annotations
 
@@ -51,11 +50,14 @@ def build_backend(settings: StorageSettings) -> VolumeBackend:
         text = conf.read_text()
     except OSError as e:
         raise UnsupportedStorageConfig(f"cannot read the ceph conf {conf}: {e}") from e
-    if conf_requires_cephx(text):
+    cephx = settings.rbd_auth == "cephx"
+    if not cephx and conf_requires_cephx(text):
         raise UnsupportedStorageConfig(
-            f"{conf} requires cephx (or leaves Ceph's default, cephx): hosts' QEMUs would need "
-            "the key as a libvirt secret, which Kumo does not manage yet (docs/ceph-rbd.md); "
-            "set 'auth client required = none' (and cluster/service) on a trusted network")
+            f"{conf} requires cephx (or leaves Ceph's default, cephx) while rbd_auth is none: "
+            "hosts would get no key; set KUMO_STORAGE_RBD_AUTH=cephx (per-host users), or "
+            "'auth client required = none' (and cluster/service) on a trusted network")
     mons = [NetworkHost(host, port) for host, port in settings.monitors()]
     return RbdBackend(settings.state_dir, settings.rbd_pool, mons, conf=settings.ceph_conf,
-                      client_id=settings.rbd_client_id, max_size=settings.max_size)
+                      client_id=settings.rbd_client_id, keyring=settings.rbd_keyring,
+                      host_user_prefix=settings.rbd_host_user_prefix if cephx else None,
+                      max_size=settings.max_size)

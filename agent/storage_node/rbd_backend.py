@@ -2,13 +2,17 @@
 driven with the `rbd` and `ceph` command-line tools (argv lists, never a shell; every id is
 validated before it reaches an argv).
 
-The Ceph cluster itself is the serving process: an image is reachable by any host that can reach
-the monitors, so "export" here records the volume as wanted-attached (persisted in
-state_dir/exports.json, like the NBD node's export set) and returns a NetworkSource with protocol
-"rbd", name "pool/volume-id" and the monitors as hosts. unexport refuses while a client has the
-image open (it shows as a watcher in `rbd status`); a forced unexport blocklists every watcher's
-address (`ceph osd blocklist add`), which cuts that client off for good (until the blocklist
-entry expires, an hour by default), so the name stays the volume id.
+The Ceph cluster itself is the serving process, so "export" here records the volume as
+wanted-attached (persisted in state_dir/exports.json, like the NBD node's export set) and
+returns a NetworkSource with protocol "rbd", name "pool/volume-id" and the monitors as hosts.
+With auth none any host that reaches the monitors reaches every image. With cephx
+(host_user_prefix; rbd_cephx.py) each export is for one host, whose own Ceph user's caps name
+exactly its images: the source carries that user and key, exports.json also keeps whom each
+export is for, and the caps are rewritten on every change (and checked once by ensure()).
+unexport refuses while a client has the image open (it shows as a watcher in `rbd status`); a
+forced unexport blocklists every watcher's address (`ceph osd blocklist add`), which cuts that
+client off for good (until the blocklist entry expires, an hour by default), so the name stays
+the volume id.
 
 RBD resizes live (librbd tells an open QEMU client the new size), hence "grow_exported" without
 the NBD node's VolumeInUse.
@@ -52,12 +56,14 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from agent.drivers.base import DriverError, NetworkHost, NetworkSource
+from agent.contract.storage_v1 import HOST_ID_RE
+from agent.drivers.base import CephAuth, DriverError, NetworkHost, NetworkSource
 from agent.drivers.volumes import (DEFAULT_MAX_SIZE, MiB, SNAPSHOT_ID_RE, VOLUME_ID_RE,
                                    InvalidVolumeSize, SnapshotAlreadyExists, SnapshotInfo,
                                    SnapshotNotFound, VolumeAlreadyExists, VolumeInfo, VolumeInUse,
                                    VolumeNotFound, valid_size, valid_snapshot_id,
                                    valid_volume_id)
+from agent.storage_node.rbd_cephx import CephxUsers, images_of, osd_caps
 
 #: Each rbd/ceph call is bounded: a cluster without quorum otherwise hangs for 300 s.
 CALL_TIMEOUT = 30.0
@@ -108,12 +114,24 @@ class _Pool(NamedTuple):
     snaps: dict[str, _Snap]
 
 
+class _State(NamedTuple):
+    """The persisted export set: wanted volumes, whom each is for, hosts with a user."""
+
+    wanted: set[str]
+    hosts: dict[str, str]
+    users: set[str]
+
+
 class RbdBackend:
     capabilities = frozenset({"rbd", "grow_exported", "persistent_exports", "snapshots"})
 
     def __init__(self, state_dir: Path, pool: str, mon_hosts: Sequence[NetworkHost], *,
                  conf: Optional[Path] = None, client_id: Optional[str] = None,
+                 keyring: Optional[Path] = None, host_user_prefix: Optional[str] = None,
                  netns: Optional[str] = None, max_size: int = DEFAULT_MAX_SIZE):
+        """`host_user_prefix` set: cephx per host (rbd_cephx.py), each export for one host
+        and opened only with that host's user, client.<prefix><host id>. None: auth none,
+        every client of the cluster reaches every image. `keyring`: the node's own key."""
         if not mon_hosts:
             raise ValueError("RBD needs at least one monitor host")
         # The pool name goes into the NetworkSource; check it the same way now.
@@ -122,7 +140,12 @@ class RbdBackend:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.pool, self.mon_hosts = pool, tuple(mon_hosts)
         self.conf, self.client_id, self.netns = conf, client_id, netns
+        self.keyring = keyring
         self.max_size = max_size
+        self.cephx = (CephxUsers(self._run, host_user_prefix)
+                      if host_user_prefix is not None else None)
+        #: host -> the volume ids its caps were last set for (by this process).
+        self._synced: dict[str, frozenset[str]] = {}
 
     # -- the tools ------------------------------------------------------------------------------
     def _argv(self, tool: str, *args: str) -> list[str]:
@@ -132,6 +155,8 @@ class RbdBackend:
             argv += ["--conf", str(self.conf)]
         if self.client_id is not None:
             argv += ["--id", self.client_id]
+        if self.keyring is not None:
+            argv += ["--keyring", str(self.keyring)]
         return argv + ["--client_mount_timeout", "20", *args]
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
@@ -206,23 +231,63 @@ class RbdBackend:
     def _exports_file(self) -> Path:
         return self.state_dir / "exports.json"
 
-    def _wanted(self) -> set[str]:
+    def _state(self) -> _State:
+        """exports.json: {"exports": [volume ids], "hosts": {volume id: host id} (cephx: whom
+        each is exported to), "users": [hosts that have a Ceph user]}."""
         try:
             data = json.loads(self._exports_file.read_text())
         except FileNotFoundError:
-            return set()
-        return {v for v in data.get("exports", []) if VOLUME_ID_RE.fullmatch(v)}
+            return _State(set(), {}, set())
+        wanted = {v for v in data.get("exports", []) if VOLUME_ID_RE.fullmatch(v)}
+        hosts = {v: h for v, h in data.get("hosts", {}).items()
+                 if v in wanted and isinstance(h, str) and HOST_ID_RE.fullmatch(h)}
+        users = {h for h in data.get("users", []) if HOST_ID_RE.fullmatch(h)}
+        return _State(wanted, hosts, users | set(hosts.values()))
 
-    def _save(self, wanted: set[str]) -> None:
+    def _wanted(self) -> set[str]:
+        return self._state().wanted
+
+    def _save(self, wanted: set[str], hosts: Optional[dict[str, str]] = None,
+              users: Optional[set[str]] = None) -> None:
+        old = self._state()
+        hosts = {v: h for v, h in (old.hosts if hosts is None else hosts).items() if v in wanted}
+        users = (old.users if users is None else users) | set(hosts.values())
         fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".exports.")
         with os.fdopen(fd, "w") as f:
-            json.dump({"exports": sorted(wanted)}, f)
+            json.dump({"exports": sorted(wanted), "hosts": dict(sorted(hosts.items())),
+                       "users": sorted(users)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._exports_file)
 
-    def _source(self, vid: str) -> NetworkSource:
-        return NetworkSource("rbd", self._image(vid), self.mon_hosts)
+    def _source(self, vid: str, host: Optional[str] = None) -> NetworkSource:
+        """The image as hosts open it; with cephx and a host, as that host's user."""
+        auth = None
+        if self.cephx is not None and host is not None:
+            auth = CephAuth(*self.cephx.key(host))
+        return NetworkSource("rbd", self._image(vid), self.mon_hosts, auth)
+
+    # -- cephx: each host's caps name its images --------------------------------------------------
+    def _info_by_id(self, image_id: str) -> dict:
+        """`rbd info` of an image by its id (a clone's parent)."""
+        return json.loads(self._ok("rbd", "info", "--format", "json", "--pool", self.pool,
+                                   "--image-id", image_id))
+
+    def _sync_caps(self, hosts_to_sync: set[str], state: Optional[_State] = None) -> None:
+        """Rewrite the caps of these hosts' users to the images exported to them now."""
+        if self.cephx is None or not hosts_to_sync:
+            return
+        st = state or self._state()
+        todo = {h: frozenset(v for v, x in st.hosts.items() if x == h) for h in hosts_to_sync}
+        todo = {h: v for h, v in todo.items() if self._synced.get(h) != v}
+        if not todo:  # the images of an export never change (nor a clone's parents)
+            return
+        all_ids = [i for _, i in self._pool().images.values()]
+        for host, vids in sorted(todo.items()):
+            self._synced.pop(host, None)
+            grants = images_of(vids, self._info, self._info_by_id)
+            self.cephx.set_caps(host, osd_caps(self.pool, grants, all_ids))
+            self._synced[host] = vids
 
     # -- VolumeBackend ----------------------------------------------------------------------------
     def create(self, volume_id: str, size_bytes: int, from_snapshot: Optional[str] = None) -> None:
@@ -300,15 +365,35 @@ class RbdBackend:
         self._ok("rbd", "rename", self._image(volume_id), f"{self.pool}/{held}")
 
     def export(self, volume_id: str, host: Optional[str] = None) -> NetworkSource:
-        # `host` is not used yet: per-host cephx users are not implemented (docs/security.md
-        # "Storage access"); every host with the cluster's access reaches every image.
+        """Without cephx `host` is not used: every client of the cluster reaches every image.
+        With cephx the image is granted to `host`'s user only (required: HostRequired); for
+        another host than before it moves: refused while a client still has it open
+        (VolumeInUse, retryable: the old host lets go, or a force detach cuts it off), then
+        the old host's caps lose it and the new host's gain it."""
         valid_volume_id(volume_id)
-        wanted = self._wanted()
-        if volume_id not in wanted:
-            if self._info(volume_id) is None:
+        if self.cephx is not None:
+            if host is None:
+                raise DriverError(f"volume {volume_id}: this node grants each image to one "
+                                  "host's Ceph user (cephx): say which", code="HostRequired",
+                                  retryable=False)
+            if not HOST_ID_RE.fullmatch(host):
+                raise DriverError(f"host id {host!r} is not valid",
+                                  code="InvalidParameterValue", retryable=False)
+        else:
+            host = None
+        st = self._state()
+        old = st.hosts.get(volume_id)
+        if volume_id not in st.wanted or old != host:
+            if volume_id not in st.wanted and self._info(volume_id) is None:
                 raise VolumeNotFound(f"volume {volume_id} does not exist")
-            self._save(wanted | {volume_id})
-        return self._source(volume_id)
+            if volume_id in st.wanted and old is not None and self._watchers(volume_id):
+                raise VolumeInUse(f"volume {volume_id} is still open (by host {old}): it "
+                                  f"moves to {host} once that lets go")
+            hosts = {**st.hosts, volume_id: host} if host is not None else st.hosts
+            self._save(st.wanted | {volume_id}, hosts)
+        # Also when nothing changed here: caps a failed call left behind are set again.
+        self._sync_caps({h for h in (old, host) if h is not None})
+        return self._source(volume_id, host)
 
     def unexport(self, volume_id: str, *, force: bool = False) -> None:
         valid_volume_id(volume_id)
@@ -319,9 +404,13 @@ class RbdBackend:
         if watchers and not force:
             raise VolumeInUse(f"volume {volume_id} is open by {len(watchers)} client(s)")
         for addr in watchers:
-            # Cut the client off at the OSDs: it can neither read nor write any more.
+            # Cut the client off at the OSDs: it can neither read nor write any more. (Caps
+            # alone would not: an open session keeps its ticket's caps until it renews it.)
             self._ok("ceph", "osd", "blocklist", "add", addr)
+        host = self._state().hosts.get(volume_id)
         self._save(wanted - {volume_id})
+        if host is not None:  # new sessions of its user no longer reach the image
+            self._sync_caps({host})
 
     def volumes(self) -> list[VolumeInfo]:
         images, wanted = self._pool().images, self._wanted()
@@ -335,16 +424,21 @@ class RbdBackend:
 
     def exports(self) -> dict[str, NetworkSource]:
         existing = {v.volume_id for v in self.volumes()}
-        return {v: self._source(v) for v in sorted(self._wanted() & existing)}
+        st = self._state()
+        return {v: self._source(v, st.hosts.get(v)) for v in sorted(st.wanted & existing)}
 
     def ensure(self) -> None:
         """The cluster serves every image by itself: check it answers, forget wanted exports
-        whose image is gone and remove held images left without snapshots."""
+        whose image is gone and remove held images left without snapshots. With cephx, every
+        known host's caps are what its exports say (once after a start, then only changes:
+        this repairs a call that failed or a crash between saving and rewriting caps)."""
         pool = self._pool()
-        wanted = self._wanted()
-        if gone := {v for v in wanted if v not in pool.images}:
-            self._save(wanted - gone)
+        st = self._state()
+        if gone := {v for v in st.wanted if v not in pool.images}:
+            self._save(st.wanted - gone)
+            st = self._state()
         self._sweep_held(pool)
+        self._sync_caps(st.users, st)
 
     def snapshot(self, volume_id: str, snapshot_id: str) -> SnapshotInfo:
         valid_volume_id(volume_id)

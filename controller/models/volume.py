@@ -111,6 +111,11 @@ class Volume(SQLModel, table=True):
     #: The source's protocol, "nbd" or "rbd" (then export is "pool/image" and host:port a Ceph
     #: monitor). None means "nbd": rows from before the column existed.
     source_protocol: str | None = Field(default=None, max_length=8)
+    #: RBD with cephx (storage extension of the node's answer; hosts' extension
+    #: volumes-rbd-cephx): the Ceph user of the host the volume is exported to and its key, as
+    #: the node answered. Sent only in that host's spec; never in an API response or a log.
+    source_auth_user: str | None = Field(default=None, max_length=64)
+    source_auth_key: str | None = Field(default=None, max_length=64)
     observed_error: str | None = Field(default=None, max_length=1024)
 
 

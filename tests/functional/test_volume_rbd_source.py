@@ -64,6 +64,73 @@ def test_rbd_source_is_recorded_and_reaches_the_host_spec(cloud):
     assert row.source_export is None and row.source_protocol is None, row
 
 
+def cephx_key(n: int) -> str:
+    """A well-formed cephx key (AES type, 16-byte secret), different per n."""
+    import base64
+    import struct
+    return base64.b64encode(struct.pack("<HIIH", 1, 0, 0, 16) + bytes([n]) * 16).decode()
+
+
+class FakeCephxBackend(FakeRbdBackend):
+    """Answers as RbdBackend with auth cephx: each export carries the Ceph user and key of the
+    host it is for (rbd_cephx.py keeps one user per host)."""
+
+    def __init__(self):
+        super().__init__()
+        self.export_host: dict[str, str] = {}
+
+    def export(self, volume_id, host=None):
+        self.export_host[volume_id] = host
+        return super().export(volume_id, host)
+
+    def _source(self, volume_id):
+        from agent.drivers.base import CephAuth
+        host = self.export_host.get(volume_id)
+        auth = CephAuth(f"kumo-host-{host}", cephx_key(int(host[-1]))) if host else None
+        return NetworkSource("rbd", f"kumo/{volume_id}", (NetworkHost(*MON),), auth=auth)
+
+
+def test_cephx_user_and_key_reach_only_their_hosts_spec_and_never_the_api(tmp_path):
+    """The node's per-host Ceph user and key are recorded with the export, sent in the spec of
+    the host the volume is attached to (which lists volumes-rbd-cephx), left out for a host
+    that does not understand them, never shown by the API, and forgotten on detach."""
+    c = VolumeCloud(tmp_path)
+    c.backend = FakeCephxBackend()
+    c.node = TestClient(create_storage_app(c.backend, node_id="sn1", token=AGENT_TOKEN),
+                        raise_server_exceptions=False)
+    c.image()
+    try:
+        h1 = c.add_volume_host("host-1")
+        user = c.account("alice")
+        iid = _running(c, user, h1)
+        vid = _available(c, user)
+        r = user.post(f"/v1/volumes/{vid}/attach", json={"instance_id": iid, "device": "/dev/sdf"})
+        assert r.status_code == 200, r.text
+        assert c.tick()["errors"] == 0
+        assert c.backend.export_host[vid] == "host-1"
+        row = c.volume_row(vid)
+        assert (row.source_auth_user, row.source_auth_key) == ("kumo-host-host-1", cephx_key(1))
+        src = h1.specs[iid].volumes[0].source
+        assert (src.auth_user, src.auth_key) == ("kumo-host-host-1", cephx_key(1))
+        assert cephx_key(1) not in repr(src)
+        for path in (f"/v1/volumes/{vid}", "/v1/volumes", f"/v1/instances/{iid}"):
+            body = user.get(path)
+            assert body.status_code == 200 and cephx_key(1) not in body.text, path
+        # A host one contract version behind gets the same source without the unknown fields.
+        from controller import specs
+        old = specs.volume_source(row, cephx=False)
+        assert old.auth_user is None and "auth" not in old.model_dump_json()
+        assert specs.volume_source(row, cephx=True) == src
+        # Detached: user and key are forgotten with the export.
+        assert user.post(f"/v1/volumes/{vid}/detach", json={}).status_code == 200
+        c.tick()
+        c.tick()
+        row = c.volume_row(vid)
+        assert row.source_auth_user is None and row.source_auth_key is None, row
+    finally:
+        c.close()
+
+
 def test_storage_info_says_rbd_and_a_backend_without_snapshots_offers_none(cloud):
     info = cloud.node.get("/v1/storage", headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
     assert info.status_code == 200, info.text

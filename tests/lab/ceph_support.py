@@ -1,6 +1,9 @@
 """A scratch single-node Ceph cluster for lab tests (docs/ceph-rbd.md): one mon, one mgr and one
 bluestore OSD on a sparse file, bootstrapped by hand (no systemd, no LVM/ceph-volume), in a
-/tmp/kceph-* directory, auth none (a lab only), pool size 1. Two places it can run:
+/tmp/kceph-* directory, pool size 1, auth none (a lab only) or, with auth="cephx", cephx
+everywhere: one keyring (the mon's, client.admin's, mgr.x's and osd.0's keys) made before the
+monitor's mkfs, which imports every key of it with its caps; `Cluster.add_user` makes further
+users with their own keyring files. Two places it can run:
 - a network namespace this module creates (loopback only, mon on 127.0.0.1:3300/6789 there:
   nothing in the machine's own namespace), deleted again afterwards: ceph_cluster();
 - a lab namespace that exists already, bound to its address there, e.g. the lab storage node's
@@ -49,15 +52,15 @@ def _mon_addrs(addr: str) -> str:
     return f"[v2:{addr}:3300,v1:{addr}:{MON_V1_PORT}]"
 
 
-def _conf(d: Path, fsid: str, addr: str) -> str:
+def _conf(d: Path, fsid: str, addr: str, auth: str = "none") -> str:
     return f"""[global]
 fsid = {fsid}
 mon host = {_mon_addrs(addr)}
 public addr = {addr}
 ms bind ipv6 = false
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = {auth}
+auth service required = {auth}
+auth client required = {auth}
 mon warn on insecure global id reclaim allowed = false
 auth allow insecure global id reclaim = false
 osd pool default size = 1
@@ -94,6 +97,8 @@ class Cluster:
     conf: Path
     #: Where the daemons listen, in `ns` (the mon on addr:3300 v2 and addr:6789 v1).
     addr: str = "127.0.0.1"
+    #: "none" or "cephx" (then `conf`'s keyring, dir/keyring, holds client.admin's key).
+    auth: str = "none"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: How each daemon was started (to start it again: restart()).
     argvs: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -110,8 +115,20 @@ class Cluster:
                         timeout=timeout).stdout
 
     def rbd_url(self, image: str) -> str:
-        """QEMU's rbd: filename for pool/image with this cluster's conf."""
+        """QEMU's rbd: filename for pool/image with this cluster's conf (client.admin)."""
         return f"rbd:{self.pool}/{image}:conf={self.conf}"
+
+    def add_user(self, name: str, caps: dict[str, str]) -> Path:
+        """cephx: a user client.<name> with `caps` ({"mon": ..., "osd": ...}); its keyring
+        file (dir/<name>.keyring) is returned."""
+        path = self.dir / f"{name}.keyring"
+        args = [x for kind, cap in sorted(caps.items()) for x in (kind, cap)]
+        self.ceph("auth", "get-or-create", f"client.{name}", *args, "-o", str(path))
+        return path
+
+    def key(self, name: str) -> str:
+        """cephx: the key of client.<name>, as `ceph auth get-key` prints it."""
+        return self.ceph("auth", "get-key", f"client.{name}").strip()
 
     def restart(self, name: str, timeout: float = 60) -> float:
         """kill -9 one daemon (by its PID), start it again as before; returns the seconds until
@@ -171,9 +188,15 @@ def _start(c: Cluster) -> None:
     for sub in ("run", "log", "mon-a", "mgr-x", "osd-0"):
         (d / sub).mkdir()
     fsid = str(uuid.uuid4())
-    c.conf.write_text(_conf(d, fsid, c.addr))
-    subprocess.run(["ceph-authtool", "--create-keyring", str(d / "keyring"), "--gen-key",
+    c.conf.write_text(_conf(d, fsid, c.addr, c.auth))
+    keyring = str(d / "keyring")
+    subprocess.run(["ceph-authtool", "--create-keyring", keyring, "--gen-key",
                     "-n", "mon.", "--cap", "mon", "allow *"], check=True, capture_output=True)
+    if c.auth == "cephx":  # imported by the mon's mkfs below, caps and all
+        for name, caps in _DAEMON_CAPS.items():
+            subprocess.run(["ceph-authtool", keyring, "--gen-key", "-n", name,
+                            *[x for k, v in caps.items() for x in ("--cap", k, v)]],
+                           check=True, capture_output=True)
     subprocess.run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
                     _mon_addrs(c.addr), str(d / "monmap")],
                    check=True, capture_output=True)
@@ -208,6 +231,14 @@ def _start(c: Cluster) -> None:
     c.timings["total"] = round(time.monotonic() - t0, 2)
 
 
+#: cephx: the keys made before the monitor's mkfs, with their caps.
+_DAEMON_CAPS = {
+    "client.admin": {"mon": "allow *", "osd": "allow *", "mgr": "allow *", "mds": "allow *"},
+    "mgr.x": {"mon": "allow profile mgr", "osd": "allow *", "mds": "allow *"},
+    "osd.0": {"mon": "allow profile osd", "mgr": "allow profile osd", "osd": "allow *"},
+}
+
+
 def _stop(c: Cluster, own_ns: bool = True) -> None:
     """Stop our daemons by PID (osd, mgr, mon), then the namespace (when we made it) and the
     directory."""
@@ -228,15 +259,18 @@ def _stop(c: Cluster, own_ns: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def ceph_cluster(pool: str = "kumo", ns: str | None = None,
-                 addr: str = "127.0.0.1") -> Iterator[Cluster]:
+def ceph_cluster(pool: str = "kumo", ns: str | None = None, addr: str = "127.0.0.1",
+                 auth: str = "none") -> Iterator[Cluster]:
     """A running single-node cluster with an RBD pool `pool`; gone again afterwards (checked).
     `ns` None: in a namespace of its own (loopback, `addr` must stay 127.0.0.1). Else in that
-    existing lab namespace, listening on `addr`, which must be one of its addresses."""
+    existing lab namespace, listening on `addr`, which must be one of its addresses.
+    `auth`: "none" or "cephx" (every daemon and client authenticates)."""
+    if auth not in ("none", "cephx"):
+        raise ValueError(f"auth {auth!r} is not none or cephx")
     own_ns = ns is None
     ns = ns or "kcephtest-" + secrets.token_hex(3)
     d = Path(tempfile.mkdtemp(prefix="kceph-", dir="/tmp"))
-    c = Cluster(ns=ns, dir=d, pool=pool, conf=d / "ceph.conf", addr=addr)
+    c = Cluster(ns=ns, dir=d, pool=pool, conf=d / "ceph.conf", addr=addr, auth=auth)
     try:
         if own_ns:
             subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)

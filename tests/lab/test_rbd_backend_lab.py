@@ -10,6 +10,16 @@ own: a snapshot taken while one client holds the image open (its exclusive lock)
 outlive the snapshot and the volume they came from (librbd's trash), a held image left without
 snapshots swept by ensure(). Skips with a clear reason when the ceph packages are not
 installed. Afterwards no process, namespace or directory is left (checked by ceph_cluster).
+
+The cluster runs with cephx (every daemon and client authenticates; the checks above run as
+client.admin). Per-host cephx (docs/security.md "Storage access"): a node with its own user
+(rbd_cephx.node_caps) grants each export to one host's user only; another host's key is refused
+(EPERM) reading or writing it for a whole window, also with `rbd export`; a move, an unexport
+and a clone's parent change what each key opens; the node's user cannot read other users' keys.
+Then a real guest on "host A" (a private libvirtd, kumo-tiny) has the volume as a disk through
+the agent's own path (contract source -> disk with <auth> -> libvirt secret), reads what the
+node wrote and writes what the node reads back; after the detach and unexport host A's key
+opens it no more.
 """
 from __future__ import annotations
 
@@ -22,6 +32,9 @@ from agent.drivers.volumes import MiB, VolumeInfo
 from agent.drivers.volumes import SnapshotInfo
 from agent.storage_node.rbd_backend import RbdBackend
 from tests.lab.ceph_support import MON_V1_PORT, ceph_cluster, skip_reason
+from tests.lab.rbd_cephx_support import (cephx_backend_for,  # noqa: F401 (libvirtd: a fixture)
+                                         check_cephx_hosts, check_guest_on_host_a,
+                                         guest_skip_reason, libvirtd)
 from tests.lab.storage_support import qemu_io_session
 from tests.unit import volume_contract as contract
 from tests.unit.volume_contract import _code
@@ -40,7 +53,7 @@ def cluster():
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    with ceph_cluster() as c:
+    with ceph_cluster(auth="cephx") as c:
         yield c
 
 
@@ -273,3 +286,29 @@ def test_rbd_snapshots_open_client_clones_and_trash(backend, cluster):
     b.delete_snapshot(S1)
     b.delete(V1)
     assert _pool_listing(cluster) == ([], [])
+
+
+# -- per-host cephx (tests/lab/rbd_cephx_support.py) -------------------------------------------
+def test_cephx_each_host_opens_only_its_own_images(cluster, tmp_path):
+    b = cephx_backend_for(cluster, tmp_path)
+    try:
+        check_cephx_hosts(b, cluster, V1, V2, V3, S1)
+    finally:
+        for v in b.volumes():
+            b.unexport(v.volume_id, force=True)
+            b.delete(v.volume_id)
+        for s in b.snapshots():
+            b.delete_snapshot(s.snapshot_id)
+    assert _pool_listing(cluster) == ([], [])
+
+
+def test_cephx_real_guest_on_host_a(libvirtd, tmp_path):
+    """A cluster of its own in the private libvirtd's namespace, so that QEMU reaches it."""
+    import subprocess
+    reason = guest_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    subprocess.run(["ip", "-n", libvirtd.ns, "link", "set", "lo", "up"], check=True)
+    with ceph_cluster(ns=libvirtd.ns, auth="cephx") as c:
+        b = cephx_backend_for(c, tmp_path)
+        check_guest_on_host_a(b, c, libvirtd, tmp_path, V1)

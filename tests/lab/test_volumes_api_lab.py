@@ -28,6 +28,7 @@ import pytest
 
 from lab import naming as nm
 from lab import services
+from agent.storage_node.rbd_cephx import node_caps
 from lab.storage_restart import restart_storage
 from tests.lab import ceph_support
 from tests.lab.guests import qemu_pid_of, ssh
@@ -45,6 +46,35 @@ cloud = volume_user_fixture()
 class Backend:
     name: str  # "nbd" | "rbd"
     cluster: ceph_support.Cluster | None = None  # rbd: the lab's Ceph cluster
+    keyring: object = None  # rbd: the storage node's own cephx keyring (rbd_cephx.node_caps)
+
+    def rbd_env(self, lab) -> dict[str, str]:
+        """The node on this cluster with cephx: its own user, a Ceph user per host."""
+        return services.storage_rbd_env(lab.state_dir, self.cluster.conf, self.cluster.pool,
+                                        ceph_support.MON_V1_PORT, client_id=NODE_USER,
+                                        keyring=self.keyring)
+
+
+#: Hosts' Ceph users: client.<prefix><host id> (the node's default rbd_host_user_prefix).
+HOST_USER_PREFIX = "kumo-host-"
+
+
+def osd_caps_name(backend: "Backend", host_id: str, vid: str) -> bool:
+    """Whether the host's Ceph user's OSD caps grant the volume's image (its rbd_id.<name>),
+    as the monitor has them now (a host never exported to has no user yet: False)."""
+    try:
+        out = backend.cluster.ceph("auth", "get", f"client.{HOST_USER_PREFIX}{host_id}",
+                                   "--format", "json")
+    except subprocess.CalledProcessError as e:
+        if e.returncode == 2:  # ENOENT: no such user
+            return False
+        raise
+    caps = json.loads(out)[0]["caps"].get("osd", "")
+    return f"object_prefix rbd_id.{vid}" in caps
+
+
+#: The storage node's own Ceph user (its caps: rbd_cephx.node_caps), as a deployment makes it.
+NODE_USER = "kumo-storage"
 
 
 @pytest.fixture(scope="module", params=["nbd", "rbd"], autouse=True)
@@ -63,15 +93,15 @@ def backend(request, lab, cloud):
     assert node_volumes(lab) == {}, "volumes left on the NBD node: no switch to RBD"
     t0 = time.monotonic()
     with ceph_support.ceph_cluster(pool="kumo", ns=nm.storage_netns(lab.prefix),
-                                   addr=str(nm.STORAGE_ADDR.ip)) as c:
+                                   addr=str(nm.STORAGE_ADDR.ip), auth="cephx") as c:
+        b = Backend("rbd", c, c.add_user(NODE_USER, node_caps(c.pool, HOST_USER_PREFIX)))
         try:
-            restart_storage(lab, services.storage_rbd_env(lab.state_dir, c.conf, c.pool,
-                                                          ceph_support.MON_V1_PORT))
+            restart_storage(lab, b.rbd_env(lab))
             with storage_node(lab) as sn:
                 info = sn.get("/v1/storage").json()
             assert info["protocol"] == "rbd" and "snapshots" in info["extensions"], info
             print(f"ceph up {c.timings}, node on RBD after {time.monotonic() - t0:.1f} s")
-            yield Backend("rbd", c)
+            yield b
         finally:
             clear_volumes(cloud)
             restart_storage(lab)  # back to NBD, before the cluster goes
@@ -106,6 +136,10 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab, backend
     if backend.name == "rbd":  # the image in the pool, through the monitor on the fabric
         assert (src["export"], src["host"], src["port"]) == (
             f"kumo/{vid}", str(nm.STORAGE_ADDR.ip), ceph_support.MON_V1_PORT), src
+        # cephx: exported for a's host only, as its own Ceph user (whose key its QEMU holds)
+        assert src["auth_user"] == HOST_USER_PREFIX + a["host_id"], src
+        assert osd_caps_name(backend, a["host_id"], vid)
+        assert not osd_caps_name(backend, b["host_id"], vid)
     # The guest's kernel names virtio disks in the order it finds them (vdb here, whatever the
     # target): /dev/disk/by-id is how it finds the volume, as on EC2's NVMe instances.
     dev = by_id_device(cloud, a, key, vid)
@@ -124,6 +158,10 @@ def test_volume_moves_between_hosts_with_its_data(cloud, key, pair, lab, backend
     out = guest(cloud, b, key, f"mkdir -p /mnt/v && mount {dev} /mnt/v && "
                                "sha256sum /mnt/v/data && umount /mnt/v")
     assert out.split()[0] == digest
+    if backend.name == "rbd":  # the image left a's user's caps and joined b's
+        assert node_volumes(lab)[vid]["source"]["auth_user"] == HOST_USER_PREFIX + b["host_id"]
+        assert osd_caps_name(backend, b["host_id"], vid)
+        assert not osd_caps_name(backend, a["host_id"], vid)
 
     detach(cloud, vid)
     delete(cloud, vid)
@@ -340,9 +378,7 @@ def test_synced_data_survives_osd_and_node_restart(cloud, key, pair, lab, backen
     digest = guest(cloud, a, key, SYNCED_WRITE.format(dev)).split()[0]
     took = backend.cluster.restart("osd")
     print(f"OSD booted again, HEALTH_OK after {took} s")
-    restart_storage(lab, services.storage_rbd_env(lab.state_dir, backend.cluster.conf,
-                                                  backend.cluster.pool,
-                                                  ceph_support.MON_V1_PORT))
+    restart_storage(lab, backend.rbd_env(lab))
     assert vid in _exports(lab)  # the wanted-attached set outlived the node's process
     out = guest(cloud, a, key, "echo 3 > /proc/sys/vm/drop_caches; " + DIRECT_READ.format(dev),
                 timeout=120)

@@ -34,3 +34,20 @@ def test_restart_needs_a_storage_node(tmp_path):
     with pytest.raises(LabError) as e:
         restart_storage(Lab(tmp_path, prefix="kt0000"))
     assert e.value.code == "LabNoStorageNode"
+
+
+def test_rbd_env_with_cephx_is_a_per_host_cephx_node(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "0")
+    conf = Path("/tmp/kceph-x/ceph.conf")
+    env = {**services.storage_env(tmp_path, "tok"),
+           **services.storage_rbd_env(tmp_path, conf, "kumo", client_id="kumo-storage",
+                                      keyring=Path("/tmp/kceph-x/kumo-storage.keyring"))}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = StorageSettings()
+    assert (s.rbd_auth, s.rbd_client_id) == ("cephx", "kumo-storage")
+    assert s.rbd_keyring == Path("/tmp/kceph-x/kumo-storage.keyring")
+    assert "KUMO_STORAGE_RBD_AUTH" not in services.storage_rbd_env(tmp_path, conf, "kumo")
+    with pytest.raises(LabError) as e:  # half a credential
+        services.storage_rbd_env(tmp_path, conf, "kumo", client_id="kumo-storage")
+    assert e.value.code == "InvalidRbdAuth"

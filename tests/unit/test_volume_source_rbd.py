@@ -1,7 +1,7 @@
 """Ceph RBD volume sources (issue 10): the contract's VolumeSource with protocol "rbd" (round
 trip, validation as NetworkSource validates), the rbd network disk the agent renders from it, the
 storage node's answer (wire_source, StorageInfo), its backend choice by settings (and the loud
-refusal of cephx), and the controller's source -> spec with rows from before the protocol."""
+refusal of a cephx cluster without rbd_auth cephx), and the controller's source -> spec with rows from before the protocol."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -92,7 +92,7 @@ def test_storage_info_protocol():
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     for k in ("NBD_HOST", "BACKEND", "RBD_MON_HOSTS", "CEPH_CONF", "RBD_POOL", "RBD_AUTH",
-              "RBD_CLIENT_ID"):
+              "RBD_CLIENT_ID", "RBD_KEYRING", "RBD_HOST_USER_PREFIX"):
         monkeypatch.delenv(f"KUMO_STORAGE_{k}", raising=False)
     monkeypatch.setenv("KUMO_STORAGE_STATE_DIR", str(tmp_path / "state"))
 
@@ -137,7 +137,9 @@ def test_settings_build_an_rbd_backend(env, tmp_path):
     {"backend": "rbd", "rbd_mon_hosts": "mon;rm -rf /"},
     {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "rbd_pool": "a/b"},
     {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "ceph_conf": "relative.conf"},
-    {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "rbd_auth": "cephx"},
+    {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "rbd_auth": "kerberos"},
+    {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "rbd_host_user_prefix": "a b"},
+    {"backend": "rbd", "rbd_mon_hosts": "10.0.0.1", "rbd_keyring": "relative.keyring"},
     {"backend": "iscsi", "nbd_host": "10.0.0.1"},
     {"backend": "nbd"},                                            # no NBD address
 ])
@@ -147,10 +149,16 @@ def test_bad_backend_settings_are_refused(env, bad):
         StorageSettings()
 
 
-def test_a_cephx_conf_is_refused_clearly(env, tmp_path):
+def test_a_cephx_conf_is_refused_clearly_without_rbd_auth_cephx(env, tmp_path):
     env(backend="rbd", rbd_mon_hosts="10.0.0.1", ceph_conf=str(_conf(tmp_path, "cephx")))
-    with pytest.raises(UnsupportedStorageConfig, match="cephx.*libvirt secret"):
+    with pytest.raises(UnsupportedStorageConfig, match="cephx.*RBD_AUTH=cephx"):
         build_backend(StorageSettings())
+    env(rbd_auth="cephx", rbd_client_id="kumo-storage",
+        rbd_keyring=str(tmp_path / "node.keyring"))
+    b = build_backend(StorageSettings())
+    assert isinstance(b, RbdBackend) and b.cephx is not None
+    assert b.cephx.prefix == "kumo-host-" and b.keyring == tmp_path / "node.keyring"
+    assert b._argv("rbd", "ls")[5:7] == ["--keyring", str(tmp_path / "node.keyring")]
     env(ceph_conf=str(tmp_path / "missing.conf"))
     with pytest.raises(UnsupportedStorageConfig, match="cannot read"):
         build_backend(StorageSettings())
