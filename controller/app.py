@@ -39,6 +39,7 @@ from controller.services import budgets, metering_backfill, prices
 from controller.services.console_sessions import SignInThrottle
 from controller.services.metrics import IngestCounters
 from controller.settings import Settings
+from controller import storage_cert_renewal
 from controller.storage import StorageClient
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ def create_app(settings: Settings | None = None, *,
             loops.start("kumo-alarms", alarm_controller.run_forever(db, settings))
         if settings.budget_interval_s > 0:
             loops.start("kumo-budgets", budgets.run_forever(db, settings))
+        if storage_tls is not None and settings.storage_cert_check_interval_s > 0:
+            loops.start("kumo-storage-cert", storage_cert_renewal.run_forever(
+                settings.storage_url, storage_tls, settings.state_dir,
+                settings.storage_cert_renew_days, settings.storage_cert_check_interval_s,
+                settings.agent_timeout_s))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

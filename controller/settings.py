@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     #: controller's certificate from the cloud CA, the node's checked to be a storage node's;
     #: the token is then not sent. Off: the bearer token (agent_token).
     storage_mtls: bool = False
+    #: With storage_mtls, the leader renews the storage node's server certificate from the cloud
+    #: CA once fewer than this many days of it are left (controller/storage_cert_renewal.py;
+    #: issued for 365 days).
+    storage_cert_renew_days: float = Field(default=30.0, gt=0, le=3650)
+    #: Seconds between the leader's checks of the storage node's certificate; 0: no checks.
+    storage_cert_check_interval_s: float = Field(default=3600.0, ge=0)
     #: The availability zone volumes and instances are in (one per controller for now).
     availability_zone: str = "kumo-1a"
     #: Volume limits: size of one volume (GiB; EC2's standard volumes go to 1 TiB, gp3 to 16 TiB),

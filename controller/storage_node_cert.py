@@ -4,6 +4,10 @@ key is, the controller's state dir) into OUT (ca-cert.pem, server-cert.pem, serv
 directory the node's KUMO_STORAGE_NBD_TLS_DIR names (docs/deploy.md, docs/security.md "Storage
 access"). Copy OUT to the storage node over a trusted channel; the key never needs to exist
 anywhere else afterwards.
+
+This is the first issue (and the way to change the node's addresses). Renewals need no admin:
+with KUMO_STORAGE_MTLS the leader replaces the certificate over the node's API before it
+expires (controller/storage_cert_renewal.py).
 """
 from __future__ import annotations
 

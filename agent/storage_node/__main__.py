@@ -44,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         d = settings.api_tls_dir
         ctx = tls.server_context((d / "ca-cert.pem").read_bytes(), str(d / "server-cert.pem"),
                                  str(d / "server-key.pem"))
+    # Where a renewed certificate goes (PUT /v1/tls/server-certificate), the API's first.
+    tls_dirs = [d for d in (settings.api_tls_dir, settings.nbd_tls_dir) if d is not None]
     app = create_storage_app(backend, node_id=settings.node_id, token=settings.token or None,
                              ensure_interval=settings.ensure_interval,
-                             auth="token" if ctx is None else "mtls")
-    return serve(app, settings, tls_context=ctx)
+                             auth="token" if ctx is None else "mtls",
+                             tls_dirs=tls_dirs, tls_context=ctx)
+    local = str(settings.local_socket) if settings.local_socket else None
+    return serve(app, settings, tls_context=ctx, local_socket=local)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Sequence
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from agent.contract import tls
+from agent.contract import storage_tls, tls
 from agent.contract.storage_v1 import EXTENSIONS, StorageInfo, VolumeObserved, VolumeSpec
 from agent.contract.v1 import VOLUME_ID_RE, VolumeSource
 from agent.drivers.base import DriverError, NetworkSource
 from agent.drivers.volumes import VolumeBackend, VolumeInfo
 from agent.http_errors import ApiError, bearer_check, error_body, install_error_handlers
+from agent.storage_node import cert_install
 from agent.storage_node.snapshot_routes import SNAPSHOT_STATUS_OF_CODE, snapshot_router
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,10 @@ def wire_source(src: NetworkSource) -> VolumeSource:
         if host.name is None:
             raise DriverError(f"RBD image {src.name} has no TCP monitor: hosts cannot attach it",
                               code="UnsupportedExport", retryable=False)
+        auth = ({"auth_user": src.auth.username, "auth_key": src.auth.key}
+                if src.auth is not None else {})  # cephx: the host's own user and key
         return VolumeSource(protocol="rbd", host=host.name, port=host.port or 6789,
-                            export=src.name)
+                            export=src.name, **auth)
     if src.protocol != "nbd" or len(src.hosts) != 1 or src.hosts[0].name is None:
         raise DriverError(f"export {src.name} is not NBD over TCP: hosts cannot attach it",
                           code="UnsupportedExport", retryable=False)
@@ -229,12 +233,39 @@ def controller_only(request: Request) -> None:
         raise StorageApiError(*refused)
 
 
+def _tls_router(node_id: str, tls_dirs: Sequence[Path], api_context) -> APIRouter:
+    """PUT /v1/tls/server-certificate (agent/contract/storage_tls.py): the controller installs
+    the node's renewed certificate (agent/storage_node/cert_install.py). The controller's
+    certificate is required here whatever the API's auth (a bearer token is not enough: the
+    token is shared with the hosts in token mode)."""
+    r = APIRouter(dependencies=[Depends(controller_only)])
+
+    @r.put(storage_tls.PATH, response_model=storage_tls.NodeCertificateInstalled)
+    def put_server_certificate(body: storage_tls.NodeCertificate, request: Request):
+        try:
+            with request.app.state.put_lock:  # one installation at a time
+                cert = cert_install.install(tls_dirs, node_id, body.certificate_pem,
+                                            body.key_pem, api_context)
+        except cert_install.Refused as e:
+            raise StorageApiError(e.status, e.code, e.message) from None
+        log.info("server certificate %x installed (until %s)", cert.serial_number,
+                 cert.not_valid_after_utc)
+        return storage_tls.NodeCertificateInstalled(
+            serial=f"{cert.serial_number:x}", not_after=cert.not_valid_after_utc,
+            reloaded=["api"] if api_context is not None else [], on_next_start=["nbd"])
+
+    return r
+
+
 def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | None,
-                       ensure_interval: float = 5.0, auth: str = "token") -> FastAPI:
+                       ensure_interval: float = 5.0, auth: str = "token",
+                       tls_dirs: Sequence[Path] = (), tls_context=None) -> FastAPI:
     """The storage node's API over `backend`. The ensure loop runs while the app does (started
     and stopped by its lifespan). Auth "token": `token` None or empty refuses every request (a
     node is never open by accident); "mtls": the controller's certificate (serve it over TLS
-    with agent/contract/tls.uvicorn_tls, which hands the app the peer's certificate)."""
+    with agent/contract/tls.uvicorn_tls, which hands the app the peer's certificate).
+    `tls_dirs`: the node's TLS directories (the API's first), where a renewed certificate is
+    installed; `tls_context`: the API's server context, reloaded in place with it."""
     if auth not in ("token", "mtls"):
         raise ValueError(f"auth {auth!r} is not token or mtls")
     loop = EnsureLoop(backend, ensure_interval)
@@ -258,4 +289,5 @@ def create_storage_app(backend: VolumeBackend, *, node_id: str, token: str | Non
     app.include_router(_router())
     if "snapshots" in backend.capabilities:  # else its routes answer 404 like any unknown one
         app.include_router(snapshot_router(backend, lock=app.state.put_lock))
+    app.include_router(_tls_router(node_id, tuple(tls_dirs), tls_context))
     return app

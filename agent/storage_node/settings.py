@@ -31,6 +31,10 @@ class StorageSettings(BaseSettings):
     state_dir: Path = Path("/var/lib/kumo/storage")
     #: Where the HTTP API listens: `unix:/path.sock` or `host:port`.
     listen: str = "127.0.0.1:8789"
+    #: An extra node-local unix socket (absolute path) serving the same API with the same
+    #: authentication, for local administration next to a TCP `listen` (the lab: tools in the
+    #: machine's root namespace cannot reach the node's fabric address). None: no extra socket.
+    local_socket: Optional[Path] = None
     #: Shared bearer token (the deployment's agent token). Empty: every request is refused.
     #: Not used with api_tls_dir.
     token: str = Field(default="", repr=False)
@@ -66,11 +70,21 @@ class StorageSettings(BaseSettings):
     #: RBD: the ceph.conf the node's own rbd/ceph tools read (None: their default,
     #: /etc/ceph/ceph.conf). Hosts never see it: they get the monitor from VolumeSource.
     ceph_conf: Optional[Path] = None
-    #: RBD: the Ceph client name the node's tools use (--id; None: "admin").
+    #: RBD: the Ceph client name the node's tools use (--id; None: "admin"). With cephx, its
+    #: caps are agent/storage_node/rbd_cephx.node_caps (images of the pool, and the auth
+    #: commands for the hosts' users only).
     rbd_client_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    #: RBD: the auth hosts' QEMUs would need. Only "none" works: "cephx" needs a libvirt secret
-    #: per host, which Kumo does not manage yet (docs/ceph-rbd.md), so it is refused here.
+    #: RBD: the keyring with that client's key (None: what the ceph.conf says).
+    rbd_keyring: Optional[Path] = None
+    #: RBD: how hosts authenticate (docs/security.md "Storage access"). "cephx": each host its
+    #: own Ceph user, client.<rbd_host_user_prefix><host id>, whose caps name exactly the
+    #: images exported to it; its key reaches only that host, in its volume sources. "none":
+    #: the cluster runs with auth none and every client reaches every image (a trusted
+    #: storage network only).
     rbd_auth: Literal["none", "cephx"] = "none"
+    #: RBD with cephx: the prefix of the hosts' Ceph user ids.
+    rbd_host_user_prefix: str = Field(default="kumo-host-",
+                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$")
 
     @field_validator("nbd_host")
     @classmethod
@@ -99,11 +113,11 @@ class StorageSettings(BaseSettings):
             raise ValueError(f"{v} lacks {', '.join(missing)}")
         return v
 
-    @field_validator("ceph_conf")
+    @field_validator("ceph_conf", "rbd_keyring", "local_socket")
     @classmethod
     def _conf_absolute(cls, v: Optional[Path]) -> Optional[Path]:
         if v is not None and not v.is_absolute():
-            raise ValueError("ceph_conf must be absolute")
+            raise ValueError(f"{v} must be absolute")
         return v
 
     @model_validator(mode="after")
@@ -113,10 +127,6 @@ class StorageSettings(BaseSettings):
         if self.backend == "rbd":
             if not self.monitors():
                 raise ValueError("backend rbd needs KUMO_STORAGE_RBD_MON_HOSTS")
-            if self.rbd_auth == "cephx":
-                raise ValueError("rbd_auth cephx is not supported: hosts' QEMUs would need the "
-                                 "key as a libvirt secret, which Kumo does not manage yet "
-                                 "(docs/ceph-rbd.md); run the cluster with auth none")
         return self
 
     def monitors(self) -> list[tuple[str, int]]:
