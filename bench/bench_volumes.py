@@ -209,16 +209,45 @@ class Cleanup:
 @contextlib.contextmanager
 def storage_node(ns: str, addr: str, cleanup: Cleanup,
                  wire: Callable[[str], None] = lambda ns: None,
-                 unwire: Callable[[], None] = lambda: None) -> Iterator:
+                 unwire: Callable[[], None] = lambda: None,
+                 tls_dir: Path | None = None) -> Iterator:
     """An NbdBackend serving on addr:PORT inside the new namespace `ns` (loopback up; `wire(ns)`
-    connects it further, `unwire()` undoes what wire made outside it). Its daemon is stopped,
-    the namespace deleted and the state dir removed on the way out."""
+    connects it further, `unwire()` undoes what wire made outside it), per host over TLS with
+    `tls_dir` (scratch_tls). Its daemon is stopped, the namespace deleted and the state dir
+    (and tls_dir) removed on the way out."""
     from tests.lab.storage_support import backend_in_netns
     state = Path(tempfile.mkdtemp(prefix="kumo-bench-sn-"))
     cleanup.paths.append(state)
     cleanup.netns.append(ns)
-    with backend_in_netns(ns, state, addr, PORT, wire, unwire, cleanup.pids) as backend:
-        yield backend
+    try:
+        with backend_in_netns(ns, state, addr, PORT, wire, unwire, cleanup.pids,
+                              tls_dir=tls_dir) as backend:
+            yield backend
+    finally:
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
+
+
+def scratch_tls(lab, hosts: tuple[str, ...], cleanup: Cleanup) -> Path | None:
+    """A scratch node on the lab's fabric serves what the lab's hosts dial: per-host NBD over
+    TLS when their qemu.conf says nbd_tls = 1 (the lab's default, docs/security.md "Storage
+    access"). Then: a server certificate for it from the lab's cloud CA (a temporary dir,
+    returned; storage_node removes it), and a client certificate for each of `hosts` that holds none yet (a lab
+    without agents). None: plain NBD."""
+    from controller.services.cloud_ca import storage_node_files
+    from lab import libvirtd, services
+    from tests.lab.storage_support import host_nbd_identity
+    conf = libvirtd.HostPaths(lab.state_dir / "hosts" / hosts[0]).conf.parent / "qemu.conf"
+    if "nbd_tls = 1" not in conf.read_text():
+        return None
+    for h in hosts:
+        if not (libvirtd.HostPaths(lab.state_dir / "hosts" / h).nbd_tls_dir
+                / "client-cert.pem").exists():
+            host_nbd_identity(lab, h)
+    d = Path(tempfile.mkdtemp(prefix="kumo-bench-tls-"))
+    cleanup.paths.append(d)
+    storage_node_files(services.controller_dir(lab.state_dir), "bench", [SN_ADDR], d)
+    return d
 
 
 def nbd_virtual_size(ns: str, addr: str, vid: str) -> int:
@@ -436,10 +465,11 @@ class ScratchNode:
         self.where = (f"the benchmark's scratch storage node {SN_ADDR}:{PORT} (namespace {ns} on "
                       "the lab fabric; NbdBackend called directly)")
 
-    def export(self, vid: str, size: int) -> tuple[str, int]:
+    def export(self, vid: str, size: int, host: str = "h1") -> tuple[str, int]:
+        """Made and exported for `host` (the only one it opens for with per-host TLS)."""
         self.backend.create(vid, size)
-        host = self.backend.export(vid).hosts[0]
-        return host.name, host.port
+        where = self.backend.export(vid, host=host).hosts[0]
+        return where.name, where.port
 
     def file(self, vid: str) -> Path:
         return self.backend.files.path(vid)
@@ -467,7 +497,6 @@ class LabNode:
     def find(lab):
         """An API client when this lab runs a storage node that answers, else None."""
         try:
-            from agent.contract.transport import client
             from lab import naming as nm
             from lab import services
             nm.storage_netns, services.storage_answers, services.storage_url  # noqa: B018
@@ -475,12 +504,12 @@ class LabNode:
             return None
         if not services.storage_answers(lab.state_dir):
             return None
-        token = (lab.state_dir / services.TOKEN_FILE).read_text().strip()
-        return LabNode(lab, client(services.storage_url(lab.state_dir), token, timeout=60))
+        from tests.lab.storage_support import lab_storage_client  # the token or mutual TLS
+        return LabNode(lab, lab_storage_client(lab))
 
-    def export(self, vid: str, size: int) -> tuple[str, int]:
-        r = self.api.put(f"/v1/volumes/{vid}",
-                         json={"volume_id": vid, "size_bytes": size, "exported": True})
+    def export(self, vid: str, size: int, host: str = "h1") -> tuple[str, int]:
+        r = self.api.put(f"/v1/volumes/{vid}", json={"volume_id": vid, "size_bytes": size,
+                                                      "exported": True, "host": host})
         if r.status_code != 200 or not r.json().get("exported"):
             raise RuntimeError(f"PUT /v1/volumes/{vid}: {r.status_code} {r.text}")
         src = r.json()["source"]
@@ -517,7 +546,8 @@ def guest_storage(lab, prefix: str, args, cleanup: Cleanup) -> Iterator:
         return
     wire, unwire = fabric_wiring(lab.prefix)
     ns = f"{prefix}-sn"
-    with storage_node(ns, SN_ADDR, cleanup, wire, unwire) as backend:
+    with storage_node(ns, SN_ADDR, cleanup, wire, unwire,
+                      scratch_tls(lab, ("h1",), cleanup)) as backend:
         yield ScratchNode(backend, ns)
 
 
@@ -754,7 +784,8 @@ def bench_attach(prefix: str, args, cleanup: Cleanup) -> bool:
         # lab's node is the controller's, which unexports volumes it does not know.
         wire, unwire = fabric_wiring(lab.prefix)
         ns = f"{prefix}-sa"
-        with storage_node(ns, SN_ADDR, cleanup, wire, unwire) as backend:
+        with storage_node(ns, SN_ADDR, cleanup, wire, unwire,
+                          scratch_tls(lab, ("h1",), cleanup)) as backend:
             return attach_rounds(lab, ScratchNode(backend, ns), args, cleanup)
 
 
@@ -797,7 +828,7 @@ def attach_rounds(lab, node: ScratchNode, args, cleanup: Cleanup) -> bool:
         vid = user.call("POST", "/v1/volumes", json={"size_gib": 1})["volume_id"]
         wait_api(user, f"/v1/volumes/{vid}", lambda v: v["state"] == "available")
         base_vid = volume_id("a")
-        addr, port = node.export(base_vid, GIB)
+        addr, port = node.export(base_vid, GIB, host)
         disk = volume_disk(VolumeAttachment.model_validate({
             "volume_id": base_vid, "device": "vdb",
             "source": {"host": addr, "port": port, "export": base_vid}}))

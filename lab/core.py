@@ -335,7 +335,7 @@ class Lab:
             s.processes["storage"] = rec
             s.sockets["storage"] = str(services.storage_socket(self.state_dir))
             self._save(s)
-        services.wait_until(lambda: services.storage_answers(self.state_dir),
+        services.wait_until(lambda: services.storage_answers(self.state_dir, self.prefix),
                             lambda: procs.alive(rec), "storage node", log)  # fmt: skip
 
     def _join_agent(self, s: st.LabState, hid: str) -> None:

@@ -71,10 +71,10 @@ def nbd_tls_enabled() -> bool:
     """Whether the lab's storage node serves NBD over TLS, per host (KUMO_LAB_STORAGE_TLS=1;
     docs/security.md "Storage access"): then every host's qemu.conf says nbd_tls = 1, so its
     QEMUs dial NBD with the host's own certificate (the agent keeps it in nbd_tls_dir), and the
-    node's API takes only the controller's certificate. Off by default for now: the shared
-    lab's volume tests still call the node as the token-holding controller
-    (tests/lab/test_nbd_tls_lab.py runs a lab of its own with it on)."""
-    mode = os.environ.get("KUMO_LAB_STORAGE_TLS", "0")
+    node's API takes only the controller's certificate. On by default, so every lab volume
+    test goes the production storage path; KUMO_LAB_STORAGE_TLS=0 is the explicit opt-out
+    (plain NBD, the API with the shared token)."""
+    mode = os.environ.get("KUMO_LAB_STORAGE_TLS", "1")
     if mode not in ("0", "1"):
         raise LabError("InvalidStorageTls", f"KUMO_LAB_STORAGE_TLS must be 0 or 1: {mode!r}")
     return mode == "1"

@@ -73,8 +73,27 @@ def storage_socket(state_dir: Path) -> Path:
 
 
 def storage_url(state_dir: Path) -> str:
-    """How the controller (and tests) reach the storage node's API (agent/contract/transport.py)."""
+    """How tests and tools in the root namespace reach the storage node's API
+    (agent/contract/transport.py): its node-local socket (the same API and authentication)."""
     return f"unix:{storage_socket(state_dir)}"
+
+
+#: The storage node's API port on its fabric address (agent/storage_node/settings.py's default).
+STORAGE_API_PORT = 8789
+
+
+def storage_listen() -> str:
+    """HOST:PORT of the storage node's API on the fabric, over mutual TLS (KUMO_LAB_STORAGE_TLS)."""
+    return f"{nm.STORAGE_ADDR.ip}:{STORAGE_API_PORT}"
+
+
+def storage_controller_url(state_dir: Path) -> str:
+    """What the controller dials: the node's fabric address over mutual TLS, as across machines
+    (docs/security.md "Storage access"); with KUMO_LAB_STORAGE_TLS=0 its unix socket and the
+    shared token."""
+    from lab import libvirtd
+
+    return f"https://{storage_listen()}" if libvirtd.nbd_tls_enabled() else storage_url(state_dir)
 
 
 def ensure_token(state_dir: Path) -> str:
@@ -111,8 +130,8 @@ def agent_state_dir(state_dir: Path, hid: str) -> Path:
 def controller_env(state_dir: Path, listen: str, token: str,
                    storage: str | None = None, auth: str = "mtls",
                    listen_fd: int | None = None) -> dict[str, str]:
-    """`storage`: the storage node's URL when the lab runs one (KUMO_STORAGE_URL). The shared
-    token stays the storage node's credential in both modes. `listen_fd`: the users' API socket
+    """`storage`: set when the lab runs a storage node; KUMO_STORAGE_URL is then
+    storage_controller_url (mutual TLS across the fabric, or the token on its socket). `listen_fd`: the users' API socket
     (`listen`, bound by the lab in the root namespace) the controller inherits and serves."""
     env = {
         "KUMO_STATE_DIR": str(controller_dir(state_dir)),
@@ -127,9 +146,9 @@ def controller_env(state_dir: Path, listen: str, token: str,
     if listen_fd is not None:
         env["KUMO_LISTEN_FD"] = str(listen_fd)
     if storage:
-        env["KUMO_STORAGE_URL"] = storage
-        from lab import libvirtd  # the node's API is mutual TLS when its NBD is
+        from lab import libvirtd  # the node's API is mutual TLS on the fabric when its NBD is
 
+        env["KUMO_STORAGE_URL"] = storage_controller_url(state_dir)
         if libvirtd.nbd_tls_enabled():
             env["KUMO_STORAGE_MTLS"] = "true"
     return env
@@ -215,13 +234,17 @@ def agent_argv(python: str) -> list[str]:
 
 def storage_env(state_dir: Path, token: str) -> dict[str, str]:
     """The storage node runs inside the storage namespace: its NBD server listens on the node's
-    fabric address, which is also what hosts are told to dial."""
+    fabric address, which is also what hosts are told to dial. With TLS (the default) its API
+    too, over mutual TLS (what the controller dials), plus its node-local socket for tools in
+    the root namespace; with KUMO_LAB_STORAGE_TLS=0 only that socket, with the token."""
     from lab import libvirtd  # qemu.conf's nbd_tls and the node's TLS go together
 
+    tls = libvirtd.nbd_tls_enabled()
     return {
         "KUMO_STORAGE_NODE_ID": "sn1",
         "KUMO_STORAGE_STATE_DIR": str(storage_dir(state_dir)),
-        "KUMO_STORAGE_LISTEN": storage_url(state_dir),
+        "KUMO_STORAGE_LISTEN": storage_listen() if tls else storage_url(state_dir),
+        **({"KUMO_STORAGE_LOCAL_SOCKET": str(storage_socket(state_dir))} if tls else {}),
         "KUMO_STORAGE_TOKEN": token,
         "KUMO_STORAGE_NBD_HOST": str(nm.STORAGE_ADDR.ip),
         "KUMO_STORAGE_NBD_PORT": str(nm.STORAGE_NBD_PORT),
@@ -235,18 +258,27 @@ def storage_env(state_dir: Path, token: str) -> dict[str, str]:
 
 
 def storage_rbd_env(state_dir: Path, ceph_conf: Path, pool: str,
-                    mon_port: int = 6789) -> dict[str, str]:
+                    mon_port: int = 6789, *, client_id: str | None = None,
+                    keyring: Path | None = None) -> dict[str, str]:
     """What turns storage_env() into a node on Ceph RBD (agent/storage_node/settings.py): a Ceph
     cluster in the storage namespace whose monitor listens on the node's fabric address (hosts'
     QEMUs dial it, then the OSD, directly). Its own state dir (its exports.json is not the NBD
-    node's), the same API socket: the controller's URL does not change."""
-    return {
+    node's), the same API socket: the controller's URL does not change. With `client_id` and
+    `keyring` (a cephx cluster, ceph_support auth="cephx", and the node's own user with
+    rbd_cephx.node_caps): per-host cephx users (docs/security.md "Storage access")."""
+    env = {
         "KUMO_STORAGE_BACKEND": "rbd",
         "KUMO_STORAGE_STATE_DIR": str(storage_dir(state_dir) / "rbd"),
         "KUMO_STORAGE_CEPH_CONF": str(ceph_conf),
         "KUMO_STORAGE_RBD_POOL": pool,
         "KUMO_STORAGE_RBD_MON_HOSTS": f"{nm.STORAGE_ADDR.ip}:{mon_port}",
     }
+    if (client_id is None) != (keyring is None):
+        raise LabError("InvalidRbdAuth", "cephx needs both the node's client id and keyring")
+    if client_id is not None:
+        env.update({"KUMO_STORAGE_RBD_AUTH": "cephx", "KUMO_STORAGE_RBD_CLIENT_ID": client_id,
+                    "KUMO_STORAGE_RBD_KEYRING": str(keyring)})
+    return env
 
 
 def storage_argv(python: str) -> list[str]:
@@ -314,8 +346,17 @@ def agent_answers(state_dir: Path, prefix: str, hid: str) -> bool:
             and network.tcp_answers(nm.ctl_netns(prefix), host, port))
 
 
-def storage_answers(state_dir: Path) -> bool:
-    return _unix_answers(storage_socket(state_dir))
+def storage_answers(state_dir: Path, prefix: str | None = None) -> bool:
+    """Its node-local socket accepts; with `prefix` and TLS also its fabric listener, as seen
+    from inside the storage namespace (on its fabric address, the one the controller dials)."""
+    from lab import libvirtd
+
+    if not _unix_answers(storage_socket(state_dir)):
+        return False
+    if prefix is None or not libvirtd.nbd_tls_enabled():
+        return True
+    host, port = split_listen(storage_listen())
+    return network.tcp_answers(nm.storage_netns(prefix), host, port)
 
 
 def wait_until(check: Callable[[], bool], is_alive: Callable[[], bool], what: str, log: Path,

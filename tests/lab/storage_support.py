@@ -169,6 +169,24 @@ def lab_storage_client(lab) -> httpx.Client:
     return transport.client(services.storage_url(lab.state_dir), token, timeout=30)
 
 
+def host_nbd_identity(lab, hid: str) -> Path:
+    """Host `hid`'s certificate from the lab's cloud CA, stored as its agent stores it (a
+    storage-only lab runs no agents): the NBD copies in QEMU's names, in the directory the
+    lab's qemu.conf points libvirt at (returned), which qemu-io's tls-creds-x509 takes too."""
+    from agent.identity import AgentIdentity, make_csr, new_key
+    from controller.services import cloud_ca
+    from lab import libvirtd
+
+    ca = cloud_ca.load(services.controller_dir(lab.state_dir))
+    key = new_key()
+    issued = ca.issue_host(make_csr(key, hid), hid)
+    ident = AgentIdentity(services.agent_state_dir(lab.state_dir, hid), hid)
+    ident._store(key, {"certificate": issued.pem.decode(), "ca_certificate": ca.cert_pem.decode(),
+                       "serial": issued.serial})
+    assert ident.nbd_dir == libvirtd.HostPaths(lab.state_dir / "hosts" / hid).nbd_tls_dir
+    return ident.nbd_dir
+
+
 def volume_file(lab, volume_id: str) -> Path:
     return services.storage_dir(lab.state_dir) / "volumes" / f"{volume_id}.qcow2"
 
@@ -200,11 +218,14 @@ def nbd_source(obs: VolumeObserved) -> NetworkSource:
 
 @contextlib.contextmanager
 def lab_volume(lab, client: httpx.Client, volume_id: str, size_bytes: int,
-               exported: bool = True) -> Iterator[VolumeObserved]:
-    """A volume on the lab's storage node, made with PUT; on the way out it is deleted with
-    DELETE (detach it from every guest first) and checked gone: no volume, no file, no export."""
-    r = client.put(f"/v1/volumes/{volume_id}", json={
-        "volume_id": volume_id, "size_bytes": size_bytes, "exported": exported})
+               exported: bool = True, host: str | None = None) -> Iterator[VolumeObserved]:
+    """A volume on the lab's storage node, made with PUT (exported for `host`: a node serving
+    NBD over TLS refuses an export without one); on the way out it is deleted with DELETE
+    (detach it from every guest first) and checked gone: no volume, no file, no export."""
+    body = {"volume_id": volume_id, "size_bytes": size_bytes, "exported": exported}
+    if host is not None:
+        body["host"] = host
+    r = client.put(f"/v1/volumes/{volume_id}", json=body)
     assert r.status_code == 200, r.text
     try:
         yield VolumeObserved.model_validate(r.json())

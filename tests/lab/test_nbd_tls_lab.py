@@ -24,13 +24,14 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.contract.storage_v1 import VolumeObserved
 from agent.drivers.volumes import MiB
-from agent.identity import AgentIdentity, make_csr, new_key
+from agent.identity import make_csr, new_key
 from controller.services import cloud_ca
-from lab import libvirtd, services
+from lab import services
 from lab import naming as nm
 from lab.testing import ns_run
 from lab.testing import skip_reason as lab_skip_reason
-from tests.lab.storage_support import lab_storage_client, skip_reason, storage_lab, volume_file
+from tests.lab.storage_support import (host_nbd_identity, lab_storage_client, skip_reason,
+                                       storage_lab, volume_file)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -51,18 +52,6 @@ def tlslab():
         mp.setenv("KUMO_LAB_STORAGE_TLS", "1")
         with storage_lab(hosts=2) as lab:
             yield lab
-
-
-def _host_identity(lab, hid: str) -> Path:
-    """hid's certificate from the lab's cloud CA, stored as its agent stores it; the NBD dir."""
-    ca = cloud_ca.load(services.controller_dir(lab.state_dir))
-    key = new_key()
-    issued = ca.issue_host(make_csr(key, hid), hid)
-    ident = AgentIdentity(services.agent_state_dir(lab.state_dir, hid), hid)
-    ident._store(key, {"certificate": issued.pem.decode(), "ca_certificate": ca.cert_pem.decode(),
-                       "serial": issued.serial})
-    assert ident.nbd_dir == libvirtd.HostPaths(lab.state_dir / "hosts" / hid).nbd_tls_dir
-    return ident.nbd_dir
 
 
 def _client_dir(lab, tmp: Path, forged_cn: str | None) -> Path:
@@ -123,7 +112,7 @@ def _put(c, host: str | None, exported: bool = True) -> VolumeObserved:
 def test_an_export_opens_only_for_its_host(tlslab):
     lab = tlslab
     h1, h2 = nm.host_netns(lab.prefix, "h1"), nm.host_netns(lab.prefix, "h2")
-    creds1, creds2 = _host_identity(lab, "h1"), _host_identity(lab, "h2")
+    creds1, creds2 = host_nbd_identity(lab, "h1"), host_nbd_identity(lab, "h2")
     tmp = Path(tempfile.mkdtemp(prefix="kumo-nbdtls-"))
     try:
         forged = _client_dir(lab, tmp / "forged", "h1")
@@ -211,7 +200,7 @@ def test_libvirt_dials_with_its_host_certificate(tlslab, tmp_path):
 
     lab = tlslab
     for hid in ("h1", "h2"):
-        _host_identity(lab, hid)
+        host_nbd_identity(lab, hid)
     img, sha = _boot_sector_image(tmp_path)
     made = []
     with lab_storage_client(lab) as c:
@@ -267,7 +256,7 @@ def test_the_api_serves_only_the_controller(tlslab):
         r = c.get("/v1/storage")
         assert r.status_code == 200 and "export-host" in r.json()["extensions"], r.text
     ca = cloud_ca.load(services.controller_dir(lab.state_dir))
-    nbd = _host_identity(lab, "h1")
+    nbd = host_nbd_identity(lab, "h1")
     pem = nbd.parent / "host.pem"
     host_ctx = tls.client_context(ca.cert_pem, str(pem), peer_uri=tls.ANY_STORAGE)
     with transport.client(url, timeout=10, tls=host_ctx) as c:

@@ -5,8 +5,10 @@ storage-only one of this module's own (tests/lab/storage_support.storage_lab): a
 would delete a volume it does not know of. The volume is
 live-attached (libvirt `<disk type='network'>`, virtio vdb, serial = the
 volume id) to a kumo-tiny guest on h1, which writes a block with a per-run pattern and syncs;
-the disk is detached live and the storage node holds the bytes (read over NBD from its
-namespace); attached live to a guest on h2, it reads back the same checksum. The guests run
+the disk is detached live and the storage node holds the bytes (read from its volume file);
+the export then follows the attachment to h2 (VolumeSpec.host: with the lab's default per-host
+NBD over TLS, h2's own NBD server, which admits only h2's certificate; docs/security.md "Storage
+access") and, attached live to a guest on h2, it reads back the same checksum. The guests run
 user-data scripts that wait for /dev/vdb and report on the serial console (no NIC). Afterwards
 no guest, export or volume (file) is left; the storage node itself belongs to the lab.
 """
@@ -19,14 +21,16 @@ from pathlib import Path
 
 import pytest
 
+from agent.contract.storage_v1 import VolumeObserved
 from agent.drivers.base import DomainDisk
 from agent.drivers.volumes import MiB
 from images.builder import build
+from lab import libvirtd
 from lab import naming as nm
 from lab.testing import ns_run, ping
 from tests.lab.guests import boot, new_instance_id
-from tests.lab.storage_support import (lab_storage_client, lab_volume, nbd_source, nbd_url,
-                                       storage_lab_fixture)
+from tests.lab.storage_support import (host_nbd_identity, lab_storage_client, lab_volume,
+                                       nbd_source, storage_lab_fixture, volume_file)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -73,6 +77,20 @@ def _pattern_sha(pattern: str) -> str:
     return hashlib.sha256((line * (BLOCK // len(line) + 1))[:BLOCK]).hexdigest()
 
 
+def _opens(lab, hid: str, source, creds: Path | None) -> bool:
+    """Whether `qemu-img info` from inside host hid's namespace opens the NBD export `source`,
+    over TLS with hid's certificate when `creds` (its NBD certificate dir) is given."""
+    h = source.hosts[0]
+    opts = f"driver=nbd,server.type=inet,server.host={h.name},server.port={h.port}," \
+           f"export={source.name}"
+    argv = ["qemu-img", "info"]
+    if creds is not None:
+        argv += ["--object", f"tls-creds-x509,id=tls0,endpoint=client,dir={creds}"]
+        opts += ",tls-creds=tls0"
+    return ns_run(nm.host_netns(lab.prefix, hid), *argv, "--image-opts", opts, check=False,
+                  timeout=15).returncode == 0
+
+
 def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
     lab = slab
     t0 = time.monotonic()
@@ -92,6 +110,8 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
             g.destroy()
             assert g.hypervisor.status(g.name).power == "absent"
 
+    tls = libvirtd.nbd_tls_enabled()
+    creds = {h: host_nbd_identity(lab, h) for h in ("h1", "h2")} if tls else {}
     guests = {}
     try:
         # Both guests boot first, in parallel (each waits for its vdb), then the volume is made.
@@ -100,7 +120,8 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
                              hostname=f"mv-{h}", user_data=script.format(
                                  wait=VDB_WAIT, pattern=pattern, size=BLOCK).encode())
         # lab_volume deletes the volume on the way out (after the guests are gone) and checks it.
-        with lab_storage_client(lab) as sn, lab_volume(lab, sn, vol, size) as observed:
+        with lab_storage_client(lab) as sn, \
+                lab_volume(lab, sn, vol, size, host="h1") as observed:
             try:
                 source = nbd_source(observed)
                 assert (source.protocol, source.name) == ("nbd", vol)
@@ -127,10 +148,10 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
                 assert "vdb" not in [d.target for d in g1.hypervisor.status(g1.name).disks]
                 mark("h1 detached")
 
-                # The bytes are on the storage node: read over NBD from its own namespace.
+                # The bytes are on the storage node: its volume file (-U: its daemon holds it).
                 copy = tmp_path / "readback.raw"
-                ns_run(sn_ns, "qemu-img", "convert", "-f", "raw", "-O", "raw",
-                       nbd_url(SN_ADDR, PORT, vol), str(copy), timeout=30)
+                ns_run(sn_ns, "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw",
+                       str(volume_file(lab, vol)), str(copy), timeout=30)
                 data = copy.read_bytes()
                 copy.unlink()
                 assert len(data) == size
@@ -138,6 +159,16 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
                 assert data[BLOCK:].count(0) == size - BLOCK  # nothing else was written
                 mark("storage node checked")
 
+                # The attachment moves to h2: the node exports the volume for h2 now.
+                r = sn.put(f"/v1/volumes/{vol}", json={"volume_id": vol, "size_bytes": size,
+                                                       "exported": True, "host": "h2"})
+                assert r.status_code == 200, r.text
+                moved = nbd_source(VolumeObserved.model_validate(r.json()))
+                if tls:  # h2's own server; h1's no longer serves it
+                    assert moved.hosts[0].port != PORT
+                    assert not _opens(lab, "h1", source, creds.get("h1"))
+                assert _opens(lab, "h2", moved, creds.get("h2"))
+                disk = DomainDisk("vdb", moved, serial=serial, cache="none")
                 g2.hypervisor.attach_disk(g2.name, disk)
                 seen = g2.wait_console(VDB_SEEN, timeout=30)
                 assert seen.groups()[:2] == (serial, str(size // 512)), seen.group(0)
@@ -159,8 +190,6 @@ def test_a_volume_moves_from_h1_to_h2_with_its_data(slab, tmp_path, tiny_image):
             for g in guests.values():
                 g.hypervisor.close()
     # The export is gone with the volume (lab_volume checked the API and the file).
-    gone = ns_run(nm.host_netns(lab.prefix, "h1"), "qemu-img", "info", nbd_url(SN_ADDR, PORT, vol),
-                  check=False, timeout=15)
-    assert gone.returncode != 0
+    assert not _opens(lab, "h2", moved, creds.get("h2"))
     mark("cleaned up")
     print(f"timings (s since start): {marks}")

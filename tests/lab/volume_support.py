@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from agent.contract.transport import client
 from tests.lab.cloud import CloudUser
 
 GiB = 1 << 30
@@ -52,9 +51,11 @@ def clear_volumes(user, timeout: float = 120) -> None:
 
 
 def storage_node(lab):
-    """A client of the lab's storage node API (agent/contract/storage_v1.py)."""
-    token = (lab.state_dir / "agent.token").read_text().strip()
-    return client(f"unix:{lab.state_dir / 'storage' / 'storage.sock'}", token, timeout=10)
+    """A client of the lab's storage node API (agent/contract/storage_v1.py) as the controller:
+    its certificate over mutual TLS (the lab's default) or the shared token (opt-out)."""
+    from tests.lab.storage_support import lab_storage_client
+
+    return lab_storage_client(lab)
 
 
 def node_volumes(lab) -> dict[str, dict]:

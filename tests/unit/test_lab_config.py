@@ -111,18 +111,21 @@ def test_storage_node_environment(monkeypatch):
         "KUMO_STORAGE_NBD_HOST": "100.64.0.250",
         "KUMO_STORAGE_NBD_PORT": "10809",
     }
-    # Per-host NBD over TLS and the API over mutual TLS, the controller told so.
-    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "1")
+    # Per-host NBD over TLS and the API over mutual TLS, the controller told so: the default.
+    # Its API on its fabric address (what the controller dials) and a node-local socket.
+    monkeypatch.delenv("KUMO_LAB_STORAGE_TLS", raising=False)
     assert sv.storage_env(Path("/s"), "tok") == {
-        **plain, "KUMO_STORAGE_NBD_TLS_DIR": "/s/storage/tls",
-        "KUMO_STORAGE_API_TLS_DIR": "/s/storage/tls"}
+        **plain, "KUMO_STORAGE_LISTEN": "100.64.0.250:8789",
+        "KUMO_STORAGE_LOCAL_SOCKET": "/s/storage/storage.sock",
+        "KUMO_STORAGE_NBD_TLS_DIR": "/s/storage/tls", "KUMO_STORAGE_API_TLS_DIR": "/s/storage/tls"}
     env = sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", sv.storage_url(Path("/s")))
-    assert env["KUMO_STORAGE_URL"] == "unix:/s/storage/storage.sock"
+    assert env["KUMO_STORAGE_URL"] == "https://100.64.0.250:8789"
     assert env["KUMO_STORAGE_MTLS"] == "true"
-    monkeypatch.delenv("KUMO_LAB_STORAGE_TLS", raising=False)  # the default: plain
+    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "0")  # the explicit opt-out: plain
     assert sv.storage_env(Path("/s"), "tok") == plain
     env = sv.controller_env(Path("/s"), "127.0.0.1:8787", "tok", sv.storage_url(Path("/s")))
     assert "KUMO_STORAGE_MTLS" not in env
+    assert env["KUMO_STORAGE_URL"] == "unix:/s/storage/storage.sock"
     assert sv.storage_argv("/py") == ["/py", "-m", "agent.storage_node"]
     assert sv.storage_available()
 

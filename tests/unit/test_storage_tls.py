@@ -198,12 +198,13 @@ def test_agent_identity_keeps_qemu_copies(tmp_path):
 
 def test_lab_qemu_conf_nbd_tls(tmp_path, monkeypatch):
     paths = libvirtd.HostPaths(tmp_path / "hosts" / "h1")
-    monkeypatch.delenv("KUMO_LAB_STORAGE_TLS", raising=False)
+    monkeypatch.delenv("KUMO_LAB_STORAGE_TLS", raising=False)  # the default: on
     conf = libvirtd.qemu_conf(paths)
-    assert conf["nbd_tls"] is False
+    assert conf["nbd_tls"] is True
     assert conf["nbd_tls_x509_cert_dir"] == str(tmp_path / "hosts/h1/agent/tls/nbd")
-    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "1")
-    assert 'nbd_tls = 1' in libvirtd.render_conf(libvirtd.qemu_conf(paths))
+    assert 'nbd_tls = 1' in libvirtd.render_conf(conf)
+    monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "0")  # the explicit opt-out
+    assert 'nbd_tls = 0' in libvirtd.render_conf(libvirtd.qemu_conf(paths))
     monkeypatch.setenv("KUMO_LAB_STORAGE_TLS", "yes")
     with pytest.raises(LabError):
         libvirtd.qemu_conf(paths)
