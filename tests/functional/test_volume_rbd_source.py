@@ -30,26 +30,38 @@ class FakeRbdBackend(FakeVolumeBackend):
         return NetworkSource("rbd", f"kumo/{volume_id}", (NetworkHost(*MON),))
 
 
-@pytest.fixture
-def cloud(tmp_path):
+def rbd_cloud(tmp_path, backend: FakeVolumeBackend) -> VolumeCloud:
+    """A VolumeCloud whose storage node is the real app over `backend`."""
     c = VolumeCloud(tmp_path)
-    c.backend = FakeRbdBackend()
+    c.backend = backend
     c.node = TestClient(create_storage_app(c.backend, node_id="sn1", token=AGENT_TOKEN),
                         raise_server_exceptions=False)
     c.image()
+    return c
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    c = rbd_cloud(tmp_path, FakeRbdBackend())
     yield c
     c.close()
 
 
-def test_rbd_source_is_recorded_and_reaches_the_host_spec(cloud):
-    agent = cloud.add_volume_host("host-1")
-    user = cloud.account("alice")
+def attached_volume(cloud: VolumeCloud, user, agent) -> tuple[str, str]:
+    """A running instance on `agent` and a new volume attached to it (one tick): their ids."""
     iid = _running(cloud, user, agent)
     vid = _available(cloud, user)
     assert cloud.volume_row(vid).source_protocol is None  # not exported: no source at all
     r = user.post(f"/v1/volumes/{vid}/attach", json={"instance_id": iid, "device": "/dev/sdf"})
     assert r.status_code == 200, r.text
     assert cloud.tick()["errors"] == 0
+    return iid, vid
+
+
+def test_rbd_source_is_recorded_and_reaches_the_host_spec(cloud):
+    agent = cloud.add_volume_host("host-1")
+    user = cloud.account("alice")
+    iid, vid = attached_volume(cloud, user, agent)
     row = cloud.volume_row(vid)
     assert (row.source_protocol, row.source_host, row.source_port, row.source_export) == (
         "rbd", *MON, f"kumo/{vid}")
@@ -94,19 +106,11 @@ def test_cephx_user_and_key_reach_only_their_hosts_spec_and_never_the_api(tmp_pa
     """The node's per-host Ceph user and key are recorded with the export, sent in the spec of
     the host the volume is attached to (which lists volumes-rbd-cephx), left out for a host
     that does not understand them, never shown by the API, and forgotten on detach."""
-    c = VolumeCloud(tmp_path)
-    c.backend = FakeCephxBackend()
-    c.node = TestClient(create_storage_app(c.backend, node_id="sn1", token=AGENT_TOKEN),
-                        raise_server_exceptions=False)
-    c.image()
+    c = rbd_cloud(tmp_path, FakeCephxBackend())
     try:
         h1 = c.add_volume_host("host-1")
         user = c.account("alice")
-        iid = _running(c, user, h1)
-        vid = _available(c, user)
-        r = user.post(f"/v1/volumes/{vid}/attach", json={"instance_id": iid, "device": "/dev/sdf"})
-        assert r.status_code == 200, r.text
-        assert c.tick()["errors"] == 0
+        iid, vid = attached_volume(c, user, h1)
         assert c.backend.export_host[vid] == "host-1"
         row = c.volume_row(vid)
         assert (row.source_auth_user, row.source_auth_key) == ("kumo-host-host-1", cephx_key(1))
