@@ -24,8 +24,6 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.contract import storage_tls, tls, transport
 from controller.ids import utcnow
@@ -90,13 +88,7 @@ def reissue(state_dir: Path, current: x509.Certificate, now: datetime,
         ips = ()
     if not ips:  # hosts dial an address and QEMU checks it against the certificate
         raise RenewalError("NoAddress", "the node's certificate names no IP address")
-    key = ec.generate_private_key(ec.SECP256R1())
-    issued = cloud_ca.load(state_dir).sign(
-        key.public_key(), f"kumo-storage-{who.node_id}", tls.storage_uri(who.node_id), days,
-        now, ips=ips)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return issued, key_pem
+    return cloud_ca.issue_storage_node(state_dir, who.node_id, ips, days, now)
 
 
 def check_once(url: str, ctx: ssl.SSLContext, state_dir: Path, renew_days: float, *,

@@ -249,13 +249,23 @@ def storage_node_files(state_dir: Path, node_id: str, addresses: list[str], out_
     if not ips:
         raise InvalidParameter("a storage node needs the address hosts dial",
                                code="MissingParameter")
-    ca = load(state_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
-    issued = ca.sign(key.public_key(), f"kumo-storage-{node_id}", names.storage_uri(node_id),
-                     days, now, ips=ips)
+    issued, key_pem = issue_storage_node(state_dir, node_id, ips, days, now)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_file(out_dir / "ca-cert.pem", ca.cert_pem, 0o644)
-    write_file(out_dir / "server-key.pem", _key_pem(key), 0o600)
+    write_file(out_dir / "ca-cert.pem", load(state_dir).cert_pem, 0o644)
+    write_file(out_dir / "server-key.pem", key_pem.encode(), 0o600)
     write_file(out_dir / "server-cert.pem", issued.pem, 0o644)
     return issued
+
+
+def issue_storage_node(state_dir: Path, node_id: str, ips: tuple[str, ...],
+                       days: float = STORAGE_CERT_DAYS,
+                       now: datetime | None = None) -> tuple[Issued, str]:
+    """A new P-256 key and the storage node's server certificate for it (CN
+    kumo-storage-<node id>, SAN URI kumo:storage:<node id> and `ips`): (issued, key PEM).
+    The first issue (storage_node_files) and every renewal (controller/storage_cert_renewal.py)
+    make it here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = load(state_dir).sign(key.public_key(), f"kumo-storage-{node_id}",
+                                  names.storage_uri(node_id), days, now, ips=ips)
+    return issued, _key_pem(key).decode()
