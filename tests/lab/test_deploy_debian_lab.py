@@ -14,7 +14,17 @@ Each agent joins with a one-time join token of its own over mutual TLS. A kumo-t
 launched on the deployed cloud is reached on its public IP from the lab's internet namespace on
 the port its security group opens, and not on another one; two instances of one VPC, one on each
 host, reach each other over the hosts' VXLAN (ping and HTTP between the guests, both ways) and
-each answers on its public IP.
+each answers on its public IP. A third guest of that VPC, without a public IP in a private
+subnet whose default route goes to a NAT gateway, reaches the lab's internet through it (the
+server sees the gateway's public IP) and nothing reaches it from there.
+
+Backup and restore on PostgreSQL, as docs/deploy.md "Backup and restore" runs them: `kumo admin
+backup` from the deployed venv as the kumo user with controller.env; an instance launched and a
+rule added afterwards; the controller killed, its database dropped and created again, its state
+directory emptied, `kumo admin restore`, the controller started again from its unit. The agents
+come back over mTLS without joining again, the later instance leaves its host as an orphan and
+the rule leaves the hosts' nftables, the guests from before the backup run on in the same libvirt
+domains.
 
 The hosts' /dev/kvm is given udev's owner and mode (deploy_support.Root.udev_kvm): with the
 machine's root-only one, libvirtd re-probed QEMU at every call and a launch took two minutes.
@@ -30,6 +40,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,8 +55,8 @@ from lab.testing import skip_reason
 from tests.lab import deploy_support as ds
 from tests.lab.cloud import CloudUser
 from tests.lab.guests import SSH_OPTS
-from tests.lab.net_support import (CONVERGE, LabWorld, Vm, http_cmd, ip_, launch_placed,
-                                   ping_cmd)
+from tests.lab.net_support import (CONVERGE, INET_SERVER, LabWorld, Listener, Vm, http_cmd, ip_,
+                                   launch_placed, ping_cmd)
 from tests.lab.registry_proxy import RegistryProxy
 from tests.lab.test_vpc_lab import assert_inet_blocked, inet_probe, open_group
 
@@ -92,6 +103,7 @@ class Deployment:
                                   nm.host_netns(prefix, h), hostname=h) for h in HOSTS}
         self.agent = self.agents[HOST]
         self.agent_procs: dict[str, subprocess.Popen] = {}
+        self.ctl_proc: subprocess.Popen | None = None
         self.proxy = RegistryProxy()
         self.api_sock = work / "api.sock"
         self.forwarder: subprocess.Popen | None = None
@@ -160,6 +172,12 @@ class Deployment:
                   "--join-token-file", "/root/kumo-join-token", "--join-url", API,
                   "--ca-sha256", self.joins[h]["ca_sha256"])
 
+    def start_controller(self) -> subprocess.Popen:
+        """The controller, as kumo-controller.service says, on the PostgreSQL the role set up."""
+        self.ctl_proc = ds.start_unit(self.ctl, "kumo-controller.service",
+                                      self.logs / "kumo-controller.log")
+        return self.ctl_proc
+
     def start_host(self, h: str) -> None:
         """libvirtd (virtlogd) and the agent of host `h`, as their units say."""
         root = self.agents[h]
@@ -202,8 +220,7 @@ def _deploy(d: Deployment) -> None:
     _parallel(lambda: d.role(d.ctl, "controller"),
               *[lambda h=h, root=root: d.role(root, "agent", "--host-id", h, "--no-start")
                 for h, root in d.agents.items()])
-    # The controller, as kumo-controller.service says, on the PostgreSQL the role set up.
-    ctl = ds.start_unit(d.ctl, "kumo-controller.service", d.logs / "kumo-controller.log")
+    ctl = d.start_controller()
     _wait(lambda: d.ctl.path("/var/lib/kumo/controller/admin.key").exists(),
           "the controller's admin key", 120, alive=lambda: ctl.poll() is None)
     d.start_forwarder()
@@ -451,20 +468,72 @@ def _vxlan_packets(d: Deployment, host_id: str) -> int:
                for link in json.loads(r.stdout or "[]"))
 
 
-def test_one_vpc_across_the_two_deployed_hosts(deployed, tenant, tmp_path):
-    """Two instances of the account's default VPC, one per host (placed by disabling the other
-    host while launching, booted in parallel): ping and HTTP between the guests both ways go
-    over the hosts' VXLAN on the fabric; each answers the internet on its public IP."""
+#: A private subnet of the account's default VPC (172.31.0.0/16; its default subnet is /20 at 0).
+PRIVATE_CIDR = "172.31.32.0/24"
+
+
+def _private_subnet_behind_a_nat_gateway(user: CloudUser) -> dict:
+    """A subnet of the default VPC with a route table of its own whose default route goes to a
+    NAT gateway (its own elastic IP) in the default subnet, as the shared lab's NAT scenario
+    builds it (tests/lab/test_vpc_lab.py _build)."""
+    vpc = next(v for v in user.call("GET", "/v1/vpcs")["items"] if v["is_default"])
+    public = next(sn for sn in user.call("GET", "/v1/subnets",
+                                         params={"vpc_id": vpc["vpc_id"]})["items"]
+                  if sn["default_for_az"])
+    sn = user.call("POST", "/v1/subnets", json={"vpc_id": vpc["vpc_id"],
+                                                "cidr_block": PRIVATE_CIDR})
+    rt = user.call("POST", "/v1/route-tables", json={"vpc_id": vpc["vpc_id"]})
+    user.call("POST", f"/v1/route-tables/{rt['route_table_id']}/associations",
+              json={"subnet_id": sn["subnet_id"]})
+    eip = user.call("POST", "/v1/elastic-ips")
+    nat = user.call("POST", "/v1/nat-gateways", json={"subnet_id": public["subnet_id"],
+                                                      "allocation_id": eip["allocation_id"]})
+    user.call("POST", f"/v1/route-tables/{rt['route_table_id']}/routes",
+              json={"destination_cidr_block": "0.0.0.0/0", "nat_gateway_id": nat["nat_gateway_id"]})
+    return {"sn_priv": sn["subnet_id"], "nat": nat["nat_gateway_id"], "nat_ip": nat["public_ip"]}
+
+
+@pytest.fixture(scope="module")
+def vpc(deployed, tenant, tmp_path_factory):
+    """Three guests of the account's default VPC, booted in parallel (placed by disabling the
+    other host while launching): "h1" and "h2", one per host in the default subnet (public
+    IPs), and "private" (on h2, no public IP) in a private subnet behind a NAT gateway. The
+    tests below share them; they are terminated at the end."""
     d = deployed
-    user = CloudUser(tenant.lab, tmp_path / "keys")
+    user = CloudUser(tenant.lab, tmp_path_factory.mktemp("deploy-vpc") / "keys")
     w = DeployedWorld(lab=tenant.lab, admin=d.api(d.admin_key()), deployment=d)
     w.users.append(user)
     t0 = time.monotonic()
     try:
-        key = user.key_pair("deploy-vpc")
-        sg = open_group(user, None, "deploy-vpc-open")
-        launch_placed(w, [(h, user, key, h, dict(security_group_ids=[sg])) for h in HOSTS])
-        d.times["two guests running/ok"] = time.monotonic() - t0
+        try:
+            key = user.key_pair("deploy-vpc")
+            w.ids["sg"] = sg = open_group(user, None, "deploy-vpc-open")
+            w.ids.update(_private_subnet_behind_a_nat_gateway(user))
+            launch_placed(w, [(h, user, key, h, dict(security_group_ids=[sg])) for h in HOSTS] + [
+                ("private", user, key, HOSTS[1], dict(subnet_id=w.ids["sn_priv"],
+                                                      associate_public_ip=False,
+                                                      security_group_ids=[sg]))])
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{d.tails()}") from e
+        d.times["three guests running/ok"] = time.monotonic() - t0
+        yield w
+    finally:
+        try:
+            user.terminate_all()
+            for vm in w.vms.values():
+                user.wait(vm.id, "terminated", timeout=120)
+        finally:
+            user.close()
+            w.admin.close()
+
+
+def test_one_vpc_across_the_two_deployed_hosts(deployed, vpc):
+    """Two instances of the account's default VPC, one per host: ping and HTTP between the
+    guests both ways go over the hosts' VXLAN on the fabric; each answers the internet on its
+    public IP."""
+    d, w = deployed, vpc
+    t0 = time.monotonic()
+    try:
         a, b = (w.vms[h] for h in HOSTS)
         assert (a.host, b.host) == HOSTS and a.d["vpc_id"] == b.d["vpc_id"], (a.d, b.d)
         before = {h: _vxlan_packets(d, h) for h in HOSTS}
@@ -483,9 +552,185 @@ def test_one_vpc_across_the_two_deployed_hosts(deployed, tenant, tmp_path):
             assert res[-1]["body"] == vm.id, res[-3:]
     except AssertionError as e:
         raise AssertionError(f"{e}\n{d.tails()}") from e
+
+
+def test_private_subnet_reaches_the_internet_only_through_its_nat_gateway(deployed, vpc,
+                                                                          tmp_path):
+    """The private guest (no public IP) reaches a server in the lab's internet namespace, which
+    sees the NAT gateway's public IP as the source; from the internet nothing reaches it: not
+    its private address (even routed to its host) nor the NAT gateway's public IP, for the
+    whole window, while it does answer HTTP inside the VPC."""
+    d, w = deployed, vpc
+    p, a = w.vms["private"], w.vms[HOSTS[0]]
+    assert p.d["subnet_id"] == w.ids["sn_priv"] and not p.d.get("public_ip"), p.d
+    t0 = time.monotonic()
+    listener = Listener(w.lab, tmp_path, 18000 + secrets.randbelow(2000))
+    inet = nm.inet_netns(d.prefix)
+    route = [f"{p.ip}/32", "via", str(nm.host_address(p.host).ip)]
+    routed = False
+    try:
+        out = w.sh_until(p, http_cmd(INET_SERVER, listener.port), lambda o: o.strip())
+        assert out.strip() == w.ids["nat_ip"], f"the private guest left as {out.strip()}"
+        assert {peer for _, peer in listener.entries()} == {w.ids["nat_ip"]}, listener.entries()
+        d.times["private guest out through NAT"] = time.monotonic() - t0
+        # positive control of the negative probes: the guest answers HTTP (inside the VPC)
+        w.sh_until(a, http_cmd(p.ip), lambda o: p.id in o)
+        subprocess.run(["ip", "netns", "exec", inet, "ip", "route", "add", *route],
+                       check=True, capture_output=True, timeout=30)
+        routed = True
+        with ThreadPoolExecutor(2) as pool:
+            for f in [pool.submit(assert_inet_blocked, w.lab, t)
+                      for t in (p.ip, w.ids["nat_ip"])]:
+                f.result()
+        d.times["NAT checks"] = time.monotonic() - t0
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{d.tails()}") from e
     finally:
-        user.terminate_all()
+        if routed:
+            subprocess.run(["ip", "netns", "exec", inet, "ip", "route", "del", *route],
+                           capture_output=True, timeout=30)
+        listener.stop()
+
+
+# ---- backup and restore of the deployed controller (PostgreSQL) ---------------------------------
+
+CTL_STATE = "/var/lib/kumo/controller"
+BACKUP_IN_ROOT = "/var/backups/kumo/kumo.tar"
+#: A port no other rule uses: the after-backup rule, looked for in the hosts' nftables.
+MARK_PORT = 47211
+
+
+def _kumo_admin(d: Deployment, *args: str) -> dict:
+    """`kumo admin ...` as docs/deploy.md "Backup and restore" runs it on the controller host:
+    the deployed venv's kumo, as the kumo user, with /etc/kumo/controller.env's settings."""
+    env = ds.parse_env_file(d.ctl.path("/etc/kumo/controller.env").read_text())
+    r = subprocess.run(d.ctl.argv(["/opt/kumo/venv/bin/kumo", "-o", "json", "admin", *args],
+                                  env, "kumo:kumo"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"kumo admin {' '.join(args)}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return json.loads(r.stdout)
+
+
+def _domain(d: Deployment, host_id: str, name: str) -> tuple[int, str] | None:
+    """(id, UUID) of the libvirt domain `name` on the deployed host, or None."""
+    import libvirt
+    sock = d.agents[host_id].path("/run/libvirt/libvirt-sock")
+    conn = libvirt.open(f"qemu:///system?socket={sock}")
+    try:
+        dom = conn.lookupByName(name)
+        return dom.ID(), dom.UUIDString()
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def _ruleset_has_mark(d: Deployment, host_id: str) -> bool:
+    r = subprocess.run(["ip", "netns", "exec", nm.host_netns(d.prefix, host_id), "nft", "list",
+                        "ruleset"], capture_output=True, text=True, timeout=30, check=True)
+    return str(MARK_PORT) in r.stdout
+
+
+def _view(user: CloudUser) -> dict:
+    """What the API shows of the account: its instances (not terminated) and groups."""
+    fields = ("instance_id", "state", "host_id", "private_ip", "vpc_id", "subnet_id",
+              "instance_type", "image_id", "tags", "security_group_ids", "public_ip",
+              "launch_time")
+    insts = user.call("GET", "/v1/instances", params={"max_results": 1000})["items"]
+    groups = user.call("GET", "/v1/security-groups", params={"max_results": 1000})["items"]
+    return {"instances": sorted(({f: i.get(f) for f in fields} for i in insts
+                                 if i["state"] != "terminated"), key=lambda i: i["instance_id"]),
+            "groups": sorted(groups, key=lambda g: g["group_id"])}
+
+
+def test_backup_and_restore_on_postgresql_with_the_deployed_agents(deployed, vpc):
+    """`kumo admin backup` on the deployed controller (pg_dump of its PostgreSQL) while the
+    three guests run; then instance C is launched and a rule added to their group. The
+    controller is killed, its database dropped and created again as the role creates it and its
+    state directory emptied (a fresh controller), `kumo admin restore`, and the controller is
+    started again as its unit says. The agents, with the certificates they had, heartbeat to it
+    over mutual TLS; C is an orphan and leaves its host; the rule leaves the hosts' nftables;
+    the guests from before the backup run on in the same libvirt domains; the API shows what it
+    showed at backup time."""
+    d, w = deployed, vpc
+    user = w.users[0]
+    t0 = time.monotonic()
+    try:
+        domains = {vm.id: _domain(d, vm.host, vm.id) for vm in w.vms.values()}
+        assert all(domains.values()), domains
+        certs = {h: r.path("/var/lib/kumo/agent/tls/host.pem").read_bytes()
+                 for h, r in d.agents.items()}
+        ca = d.ctl.path(f"{CTL_STATE}/cloud-ca.crt").read_bytes()
+        _in_root(d.ctl, "install", "-d", "-o", "kumo", "-m", "0700", "/var/backups/kumo")
+        before = _view(user)
+        made = _kumo_admin(d, "backup", BACKUP_IN_ROOT)
+        assert made["database"] == "postgresql" and made["members"] >= 4, made
+        assert (d.ctl.path(BACKUP_IN_ROOT).stat().st_mode & 0o777) == 0o600
+        d.times["backup"] = time.monotonic() - t0
+
+        # After the backup: C, and a rule in the guests' group (positive controls on the hosts).
+        (c,) = user.run(1, key_name="deploy-vpc", tags={"Name": "after-backup"},
+                        security_group_ids=[w.ids["sg"]])
+        user.call("POST", f"/v1/security-groups/{w.ids['sg']}/ingress", json={"rules": [
+            {"protocol": "tcp", "from_port": MARK_PORT, "to_port": MARK_PORT,
+             "cidr_ipv4": "198.51.100.0/24"}]})
+        c = user.wait(c["instance_id"], "running", timeout=120)
+        assert _domain(d, c["host_id"], c["instance_id"]), c
+        _wait(lambda: all(_ruleset_has_mark(d, h) for h in HOSTS),
+              "the after-backup rule in the hosts' nftables", 60)
+
+        # The controller is lost: a fresh one (empty database as the role makes it, empty state
+        # directory but for the image store) gets the backup.
+        d.ctl_proc.kill()  # its PID is the controller's own (every wrapper execs)
+        d.ctl_proc.wait(timeout=10)
+        assert d.ctl_proc.pid not in ds.pids_in_root(d.ctl)
+        psql = ["runuser", "-u", "postgres", "--", "psql", "-qtAX", "-v", "ON_ERROR_STOP=1"]
+        _in_root(d.ctl, *psql, "-c", "DROP DATABASE kumo WITH (FORCE)")
+        _in_root(d.ctl, "runuser", "-u", "postgres", "--", "createdb", "-O", "kumo", "kumo")
+        aside = d.work / "lost-controller"
+        aside.mkdir()
+        for entry in list(d.ctl.path(CTL_STATE).iterdir()):
+            if entry.name != "images":
+                shutil.move(str(entry), aside / entry.name)
+        report = _kumo_admin(d, "restore", BACKUP_IN_ROOT)
+        assert report["database"] == "postgresql", report
+        assert {"admin.key", "cloud-ca.crt", "cloud-ca.key"} <= set(report["files"]), report
+        assert report["images_missing"] == [], report
+        d.times["kill, fresh database, restore"] = time.monotonic() - t0
+        started = time.monotonic()
+        ctl = d.start_controller()
+        assert d.ctl.path(f"{CTL_STATE}/cloud-ca.crt").read_bytes() == ca
+
+        # The agents heartbeat to it over mTLS with the certificates they had (nobody re-joined).
+        def healthy() -> bool:
+            try:
+                with d.api(d.admin_key()) as admin:
+                    seen = {h["host_id"]: h for h in admin.get("/v1/hosts").json()["items"]}
+            except Exception:  # not listening yet
+                return False
+            since = time.monotonic() - started
+            return all(h in seen and seen[h]["health"] == "ok" and seen[h]["state"] == "up"
+                       and seen[h]["heartbeat_age_s"] is not None
+                       and seen[h]["heartbeat_age_s"] < since for h in HOSTS)
+        _wait(healthy, "every host heartbeating to the restored controller", 90,
+              alive=lambda: ctl.poll() is None)
+        d.times["hosts healthy after restore"] = time.monotonic() - started
+        assert {h: r.path("/var/lib/kumo/agent/tls/host.pem").read_bytes()
+                for h, r in d.agents.items()} == certs
+        # C is an orphan to the restored controller: its agent removes it; the rule goes too.
+        _wait(lambda: _domain(d, c["host_id"], c["instance_id"]) is None,
+              f"orphan {c['instance_id']}'s domain removed from {c['host_id']}", 60)
+        _wait(lambda: not any(_ruleset_has_mark(d, h) for h in HOSTS),
+              "the after-backup rule gone from the hosts' nftables", 90)
+        d.times["orphan and rule gone"] = time.monotonic() - started
+        user.call("GET", f"/v1/instances/{c['instance_id']}", expect=404)
+        # The guests from before the backup: running, the same libvirt domains, still connected.
         for vm in w.vms.values():
-            user.wait(vm.id, "terminated", timeout=120)
-        user.close()
-        w.admin.close()
+            user.wait(vm.id, "running", "ok", timeout=60)
+            assert _domain(d, vm.host, vm.id) == domains[vm.id], vm.name
+        assert _view(user) == before
+        a, b = (w.vms[h] for h in HOSTS)
+        out = w.sh_until(a, http_cmd(b.ip), lambda o: b.id in o)
+        assert out.strip() == b.id, out
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{d.tails()}") from e
