@@ -71,7 +71,8 @@ at the end and checked.
 
 Usage: .venv/bin/python bench/bench_volumes.py [--repeat 20] [--rounds 5] [--seq-mib 256]
        [--rand-ops 500] [--volume-gib 1] [--snap-repeat 20] [--attach-rounds 10] [--grow-rounds 5]
-       [--lab-state DIR] [--own-storage-node] [--no-guest] [--no-data-path] [--smoke]
+       [--lab-state DIR] [--own-storage-node] [--no-storage-quickack] [--no-guest]
+       [--no-data-path] [--smoke]
 """
 from __future__ import annotations
 
@@ -423,11 +424,15 @@ def bench_snapshot(backend, ns: str, args) -> tuple[bool, Callable[[], None]]:
 
 # -- part 2: the data path inside a guest -----------------------------------------------------
 
-def fabric_wiring(prefix: str):
+def fabric_wiring(prefix: str, quickack: bool = True):
     """wire(ns), unwire(): a veth from the lab's fabric bridge into the storage namespace, made
-    from inside the fabric namespace (as the lab makes the hosts' uplinks)."""
+    from inside the fabric namespace (as the lab makes the hosts' uplinks). With `quickack`,
+    each lab host gets the route to SN_ADDR the lab gives it to its own node (lab/network.py
+    _ensure_storage_quickack: /32, on-link, `quickack 1`; QEMU 7.2's NBD server over TLS
+    otherwise waits ~40 ms per read for a delayed ACK); unwire() removes it again."""
     from lab import naming as nm
     fab = nm.fabric_netns(prefix)
+    hosts = sorted({nm.host_netns(prefix, h) for h in nm.host_ids(nm.MAX_HOSTS)} & netns_list())
 
     def wire(ns: str) -> None:
         ip(fab, "link", "add", SN_FABRIC_PORT, "type", "veth", "peer", "name", nm.UPLINK,
@@ -440,12 +445,17 @@ def fabric_wiring(prefix: str):
         # entry for it can still be REACHABLE with the old MAC. A first NBD connect from there
         # then lost its SYNs until that entry expired and sat in TCP's backoff (one baseline
         # attach was seen to take 70 s); the entries are dropped so the next use resolves anew.
-        hosts = {nm.host_netns(prefix, h) for h in nm.host_ids(nm.MAX_HOSTS)} & netns_list()
-        for host in sorted(hosts):
+        for host in hosts:
             ip(host, "neigh", "flush", "to", SN_ADDR, check=False)
+            if quickack:
+                ip(host, "route", "replace", f"{SN_ADDR}/32", "dev", nm.UPLINK, "scope", "link",
+                   "quickack", "1")
 
     def unwire() -> None:
         ip(fab, "link", "del", SN_FABRIC_PORT, check=False)
+        for host in hosts:
+            if quickack:
+                ip(host, "route", "del", f"{SN_ADDR}/32", check=False)
 
     return wire, unwire
 
@@ -544,7 +554,7 @@ def guest_storage(lab, prefix: str, args, cleanup: Cleanup) -> Iterator:
         finally:
             node.api.close()
         return
-    wire, unwire = fabric_wiring(lab.prefix)
+    wire, unwire = fabric_wiring(lab.prefix, quickack=not args.no_storage_quickack)
     ns = f"{prefix}-sn"
     with storage_node(ns, SN_ADDR, cleanup, wire, unwire,
                       scratch_tls(lab, ("h1",), cleanup)) as backend:
@@ -782,7 +792,7 @@ def bench_attach(prefix: str, args, cleanup: Cleanup) -> bool:
             return True
         # The baseline's volume comes from a scratch storage node of the benchmark's own: the
         # lab's node is the controller's, which unexports volumes it does not know.
-        wire, unwire = fabric_wiring(lab.prefix)
+        wire, unwire = fabric_wiring(lab.prefix, quickack=not args.no_storage_quickack)
         ns = f"{prefix}-sa"
         with storage_node(ns, SN_ADDR, cleanup, wire, unwire,
                           scratch_tls(lab, ("h1",), cleanup)) as backend:
@@ -1047,8 +1057,13 @@ def main() -> int:
     ap.add_argument("--snap-repeat", type=int, default=20, help="snapshots per case")
     ap.add_argument("--snap-small-mib", type=int, default=8, help="MiB written, small case")
     ap.add_argument("--snap-big-mib", type=int, default=256, help="MiB written, large case")
+    ap.add_argument("--no-storage-quickack", action="store_true",
+                    help="the scratch storage node without the hosts' quickack route (implies "
+                         "--own-storage-node): the 'before' of docs/deploy.md's NBD-over-TLS fix")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.no_storage_quickack:
+        args.own_storage_node = True
     if args.smoke:
         args.repeat, args.rounds, args.seq_mib, args.rand_ops = 2, 1, 8, 10
         args.snap_repeat, args.attach_rounds, args.grow_rounds = 2, 2, 2

@@ -153,6 +153,15 @@ kvm_report() {
   fi
 }
 
+# NBD over TLS with QEMU < 8.0 (Debian 12: 7.2): every read of a volume waits ~40 ms for this
+# host's delayed ACK unless its route to the storage node says `quickack 1`. Kumo never changes
+# the host's routes: advice only (docs/deploy.md "NBD over TLS: acknowledge at once").
+nbd_tls_quickack_note() {
+  grep -qE '^[[:space:]]*nbd_tls[[:space:]]*=[[:space:]]*1' "$(target /etc/libvirt/qemu.conf)" 2>/dev/null || return 0
+  ip -4 route show 2>/dev/null | grep -q 'quickack 1' && return 0
+  say "note: NBD over TLS (qemu.conf nbd_tls = 1) and no route with quickack: with a QEMU < 8.0 storage node, volume reads wait ~40 ms each; add e.g. 'ip route replace <storage node's NBD address>/32 dev <device> quickack 1' (docs/deploy.md \"NBD over TLS: acknowledge at once\")"
+}
+
 # ---- the run -----------------------------------------------------------------------------------
 if on_machine; then
   check_debian
@@ -160,6 +169,7 @@ if on_machine; then
     libvirt-clients nftables dnsmasq-base kmod
   ensure_venv ""
   kvm_report
+  nbd_tls_quickack_note
 fi
 write_env agent
 if [ "$PRINT_CONFIG" = 0 ]; then
