@@ -36,6 +36,9 @@ KUMO_TEST_DEBIAN_PACKAGES=(postgresql pgbouncer ceph-mon ceph-osd ceph-mgr ceph-
 # The deploy/ checks (tests/unit/test_deploy_files.py): systemd-analyze verify/security on the
 # units (works without systemd as PID 1), shellcheck on the scripts, `ruby -c` on the Vagrantfile.
 KUMO_TEST_DEBIAN_PACKAGES+=(systemd shellcheck ruby)
+# `vagrant validate` on the Vagrantfile with the libvirt provider's own checks
+# (tests/unit/test_setup_contract.py): no VM is started.
+KUMO_TEST_DEBIAN_PACKAGES+=(vagrant vagrant-libvirt)
 # The web console's browser tests (tests/functional/test_console_browser.py): Playwright drives
 # Debian's headless Chromium (/usr/bin/chromium); `playwright install` is never run.
 KUMO_TEST_DEBIAN_PACKAGES+=(chromium)
