@@ -137,16 +137,20 @@ def storage_lab(hosts: int) -> Iterator[Lab]:
     assert not [p for p, t in seen.items() if procs.start_time(p) == t], "a storage process survived"
 
 
-def storage_lab_fixture(hosts: int = 2):
+def storage_lab_fixture(hosts: int = 2, tls: bool = False):
     """A module's storage-only lab fixture (`slab = storage_lab_fixture()`): storage_lab(hosts)
-    for the whole module, skipped where this machine cannot run one."""
+    for the whole module, skipped where this machine cannot run one. `tls`: per-host NBD over
+    TLS whatever KUMO_LAB_STORAGE_TLS says (the modules that test TLS itself)."""
     @pytest.fixture(scope="module")
     def slab():
         reason = skip_reason() or lab_skip_reason()
         if reason:
             pytest.skip(reason)
-        with storage_lab(hosts=hosts) as the_lab:
-            yield the_lab
+        with pytest.MonkeyPatch.context() as mp:
+            if tls:
+                mp.setenv("KUMO_LAB_STORAGE_TLS", "1")
+            with storage_lab(hosts=hosts) as the_lab:
+                yield the_lab
     return slab
 
 

@@ -29,9 +29,8 @@ from controller.services import cloud_ca
 from lab import services
 from lab import naming as nm
 from lab.testing import ns_run
-from lab.testing import skip_reason as lab_skip_reason
-from tests.lab.storage_support import (host_nbd_identity, lab_storage_client, skip_reason,
-                                       storage_lab, volume_file)
+from tests.lab.storage_support import (host_nbd_identity, lab_storage_client,
+                                       storage_lab_fixture, volume_file)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -43,15 +42,7 @@ SN = str(nm.STORAGE_ADDR.ip)
 PROBES = 3
 
 
-@pytest.fixture(scope="module")
-def tlslab():
-    reason = skip_reason() or lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KUMO_LAB_STORAGE_TLS", "1")
-        with storage_lab(hosts=2) as lab:
-            yield lab
+tlslab = storage_lab_fixture(hosts=2, tls=True)
 
 
 def _client_dir(lab, tmp: Path, forged_cn: str | None) -> Path:

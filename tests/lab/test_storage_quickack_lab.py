@@ -23,9 +23,8 @@ from agent.drivers.volumes import MiB
 from lab import naming as nm
 from lab import network
 from lab.testing import ip_json, ns_run
-from lab.testing import skip_reason as lab_skip_reason
 from tests.lab.storage_support import (host_nbd_identity, lab_storage_client, lab_volume,
-                                       skip_reason, storage_lab)
+                                       storage_lab_fixture)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -35,15 +34,7 @@ READS = 40
 SN = str(nm.STORAGE_ADDR.ip)
 
 
-@pytest.fixture(scope="module")
-def tlslab():
-    reason = skip_reason() or lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KUMO_LAB_STORAGE_TLS", "1")
-        with storage_lab(hosts=2) as lab:
-            yield lab
+tlslab = storage_lab_fixture(hosts=2, tls=True)
 
 
 def _quickack_route(ns: str) -> dict | None:
