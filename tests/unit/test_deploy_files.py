@@ -223,7 +223,12 @@ def test_vagrantfile_ruby_syntax():
 
 
 def test_vagrantfile_uses_the_role_commands():
+    """The role commands, nested KVM, and every agent VM joining with its own one-time token
+    (mutual TLS; no shared token on the agents)."""
     text = (REPO / "Vagrantfile").read_text()
     for needle in ("deploy/roles/controller.sh", "deploy/roles/agent.sh", "nested = true",
-                   'cpu_mode = "host-passthrough"', "private_network", "--agent-auth token"):
+                   'cpu_mode = "host-passthrough"', "private_network", "--agent-auth mtls",
+                   "hosts join-token", "--join-token-file", "--ca-sha256"):
         assert needle in text, needle
+    agent_part = text.split("AGENTS.each do", 1)[1].split('config.vm.define "kumo-lab"', 1)[0]
+    assert "--token-file" not in agent_part and "AGENT_TOKEN" not in agent_part
