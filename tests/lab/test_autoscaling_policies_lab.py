@@ -18,9 +18,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from lab.testing import until
 from tests.lab.cloud import user_fixture
 from tests.lab.guests import cpu_burner
-from tests.lab.test_autoscaling_lab import _group, _in_service, _until
+from tests.lab.test_autoscaling_lab import _group, _in_service
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -63,7 +64,7 @@ def test_target_tracking_and_schedule(cloud):
             "r", cloud.ssh(inst, key, BURNER, timeout=BURN_S + 40)))
         burn_start = time.monotonic()
         t.start()
-        _until("scale out to 2", lambda: _group(cloud, name)["desired_capacity"] >= 2, 45)
+        until(lambda: _group(cloud, name)["desired_capacity"] >= 2, 45, "scale out to 2", every=1)
         print(f"scale-out decision {time.monotonic() - burn_start:.0f} s after the load step")
         _in_service(cloud, name, 2, timeout=150)
         print(f"2 InService {time.monotonic() - burn_start:.0f} s after the load step")
@@ -93,8 +94,8 @@ def test_target_tracking_and_schedule(cloud):
             "desired_capacity": 2, "start_time": start.isoformat()})
         assert a["recurrence"] is None and a["next_occurrence"] is not None
         put_at = time.monotonic()
-        _until("scheduled action fired",
-               lambda: _group(cloud, name)["desired_capacity"] == 2, 30)
+        until(lambda: _group(cloud, name)["desired_capacity"] == 2, 30, "scheduled action fired",
+              every=1)
         print(f"scheduled action fired {time.monotonic() - put_at:.0f} s after it was put")
         [cause] = [c for c in _changes(cloud, name) if "scheduled action two" in c]
         assert "desired capacity 2 (was 1)" in cause, cause
@@ -102,8 +103,8 @@ def test_target_tracking_and_schedule(cloud):
         assert cloud.call("GET", f"/v1/autoscaling-groups/{name}/scheduled-actions") == []
     finally:
         cloud.call("DELETE", f"/v1/autoscaling-groups/{name}", params={"force": "true"})
-        _until("group deleted", lambda: cloud.api.get(
-            f"/v1/autoscaling-groups/{name}").status_code == 404, 120)
+        until(lambda: cloud.api.get(f"/v1/autoscaling-groups/{name}").status_code == 404, 120,
+              "group deleted", every=1)
         cloud.call("DELETE", f"/v1/launch-templates/{tname}", expect=None)
     print(f"lab test body took {time.monotonic() - started:.0f} s")
 
@@ -134,7 +135,8 @@ def _step_policy_on_an_alarm(cloud, name: str, key) -> None:
     burn_start = time.monotonic()
     t.start()
     try:
-        _until("step scale out to 2", lambda: _group(cloud, name)["desired_capacity"] >= 2, 60)
+        until(lambda: _group(cloud, name)["desired_capacity"] >= 2, 60, "step scale out to 2",
+              every=1)
         print(f"step policy decision {time.monotonic() - burn_start:.0f} s after the load step")
     finally:
         cloud.call("DELETE", f"/v1/alarms/{alarm}", expect=None)
