@@ -87,3 +87,34 @@ def test_group_editor_adds_refuses_and_removes_rules(served):
         page.get_by_role("button", name="Confirm: delete").click()
         expect(page.get_by_role("heading", name="Security groups", exact=True)).to_be_visible()
         assert served.account.get(f"/v1/security-groups/{gid}").status_code == 404
+
+
+def test_create_waits_for_the_vpc_list_and_keeps_what_was_typed(served):
+    """The create form shows before its VPC list arrives: its button stays disabled until then,
+    and a submit meanwhile (Enter, or a script's requestSubmit) neither reloads the console
+    (losing what was typed) nor creates a group without a VPC. Seen as a flaky failure under
+    load: the click landed before the page's submit handler existed and the browser's own GET
+    submit reloaded the page."""
+    expect = playwright_api.expect
+    held: list = []
+    with chromium_page() as page:
+        sign_in(page, served.url, username="sguser", password=PASSWORD)
+        page.route("**/v1/vpcs*", lambda route: held.append(route))  # answered below
+        page.get_by_role("link", name="Security groups").first.click()
+        expect(page.get_by_role("heading", name="Security groups", exact=True)).to_be_visible()
+        page.get_by_label("Group name").fill("early")
+        create = page.get_by_role("button", name="Create security group")
+        expect(create).to_be_disabled()
+        page.evaluate("document.querySelector('form[aria-labelledby=sg-new]').requestSubmit()")
+        page.wait_for_timeout(300)
+        assert page.get_by_label("Group name").input_value() == "early"  # no reload
+        assert held, "the VPC list was not asked for"
+        for route in held:
+            route.continue_()
+        page.unroute("**/v1/vpcs*")
+        expect(create).to_be_enabled()
+        assert page.get_by_label("Group name").input_value() == "early"
+        create.click()
+        expect(page.get_by_role("heading", name="Inbound rules")).to_be_visible()
+    groups = served.account.get("/v1/security-groups").json()["items"]
+    assert [g["vpc_id"] is not None for g in groups if g["group_name"] == "early"] == [True]

@@ -199,6 +199,10 @@ async function start() {
   };
   menu.addEventListener('click', () => setMenu(menu.getAttribute('aria-expanded') !== 'true'));
   window.addEventListener('hashchange', () => setMenu(false));
+  // Every form is handled by its page's script. A submit that comes before the page attached
+  // its handler (the page still loading its lists) must not fall through to the browser's own
+  // GET submit: that reloads the console and loses what the user typed.
+  document.addEventListener('submit', (ev) => ev.preventDefault(), true);
   document.getElementById('signout').addEventListener('click', async () => {
     await signOut().catch(() => {});
     go('/signin');

@@ -34,9 +34,6 @@ export async function groupsPage(root, pg) {
       h('thead', {}, h('tr', {}, ['Group', 'Name', 'VPC', 'Inbound rules', 'Outbound rules', 'Description']
         .map((c) => h('th', { scope: 'col' }, c)))), body),
     form);
-  const vpcs = await listAll('/v1/vpcs');
-  clear(vpcSelect, vpcs.map((v) => h('option', { value: v.vpc_id },
-    `${v.vpc_id} (${v.cidr_block}${v.is_default ? ', default' : ''})`)));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     err.hide();
@@ -51,6 +48,12 @@ export async function groupsPage(root, pg) {
       create.disabled = false;
     }
   });
+  // Creating waits for the VPC list: a group made before it arrived would name no VPC.
+  create.disabled = true;
+  const vpcs = await listAll('/v1/vpcs');
+  clear(vpcSelect, vpcs.map((v) => h('option', { value: v.vpc_id },
+    `${v.vpc_id} (${v.cidr_block}${v.is_default ? ', default' : ''})`)));
+  create.disabled = false;
   await pg.every(5000, async () => {
     const groups = await listAll('/v1/security-groups');
     clear(body, groups.map((g) => h('tr', { 'data-group-id': g.group_id },
