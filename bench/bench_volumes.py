@@ -431,6 +431,7 @@ def fabric_wiring(prefix: str, quickack: bool = True):
     _ensure_storage_quickack: /32, on-link, `quickack 1`; QEMU 7.2's NBD server over TLS
     otherwise waits ~40 ms per read for a delayed ACK); unwire() removes it again."""
     from lab import naming as nm
+    from lab import network
     fab = nm.fabric_netns(prefix)
     hosts = sorted({nm.host_netns(prefix, h) for h in nm.host_ids(nm.MAX_HOSTS)} & netns_list())
 
@@ -448,8 +449,7 @@ def fabric_wiring(prefix: str, quickack: bool = True):
         for host in hosts:
             ip(host, "neigh", "flush", "to", SN_ADDR, check=False)
             if quickack:
-                ip(host, "route", "replace", f"{SN_ADDR}/32", "dev", nm.UPLINK, "scope", "link",
-                   "quickack", "1")
+                network.route_storage_quickack(host, SN_ADDR)
 
     def unwire() -> None:
         ip(fab, "link", "del", SN_FABRIC_PORT, check=False)

@@ -158,7 +158,14 @@ def ensure_host(prefix: str, hid: str) -> None:
         _ensure_storage_quickack(ns)
 
 
-def _ensure_storage_quickack(ns: NetNS) -> None:
+def route_storage_quickack(name: str, addr: str) -> None:
+    """In host namespace `name`: the quickack route (below) to a storage node at `addr` (the
+    volumes benchmark's own scratch node uses it too)."""
+    with opened(name) as ns:
+        _ensure_storage_quickack(ns, addr)
+
+
+def _ensure_storage_quickack(ns: NetNS, addr: str = str(nm.STORAGE_ADDR.ip)) -> None:
     """A host's /32 route to the storage node, on-link via its uplink, with `quickack 1` (no
     delayed ACK on that route): what docs/deploy.md "NBD over TLS: acknowledge at once" asks of
     real hosts. QEMU's NBD server before 8.0 (Debian 12 ships 7.2) leaves Nagle on and does not
@@ -168,7 +175,7 @@ def _ensure_storage_quickack(ns: NetNS) -> None:
     14): 50 random 4 KiB reads with qemu-io from h1 over TLS, 46.4 ms each without this route,
     0.24 ms with it; the storage node's own route back with quickack changed nothing for reads.
     `replace`: idempotent, and it repairs a route that lost the attribute."""
-    ns.route("replace", dst=f"{nm.STORAGE_ADDR.ip}/32", oif=_index(ns, nm.UPLINK),
+    ns.route("replace", dst=f"{addr}/32", oif=_index(ns, nm.UPLINK),
              scope=253, metrics={"quickack": 1})
 
 
