@@ -29,7 +29,7 @@ from lab.testing import until
 from tests.lab.ceph_support import MON_V1_PORT, Cluster, skip_reason
 from tests.lab.storage_support import qemu_io_session
 from tests.lab.test_libvirt_driver_real import (  # noqa: F401 (libvirtd: a fixture)
-    _prepared_disks, _tiny_image, libvirtd)
+    _prepared_disks, _tiny_image, guest_cleanup, libvirtd)
 
 PREFIX = "kumo-host-"
 NODE_USER = "kumo-storage"
@@ -209,7 +209,7 @@ def check_guest_on_host_a(b: RbdBackend, c: Cluster, lv, tmp_path: Path,
     plan = DomainPlan(name=iid, vcpus=1, memory_mib=128, console_log=console,
                       disks=own + (disk,), nics=())
     hv = LibvirtHypervisor(lv.uri, "qemu", poll_interval=0.1)
-    try:
+    with guest_cleanup(hv, storage, iid):
         hv.define(plan)
         xml = hv.domain_xml(plan)
         assert f"<auth username=\"{PREFIX}ha\">" in xml and secret_uuid(PREFIX + "ha") in xml
@@ -233,12 +233,6 @@ def check_guest_on_host_a(b: RbdBackend, c: Cluster, lv, tmp_path: Path,
             conn.close()
         assert _watched(c, vid), "QEMU does not hold the image open"
         hv.destroy(iid)  # QEMU closes the image (and flushes) as it ends
-    finally:
-        try:
-            hv.undefine(iid)
-        finally:
-            hv.close()
-    storage.remove_instance(iid)
     got = c.run("qemu-io", "-f", "raw", "-c", "read -v 0 16", c.rbd_url(vid)).stdout
     assert " ".join(f"{x:02x}" for x in b"written-by-guest") in got, got  # qemu-io's hexdump
     until(lambda: not _watched(c, vid), 60, "QEMU let go of the image")

@@ -10,6 +10,7 @@ Everything started here is stopped by PID and the namespace is deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -196,6 +197,20 @@ def _volume(path: Path, serial: str) -> DomainDisk:
     return DomainDisk("vdb", FileSource(path), serial=serial, cache="none")
 
 
+@contextlib.contextmanager
+def guest_cleanup(hv, storage: LocalStorage, iid: str):
+    """On the way out of a real-guest test: the domain undefined and the connection closed
+    (even when the test failed), then the instance's files removed."""
+    try:
+        yield
+    finally:
+        try:
+            hv.undefine(iid)
+        finally:
+            hv.close()
+    storage.remove_instance(iid)
+
+
 def _prepared_disks(storage: LocalStorage, iid: str, image: Path, sha: str, size: int,
                     hostname: str, user_data: bytes = b"",
                     network_config: dict | None = None) -> tuple[DomainDisk, ...]:
@@ -313,7 +328,7 @@ def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
                       console_log=console, nics=(DomainNic(nic.mac, nic.bridge),), generation=1)
     hv = LibvirtHypervisor(libvirtd.uri, "qemu")
     marker = f"KUMO-READY instance-id={iid}".encode()
-    try:
+    with guest_cleanup(hv, storage, iid):
         hv.define(plan)
         t0 = time.monotonic()
         hv.start(iid)
@@ -329,12 +344,6 @@ def test_kumo_tiny_reads_seed_from_ide_cdrom(libvirtd, tmp_path):
             tail = console.read_bytes()[-1500:] if console.exists() else b""
             raise AssertionError(f"{e}; console tail: {tail!r}") from None
         print(f"kumo-tiny ready in {time.monotonic() - t0:.1f}s")
-    finally:
-        try:
-            hv.undefine(iid)
-        finally:
-            hv.close()
-    storage.remove_instance(iid)
 
 
 def test_disk_contract_on_a_guest_that_never_releases(libvirtd, tmp_path):
@@ -430,7 +439,7 @@ def test_kumo_tiny_sees_a_hot_plugged_volume_come_and_go(libvirtd, tmp_path):
         except AssertionError as e:
             raise AssertionError(f"{e}; tail: {console.read_bytes()[-1500:]!r}") from None
 
-    try:
+    with guest_cleanup(hv, storage, iid):
         hv.define(plan)
         hv.start(iid)
         console_after(0, f"KUMO-READY instance-id={iid}", 120)
@@ -449,12 +458,6 @@ def test_kumo_tiny_sees_a_hot_plugged_volume_come_and_go(libvirtd, tmp_path):
         console_after(pos, "KUMO-DISKS vda=\r\n", 10)
         hv.destroy(iid)
         assert "vdb" not in [d.target for d in hv.status(iid).disks]  # the definition lost it
-    finally:
-        try:
-            hv.undefine(iid)
-        finally:
-            hv.close()
-    storage.remove_instance(iid)
 
 
 def test_live_disk_resize_contract_on_a_running_guest(libvirtd, tmp_path):
