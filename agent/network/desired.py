@@ -5,7 +5,8 @@ support (`ip link add x type vrf` -> "Unknown device type"), so each VPC's L3 li
 router namespace, the way Neutron's qrouter namespaces do it:
 
   host namespace (L2 only, no VPC address):
-    kb-n  bridge; guest taps join it
+    kb-n  bridge with a fixed MAC (names.bridge_mac: one that follows its ports would flush the
+          neighbours below whenever a port leaves); guest taps join it
     kx-n  vxlan VNI n, local = underlay IP, dev = underlay, dstport 4789, nolearning; bridge port
           with learning off and neigh_suppress on; static fdb: 00:00:00:00:00:00 -> every remote
           host of the VPC (BUM), MAC -> host per remote port, plus master static entries
@@ -88,6 +89,7 @@ def vpc_records(host: HostNetwork, vpc: VpcNet, host_tag: str) -> set[Record]:
         Fdb(HOST, kq, rmac),
         Addr(HOST, kt, IPv4Interface(f"{names.TRANSIT_HOST_IP}/32")),
         Addr(rns, ku, IPv4Interface(f"{names.TRANSIT_ROUTER_IP}/32")),
+        Mac(HOST, kb, names.bridge_mac(str(host.underlay_ip), n)),
         Mac(rns, kr, rmac),
     }
     recs |= {Up(HOST, d) for d in (kb, kx, kq, kt)} | {Up(rns, d) for d in ("lo", kr, ku)}

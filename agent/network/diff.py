@@ -3,7 +3,9 @@
 Records equal in both sets are left alone, so a change touches only what differs and running
 traffic on everything else never notices. Links whose creation-time attributes differ are
 recreated, and then everything hanging on them is re-added; a veth whose far end vanished (its
-router namespace was deleted under us) is recreated as a pair.
+router namespace was deleted under us) is recreated as a pair. Setting a device's MAC makes the
+kernel flush that device's neighbour entries, permanent ones included, so the device's wanted
+neighbours are re-added after it.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from agent.network.records import (
-    ADD_ORDER, BrPort, Link, Mac, Master, Netns, NftTable, Record, Sysctl, Up, devices_of,
+    ADD_ORDER, BrPort, Link, Mac, Master, Neigh, Netns, NftTable, Record, Sysctl, Up, devices_of,
 )
 
 #: Records whose disappearance from desired state needs no kernel action (attributes of links,
@@ -72,6 +74,10 @@ def diff(desired: Iterable[Record], observed: Iterable[Record]) -> Plan:
     for key in recreate:
         if key in want_links:
             add.add(want_links[key])
+    # NETDEV_CHANGEADDR -> neigh_changeaddr: a new MAC flushes the device's neighbours (Mac sorts
+    # before Neigh in ADD_ORDER, so they come back right after).
+    remac = {(r.ns, r.dev) for r in add if isinstance(r, Mac)}
+    add |= {r for r in want if isinstance(r, Neigh) and (r.ns, r.dev) in remac}
     remove = {r for r in have - want if not isinstance(r, _NO_REMOVE)}
     for key in recreate:
         if key in have_links:

@@ -78,7 +78,7 @@ def router_netns_prefix(host_tag: str) -> str:
 def _mac(kind: str, ident: str) -> str:
     digest = hashlib.sha256(f"kumo-{kind}:{ident}".encode()).digest()
     # 0x02: locally administered, unicast. Second byte marks the kind so the spaces never meet.
-    tag = {"router": 0xA0, "natgw": 0xA1}[kind]
+    tag = {"router": 0xA0, "natgw": 0xA1, "bridge": 0xA2}[kind]
     octets = [0x02, tag, *digest[:4]]
     return ":".join(f"{o:02x}" for o in octets)
 
@@ -89,3 +89,14 @@ def router_mac(vpc_id: str) -> str:
 
 def natgw_mac(nat_gateway_id: str) -> str:
     return _mac("natgw", nat_gateway_id)
+
+
+def bridge_mac(underlay_ip: str, vni: int) -> str:
+    """The fixed MAC of a host's VPC bridge. A bridge left to itself takes the lowest MAC of its
+    ports and changes it whenever that port leaves (a NAT gateway leg moving away, a guest's tap
+    going), and the kernel flushes every neighbour entry of a device whose address changes,
+    permanent ones too (NETDEV_CHANGEADDR -> neigh_changeaddr): the pushed entries for remote
+    guests and routers would vanish until the next full resync. An address set explicitly is
+    kept (br_stp_recalculate_bridge_id leaves NET_ADDR_SET alone). It never leaves the host (the
+    bridge has no address of its own), so it only needs to be stable."""
+    return _mac("bridge", f"{underlay_ip}/{vni}")

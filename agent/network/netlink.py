@@ -145,6 +145,8 @@ class Kernel:
             out.add(Link(HOST, name, kind or "?", sig))
             if m["flags"] & IFF_UP:
                 out.add(Up(HOST, name))
+            if kind == "bridge":
+                out.add(Mac(HOST, name, m.get("address")))
         for i, m in links.items():
             master = m.get("master")
             if master in owned and name_of[master].startswith("kb-"):

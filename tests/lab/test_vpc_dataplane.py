@@ -546,6 +546,39 @@ def test_ensure_is_idempotent_and_repairs_drift(env: Env) -> None:
     assert tcp(_ns(env, "a1"), env.g("a2").ip) == f"a2 {env.g('a1').ip}"
 
 
+def test_bridge_port_churn_keeps_the_pushed_neighbours(env: Env) -> None:
+    """A port with a lower MAC than every other joins h1's VPC bridge and leaves again (what a
+    NAT gateway leg moving away or a guest's tap does): the bridge keeps its pinned MAC, so the
+    kernel keeps the permanent neighbour entries the dataplane pushed (a bridge whose MAC follows
+    its ports changes it here, and a device's new MAC flushes its neighbours, permanent ones too)
+    and ARP for a remote guest is still answered without a resync."""
+    dp, h1, kb = env.dp["h1"], env.lab.ns("h1"), names.bridge(0x101)
+    want = host_network(env.world, "h1")
+    assert dp.plan(want).empty
+
+    def bridge_state() -> tuple:
+        mac = ip_j(h1, "link", "show", "dev", kb)[0]["address"]
+        neigh = {(n["dst"], n.get("lladdr")) for n in ip_j(h1, "neigh", "show", "dev", kb)
+                 if "PERMANENT" in n.get("state", [])}
+        return mac, neigh
+
+    before = bridge_state()
+    assert before[0] == names.bridge_mac(HOSTS["h1"], 0x101)
+    assert (env.g("a2").ip, env.g("a2").mac) in before[1]
+    run("ip", "-n", h1, "link", "add", "lowmac0", "address", "02:00:00:00:00:01", "type", "veth",
+        "peer", "name", "lowmac1")  # (this kernel has no dummy links)
+    try:
+        run("ip", "-n", h1, "link", "set", "lowmac0", "master", kb, "up")
+        assert bridge_state() == before
+    finally:
+        run("ip", "-n", h1, "link", "del", "lowmac0")
+    assert bridge_state() == before
+    assert dp.plan(want).empty
+    a1 = env.g("a1")
+    run("ip", "-n", a1.ns, "neigh", "flush", "dev", "eth0")
+    assert ping(a1.ns, env.g("a2").ip)
+
+
 def test_teardown_and_rebuild(env: Env) -> None:
     dp = env.dp["h2"]
     h2 = env.lab.ns("h2")

@@ -9,7 +9,7 @@ from agent.network import names
 from agent.network.desired import host_records
 from agent.network.diff import diff
 from agent.network.records import (
-    HOST, ADD_ORDER, Addr, Fdb, Link, Master, Neigh, Netns, NftTable, ProxyNeigh, Route, Rule,
+    HOST, ADD_ORDER, Addr, Fdb, Link, Mac, Master, Neigh, Netns, NftTable, ProxyNeigh, Route, Rule,
     Sysctl,
 )
 
@@ -131,6 +131,25 @@ def test_removed_vpc_goes_with_its_namespace() -> None:
     assert {r.name for r in plan.remove if isinstance(r, Link)} == {
         names.link_name(c, 42) for c in "bxqtg"}
     assert isinstance(plan.remove[0], ProxyNeigh)  # stop answering ARP before unrouting
+
+
+def test_bridge_has_a_fixed_mac_and_setting_it_readds_its_neighbours() -> None:
+    """The bridge's MAC is pinned (one that follows its ports changes when a port leaves, and
+    the kernel then flushes the bridge's permanent neighbours). A host from before the pin (the
+    bridge MAC is whatever its ports gave it) gets the MAC set and, since setting it flushes the
+    bridge's neighbours, every neighbour of that bridge re-added after it, and nothing else."""
+    want = host_records(host(), TAG)
+    kb = names.bridge(42)
+    pinned = Mac(HOST, kb, names.bridge_mac("172.31.0.11", 42))
+    assert pinned in want
+    assert names.bridge_mac("172.31.0.12", 42) != pinned.mac != names.bridge_mac("172.31.0.11", 43)
+    before_pin = (want - {pinned}) | {Mac(HOST, kb, "fe:54:00:12:34:56")}
+    plan = diff(want, before_pin)
+    assert plan.remove == []
+    bridge_neigh = {r for r in want if isinstance(r, Neigh) and r.dev == kb}
+    assert len(bridge_neigh) == 4  # two subnet routers, a remote guest, the NAT gateway
+    assert set(plan.add) == {pinned} | bridge_neigh
+    assert plan.add[0] == pinned  # before the neighbours it would flush
 
 
 def test_moved_tap_is_not_detached_first() -> None:

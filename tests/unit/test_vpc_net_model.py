@@ -127,4 +127,5 @@ def test_macs_are_stable_unicast_and_distinct() -> None:
     m = names.router_mac(VPC)
     assert m == names.router_mac(VPC) and m != names.router_mac("vpc-0123456789abcdef1")
     assert m.startswith("02:a0:") and names.natgw_mac("nat-00000000000000001").startswith("02:a1:")
+    assert names.bridge_mac("172.31.0.11", 42).startswith("02:a2:")
     assert int(m[:2], 16) & 1 == 0
