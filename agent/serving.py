@@ -3,22 +3,20 @@ and the storage node (`python -m agent.storage_node`) listen: on a unix socket o
 optionally with a host-local unix socket next to it serving the same app (one event loop).
 
 A socket file left by a previous process is removed first, but never a live one or a
-non-socket; on exit the socket file is removed (uvicorn leaves it, and a stale socket would only
-confuse clients). SIGTERM stops the server gracefully (lifespan stop) and exits with status 0.
+non-socket (clear_stale_socket, in agent/contract/serving.py); on exit the socket file is removed
+(uvicorn leaves it, and a stale socket would only confuse clients). SIGTERM stops the server gracefully (lifespan stop) and exits with status 0.
 Several listeners run under agent/contract/serving.py's serve_all, shared with the controller.
 """
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import stat
 import sys
 from typing import Protocol
 
 import uvicorn
 
-from agent.contract.serving import serve_all
+from agent.contract.serving import clear_stale_socket, serve_all
 
 
 class Listen(Protocol):
@@ -27,25 +25,6 @@ class Listen(Protocol):
     def listen_socket(self) -> str | None: ...
 
     def listen_host_port(self) -> tuple[str, int]: ...
-
-
-def clear_stale_socket(path: str) -> None:
-    """Remove a socket file left by a previous process, but never a live one or a non-socket."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SystemExit(f"{path} exists and is not a socket")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)
-        return
-    finally:
-        s.close()
-    raise SystemExit(f"another process is listening on {path}")
 
 
 def serve(app, listen: Listen, tls_context=None, local_socket: str | None = None) -> int:

@@ -17,13 +17,19 @@ import sys
 import uvicorn
 
 from agent.contract import tls
-from agent.contract.serving import serve_all
+from agent.contract.serving import clear_stale_socket, serve_all
 from controller.app import close_app, create_app
 from controller.settings import Settings
 
 
 def serve(settings: Settings) -> int:
     """Build the app, serve it on every configured listener until stopped; the exit status."""
+    sock = str(settings.agent_socket) if settings.agent_socket else None
+    if sock:
+        # Before anything else: a live socket there is another controller's, and this start
+        # must neither take it over nor, on its way out, delete it.
+        settings.agent_socket.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_socket(sock)
     app = create_app(settings)
     host, port = settings.listen_host_port()
     configs = [uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")]
@@ -37,12 +43,8 @@ def serve(settings: Settings) -> int:
     agent_kw = dict(log_level="info", lifespan="off")
     if app.state.agent_tls is not None:
         agent_kw.update(tls.uvicorn_tls(app.state.agent_tls.server))
-    sock = str(settings.agent_socket) if settings.agent_socket else None
     try:
         if sock:
-            settings.agent_socket.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.exists(sock):
-                os.unlink(sock)
             configs.append(uvicorn.Config(app, uds=sock, **agent_kw))
         if settings.agent_listen:
             a_host, _, a_port = settings.agent_listen.rpartition(":")

@@ -1,6 +1,7 @@
 """How either side serves one ASGI app on several uvicorn listeners in one process: the
 controller (`python -m controller`: API, agent TLS listener, agent unix socket) and the agent
-or the storage node (agent/serving.py: a listener plus a host-local unix socket).
+or the storage node (agent/serving.py: a listener plus a host-local unix socket), and how
+either side claims a unix socket path (clear_stale_socket).
 
 It lives beside transport.py and tls.py in the contract package because the controller may
 import nothing else of agent/ (docs: architecture), and both ends must stop the same safe way.
@@ -14,11 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import stat
 from collections.abc import Sequence
 
 import uvicorn
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a previous process, but never a live one (a second process
+    started on the same path would silently take the first one's clients) or a non-socket:
+    both stop the start with a message instead."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SystemExit(f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    finally:
+        s.close()
+    raise SystemExit(f"another process is listening on {path}")
 
 
 class _Server(uvicorn.Server):
