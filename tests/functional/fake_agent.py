@@ -16,11 +16,14 @@ a controller test cannot pass against a document a real host would refuse.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
@@ -36,6 +39,7 @@ from agent.firewall.model import FirewallInputError
 from agent.network.firewall_sync import host_firewall
 from agent.network.wire import NetworkSpecRejected, host_network
 from controller.app import close_app, create_app
+from controller.ids import utcnow
 from controller.settings import Settings
 
 AGENT_TOKEN = "test-agent-token"
@@ -222,6 +226,18 @@ class FakeAgent:
 def make_qcow2(path: Path, size: str = "64M") -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
     return path
+
+
+def clock_ahead(seconds: float, *modules) -> contextlib.ExitStack:
+    """Inside the block those controller modules see the time `seconds` from now (their
+    imported `utcnow`). Deadline and liveness tests move the clock past a deadline of 20 s
+    instead of sleeping past one of 1 s: the short real deadline raced the tests' own first
+    steps on a loaded machine (PostgreSQL, CI) and fired before the check that it had not yet."""
+    stack = contextlib.ExitStack()
+    for m in modules:
+        stack.enter_context(mock.patch.object(m, "utcnow",
+                                              lambda: utcnow() + timedelta(seconds=seconds)))
+    return stack
 
 
 class Cloud:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from agent.contract.v1 import ErrorInfo
-from tests.functional.fake_agent import Cloud, cloud_fixture
+from controller import reconciler as reconciler_module
+from tests.functional.fake_agent import Cloud, clock_ahead, cloud_fixture
 
 
 cloud = cloud_fixture()
@@ -119,8 +120,14 @@ def test_guest_poweroff_becomes_stopped(cloud):
     assert agent.specs[iid].power == "stopped"
 
 
+def reconciler_clock_ahead(seconds: float):
+    """The reconciler's deadline checks see the time `seconds` from now (deadlines here are
+    20 s, inside the 30 s heartbeat timeout, so hosts stay alive; see clock_ahead)."""
+    return clock_ahead(seconds, reconciler_module)
+
+
 def test_pending_deadline_fails_launch(tmp_path):
-    cloud = Cloud(tmp_path, pending_deadline_s=1.0)
+    cloud = Cloud(tmp_path, pending_deadline_s=20.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
@@ -130,12 +137,12 @@ def test_pending_deadline_fails_launch(tmp_path):
         cloud.tick()
         cloud.heartbeat()
         assert cloud.instance(user, iid)["state"] == "pending"
-        time.sleep(1.1)
-        cloud.tick()
-        got = cloud.instance(user, iid)
-        assert got["state"] in ("shutting-down", "terminated")
-        assert got["state_reason"]["code"] == "Server.LaunchTimeout"
-        cloud.tick()
+        with reconciler_clock_ahead(21):
+            cloud.tick()
+            got = cloud.instance(user, iid)
+            assert got["state"] in ("shutting-down", "terminated")
+            assert got["state_reason"]["code"] == "Server.LaunchTimeout"
+            cloud.tick()
         assert cloud.instance(user, iid)["state"] == "terminated"
         assert iid not in agent.specs
     finally:
@@ -155,7 +162,7 @@ def test_permanent_agent_error_fails_launch(cloud):
 
 
 def test_status_deadline_impaired(tmp_path):
-    cloud = Cloud(tmp_path, status_deadline_s=1.0)
+    cloud = Cloud(tmp_path, status_deadline_s=20.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
@@ -164,8 +171,8 @@ def test_status_deadline_impaired(tmp_path):
         iid = cloud.launch(user)
         cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "initializing"
-        time.sleep(1.1)
-        cloud.tick()
+        with reconciler_clock_ahead(21):
+            cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "impaired"
         # The guest comes up late: ok again.
         agent.finish_boot(iid)
@@ -208,7 +215,7 @@ def test_terminated_is_purged_after_retention(tmp_path):
 
 
 def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
-    cloud = Cloud(tmp_path, shutting_down_deadline_s=1.0)
+    cloud = Cloud(tmp_path, shutting_down_deadline_s=20.0)
     try:
         cloud.image()
         agent = cloud.add_host("host-1")
@@ -221,8 +228,8 @@ def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
         user.post(f"/v1/instances/{iid}/terminate")
         cloud.tick()
         assert cloud.instance(user, iid)["state"] == "shutting-down"
-        time.sleep(1.1)
-        cloud.tick()
+        with reconciler_clock_ahead(21):
+            cloud.tick()
         got = cloud.instance(user, iid)
         assert got["state"] == "terminated"
         assert got["state_reason"]["code"] == "Server.TerminateTimeout"

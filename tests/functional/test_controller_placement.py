@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.functional.fake_agent import Cloud, cloud_fixture
+from controller.services import hosts as hosts_service
+from tests.functional.fake_agent import Cloud, clock_ahead, cloud_fixture
 
 
 cloud = cloud_fixture(cpu_overcommit=1.0)
@@ -89,7 +90,7 @@ def test_min_max_count_fallback(cloud):
 
 
 def test_disabled_and_down_hosts_get_nothing(tmp_path):
-    cloud = Cloud(tmp_path, heartbeat_timeout_s=1.0)
+    cloud = Cloud(tmp_path, heartbeat_timeout_s=20.0)
     try:
         cloud.image()
         a1 = cloud.add_host("host-1")
@@ -100,10 +101,9 @@ def test_disabled_and_down_hosts_get_nothing(tmp_path):
         hosts = {cloud.run(user).json()["instances"][0]["host_id"] for _ in range(3)}
         assert hosts == {"host-2"}
         cloud.admin.post("/v1/hosts/host-1/enable")
-        import time
-        time.sleep(1.1)
-        cloud.heartbeat(a1)  # host-2 stays silent
-        cloud.tick()
+        with clock_ahead(21, hosts_service):  # 21 s on: host-1 heartbeats, host-2 stays silent
+            cloud.heartbeat(a1)
+            cloud.tick()
         hosts_doc = {h["host_id"]: h for h in cloud.admin.get("/v1/hosts").json()["items"]}
         assert hosts_doc["host-2"]["state"] == "down" and hosts_doc["host-1"]["state"] == "up"
         r = cloud.run(user)
