@@ -120,13 +120,8 @@ def test_guest_poweroff_becomes_stopped(cloud):
     assert agent.specs[iid].power == "stopped"
 
 
-def reconciler_clock_ahead(seconds: float):
-    """The reconciler's deadline checks see the time `seconds` from now (deadlines here are
-    20 s, inside the 30 s heartbeat timeout, so hosts stay alive; see clock_ahead)."""
-    return clock_ahead(seconds, reconciler_module)
-
-
 def test_pending_deadline_fails_launch(tmp_path):
+    # Deadlines of 20 s here (clock_ahead): inside the 30 s heartbeat timeout, so hosts stay up.
     cloud = Cloud(tmp_path, pending_deadline_s=20.0)
     try:
         cloud.image()
@@ -137,7 +132,7 @@ def test_pending_deadline_fails_launch(tmp_path):
         cloud.tick()
         cloud.heartbeat()
         assert cloud.instance(user, iid)["state"] == "pending"
-        with reconciler_clock_ahead(21):
+        with clock_ahead(21, reconciler_module):
             cloud.tick()
             got = cloud.instance(user, iid)
             assert got["state"] in ("shutting-down", "terminated")
@@ -171,7 +166,7 @@ def test_status_deadline_impaired(tmp_path):
         iid = cloud.launch(user)
         cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "initializing"
-        with reconciler_clock_ahead(21):
+        with clock_ahead(21, reconciler_module):
             cloud.tick()
         assert cloud.instance(user, iid)["instance_status"] == "impaired"
         # The guest comes up late: ok again.
@@ -228,7 +223,7 @@ def test_terminate_pending_on_unreachable_host_times_out(tmp_path):
         user.post(f"/v1/instances/{iid}/terminate")
         cloud.tick()
         assert cloud.instance(user, iid)["state"] == "shutting-down"
-        with reconciler_clock_ahead(21):
+        with clock_ahead(21, reconciler_module):
             cloud.tick()
         got = cloud.instance(user, iid)
         assert got["state"] == "terminated"
